@@ -1,0 +1,28 @@
+"""Environment variable names the operator sets on worker pods and the worker
+runtime (SDK, trainer) reads. One place, so both sides agree."""
+
+# Identity of the job and of this worker.
+JOB_NAME = "STOKER_JOB_NAME"
+JOB_NAMESPACE = "STOKER_JOB_NAMESPACE"
+JOB_UID = "STOKER_JOB_UID"
+POD_NAME = "STOKER_POD_NAME"
+POD_IP = "STOKER_POD_IP"
+NODE_NAME = "STOKER_NODE_NAME"
+REPLICA_INDEX = "STOKER_REPLICA_INDEX"
+INCARNATION = "STOKER_INCARNATION"
+
+# Operator's gRPC heartbeat service and the per-job token that authenticates it.
+OPERATOR_ADDR = "STOKER_OPERATOR_ADDR"     # host:port, an IP literal (no DNS needed)
+JOB_TOKEN = "STOKER_JOB_TOKEN"             # from the job's Secret, never literal
+HEARTBEAT_INTERVAL = "STOKER_HEARTBEAT_INTERVAL_SECONDS"
+
+# Checkpoints.
+CHECKPOINT_URI = "STOKER_CHECKPOINT_URI"   # s3://bucket/prefix or a local path
+CHECKPOINT_INTERVAL_STEPS = "STOKER_CHECKPOINT_INTERVAL_STEPS"
+CHECKPOINT_KEEP = "STOKER_CHECKPOINT_KEEP"
+
+# S3 endpoint and credentials (credentials come from a Secret via secretKeyRef).
+S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"
+S3_REGION = "AWS_DEFAULT_REGION"
+S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
+S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
