@@ -1,0 +1,1 @@
+"""The `stoker` / `kubectl stoker` command line (torch-free)."""
