@@ -1,0 +1,314 @@
+"""CheckpointManager: sharded, committed, retained checkpoints through torch DCP.
+
+Save protocol for step N (every rank calls ``save`` with the same step):
+
+1. the coordinator removes a leftover ``step-N`` folder (a partial write from a
+   killed run); all ranks agree that this worked;
+2. ``torch.distributed.checkpoint.save`` writes each rank's shards, then gathers
+   every rank's write result on the coordinator, which writes ``.metadata``;
+   a failure on any rank fails the save on all ranks;
+3. the coordinator checks that every shard named in the metadata is stored with
+   the right size, writes ``stoker.json`` and then, LAST, ``COMMITTED``;
+4. the coordinator tells all ranks whether the commit happened, then deletes
+   checkpoints beyond ``keep`` (never the newest committed one).
+
+Readers use only folders with ``COMMITTED``, so a killed or failed save is
+never loaded. With ``async_mode="async"`` the state is copied to CPU memory in
+``save`` (the only part the training loop waits for) and steps 1-4 run on a
+background thread over the manager's own gloo process group.
+
+Save failures (storage unreachable beyond the retry window, a rank failing to
+write) are logged and reported through ``last_result`` / ``on_result``; they
+are not raised, so training goes on and the next save tries again.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Literal
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.stateful import Stateful
+
+from stoker.common import layout
+
+from .retention import plan_deletions
+from .store import Store, committed_steps, manifest_bytes, newest_committed, open_store
+
+log = logging.getLogger("stoker.worker.checkpoint")
+# single-process use (no process group) is intended, not a mistake worth a warning
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+AsyncMode = Literal["disabled", "async"]
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """Outcome of one save, the same on every rank."""
+
+    step: int
+    ok: bool
+    duration_s: float          # from save() call to commit (or failure)
+    blocked_s: float           # how long save() held the training loop
+    bytes: int = 0             # total stored bytes of the checkpoint (0 if failed)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CheckpointManager:
+    """Save and load sharded checkpoints under ``uri``.
+
+    Args:
+        uri: ``s3://bucket/prefix`` or a local path / ``file://`` URI.
+        keep: how many committed checkpoints to keep (>= 1).
+        async_mode: ``"async"`` (stage to CPU, upload in the background) or
+            ``"disabled"`` (``save`` returns once committed).
+        process_group: the ranks that save together (default: all ranks). When
+            torch.distributed is initialized, constructing the manager is a
+            collective call (it creates a gloo group for checkpoint traffic).
+        retry_timeout_s: how long storage calls are retried before a save fails.
+        on_result: called with every :class:`SaveResult` (on every rank, from
+            the thread that finished the save), e.g. ``session.report_checkpoint``.
+        store: an explicit :class:`Store` (tests, benchmarks); overrides ``uri``.
+
+    ``save``, ``load`` and ``close`` must be called by every rank of the group,
+    in the same order; ``latest_step`` and ``wait`` may be called by any rank.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        keep: int = 3,
+        async_mode: AsyncMode = "async",
+        process_group: dist.ProcessGroup | None = None,
+        *,
+        retry_timeout_s: float = 120.0,
+        on_result: Callable[[SaveResult], None] | None = None,
+        store: Store | None = None,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (got {keep}): the newest checkpoint is always kept")
+        if async_mode not in ("disabled", "async"):
+            raise ValueError(f"async_mode must be 'disabled' or 'async' (got {async_mode!r})")
+        self.store: Store = store if store is not None else open_store(uri, retry_timeout_s=retry_timeout_s)
+        self.uri = self.store.uri
+        self.keep = keep
+        self.async_mode = async_mode
+        self.on_result = on_result
+        self.last_result: SaveResult | None = None
+        self._distributed = dist.is_available() and dist.is_initialized()
+        self._pg: dist.ProcessGroup | None = None
+        if self._distributed:
+            ranks = dist.get_process_group_ranks(process_group or dist.group.WORLD)
+            self._pg = dist.new_group(ranks=ranks, backend="gloo")
+        self.rank = dist.get_rank(self._pg) if self._pg is not None else 0
+        self.world_size = dist.get_world_size(self._pg) if self._pg is not None else 1
+        self.is_coordinator = self.rank == 0
+        self._executor: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="stoker-ckpt") if async_mode == "async" else None
+        )
+        self._stager = DefaultStager(StagingOptions(False, False, False, False)) if async_mode == "async" else None
+        self._pending: Future[SaveResult] | None = None
+        self._closed = False
+
+    # ---------------------------------------------------------------- queries
+    def latest_step(self) -> int | None:
+        """Newest committed step in storage (reads storage; any rank may call)."""
+        return newest_committed(self.store)
+
+    def committed_steps(self) -> list[int]:
+        return committed_steps(self.store)
+
+    # ------------------------------------------------------------------- save
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        """Checkpoint ``state`` (a dict of ``Stateful`` objects and/or plain state
+        dicts) as ``step``. Waits for the previous async save first. In async mode
+        returns once the state is copied to CPU; otherwise once committed."""
+        self._check_open()
+        layout.step_dir(step)  # validates step >= 0
+        self.wait()
+        t0 = time.monotonic()
+        state_dict = {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
+        if self._executor is None:
+            self._finish(self._save_blocking(step, state_dict, t0, blocked_s=None))
+            return
+        try:
+            staged = self._stager.stage(state_dict)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of CPU memory: report, don't kill training
+            self._finish(SaveResult(step, False, time.monotonic() - t0, time.monotonic() - t0, error=f"staging: {exc!r}"))
+            return
+        blocked = time.monotonic() - t0
+        self._pending = self._executor.submit(self._save_blocking, step, staged, t0, blocked)
+        log.info("checkpoint.staged step=%d blocked_s=%.3f", step, blocked)
+
+    def wait(self) -> SaveResult | None:
+        """Block until the in-flight async save (if any) is done; return its result."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        result = pending.result()  # _save_blocking never raises
+        self._finish(result)
+        return result
+
+    def _finish(self, result: SaveResult) -> None:
+        self.last_result = result
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:  # noqa: BLE001 - a reporting hook must not break training
+                log.exception("checkpoint.on_result_failed step=%d", result.step)
+
+    def _all_ok(self, ok: bool) -> bool:
+        if self._pg is None:
+            return ok
+        flags: list[Any] = [None] * self.world_size
+        dist.all_gather_object(flags, ok, group=self._pg)
+        return all(flags)
+
+    def _from_coordinator(self, value: Any) -> Any:
+        if self._pg is None:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=dist.get_global_rank(self._pg, 0), group=self._pg)
+        return box[0]
+
+    def _save_blocking(self, step: int, state_dict: dict, t0: float, blocked_s: float | None) -> SaveResult:
+        def result(ok: bool, nbytes: int = 0, error: str | None = None) -> SaveResult:
+            took = time.monotonic() - t0
+            return SaveResult(step, ok, took, took if blocked_s is None else blocked_s, nbytes, error)
+
+        # 1. clear a leftover partial folder of the same step
+        prep_error = None
+        if self.is_coordinator:
+            try:
+                if step in self.store.list_steps():
+                    self.store.delete_step(step)
+            except Exception as exc:  # noqa: BLE001
+                prep_error = repr(exc)
+        if not self._all_ok(prep_error is None):
+            log.error("checkpoint.failed step=%d phase=prepare error=%s", step, prep_error)
+            return result(False, error=f"prepare: {prep_error or 'failed on the coordinator'}")
+
+        # 2. shards + .metadata (DCP gathers every rank's outcome)
+        try:
+            metadata = dcp.save(
+                state_dict,
+                storage_writer=self.store.writer(step),
+                process_group=self._pg,
+                no_dist=self._pg is None,
+            )
+        except Exception as exc:  # noqa: BLE001 - identical on all ranks
+            log.error("checkpoint.failed step=%d phase=write error=%r", step, exc)
+            return result(False, error=f"write: {exc!r}")
+
+        # 3. verify + manifest + COMMITTED (coordinator), 4. tell everyone
+        outcome: tuple[bool, int, str | None] = (False, 0, None)
+        if self.is_coordinator:
+            try:
+                nbytes = self._commit(step, metadata)
+                outcome = (True, nbytes, None)
+            except Exception as exc:  # noqa: BLE001
+                outcome = (False, 0, repr(exc))
+        ok, nbytes, error = self._from_coordinator(outcome)
+        if not ok:
+            log.error("checkpoint.failed step=%d phase=commit error=%s", step, error)
+            return result(False, error=f"commit: {error}")
+        res = result(True, nbytes)
+        log.info("checkpoint.committed step=%d bytes=%d duration_s=%.3f uri=%s", step, nbytes, res.duration_s, self.uri)
+        if self.is_coordinator:
+            self._retain()
+        return res
+
+    def _commit(self, step: int, metadata) -> int:
+        files = self.store.list_files(step)
+        needed: dict[str, int] = {}
+        for info in metadata.storage_data.values():
+            needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+        missing = sorted(p for p, size in needed.items() if files.get(p, -1) < size)
+        if layout.DCP_METADATA not in files:
+            missing.append(layout.DCP_METADATA)
+        if missing:
+            raise RuntimeError(f"shards missing or short after save of step {step}: {missing}")
+        shards = {p: files[p] for p in sorted(needed)}
+        manifest = manifest_bytes(
+            format="torch-dcp",
+            step=step,
+            world_size=self.world_size,
+            shards=shards,
+            bytes=sum(files.values()),
+            created_at=time.time(),
+            writer_host=socket.gethostname(),
+            torch_version=torch.__version__,
+        )
+        self.store.write_bytes(step, layout.MANIFEST, manifest)
+        self.store.write_bytes(step, layout.COMMIT_MARKER, manifest_bytes(step=step, committed_at=time.time()))
+        return sum(files.values()) + len(manifest)
+
+    def _retain(self) -> None:
+        try:
+            steps = self.store.list_steps()
+            doomed = plan_deletions(steps, [s for s in steps if self.store.is_committed(s)], self.keep)
+            for s in doomed:
+                self.store.delete_step(s)
+            if doomed:
+                log.info("checkpoint.retention deleted=%s keep=%d", doomed, self.keep)
+        except Exception:  # noqa: BLE001 - retention is best effort, the next save retries
+            log.exception("checkpoint.retention_failed")
+
+    # ------------------------------------------------------------------- load
+    def load(self, state: dict[str, Any], step: int | None = None) -> int | None:
+        """Load in place into ``state`` (same keys as saved; ``Stateful`` objects
+        get ``load_state_dict``). ``step=None`` picks the newest committed
+        checkpoint. Returns the step loaded, or None when there is none.
+        Works across world sizes (DCP reshards DTensor / sharded state)."""
+        self._check_open()
+        self.wait()
+        chosen = self._from_coordinator(self._choose(step) if self.is_coordinator else None)
+        if isinstance(chosen, str):
+            raise ValueError(chosen)
+        if chosen is None:
+            log.info("checkpoint.none uri=%s", self.uri)
+            return None
+        t0 = time.monotonic()
+        dcp.load(state, storage_reader=self.store.reader(chosen), process_group=self._pg, no_dist=self._pg is None)
+        log.info("checkpoint.loaded step=%d duration_s=%.3f uri=%s", chosen, time.monotonic() - t0, self.uri)
+        return chosen
+
+    def _choose(self, step: int | None) -> int | str | None:
+        if step is None:
+            return self.latest_step()
+        if not self.store.is_committed(step):
+            return (f"checkpoint step {step} under {self.uri} is not committed "
+                    f"(committed steps: {self.committed_steps()}); pass step=None for the newest")
+        return step
+
+    # -------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Wait for the in-flight save and release the worker thread."""
+        if self._closed:
+            return
+        self.wait()
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._stager is not None:
+            self._stager.close()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("CheckpointManager is closed")
