@@ -1,0 +1,270 @@
+"""Stoker worker SDK: report progress to the operator and receive its commands.
+
+Works in any torchrun script; without ``STOKER_OPERATOR_ADDR`` it is a no-op.
+
+    from stoker.worker.sdk import Session, any_rank
+
+    with Session.from_env() as session:          # starts the heartbeat thread
+        for step in range(start, total):
+            loss = train_step()
+            session.step(step, loss=loss, tokens_per_second=tps)   # cheap: stores only
+            if any_rank(session.checkpoint_requested()):          # all ranks agree
+                ckpt.save(step, state); ckpt.wait()
+                session.report_checkpoint(ckpt.last_result)        # acks the command
+                if session.stop_requested():
+                    break
+        session.set_phase("FINISHED")
+
+A background thread streams the latest state every
+``STOKER_HEARTBEAT_INTERVAL_SECONDS`` (default 5). If the operator is
+unreachable, training goes on and the thread reconnects with backoff.
+Identity comes from the ``STOKER_*`` variables the operator sets
+(``stoker.common.env``) and torchrun's ``RANK`` / ``WORLD_SIZE``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from stoker.common import env
+from stoker.common.proto import stoker_pb2 as pb
+
+log = logging.getLogger("stoker.worker.sdk")
+
+_METRIC_FIELDS = {
+    "loss": float, "tokens_per_second": float, "grad_norm": float, "memory_bytes": int,
+    "step_time_seconds": float,
+}
+_PHASES = {name: pb.Phase.Value(name) for name in pb.Phase.keys()}
+
+
+def _ts(msg, t: float) -> None:
+    msg.FromNanoseconds(int(t * 1e9))
+
+
+class Session:
+    """One worker's connection to the operator (see module docstring).
+
+    ``step()``, ``checkpoint_requested()`` and ``stop_requested()`` only touch
+    memory; all network I/O happens on the background thread.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        *,
+        namespace: str = "",
+        job_name: str = "",
+        job_uid: str = "",
+        incarnation: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        replica_index: int = 0,
+        pod_name: str = "",
+        node_name: str = "",
+        interval_s: float = 5.0,
+    ) -> None:
+        self.identity = pb.JobIdentity(
+            namespace=namespace, job_name=job_name, job_uid=job_uid, incarnation=incarnation, rank=rank,
+            world_size=world_size, replica_index=replica_index, pod_name=pod_name, node_name=node_name,
+        )
+        self.address = address or None
+        if self.address and not token:
+            log.error("sdk.disabled reason=no token: set %s (the job Secret's token) next to %s",
+                      env.JOB_TOKEN, env.OPERATOR_ADDR)
+            self.address = None
+        if self.address and not (namespace and job_name):
+            log.error("sdk.disabled reason=no job identity: set %s and %s", env.JOB_NAMESPACE, env.JOB_NAME)
+            self.address = None
+        if interval_s <= 0:
+            raise ValueError(f"heartbeat interval must be > 0 seconds (got {interval_s}); "
+                             f"check {env.HEARTBEAT_INTERVAL}")
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._started_at = time.time()
+        self._step = -1
+        self._step_at = 0.0
+        self._metrics: dict[str, Any] = {}
+        self._ckpt_metrics: dict[str, Any] = {}
+        self._phase = pb.STARTING
+        self._error = ""
+        self._acks: list[pb.CommandAck] = []
+        self._ckpt_requests: list[str] = []
+        self._stop_request: str | None = None
+        self._reporter = None
+        if self.address:
+            from .reporter import Reporter
+
+            self._reporter = Reporter(self, self.address, token or "", interval_s, self._on_command)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Session":
+        e = os.environ if environ is None else environ
+
+        def num(name: str, default, conv=int):
+            raw = e.get(name, "")
+            try:
+                return conv(raw) if raw else default
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not a number") from None
+
+        kwargs: dict[str, Any] = dict(
+            address=e.get(env.OPERATOR_ADDR), token=e.get(env.JOB_TOKEN),
+            namespace=e.get(env.JOB_NAMESPACE, ""), job_name=e.get(env.JOB_NAME, ""),
+            job_uid=e.get(env.JOB_UID, ""), incarnation=num(env.INCARNATION, 0),
+            rank=num("RANK", 0), world_size=num("WORLD_SIZE", 1),
+            replica_index=num(env.REPLICA_INDEX, 0), pod_name=e.get(env.POD_NAME, ""),
+            node_name=e.get(env.NODE_NAME, ""), interval_s=num(env.HEARTBEAT_INTERVAL, 5.0, float),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def enabled(self) -> bool:
+        return self._reporter is not None
+
+    def start(self) -> "Session":
+        if self._reporter is not None and not self._reporter._thread.is_alive():
+            self._reporter.start()
+        return self
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Send a final heartbeat (best effort) and stop the thread."""
+        if self._reporter is not None:
+            self._reporter.close(timeout)
+
+    def __enter__(self) -> "Session":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self._phase not in (pb.FINISHED, pb.FAILED):
+            self.set_phase("FAILED", error=f"{exc_type.__name__}: {exc}")
+        self.close()
+
+    # ------------------------------------------------------------- reporting
+    def step(self, step: int, **metrics: float) -> None:
+        """Record a completed step and its metrics (loss, tokens_per_second,
+        grad_norm, memory_bytes, step_time_seconds, or any other number)."""
+        with self._lock:
+            self._step = step
+            self._step_at = time.time()
+            if metrics:
+                self._metrics.update(metrics)
+            if self._phase in (pb.STARTING, pb.RESTORING):
+                self._phase = pb.TRAINING
+
+    def set_phase(self, phase: str | int, error: str = "") -> None:
+        """STARTING, RESTORING, TRAINING, CHECKPOINTING, FINISHED or FAILED;
+        sent at once."""
+        value = _PHASES.get(phase) if isinstance(phase, str) else phase
+        if value is None or value == pb.PHASE_UNSPECIFIED:
+            raise ValueError(f"unknown phase {phase!r}; use one of {sorted(set(_PHASES) - {'PHASE_UNSPECIFIED'})}")
+        with self._lock:
+            self._phase, self._error = value, error
+        self._wake()
+
+    def report_checkpoint(self, result: Any) -> None:
+        """Report a save outcome (a ``checkpoint.SaveResult`` or anything with
+        step, ok, duration_s, bytes, error). A committed save acknowledges the
+        pending CHECKPOINT_NOW requests as DONE; a failed one as REJECTED."""
+        if result is None:
+            return
+        with self._lock:
+            self._ckpt_metrics.update(checkpoint_step=int(result.step), checkpoint_ok=bool(result.ok),
+                                      checkpoint_duration_seconds=float(result.duration_s))
+            if result.ok:
+                self._ckpt_metrics.update(checkpoint_bytes=int(result.bytes), last_committed_step=int(result.step))
+            state = pb.DONE if result.ok else pb.REJECTED
+            message = f"committed step {result.step}" if result.ok else f"save failed: {result.error}"
+            for rid in self._ckpt_requests:
+                self._acks.append(pb.CommandAck(request_id=rid, type=pb.CHECKPOINT_NOW, state=state,
+                                                message=message, step=int(result.step)))
+            self._ckpt_requests.clear()
+            if self._phase == pb.CHECKPOINTING:
+                self._phase = pb.TRAINING
+        self._wake()
+
+    def set_last_committed_step(self, step: int | None) -> None:
+        """E.g. after a restore, so the operator knows where the job resumed."""
+        if step is None:
+            return
+        with self._lock:
+            self._ckpt_metrics["last_committed_step"] = int(step)
+
+    # -------------------------------------------------------------- commands
+    def checkpoint_requested(self) -> bool:
+        """True while a CHECKPOINT_NOW (or STOP_AFTER_CHECKPOINT) awaits a save."""
+        return bool(self._ckpt_requests)
+
+    def stop_requested(self) -> bool:
+        """True once STOP_AFTER_CHECKPOINT arrived: save, then exit cleanly."""
+        return self._stop_request is not None
+
+    def _on_command(self, cmd: pb.OperatorCommand) -> None:
+        log.info("sdk.command type=%s request_id=%s reason=%s",
+                 pb.CommandType.Name(cmd.type), cmd.request_id, cmd.reason)
+        with self._lock:
+            if cmd.type in (pb.CHECKPOINT_NOW, pb.STOP_AFTER_CHECKPOINT):
+                if cmd.request_id not in self._ckpt_requests:
+                    self._ckpt_requests.append(cmd.request_id)
+                if cmd.type == pb.STOP_AFTER_CHECKPOINT:
+                    self._stop_request = cmd.request_id
+                state, message = pb.RECEIVED, ""
+            else:
+                state, message = pb.REJECTED, f"unknown command type {cmd.type}"
+            self._acks.append(pb.CommandAck(request_id=cmd.request_id, type=cmd.type, state=state,
+                                            message=message, step=self._step))
+        self._wake()
+
+    # ------------------------------------------------------------- internals
+    def _wake(self) -> None:
+        if self._reporter is not None:
+            self._reporter.wake()
+
+    def _build_message(self, seq: int) -> pb.WorkerMessage:
+        with self._lock:
+            step, step_at, phase, error = self._step, self._step_at, self._phase, self._error
+            metrics = dict(self._metrics)
+            metrics.update(self._ckpt_metrics)
+            acks, self._acks = self._acks, []
+        msg = pb.WorkerMessage(identity=self.identity, seq=seq, step=step, phase=phase, error=error, acks=acks)
+        now = time.time()
+        _ts(msg.sent_at, now)
+        _ts(msg.started_at, self._started_at)
+        if step_at:
+            _ts(msg.step_at, step_at)
+        m = msg.metrics
+        for name, value in metrics.items():
+            try:
+                if name in ("checkpoint_bytes", "checkpoint_step", "last_committed_step", "memory_bytes"):
+                    setattr(m, name, int(value))
+                elif name == "checkpoint_ok":
+                    m.checkpoint_ok = bool(value)
+                elif name in _METRIC_FIELDS or name == "checkpoint_duration_seconds":
+                    setattr(m, name, float(value))
+                else:
+                    m.extra[name] = float(value)
+            except (TypeError, ValueError):
+                pass  # a non-numeric metric is dropped, not fatal
+        return msg
+
+
+def any_rank(flag: bool, group=None) -> bool:
+    """True on every rank if ``flag`` is True on any rank (one tiny all-reduce).
+    Use it so all ranks act on an operator command at the same step."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    device = torch.device("cpu")
+    if dist.get_backend(group) == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
