@@ -1,0 +1,71 @@
+"""Process node agent: a stand-in for the kubelet that runs pods as local processes.
+
+TEST / LOCAL USE ONLY. This is not a kubelet and gives none of a kubelet's
+guarantees:
+
+* Images are ignored. Each container runs its ``command`` + ``args`` (with the
+  kubelet's ``$(VAR)`` expansion) as a plain process on the host, as the
+  agent's own user, with no isolation at all: no namespaces, cgroups, resource
+  limits, volumes, or image filesystem. ``PATH`` starts with the directory of
+  the Python running the agent, so ``python`` means the same interpreter.
+* Networking is loopback only. The node gets 127.N.0.1 and each pod its own
+  127.N.a.b (N unique among the agents on this machine, allocated under a lock
+  in a shared directory; see ``ipam``), published as ``status.podIP(s)``;
+  ``hostIP`` is the node address. Servers should bind their pod IP (env via
+  ``fieldRef: status.podIP``), not 0.0.0.0. There is no kube-proxy: ClusterIPs
+  are not reachable.
+* Cluster DNS is emulated for Python programs only: a ``sitecustomize`` shim
+  (``shim/``) put first on ``PYTHONPATH`` wraps ``socket.getaddrinfo`` /
+  ``gethostbyname(_ex)`` / ``gethostname``. Service names
+  (``<svc>.<ns>.svc.cluster.local``, ``<svc>.<ns>.svc``, ``<svc>.<ns>``,
+  ``<svc>``) resolve to the ready endpoint pod IPs, for headless and ClusterIP
+  Services alike (see ``dnsmap``); ``<hostname>.<subdomain>...`` records and the
+  pod's own hostname work too. C/C++ code (e.g. torch's TCPStore) does not see
+  these names.
+
+What exists:
+
+* Node registration (or adoption of an existing Node of that name) with
+  capacity/allocatable cpu, memory, pods, ``nvidia.com/gpu`` = ``--gpus``
+  (advertised only; no devices are assigned), labels ``--label k=v``,
+  ``kubernetes.io/hostname``, ``stoker.dev/process-node=true``; the Ready
+  condition refreshed by NodeStatus updates every 10s and a Lease in
+  ``kube-node-lease`` renewed every 2s.
+* On SIGTERM/SIGINT: every pod process is SIGKILLed (the "machine" is gone) and
+  the agent exits WITHOUT touching the Node, so the node lifecycle controller
+  has to notice. On SIGKILL of the agent the direct pod processes die through
+  PR_SET_PDEATHSIG; a restarted agent with the same ``--state-dir`` kills any
+  leftovers recorded in ``state.json``.
+* Pods bound to the node (watch with ``spec.nodeName`` field selector):
+  init containers (sequentially) and all containers (each a process group);
+  env literals, ``fieldRef`` (metadata.name/namespace/uid, labels['k'],
+  annotations['k'], spec.nodeName, spec.serviceAccountName, status.podIP(s),
+  status.hostIP(s)), ``resourceFieldRef``, ``secretKeyRef`` /
+  ``configMapKeyRef`` (``optional`` honoured), ``envFrom`` of Secrets and
+  ConfigMaps; ``HOSTNAME`` = spec.hostname or pod name; ``workingDir`` (must
+  exist; default: the pod's directory under the state dir).
+* restartPolicy Always / OnFailure / Never with exponential crash-loop backoff
+  (default 1s doubling to 30s, shorter than the kubelet's 10s/300s; flags
+  ``--restart-backoff-base/cap``), ``restartCount``, ``lastState``, real exit
+  codes (signals as 128+N) with reason Completed / Error (never OOMKilled),
+  phases Pending / Running / Succeeded / Failed following the kubelet's rules,
+  conditions Initialized / ContainersReady / Ready, ``startTime``.
+  readinessProbe (exec, tcpSocket, httpGet); no liveness or startup probes.
+* Deletion: SIGTERM to each container's process group, SIGKILL to the process
+  tree after the grace period, then the pod is deleted with grace 0 (as the
+  kubelet finishes). Pods deleted while the agent was down are cleaned up at
+  its next start.
+* Logs: stdout+stderr of each container are appended (across restarts) to
+  ``<state-dir>/pods/<namespace>_<pod>/<container>.log``; files are kept after
+  the pod is gone. ``PYTHONUNBUFFERED=1`` is set so output appears promptly.
+* Agent logs: JSON lines on stderr.
+
+Not supported: volumes, ports/hostPort, liveness/startup probes, native sidecar
+init containers, ephemeral containers, resource enforcement, service account
+tokens, service-link env vars, exec/attach/port-forward/logs through the API.
+
+Run: ``python -m tests.nodeagent --kubeconfig K --node NAME --gpus N
+[--label k=v ...] --state-dir D``.
+"""
+
+__version__ = "0.1.0"

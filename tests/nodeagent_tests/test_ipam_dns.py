@@ -1,0 +1,86 @@
+"""Loopback address allocation and the service-name map."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+from tests.nodeagent import dnsmap, ipam
+
+SHIM = os.path.join(os.path.dirname(ipam.__file__), "shim")
+
+
+def test_node_indices_are_unique_and_stable(tmp_path):
+    d = str(tmp_path / "ipam")
+    a = ipam.claim_node_index("n1", str(tmp_path / "a"), d)
+    b = ipam.claim_node_index("n1", str(tmp_path / "b"), d)  # same name, other agent
+    assert a != b
+    assert ipam.claim_node_index("n1", str(tmp_path / "a"), d) == a  # restart keeps it
+
+
+def test_dead_owners_indices_are_reused_only_when_all_are_taken():
+    table = {str(i): {"key": f"k{i}", "claimed": i} for i in range(1, 255)}
+    assert ipam.choose_index({"1": {"key": "x"}}, "y", alive=lambda e: True) == 2
+    assert ipam.choose_index(table, "new", alive=lambda e: e["key"] not in ("k7", "k9")) == 7
+
+
+def test_pod_ips_skip_addresses_in_use():
+    ip, seq = ipam.next_pod_ip(3, 0, {"127.3.0.2"})
+    assert (ip, seq) == ("127.3.0.3", 2)
+    assert ipam.pod_ip(3, 253) == "127.3.1.2"
+    assert ipam.node_ip(3) == "127.3.0.1"
+
+
+def svc(name, ns="ns", headless=True, **spec):
+    return {"metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": "None" if headless else "10.0.0.5", **spec}}
+
+
+def slice_(svc_name, eps, ns="ns"):
+    return {"metadata": {"namespace": ns, "labels": {"kubernetes.io/service-name": svc_name}},
+            "addressType": "IPv4", "endpoints": eps}
+
+
+def test_hosts_from_services_and_endpointslices():
+    hosts = dnsmap.build_hosts(
+        [svc("web"), svc("api", headless=False), svc("all", publishNotReadyAddresses=True),
+         svc("ext", type="ExternalName", externalName="example.org.")],
+        [slice_("web", [{"addresses": ["127.1.0.2"], "conditions": {"ready": True}, "hostname": "w0"},
+                        {"addresses": ["127.1.0.3"], "conditions": {"ready": False}}]),
+         slice_("api", [{"addresses": ["127.2.0.2"]}]),
+         slice_("all", [{"addresses": ["127.1.0.3"], "conditions": {"ready": False}}])])
+    assert hosts["web.ns.svc.cluster.local"] == ["127.1.0.2"]
+    assert hosts["w0.web.ns.svc.cluster.local"] == ["127.1.0.2"]
+    assert hosts["api.ns.svc.cluster.local"] == ["127.2.0.2"]  # ClusterIP: endpoint pod IPs
+    assert hosts["all.ns.svc.cluster.local"] == ["127.1.0.3"]
+    assert hosts["ext.ns.svc.cluster.local"] == "example.org"
+
+
+def test_shim_resolves_cluster_names_with_the_pod_search_list(tmp_path):
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps({"web.ns.svc.cluster.local": ["127.1.0.2"],
+                                 "empty.ns.svc.cluster.local": []}))
+    code = textwrap.dedent("""
+        import socket
+        out = []
+        for n in ["web", "web.ns", "web.ns.svc", "web.ns.svc.cluster.local", "web.ns.svc.cluster.local.",
+                  "mypod", "localhost"]:
+            out.append(sorted({a[4][0] for a in socket.getaddrinfo(n, 80, type=socket.SOCK_STREAM)}))
+        for n in ["empty", "nope.ns.svc.cluster.local"]:
+            try:
+                socket.getaddrinfo(n, 80)
+                out.append("resolved")
+            except socket.gaierror:
+                out.append("nxdomain")
+        out.append(socket.gethostbyname("web"))
+        out.append(socket.gethostname())
+        print(out)
+    """)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": SHIM, "STOKER_NODEAGENT_HOSTS": str(hosts),
+           "STOKER_NODEAGENT_NAMESPACE": "ns", "STOKER_NODEAGENT_HOSTNAME": "mypod",
+           "STOKER_NODEAGENT_POD_IP": "127.1.0.9"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    w = ["127.1.0.2"]
+    assert eval(out) == [w, w, w, w, w, ["127.1.0.9"], sorted({a[4][0] for a in socket.getaddrinfo(
+        "localhost", 80, type=socket.SOCK_STREAM)}), "nxdomain", "nxdomain", "127.1.0.2", "mypod"]
