@@ -1,0 +1,55 @@
+"""Entry point: ``python -m stoker.worker.train CONFIG`` (under torchrun for >1 process).
+
+Logging -> config -> build -> ``trainer.run()``. If the checkpoint location holds a
+committed checkpoint, training resumes from it (this is how Stoker recovers a job).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from stoker.worker import config as config_mod
+
+
+def _setup_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=os.environ.get("STOKER_LOG_LEVEL", "INFO"),
+        format=f'{{"ts":"%(asctime)s","level":"%(levelname)s","rank":{rank},"logger":"%(name)s","msg":%(message)r}}',
+        stream=sys.stderr,
+    )
+
+
+@record
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stoker.worker.train", description=__doc__)
+    parser.add_argument("config", help="YAML or JSON trainer config")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    from stoker.worker.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.run()
+    except BaseException as exc:
+        trainer.session.set_phase("FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        trainer.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: summary[k] for k in ("step", "checksum", "world_size", "mode", "resumed_from")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""The built-in trainer: GPT on synthetic data with single / DDP / ZeRO-1/2/3 /
+pipeline (GPipe, 1F1B) x data parallelism, exact resume through sharded checkpoints.
+
+What a checkpoint holds is the short list of named parts below, each ``Stateful``.
+Model and optimizer go through ``torch.distributed.checkpoint.state_dict`` (FQN-keyed,
+DTensor-sharded for FSDP, per-stage for pipelines) so DCP can reshard them to another
+world size or layout on load.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.stateful import Stateful
+
+from stoker.worker import parallel
+from stoker.worker.checksum import model_checksum
+from stoker.worker.config import FSDP_MODES, PIPELINE_MODES, Config, validate_for_world
+from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
+from stoker.worker.model import model_args
+from stoker.worker.sdk import Session
+
+log = logging.getLogger("stoker.worker.trainer")
+
+# Names of the checkpoint parts (stable: they are keys in stored checkpoints).
+MODEL = "model"
+OPTIMIZER = "optimizer"
+LR_SCHEDULER = "lr_scheduler"
+DATALOADER = "dataloader"
+TRAIN_STATE = "train_state"
+
+
+# ----------------------------------------------------------------------- pure parts
+def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier for optimizer step ``step`` (1-based): linear warmup to 1 over
+    ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step <= warmup:
+        return step / warmup
+    if total <= warmup:
+        return 1.0
+    progress = min(1.0, max(0.0, (step - warmup) / (total - warmup)))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+# -------------------------------------------------------------------- stateful parts
+class LRSchedule(Stateful):
+    """Sets each param group's lr = base_lr * lr_factor(next step)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], base_lr: float, *, warmup: int, total: int,
+                 min_ratio: float):
+        self.optimizers, self.base_lr = optimizers, base_lr
+        self.kw = {"warmup": warmup, "total": total, "min_ratio": min_ratio}
+        self.steps_done = 0
+        self._apply()
+
+    def current(self) -> float:
+        return self.base_lr * lr_factor(self.steps_done + 1, **self.kw)
+
+    def _apply(self) -> None:
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = self.current()
+
+    def step(self) -> None:
+        self.steps_done += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps_done": self.steps_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state["steps_done"])
+        self._apply()
+
+
+class ModelState(Stateful):
+    def __init__(self, parts: list[nn.Module]):
+        self.parts = parts
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        out: dict[str, Any] = {}
+        for part in self.parts:
+            out.update(get_model_state_dict(part))
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        for part in self.parts:
+            set_model_state_dict(part, state, options=StateDictOptions(strict=False))
+
+
+class OptimizerState(Stateful):
+    """FQN-keyed optimizer state. Regular optimizers / FSDP go through
+    ``get_optimizer_state_dict``; ZeroRedundancyOptimizer (not supported there)
+    stores ``state.<fqn>.{step,exp_avg,exp_avg_sq}`` for the parameters this rank
+    owns, which DCP also reshards (each rank reads its new partition)."""
+
+    def __init__(self, parts: list[nn.Module], optimizers: list[torch.optim.Optimizer]):
+        self.parts, self.optimizers = parts, optimizers
+
+    def _zero(self):
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        opt = self.optimizers[0]
+        return opt if isinstance(opt, ZeroRedundancyOptimizer) else None
+
+    def _zero_owned(self) -> dict[str, torch.Tensor]:
+        zero = self._zero()
+        module = self.parts[0].module if hasattr(self.parts[0], "module") else self.parts[0]
+        by_id = {id(p): n for n, p in module.named_parameters()}
+        out = {}
+        for group in zero.optim.param_groups:
+            for p in group["params"]:
+                st = zero.optim.state[p]
+                if not st:  # not stepped yet: create the tensors DCP loads into
+                    st["step"] = torch.tensor(0.0)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                out[by_id[id(p)]] = st
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._zero() is not None:
+            return {"state": {name: dict(st) for name, st in self._zero_owned().items()}}
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        out: dict[str, Any] = {}
+        for part, opt in zip(self.parts, self.optimizers):
+            out.update(get_optimizer_state_dict(part, opt))
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._zero() is not None:
+            for name, st in self._zero_owned().items():
+                for k, v in state["state"][name].items():
+                    if isinstance(st[k], torch.Tensor) and isinstance(v, torch.Tensor):
+                        if st[k] is not v:
+                            st[k].copy_(v)
+                    else:
+                        st[k] = v
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        for part, opt in zip(self.parts, self.optimizers):
+            set_optimizer_state_dict(part, opt, state, options=StateDictOptions(strict=False))
+
+
+class TrainState(Stateful):
+    """Step, tokens seen and every rank's RNG states (torch, numpy, python, cuda).
+
+    RNG states of ALL ranks are gathered into one replicated blob (``capture`` is a
+    collective, called before each save), so the checkpoint is the same on every
+    rank; on load rank r takes entry r, and a rank beyond the saved world size
+    reseeds from (seed, step, rank)."""
+
+    def __init__(self, seed: int, rank: int, world: int):
+        self.seed, self.rank, self.world = seed, rank, world
+        self.step = 0
+        self.tokens_seen = 0
+        self._rng_blob = b""
+
+    @staticmethod
+    def _local_rng() -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def capture(self) -> None:
+        mine = pickle.dumps(self._local_rng())
+        if self.world > 1:
+            everyone: list = [None] * self.world
+            dist.all_gather_object(everyone, mine)
+        else:
+            everyone = [mine]
+        self._rng_blob = pickle.dumps(everyone)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "rng": self._rng_blob}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        blob = state.get("rng") or b""
+        self._rng_blob = blob
+        saved = pickle.loads(blob) if blob else []
+        if self.rank < len(saved):
+            rng = pickle.loads(saved[self.rank])
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        else:
+            seed_everything(self.seed + 7919 * self.step + self.rank)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# ---------------------------------------------------------------------------- trainer
+class Trainer(Stateful):
+    """Builds everything from a Config for the current world and runs the loop.
+
+    The Trainer itself is Stateful: its state is the train state (step, tokens)."""
+
+    def __init__(self, cfg: Config, *, session=None):
+        self.cfg = cfg
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.pp, self.dp = validate_for_world(cfg, self.world)
+        self.device = parallel.device_for_rank(local_rank)
+        self._setup_determinism()
+        if self.world > 1 or "RANK" in os.environ:
+            if not dist.is_initialized():
+                if self.device.type == "cuda":
+                    torch.cuda.set_device(self.device)
+                dist.init_process_group(parallel.backend_for(self.device))
+        self.distributed = dist.is_initialized()
+        seed_everything(cfg.train.seed + self.rank)
+        self.dims = parallel.ParallelDims(pp=self.pp, dp=self.dp, world_size=self.world)
+        self.mesh = self.dims.build_mesh(self.device.type) if self.distributed else None
+        self.dp_rank = self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
+        # operator SDK: a no-op without STOKER_OPERATOR_ADDR
+        self.session = (session if session is not None else Session.from_env()).start()
+        self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
+        self._build()
+        self.metrics_file = None
+
+    # -- setup
+    def _setup_determinism(self) -> None:
+        t = self.cfg.train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        if t.deterministic:
+            # CPU: fixed thread count + deterministic kernels; GPU: cuBLAS workspace
+            # config, no cuDNN autotuning, deterministic SDPA/scatter kernels.
+            if self.device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.backends.cudnn.benchmark = False
+                torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        t, p, d = cfg.train, cfg.parallel, cfg.data
+        self.args = model_args(cfg.model.size, vocab_size=d.vocab_size, max_seq_len=d.seq_len,
+                               tie_embeddings=cfg.model.tie_embeddings)
+        self.data = SyntheticLM(SyntheticSpec(seed=t.seed, vocab_size=d.vocab_size, seq_len=d.seq_len,
+                                              train_samples=d.train_samples, val_samples=d.val_samples,
+                                              noise=d.noise))
+        self.batcher = DistributedBatcher(self.data, global_batch=t.global_batch, micro_batch=t.micro_batch,
+                                          dp_degree=self.dp, dp_rank=self.dp_rank, order_seed=t.seed)
+        self.val = (validation_batches(self.data, n_samples=cfg.validation.samples, batch=t.micro_batch,
+                                       dp_degree=self.dp, dp_rank=self.dp_rank)
+                    if cfg.validation.every else [])
+        mode = p.mode
+        self.schedule = None
+        self.pp_group = None
+        adamw = {"lr": t.lr, "betas": (t.beta1, t.beta2)}
+        if mode in PIPELINE_MODES:
+            self.schedule, self.parts = parallel.pipeline_model(
+                self.args, t.seed, self.mesh, self.device, schedule=mode, n_microbatches=self.batcher.accum,
+                loss_fn=loss_fn, activation_checkpointing=p.activation_checkpointing)
+            self.pp_group = self.mesh["pp"].get_group()
+            self.optimizers = [torch.optim.AdamW(parallel.param_groups(m, t.weight_decay), **adamw)
+                               for m in self.parts]
+        else:
+            model = parallel.build_model(self.args, t.seed, self.device)
+            if p.activation_checkpointing:
+                parallel.apply_ac(model)
+            if mode in FSDP_MODES:
+                model = parallel.apply_fsdp(model, self.mesh, reshard_after_forward=(mode == "zero3"),
+                                            cpu_offload=p.cpu_offload, mixed_precision=p.bf16)
+            elif mode in ("ddp", "zero1"):
+                model = parallel.apply_ddp(model, self.mesh, self.device)
+            if mode == "zero1":
+                opt = parallel.apply_zero1(model, self.mesh, lr=t.lr, betas=adamw["betas"],
+                                           weight_decay=t.weight_decay)
+            else:
+                opt = torch.optim.AdamW(parallel.param_groups(model, t.weight_decay), **adamw)
+            self.parts, self.optimizers = [model], [opt]
+        self.lr_schedule = LRSchedule(self.optimizers, t.lr, warmup=t.warmup_steps, total=t.steps,
+                                      min_ratio=t.min_lr_ratio)
+        self.checkpoint_state = {
+            MODEL: ModelState(self.parts),
+            OPTIMIZER: OptimizerState(self.parts, self.optimizers),
+            LR_SCHEDULER: self.lr_schedule,
+            DATALOADER: self.batcher,
+            TRAIN_STATE: self.train_state,
+        }
+        # Who writes metrics: the first rank (dp rank 0) of the last pipeline stage.
+        last_stage = self.schedule is None or self.schedule.is_last
+        self.is_metrics_rank = last_stage and self.dp_rank == 0
+
+    # -- Stateful (the trainer's own state is the train state)
+    def state_dict(self) -> dict[str, Any]:
+        return self.train_state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train_state.load_state_dict(state)
+
+    # -- helpers
+    def _autocast(self):
+        if self.cfg.parallel.bf16 and self.cfg.parallel.mode not in FSDP_MODES:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _all_params(self) -> list[nn.Parameter]:
+        return [p for m in self.parts for p in m.parameters()]
+
+    def _sum_world(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.distributed:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    # -- one optimizer step
+    def train_step(self) -> tuple[float, float]:
+        """Returns (this rank's share of the loss, global grad norm)."""
+        micro = self.batcher.next_batch()
+        for m in self.parts:
+            m.train()
+        if self.schedule is not None:
+            x = torch.cat([mb[0] for mb in micro]).to(self.device)
+            y = torch.cat([mb[1] for mb in micro]).to(self.device)
+            losses: list[torch.Tensor] = []
+            with self._autocast():
+                if self.schedule.is_first and self.schedule.is_last:
+                    self.schedule.step(x, target=y, losses=losses)
+                elif self.schedule.is_first:
+                    self.schedule.step(x)
+                elif self.schedule.is_last:
+                    self.schedule.step(target=y, losses=losses)
+                else:
+                    self.schedule.step()
+            local_loss = torch.stack(losses).mean().item() if losses else 0.0
+            parallel.allreduce_grads(self._all_params(), self.mesh["dp"].get_group(), self.dp)
+            norm = parallel.clip_grad_norm_(self._all_params(), self.cfg.train.grad_clip, pp_group=self.pp_group)
+        else:
+            model = self.parts[0]
+            total = torch.zeros((), device=self.device)
+            n = len(micro)
+            for i, (x, y) in enumerate(micro):
+                x, y = x.to(self.device), y.to(self.device)
+                last = i == n - 1
+                sync = model.no_sync() if (hasattr(model, "no_sync") and not last) else contextlib.nullcontext()
+                with sync, self._autocast():
+                    loss = loss_fn(model(x), y) / n
+                loss.backward()
+                total += loss.detach()
+            local_loss = total.item()
+            norm = parallel.clip_grad_norm_(self._all_params(), self.cfg.train.grad_clip)
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.lr_schedule.step()
+        return local_loss, float(norm)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean validation loss over the held-out set (all ranks get it)."""
+        for m in self.parts:
+            m.eval()
+        local_sum, local_n = 0.0, 0
+        if self.schedule is not None:
+            k = self.batcher.accum
+            for i in range(0, len(self.val), k):
+                chunk = self.val[i:i + k]
+                if len(chunk) < k:
+                    break
+                x = torch.cat([c[0] for c in chunk]).to(self.device)
+                y = torch.cat([c[1] for c in chunk]).to(self.device)
+                losses: list[torch.Tensor] = []
+                with self._autocast():
+                    if self.schedule.is_first and self.schedule.is_last:
+                        self.schedule.eval(x, target=y, losses=losses)
+                    elif self.schedule.is_first:
+                        self.schedule.eval(x)
+                    elif self.schedule.is_last:
+                        self.schedule.eval(target=y, losses=losses)
+                    else:
+                        self.schedule.eval()
+                local_sum += sum(float(v) for v in losses)
+                local_n += len(losses)
+        else:
+            model = self.parts[0]
+            for x, y in self.val:
+                with self._autocast():
+                    local_sum += float(loss_fn(model(x.to(self.device)), y.to(self.device)))
+                local_n += 1
+        total, count = self._sum_world([local_sum, float(local_n)])
+        return total / max(count, 1.0)
+
+    # -- metrics
+    def _emit(self, record: dict[str, Any]) -> None:
+        if not self.is_metrics_rank:
+            return
+        path = self.cfg.output.metrics_path
+        if path is None:
+            return
+        if self.metrics_file is None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.metrics_file = open(path, "a", buffering=1)
+        self.metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def memory_report(self) -> dict[str, int]:
+        params = [p for m in self.parts for p in m.parameters()]
+        p_local, p_full = parallel.local_and_full_bytes(params)
+        moments = []
+        for opt in self.optimizers:
+            inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer keeps its local optimizer here
+            for st in inner.state.values():
+                moments += [v for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")]
+        o_local, _ = parallel.local_and_full_bytes(moments)
+        return {"param_bytes_local": p_local, "param_bytes_full": p_full,
+                "optim_bytes_local": o_local, "optim_bytes_full": 2 * p_full}
+
+    # -- the loop
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t, c = cfg.train, cfg.checkpoint
+        ckpt = None
+        resumed_from = None
+        if c.uri:
+            from stoker.worker.checkpoint import CheckpointManager
+
+            ckpt = CheckpointManager(c.uri, keep=c.keep, async_mode=c.async_mode,
+                                     on_result=self.session.report_checkpoint)
+            self.session.set_phase("RESTORING")
+            resumed_from = ckpt.load(self.checkpoint_state)
+            self.session.set_last_committed_step(resumed_from)
+        if resumed_from is None and c.init_from:
+            from stoker.worker.checkpoint import CheckpointManager
+
+            src = CheckpointManager(c.init_from, keep=1, async_mode="disabled")
+            got = src.load({MODEL: self.checkpoint_state[MODEL]})
+            src.close()
+            if got is None:
+                raise FileNotFoundError(f"checkpoint.init_from: no committed checkpoint under {c.init_from!r}")
+            log.info("trainer.init_from uri=%s step=%d", c.init_from, got)
+        if resumed_from is not None:
+            log.info("trainer.resumed step=%d", resumed_from)
+            if self.train_state.step != resumed_from:
+                raise RuntimeError(f"checkpoint step {resumed_from} holds train_state.step={self.train_state.step}")
+        self.session.set_phase("TRAINING")
+        tokens_per_step = t.global_batch * cfg.data.seq_len
+        last_saved = resumed_from
+        stop = False
+        while self.train_state.step < t.steps and not stop:
+            t0 = time.perf_counter()
+            local_loss, norm = self.train_step()
+            self.train_state.step += 1
+            self.train_state.tokens_seen += tokens_per_step
+            step = self.train_state.step
+            ask_ckpt = 1.0 if self.session.checkpoint_requested() else 0.0
+            ask_stop = 1.0 if self.session.stop_requested() else 0.0
+            loss_sum, ckpt_votes, stop_votes = self._sum_world([local_loss, ask_ckpt, ask_stop])
+            loss = loss_sum / self.dp
+            dt = time.perf_counter() - t0
+            record = {"step": step, "loss": loss, "grad_norm": norm, "lr": self.lr_schedule.base_lr *
+                      lr_factor(step, **self.lr_schedule.kw), "tokens_seen": self.train_state.tokens_seen,
+                      "tokens_per_s": tokens_per_step / dt if dt > 0 else None, "world_size": self.world}
+            if cfg.validation.every and (step % cfg.validation.every == 0 or step == t.steps):
+                val = self.validate()
+                record["val_loss"] = val
+                record["val_ppl"] = math.exp(min(val, 50.0))
+            self._emit(record)
+            self.session.step(step, loss=loss, grad_norm=norm, tokens_per_second=record["tokens_per_s"] or 0.0,
+                              step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen),
+                              **({"val_loss": record["val_loss"]} if "val_loss" in record else {}))
+            stop = stop_votes > 0
+            due = c.interval and step % c.interval == 0
+            if ckpt is not None and (due or ckpt_votes > 0 or stop or step == t.steps):
+                self.save(ckpt, step)
+                last_saved = step
+            if cfg.debug.stall_after_step == step and ckpt is not None:
+                ckpt.wait()
+                log.warning("trainer.stalled step=%d (debug.stall_after_step)", step)
+                self._emit({"event": "stalled", "step": step})
+                while True:
+                    time.sleep(3600)
+        if ckpt is not None:
+            if last_saved != self.train_state.step:
+                self.save(ckpt, self.train_state.step)
+            ckpt.close()
+        checksum = model_checksum(self.parts)
+        summary = {"step": self.train_state.step, "tokens_seen": self.train_state.tokens_seen,
+                   "checksum": checksum, "world_size": self.world, "mode": cfg.parallel.mode,
+                   "resumed_from": resumed_from, "stopped_early": stop}
+        mem = self.memory_report()
+        if self.distributed:
+            everyone: list = [None] * self.world
+            dist.all_gather_object(everyone, mem)
+        else:
+            everyone = [mem]
+        summary["memory_by_rank"] = everyone
+        if self.rank == 0 and cfg.output.summary_path:
+            Path(cfg.output.summary_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg.output.summary_path).write_text(json.dumps(summary, indent=2, sort_keys=True))
+        self.session.set_phase("FINISHED")
+        return summary
+
+    def save(self, ckpt, step: int) -> None:
+        self.train_state.capture()
+        self.session.set_phase("CHECKPOINTING")
+        ckpt.save(step, self.checkpoint_state)  # async: returns once staged; on_result reports the commit
+        self.session.set_phase("TRAINING")
+
+    def close(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+        self.session.close()
+        if self.distributed:
+            dist.destroy_process_group()
