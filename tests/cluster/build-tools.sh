@@ -12,6 +12,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${STOKER_CACHE:-$HOME/.cache/stoker}
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 gov=$(go env GOVERSION)
+# One build at a time per cache (two `cluster up`s at once must not race on a tool).
+mkdir -p "$cache/bin"
+exec 9>"$cache/bin/.build.lock"
+if ! flock -n 9; then
+  echo "waiting for another build of the tools to finish (lock: $cache/bin/.build.lock)" >&2
+  flock 9
+fi
 
 # module dir : binary : package
 targets=(
@@ -28,18 +35,23 @@ want=("$@")
 for t in "${targets[@]}"; do
   IFS=: read -r mod bin pkg <<<"$t"
   if [ ${#want[@]} -gt 0 ] && ! printf '%s\n' "${want[@]}" | grep -qx "$bin"; then continue; fi
-  key=$(cat "$here/go/$mod"/go.mod "$here/go/$mod"/go.sum "$here/go/$mod"/*.go <(echo "$gov") | sha256sum | cut -c1-12)
+  ldflags="-s -w" stamp=""
+  if [ "$mod" = kubernetes ]; then
+    # The pinned version, from `require k8s.io/kubernetes vX.Y.Z` (single line or block).
+    v=$(awk '{for (i = 1; i < NF; i++) if ($i == "k8s.io/kubernetes" && $(i+1) ~ /^v[0-9]/) {print $(i+1); exit}}' "$here/go/$mod/go.mod")
+    case "$v" in v[0-9]*.[0-9]*.[0-9]*) ;; *) echo "cannot read the k8s.io/kubernetes version from $here/go/$mod/go.mod (got '$v')" >&2; exit 1;; esac
+    # What `kubectl version` / the apiserver report: the same stamp k8s' own build sets
+    # (the apiserver parses it as a semantic version at startup).
+    stamp="-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$v" | cut -d. -f2) -X k8s.io/client-go/pkg/version.gitVersion=$v"
+    ldflags="$ldflags $stamp"
+  fi
+  # The key covers everything that changes the binary: module files, Go version, version stamp.
+  key=$(cat "$here/go/$mod"/go.mod "$here/go/$mod"/go.sum "$here/go/$mod"/*.go <(echo "$gov${stamp:+ $stamp}") | sha256sum | cut -c1-12)
   out="$cache/bin/$mod-$key"
   if [ ! -x "$out/$bin" ]; then
     mkdir -p "$out"
     echo "building $bin ($mod, $gov) -> $out (first time only: minutes on 2 cores)" >&2
     start=$SECONDS
-    ldflags="-s -w"
-    if [ "$mod" = kubernetes ]; then
-      v=$(awk '/k8s.io\/kubernetes v/{print $2; exit}' "$here/go/$mod/go.mod")
-      # What `kubectl version` / the apiserver report: the same stamp k8s' own build sets.
-      ldflags="$ldflags -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$v" | cut -d. -f2) -X k8s.io/client-go/pkg/version.gitVersion=$v"
-    fi
     (cd "$here/go/$mod" && go build -trimpath -ldflags "$ldflags" -o "$out/$bin.tmp" "$pkg")
     mv "$out/$bin.tmp" "$out/$bin"
     echo "built $bin in $((SECONDS - start))s" >&2
