@@ -1,0 +1,79 @@
+"""`stoker operator …` subcommands."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import Config, to_env
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("operator", help="run the TrainingJob operator")
+    osub = p.add_subparsers(dest="operator_command", metavar="COMMAND")
+
+    run = osub.add_parser("run", help="reconcile TrainingJobs into elastic torchrun worker pods")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch only this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    d = Config()
+    run.add_argument("--kubeconfig", default=None)
+    run.add_argument("--metrics-port", type=int, default=d.metrics_port, help="Prometheus endpoint; 0 disables")
+    run.add_argument("--health-port", type=int, default=d.health_port, help="liveness endpoint /healthz; 0 disables")
+    run.add_argument("--rendezvous-port", type=int, default=d.rendezvous_port,
+                     help="port of the shared c10d store the operator hosts; 0: host none")
+    run.add_argument("--rendezvous-advertise-address", default=d.rendezvous_advertise_address,
+                     help="IP literal workers use to reach the store (in a cluster: the operator Service's ClusterIP)")
+    run.add_argument("--resync-seconds", type=float, default=d.resync_seconds,
+                     help="re-check every job this often (deadlines, TTL, backoff)")
+    run.add_argument("--last-call-timeout", type=int, default=d.last_call_timeout_seconds,
+                     help="seconds a rendezvous round waits for more than minReplicas workers")
+    run.add_argument("--torchrun-max-restarts", type=int, default=d.torchrun_max_restarts,
+                     help="in-place restarts per torchrun agent (each scale-down costs one)")
+    run.add_argument("--peering", default=None, metavar="NAME",
+                     help="kopf peering object: replicas with the same NAME never act together (default: standalone)")
+    run.add_argument("--s3-endpoint", default=None, help="AWS_ENDPOINT_URL_S3 for workers whose Secret has none")
+    run.add_argument("--heartbeat-address", default=None, help="host:port of the heartbeat service given to workers")
+    run.add_argument("--max-workers", type=int, default=d.max_workers)
+    run.add_argument("--log-level", default=d.log_level)
+    run.set_defaults(func=_run)
+
+    rdzv = osub.add_parser("rendezvous", help="host only the shared c10d rendezvous store (sidecar mode)")
+    rdzv.add_argument("--port", type=int, default=d.rendezvous_port)
+    rdzv.set_defaults(func=_rendezvous)
+
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        namespaces=tuple(args.namespace),
+        kubeconfig=args.kubeconfig,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        rendezvous_port=args.rendezvous_port,
+        rendezvous_advertise_address=args.rendezvous_advertise_address,
+        resync_seconds=args.resync_seconds,
+        last_call_timeout_seconds=args.last_call_timeout,
+        torchrun_max_restarts=args.torchrun_max_restarts,
+        peering=args.peering,
+        s3_endpoint=args.s3_endpoint,
+        heartbeat_address=args.heartbeat_address,
+        max_workers=args.max_workers,
+        log_level=args.log_level,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    os.environ.update(to_env(config_from_args(args)))
+    sys.modules.pop("stoker.operator.main", None)
+    from . import main  # reads the environment at import
+
+    return main.run()
+
+
+def _rendezvous(args: argparse.Namespace) -> int:
+    from . import rendezvous
+
+    return rendezvous.main(["--port", str(args.port)])

@@ -1,0 +1,126 @@
+"""The reconcile shell: read → plan (pure) → act → write status once → Events.
+
+`Controller.trigger(ns, name)` is called from kopf handlers (job events, pod
+events, the resync timer). Passes for one job never overlap: a trigger that
+arrives while a pass runs marks the job dirty and the running pass repeats once.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from . import metrics
+from .jobspec import job_view
+from .kube import Conflict, Kube
+from .pods import RenderConfig, pod_view, render_pod
+from .reconcile import Plan, plan
+from .status import status_changed
+
+log = logging.getLogger("stoker.operator")
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch turning `old` into `new` (removed keys -> None)."""
+    out = {k: v for k, v in new.items() if old.get(k) != v}
+    for k in old:
+        if k not in new:
+            out[k] = None
+    return out
+
+
+class Controller:
+    def __init__(self, kube: Kube, render: RenderConfig,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)) -> None:
+        self.kube = kube
+        self.render = render
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, str]] = set()
+        self._dirty: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------ coalescing trigger
+    def trigger(self, namespace: str, name: str) -> Plan | None:
+        key = (namespace, name)
+        with self._lock:
+            if key in self._running:
+                self._dirty.add(key)
+                return None
+            self._running.add(key)
+        result = None
+        try:
+            for _ in range(10):  # bounded: a hot loop is a bug, the timer retries anyway
+                with self._lock:
+                    self._dirty.discard(key)
+                result = self.reconcile_once(namespace, name)
+                with self._lock:
+                    if key not in self._dirty:
+                        break
+        finally:
+            with self._lock:
+                self._running.discard(key)
+                self._dirty.discard(key)
+        return result
+
+    # ------------------------------------------------------------------ one pass
+    def reconcile_once(self, namespace: str, name: str) -> Plan | None:
+        t0 = time.perf_counter()
+        fields = {"job": name, "namespace": namespace}
+        try:
+            for attempt in range(3):
+                try:
+                    return self._pass(namespace, name, fields)
+                except Conflict:
+                    log.debug("status conflict, re-reading", extra={**fields, "attempt": attempt})
+            return None
+        except Exception as exc:
+            metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+            log.exception("reconcile failed", extra=fields)
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
+
+    def _pass(self, namespace: str, name: str, fields: dict[str, Any]) -> Plan | None:
+        body = self.kube.get_job(namespace, name)
+        if body is None:
+            metrics.observe_phase(namespace, name, None)
+            return None
+        job = job_view(body)
+        if job.deleting:
+            return None  # ownerReferences + GC remove the pods
+        pods = [v for v in (pod_view(p) for p in self.kube.list_pods(namespace, name)) if v is not None]
+        now = self.clock()
+        pl = plan(job, pods, now)
+        fields = {**fields, "uid": job.uid, "incarnation": pl.incarnation}
+
+        for pod in pl.delete:
+            if self.kube.delete_pod(namespace, pod):
+                metrics.PODS_DELETED.inc()
+                log.info("deleted worker pod", extra={**fields, "pod": pod})
+        for index in pl.create:
+            manifest = render_pod(job, index, pl.incarnation, self.render)
+            if self.kube.create_pod(namespace, manifest):
+                metrics.PODS_CREATED.inc()
+                log.info("created worker pod", extra={**fields, "pod": manifest["metadata"]["name"]})
+
+        old = dict(body.get("status") or {})
+        if status_changed(old, pl.status) or any(k not in pl.status for k in old):
+            patch = status_patch(old, pl.status)
+            self.kube.patch_job_status(namespace, name, body["metadata"]["resourceVersion"], patch)
+            if pl.restart_cause:
+                metrics.RESTARTS.labels(pl.restart_cause).inc()
+            if old.get("phase") != pl.status.get("phase"):
+                log.info("phase changed", extra={**fields, "from": old.get("phase"), "to": pl.status.get("phase"),
+                                                 "reason": pl.status.get("reason")})
+            # Events only after the status write succeeded, only for transitions.
+            for ev in pl.events:
+                self.kube.emit_event(body, ev.type, ev.reason, ev.message)
+        metrics.observe_phase(namespace, name, pl.status.get("phase"))
+
+        if pl.delete_job:
+            log.info("deleting finished job (ttl)", extra=fields)
+            self.kube.delete_job(namespace, name, job.uid)
+            metrics.observe_phase(namespace, name, None)
+        return pl

@@ -1,0 +1,87 @@
+"""A typed, defaulted view of a TrainingJob body. Pure; no kopf, no API calls.
+
+The API server already applied the schema defaults; the fallbacks here cover
+objects created before a default existed and unit tests that pass bare dicts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitCodeRule:
+    exit_codes: frozenset[int]
+    action: str  # RestartJob | FailJob | Ignore
+
+
+@dataclasses.dataclass(frozen=True)
+class JobView:
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    deleting: bool
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    nproc_per_node: int
+    template: Mapping[str, Any]
+    checkpoint: Mapping[str, Any] | None
+    max_restarts: int
+    backoff_seconds: int
+    heartbeat_timeout_seconds: int
+    exit_code_rules: tuple[ExitCodeRule, ...]
+    suspend: bool
+    active_deadline_seconds: int | None
+    ttl_seconds_after_finished: int | None
+    clean_pod_policy: str
+    scheduling: Mapping[str, Any]
+    status: Mapping[str, Any]
+    labels: Mapping[str, str]
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_replicas != self.max_replicas
+
+
+def job_view(body: Mapping[str, Any]) -> JobView:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    replicas = int(spec.get("replicas", 1))
+    if "maxReplicas" in spec:  # elastic: MIN defaults to 1 so scaling never changes --nnodes
+        max_r = int(spec["maxReplicas"])
+        min_r = int(spec.get("minReplicas", 1))
+    else:                      # fixed size
+        min_r = int(spec.get("minReplicas", replicas))
+        max_r = replicas
+    fp = spec.get("failurePolicy") or {}
+    rp = spec.get("runPolicy") or {}
+    rules = tuple(
+        ExitCodeRule(frozenset(int(c) for c in r.get("exitCodes", [])), str(r.get("action", "RestartJob")))
+        for r in fp.get("exitCodeRules") or []
+    )
+    return JobView(
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace", ""),
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation", 0) or 0),
+        deleting=bool(meta.get("deletionTimestamp")),
+        replicas=replicas,
+        min_replicas=min_r,
+        max_replicas=max_r,
+        nproc_per_node=int(spec.get("nprocPerNode", 1)),
+        template=spec.get("template") or {},
+        checkpoint=spec.get("checkpoint"),
+        max_restarts=int(fp.get("maxRestarts", 3)),
+        backoff_seconds=int(fp.get("backoffSeconds", 10)),
+        heartbeat_timeout_seconds=int(fp.get("heartbeatTimeoutSeconds", 60)),
+        exit_code_rules=rules,
+        suspend=bool(rp.get("suspend", False)),
+        active_deadline_seconds=rp.get("activeDeadlineSeconds"),
+        ttl_seconds_after_finished=rp.get("ttlSecondsAfterFinished"),
+        clean_pod_policy=str(rp.get("cleanPodPolicy", "Running")),
+        scheduling=spec.get("scheduling") or {},
+        status=body.get("status") or {},
+        labels=meta.get("labels") or {},
+    )

@@ -1,0 +1,111 @@
+"""Kopf wiring only: decorators and startup settings. Every decision lives in
+plain modules (reconcile, policies, pods); the shell is controller.Controller.
+
+Run with `stoker operator run …` or `python -m stoker.operator.main` (settings
+from STOKER_OPERATOR_* environment variables, see config.py).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import kopf
+
+from stoker.common import labels as L
+
+from . import logs, metrics
+from .config import load
+from .controller import Controller
+from .kube import Kube
+from .pods import RenderConfig
+from .rendezvous import StoreProcess, endpoint
+
+CONFIG = load()
+log = logging.getLogger("stoker.operator")
+_state: dict[str, object] = {}
+
+
+def _controller() -> Controller:
+    return _state["controller"]  # type: ignore[return-value]
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: object) -> None:
+    # The status schema is strict: kopf's own bookkeeping goes to annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=L.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=L.GROUP)
+    settings.persistence.finalizer = f"{L.GROUP}/operator"
+    settings.posting.enabled = False          # our Events come from the controller, on transitions only
+    settings.execution.max_workers = CONFIG.max_workers
+    settings.watching.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    settings.watching.reconnect_backoff = 0.5
+    settings.networking.request_timeout = 30
+    settings.batching.idle_timeout = 5.0
+    settings.batching.batch_window = 0.05
+    settings.peering.standalone = CONFIG.peering is None
+    if CONFIG.peering:
+        settings.peering.name = CONFIG.peering
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = CONFIG.clusterwide
+        settings.peering.priority = 0
+
+    store_port = CONFIG.rendezvous_port
+    if store_port > 0:
+        store = StoreProcess(store_port)
+        store.start()
+        _state["store"] = store
+    metrics.serve(CONFIG.metrics_port)
+    render = RenderConfig(
+        rendezvous_endpoint=endpoint(CONFIG.rendezvous_advertise_address, store_port or 29400),
+        operator_addr=CONFIG.heartbeat_address,
+        last_call_timeout_s=CONFIG.last_call_timeout_seconds,
+        torchrun_max_restarts=CONFIG.torchrun_max_restarts,
+        s3_endpoint=CONFIG.s3_endpoint,
+    )
+    _state["controller"] = Controller(Kube(CONFIG.kubeconfig), render)
+    log.info("operator started", extra={"namespaces": ",".join(CONFIG.namespaces) or "*",
+                                        "rendezvous": render.rendezvous_endpoint,
+                                        "metrics_port": CONFIG.metrics_port, "peering": CONFIG.peering or "standalone"})
+
+
+@kopf.on.cleanup()
+def cleanup(**_: object) -> None:
+    store = _state.pop("store", None)
+    if store is not None:
+        store.stop()  # type: ignore[attr-defined]
+
+
+@kopf.on.event(L.GROUP, L.VERSION, L.PLURAL)
+def on_job_event(type: str | None, name: str, namespace: str, **_: object) -> None:
+    if type == "DELETED":
+        metrics.observe_phase(namespace, name, None)
+        return
+    _controller().trigger(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={L.APP_MANAGED_BY: L.MANAGED_BY_VALUE, L.JOB_NAME: kopf.PRESENT})
+def on_pod_event(labels: dict, namespace: str, **_: object) -> None:
+    _controller().trigger(namespace, labels[L.JOB_NAME])
+
+
+@kopf.timer(L.GROUP, L.VERSION, L.PLURAL, interval=CONFIG.resync_seconds)
+def resync(name: str, namespace: str, **_: object) -> None:
+    """Time-driven transitions (deadline, TTL, restart backoff) and a safety net."""
+    _controller().trigger(namespace, name)
+
+
+def run() -> int:
+    logs.setup(CONFIG.log_level)
+    kopf.run(
+        standalone=CONFIG.peering is None,
+        peering_name=CONFIG.peering,
+        namespaces=list(CONFIG.namespaces),
+        clusterwide=CONFIG.clusterwide,
+        liveness_endpoint=f"http://0.0.0.0:{CONFIG.health_port}/healthz" if CONFIG.health_port else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,306 @@
+"""Worker pod rendering and observed-pod parsing. Pure functions, no API calls.
+
+How the user's command maps onto torchrun (the trainer is the FIRST container
+of ``spec.template``; its ``command`` + ``args`` form the user command):
+
+  ["python", "train.py", *a]        -> python -m torch.distributed.run <launcher flags> train.py *a
+  ["python", "-m", "pkg.mod", *a]   -> python -m torch.distributed.run <launcher flags> -m pkg.mod *a
+  ["python", "-u", ...] / "-c" ...  -> python -m torch.distributed.run <launcher flags> --no-python python -u ...
+  ["/usr/bin/train", *a]            -> torchrun <launcher flags> --no-python /usr/bin/train *a
+
+A python interpreter in the user's command (``python``, ``python3``,
+``python3.11``, ``/opt/venv/bin/python``) is reused to run the launcher, so
+torchrun need not be on PATH; any other program runs with ``--no-python``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from typing import Any, Mapping
+
+from stoker.common import env as E
+from stoker.common import labels as L
+
+from .jobspec import JobView
+
+SPEC_HASH = f"{L.GROUP}/spec-hash"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+POD_GROUP_MIN = f"{L.GROUP}/min-available"
+# Not (yet) in stoker.common.env: the seconds-based checkpoint interval.
+CHECKPOINT_INTERVAL_SECONDS = "STOKER_CHECKPOINT_INTERVAL_SECONDS"
+
+_PYTHON_RE = re.compile(r"^python[0-9.]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    """Operator-wide settings that shape every worker pod."""
+
+    rendezvous_endpoint: str = "127.0.0.1:29400"  # an IP literal: no DNS needed
+    operator_addr: str | None = None               # gRPC heartbeat service (later issue)
+    last_call_timeout_s: int = 2                    # how long a round waits for more than MIN nodes
+    join_timeout_s: int = 600
+    read_timeout_s: int = 60
+    torchrun_max_restarts: int = 10                 # in-place restarts per agent (scale-downs cost one)
+    monitor_interval_s: float = 1.0
+    s3_endpoint: str | None = None                  # default AWS_ENDPOINT_URL_S3 if the secret has none
+
+
+def pod_name(job: str, index: int, incarnation: int) -> str:
+    return f"{job}-worker-{index}-{incarnation}"
+
+
+def rendezvous_id(job: JobView, incarnation: int) -> str:
+    # The uid part keeps a re-created job of the same name from meeting the
+    # closed rendezvous its predecessor left in the long-lived store.
+    return f"{job.namespace}-{job.name}-{job.uid[:8]}-{incarnation}"
+
+
+def spec_hash(job: JobView) -> str:
+    """Hash of everything that changes what a worker pod runs (not replicas)."""
+    material = {
+        "template": job.template,
+        "nproc": job.nproc_per_node,
+        "nnodes": [job.min_replicas, job.max_replicas],
+        "checkpoint": job.checkpoint,
+        "scheduling": job.scheduling,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def selector(job_name: str) -> str:
+    return f"{L.JOB_NAME}={job_name}"
+
+
+def job_labels(job_name: str) -> dict[str, str]:
+    return {
+        L.APP_NAME: "stoker",
+        L.APP_INSTANCE: job_name,
+        L.APP_COMPONENT: L.COMPONENT_WORKER,
+        L.APP_MANAGED_BY: L.MANAGED_BY_VALUE,
+        L.APP_PART_OF: "stoker",
+        L.JOB_NAME: job_name,
+    }
+
+
+def launcher_command(user_cmd: list[str], flags: list[str]) -> list[str]:
+    """Wrap the user's command in torchrun (see the module docstring)."""
+    if not user_cmd:
+        raise ValueError("spec.template.spec.containers[0].command is empty: set it to your training program")
+    exe, rest = user_cmd[0], list(user_cmd[1:])
+    if _PYTHON_RE.match(os.path.basename(exe)):
+        launcher = [exe, "-m", "torch.distributed.run", *flags]
+        if len(rest) >= 2 and rest[0] == "-m":
+            return [*launcher, "-m", *rest[1:]]
+        if rest and not rest[0].startswith("-"):
+            return [*launcher, *rest]
+        return [*launcher, "--no-python", exe, *rest]
+    return ["torchrun", *flags, "--no-python", exe, *rest]
+
+
+def torchrun_flags(job: JobView, incarnation: int, cfg: RenderConfig) -> list[str]:
+    rdzv_conf = ",".join([
+        "is_host=false",  # never host the store in a worker: the operator does
+        f"last_call_timeout={cfg.last_call_timeout_s}",
+        f"join_timeout={cfg.join_timeout_s}",
+        f"read_timeout={cfg.read_timeout_s}",
+    ])
+    return [
+        f"--nnodes={job.min_replicas}:{job.max_replicas}",
+        f"--nproc-per-node={job.nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={cfg.rendezvous_endpoint}",
+        f"--rdzv-id={rendezvous_id(job, incarnation)}",
+        f"--rdzv-conf={rdzv_conf}",
+        # Kubernetes expands $(VAR) from the container's env: the pod's own IP,
+        # so the process-group store of rank 0 is reachable without DNS.
+        f"--local-addr=$({E.POD_IP})",
+        f"--max-restarts={cfg.torchrun_max_restarts}",
+        f"--monitor-interval={cfg.monitor_interval_s:g}",
+    ]
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _secret_env(name: str, secret: str, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": name}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def worker_env(job: JobView, index: int, incarnation: int, cfg: RenderConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": E.JOB_NAME, "value": job.name},
+        {"name": E.JOB_NAMESPACE, "value": job.namespace},
+        {"name": E.JOB_UID, "value": job.uid},
+        _field_env(E.POD_NAME, "metadata.name"),
+        _field_env(E.POD_IP, "status.podIP"),
+        _field_env(E.NODE_NAME, "spec.nodeName"),
+        {"name": E.REPLICA_INDEX, "value": str(index)},
+        {"name": E.INCARNATION, "value": str(incarnation)},
+        # One agent-side store per rendezvous round, hosted by rank 0's worker at
+        # MASTER_ADDR=--local-addr; survives rank 0 changing on scale-down.
+        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if cfg.operator_addr:
+        env.append({"name": E.OPERATOR_ADDR, "value": cfg.operator_addr})
+    ck = job.checkpoint
+    if ck:
+        env.append({"name": E.CHECKPOINT_URI, "value": str(ck["uri"])})
+        if ck.get("intervalSteps") is not None:
+            env.append({"name": E.CHECKPOINT_INTERVAL_STEPS, "value": str(ck["intervalSteps"])})
+        if ck.get("intervalSeconds") is not None:
+            env.append({"name": CHECKPOINT_INTERVAL_SECONDS, "value": str(ck["intervalSeconds"])})
+        env.append({"name": E.CHECKPOINT_KEEP, "value": str(ck.get("keep", 3))})
+        secret = (ck.get("credentialsSecretRef") or {}).get("name")
+        if secret:
+            env.append(_secret_env(E.S3_ACCESS_KEY, secret))
+            env.append(_secret_env(E.S3_SECRET_KEY, secret))
+            env.append(_secret_env(E.S3_REGION, secret, optional=True))
+            if cfg.s3_endpoint:
+                env.append({"name": E.S3_ENDPOINT, "value": cfg.s3_endpoint})
+            else:
+                env.append(_secret_env(E.S3_ENDPOINT, secret, optional=True))
+        elif cfg.s3_endpoint:
+            env.append({"name": E.S3_ENDPOINT, "value": cfg.s3_endpoint})
+    return env
+
+
+def render_pod(job: JobView, index: int, incarnation: int, cfg: RenderConfig) -> dict[str, Any]:
+    """The worker pod `index` of `incarnation`, owned by the job."""
+    tmpl = copy.deepcopy(dict(job.template))
+    tmeta = tmpl.get("metadata") or {}
+    spec = copy.deepcopy(tmpl.get("spec") or {})
+    containers = spec.get("containers") or []
+    if not containers:
+        raise ValueError("spec.template.spec.containers is empty: add the trainer container")
+    trainer = containers[0]
+    user_cmd = list(trainer.get("command") or []) + list(trainer.get("args") or [])
+    trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg))
+    trainer.pop("args", None)
+    ours = worker_env(job, index, incarnation, cfg)
+    our_names = {e["name"] for e in ours}
+    user_env = [e for e in trainer.get("env") or [] if e.get("name") not in our_names]
+    # The user may read the pod IP under any name, but $(STOKER_POD_IP) must be
+    # defined before it is referenced, so ours come first.
+    trainer["env"] = ours + user_env
+    spec["restartPolicy"] = "Never"
+    sched = job.scheduling
+    if sched.get("schedulerName"):
+        spec["schedulerName"] = sched["schedulerName"]
+    if sched.get("priorityClassName"):
+        spec["priorityClassName"] = sched["priorityClassName"]
+
+    name = pod_name(job.name, index, incarnation)
+    labels = dict(tmeta.get("labels") or {})
+    labels.update(job_labels(job.name))
+    labels[L.REPLICA_INDEX] = str(index)
+    labels[L.INCARNATION] = str(incarnation)
+    if sched.get("queueName"):
+        labels[QUEUE_LABEL] = sched["queueName"]
+    annotations = dict(tmeta.get("annotations") or {})
+    annotations[L.RDZV_ID] = rendezvous_id(job, incarnation)
+    annotations[SPEC_HASH] = spec_hash(job)
+    if sched.get("minAvailable"):
+        annotations[POD_GROUP_MIN] = str(sched["minAvailable"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": job.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": spec,
+    }
+
+
+def owner_reference(job: JobView) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{L.GROUP}/{L.VERSION}",
+        "kind": L.KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+# ----------------------------------------------------------------------------- observed pods
+
+
+@dataclasses.dataclass(frozen=True)
+class PodView:
+    name: str
+    index: int
+    incarnation: int
+    phase: str                 # Pending | Running | Succeeded | Failed | Unknown
+    ready: bool
+    deleting: bool
+    exit_code: int | None      # the trainer container's, once terminated
+    reason: str                # pod.status.reason or the container's termination reason
+    disruption: str | None     # DisruptionTarget condition reason, if any
+    spec_hash: str
+    owner_uid: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+def pod_view(pod: Mapping[str, Any]) -> PodView | None:
+    """Parse an observed pod; None if it is not one of our worker pods."""
+    meta = pod.get("metadata") or {}
+    lbl = meta.get("labels") or {}
+    try:
+        index = int(lbl[L.REPLICA_INDEX])
+        incarnation = int(lbl[L.INCARNATION])
+    except (KeyError, ValueError):
+        return None
+    status = pod.get("status") or {}
+    spec = pod.get("spec") or {}
+    trainer_name = ((spec.get("containers") or [{}])[0]).get("name")
+    exit_code = None
+    reason = status.get("reason") or ""
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != trainer_name:
+            continue
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            exit_code = term.get("exitCode")
+            reason = reason or term.get("reason") or ""
+    ready = False
+    disruption = None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "True":
+            ready = True
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            disruption = cond.get("reason") or "Disrupted"
+    owner_uid = None
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            owner_uid = ref.get("uid")
+    phase = status.get("phase") or "Pending"
+    return PodView(
+        name=meta.get("name", ""),
+        index=index,
+        incarnation=incarnation,
+        phase=phase,
+        ready=ready and phase == "Running",
+        deleting=bool(meta.get("deletionTimestamp")),
+        exit_code=exit_code,
+        reason=reason,
+        disruption=disruption,
+        spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH, ""),
+        owner_uid=owner_uid,
+    )

@@ -1,0 +1,272 @@
+"""One reconcile pass as a pure function: (job, observed pods, now) -> Plan.
+
+The shape follows kubernetes-sigs/jobset: stop if deleting or finished → sort the
+owned pods into buckets → failure policy → success policy → create what is
+missing → suspend/resume → status computed in memory. The shell (controller.py)
+executes the plan: pod deletes/creates, then ONE status write, then Events.
+
+Safety when the operator dies at any line: a whole-job restart is first only
+*written* (status.incarnation += 1); the next pass deletes the previous
+incarnation's pods and creates the new ones under deterministic names, so every
+step can be repeated and nothing is created twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, Sequence
+
+from . import policy_failure, policy_success, policy_ttl
+from .jobspec import JobView
+from .pods import PodView, pod_name, selector, spec_hash
+from .status import FINISHED, budgeted_restarts, fmt_time, parse_time, restarts_of, set_condition
+
+MAX_INCIDENTS = 20
+
+
+@dataclasses.dataclass
+class Buckets:
+    active: list[PodView] = dataclasses.field(default_factory=list)      # current, Pending/Running
+    succeeded: list[PodView] = dataclasses.field(default_factory=list)
+    failed: list[PodView] = dataclasses.field(default_factory=list)
+    excess: list[PodView] = dataclasses.field(default_factory=list)      # index >= replicas
+    terminating: list[PodView] = dataclasses.field(default_factory=list)  # deletionTimestamp set
+    previous: list[PodView] = dataclasses.field(default_factory=list)    # other incarnations
+    foreign: list[PodView] = dataclasses.field(default_factory=list)     # owned by another uid
+
+
+@dataclasses.dataclass
+class Event:
+    type: str      # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class Plan:
+    create: list[int] = dataclasses.field(default_factory=list)   # replica indexes, current incarnation
+    incarnation: int = 0
+    delete: list[str] = dataclasses.field(default_factory=list)   # pod names
+    status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    events: list[Event] = dataclasses.field(default_factory=list)
+    delete_job: bool = False
+    requeue_after: float | None = None
+    restart_cause: str | None = None   # for metrics, when this pass decides a restart
+
+    def requeue(self, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+def bucket(job: JobView, pods: Sequence[PodView], incarnation: int, desired: int) -> Buckets:
+    b = Buckets()
+    for p in sorted(pods, key=lambda p: (p.incarnation, p.index, p.name)):
+        if p.owner_uid and job.uid and p.owner_uid != job.uid:
+            b.foreign.append(p)
+        elif p.incarnation != incarnation:
+            b.previous.append(p)
+        elif p.deleting:
+            b.terminating.append(p)
+        elif p.index >= desired:
+            b.excess.append(p)
+        elif p.phase == "Succeeded":
+            b.succeeded.append(p)
+        elif p.phase == "Failed":
+            b.failed.append(p)
+        else:
+            b.active.append(p)
+    return b
+
+
+def _cleanup(job: JobView, b: Buckets) -> list[str]:
+    """Pods to delete once the job finished (spec.runPolicy.cleanPodPolicy)."""
+    out = [p.name for p in b.previous if not p.deleting]
+    out += [p.name for p in b.excess]
+    if job.clean_pod_policy in ("Running", "All"):
+        out += [p.name for p in b.active]
+    if job.clean_pod_policy == "All":
+        out += [p.name for p in b.succeeded + b.failed]
+    return out
+
+
+def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime) -> Plan:
+    old = dict(job.status)
+    st: dict[str, Any] = {k: v for k, v in old.items()}
+    conds = list(old.get("conditions") or [])
+    phase = old.get("phase")
+    incarnation = int(old.get("incarnation", 0))
+    restarts = restarts_of(old)
+    p = Plan(incarnation=incarnation)
+    if job.deleting:
+        return p
+
+    desired = 0 if job.suspend else job.replicas
+    b = bucket(job, pods, incarnation, desired)
+
+    def finish(phase_: str, reason: str, message: str) -> None:
+        nonlocal conds
+        st["phase"], st["reason"], st["message"] = phase_, reason, message
+        st["completionTime"] = fmt_time(now)
+        conds = set_condition(conds, phase_, True, reason, message, now)
+        conds = set_condition(conds, "Running", False, reason, "the job finished", now)
+        if any(c.get("type") == "Restarting" for c in conds):
+            conds = set_condition(conds, "Restarting", False, reason, "the job finished", now)
+        p.events.append(Event("Normal" if phase_ == "Succeeded" else "Warning", reason, message))
+
+    # Always: the first pass records the job as created.
+    if not any(c.get("type") == "Created" for c in conds):
+        conds = set_condition(conds, "Created", True, "JobCreated", f"TrainingJob {job.name} accepted", now)
+        p.events.append(Event("Normal", "JobCreated", f"TrainingJob {job.name} accepted"))
+        st["phase"] = phase = phase or "Created"
+        st.setdefault("incarnation", 0)
+        st.setdefault("restarts", restarts)
+
+    if phase in FINISHED:
+        p.delete = _cleanup(job, b)
+        expired, left = policy_ttl.ttl_expired(job, st, now)
+        if expired:
+            p.delete_job = True
+            p.events.append(Event("Normal", "TTLExpired",
+                                  f"deleting the job: ttlSecondsAfterFinished={job.ttl_seconds_after_finished} passed"))
+        p.requeue(left)
+        _fill_counts(job, st, b, desired)
+        st["conditions"] = conds
+        p.status = st
+        return p
+
+    # Deadline (counted from startTime, which suspend resets).
+    exceeded, left = policy_ttl.deadline_exceeded(job, st, now)
+    if exceeded:
+        finish("Failed", "DeadlineExceeded",
+               f"the job ran longer than runPolicy.activeDeadlineSeconds={job.active_deadline_seconds}")
+        p.delete = _cleanup(job, b)
+        return _done(p, job, st, b, desired, conds)
+    p.requeue(left)
+
+    # Suspend / resume.
+    if job.suspend:
+        p.delete = [x.name for x in b.previous + b.active + b.succeeded + b.failed + b.excess if not x.deleting]
+        if phase != "Suspended":
+            st["phase"], st["reason"], st["message"] = "Suspended", "JobSuspended", "runPolicy.suspend is true"
+            conds = set_condition(conds, "Suspended", True, "JobSuspended", "runPolicy.suspend is true: worker pods deleted", now)
+            conds = set_condition(conds, "Running", False, "JobSuspended", "the job is suspended", now)
+            st.pop("startTime", None)
+            p.events.append(Event("Normal", "Suspended", "runPolicy.suspend is true: deleting worker pods"))
+        return _done(p, job, st, b, desired, conds)
+    if phase == "Suspended":
+        # Resume as a new incarnation; the next pass creates its pods.
+        st["incarnation"] = incarnation + 1
+        st["phase"], st["reason"], st["message"] = "Restarting", "JobResumed", "runPolicy.suspend is false"
+        conds = set_condition(conds, "Suspended", False, "JobResumed", "runPolicy.suspend is false", now)
+        st.pop("lastRestartTime", None)
+        p.events.append(Event("Normal", "Resumed", f"resuming as incarnation {incarnation + 1}"))
+        p.requeue(0)
+        return _done(p, job, st, b, desired, conds)
+
+    # Previous incarnations and scaled-away workers go.
+    p.delete = [x.name for x in b.previous if not x.deleting] + [x.name for x in b.excess]
+
+    # Failure policy.
+    decision = policy_failure.decide(job, b.failed, restarts)
+    if decision is None:
+        stale = [x for x in b.active if x.spec_hash and x.spec_hash != spec_hash(job)]
+        if stale:
+            decision = policy_failure.Restart("none", False, "SpecChanged",
+                                              f"the pod template changed: restarting all workers ({stale[0].name} is stale)")
+    if isinstance(decision, policy_failure.Fail):
+        finish("Failed", decision.reason, decision.message)
+        p.delete += [n for n in _cleanup(job, b) if n not in p.delete]
+        _incident(st, now, "JobFailed", None, decision.pod, decision.exit_code, incarnation, decision.message)
+        return _done(p, job, st, b, desired, conds)
+    if isinstance(decision, policy_failure.Restart):
+        new_restarts = dict(restarts)
+        if decision.cause != "none":
+            new_restarts[decision.cause] = new_restarts.get(decision.cause, 0) + (1 if decision.counted or decision.cause == "preemption" else 0)
+            new_restarts["total"] = new_restarts["total"] + 1
+            p.restart_cause = decision.cause
+        st["restarts"] = new_restarts
+        st["incarnation"] = incarnation + 1
+        st["lastRestartTime"] = fmt_time(now)
+        st["phase"], st["reason"], st["message"] = "Restarting", decision.reason, decision.message
+        conds = set_condition(conds, "Restarting", True, decision.reason, decision.message, now)
+        conds = set_condition(conds, "Running", False, decision.reason, "restarting all workers", now)
+        _incident(st, now, "Restart", decision.cause, decision.pod, decision.exit_code, incarnation, decision.message)
+        p.events.append(Event("Warning" if decision.cause != "none" else "Normal", decision.reason,
+                              f"{decision.message}; restarting as incarnation {incarnation + 1}"
+                              f" (budget used {budgeted_restarts(new_restarts)}/{job.max_restarts})"))
+        p.requeue(0)
+        # Status first; the next pass deletes this incarnation and creates the next.
+        return _done(p, job, st, b, desired, conds)
+
+    # Success policy.
+    if policy_success.succeeded(job, b.active, b.succeeded, b.failed):
+        finish("Succeeded", "AllWorkersSucceeded", f"all {len(b.succeeded)} workers finished training")
+        p.delete += [n for n in _cleanup(job, b) if n not in p.delete]
+        return _done(p, job, st, b, desired, conds)
+
+    # Create what is missing (after the restart backoff).
+    present = {x.index for x in b.active + b.succeeded + b.failed + b.terminating}
+    missing = [i for i in range(desired) if i not in present]
+    wait = 0.0
+    if phase == "Restarting" and old.get("lastRestartTime") and restarts["total"] > 0 and old.get("reason") not in ("SpecChanged", "JobResumed"):
+        since = (now - parse_time(old["lastRestartTime"])).total_seconds()
+        wait = policy_failure.backoff_seconds(job, restarts) - since
+    if missing and not policy_success.finishing(b.succeeded):
+        if wait > 0:
+            p.requeue(wait)
+        else:
+            p.create = missing
+            if not st.get("startTime"):
+                st["startTime"] = fmt_time(now)
+                _, left = policy_ttl.deadline_exceeded(job, st, now)
+                p.requeue(left)
+
+    # Phase from what runs.
+    ready = sum(1 for x in b.active if x.ready)
+    if ready >= min(job.min_replicas, desired) and ready > 0 and not missing:
+        if phase != "Running":
+            st["phase"], st["reason"], st["message"] = "Running", "WorkersRunning", f"{ready} workers running"
+            conds = set_condition(conds, "Running", True, "WorkersRunning", f"{ready} of {desired} workers ready", now)
+            if any(c.get("type") == "Restarting" for c in conds):
+                conds = set_condition(conds, "Restarting", False, "WorkersRunning", "all workers are back", now)
+            p.events.append(Event("Normal", "Running", f"{ready} of {desired} workers ready (incarnation {incarnation})"))
+    old_desired = old.get("desiredReplicas")
+    if old_desired is not None and old_desired != desired and phase not in ("Suspended",):
+        verb = "ScaledUp" if desired > old_desired else "ScaledDown"
+        p.events.append(Event("Normal", verb, f"workers {old_desired} -> {desired}"))
+    return _done(p, job, st, b, desired, conds)
+
+
+def _incident(st: dict[str, Any], now: dt.datetime, kind: str, cause: str | None, pod: str | None,
+              exit_code: int | None, incarnation: int, message: str) -> None:
+    inc = {"time": fmt_time(now), "kind": kind, "cause": cause or "none", "incarnation": incarnation, "message": message}
+    if pod:
+        inc["pod"] = pod
+    if exit_code is not None:
+        inc["exitCode"] = exit_code
+    st["incidents"] = (list(st.get("incidents") or []) + [inc])[-MAX_INCIDENTS:]
+
+
+def _fill_counts(job: JobView, st: dict[str, Any], b: Buckets, desired: int) -> None:
+    ready = sum(1 for x in b.active if x.ready)
+    st["replicas"] = len(b.active) + len(b.succeeded)
+    st["readyReplicas"] = ready
+    st["desiredReplicas"] = desired
+    st["workers"] = f"{ready}/{desired}"
+    st["selector"] = selector(job.name)
+    st["observedGeneration"] = job.generation
+
+
+def _done(p: Plan, job: JobView, st: dict[str, Any], b: Buckets, desired: int, conds: list) -> Plan:
+    _fill_counts(job, st, b, desired)
+    st["conditions"] = conds
+    p.status = st
+    p.incarnation = int(st.get("incarnation", 0))
+    # De-duplicate deletes, keep order.
+    seen: set[str] = set()
+    p.delete = [n for n in p.delete if not (n in seen or seen.add(n))]
+    return p
+
+
+__all__ = ["Buckets", "Event", "Plan", "bucket", "plan", "pod_name"]

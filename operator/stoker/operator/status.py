@@ -1,0 +1,70 @@
+"""Status helpers: timestamps, conditions and phase bookkeeping. Pure."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Iterable, Mapping
+
+PHASES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+FINISHED = ("Succeeded", "Failed")
+CONDITION_TYPES = PHASES
+
+
+def fmt_time(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str | None) -> dt.datetime | None:
+    if not s:
+        return None
+    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+
+
+def set_condition(
+    conditions: Iterable[Mapping[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Return conditions with `type_` set. lastTransitionTime moves only when the
+    status flips; reason/message update in place."""
+    out: list[dict[str, Any]] = []
+    want = "True" if status else "False"
+    found = False
+    for c in conditions:
+        c = dict(c)
+        if c.get("type") == type_:
+            found = True
+            if c.get("status") != want:
+                c["lastTransitionTime"] = fmt_time(now)
+            c.update(status=want, reason=reason, message=message)
+        out.append(c)
+    if not found:
+        out.append({"type": type_, "status": want, "reason": reason, "message": message,
+                    "lastTransitionTime": fmt_time(now)})
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(out, key=lambda c: order.get(c.get("type"), 99))
+
+
+def condition(conditions: Iterable[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
+    for c in conditions:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def restarts_of(status: Mapping[str, Any]) -> dict[str, int]:
+    r = status.get("restarts") or {}
+    out = {k: int(r.get(k, 0)) for k in ("userError", "infrastructure", "preemption")}
+    out["total"] = int(r.get("total", sum(out.values())))
+    return out
+
+
+def budgeted_restarts(restarts: Mapping[str, int]) -> int:
+    """Restarts that count against failurePolicy.maxRestarts: preemption is free."""
+    return int(restarts.get("userError", 0)) + int(restarts.get("infrastructure", 0))
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(old.get(k) != v for k, v in new.items())
