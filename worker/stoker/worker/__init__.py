@@ -1,0 +1,1 @@
+"""Worker runtime: trainer, checkpoints, operator SDK."""
