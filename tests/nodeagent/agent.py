@@ -87,17 +87,20 @@ def kill_leftovers(state: dict) -> int:
 
 
 class DnsPublisher:
-    """Keeps <state-dir>/dns/hosts.json in sync with Services + EndpointSlices."""
+    """Keeps <state-dir>/dns/hosts.json in sync with Services, Pods and
+    EndpointSlices of the whole cluster (see dnsmap)."""
 
     def __init__(self, kube: Kube, path: str, stop: threading.Event) -> None:
         self.path, self.stop = path, stop
         self.lock = threading.Lock()
-        self.objs: dict[str, dict[str, dict]] = {"svc": {}, "eps": {}}
+        self.objs: dict[str, dict[str, dict]] = {"svc": {}, "pods": {}, "eps": {}}
         self.dirty = threading.Event()
         self.written: dict | None = None
         self.reflectors = [
             Reflector(kube, "/api/v1/services", on_sync=self._sync("svc"), on_event=self._event("svc"),
                       stop=stop, name="services"),
+            Reflector(kube, "/api/v1/pods", on_sync=self._sync("pods"), on_event=self._event("pods"),
+                      stop=stop, name="all-pods"),
             Reflector(kube, "/apis/discovery.k8s.io/v1/endpointslices", on_sync=self._sync("eps"),
                       on_event=self._event("eps"), stop=stop, name="endpointslices"),
         ]
@@ -132,7 +135,7 @@ class DnsPublisher:
             self.stop.wait(0.1)  # coalesce bursts
             self.dirty.clear()
             with self.lock:
-                hosts = dnsmap.build_hosts(list(self.objs["svc"].values()), list(self.objs["eps"].values()))
+                hosts = dnsmap.build_hosts(*(list(self.objs[k].values()) for k in ("svc", "pods", "eps")))
             if hosts != self.written:
                 dnsmap.write_hosts(self.path, hosts)
                 self.written = hosts

@@ -32,9 +32,15 @@ def test_pod_ips_skip_addresses_in_use():
     assert ipam.node_ip(3) == "127.3.0.1"
 
 
-def svc(name, ns="ns", headless=True, **spec):
+def svc(name, ns="ns", headless=True, selector=None, **spec):
     return {"metadata": {"name": name, "namespace": ns},
-            "spec": {"clusterIP": "None" if headless else "10.0.0.5", **spec}}
+            "spec": {"clusterIP": "None" if headless else "10.0.0.5", "selector": selector, **spec}}
+
+
+def pod(name, ip, labels, ready=True, ns="ns", phase="Running", **spec):
+    return {"metadata": {"name": name, "namespace": ns, "labels": labels}, "spec": spec,
+            "status": {"phase": phase, "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
 def slice_(svc_name, eps, ns="ns"):
@@ -42,18 +48,29 @@ def slice_(svc_name, eps, ns="ns"):
             "addressType": "IPv4", "endpoints": eps}
 
 
-def test_hosts_from_services_and_endpointslices():
+def test_selector_services_resolve_to_ready_selected_pods():
     hosts = dnsmap.build_hosts(
-        [svc("web"), svc("api", headless=False), svc("all", publishNotReadyAddresses=True),
-         svc("ext", type="ExternalName", externalName="example.org.")],
-        [slice_("web", [{"addresses": ["127.1.0.2"], "conditions": {"ready": True}, "hostname": "w0"},
-                        {"addresses": ["127.1.0.3"], "conditions": {"ready": False}}]),
-         slice_("api", [{"addresses": ["127.2.0.2"]}]),
-         slice_("all", [{"addresses": ["127.1.0.3"], "conditions": {"ready": False}}])])
+        [svc("web", selector={"app": "web"}), svc("api", headless=False, selector={"app": "api"}),
+         svc("all", selector={"app": "web"}, publishNotReadyAddresses=True)],
+        [pod("w0", "127.1.0.2", {"app": "web"}, hostname="w0", subdomain="web"),
+         pod("w1", "127.1.0.3", {"app": "web"}, ready=False),
+         pod("w2", "127.1.0.4", {"app": "web"}, phase="Succeeded"),
+         pod("other-ns", "127.1.0.5", {"app": "web"}, ns="elsewhere"),
+         pod("a0", "127.2.0.2", {"app": "api", "x": "y"})],
+        [])
     assert hosts["web.ns.svc.cluster.local"] == ["127.1.0.2"]
     assert hosts["w0.web.ns.svc.cluster.local"] == ["127.1.0.2"]
-    assert hosts["api.ns.svc.cluster.local"] == ["127.2.0.2"]  # ClusterIP: endpoint pod IPs
-    assert hosts["all.ns.svc.cluster.local"] == ["127.1.0.3"]
+    assert hosts["api.ns.svc.cluster.local"] == ["127.2.0.2"]  # ClusterIP: the pod IPs (no kube-proxy)
+    assert hosts["all.ns.svc.cluster.local"] == ["127.1.0.2", "127.1.0.3"]
+
+
+def test_selectorless_services_use_endpointslices_and_externalname_is_a_cname():
+    hosts = dnsmap.build_hosts(
+        [svc("manual"), svc("ext", type="ExternalName", externalName="example.org.")], [],
+        [slice_("manual", [{"addresses": ["10.1.0.2"], "conditions": {"ready": True}, "hostname": "m0"},
+                           {"addresses": ["10.1.0.3"], "conditions": {"ready": False}}])])
+    assert hosts["manual.ns.svc.cluster.local"] == ["10.1.0.2"]
+    assert hosts["m0.manual.ns.svc.cluster.local"] == ["10.1.0.2"]
     assert hosts["ext.ns.svc.cluster.local"] == "example.org"
 
 

@@ -1,0 +1,158 @@
+"""The process node agent against the real control plane: pods applied with
+kubectl are scheduled onto a process node by kube-scheduler and run as local
+processes; the node lifecycle controller notices a stopped agent."""
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+
+import pytest
+
+from tests.nodeagent_tests.conftest import pod_manifest
+
+pytestmark = pytest.mark.cluster
+
+FIELD = lambda path: {"valueFrom": {"fieldRef": {"fieldPath": path}}}  # noqa: E731
+
+
+def test_pod_runs_with_its_name_and_ip_and_succeeds(pods, process_node):
+    pods.apply(pod_manifest("hello", process_node, textwrap.dedent("""
+        import json, os
+        print(json.dumps({"name": os.environ["MY_NAME"], "ip": os.environ["MY_IP"],
+                          "host": os.environ["HOSTNAME"]}))
+    """), env=[{"name": "MY_NAME", **FIELD("metadata.name")}, {"name": "MY_IP", **FIELD("status.podIP")}]))
+    pod = pods.wait_phase("hello", "Succeeded", "Failed")
+    assert pod["status"]["phase"] == "Succeeded", pod["status"]
+    assert pod["spec"]["nodeName"] == process_node
+    printed = json.loads(pods.log(process_node, "hello"))
+    assert printed == {"name": "hello", "ip": pod["status"]["podIP"], "host": "hello"}
+    assert pod["status"]["podIP"].startswith("127.") and pod["status"]["podIP"] != pod["status"]["hostIP"]
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (0, "Completed")
+
+
+def test_failing_pod_reports_its_exit_code(pods, process_node):
+    pods.apply(pod_manifest("fails", process_node, "import sys; sys.exit(3)"))
+    pod = pods.wait_phase("fails", "Succeeded", "Failed")
+    assert pod["status"]["phase"] == "Failed"
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (3, "Error")
+
+
+def test_deleting_a_pod_sends_sigterm_then_removes_it(pods, process_node, tmp_path):
+    marker = tmp_path / "terminated"
+    code = textwrap.dedent(f"""
+        import signal, sys, time
+        def on_term(sig, frame):
+            open({str(marker)!r}, "w").write("SIGTERM")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, on_term)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.1)
+    """)
+    pods.apply(pod_manifest("sleeper", process_node, code, terminationGracePeriodSeconds=20))
+    pods.wait("sleeper", lambda p: any(c["type"] == "Ready" and c["status"] == "True"
+                                       for c in (p or {}).get("status", {}).get("conditions", [])), "Ready")
+    pods.wait("sleeper", lambda p: "ready" in pods.log(process_node, "sleeper"), "printing ready")
+    pods.cluster.kubectl("delete", "pod", "sleeper", "-n", pods.ns, "--wait=false")
+    pods.wait("sleeper", lambda p: p is None, "gone")
+    assert marker.read_text() == "SIGTERM"
+
+
+def test_restart_on_failure_and_secret_configmap_env(pods, process_node, tmp_path):
+    counter = tmp_path / "attempts"
+    code = textwrap.dedent(f"""
+        import os, sys
+        p = {str(counter)!r}
+        n = int(open(p).read()) + 1 if os.path.exists(p) else 1
+        open(p, "w").write(str(n))
+        print(n, os.environ["TOKEN"], os.environ["MODE"], os.environ["cfg_level"], flush=True)
+        sys.exit(0 if n >= 3 else 7)
+    """)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+              "stringData": {"token": "t0k3n"}}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},
+          "data": {"mode": "fast", "level": "9"}}
+    pod = pod_manifest("flaky", process_node, code, restart="OnFailure", env=[
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}}])
+    pod["spec"]["containers"][0]["envFrom"] = [{"configMapRef": {"name": "cfg"}, "prefix": "cfg_"}]
+    pods.apply(secret, cm, pod)
+    pod = pods.wait_phase("flaky", "Succeeded", "Failed")
+    assert pod["status"]["phase"] == "Succeeded"
+    cs = pod["status"]["containerStatuses"][0]
+    assert cs["restartCount"] == 2
+    assert cs["lastState"]["terminated"]["exitCode"] == 7
+    assert pods.log(process_node, "flaky").split("\n")[:3] == ["1 t0k3n fast 9", "2 t0k3n fast 9",
+                                                              "3 t0k3n fast 9"]
+
+
+def test_pods_resolve_service_names_to_endpoint_pod_ips(pods, process_node):
+    server = textwrap.dedent("""
+        import os, socket
+        s = socket.create_server((os.environ["POD_IP"], 7007))
+        while True:
+            c, _ = s.accept()
+            c.sendall(b"echo:" + c.recv(100))
+            c.close()
+    """)
+    client = textwrap.dedent("""
+        import os, socket, sys, time
+        name = f"echo.{os.environ['NS']}.svc.cluster.local"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ip = socket.gethostbyname(name)
+                c = socket.create_connection((name, 7007), timeout=5)
+                break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    sys.exit(f"cannot reach {name}: {e}")
+                time.sleep(0.2)
+        c.sendall(b"ping")
+        print(ip, c.recv(100).decode(), socket.gethostbyname("echo"), flush=True)
+    """)
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
+           "spec": {"clusterIP": "None", "selector": {"app": "echo-server"}, "ports": [{"port": 7007}]}}
+    srv = pod_manifest("echo-server", process_node, server, env=[{"name": "POD_IP", **FIELD("status.podIP")}])
+    cli = pod_manifest("echo-client", process_node, client, env=[{"name": "NS", **FIELD("metadata.namespace")}])
+    pods.apply(svc, srv, cli)
+    pod = pods.wait_phase("echo-client", "Succeeded", "Failed")
+    out = pods.log(process_node, "echo-client")
+    assert pod["status"]["phase"] == "Succeeded", out
+    server_ip = pods.get("echo-server")["status"]["podIP"]
+    assert out.split() == [server_ip, "echo:ping", server_ip]
+
+
+def test_stopping_the_agent_makes_the_node_not_ready_and_kills_its_pods(cluster, pods, tmp_path):
+    import os
+    import uuid
+
+    node = f"pn-lost-{uuid.uuid4().hex[:6]}"
+    cluster.start_process_node(node, gpus=0)
+    try:
+        pidfile = tmp_path / "pid"
+        pods.apply(pod_manifest("victim", node, textwrap.dedent(f"""
+            import os, time
+            open({str(pidfile)!r}, "w").write(str(os.getpid()))
+            time.sleep(600)
+        """)))
+        pods.wait("victim", lambda p: pidfile.exists() and pidfile.read_text(), "started")
+        pid = int(pidfile.read_text())
+        assert cluster.stop_process_node(node)
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+        def ready_status():
+            _, n = cluster.api("GET", f"/api/v1/nodes/{node}")
+            return next(c["status"] for c in n["status"]["conditions"] if c["type"] == "Ready")
+
+        deadline = time.monotonic() + 90
+        while ready_status() == "True":
+            assert time.monotonic() < deadline, "node still Ready 90s after its agent stopped"
+            time.sleep(0.5)
+        assert ready_status() in ("Unknown", "False")
+    finally:
+        cluster.stop_process_node(node)
+        cluster.delete_nodes([node])
