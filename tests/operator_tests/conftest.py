@@ -1,0 +1,155 @@
+"""Fixtures for the operator's cluster tests: the CRD, and an operator process
+per test, scoped to the test's namespace (so tests never share an operator)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def crd(cluster):
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+    # The API server's discovery of the new kind can lag the Established condition.
+    deadline = time.monotonic() + 30
+    while cluster.kubectl("get", "tj", "-A", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("trainingjobs never became servable")
+        time.sleep(0.2)
+    return CRD
+
+
+class OperatorProcess:
+    """`python -m stoker.operator.main` as a subprocess with short test timings."""
+
+    def __init__(self, kubeconfig: pathlib.Path, namespace: str, log: pathlib.Path, *,
+                 rendezvous: bool = False, resync: float = 1.0, extra_env: dict | None = None) -> None:
+        self.namespace = namespace
+        self.log_path = log
+        self.metrics_port = free_port()
+        self.rendezvous_port = free_port() if rendezvous else 0
+        self.env = dict(os.environ)
+        self.env.update({
+            "STOKER_OPERATOR_KUBECONFIG": str(kubeconfig),
+            "STOKER_OPERATOR_NAMESPACES": namespace,
+            "STOKER_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            "STOKER_OPERATOR_RENDEZVOUS_PORT": str(self.rendezvous_port),
+            "STOKER_OPERATOR_RESYNC_SECONDS": str(resync),
+            "STOKER_OPERATOR_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
+        })
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> "OperatorProcess":
+        self.starts += 1
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "stoker.operator.main"], env=self.env, cwd=ROOT,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the metrics endpoint answers (startup finished)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"operator not ready in {timeout}s:\n{self.tail()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)  # the operator and its rendezvous child
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def start_operator(cluster, crd, namespace, tmp_path):
+    """Factory: start an operator for the test's namespace; stopped at teardown."""
+    procs: list[OperatorProcess] = []
+
+    def start(**kw) -> OperatorProcess:
+        op = OperatorProcess(cluster.kubeconfig, kw.pop("namespace", namespace),
+                             tmp_path / f"operator-{len(procs)}.log", **kw)
+        procs.append(op)
+        op.start().wait_ready()
+        return op
+
+    yield start
+    for op in procs:
+        op.stop()
+
+
+def get_job(kube, namespace: str, name: str) -> dict:
+    return kube.custom.get_namespaced_custom_object("stoker.dev", "v1alpha1", namespace, "trainingjobs", name)
+
+
+def create_job(kube, namespace: str, body: dict) -> dict:
+    return kube.custom.create_namespaced_custom_object("stoker.dev", "v1alpha1", namespace, "trainingjobs", body)
+
+
+def patch_job(kube, namespace: str, name: str, patch: dict) -> dict:
+    return kube.custom.patch_namespaced_custom_object("stoker.dev", "v1alpha1", namespace, "trainingjobs", name, patch)
+
+
+def worker_pods(kube, namespace: str, job: str) -> list[dict]:
+    resp = kube.core.list_namespaced_pod(namespace, label_selector=f"stoker.dev/job-name={job}",
+                                         _preload_content=False)
+    return json.loads(resp.data)["items"]
+
+
+def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.25, on_timeout=None):
+    """Poll fn() until it returns a truthy value; fail with `what` (and diagnostics)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    extra = on_timeout() if on_timeout else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{extra}")
