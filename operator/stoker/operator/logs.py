@@ -17,8 +17,12 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for k, v in vars(record).items():
-            if k not in _STD and not k.startswith("_"):
-                out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+            if k not in _STD and not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None))):
+                out[k] = v
+        ref = getattr(record, "k8s_ref", None)  # kopf's per-object loggers
+        if isinstance(ref, dict):
+            out.setdefault("namespace", ref.get("namespace"))
+            out.setdefault("object", f"{ref.get('kind', '')}/{ref.get('name', '')}")
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
@@ -31,5 +35,5 @@ def setup(level: str = "INFO") -> None:
     h.setFormatter(JsonFormatter())
     root.addHandler(h)
     root.setLevel(level.upper())
-    for noisy in ("kubernetes", "urllib3", "aiohttp"):
+    for noisy in ("kubernetes", "urllib3", "aiohttp", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -29,6 +29,26 @@ def _controller() -> Controller:
     return _state["controller"]  # type: ignore[return-value]
 
 
+@kopf.on.login()
+def login(**kwargs: object) -> kopf.ConnectionInfo | None:
+    """kopf and the controller's client use the same kubeconfig (or in-cluster config)."""
+    if not CONFIG.kubeconfig:
+        return kopf.login_via_client(**kwargs)
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=CONFIG.kubeconfig, client_configuration=cfg)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        token=(cfg.api_key or {}).get("authorization", "").removeprefix("Bearer ") or None,
+        scheme="Bearer" if (cfg.api_key or {}).get("authorization") else None,
+    )
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: object) -> None:
     # The status schema is strict: kopf's own bookkeeping goes to annotations.
