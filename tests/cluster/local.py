@@ -130,6 +130,9 @@ def kwok_node_manifest(
         "kubernetes.io/os": "linux",
         "kubernetes.io/hostname": name,
         "type": "kwok",
+        # kwok manages nodes with this label AND annotation; removing the label (a
+        # server-side watch selector) makes kwok let go of the node: see lose_kwok_node.
+        KWOK_ANNOTATION[0]: KWOK_ANNOTATION[1],
     }
     if gpus:
         all_labels[GPU_PRODUCT_LABEL] = gpu_product
@@ -400,6 +403,7 @@ class LocalCluster:
                 f"--kubeconfig={self.kubeconfig}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}",
+                f"--manage-nodes-with-label-selector={KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}",
                 f"--cidr={KWOK_POD_CIDR}",
                 "--node-ip=127.0.0.1",
                 f"--node-lease-duration-seconds={KWOK_NODE_LEASE_SECONDS}",
@@ -659,6 +663,18 @@ class LocalCluster:
         if names:
             self.log(f"[cluster] kwok nodes {names[0]}..{names[-1]} ({gpus} GPUs each)")
         return names
+
+    def lose_kwok_node(self, name: str) -> None:
+        """Simulate losing a kwok node: kwok stops renewing its lease and status (its
+        pods stay as they are), so the controller-manager marks it Unknown after
+        NODE_MONITOR_GRACE_PERIOD and taints it unreachable."""
+        patch = {"metadata": {"labels": {KWOK_ANNOTATION[0]: None}}}
+        data = json.dumps(patch).encode()
+        req = urllib.request.Request(f"{self.apiserver_url}/api/v1/nodes/{name}", data=data,
+                                     method="PATCH",
+                                     headers={"Content-Type": "application/merge-patch+json"})
+        with urllib.request.urlopen(req, timeout=30, context=self._admin_ssl()):
+            pass
 
     def delete_nodes(self, names: Iterable[str]) -> None:
         for name in names:
