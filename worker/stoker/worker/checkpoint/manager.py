@@ -23,6 +23,7 @@ are not raised, so training goes on and the next save tries again.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -34,6 +35,7 @@ from typing import Any, Callable, Literal
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.stateful import Stateful
 
@@ -43,8 +45,19 @@ from .retention import plan_deletions
 from .store import Store, committed_steps, manifest_bytes, newest_committed, open_store
 
 log = logging.getLogger("stoker.worker.checkpoint")
-# single-process use (no process group) is intended, not a mistake worth a warning
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+_SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
+
+
+@contextlib.contextmanager
+def _quiet_if_single(single: bool):
+    """DCP warns on every single-process save/load; that use is intended here."""
+    if not single:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
+        yield
+
 
 AsyncMode = Literal["disabled", "async"]
 
@@ -150,6 +163,10 @@ class CheckpointManager:
         self._pending = self._executor.submit(self._save_blocking, step, staged, t0, blocked)
         log.info("checkpoint.staged step=%d blocked_s=%.3f", step, blocked)
 
+    def in_flight(self) -> bool:
+        """True while an async save is still uploading/committing."""
+        return self._pending is not None and not self._pending.done()
+
     def wait(self) -> SaveResult | None:
         """Block until the in-flight async save (if any) is done; return its result."""
         pending, self._pending = self._pending, None
@@ -200,13 +217,14 @@ class CheckpointManager:
 
         # 2. shards + .metadata (DCP gathers every rank's outcome)
         try:
-            metadata = dcp.save(
-                state_dict,
-                storage_writer=self.store.writer(step),
-                process_group=self._pg,
-                no_dist=self._pg is None,
-            )
-        except Exception as exc:  # noqa: BLE001 - identical on all ranks
+            with _quiet_if_single(self._pg is None):
+                metadata = dcp.save(
+                    state_dict,
+                    storage_writer=self.store.writer(step),
+                    process_group=self._pg,
+                    no_dist=self._pg is None,
+                )
+        except (Exception, CheckpointException) as exc:  # noqa: BLE001 - identical on all ranks
             log.error("checkpoint.failed step=%d phase=write error=%r", step, exc)
             return result(False, error=f"write: {exc!r}")
 
@@ -279,7 +297,9 @@ class CheckpointManager:
             log.info("checkpoint.none uri=%s", self.uri)
             return None
         t0 = time.monotonic()
-        dcp.load(state, storage_reader=self.store.reader(chosen), process_group=self._pg, no_dist=self._pg is None)
+        with _quiet_if_single(self._pg is None):
+            dcp.load(state, storage_reader=self.store.reader(chosen), process_group=self._pg,
+                     no_dist=self._pg is None)
         log.info("checkpoint.loaded step=%d duration_s=%.3f uri=%s", chosen, time.monotonic() - t0, self.uri)
         return chosen
 
