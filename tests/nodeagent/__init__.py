@@ -33,9 +33,15 @@ What exists:
   ``kube-node-lease`` renewed every 2s.
 * On SIGTERM/SIGINT: every pod process is SIGKILLed (the "machine" is gone) and
   the agent exits WITHOUT touching the Node, so the node lifecycle controller
-  has to notice. On SIGKILL of the agent the direct pod processes die through
-  PR_SET_PDEATHSIG; a restarted agent with the same ``--state-dir`` kills any
-  leftovers recorded in ``state.json``.
+  has to notice. If the agent is SIGKILLed instead, its pod processes still
+  die: direct children through PR_SET_PDEATHSIG, and all of them (also those
+  in their own session) through a small watchdog process
+  (``python -m tests.nodeagent.watchdog``, own session) that waits for the
+  agent's end and kills every process carrying the agent's marker in its
+  environment (``STOKER_NODEAGENT_HOSTS=<state-dir>/dns/hosts.json``). A
+  restarted agent with the same ``--state-dir`` kills leftovers too, then
+  continues the pods bound to it: containers that were running count as
+  exited with 137 ("process lost") and restart per restartPolicy.
 * Pods bound to the node (watch with ``spec.nodeName`` field selector):
   init containers (sequentially) and all containers (each a process group);
   env literals, ``fieldRef`` (metadata.name/namespace/uid, labels['k'],

@@ -8,6 +8,8 @@ import logging
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -19,6 +21,7 @@ from .podstatus import terminal
 log = logging.getLogger("nodeagent")
 
 SHIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TICK_S = 0.5  # reconcile period when nothing happens (process exits are polled)
 
 
@@ -160,11 +163,13 @@ class Agent:
         self.seq = int(prev.get("seq", 0)) if prev.get("index") == self.index else 0
         self.known_ips = {uid: e["ip"] for uid, e in (prev.get("pods") or {}).items()
                           if e.get("ip", "").startswith(f"127.{self.index}.")}
-        killed = kill_leftovers(prev)
+        self.hosts_path = os.path.join(self.state_dir, "dns", "hosts.json")
+        self.marker = f"STOKER_NODEAGENT_HOSTS={self.hosts_path}".encode()
+        killed = kill_leftovers(prev) + procs.kill_marked(self.marker)
         if killed:
             log.info("killed processes left by a previous run", extra={"count": killed})
         self.ctx = Context(kube=self.kube, node=args.node, host_ip=self.host_ip, state_dir=self.state_dir,
-                           hosts_path=os.path.join(self.state_dir, "dns", "hosts.json"), shim_dir=SHIM_DIR,
+                           hosts_path=self.hosts_path, shim_dir=SHIM_DIR,
                            allocatable=self.cap, backoff_base=args.restart_backoff_base,
                            backoff_cap=args.restart_backoff_cap, save_state=self.save_state)
         self.save_state()
@@ -249,8 +254,17 @@ class Agent:
                 log.warning("pod delete failed", extra={"pod": meta["name"], "error": str(e)[:300]})
 
     # ------------------------------------------------------------------ main
+    def start_watchdog(self) -> None:
+        """A process in its own session that SIGKILLs our pods' processes when we
+        die, even by SIGKILL (see watchdog). We hold the only write end of its stdin."""
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-m", "tests.nodeagent.watchdog", self.marker.decode()],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+            cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+
     def run(self) -> int:
         args = self.args
+        self.start_watchdog()
         labels = nodemod.node_labels(args.node, args.labels)
         node = nodemod.register(self.kube, name=args.node, labels=labels)
         hb = nodemod.Heartbeat(self.kube, name=args.node, ip=self.host_ip, cap=self.cap,
@@ -289,6 +303,7 @@ class Agent:
             n += len(r.procs)
             r.kill_now()
             r.procs.clear()
+        n += procs.kill_marked(self.marker)
         self.save_state()
         log.info("node agent stopped; pod processes killed, node left as is", extra={"killed": n})
         return 0

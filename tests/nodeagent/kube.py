@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -25,9 +26,32 @@ class KubeError(Exception):
 
 
 class Kube:
+    """Requests as JSON. If the apiserver cannot be reached and the kubeconfig
+    file has changed (a local control plane restarted on new ports), the
+    client is rebuilt from it."""
+
     def __init__(self, kubeconfig: str) -> None:
-        self.api = kconfig.new_client_from_config(config_file=kubeconfig)
-        self.api.user_agent = "stoker-nodeagent"
+        self.kubeconfig = kubeconfig
+        self._lock = threading.Lock()
+        self._load()
+
+    def _mtime(self) -> float:
+        try:
+            return os.stat(self.kubeconfig).st_mtime
+        except OSError:
+            return 0.0
+
+    def _load(self) -> None:
+        self.mtime = self._mtime()
+        api = kconfig.new_client_from_config(config_file=self.kubeconfig)
+        api.user_agent = "stoker-nodeagent"
+        self.api = api
+
+    def _reload_if_changed(self) -> None:
+        with self._lock:
+            if self._mtime() != self.mtime:
+                log.info("kubeconfig changed; reconnecting", extra={"kubeconfig": self.kubeconfig})
+                self._load()
 
     def request(self, method: str, path: str, *, query: dict | None = None,
                 body: Any = None, content_type: str | None = None,
@@ -35,11 +59,16 @@ class Kube:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        req = self.api.param_serialize(
+        api = self.api
+        req = api.param_serialize(
             method=method, resource_path=path,
             query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
             header_params=headers, body=body, auth_settings=["BearerToken"])
-        resp = self.api.call_api(*req, _request_timeout=timeout)
+        try:
+            resp = api.call_api(*req, _request_timeout=timeout)
+        except Exception:
+            self._reload_if_changed()
+            raise
         if not 200 <= resp.status <= 299:
             data = resp.read()
             try:

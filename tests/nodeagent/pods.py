@@ -95,13 +95,14 @@ class PodRunner:
                 lost = lost_container(prev.get(key), c.name)
                 if lost is None:
                     continue
-                c.restart_count, term = lost
+                c.restart_count, term, started_at = lost
                 c.ever_started = True
                 if term:
                     c.mark_terminated(term.get("exitCode", 1), reason=term.get("reason"),
                                       message=term.get("message", ""))
                     c.started_at, c.finished_at = term.get("startedAt"), term.get("finishedAt")
                 else:
+                    c.started_at = started_at
                     c.mark_terminated(137, reason="Error",
                                       message="process lost: the node agent was restarted")
                 if not (c.init and c.succeeded):

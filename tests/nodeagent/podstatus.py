@@ -215,11 +215,11 @@ def pod_status(*, policy: str, inits: list[ContainerState], mains: list[Containe
     return status
 
 
-def lost_container(prev_status: dict | None, name: str) -> tuple[int, dict | None] | None:
+def lost_container(prev_status: dict | None, name: str) -> tuple[int, dict | None, str | None] | None:
     """When the agent (re)starts and the API says a container had already started
     but the agent has no process for it (the agent or the host was restarted),
-    return (restartCount, lastState.terminated) to continue from; None if the
-    container never started."""
+    return (restartCount, state.terminated or None, state.running.startedAt or
+    None) to continue from; None if the container never started."""
     if not prev_status:
         return None
     for cs in prev_status:
@@ -227,5 +227,6 @@ def lost_container(prev_status: dict | None, name: str) -> tuple[int, dict | Non
             continue
         state = cs.get("state") or {}
         if "running" in state or "terminated" in state or cs.get("restartCount"):
-            return cs.get("restartCount", 0), (state.get("terminated") or None)
+            return (cs.get("restartCount", 0), (state.get("terminated") or None),
+                    (state.get("running") or {}).get("startedAt"))
     return None

@@ -84,3 +84,33 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     signal_group(pid, sig)
+
+
+def marked_processes(marker: bytes) -> list[int]:
+    """Pids whose environment contains ``marker`` (an exact ``NAME=value``).
+    Every pod process inherits the agent's STOKER_NODEAGENT_HOSTS, so this finds
+    them even after they left their process group or session."""
+    out = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            out.append(int(name))
+    return out
+
+
+def kill_marked(marker: bytes, sig: int = signal.SIGKILL) -> int:
+    n = 0
+    for pid in marked_processes(marker):
+        try:
+            os.kill(pid, sig)
+            n += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return n

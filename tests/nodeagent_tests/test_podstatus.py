@@ -97,6 +97,6 @@ def test_ready_condition_and_stable_transition_times():
 def test_lost_container_continues_from_the_api_status():
     assert lost_container(None, "c") is None
     assert lost_container([{"name": "c", "state": {"waiting": {}}, "restartCount": 0}], "c") is None
-    assert lost_container([{"name": "c", "state": {"running": {}}, "restartCount": 2}], "c") == (2, None)
+    assert lost_container([{"name": "c", "state": {"running": {"startedAt": "t0"}}, "restartCount": 2}], "c") == (2, None, "t0")
     term = {"exitCode": 0, "reason": "Completed"}
-    assert lost_container([{"name": "c", "state": {"terminated": term}, "restartCount": 0}], "c") == (0, term)
+    assert lost_container([{"name": "c", "state": {"terminated": term}, "restartCount": 0}], "c") == (0, term, None)
