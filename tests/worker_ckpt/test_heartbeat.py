@@ -98,6 +98,10 @@ def test_checkpoint_now_reaches_session_and_is_acked(server):
         eventually(s.checkpoint_requested)
         assert not s.stop_requested()
         eventually(lambda: server.command_acks(rid) == {0: "RECEIVED"})
+        older = Result()
+        older.step = 38  # a save already in flight when the request came does not answer it
+        s.report_checkpoint(older)
+        assert s.checkpoint_requested()
         s.report_checkpoint(Result())
         assert not s.checkpoint_requested()
         eventually(lambda: server.command_acks(rid) == {0: "DONE"})

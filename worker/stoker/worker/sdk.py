@@ -93,7 +93,7 @@ class Session:
         self._phase = pb.STARTING
         self._error = ""
         self._acks: list[pb.CommandAck] = []
-        self._ckpt_requests: list[str] = []
+        self._ckpt_requests: dict[str, int] = {}  # request id -> step when it arrived
         self._stop_request: str | None = None
         self._reporter = None
         if self.address:
@@ -170,8 +170,10 @@ class Session:
 
     def report_checkpoint(self, result: Any) -> None:
         """Report a save outcome (a ``checkpoint.SaveResult`` or anything with
-        step, ok, duration_s, bytes, error). A committed save acknowledges the
-        pending CHECKPOINT_NOW requests as DONE; a failed one as REJECTED."""
+        step, ok, duration_s, bytes, error); thread-safe, so it can be the
+        manager's ``on_result``. A committed save acknowledges the pending
+        CHECKPOINT_NOW requests that arrived at or before its step as DONE (a
+        failed one as REJECTED); requests that arrived later stay pending."""
         if result is None:
             return
         with self._lock:
@@ -181,10 +183,12 @@ class Session:
                 self._ckpt_metrics.update(checkpoint_bytes=int(result.bytes), last_committed_step=int(result.step))
             state = pb.DONE if result.ok else pb.REJECTED
             message = f"committed step {result.step}" if result.ok else f"save failed: {result.error}"
-            for rid in self._ckpt_requests:
+            # only a save taken at or after the step a request arrived answers it
+            answered = [rid for rid, at in self._ckpt_requests.items() if int(result.step) >= at]
+            for rid in answered:
                 self._acks.append(pb.CommandAck(request_id=rid, type=pb.CHECKPOINT_NOW, state=state,
                                                 message=message, step=int(result.step)))
-            self._ckpt_requests.clear()
+                del self._ckpt_requests[rid]
             if self._phase == pb.CHECKPOINTING:
                 self._phase = pb.TRAINING
         self._wake()
@@ -210,8 +214,7 @@ class Session:
                  pb.CommandType.Name(cmd.type), cmd.request_id, cmd.reason)
         with self._lock:
             if cmd.type in (pb.CHECKPOINT_NOW, pb.STOP_AFTER_CHECKPOINT):
-                if cmd.request_id not in self._ckpt_requests:
-                    self._ckpt_requests.append(cmd.request_id)
+                self._ckpt_requests.setdefault(cmd.request_id, self._step)
                 if cmd.type == pb.STOP_AFTER_CHECKPOINT:
                     self._stop_request = cmd.request_id
                 state, message = pb.RECEIVED, ""

@@ -89,8 +89,9 @@ class CheckpointManager:
             torch.distributed is initialized, constructing the manager is a
             collective call (it creates a gloo group for checkpoint traffic).
         retry_timeout_s: how long storage calls are retried before a save fails.
-        on_result: called with every :class:`SaveResult` (on every rank, from
-            the thread that finished the save), e.g. ``session.report_checkpoint``.
+        on_result: called with every :class:`SaveResult` on every rank as soon
+            as the save is done (for async saves on the checkpoint thread), e.g.
+            ``session.report_checkpoint``.
         store: an explicit :class:`Store` (tests, benchmarks); overrides ``uri``.
 
     ``save``, ``load`` and ``close`` must be called by every rank of the group,
@@ -160,7 +161,7 @@ class CheckpointManager:
             self._finish(SaveResult(step, False, time.monotonic() - t0, time.monotonic() - t0, error=f"staging: {exc!r}"))
             return
         blocked = time.monotonic() - t0
-        self._pending = self._executor.submit(self._save_blocking, step, staged, t0, blocked)
+        self._pending = self._executor.submit(self._save_and_report, step, staged, t0, blocked)
         log.info("checkpoint.staged step=%d blocked_s=%.3f", step, blocked)
 
     def in_flight(self) -> bool:
@@ -172,8 +173,11 @@ class CheckpointManager:
         pending, self._pending = self._pending, None
         if pending is None:
             return None
-        result = pending.result()  # _save_blocking never raises
-        self._finish(result)
+        return pending.result()  # _save_and_report never raises
+
+    def _save_and_report(self, step: int, state_dict: dict, t0: float, blocked_s: float) -> SaveResult:
+        result = self._save_blocking(step, state_dict, t0, blocked_s)
+        self._finish(result)  # on the checkpoint thread, as soon as the save is done
         return result
 
     def _finish(self, result: SaveResult) -> None:
