@@ -110,19 +110,23 @@ class DnsPublisher:
         dnsmap.write_hosts(path, {})
 
     def _sync(self, kind):
+        slim = dnsmap.slim_pod if kind == "pods" else (lambda o: o)
+
         def f(items):
             with self.lock:
-                self.objs[kind] = {i["metadata"]["uid"]: i for i in items}
+                self.objs[kind] = {i["metadata"]["uid"]: slim(i) for i in items}
             self.dirty.set()
         return f
 
     def _event(self, kind):
+        slim = dnsmap.slim_pod if kind == "pods" else (lambda o: o)
+
         def f(typ, obj):
             with self.lock:
                 if typ == "DELETED":
                     self.objs[kind].pop(obj["metadata"]["uid"], None)
                 else:
-                    self.objs[kind][obj["metadata"]["uid"]] = obj
+                    self.objs[kind][obj["metadata"]["uid"]] = slim(obj)
             self.dirty.set()
         return f
 

@@ -34,6 +34,17 @@ def _ready(endpoint: dict) -> bool:
     return ready is None or bool(ready)
 
 
+def slim_pod(pod: dict) -> dict:
+    """Only what build_hosts reads (agents keep every pod of the cluster)."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "labels", "deletionTimestamp") if k in meta},
+        "spec": {k: spec[k] for k in ("hostname", "subdomain") if k in spec},
+        "status": {"podIP": status.get("podIP"), "phase": status.get("phase"),
+                   "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]},
+    }
+
+
 def _pod_ready(pod: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])

@@ -49,14 +49,16 @@ def slice_(svc_name, eps, ns="ns"):
 
 
 def test_selector_services_resolve_to_ready_selected_pods():
+    slim = dnsmap.slim_pod
     hosts = dnsmap.build_hosts(
         [svc("web", selector={"app": "web"}), svc("api", headless=False, selector={"app": "api"}),
          svc("all", selector={"app": "web"}, publishNotReadyAddresses=True)],
-        [pod("w0", "127.1.0.2", {"app": "web"}, hostname="w0", subdomain="web"),
-         pod("w1", "127.1.0.3", {"app": "web"}, ready=False),
-         pod("w2", "127.1.0.4", {"app": "web"}, phase="Succeeded"),
-         pod("other-ns", "127.1.0.5", {"app": "web"}, ns="elsewhere"),
-         pod("a0", "127.2.0.2", {"app": "api", "x": "y"})],
+        [slim(p) for p in [
+            pod("w0", "127.1.0.2", {"app": "web"}, hostname="w0", subdomain="web"),
+            pod("w1", "127.1.0.3", {"app": "web"}, ready=False),
+            pod("w2", "127.1.0.4", {"app": "web"}, phase="Succeeded"),
+            pod("other-ns", "127.1.0.5", {"app": "web"}, ns="elsewhere"),
+            pod("a0", "127.2.0.2", {"app": "api", "x": "y"})]],
         [])
     assert hosts["web.ns.svc.cluster.local"] == ["127.1.0.2"]
     assert hosts["w0.web.ns.svc.cluster.local"] == ["127.1.0.2"]
