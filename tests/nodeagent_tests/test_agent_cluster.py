@@ -156,3 +156,47 @@ def test_stopping_the_agent_makes_the_node_not_ready_and_kills_its_pods(cluster,
     finally:
         cluster.stop_process_node(node)
         cluster.delete_nodes([node])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_agent_takes_its_processes_and_a_restarted_one_resumes_the_pod(cluster, pods, tmp_path):
+    import signal
+    import uuid
+
+    node = f"pn-crash-{uuid.uuid4().hex[:6]}"
+    cluster.start_process_node(node, gpus=0)
+    try:
+        pidfile = tmp_path / "pids"
+        # The container starts a grandchild in its own session: only the agent's
+        # watchdog (not the process group, not PDEATHSIG) can find that one.
+        pods.apply(pod_manifest("survivor", node, textwrap.dedent(f"""
+            import os, subprocess, time
+            child = subprocess.Popen(["sleep", "600"], start_new_session=True)
+            with open({str(pidfile)!r}, "a") as f:
+                f.write(f"{{os.getpid()}} {{child.pid}}\\n")
+            time.sleep(600)
+        """), restart="Always"))
+        pods.wait("survivor", lambda p: pidfile.exists() and pidfile.read_text().endswith("\n"), "started")
+        first = [int(x) for x in pidfile.read_text().split()]
+        assert cluster.stop_process_node(node, sig=signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in first):
+            assert time.monotonic() < deadline, f"pod processes {first} outlived the SIGKILLed agent"
+            time.sleep(0.1)
+
+        cluster.start_process_node(node, gpus=0)
+        pod = pods.wait("survivor", lambda p: len(pidfile.read_text().splitlines()) == 2
+                        and p["status"]["containerStatuses"][0]["restartCount"] == 1
+                        and "running" in p["status"]["containerStatuses"][0]["state"], "running again")
+        last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
+        assert last["exitCode"] == 137 and "node agent was restarted" in last["message"]
+    finally:
+        cluster.stop_process_node(node)
+        cluster.delete_nodes([node])
