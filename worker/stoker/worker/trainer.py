@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions
 from torch.distributed.checkpoint.stateful import Stateful
 
 from stoker.worker import parallel
@@ -41,6 +42,10 @@ OPTIMIZER = "optimizer"
 LR_SCHEDULER = "lr_scheduler"
 DATALOADER = "dataloader"
 TRAIN_STATE = "train_state"
+
+# Optimizer state keyed by parameter FQN (param groups too), so each pipeline stage /
+# ZeRO partition saves and loads only its own entries and layouts can change on resume.
+FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 # ----------------------------------------------------------------------- pure parts
@@ -127,7 +132,7 @@ class OptimizerState(Stateful):
     def _zero_owned(self) -> dict[str, torch.Tensor]:
         zero = self._zero()
         module = self.parts[0].module if hasattr(self.parts[0], "module") else self.parts[0]
-        by_id = {id(p): n for n, p in module.named_parameters()}
+        by_id = self._zero_names = {id(p): n for n, p in module.named_parameters()}
         out = {}
         for group in zero.optim.param_groups:
             for p in group["params"]:
@@ -141,13 +146,25 @@ class OptimizerState(Stateful):
 
     def state_dict(self) -> dict[str, Any]:
         if self._zero() is not None:
-            return {"state": {name: dict(st) for name, st in self._zero_owned().items()}}
+            return self._zero_state_dict()
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         out: dict[str, Any] = {}
         for part, opt in zip(self.parts, self.optimizers):
-            out.update(get_optimizer_state_dict(part, opt))
+            out.update(get_optimizer_state_dict(part, opt, options=FLAT))
         return out
+
+    def _zero_state_dict(self) -> dict[str, Any]:
+        """Same keys as the flattened format (state.<fqn>.*, param_groups.<fqn>.*),
+        so ZeRO-1 checkpoints load into the other layouts and back."""
+        zero = self._zero()
+        owned = self._zero_owned()
+        groups = {}
+        for group in zero.optim.param_groups:
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                groups[self._zero_names[id(p)]] = dict(hyper)
+        return {"state": {name: dict(st) for name, st in owned.items()}, "param_groups": groups}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._zero() is not None:
@@ -159,10 +176,10 @@ class OptimizerState(Stateful):
                     else:
                         st[k] = v
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
         for part, opt in zip(self.parts, self.optimizers):
-            set_optimizer_state_dict(part, opt, state, options=StateDictOptions(strict=False))
+            set_optimizer_state_dict(part, opt, state, options=FLAT)
 
 
 class TrainState(Stateful):
