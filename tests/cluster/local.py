@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -495,18 +496,34 @@ class LocalCluster:
         return self
 
     def _start_components(self, to_start: list[str]) -> None:
-        procs = {}
-        # etcd and minio first (independent), then the apiserver, then its clients.
+        # etcd and minio first (independent), then the apiserver, then its clients;
+        # each group starts together and is then waited for.
         for group in (["etcd", "minio"], ["kube-apiserver"],
                       ["kube-controller-manager", "kube-scheduler", "kwok"]):
-            for n in group:
-                if n in to_start:
-                    procs[n] = self._start(n)
-            for n in group:
-                if n in to_start and n != "minio":
-                    self._wait(n, procs[n])
-        if "minio" in to_start:
-            self._wait("minio", procs["minio"])
+            procs = {n: self._start(n) for n in group if n in to_start}
+            for n, proc in procs.items():
+                self._wait_or_move(n, proc)
+
+    def _wait_or_move(self, name: str, proc: subprocess.Popen, attempts: int = 3) -> None:
+        """Wait for ``name``; if it died because its port was taken meanwhile (other
+        clusters pick free ports at the same time), move it to a new port and retry."""
+        for attempt in range(attempts):
+            try:
+                self._wait(name, proc)
+                return
+            except ClusterError:
+                last_run = self.logfile(name).read_text(errors="replace").rsplit("\n=== ", 1)[-1]
+                if attempt == attempts - 1 or not re.search(
+                        r"address already in use|port is already in use", last_run, re.I):
+                    raise
+                ports = {"etcd": ["etcd", "etcd-peer"]}.get(name, [name])
+                self.log(f"[cluster] {name}: port taken meanwhile, moving to another port")
+                for p in ports:
+                    self.config["ports"][p] = free_port()
+                self._save_config()
+                if name == "kube-apiserver":
+                    self._write_kubeconfigs()
+                proc = self._start(name)
 
     def _wait_default_serviceaccount(self) -> None:
         """The controller-manager creates `default` ServiceAccounts; pods need them."""
