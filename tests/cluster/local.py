@@ -491,7 +491,7 @@ class LocalCluster:
             for i in range(process_nodes):
                 name = f"proc-node-{i}"
                 if name not in self.process_nodes():
-                    self.start_process_node(name, gpus=gpus)
+                    self.start_process_node(name, gpus=gpus, zone=("zone-a", "zone-b")[i % 2])
         self.log(f"[cluster] up in {time.monotonic() - t0:.1f}s")
         return self
 
@@ -752,19 +752,26 @@ class LocalCluster:
         *,
         gpus: int = 8,
         labels: dict[str, str] | None = None,
+        gpu_product: str = DEFAULT_GPU_PRODUCT,
+        zone: str | None = "zone-a",
         extra_args: Iterable[str] = (),
         wait: bool = True,
         timeout: float = 60,
     ) -> int:
-        """Spawn the node agent (tests.nodeagent) for Node ``name``; by default wait
+        """Spawn the node agent (tests.nodeagent) for Node ``name``, labelled like a
+        kwok node (GPU product/count, zone; ``labels`` override); by default wait
         until the Node reports Ready. Returns the agent's pid (its process group)."""
+        node_labels = {ZONE_LABEL: zone} if zone else {}
+        if gpus:
+            node_labels.update({GPU_PRODUCT_LABEL: gpu_product, GPU_COUNT_LABEL: str(gpus)})
+        node_labels.update(labels or {})
         if self._node_pid(name):
             raise ClusterError(f"process node {name} is already running (pid {self._node_pid(name)})")
         node_dir = self.state_dir / "nodes" / name
         node_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "tests.nodeagent", "--kubeconfig", str(self.kubeconfig),
                 "--node", name, "--gpus", str(gpus)]
-        for k, v in (labels or {}).items():
+        for k, v in node_labels.items():
             argv += ["--label", f"{k}={v}"]
         argv += ["--state-dir", str(node_dir), *extra_args]
         env = dict(os.environ)
