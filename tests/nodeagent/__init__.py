@@ -14,14 +14,18 @@ guarantees:
   ``hostIP`` is the node address. Servers should bind their pod IP (env via
   ``fieldRef: status.podIP``), not 0.0.0.0. There is no kube-proxy: ClusterIPs
   are not reachable.
-* Cluster DNS is emulated for Python programs only: a ``sitecustomize`` shim
-  (``shim/``) put first on ``PYTHONPATH`` wraps ``socket.getaddrinfo`` /
-  ``gethostbyname(_ex)`` / ``gethostname``. Service names
-  (``<svc>.<ns>.svc.cluster.local``, ``<svc>.<ns>.svc``, ``<svc>.<ns>``,
-  ``<svc>``) resolve to the ready endpoint pod IPs, for headless and ClusterIP
-  Services alike (see ``dnsmap``); ``<hostname>.<subdomain>...`` records and the
-  pod's own hostname work too. C/C++ code (e.g. torch's TCPStore) does not see
-  these names.
+* Cluster DNS is emulated inside pod processes, not served: a ``sitecustomize``
+  shim (``shim/``) put first on ``PYTHONPATH`` wraps ``socket.getaddrinfo`` /
+  ``gethostbyname(_ex)`` / ``gethostname`` for Python code, and, where a C
+  compiler exists, ``shim/stokerdns.c`` (built once per machine, set as
+  ``LD_PRELOAD``) answers ``getaddrinfo(3)`` / ``gethostbyname(3)`` for
+  dynamically linked programs (C/C++ code such as torch's TCPStore; not static
+  Go binaries). Service names (``<svc>.<ns>.svc.cluster.local``,
+  ``<svc>.<ns>.svc``, ``<svc>.<ns>``, ``<svc>``) resolve to the ready pod IPs
+  behind the Service, for headless and ClusterIP Services alike (see
+  ``dnsmap``); ``<hostname>.<subdomain>...`` records and the pod's own
+  hostname work too. EndpointSlices stay empty for process-node pods (the
+  apiserver rejects loopback endpoint addresses), so nothing may rely on them.
 
 What exists:
 

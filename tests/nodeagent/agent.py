@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from . import dnsmap, ipam, jsonlog, node as nodemod, procs
+from . import dnsmap, ipam, jsonlog, node as nodemod, preload, procs
 from .kube import Kube, KubeError, Reflector, pod_path
 from .pods import ORPHAN_GRACE_S, Context, PodRunner
 from .podstatus import terminal
@@ -93,8 +93,8 @@ class DnsPublisher:
     """Keeps <state-dir>/dns/hosts.json in sync with Services, Pods and
     EndpointSlices of the whole cluster (see dnsmap)."""
 
-    def __init__(self, kube: Kube, path: str, stop: threading.Event) -> None:
-        self.path, self.stop = path, stop
+    def __init__(self, kube: Kube, path: str, hosts_file: str, stop: threading.Event) -> None:
+        self.path, self.hosts_file, self.stop = path, hosts_file, stop
         self.lock = threading.Lock()
         self.objs: dict[str, dict[str, dict]] = {"svc": {}, "pods": {}, "eps": {}}
         self.dirty = threading.Event()
@@ -108,6 +108,7 @@ class DnsPublisher:
                       on_event=self._event("eps"), stop=stop, name="endpointslices"),
         ]
         dnsmap.write_hosts(path, {})
+        dnsmap.write_text(hosts_file, "")
 
     def _sync(self, kind):
         slim = dnsmap.slim_pod if kind == "pods" else (lambda o: o)
@@ -144,6 +145,7 @@ class DnsPublisher:
             with self.lock:
                 hosts = dnsmap.build_hosts(*(list(self.objs[k].values()) for k in ("svc", "pods", "eps")))
             if hosts != self.written:
+                dnsmap.write_text(self.hosts_file, dnsmap.hosts_file_text(hosts))
                 dnsmap.write_hosts(self.path, hosts)
                 self.written = hosts
 
@@ -174,6 +176,8 @@ class Agent:
             log.info("killed processes left by a previous run", extra={"count": killed})
         self.ctx = Context(kube=self.kube, node=args.node, host_ip=self.host_ip, state_dir=self.state_dir,
                            hosts_path=self.hosts_path, shim_dir=SHIM_DIR,
+                           hosts_file=os.path.join(self.state_dir, "dns", "hosts"),
+                           preload_lib=preload.build(),
                            allocatable=self.cap, backoff_base=args.restart_backoff_base,
                            backoff_cap=args.restart_backoff_cap, save_state=self.save_state)
         self.save_state()
@@ -277,7 +281,7 @@ class Agent:
         hb.post_status()
         hb.renew_lease()
         hb.start()
-        DnsPublisher(self.kube, self.ctx.hosts_path, self.stop).start()
+        DnsPublisher(self.kube, self.ctx.hosts_path, self.ctx.hosts_file, self.stop).start()
         Reflector(self.kube, "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={args.node}"},
                   on_sync=self._on_sync, on_event=self._on_event, stop=self.stop, name="pods").start()
         log.info("node agent up", extra={"node_name": args.node, "node_ip": self.host_ip,

@@ -106,6 +106,28 @@ def search_list(namespace: str) -> list[str]:
     return [f"{namespace}.svc.{DOMAIN}", f"svc.{DOMAIN}", DOMAIN]
 
 
+def hosts_file_text(hosts: dict) -> str:
+    """The same map for the C shim: "ip name" lines; "- name" for a cluster name
+    without addresses (answered NXDOMAIN). ExternalName entries are left out."""
+    lines = []
+    for name in sorted(hosts):
+        value = hosts[name]
+        if isinstance(value, str):
+            continue
+        if value:
+            lines.extend(f"{ip} {name}" for ip in value)
+        else:
+            lines.append(f"- {name}")
+    return "".join(line + "\n" for line in lines)
+
+
+def write_text(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_hosts(path: str, hosts: dict) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:

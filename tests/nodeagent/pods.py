@@ -30,6 +30,8 @@ class Context:
     state_dir: str
     hosts_path: str
     shim_dir: str
+    hosts_file: str            # the same map as hosts_path, for the C shim
+    preload_lib: str | None    # the C shim (LD_PRELOAD), None without a C compiler
     allocatable: dict
     backoff_base: float
     backoff_cap: float
@@ -218,6 +220,9 @@ class PodRunner:
                     "STOKER_NODEAGENT_HOSTNAME": self.hostname,
                     "STOKER_NODEAGENT_POD_IP": self.ip})
         env["PYTHONPATH"] = self.ctx.shim_dir + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
+        if self.ctx.preload_lib:
+            env["STOKER_NODEAGENT_HOSTS_FILE"] = self.ctx.hosts_file
+            env["LD_PRELOAD"] = self.ctx.preload_lib + (f" {env['LD_PRELOAD']}" if env.get("LD_PRELOAD") else "")
         return env
 
     def log_path(self, container: str) -> str:

@@ -103,3 +103,37 @@ def test_shim_resolves_cluster_names_with_the_pod_search_list(tmp_path):
     w = ["127.1.0.2"]
     assert eval(out) == [w, w, w, w, w, ["127.1.0.9"], sorted({a[4][0] for a in socket.getaddrinfo(
         "localhost", 80, type=socket.SOCK_STREAM)}), "nxdomain", "nxdomain", "127.1.0.2", "mypod"]
+
+
+def test_hosts_file_for_the_c_shim():
+    text = dnsmap.hosts_file_text({"a.ns.svc.cluster.local": ["127.1.0.2", "127.1.0.3"],
+                                   "b.ns.svc.cluster.local": [], "c.ns.svc.cluster.local": "example.org"})
+    assert text == ("127.1.0.2 a.ns.svc.cluster.local\n127.1.0.3 a.ns.svc.cluster.local\n"
+                    "- b.ns.svc.cluster.local\n")
+
+
+def test_c_shim_resolves_cluster_names_for_libc_callers(tmp_path):
+    import shutil
+
+    import pytest
+
+    from tests.nodeagent import preload
+
+    if not (shutil.which("cc") or shutil.which("gcc")) or not shutil.which("getent"):
+        pytest.skip("needs a C compiler and getent")
+    lib = preload.build(str(tmp_path))
+    hosts = tmp_path / "hosts"
+    hosts.write_text(dnsmap.hosts_file_text({"web.ns.svc.cluster.local": ["127.1.0.2", "127.1.0.3"],
+                                             "empty.ns.svc.cluster.local": []}))
+    env = {"PATH": os.environ["PATH"], "LD_PRELOAD": lib, "STOKER_NODEAGENT_HOSTS_FILE": str(hosts),
+           "STOKER_NODEAGENT_NAMESPACE": "ns", "STOKER_NODEAGENT_HOSTNAME": "mypod",
+           "STOKER_NODEAGENT_POD_IP": "127.1.0.9"}
+
+    def ahosts(name):  # getent ahostsv4 goes through getaddrinfo(3)
+        r = subprocess.run(["getent", "ahostsv4", name], env=env, capture_output=True, text=True)
+        return sorted({line.split()[0] for line in r.stdout.splitlines()}) if r.returncode == 0 else None
+
+    assert ahosts("web") == ahosts("web.ns.svc") == ahosts("web.ns.svc.cluster.local.") == ["127.1.0.2", "127.1.0.3"]
+    assert ahosts("mypod") == ["127.1.0.9"]
+    assert ahosts("empty") is None and ahosts("nope.ns.svc.cluster.local") is None
+    assert ahosts("localhost") == ["127.0.0.1"]
