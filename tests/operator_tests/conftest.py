@@ -153,3 +153,47 @@ def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.25, on_time
         time.sleep(interval)
     extra = on_timeout() if on_timeout else ""
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{extra}")
+
+
+POOL_LABEL = "stoker.dev/test-pool"
+
+
+@pytest.fixture(scope="session")
+def process_pool(cluster):
+    """Three process nodes (pods run as local processes) only the operator tests use."""
+    names = [f"op-pnode-{i}" for i in range(3)]
+    for n in names:
+        if n not in cluster.process_nodes():
+            cluster.start_process_node(n, gpus=0, labels={POOL_LABEL: "operator"})
+    yield {POOL_LABEL: "operator"}
+    for n in names:
+        cluster.stop_process_node(n)
+
+
+@pytest.fixture(scope="session")
+def kwok_pool(cluster):
+    """Simulated GPU nodes for cheap tests: pods on them turn Running and stay."""
+    names = cluster.add_kwok_nodes(8, gpus=8, prefix="op-kwok", labels={POOL_LABEL: "operator-kwok"})
+    yield {POOL_LABEL: "operator-kwok"}
+    cluster.delete_nodes(names)
+
+
+def job_manifest(name: str, command: list[str], *, replicas: int = 2, node_selector: dict | None = None,
+                 env: dict | None = None, **spec) -> dict:
+    container = {"name": "trainer", "image": "local/python", "command": command}
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    body = {
+        "apiVersion": "stoker.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "template": {"spec": {"containers": [container], "terminationGracePeriodSeconds": 5}},
+            "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 0},
+            **spec,
+        },
+    }
+    if node_selector:
+        body["spec"]["template"]["spec"]["nodeSelector"] = node_selector
+    return body

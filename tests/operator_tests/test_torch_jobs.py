@@ -1,0 +1,86 @@
+"""Real torchrun elastic jobs on process nodes: rendezvous through the operator's
+store, gloo all-reduce over the world, elastic scale up and down, completion."""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import pytest
+
+from .conftest import create_job, get_job, job_manifest, patch_job, wait_for, worker_pods
+
+pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
+
+SCRIPT = str(pathlib.Path(__file__).with_name("scripts") / "allreduce.py")
+
+
+def records(out: pathlib.Path) -> list[dict]:
+    rows = []
+    for f in sorted(out.glob("*.jsonl")):
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def diagnostics(kube, namespace, name, op):
+    def f():
+        try:
+            job = get_job(kube, namespace, name)
+        except Exception as e:  # noqa: BLE001
+            job = {"error": str(e)}
+        pods = [(p["metadata"]["name"], p.get("status", {}).get("phase")) for p in worker_pods(kube, namespace, name)]
+        return f"status={json.dumps(job.get('status'), indent=1)}\npods={pods}\noperator log:\n{op.tail(30)}"
+    return f
+
+
+def phase(kube, namespace, name):
+    return get_job(kube, namespace, name).get("status", {}).get("phase")
+
+
+def test_two_worker_job_all_reduces_over_world_two_and_succeeds(kube, namespace, process_pool, start_operator, tmp_path):
+    op = start_operator(rendezvous=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    create_job(kube, namespace, job_manifest("ar", [sys.executable, SCRIPT], replicas=2,
+                                              node_selector=process_pool, env={"OUT_DIR": str(out)}))
+    wait_for("job Succeeded", lambda: phase(kube, namespace, "ar") == "Succeeded", timeout=180,
+             on_timeout=diagnostics(kube, namespace, "ar", op))
+    rows = records(out)
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    assert {r["world"] for r in rows} == {2} and {r["sum"] for r in rows} == {2.0}
+    assert {r["pod"] for r in rows} == {"ar-worker-0-0", "ar-worker-1-0"}
+    # The process-group store lives on rank 0's pod IP, not on a DNS name.
+    assert {r["master"] for r in rows} <= {r["pod_ip"] for r in rows}
+    pods = worker_pods(kube, namespace, "ar")
+    assert [p["status"]["phase"] for p in pods] == ["Succeeded", "Succeeded"]
+    job = get_job(kube, namespace, "ar")
+    assert job["status"]["restarts"]["total"] == 0 and job["status"]["completionTime"]
+
+
+def test_elastic_job_sees_new_world_sizes_when_scaled_and_still_succeeds(kube, namespace, process_pool,
+                                                                         start_operator, tmp_path):
+    op = start_operator(rendezvous=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    create_job(kube, namespace, job_manifest("el", [sys.executable, SCRIPT, "--until-flag"], replicas=2,
+                                              minReplicas=1, maxReplicas=3,
+                                              node_selector=process_pool, env={"OUT_DIR": str(out)}))
+    diag = diagnostics(kube, namespace, "el", op)
+    wait_for("world size 2", lambda: any(r["world"] == 2 for r in records(out)), timeout=120, on_timeout=diag)
+    patch_job(kube, namespace, "el", {"spec": {"replicas": 3}})
+    wait_for("world size 3 on all three workers",
+             lambda: {r["pod"] for r in records(out) if r["world"] == 3} >= {f"el-worker-{i}-0" for i in range(3)},
+             timeout=120, on_timeout=diag)
+    scaled_down_at = time.time()
+    patch_job(kube, namespace, "el", {"spec": {"replicas": 2}})
+    wait_for("both survivors in a world of 2 after scaling down",
+             lambda: {r["pod"] for r in records(out) if r["world"] == 2 and r["time"] > scaled_down_at}
+             == {"el-worker-0-0", "el-worker-1-0"}, timeout=120, on_timeout=diag)
+    (out / "finish").touch()
+    wait_for("job Succeeded", lambda: phase(kube, namespace, "el") == "Succeeded", timeout=120, on_timeout=diag)
+    worlds = [r["world"] for r in sorted(records(out), key=lambda r: r["time"])]
+    assert worlds[0] == 2 and 3 in worlds and worlds[-1] == 2
+    job = get_job(kube, namespace, "el")
+    assert job["status"]["restarts"]["total"] == 0  # elastic changes are not job restarts
+    assert job["status"]["incarnation"] == 0
