@@ -86,7 +86,10 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     ipbuf ips[MAXIP];
     int n = lookup(node, ips);
     if (n == 0) return real(node, service, hints, res);
-    if (n < 0 || (hints && hints->ai_family == AF_INET6)) return EAI_NONAME;
+    if (n < 0) return EAI_NONAME;
+    /* Resolve the IP literal with the caller's hints: an AF_INET6-only caller then
+     * gets exactly the error it would get for that literal (and falls back to
+     * AF_INET, as torch's TCPStore client does). */
     struct addrinfo h, *head = NULL, **tail = &head;
     memset(&h, 0, sizeof h);
     if (hints) h = *hints;
