@@ -31,7 +31,9 @@ What exists:
 
 * Node registration (or adoption of an existing Node of that name) with
   capacity/allocatable cpu, memory, pods, ``nvidia.com/gpu`` = ``--gpus``
-  (advertised only; no devices are assigned), labels ``--label k=v``,
+  (device ids 0..N-1 handed out per container as ``CUDA_VISIBLE_DEVICES`` /
+  ``NVIDIA_VISIBLE_DEVICES``, empty for containers that request none; see
+  ``gpus``; nothing checks that such devices exist), labels ``--label k=v``,
   ``kubernetes.io/hostname``, ``stoker.dev/process-node=true``; the Ready
   condition refreshed by NodeStatus updates every 10s and a Lease in
   ``kube-node-lease`` renewed every 2s.

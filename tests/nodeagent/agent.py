@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from . import dnsmap, ipam, jsonlog, node as nodemod, preload, procs
+from . import dnsmap, gpus, ipam, jsonlog, node as nodemod, preload, procs
 from .kube import Kube, KubeError, Reflector, pod_path
 from .pods import ORPHAN_GRACE_S, Context, PodRunner
 from .podstatus import terminal
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 description="Process node agent (test/local use only; not a kubelet).")
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--node", required=True, help="Node name to register or adopt")
-    p.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu capacity to advertise (no real GPUs are assigned)")
+    p.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu capacity; device ids 0..N-1 are handed to pods as CUDA_VISIBLE_DEVICES")
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="extra node label (repeatable)")
     p.add_argument("--state-dir", required=True, help="state file, pod logs, DNS map")
     p.add_argument("--cpu", default="32", help="cpu capacity to advertise")
@@ -179,7 +179,8 @@ class Agent:
                            hosts_file=os.path.join(self.state_dir, "dns", "hosts"),
                            preload_lib=preload.build(),
                            allocatable=self.cap, backoff_base=args.restart_backoff_base,
-                           backoff_cap=args.restart_backoff_cap, save_state=self.save_state)
+                           backoff_cap=args.restart_backoff_cap, save_state=self.save_state,
+                           gpu_pool=gpus.GpuPool(args.gpus))
         self.save_state()
 
     # -------------------------------------------------------------- plumbing
@@ -243,11 +244,14 @@ class Agent:
             r.step(now)
             if r.finished:
                 if r.finish_delete():
+                    r.release()
                     del self.runners[uid]
                     changed = True
                 continue
             if not r.gone:
                 r.publish()
+            if r.gpu_ids and terminal(r.phase()):
+                r.release()  # finished pods hold no devices (the scheduler no longer counts them)
         if changed:
             self.save_state()
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from . import envvars, probes, procs
+from . import envvars, gpus, probes, procs
 from .kube import Kube, KubeError
 from .podstatus import (ContainerState, backoff_seconds, exit_code_of, lost_container,
                         now_rfc3339, pod_phase, pod_status, should_restart, terminal)
@@ -36,6 +36,7 @@ class Context:
     backoff_base: float
     backoff_cap: float
     save_state: object  # callable() -> None
+    gpu_pool: gpus.GpuPool | None = None
 
 
 def pod_key(pod: dict) -> str:
@@ -80,7 +81,17 @@ class PodRunner:
         self.kill_deadline = 0.0
         self.killed = False
         self.published: dict | None = prev or None
+        need, self.gpu_positions = gpus.plan(spec)
+        self.gpu_ids = ctx.gpu_pool.take(need) if ctx.gpu_pool and need else []
+        if len(self.gpu_ids) < need:
+            log.warning("not enough free GPUs for pod", extra={"pod": self.key, "need": need, "got": self.gpu_ids})
         self._adopt(prev)
+
+    def release(self) -> None:
+        """The pod is gone from this node: free its devices."""
+        if self.ctx.gpu_pool and self.gpu_ids:
+            self.ctx.gpu_pool.give_back(self.gpu_ids)
+        self.gpu_ids = []
 
     # ------------------------------------------------------------------ state
     def containers(self) -> list[ContainerState]:
@@ -211,10 +222,13 @@ class PodRunner:
         return get
 
     def environment(self, spec: dict) -> dict[str, str]:
+        base = base_env(self.hostname)
+        devices = gpus.visible_devices(self.gpu_ids, self.gpu_positions.get(spec["name"], []))
+        base.update(CUDA_VISIBLE_DEVICES=devices, NVIDIA_VISIBLE_DEVICES=devices or "void")
         env = envvars.container_env(
             self._pod_view(), spec, get_secret=self._lookup("secrets"),
             get_configmap=self._lookup("configmaps"), node_allocatable=self.ctx.allocatable,
-            base=base_env(self.hostname))
+            base=base)
         env.update({"STOKER_NODEAGENT_HOSTS": self.ctx.hosts_path,
                     "STOKER_NODEAGENT_NAMESPACE": self.ns,
                     "STOKER_NODEAGENT_HOSTNAME": self.hostname,

@@ -206,3 +206,14 @@ def test_killed_agent_takes_its_processes_and_a_restarted_one_resumes_the_pod(cl
     finally:
         cluster.stop_process_node(node)
         cluster.delete_nodes([node])
+
+
+def test_gpu_pods_get_their_own_device_ids(pods, process_node):
+    code = "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))"
+    gpu = pod_manifest("gpu", process_node, code)
+    gpu["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    pods.apply(gpu, pod_manifest("cpu-only", process_node, code))
+    for name in ("gpu", "cpu-only"):
+        assert pods.wait_phase(name, "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
+    assert pods.log(process_node, "gpu").strip() == "'0'"  # the fixture's node has 1 GPU
+    assert pods.log(process_node, "cpu-only").strip() == "''"

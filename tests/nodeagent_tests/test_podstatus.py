@@ -100,3 +100,21 @@ def test_lost_container_continues_from_the_api_status():
     assert lost_container([{"name": "c", "state": {"running": {"startedAt": "t0"}}, "restartCount": 2}], "c") == (2, None, "t0")
     term = {"exitCode": 0, "reason": "Completed"}
     assert lost_container([{"name": "c", "state": {"terminated": term}, "restartCount": 0}], "c") == (0, term, None)
+
+
+def test_gpu_plan_gives_each_container_its_own_devices():
+    from tests.nodeagent import gpus
+
+    spec = {"containers": [{"name": "a", "resources": {"limits": {"nvidia.com/gpu": "2"}}},
+                           {"name": "b"},
+                           {"name": "c", "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+            "initContainers": [{"name": "i", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+    need, positions = gpus.plan(spec)
+    assert need == 3 and positions == {"a": [0, 1], "b": [], "c": [2], "i": [0]}
+    pool = gpus.GpuPool(4)
+    ids = pool.take(need)
+    other = pool.take(2)
+    assert ids == [0, 1, 2] and other == [3]  # never more than exist
+    assert gpus.visible_devices(ids, positions["c"]) == "2" and gpus.visible_devices(ids, []) == ""
+    pool.give_back(ids)
+    assert pool.take(4) == [0, 1, 2]
