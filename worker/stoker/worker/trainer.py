@@ -458,32 +458,40 @@ class Trainer(Stateful):
                 "optim_bytes_local": o_local, "optim_bytes_full": 2 * p_full}
 
     # -- the loop
-    def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        t, c = cfg.train, cfg.checkpoint
-        ckpt = None
-        resumed_from = None
-        if c.uri:
-            from stoker.worker.checkpoint import CheckpointManager
+    def restore(self):
+        """Open the checkpoint location and load state: resume from its newest
+        COMMITTED checkpoint if there is one (the whole state: this is how a job
+        recovers), else take only the weights from ``checkpoint.init_from`` (fresh
+        optimizer, step 0: continued pretraining). Returns (manager or None, step)."""
+        c = self.cfg.checkpoint
+        from stoker.worker.checkpoint import CheckpointManager
 
+        ckpt, resumed_from = None, None
+        if c.uri:
             ckpt = CheckpointManager(c.uri, keep=c.keep, async_mode=c.async_mode,
                                      on_result=self.session.report_checkpoint)
             self.session.set_phase("RESTORING")
             resumed_from = ckpt.load(self.checkpoint_state)
             self.session.set_last_committed_step(resumed_from)
-        if resumed_from is None and c.init_from:
-            from stoker.worker.checkpoint import CheckpointManager
-
+        if resumed_from is not None:
+            log.info("trainer.resumed step=%d uri=%s", resumed_from, c.uri)
+            if self.train_state.step != resumed_from:
+                raise RuntimeError(f"checkpoint step {resumed_from} holds train_state.step={self.train_state.step}")
+        elif c.init_from:
             src = CheckpointManager(c.init_from, keep=1, async_mode="disabled")
-            got = src.load({MODEL: self.checkpoint_state[MODEL]})
-            src.close()
+            try:
+                got = src.load({MODEL: self.checkpoint_state[MODEL]})
+            finally:
+                src.close()
             if got is None:
                 raise FileNotFoundError(f"checkpoint.init_from: no committed checkpoint under {c.init_from!r}")
             log.info("trainer.init_from uri=%s step=%d", c.init_from, got)
-        if resumed_from is not None:
-            log.info("trainer.resumed step=%d", resumed_from)
-            if self.train_state.step != resumed_from:
-                raise RuntimeError(f"checkpoint step {resumed_from} holds train_state.step={self.train_state.step}")
+        return ckpt, resumed_from
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t, c = cfg.train, cfg.checkpoint
+        ckpt, resumed_from = self.restore()
         self.session.set_phase("TRAINING")
         tokens_per_step = t.global_batch * cfg.data.seq_len
         last_saved = resumed_from
@@ -511,10 +519,15 @@ class Trainer(Stateful):
                               step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen),
                               **({"val_loss": record["val_loss"]} if "val_loss" in record else {}))
             stop = stop_votes > 0
+            requested = ckpt_votes > 0 or stop  # any rank's operator command: all ranks act at this step
             due = c.interval and step % c.interval == 0
-            if ckpt is not None and (due or ckpt_votes > 0 or stop or step == t.steps):
+            if ckpt is not None and (due or requested or step == t.steps):
                 self.save(ckpt, step)
                 last_saved = step
+                if requested:
+                    ckpt.wait()  # commit now: on_result acknowledges the operator's request
+            elif requested:
+                log.error("trainer.checkpoint_requested_without_uri step=%d (set checkpoint.uri)", step)
             if cfg.debug.stall_after_step == step and ckpt is not None:
                 ckpt.wait()
                 log.warning("trainer.stalled step=%d (debug.stall_after_step)", step)
@@ -539,7 +552,8 @@ class Trainer(Stateful):
         if self.rank == 0 and cfg.output.summary_path:
             Path(cfg.output.summary_path).parent.mkdir(parents=True, exist_ok=True)
             Path(cfg.output.summary_path).write_text(json.dumps(summary, indent=2, sort_keys=True))
-        self.session.set_phase("FINISHED")
+        if not stop:  # a STOP_AFTER_CHECKPOINT drain is not the end of the job
+            self.session.set_phase("FINISHED")
         return summary
 
     def save(self, ckpt, step: int) -> None:
