@@ -137,3 +137,14 @@ def test_c_shim_resolves_cluster_names_for_libc_callers(tmp_path):
     assert ahosts("mypod") == ["127.1.0.9"]
     assert ahosts("empty") is None and ahosts("nope.ns.svc.cluster.local") is None
     assert ahosts("localhost") == ["127.0.0.1"]
+
+
+def test_shim_still_runs_the_sitecustomize_it_shadows(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os; os.environ['CHAINED'] = 'yes'\n")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{SHIM}:{other}",
+           "STOKER_NODEAGENT_HOSTS": str(tmp_path / "none.json")}
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('CHAINED'))"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "yes"

@@ -6,7 +6,8 @@ resolve from the JSON map the agent keeps up to date (env
 STOKER_NODEAGENT_HOSTS), with the pod namespace's search list (ndots:5 like
 cluster DNS), and makes socket.gethostname() return the pod's hostname, which
 resolves to the pod IP. Names not in the map fall through to the real resolver.
-Only Python-level lookups see this (C/C++ libraries call libc directly)."""
+C/C++ code is covered by the LD_PRELOAD shim (stokerdns.c) where the agent
+could build it. A sitecustomize this one shadows still runs afterwards."""
 import json as _json
 import os as _os
 import socket as _socket
@@ -101,7 +102,20 @@ def _install():
         _socket.gethostname = lambda: own_name
 
 
+def _chain():
+    """Run the sitecustomize this one shadows, if any (e.g. a venv's)."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    path = [p for p in sys.path if _os.path.abspath(p or ".") != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec and spec.loader:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
 try:
     _install()
 except Exception:  # never break the pod's program because of the shim
     pass
+_chain()
