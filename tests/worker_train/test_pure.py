@@ -214,3 +214,26 @@ def test_named_sizes_grow_to_about_a_billion():
     assert 0.9e9 < counts["1b"] < 1.3e9
     with torch.device("meta"):
         assert GPT(model_args("tiny", vocab_size=64, max_seq_len=16)).num_params() < 20_000
+
+
+def test_command_line_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"train": {"steps": 3}}')
+    cfg = cfgmod.load(path, environ={}, overrides=["parallel.mode=zero3", "train.lr=3e-4", "parallel.bf16=true"])
+    assert (cfg.train.steps, cfg.parallel.mode, cfg.train.lr, cfg.parallel.bf16) == (3, "zero3", 3e-4, True)
+    assert cfgmod.load(None, environ={}, overrides=["train.steps=7"]).train.steps == 7
+    with pytest.raises(cfgmod.ConfigError, match="SECTION.FIELD=VALUE"):
+        cfgmod.load(None, environ={}, overrides=["steps=7"])
+    with pytest.raises(cfgmod.ConfigError, match="^train.stepz"):
+        cfgmod.load(None, environ={}, overrides=["train.stepz=7"])
+
+
+def test_example_trainer_configs_are_valid():
+    from .harness import REPO
+
+    examples = sorted((REPO / "examples").glob("train-*.yaml"))
+    assert examples
+    for path in examples:
+        cfg = cfgmod.load(path, environ={})
+        world = cfg.parallel.pp * (cfg.parallel.dp or 1)
+        cfgmod.validate_for_world(cfg, world)

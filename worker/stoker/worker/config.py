@@ -129,6 +129,11 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
             raise ConfigError(f"{field}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{field}: expected a number, got {value!r}")
         return float(value)
@@ -251,11 +256,36 @@ def from_dict(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     return validate(cfg)
 
 
-def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+def read_raw(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
     text = Path(path).read_text()
     if str(path).endswith(".json"):
         raw = json.loads(text)
     else:
         import yaml
         raw = yaml.safe_load(text)
-    return from_dict(raw or {}, environ)
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw or {}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``section.field=value`` (value parsed as YAML: 8, 3e-4, true, zero3)."""
+    import yaml
+
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.steps=100")
+        raw.setdefault(parts[0], {})
+        if not isinstance(raw[parts[0]], dict):
+            raise ConfigError(f"{parts[0]}: expected a mapping, got {type(raw[parts[0]]).__name__}")
+        raw[parts[0]][parts[1]] = yaml.safe_load(value)
+    return raw
+
+
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None,
+         overrides: list[str] | None = None) -> Config:
+    return from_dict(apply_overrides(read_raw(path), overrides or []), environ)

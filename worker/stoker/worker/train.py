@@ -28,11 +28,20 @@ def _setup_logging() -> None:
 @record
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stoker.worker.train", description=__doc__)
-    parser.add_argument("config", help="YAML or JSON trainer config")
+    parser.add_argument("config", nargs="?", help="YAML or JSON trainer config (default: built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override one config field, e.g. --set parallel.mode=zero3 (repeatable)")
+    parser.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
+    parser.add_argument("--model", help="shorthand for --set model.size=SIZE (a 'gpt-' prefix is accepted)")
     args = parser.parse_args(argv)
     _setup_logging()
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.model:
+        overrides.append(f"model.size={args.model.removeprefix('gpt-')}")
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(args.config, overrides=overrides)
     except config_mod.ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
