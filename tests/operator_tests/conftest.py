@@ -92,7 +92,7 @@ class OperatorProcess:
                 self.proc.wait()
 
     def stop(self) -> None:
-        self.kill(signal.SIGTERM)
+        self.kill(signal.SIGKILL)  # the whole group; a graceful kopf exit takes seconds
 
     def metrics(self) -> str:
         import urllib.request

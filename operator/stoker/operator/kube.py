@@ -1,96 +1,108 @@
-"""Thin I/O shell over the Kubernetes API (synchronous `kubernetes` client).
+"""Thin I/O shell over the Kubernetes REST API.
 
-Every call here is idempotent from the reconciler's point of view:
+Requests go through `kubernetes.client.ApiClient.call_api` with plain JSON: the
+generated client's models would re-validate pod specs client-side (and reject
+valid ones, e.g. integer resource quantities the API server accepts), and the
+user's pod template must reach the API server exactly as written.
+
+Every call is idempotent from the reconciler's point of view:
 AlreadyExists on create and NotFound on delete are success.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import uuid
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from kubernetes import client, config as kconfig
-from kubernetes.client.rest import ApiException
 
 from stoker.common import labels as L
 
 log = logging.getLogger("stoker.operator.kube")
 
 
-class Conflict(Exception):
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class Conflict(KubeError):
     """The job changed since we read it (optimistic concurrency)."""
+
+
+def _job_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/{L.GROUP}/{L.VERSION}/namespaces/{quote(namespace)}/{L.PLURAL}"
+    return f"{base}/{quote(name)}" if name else base
 
 
 class Kube:
     def __init__(self, kubeconfig: str | None = None) -> None:
+        cfg = client.Configuration()
         if kubeconfig:
-            kconfig.load_kube_config(config_file=kubeconfig)
+            kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         else:
             try:
-                kconfig.load_incluster_config()
+                kconfig.load_incluster_config(client_configuration=cfg)
             except kconfig.ConfigException:
-                kconfig.load_kube_config()
-        api = client.ApiClient()
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.events = client.EventsV1Api(api)
+                kconfig.load_kube_config(client_configuration=cfg)
+        cfg.connection_pool_maxsize = 32
+        self.cfg = cfg
+        self.api = client.ApiClient(cfg)
+
+    def request(self, method: str, path: str, body: Any = None, *, query: dict | None = None,
+                content_type: str = "application/json", ok: tuple[int, ...] = (200, 201, 202)) -> tuple[int, dict]:
+        url = self.cfg.host + path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        if self.cfg.api_key.get("authorization"):
+            headers["Authorization"] = self.cfg.api_key["authorization"]
+        resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        raw = resp.read()
+        payload = json.loads(raw) if raw else {}
+        if resp.status not in ok:
+            msg = payload.get("message", raw[:300])
+            if resp.status == 409:
+                raise Conflict(resp.status, msg)
+            raise KubeError(resp.status, msg)
+        return resp.status, payload
 
     # ---- jobs
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(L.GROUP, L.VERSION, namespace, L.PLURAL, name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        status, body = self.request("GET", _job_path(namespace, name), ok=(200, 404))
+        return body if status == 200 else None
 
-    def patch_job_status(self, namespace: str, name: str, resource_version: str, status: dict[str, Any]) -> dict[str, Any]:
-        """Merge-patch the status subresource, guarded by resourceVersion."""
+    def patch_job_status(self, namespace: str, name: str, resource_version: str, status: dict[str, Any]) -> dict:
+        """Merge-patch the status subresource, guarded by resourceVersion (409 -> Conflict)."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
-        try:
-            return self.custom.patch_namespaced_custom_object_status(
-                L.GROUP, L.VERSION, namespace, L.PLURAL, name, body)
-        except ApiException as e:
-            if e.status == 409:
-                raise Conflict(f"{namespace}/{name} changed since read") from e
-            raise
+        return self.request("PATCH", _job_path(namespace, name) + "/status", body,
+                            content_type="application/merge-patch+json")[1]
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(
-                L.GROUP, L.VERSION, namespace, L.PLURAL, name,
-                body=client.V1DeleteOptions(propagation_policy="Background",
-                                            preconditions=client.V1Preconditions(uid=uid)))
-        except ApiException as e:
-            if e.status not in (404, 409):
-                raise
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background",
+                "preconditions": {"uid": uid}}
+        self.request("DELETE", _job_path(namespace, name), body, ok=(200, 202, 404, 409))
 
     # ---- pods
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         sel = f"{L.JOB_NAME}={job_name},{L.APP_MANAGED_BY}={L.MANAGED_BY_VALUE}"
-        resp = self.core.list_namespaced_pod(namespace, label_selector=sel, _preload_content=False)
-        import json
-        return json.loads(resp.data)["items"]
+        return self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods",
+                            query={"labelSelector": sel})[1].get("items", [])
 
     def create_pod(self, namespace: str, pod: dict[str, Any]) -> bool:
         """True if created, False if it already existed."""
         try:
-            self.core.create_namespaced_pod(namespace, pod)
+            self.request("POST", f"/api/v1/namespaces/{quote(namespace)}/pods", pod)
             return True
-        except ApiException as e:
-            if e.status == 409:
-                return False
-            raise
+        except Conflict:
+            return False
 
     def delete_pod(self, namespace: str, name: str) -> bool:
-        try:
-            self.core.delete_namespaced_pod(name, namespace)
-            return True
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise
+        status, _ = self.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}",
+                                 ok=(200, 202, 404))
+        return status != 404
 
     # ---- events (events.k8s.io/v1; `kubectl describe` shows them)
     def emit_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -116,7 +128,7 @@ class Kube:
             },
         }
         try:
-            self.events.create_namespaced_event(meta["namespace"], ev)
-        except ApiException as e:  # events are best effort
+            self.request("POST", f"/apis/events.k8s.io/v1/namespaces/{quote(meta['namespace'])}/events", ev)
+        except KubeError as e:  # events are best effort
             log.warning("could not post event", extra={"job": meta["name"], "namespace": meta["namespace"],
-                                                       "reason": reason, "error": str(e.status)})
+                                                       "reason": reason, "error": str(e)})

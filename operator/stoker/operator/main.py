@@ -115,6 +115,22 @@ def resync(name: str, namespace: str, **_: object) -> None:
     _controller().trigger(namespace, name)
 
 
+def _timers_without_finalizers() -> None:
+    """kopf puts a finalizer on every object that has a timer, so that it can stop the
+    timer before the object goes. We do not want that: a finalizer makes deleting a
+    job (and its namespace) wait for a running operator. The timer only triggers a
+    level-triggered pass, which is harmless to stop late: kopf stops it on the
+    DELETED event. (kopf has no public switch for this; the registry entry is
+    replaced with the same handler minus the finalizer requirement.)"""
+    import dataclasses
+
+    reg = kopf.get_default_registry()._spawning
+    reg._handlers[:] = [dataclasses.replace(h, requires_finalizer=False) for h in reg._handlers]
+
+
+_timers_without_finalizers()
+
+
 def run() -> int:
     logs.setup(CONFIG.log_level)
     kopf.run(
