@@ -11,8 +11,12 @@ guarantees:
 * Networking is loopback only. The node gets 127.N.0.1 and each pod its own
   127.N.a.b (N unique among the agents on this machine, allocated under a lock
   in a shared directory; see ``ipam``), published as ``status.podIP(s)``;
-  ``hostIP`` is the node address. Servers should bind their pod IP (env via
-  ``fieldRef: status.podIP``), not 0.0.0.0. There is no kube-proxy: ClusterIPs
+  ``hostIP`` is the node address (also the pod IP of ``hostNetwork`` pods).
+  All pods share the host's network namespace: servers should bind their pod
+  IP (env via ``fieldRef: status.podIP``), since two pods binding 0.0.0.0 on
+  one port collide (torch's TCPStore server binds all addresses: give
+  concurrent jobs distinct ports). Connections to another pod come from
+  127.0.0.1, not from the caller's pod IP. There is no kube-proxy: ClusterIPs
   are not reachable.
 * Cluster DNS is emulated inside pod processes, not served: a ``sitecustomize``
   shim (``shim/``) put first on ``PYTHONPATH`` wraps ``socket.getaddrinfo`` /

@@ -191,8 +191,10 @@ class Agent:
         self.state_file.save({"node": self.args.node, "index": self.index, "seq": self.seq, "pods": pods})
 
     def _allocate_ip(self, pod: dict) -> str:
+        if (pod.get("spec") or {}).get("hostNetwork"):
+            return self.host_ip
         uid = pod["metadata"]["uid"]
-        in_use = {r.ip for r in self.runners.values()}
+        in_use = {r.ip for r in self.runners.values()} - {self.host_ip}
         ip = self.known_ips.get(uid) or (pod.get("status") or {}).get("podIP") or ""
         if ip.startswith(f"127.{self.index}.") and ip not in in_use:
             return ip
