@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from . import metrics
 from .jobspec import job_view
-from .kube import Conflict, Kube
+from .kube import Conflict, Kube, KubeError
 from .pods import RenderConfig, pod_view, render_pod
 from .reconcile import Plan, plan
 from .status import status_changed
@@ -108,7 +108,14 @@ class Controller:
         old = dict(body.get("status") or {})
         if status_changed(old, pl.status) or any(k not in pl.status for k in old):
             patch = status_patch(old, pl.status)
-            self.kube.patch_job_status(namespace, name, body["metadata"]["resourceVersion"], patch)
+            try:
+                self.kube.patch_job_status(namespace, name, body["metadata"]["resourceVersion"], patch)
+            except KubeError as e:
+                if e.status != 404:
+                    raise
+                log.info("job deleted during the pass", extra=fields)  # its pods go with it (GC)
+                metrics.observe_phase(namespace, name, None)
+                return None
             if pl.restart_cause:
                 metrics.RESTARTS.labels(pl.restart_cause).inc()
             if old.get("phase") != pl.status.get("phase"):
