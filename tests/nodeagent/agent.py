@@ -280,12 +280,22 @@ class Agent:
         args = self.args
         self.start_watchdog()
         labels = nodemod.node_labels(args.node, args.labels)
-        node = nodemod.register(self.kube, name=args.node, labels=labels)
-        hb = nodemod.Heartbeat(self.kube, name=args.node, ip=self.host_ip, cap=self.cap,
-                               node_uid=node["metadata"]["uid"], stop=self.stop,
-                               lease_interval=args.lease_renew_seconds, status_interval=args.status_seconds)
-        hb.post_status()
-        hb.renew_lease()
+        delay = 0.5
+        while True:  # the apiserver may not be up yet
+            try:
+                node = nodemod.register(self.kube, name=args.node, labels=labels)
+                hb = nodemod.Heartbeat(self.kube, name=args.node, ip=self.host_ip, cap=self.cap,
+                                       node_uid=node["metadata"]["uid"], stop=self.stop,
+                                       lease_interval=args.lease_renew_seconds,
+                                       status_interval=args.status_seconds)
+                hb.post_status()
+                hb.renew_lease()
+                break
+            except Exception as e:  # noqa: BLE001
+                log.warning("node registration failed; retrying", extra={"error": str(e)[:300], "retry_s": delay})
+                if self.stop.wait(delay):
+                    return self.shutdown()
+                delay = min(delay * 2, 10.0)
         hb.start()
         DnsPublisher(self.kube, self.ctx.hosts_path, self.ctx.hosts_file, self.stop).start()
         Reflector(self.kube, "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={args.node}"},
