@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_TIMEOUT_S = 240
@@ -110,21 +110,26 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def run_until_then_kill9(tmp: Path, name: str, cfg: dict[str, Any], nproc: int, marker: Path,
+def stalled(cfg: dict[str, Any]) -> bool:
+    """The run reached ``debug.stall_after_step`` and is idling (see trainer)."""
+    return any(m.get("event") == "stalled" for m in read_metrics(cfg))
+
+
+def run_until_then_kill9(tmp: Path, name: str, cfg: dict[str, Any], nproc: int, ready: Callable[[], bool],
                          timeout_s: float = TORCHRUN_TIMEOUT_S) -> float:
-    """Start a run, wait until ``marker`` exists, then SIGKILL torchrun and every worker."""
+    """Start a run, wait until ``ready()``, then SIGKILL torchrun and every worker."""
     path = write_config(tmp, name, cfg)
     log = open(tmp / name / "stderr.log", "w")
     t0 = time.monotonic()
     proc = subprocess.Popen(command(path, nproc), cwd=tmp / name, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        while not marker.exists():
+        while not ready():
             if proc.poll() is not None:
-                raise AssertionError(f"{name}: exited {proc.returncode} before {marker} appeared\n"
+                raise AssertionError(f"{name}: exited {proc.returncode} before it was ready to be killed\n"
                                      f"{(tmp / name / 'stderr.log').read_text()[-6000:]}")
             if time.monotonic() - t0 > timeout_s:
-                raise AssertionError(f"{name}: {marker} did not appear in {timeout_s}s")
+                raise AssertionError(f"{name}: not ready to be killed after {timeout_s}s")
             time.sleep(0.2)
     finally:
         victims = [proc.pid] + descendants(proc.pid)

@@ -237,3 +237,10 @@ def test_example_trainer_configs_are_valid():
         cfg = cfgmod.load(path, environ={})
         world = cfg.parallel.pp * (cfg.parallel.dp or 1)
         cfgmod.validate_for_world(cfg, world)
+
+
+def test_cpu_offload_needs_gpus():
+    cfg = cfgmod.from_dict({"parallel": {"mode": "zero3", "cpu_offload": True}}, environ={})
+    cfgmod.validate_for_device(cfg, "cuda")
+    with pytest.raises(cfgmod.ConfigError, match="^parallel.cpu_offload"):
+        cfgmod.validate_for_device(cfg, "cpu")

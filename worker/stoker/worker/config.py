@@ -93,8 +93,8 @@ class OutputConfig:
 
 @dataclasses.dataclass
 class DebugConfig:
-    # After the checkpoint of this step is committed, stop making progress (sleep) so a
-    # test can SIGKILL the job at a known point.
+    # After this step (and once any in-flight checkpoint is committed), stop making
+    # progress and sleep, so a test can SIGKILL the job at a known point.
     stall_after_step: int | None = None
 
 
@@ -238,6 +238,13 @@ def validate_for_world(cfg: Config, world_size: int) -> tuple[int, int]:
                      f"validation.samples ({cfg.validation.samples}) must be a multiple of train.global_batch "
                      f"({t.global_batch}) in pipeline modes (validation runs whole pipeline schedules)")
     return p.pp, dp
+
+
+def validate_for_device(cfg: Config, device_type: str) -> None:
+    """Checks that need to know whether this process trains on a GPU."""
+    _require(not cfg.parallel.cpu_offload or device_type == "cuda",
+             "parallel.cpu_offload: offloading to CPU needs GPUs (this process trains on the CPU already); "
+             "set parallel.cpu_offload: false")
 
 
 def from_dict(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from stoker.worker import parallel
 from stoker.worker.checksum import model_checksum
-from stoker.worker.config import FSDP_MODES, PIPELINE_MODES, Config, validate_for_world
+from stoker.worker.config import FSDP_MODES, PIPELINE_MODES, Config, validate_for_device, validate_for_world
 from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
 from stoker.worker.model import model_args
 from stoker.worker.sdk import Session
@@ -251,6 +251,7 @@ class Trainer(Stateful):
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.pp, self.dp = validate_for_world(cfg, self.world)
         self.device = parallel.device_for_rank(local_rank)
+        validate_for_device(cfg, self.device.type)
         self._setup_determinism()
         if self.world > 1 or "RANK" in os.environ:
             if not dist.is_initialized():
@@ -445,6 +446,23 @@ class Trainer(Stateful):
             self.metrics_file = open(path, "a", buffering=1)
         self.metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
 
+    def _trim_metrics(self, step: int) -> None:
+        """Drop records of steps after ``step`` (logged by a run that died before
+        checkpointing them): they are about to be redone, the file stays one line per step."""
+        path = self.cfg.output.metrics_path
+        if not self.is_metrics_rank or path is None or not Path(path).exists():
+            return
+        keep = []
+        for line in Path(path).read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                pass  # a line torn by a kill
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in keep))
+        tmp.replace(path)
+
     def memory_report(self) -> dict[str, int]:
         params = [p for m in self.parts for p in m.parameters()]
         p_local, p_full = parallel.local_and_full_bytes(params)
@@ -492,6 +510,7 @@ class Trainer(Stateful):
         cfg = self.cfg
         t, c = cfg.train, cfg.checkpoint
         ckpt, resumed_from = self.restore()
+        self._trim_metrics(resumed_from or 0)
         self.session.set_phase("TRAINING")
         tokens_per_step = t.global_batch * cfg.data.seq_len
         last_saved = resumed_from
