@@ -215,3 +215,16 @@ def test_bad_arguments_name_the_fix(tmp_path):
         open_store("gs://bucket/x")
     with pytest.raises(ValueError, match="STOKER_CHECKPOINT_URI"):
         open_store("")
+
+
+@pytest.mark.cluster
+def test_multipart_sized_shards_round_trip_on_s3(s3_uri):
+    """Shards above the multipart threshold (16 MiB) go up in parallel parts."""
+    state = {"big": {"w": torch.randn(6 * 2**20)}}  # 24 MiB
+    with CheckpointManager(s3_uri, async_mode="async") as ckpt:
+        ckpt.save(1, state)
+        assert ckpt.wait().ok
+        assert max(ckpt.store.list_files(1).values()) > 16 * 2**20
+    target = {"big": {"w": torch.zeros(6 * 2**20)}}
+    assert CheckpointManager(s3_uri).load(target) == 1
+    assert torch.equal(target["big"]["w"], state["big"]["w"])

@@ -69,11 +69,17 @@ class _UploadOnClose(io.BytesIO):
 
     def __init__(self, fs: "Boto3FileSystem", path: str):
         super().__init__()
-        self._fs, self._path, self._abort = fs, path, False
+        self._fs, self._path, self._abort, self._uploading = fs, path, False, False
 
     def close(self) -> None:
+        if self._uploading:
+            return  # the transfer manager closes what it read from; we close after
         if not self.closed and not self._abort:
-            self._fs._upload(self._path, self.getbuffer())
+            self._uploading = True
+            try:
+                self._fs._upload(self._path, self)  # straight from this buffer, no copy
+            finally:
+                self._uploading = False
         super().close()
 
 
@@ -83,11 +89,11 @@ class Boto3FileSystem(FileSystemBase):
         self.retry_timeout_s = retry_timeout_s
         self.transfer = transfer
 
-    def _upload(self, path: str, data: memoryview) -> None:
+    def _upload(self, path: str, buf: io.BytesIO) -> None:
         bucket, key = _split(path)
 
         def put():
-            buf = io.BytesIO(data)
+            buf.seek(0)
             self.client.upload_fileobj(buf, bucket, key, Config=self.transfer)
 
         call_with_retry(put, what=f"upload s3://{bucket}/{key}", timeout_s=self.retry_timeout_s)

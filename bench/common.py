@@ -1,0 +1,150 @@
+"""Shared benchmark helpers: a results table with ratios, JSON with machine info,
+and a throwaway MinIO server.
+
+Every benchmark measures its baseline in the same run and reports ratios to it;
+results go to ``bench/results/<name>.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["mem_gib"] = round(int(line.split()[1]) / 2**20, 1)
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(Exception):
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    with contextlib.suppress(Exception):
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                            capture_output=True, text=True, timeout=5).stdout.strip()
+    return info
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Print rows as an aligned table (columns default to the first row's keys)."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
+              for row in cells]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def write_results(name: str, results: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json`` with machine info and a timestamp."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine_info(), **results}
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path.relative_to(ROOT)}", flush=True)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def minio_binary() -> str:
+    if os.environ.get("STOKER_MINIO"):
+        return os.environ["STOKER_MINIO"]
+    out = subprocess.run([str(ROOT / "tests/cluster/build-tools.sh"), "minio"], capture_output=True,
+                         text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.startswith("minio="):
+            return line.split("=", 1)[1]
+    raise RuntimeError(f"tests/cluster/build-tools.sh minio printed no minio= line: {out!r}")
+
+
+@contextlib.contextmanager
+def minio_server() -> Iterator[dict[str, str]]:
+    """A MinIO on a free loopback port in a temp dir; yields the S3 env variables.
+    With AWS_ENDPOINT_URL_S3 already set, that server is used instead."""
+    from stoker.common import env
+
+    if os.environ.get(env.S3_ENDPOINT):
+        yield {k: os.environ[k] for k in (env.S3_ENDPOINT, env.S3_ACCESS_KEY, env.S3_SECRET_KEY)
+               if k in os.environ} | {env.S3_REGION: os.environ.get(env.S3_REGION, "us-east-1")}
+        return
+    data = Path(tempfile.mkdtemp(prefix="stoker-bench-minio-"))
+    port = free_port()
+    user, password = "bench-" + secrets.token_hex(4), secrets.token_urlsafe(18)
+    proc = subprocess.Popen(
+        [minio_binary(), "server", str(data / "data"), f"--address=127.0.0.1:{port}",
+         f"--console-address=127.0.0.1:{free_port()}", "--quiet"],
+        env={**os.environ, "MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password, "HOME": str(data),
+             "MINIO_BROWSER": "off"},
+        stdout=subprocess.DEVNULL, stderr=open(data / "minio.log", "wb"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/minio/health/ready", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"minio did not start; see {data / 'minio.log'}")
+                time.sleep(0.2)
+        yield {env.S3_ENDPOINT: url, env.S3_ACCESS_KEY: user, env.S3_SECRET_KEY: password,
+               env.S3_REGION: "us-east-1"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
