@@ -1,0 +1,218 @@
+"""What `helm template` renders for the documented values combinations: the operator's
+security posture, RBAC per watch mode (only the verbs the operator uses, no wildcards),
+peering for more than one replica, and the optional monitoring objects."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import CHART, run_helm
+
+COMBINATIONS = {
+    "default": {},
+    "namespaced-two-namespaces": {"watch": {"mode": "namespaced", "namespaces": ["team-a", "team-b"]}},
+    "cluster": {"watch": {"mode": "cluster"}},
+    "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
+    "prometheus-rule": {"metrics": {"prometheusRule": {"enabled": True}}},
+    "dashboard": {"metrics": {"dashboard": {"enabled": True}}},
+    "two-replicas": {"replicaCount": 2},
+    "two-replicas-cluster": {"replicaCount": 2, "watch": {"mode": "cluster"}},
+    "read-nodes": {"rbac": {"readNodes": True}},
+}
+
+
+def rbac_rules(objs) -> list[dict]:
+    return [r for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
+
+
+def grants(objs) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) triples of every Role/ClusterRole rule."""
+    return {(g, res, v) for r in rbac_rules(objs) for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
+
+
+def operator_container(objs) -> dict:
+    dep = objs.one("Deployment", "stoker")
+    return next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
+
+
+def env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_helm_lint_is_clean_in_strict_mode_for_every_combination(helm, tmp_path):
+    for name, values in COMBINATIONS.items():
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps(values))
+        r = run_helm(helm, "lint", "--strict", str(CHART), "-f", str(f), check=False)
+        assert r.returncode == 0, f"{name}: {r.stdout}{r.stderr}"
+        assert "[WARNING]" not in r.stdout and "[ERROR]" not in r.stdout, f"{name}: {r.stdout}"
+
+
+@pytest.mark.parametrize("name", sorted(COMBINATIONS))
+def test_every_combination_renders_a_hardened_operator_and_no_wildcard_rbac(render, name):
+    objs = render(COMBINATIONS[name])
+    dep = objs.one("Deployment", "stoker")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "stoker"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}} in pod["volumes"]
+    op = operator_container(objs)
+    assert op["command"] == ["python", "-m", "stoker.operator.main"]
+    assert op["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert op["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in op["ports"]}
+    assert env(op)["STOKER_OPERATOR_HEALTH_PORT"] == str(ports["health"])
+    assert env(op)["STOKER_OPERATOR_METRICS_PORT"] == str(ports["metrics"])
+    for rule in rbac_rules(objs):
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+    assert not {res for _, res, _ in grants(objs)} & {"secrets", "roles", "clusterroles", "rolebindings",
+                                                     "clusterrolebindings", "serviceaccounts"}
+    crd = objs.one("CustomResourceDefinition", "trainingjobs.stoker.dev")
+    assert crd["spec"]["names"]["shortNames"] == ["tj"]
+
+
+def test_operator_grants_are_exactly_what_its_code_calls(render):
+    objs = render({})
+    assert grants(objs) == {
+        ("stoker.dev", "trainingjobs", v) for v in ("get", "list", "watch", "patch", "delete")
+    } | {
+        ("stoker.dev", "trainingjobs/status", "patch"),
+    } | {
+        ("", "pods", v) for v in ("list", "watch", "create", "delete")
+    } | {
+        ("events.k8s.io", "events", "create"),
+    }
+
+
+def test_namespaced_mode_binds_a_role_in_each_served_namespace_and_nothing_cluster_wide(render):
+    objs = render(COMBINATIONS["namespaced-two-namespaces"], namespace="stoker-system")
+    assert not objs.of("ClusterRole") and not objs.of("ClusterRoleBinding")
+    assert sorted(o["metadata"]["namespace"] for o in objs.of("Role")) == ["team-a", "team-b"]
+    for rb in objs.of("RoleBinding"):
+        assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "stoker"}
+        assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "stoker", "namespace": "stoker-system"}]
+    assert sorted(o["metadata"]["namespace"] for o in objs.of("RoleBinding")) == ["team-a", "team-b"]
+    assert env(operator_container(objs))["STOKER_OPERATOR_NAMESPACES"] == "team-a,team-b"
+
+
+def test_namespaced_mode_defaults_to_the_release_namespace(render):
+    objs = render({}, namespace="ml")
+    assert [o["metadata"]["namespace"] for o in objs.of("Role")] == ["ml"]
+    assert env(operator_container(objs))["STOKER_OPERATOR_NAMESPACES"] == "ml"
+
+
+def test_cluster_mode_uses_one_cluster_role_and_watches_every_namespace(render):
+    objs = render(COMBINATIONS["cluster"])
+    assert not objs.of("Role") and not objs.of("RoleBinding")
+    binding = objs.one("ClusterRoleBinding", "stoker")
+    assert binding["roleRef"]["name"] == "stoker"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "stoker", "namespace": "stoker-system"}]
+    assert env(operator_container(objs))["STOKER_OPERATOR_NAMESPACES"] == ""
+    g = grants(objs)
+    assert ("apiextensions.k8s.io", "customresourcedefinitions", "watch") in g
+    assert ("", "namespaces", "list") not in g  # cluster-wide kopf lists no namespaces
+
+
+def test_one_replica_runs_standalone_with_the_store_inside_and_recreates_on_update(render):
+    objs = render({})
+    e = env(operator_container(objs))
+    assert "STOKER_OPERATOR_PEERING" not in e
+    assert objs.one("Deployment", "stoker")["spec"]["strategy"] == {"type": "Recreate"}
+    assert e["STOKER_OPERATOR_RENDEZVOUS_PORT"] == "29400"
+    # Workers reach the store at the Service's ClusterIP (an IP literal), expanded by the kubelet.
+    assert e["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "$(STOKER_SERVICE_HOST)"
+    assert e["STOKER_OPERATOR_HEARTBEAT_ADDRESS"] == "$(STOKER_SERVICE_HOST):50051"
+    svc = objs.one("Service", "stoker")
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"metrics": 9090, "grpc-heartbeat": 50051,
+                                                                   "rendezvous": 29400}
+    assert not objs.of("KopfPeering") and not objs.of("ClusterKopfPeering")
+
+
+@pytest.mark.parametrize("mode,kind,resource", [("namespaced", "KopfPeering", "kopfpeerings"),
+                                                ("cluster", "ClusterKopfPeering", "clusterkopfpeerings")])
+def test_two_replicas_share_a_peering_object_and_a_separate_store(render, mode, kind, resource):
+    objs = render({"replicaCount": 2, "watch": {"mode": mode}})
+    e = env(operator_container(objs))
+    assert e["STOKER_OPERATOR_PEERING"] == "stoker"
+    assert objs.one(kind, "stoker")
+    # The peering CRDs come with the chart (kopf's peering.yaml).
+    assert objs.one("CustomResourceDefinition", f"{resource}.kopf.dev")
+    g = grants(objs)
+    assert {("kopf.dev", resource, v) for v in ("list", "watch", "patch")} <= g
+    patch_rule = next(r for r in rbac_rules(objs) if "patch" in r["verbs"] and r["resources"] == [resource])
+    assert patch_rule["resourceNames"] == ["stoker"]  # only our own peering object
+    # The store runs once, outside the replicas; the operators host none and advertise it.
+    store = objs.one("Deployment", "stoker-rendezvous")
+    assert store["spec"]["replicas"] == 1
+    assert store["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert store["spec"]["template"]["spec"]["containers"][0]["command"][:3] == ["python", "-m",
+                                                                               "stoker.operator.rendezvous"]
+    assert e["STOKER_OPERATOR_RENDEZVOUS_PORT"] == "0"
+    assert e["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "$(STOKER_RENDEZVOUS_SERVICE_HOST)"
+    assert objs.one("Service", "stoker-rendezvous")
+    assert "rendezvous" not in {p["name"] for p in objs.one("Service", "stoker")["spec"]["ports"]}
+    assert objs.one("Deployment", "stoker")["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_a_pinned_cluster_ip_is_advertised_as_is(render):
+    objs = render({"service": {"clusterIP": "10.96.0.77"}})
+    assert objs.one("Service", "stoker")["spec"]["clusterIP"] == "10.96.0.77"
+    assert env(operator_container(objs))["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "10.96.0.77"
+
+
+def test_read_nodes_adds_only_a_read_only_cluster_role_for_nodes(render):
+    objs = render(COMBINATIONS["read-nodes"])
+    nodes = objs.one("ClusterRole", "stoker-nodes")
+    assert nodes["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    assert objs.one("ClusterRoleBinding", "stoker-nodes")["roleRef"]["name"] == "stoker-nodes"
+    assert objs.of("Role")  # the namespaced grants stay namespaced
+
+
+def test_service_monitor_scrapes_the_metrics_port(render):
+    objs = render(COMBINATIONS["service-monitor"])
+    sm = objs.one("ServiceMonitor", "stoker")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    svc = objs.one("Service", "stoker")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+
+
+def test_prometheus_rule_alerts_use_the_operator_metric_names(render):
+    from stoker.operator import metrics
+
+    objs = render({"metrics": {"prometheusRule": {"enabled": True, "thresholds": {"checkpointAgeSeconds": 900}}}})
+    rules = {r["alert"]: r for g in objs.one("PrometheusRule", "stoker")["spec"]["groups"] for r in g["rules"]}
+    assert {"StokerJobStuckRestarting", "StokerWorkerHeartbeatLost", "StokerCheckpointTooOld",
+            "StokerNodeRepeatedFailures", "StokerOperatorDown"} <= set(rules)
+    assert rules["StokerCheckpointTooOld"]["expr"] == "stoker_checkpoint_age_seconds > 900"
+    assert rules["StokerJobStuckRestarting"]["for"] == "15m"
+    exported = {m.name for m in metrics.REGISTRY.collect()}  # counters drop their _total suffix here
+    assert "stoker_trainingjobs" in exported and 'phase="Restarting"' in rules["StokerJobStuckRestarting"]["expr"]
+    assert "stoker_job_restarts" in exported and "stoker_reconcile_errors" in exported
+    for r in rules.values():  # Prometheus templates survive Helm's templating untouched
+        for text in r.get("annotations", {}).values():
+            assert "{{ $" in text or "$value" not in text
+
+
+def test_dashboard_is_valid_json_over_the_operator_metrics(render):
+    objs = render(COMBINATIONS["dashboard"])
+    cm = objs.one("ConfigMap", "stoker-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["stoker.json"])
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for name in ("stoker_trainingjobs", "stoker_job_restarts_total", "stoker_reconcile_duration_seconds_bucket"):
+        assert name in exprs
+
+
+def test_optional_objects_are_off_by_default(render):
+    kinds = set(render({}).kinds())
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap", "KopfPeering", "ClusterKopfPeering"}
