@@ -14,15 +14,28 @@ from .helpers import UID, job_body
 FLAGS = ["--nnodes=1:2"]
 
 
+L_ = "stoker.operator.launch"
+
+
 @pytest.mark.parametrize("cmd, expected", [
-    (["python", "train.py", "--lr", "1"], ["python", "-m", "torch.distributed.run", *FLAGS, "train.py", "--lr", "1"]),
+    (["python", "train.py", "--lr", "1"], ["python", "-m", L_, *FLAGS, "train.py", "--lr", "1"]),
     (["/opt/venv/bin/python3.11", "-m", "pkg.train", "x"],
-     ["/opt/venv/bin/python3.11", "-m", "torch.distributed.run", *FLAGS, "-m", "pkg.train", "x"]),
-    (["python", "-u", "train.py"], ["python", "-m", "torch.distributed.run", *FLAGS, "--no-python", "python", "-u", "train.py"]),
-    (["/usr/bin/train", "a"], ["torchrun", *FLAGS, "--no-python", "/usr/bin/train", "a"]),
+     ["/opt/venv/bin/python3.11", "-m", L_, *FLAGS, "-m", "pkg.train", "x"]),
+    (["python", "-u", "train.py"], ["python", "-m", L_, *FLAGS, "--no-python", "python", "-u", "train.py"]),
+    (["/usr/bin/train", "a"], ["python3", "-m", L_, *FLAGS, "--no-python", "/usr/bin/train", "a"]),
 ])
 def test_user_command_maps_onto_torchrun(cmd, expected):
     assert launcher_command(cmd, FLAGS) == expected
+
+
+def test_plain_torchrun_launcher_for_images_without_stoker():
+    assert launcher_command(["python", "t.py"], FLAGS, "torchrun") == ["python", "-m", "torch.distributed.run", *FLAGS, "t.py"]
+    assert launcher_command(["/bin/t"], FLAGS, "torchrun") == ["torchrun", *FLAGS, "--no-python", "/bin/t"]
+
+
+def test_launch_maps_worker_exit_codes_like_a_shell():
+    from stoker.operator.launch import exit_code_of
+    assert [exit_code_of(c) for c in (3, -9, -15, 0, 300)] == [3, 137, 143, 1, 1]
 
 
 def test_empty_command_is_an_error_naming_the_field():
@@ -38,7 +51,7 @@ def _pod(**spec):
 def test_pod_runs_torchrun_elastic_against_the_operator_store_as_a_client():
     body, pod = _pod(minReplicas=1, maxReplicas=4, nprocPerNode=2)
     cmd = pod["spec"]["containers"][0]["command"]
-    assert cmd[:3] == ["python", "-m", "torch.distributed.run"]
+    assert cmd[:3] == ["python", "-m", "stoker.operator.launch"]
     assert "--nnodes=1:4" in cmd and "--nproc-per-node=2" in cmd
     assert "--rdzv-backend=c10d" in cmd and "--rdzv-endpoint=10.0.0.5:29400" in cmd
     assert f"--rdzv-id=ns-demo-{UID[:8]}-3" in cmd

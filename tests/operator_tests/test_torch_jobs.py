@@ -84,3 +84,39 @@ def test_elastic_job_sees_new_world_sizes_when_scaled_and_still_succeeds(kube, n
     job = get_job(kube, namespace, "el")
     assert job["status"]["restarts"]["total"] == 0  # elastic changes are not job restarts
     assert job["status"]["incarnation"] == 0
+
+
+FAIL_SCRIPT = str(pathlib.Path(__file__).with_name("scripts") / "exit_with.py")
+
+
+def test_failing_workers_restart_the_job_until_the_budget_is_spent(cluster, kube, namespace, process_pool,
+                                                                   start_operator):
+    op = start_operator(rendezvous=True, extra_env={"STOKER_OPERATOR_TORCHRUN_MAX_RESTARTS": "0"})
+    body = job_manifest("fail", [sys.executable, FAIL_SCRIPT], replicas=2, node_selector=process_pool,
+                        env={"EXIT_CODE": "3"})
+    body["spec"]["failurePolicy"] = {"maxRestarts": 1, "backoffSeconds": 0}
+    create_job(kube, namespace, body)
+    wait_for("job Failed", lambda: phase(kube, namespace, "fail") == "Failed", timeout=120,
+             on_timeout=diagnostics(kube, namespace, "fail", op))
+    st = get_job(kube, namespace, "fail")["status"]
+    assert st["reason"] == "RestartLimitExceeded" and "maxRestarts=1" in st["message"]
+    assert st["restarts"] == {"userError": 1, "infrastructure": 0, "preemption": 0, "total": 1}
+    assert st["incarnation"] == 1
+    assert [i.get("exitCode") for i in st["incidents"]] == [3, 3]  # the user's code, through torchrun
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds["Failed"] == "True" and conds.get("Restarting") == "False" and conds["Running"] == "False"
+    events = cluster.kubectl("describe", "tj", "fail", "-n", namespace).stdout.split("Events:")[-1]
+    assert "WorkerFailed" in events and "RestartLimitExceeded" in events
+
+
+def test_failjob_exit_code_rule_fails_without_restarting(kube, namespace, process_pool, start_operator):
+    op = start_operator(rendezvous=True, extra_env={"STOKER_OPERATOR_TORCHRUN_MAX_RESTARTS": "0"})
+    body = job_manifest("rule", [sys.executable, FAIL_SCRIPT], replicas=1, node_selector=process_pool,
+                        env={"EXIT_CODE": "42"})
+    body["spec"]["failurePolicy"] = {"maxRestarts": 5, "exitCodeRules": [{"exitCodes": [42], "action": "FailJob"}]}
+    create_job(kube, namespace, body)
+    wait_for("job Failed", lambda: phase(kube, namespace, "rule") == "Failed", timeout=120,
+             on_timeout=diagnostics(kube, namespace, "rule", op))
+    st = get_job(kube, namespace, "rule")["status"]
+    assert st["reason"] == "ExitCodeRule" and "exit code 42" in st["message"]
+    assert st["restarts"]["total"] == 0 and st["incarnation"] == 0

@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="kopf peering object: replicas with the same NAME never act together (default: standalone)")
     run.add_argument("--s3-endpoint", default=None, help="AWS_ENDPOINT_URL_S3 for workers whose Secret has none")
     run.add_argument("--heartbeat-address", default=None, help="host:port of the heartbeat service given to workers")
+    run.add_argument("--launcher", choices=["stoker", "torchrun"], default=d.launcher,
+                     help="stoker: torchrun that exits with the failing worker's exit code (needs the stoker "
+                          "package in the image); torchrun: plain torchrun")
     run.add_argument("--max-workers", type=int, default=d.max_workers)
     run.add_argument("--log-level", default=d.log_level)
     run.set_defaults(func=_run)
@@ -60,6 +63,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         peering=args.peering,
         s3_endpoint=args.s3_endpoint,
         heartbeat_address=args.heartbeat_address,
+        launcher=args.launcher,
         max_workers=args.max_workers,
         log_level=args.log_level,
     )

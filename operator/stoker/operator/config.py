@@ -27,6 +27,7 @@ class Config:
     peering: str | None = None                # None: standalone
     s3_endpoint: str | None = None
     heartbeat_address: str | None = None      # host:port of the gRPC heartbeat service (later issue)
+    launcher: str = "stoker"                  # stoker (keeps worker exit codes) | torchrun
     max_workers: int = 16
     log_level: str = "INFO"
 
@@ -62,6 +63,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         peering=env.get(PREFIX + "PEERING") or None,
         s3_endpoint=env.get(PREFIX + "S3_ENDPOINT") or None,
         heartbeat_address=env.get(PREFIX + "HEARTBEAT_ADDRESS") or None,
+        launcher=env.get(PREFIX + "LAUNCHER") or d.launcher,
         max_workers=_int(env, "MAX_WORKERS", d.max_workers),
         log_level=env.get(PREFIX + "LOG_LEVEL") or d.log_level,
     )
@@ -78,6 +80,7 @@ def to_env(cfg: Config) -> dict[str, str]:
         "RESYNC_SECONDS": f"{cfg.resync_seconds:g}",
         "LAST_CALL_TIMEOUT_SECONDS": str(cfg.last_call_timeout_seconds),
         "TORCHRUN_MAX_RESTARTS": str(cfg.torchrun_max_restarts),
+        "LAUNCHER": cfg.launcher,
         "MAX_WORKERS": str(cfg.max_workers),
         "LOG_LEVEL": cfg.log_level,
     }

@@ -82,6 +82,7 @@ def startup(settings: kopf.OperatorSettings, **_: object) -> None:
         last_call_timeout_s=CONFIG.last_call_timeout_seconds,
         torchrun_max_restarts=CONFIG.torchrun_max_restarts,
         s3_endpoint=CONFIG.s3_endpoint,
+        launcher=CONFIG.launcher,
     )
     _state["controller"] = Controller(Kube(CONFIG.kubeconfig), render)
     log.info("operator started", extra={"namespaces": ",".join(CONFIG.namespaces) or "*",

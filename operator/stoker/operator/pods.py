@@ -3,14 +3,20 @@
 How the user's command maps onto torchrun (the trainer is the FIRST container
 of ``spec.template``; its ``command`` + ``args`` form the user command):
 
-  ["python", "train.py", *a]        -> python -m torch.distributed.run <launcher flags> train.py *a
-  ["python", "-m", "pkg.mod", *a]   -> python -m torch.distributed.run <launcher flags> -m pkg.mod *a
-  ["python", "-u", ...] / "-c" ...  -> python -m torch.distributed.run <launcher flags> --no-python python -u ...
-  ["/usr/bin/train", *a]            -> torchrun <launcher flags> --no-python /usr/bin/train *a
+  ["python", "train.py", *a]        -> python -m stoker.operator.launch <torchrun flags> train.py *a
+  ["python", "-m", "pkg.mod", *a]   -> python -m stoker.operator.launch <torchrun flags> -m pkg.mod *a
+  ["python", "-u", ...] / "-c" ...  -> python -m stoker.operator.launch <torchrun flags> --no-python python -u ...
+  ["/usr/bin/train", *a]            -> python3 -m stoker.operator.launch <torchrun flags> --no-python /usr/bin/train *a
+
+`stoker.operator.launch` is torchrun (same flags, run in-process) that exits with
+the failing worker's own exit code, so spec.failurePolicy.exitCodeRules see the
+user's code rather than torchrun's constant 1. For images without the stoker
+package, RenderConfig.launcher="torchrun" uses plain ``python -m
+torch.distributed.run`` / ``torchrun`` (exit-code rules then see 1).
 
 A python interpreter in the user's command (``python``, ``python3``,
 ``python3.11``, ``/opt/venv/bin/python``) is reused to run the launcher, so
-torchrun need not be on PATH; any other program runs with ``--no-python``.
+nothing needs to be on PATH; any other program runs with ``--no-python``.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ class RenderConfig:
     torchrun_max_restarts: int = 10                 # in-place restarts per agent (scale-downs cost one)
     monitor_interval_s: float = 1.0
     s3_endpoint: str | None = None                  # default AWS_ENDPOINT_URL_S3 if the secret has none
+    launcher: str = "stoker"                        # "stoker" (exit codes preserved) | "torchrun"
 
 
 def pod_name(job: str, index: int, incarnation: int) -> str:
@@ -87,19 +94,24 @@ def job_labels(job_name: str) -> dict[str, str]:
     }
 
 
-def launcher_command(user_cmd: list[str], flags: list[str]) -> list[str]:
+LAUNCHERS = {"stoker": "stoker.operator.launch", "torchrun": "torch.distributed.run"}
+
+
+def launcher_command(user_cmd: list[str], flags: list[str], launcher: str = "stoker") -> list[str]:
     """Wrap the user's command in torchrun (see the module docstring)."""
     if not user_cmd:
         raise ValueError("spec.template.spec.containers[0].command is empty: set it to your training program")
+    module = LAUNCHERS[launcher]
     exe, rest = user_cmd[0], list(user_cmd[1:])
     if _PYTHON_RE.match(os.path.basename(exe)):
-        launcher = [exe, "-m", "torch.distributed.run", *flags]
+        head = [exe, "-m", module, *flags]
         if len(rest) >= 2 and rest[0] == "-m":
-            return [*launcher, "-m", *rest[1:]]
+            return [*head, "-m", *rest[1:]]
         if rest and not rest[0].startswith("-"):
-            return [*launcher, *rest]
-        return [*launcher, "--no-python", exe, *rest]
-    return ["torchrun", *flags, "--no-python", exe, *rest]
+            return [*head, *rest]
+        return [*head, "--no-python", exe, *rest]
+    head = ["torchrun"] if launcher == "torchrun" else ["python3", "-m", module]
+    return [*head, *flags, "--no-python", exe, *rest]
 
 
 def torchrun_flags(job: JobView, incarnation: int, cfg: RenderConfig) -> list[str]:
@@ -184,7 +196,7 @@ def render_pod(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
         raise ValueError("spec.template.spec.containers is empty: add the trainer container")
     trainer = containers[0]
     user_cmd = list(trainer.get("command") or []) + list(trainer.get("args") or [])
-    trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg))
+    trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg), cfg.launcher)
     trainer.pop("args", None)
     ours = worker_env(job, index, incarnation, cfg)
     our_names = {e["name"] for e in ours}
