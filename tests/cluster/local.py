@@ -358,6 +358,10 @@ class LocalCluster:
                 f"--cert-dir={sd}/run/apiserver-certs",
                 f"--tls-cert-file={p}/apiserver.crt", f"--tls-private-key-file={p}/apiserver.key",
                 f"--client-ca-file={p}/ca.crt",
+                # Container logs of process-node pods (the node agent's kubelet API, tests/nodeagent/kubeletapi.py).
+                f"--kubelet-client-certificate={p}/apiserver-kubelet-client.crt",
+                f"--kubelet-client-key={p}/apiserver-kubelet-client.key",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--anonymous-auth=false",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
@@ -773,7 +777,7 @@ class LocalCluster:
                 "--node", name, "--gpus", str(gpus)]
         for k, v in node_labels.items():
             argv += ["--label", f"{k}={v}"]
-        argv += ["--state-dir", str(node_dir), *extra_args]
+        argv += ["--state-dir", str(node_dir), "--kubelet-client-ca", str(self.pki_dir / "ca.crt"), *extra_args]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         logfile = self.logfile(f"node-{name}")

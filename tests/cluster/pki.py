@@ -24,6 +24,8 @@ CLIENTS = {
     "admin": ("stoker-admin", "system:masters"),
     "controller-manager": ("system:kube-controller-manager", None),
     "scheduler": ("system:kube-scheduler", None),
+    # The apiserver's identity towards kubelets (process-node agents serve container logs to it).
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
 
 APISERVER_DNS = [

@@ -74,11 +74,18 @@ What exists:
 * Logs: stdout+stderr of each container are appended (across restarts) to
   ``<state-dir>/pods/<namespace>_<pod>/<container>.log``; files are kept after
   the pod is gone. ``PYTHONUNBUFFERED=1`` is set so output appears promptly.
+* ``kubectl logs`` / ``read_namespaced_pod_log``: with ``--kubelet-client-ca``
+  (``LocalCluster.start_process_node`` passes the cluster CA) the agent serves a
+  minimal kubelet API on ``<node address>:10250`` (or an ephemeral port; the
+  Node's ``status.daemonEndpoints.kubeletEndpoint.Port`` says which) to the
+  apiserver's kubelet client certificate: ``/containerLogs`` with ``follow``,
+  ``tailLines``, ``limitBytes`` and ``previous`` (each container start records
+  its offset in ``<container>.log.starts``). See ``kubeletapi``.
 * Agent logs: JSON lines on stderr.
 
 Not supported: volumes, ports/hostPort, liveness/startup probes, native sidecar
 init containers, ephemeral containers, resource enforcement, service account
-tokens, service-link env vars, exec/attach/port-forward/logs through the API.
+tokens, service-link env vars, exec/attach/port-forward through the API.
 
 Run: ``python -m tests.nodeagent --kubeconfig K --node NAME --gpus N
 [--label k=v ...] --state-dir D``.

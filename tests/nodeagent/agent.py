@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from . import dnsmap, gpus, ipam, jsonlog, node as nodemod, preload, procs
+from . import dnsmap, gpus, ipam, jsonlog, kubeletapi, node as nodemod, preload, procs
 from .kube import Kube, KubeError, Reflector, pod_path
 from .pods import ORPHAN_GRACE_S, Context, PodRunner
 from .podstatus import terminal
@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restart-backoff-base", type=float, default=1.0,
                    help="first crash-loop delay in seconds, doubling per restart (kubelet: 10)")
     p.add_argument("--restart-backoff-cap", type=float, default=30.0, help="(kubelet: 300)")
+    p.add_argument("--kubelet-client-ca", default="",
+                   help="CA of the apiserver's kubelet client certificate; enables the kubelet API (container logs)")
+    p.add_argument("--kubelet-port", type=int, default=kubeletapi.DEFAULT_PORT,
+                   help="port of the kubelet API on the node address (an ephemeral one if taken)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     labels = {}
@@ -276,9 +280,33 @@ class Agent:
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
             cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
 
+    def container_running(self, ns: str, pod: str, container: str) -> bool:
+        """For the kubelet API's log follow (called from its threads)."""
+        key = f"{ns}/{pod}"
+        for _ in range(3):
+            try:
+                for r in list(self.runners.values()):
+                    if r.key == key and not r.finished:
+                        p = r.procs.get(container)
+                        return p is not None and p.poll() is None
+                return False
+            except RuntimeError:  # dict changed while copying; try again
+                continue
+        return True
+
+    def start_kubelet_api(self) -> int:
+        if not self.args.kubelet_client_ca:
+            return 0
+        self.kubelet_api = kubeletapi.KubeletServer(
+            state_dir=self.state_dir, ip=self.host_ip, node=self.args.node, client_ca=self.args.kubelet_client_ca,
+            is_running=self.container_running, stop=self.stop, port=self.args.kubelet_port)
+        self.kubelet_api.start()
+        return self.kubelet_api.port
+
     def run(self) -> int:
         args = self.args
         self.start_watchdog()
+        kubelet_port = self.start_kubelet_api()
         labels = nodemod.node_labels(args.node, args.labels)
         delay = 0.5
         while True:  # the apiserver may not be up yet
@@ -287,7 +315,7 @@ class Agent:
                 hb = nodemod.Heartbeat(self.kube, name=args.node, ip=self.host_ip, cap=self.cap,
                                        node_uid=node["metadata"]["uid"], stop=self.stop,
                                        lease_interval=args.lease_renew_seconds,
-                                       status_interval=args.status_seconds)
+                                       status_interval=args.status_seconds, kubelet_port=kubelet_port)
                 hb.post_status()
                 hb.renew_lease()
                 break

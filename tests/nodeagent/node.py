@@ -55,7 +55,8 @@ def _conditions(ready: bool) -> list[dict]:
     return conds
 
 
-def node_status(*, name: str, ip: str, cap: dict[str, str], previous: dict | None = None) -> dict:
+def node_status(*, name: str, ip: str, cap: dict[str, str], previous: dict | None = None,
+                kubelet_port: int = 0) -> dict:
     """Status for a node that is up. Transition times of unchanged conditions are
     kept from ``previous`` (the node's current status)."""
     prev = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
@@ -69,7 +70,7 @@ def node_status(*, name: str, ip: str, cap: dict[str, str], previous: dict | Non
         "allocatable": dict(cap),
         "conditions": conds,
         "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": "", "systemUUID": "", "bootID": "",
             "kernelVersion": platform.release(), "osImage": "stoker process node",
@@ -107,17 +108,19 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, kube: Kube, *, name: str, ip: str, cap: dict[str, str],
                  node_uid: str, stop: threading.Event, lease_interval: float = 2.0,
-                 status_interval: float = 10.0, lease_duration: int = 40) -> None:
+                 status_interval: float = 10.0, lease_duration: int = 40, kubelet_port: int = 0) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.kube, self.name, self.ip, self.cap = kube, name, ip, cap
         self.node_uid, self.stop_event = node_uid, stop
         self.lease_interval, self.status_interval = lease_interval, status_interval
         self.lease_duration = lease_duration
+        self.kubelet_port = kubelet_port
         self._last_status = 0.0
         self._previous: dict | None = None
 
     def post_status(self) -> None:
-        status = node_status(name=self.name, ip=self.ip, cap=self.cap, previous=self._previous)
+        status = node_status(name=self.name, ip=self.ip, cap=self.cap, previous=self._previous,
+                             kubelet_port=self.kubelet_port)
         node = self.kube.patch(f"/api/v1/nodes/{self.name}/status", {"status": status})
         self._previous = node.get("status")
         self._last_status = time.monotonic()

@@ -10,7 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from . import envvars, gpus, probes, procs
+from . import envvars, gpus, kubeletapi, probes, procs
 from .kube import Kube, KubeError
 from .podstatus import (ContainerState, backoff_seconds, exit_code_of, lost_container,
                         now_rfc3339, pod_phase, pod_status, should_restart, terminal)
@@ -258,6 +258,7 @@ class PodRunner:
             c.next_start_at = now + START_RETRY_S
             return
         try:
+            kubeletapi.record_start(self.log_path(c.name))  # where this instance's log begins
             proc = procs.spawn(argv, env=env, cwd=cwd, log_path=self.log_path(c.name))
         except OSError as e:
             c.mark_running(0)
