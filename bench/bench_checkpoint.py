@@ -27,7 +27,7 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from bench.common import free_port, minio_server, print_table, write_results  # noqa: E402
 
-BACKENDS = ("boto3", "fsspec", "s3torchconnector")
+BACKENDS = ("crt", "boto3", "fsspec", "s3torchconnector")
 MiB = 2**20
 
 
@@ -91,7 +91,8 @@ def worker(rank: int, world: int, port: int, args, out: str) -> None:
         rows[backend] = {"save_s": min(saves), "load_s": min(loads), "bytes": mgr.last_result.bytes}
         mgr.close()
 
-    mgr = CheckpointManager("", keep=1, async_mode="async", store=S3Store(f"s3://{args.bucket}/async"))
+    mgr = CheckpointManager("", keep=1, async_mode="async",
+                            store=S3Store(f"s3://{args.bucket}/async", backend=args.backends[0]))
     blocked, finished = [], []
     for rep in range(args.reps):
         dist.barrier()
@@ -148,10 +149,10 @@ def main() -> int:
     winner, runner_up = ranked[0], ranked[min(1, len(ranked) - 1)]
     print_table(f"Checkpoint save/load to MinIO: {total / MiB:.0f} MiB over {args.world} ranks "
                 f"(best of {args.reps}; *_vs_raw = raw boto3 time / method time, 1.0 = as fast as raw)", table)
-    sync_s = rank0["rows"]["boto3"]["save_s"]
+    sync_s = rank0["rows"][args.backends[0]]["save_s"]
     blocked = max(r["async_blocked_s"] for r in raw["ranks"])
     async_rows = [
-        {"mode": "sync save (boto3)", "loop_blocked_s": sync_s, "vs_sync": 1.0},
+        {"mode": f"sync save ({args.backends[0]})", "loop_blocked_s": sync_s, "vs_sync": 1.0},
         {"mode": "async save: save() blocks", "loop_blocked_s": blocked, "vs_sync": blocked / sync_s},
         {"mode": "async save: until committed", "loop_blocked_s": rank0["async_total_s"],
          "vs_sync": rank0["async_total_s"] / sync_s},

@@ -35,6 +35,8 @@ def test_connection_and_server_errors_retry_client_errors_do_not():
     wrapped = RuntimeError("upload failed")
     wrapped.__cause__ = FakeClientError("InvalidAccessKeyId")
     assert not is_retryable(wrapped)
+    assert not is_retryable(RuntimeError("Client error: NoSuchBucket: The specified bucket does not exist"))
+    assert is_retryable(RuntimeError("Client error: Failed to connect: Connection refused"))
 
 
 def test_backoff_grows_and_caps():

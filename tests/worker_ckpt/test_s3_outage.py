@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from stoker.common import layout
-from stoker.worker.checkpoint import CheckpointManager
+from stoker.worker.checkpoint import CheckpointManager, open_store
 
-pytestmark = [pytest.mark.torch, pytest.mark.cluster]
+pytestmark = [pytest.mark.torch, pytest.mark.cluster, pytest.mark.parametrize("transport", ["crt", "boto3"])]
+
+
+def manager(uri: str, transport: str, retry_timeout_s: float) -> CheckpointManager:
+    store = open_store(uri, backend=transport, retry_timeout_s=retry_timeout_s)
+    return CheckpointManager(uri, keep=3, async_mode="async", store=store)
 
 
 def train_until(done, model, at_least: int = 5) -> int:
@@ -23,9 +28,9 @@ def train_until(done, model, at_least: int = 5) -> int:
     return steps
 
 
-def test_save_during_outage_fails_cleanly_then_next_save_commits(s3_env, s3_uri):
+def test_save_during_outage_fails_cleanly_then_next_save_commits(s3_env, s3_uri, transport):
     model = torch.nn.Linear(64, 64)
-    with CheckpointManager(s3_uri, keep=3, async_mode="async", retry_timeout_s=2.0) as ckpt:
+    with manager(s3_uri, transport, retry_timeout_s=2.0) as ckpt:
         ckpt.save(1, {"model": model})
         assert ckpt.wait().ok
         s3_env.stop_s3()
@@ -47,9 +52,9 @@ def test_save_during_outage_fails_cleanly_then_next_save_commits(s3_env, s3_uri)
     assert torch.equal(fresh.weight, model.weight)
 
 
-def test_short_outage_is_bridged_by_retries(s3_env, s3_uri):
+def test_short_outage_is_bridged_by_retries(s3_env, s3_uri, transport):
     model = torch.nn.Linear(64, 64)
-    with CheckpointManager(s3_uri, async_mode="async", retry_timeout_s=60.0) as ckpt:
+    with manager(s3_uri, transport, retry_timeout_s=60.0) as ckpt:
         s3_env.stop_s3()
         restarted = threading.Timer(1.5, s3_env.start_s3)
         try:

@@ -46,7 +46,11 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, FileNotFoundError):
         return False
     code = _client_error_code(exc)
-    return code not in _PERMANENT_CODES
+    if code is not None:
+        return code not in _PERMANENT_CODES
+    # clients without structured errors (the CRT client) name the S3 code in the text
+    text = str(exc)
+    return not any(name in text for name in _PERMANENT_CODES if not name.isdigit())
 
 
 def call_with_retry(

@@ -83,16 +83,49 @@ class _UploadOnClose(io.BytesIO):
         super().close()
 
 
+def crt_available() -> bool:
+    try:
+        import s3torchconnector._s3client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_crt_client():
+    """s3torchconnector's AWS CRT client (C, multipart, many connections) for
+    the shard bytes; its own retries are kept short, ours decide."""
+    from s3torchconnector import S3ClientConfig
+    from s3torchconnector._s3client import S3Client
+
+    return S3Client(_region(), endpoint=os.environ.get(env.S3_ENDPOINT) or None,
+                    s3client_config=S3ClientConfig(force_path_style=True, max_attempts=2))
+
+
 class Boto3FileSystem(FileSystemBase):
-    def __init__(self, client=None, *, retry_timeout_s: float = 120.0, transfer: TransferConfig = TRANSFER):
+    """DCP file system over S3. Small operations use boto3; shard bytes go
+    through ``transport``: ``"crt"`` (s3torchconnector's CRT client, the
+    benchmark winner) or ``"boto3"`` (boto3's managed transfer)."""
+
+    def __init__(self, client=None, *, retry_timeout_s: float = 120.0, transfer: TransferConfig = TRANSFER,
+                 transport: str = "boto3"):
+        if transport not in ("boto3", "crt"):
+            raise ValueError(f"transport must be 'boto3' or 'crt', got {transport!r}")
         self.client = client or make_client()
         self.retry_timeout_s = retry_timeout_s
         self.transfer = transfer
+        self.transport = transport
+        self._crt = make_crt_client() if transport == "crt" else None
 
     def _upload(self, path: str, buf: io.BytesIO) -> None:
         bucket, key = _split(path)
 
         def put():
+            if self._crt is not None:
+                with buf.getbuffer() as view:
+                    writer = self._crt.put_object(bucket, key)
+                    writer.write(view)
+                    writer.close()
+                return
             buf.seek(0)
             self.client.upload_fileobj(buf, bucket, key, Config=self.transfer)
 
@@ -114,6 +147,8 @@ class Boto3FileSystem(FileSystemBase):
             bucket, key = _split(path)
 
             def get() -> io.BytesIO:
+                if self._crt is not None:
+                    return io.BytesIO(self._crt.get_object(bucket, key).read())
                 buf = io.BytesIO()
                 self.client.download_fileobj(bucket, key, buf, Config=self.transfer)
                 buf.seek(0)
@@ -198,19 +233,29 @@ class Boto3StorageReader(FileSystemReader):
 class S3Store:
     """Checkpoints under ``s3://bucket/prefix``.
 
-    ``backend`` picks the DCP writer/reader: ``boto3`` (default, the benchmark
-    winner), ``fsspec`` (s3fs) or ``s3torchconnector`` (AWS CRT); the latter two
-    exist for ``bench/bench_checkpoint.py``.
+    ``backend`` picks how shard bytes move:
+
+    - ``auto`` (default): ``crt`` when s3torchconnector is installed, else ``boto3``;
+    - ``crt``: our DCP file system (bounded retries) with s3torchconnector's CRT
+      client moving the bytes;
+    - ``boto3``: the same file system with boto3's managed transfer;
+    - ``fsspec`` (s3fs) and ``s3torchconnector`` (its own DCP writer/reader):
+      candidates measured in ``bench/bench_checkpoint.py``, without our retries.
     """
 
-    def __init__(self, uri: str, *, retry_timeout_s: float = 120.0, backend: str = "boto3", client=None):
+    BACKENDS = ("auto", "crt", "boto3", "fsspec", "s3torchconnector")
+
+    def __init__(self, uri: str, *, retry_timeout_s: float = 120.0, backend: str = "auto", client=None):
         self.bucket, self.prefix = layout.split_s3_uri(uri)
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.retry_timeout_s = retry_timeout_s
-        if backend not in ("boto3", "fsspec", "s3torchconnector"):
-            raise ValueError(f"unknown S3 backend {backend!r} (expected boto3, fsspec or s3torchconnector)")
+        if backend not in self.BACKENDS:
+            raise ValueError(f"unknown S3 backend {backend!r} (expected one of {', '.join(self.BACKENDS)})")
+        if backend == "auto":
+            backend = "crt" if crt_available() else "boto3"
         self.backend = backend
-        self.fs = Boto3FileSystem(client, retry_timeout_s=retry_timeout_s)
+        self.fs = Boto3FileSystem(client, retry_timeout_s=retry_timeout_s,
+                                  transport="crt" if backend == "crt" else "boto3")
         self.client = self.fs.client
 
     def _key(self, *parts: str) -> str:

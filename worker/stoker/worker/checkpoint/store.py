@@ -41,7 +41,7 @@ def open_store(uri: str, *, retry_timeout_s: float = 120.0, backend: str | None 
     if uri.startswith("s3://"):
         from .s3 import S3Store  # boto3 only when used
 
-        return S3Store(uri, retry_timeout_s=retry_timeout_s, backend=backend or "boto3")
+        return S3Store(uri, retry_timeout_s=retry_timeout_s, backend=backend or "auto")
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return LocalStore(parsed.path)
