@@ -1,0 +1,458 @@
+"""Failure detection: what went wrong with a job, named as one cause. Pure.
+
+Inputs are plain facts the shell gathers each pass:
+
+  * ``PodFacts``   -- one worker pod (phase, exit code, signal, reason, node, times),
+  * ``NodeView``   -- the node a pod runs on (Ready condition, unreachable taint, gone),
+  * ``RankProgress`` -- per rank, what the heartbeat stream told us (last message,
+    last step and when it last advanced, recent step times), kept by ``ProgressTracker``.
+
+``detect()`` returns at most one ``Finding`` -- the root cause -- or None. Causes:
+
+  ============== ===================================================== ============
+  cause          evidence                                              budget
+  ============== ===================================================== ============
+  Preempted      DisruptionTarget PreemptionByScheduler / Preempted    preemption
+  Evicted        pod reason Evicted, DisruptionTarget (taint manager…) infrastructure
+  NodeLost       node NotReady/Unknown/unreachable/deleted under a pod infrastructure
+  OOMKilled      trainer terminated with reason OOMKilled              userError
+  WorkerKilled   trainer exited by a signal (128+N) without OOM        infrastructure
+  WorkerCrashed  trainer exited non-zero on its own                    userError
+  HeartbeatLost  a rank stopped heartbeating (dead or partitioned)     infrastructure
+  Hang           the step did not advance within the progress timeout  infrastructure
+  ============== ===================================================== ============
+
+A failure that repeats with the same signature (cause, exit code, step) is
+re-labelled ``UserError`` by recovery.py: that is the "same failure at the same
+step again and again" case, whatever it looked like the first time.
+
+Which cause wins when several show up in one pass: pod-level evidence is more
+specific than heartbeat silence, and among failed pods the one that finished
+first is the root (the others usually died in the collective after it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import signal as _signal
+from typing import Iterable, Mapping, Sequence
+
+from stoker.common import labels as L
+
+# ---------------------------------------------------------------------------- causes
+
+PREEMPTED = "Preempted"
+EVICTED = "Evicted"
+NODE_LOST = "NodeLost"
+OOM_KILLED = "OOMKilled"
+WORKER_KILLED = "WorkerKilled"
+WORKER_CRASHED = "WorkerCrashed"
+HEARTBEAT_LOST = "HeartbeatLost"
+HANG = "Hang"
+USER_ERROR = "UserError"  # assigned by recovery.py for repeated identical failures
+
+BUDGET_OF = {
+    PREEMPTED: "preemption",
+    EVICTED: "infrastructure",
+    NODE_LOST: "infrastructure",
+    OOM_KILLED: "userError",
+    WORKER_KILLED: "infrastructure",
+    WORKER_CRASHED: "userError",
+    HEARTBEAT_LOST: "infrastructure",
+    HANG: "infrastructure",
+    USER_ERROR: "userError",
+}
+# Lower wins when two pods finished at the same time.
+_PRIORITY = {PREEMPTED: 0, NODE_LOST: 1, EVICTED: 2, OOM_KILLED: 3, WORKER_KILLED: 4, WORKER_CRASHED: 5,
+             HEARTBEAT_LOST: 6, HANG: 7}
+
+PREEMPTION_REASONS = frozenset({"PreemptionByScheduler", "PreemptionByKubeScheduler", "Preempted", "Preempting"})
+EVICTION_REASONS = frozenset({"Evicted", "EvictionByEvictionAPI", "DeletionByTaintManager", "TerminationByKubelet",
+                              "DeletionByPodGC", "NodeShutdown", "Shutdown", "Terminated", "UnexpectedAdmissionError"})
+NODE_LOST_REASONS = frozenset({"NodeLost"})
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+
+
+# ---------------------------------------------------------------------------- facts
+
+
+@dataclasses.dataclass(frozen=True)
+class PodFacts:
+    name: str
+    index: int
+    incarnation: int
+    phase: str                       # Pending | Running | Succeeded | Failed | Unknown
+    node: str | None
+    deleting: bool = False
+    exit_code: int | None = None     # trainer container, once terminated
+    reason: str = ""                 # pod.status.reason, else the trainer's termination reason
+    disruption: str | None = None    # DisruptionTarget condition reason
+    finished_at: dt.datetime | None = None
+    message: str = ""                # termination message (last error lines), if any
+
+    @property
+    def terminated(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeView:
+    name: str
+    ready: str = "True"              # True | False | Unknown
+    unreachable: bool = False        # node.kubernetes.io/unreachable or not-ready taint
+    unschedulable: bool = False
+    since: dt.datetime | None = None  # when Ready last changed
+    last_heartbeat: dt.datetime | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self.ready != "True" or self.unreachable
+
+
+@dataclasses.dataclass(frozen=True)
+class RankProgress:
+    """What the heartbeat stream says about one rank (monotonic seconds)."""
+
+    rank: int
+    incarnation: int
+    step: int
+    last_seen: float                 # last message
+    advanced_at: float               # last time `step` grew (or the first message)
+    pod_name: str = ""
+    node_name: str = ""
+    phase: str = "TRAINING"
+    connected: bool = True
+    error: str = ""
+    step_times: tuple[float, ...] = ()   # recent step durations, seconds
+    checkpoint_s: float | None = None    # last checkpoint duration
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    cause: str
+    message: str
+    pod: str | None = None
+    rank: int | None = None
+    node: str | None = None
+    exit_code: int | None = None
+    step: int | None = None
+    onset: dt.datetime | None = None     # best estimate of when the failure began
+    error: str = ""                      # last error lines (termination message / heartbeat error)
+
+    @property
+    def budget(self) -> str:
+        return BUDGET_OF.get(self.cause, "infrastructure")
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _time(s: str | None) -> dt.datetime | None:
+    if not s:
+        return None
+    try:
+        return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def pod_facts(pod: Mapping) -> PodFacts | None:
+    """Parse one of our worker pods (None if it lacks our labels)."""
+    meta = pod.get("metadata") or {}
+    lbl = meta.get("labels") or {}
+    try:
+        index = int(lbl[L.REPLICA_INDEX])
+        incarnation = int(lbl[L.INCARNATION])
+    except (KeyError, ValueError):
+        return None
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    trainer = ((spec.get("containers") or [{}])[0]).get("name")
+    exit_code, finished, message = None, None, ""
+    reason = status.get("reason") or ""
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != trainer:
+            continue
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            exit_code = term.get("exitCode")
+            finished = _time(term.get("finishedAt"))
+            message = term.get("message") or ""
+            reason = reason or term.get("reason") or ""
+    disruption = None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            disruption = cond.get("reason") or "Disrupted"
+    return PodFacts(name=meta.get("name", ""), index=index, incarnation=incarnation,
+                    phase=status.get("phase") or "Pending", node=spec.get("nodeName") or None,
+                    deleting=bool(meta.get("deletionTimestamp")), exit_code=exit_code, reason=reason,
+                    disruption=disruption, finished_at=finished, message=message)
+
+
+def node_view(node: Mapping) -> NodeView:
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    ready, since, beat = "Unknown", None, None
+    for c in (node.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            ready = str(c.get("status") or "Unknown")
+            since = _time(c.get("lastTransitionTime"))
+            beat = _time(c.get("lastHeartbeatTime"))
+    taints = {t.get("key") for t in spec.get("taints") or []}
+    return NodeView(name=meta.get("name", ""), ready=ready,
+                    unreachable=bool(taints & {UNREACHABLE_TAINT, NOT_READY_TAINT}),
+                    unschedulable=bool(spec.get("unschedulable")), since=since, last_heartbeat=beat)
+
+
+def signal_of(exit_code: int | None) -> int | None:
+    """128+N exit codes are 'killed by signal N' (shell convention, and the launcher's)."""
+    if exit_code is not None and 128 < exit_code < 128 + 65:
+        return exit_code - 128
+    return None
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return _signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+# ---------------------------------------------------------------------------- pods and nodes
+
+
+def classify_pod(pod: PodFacts, node: NodeView | None, node_known: bool = True) -> Finding | None:
+    """The cause for one pod, or None if it is healthy (or succeeded).
+
+    ``node`` is the pod's node; None with ``node_known`` means the Node object is gone.
+    """
+    reasons = {pod.reason, pod.disruption or ""}
+    base = dict(pod=pod.name, node=pod.node, exit_code=pod.exit_code, error=pod.message)
+    if reasons & PREEMPTION_REASONS:
+        return Finding(PREEMPTED, f"worker pod {pod.name} was preempted ({pod.disruption or pod.reason})",
+                       onset=pod.finished_at, **base)
+    node_gone = pod.node is not None and node is None and node_known
+    node_bad = node is not None and node.lost
+    if not pod.terminated or pod.exit_code is None:
+        if (node_gone or node_bad) and pod.phase != "Succeeded":
+            why = "was deleted" if node_gone else (
+                "is unreachable" if node and node.unreachable else f"is NotReady (Ready={node.ready})")
+            return Finding(NODE_LOST, f"node {pod.node} of worker pod {pod.name} {why}",
+                           onset=(node.last_heartbeat or node.since) if node else None, **base)
+    if reasons & NODE_LOST_REASONS:
+        return Finding(NODE_LOST, f"worker pod {pod.name} lost its node {pod.node} ({pod.reason})",
+                       onset=pod.finished_at, **base)
+    if reasons & EVICTION_REASONS or (pod.disruption and pod.phase == "Failed"):
+        return Finding(EVICTED, f"worker pod {pod.name} was evicted ({pod.disruption or pod.reason})",
+                       onset=pod.finished_at, **base)
+    if pod.phase != "Failed":
+        return None
+    if pod.exit_code is None:
+        return Finding(NODE_LOST if (node_gone or node_bad) else WORKER_KILLED,
+                       f"worker pod {pod.name} failed without an exit code ({pod.reason or 'no reason'})",
+                       onset=pod.finished_at, **base)
+    if pod.reason == "OOMKilled":
+        return Finding(OOM_KILLED, f"worker pod {pod.name} ran out of memory (OOMKilled, exit code {pod.exit_code})",
+                       onset=pod.finished_at, **base)
+    sig = signal_of(pod.exit_code)
+    if sig is not None:
+        return Finding(WORKER_KILLED, f"worker pod {pod.name} was killed by {_signal_name(sig)} "
+                       f"(exit code {pod.exit_code})", onset=pod.finished_at, **base)
+    return Finding(WORKER_CRASHED, f"worker pod {pod.name} exited with code {pod.exit_code}",
+                   onset=pod.finished_at, **base)
+
+
+def force_delete(pods: Iterable[PodFacts], nodes: Mapping[str, NodeView]) -> list[str]:
+    """Pods stuck Terminating on a lost (or deleted) node: the kubelet will never
+    confirm their deletion, so they must be removed with grace period 0."""
+    out = []
+    for p in pods:
+        if not p.deleting or not p.node:
+            continue
+        n = nodes.get(p.node)
+        if n is None or n.lost:
+            out.append(p.name)
+    return out
+
+
+# ---------------------------------------------------------------------------- heartbeats
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Detection timeouts (seconds). ``progress_s`` None means "derive it"."""
+
+    heartbeat_s: float = 60.0      # a rank silent this long is dead or partitioned
+    progress_s: float | None = None  # explicit spec.failurePolicy.progressTimeoutSeconds
+    startup_s: float = 600.0       # allowance for the first step of an incarnation (restore, compile)
+    floor_s: float = 30.0          # derived timeouts are never shorter
+    factor: float = 10.0           # derived = factor x the slowest recent step
+    ceiling_s: float = 3600.0      # ... and never longer
+
+
+def progress_timeout(t: Timeouts, step_times: Sequence[float] = (), checkpoint_s: float | None = None) -> float:
+    """How long the step may stay put before the job counts as hung.
+
+    Explicit timeouts are honoured but never below 2x the slowest step seen (a
+    slow step is not a hang); derived ones are ``factor`` x the slowest recent
+    step, clamped to [floor, ceiling]. A checkpoint's duration is added, since a
+    blocking save legitimately holds the step still.
+    """
+    slowest = max(step_times) if step_times else 0.0
+    if t.progress_s is not None:
+        base = max(float(t.progress_s), 2.0 * slowest)
+    else:
+        base = min(t.ceiling_s, max(t.floor_s, t.factor * slowest))
+    return base + (checkpoint_s or 0.0)
+
+
+def _onset(now_wall: dt.datetime, now_mono: float, mono: float) -> dt.datetime:
+    return now_wall - dt.timedelta(seconds=max(0.0, now_mono - mono))
+
+
+def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float, now_wall: dt.datetime,
+                     incarnation_started: float | None = None) -> Finding | None:
+    """Silence or a stalled step across the ranks of the current incarnation.
+
+    ``incarnation_started`` (monotonic) gives ranks that have not sent a first
+    message ``startup_s`` before they count as silent; before the first step,
+    the progress allowance is ``startup_s`` too.
+    """
+    live = [r for r in ranks if r.phase not in ("FINISHED", "FAILED")]
+    if not live:
+        return None
+    # 1) silence: the rank heard from longest ago, past the heartbeat timeout
+    silent = sorted((r for r in live if now_mono - r.last_seen > t.heartbeat_s), key=lambda r: r.last_seen)
+    if silent:
+        r = silent[0]
+        return Finding(HEARTBEAT_LOST,
+                       f"rank {r.rank} ({r.pod_name or 'pod ?'}) sent no heartbeat for "
+                       f"{now_mono - r.last_seen:.0f}s (heartbeat timeout {t.heartbeat_s:g}s)",
+                       pod=r.pod_name or None, rank=r.rank, node=r.node_name or None, step=r.step,
+                       onset=_onset(now_wall, now_mono, r.last_seen))
+    # 2) hang: the job's step has not advanced within the progress timeout
+    all_times = [s for r in live for s in r.step_times]
+    ck = max((r.checkpoint_s or 0.0) for r in live)
+    latest_advance = max(r.advanced_at for r in live)
+    before_first = all(r.step < 0 for r in live)
+    limit = t.startup_s if before_first else progress_timeout(t, all_times, ck or None)
+    if any(r.phase in ("STARTING", "RESTORING") for r in live):
+        limit = max(limit, t.startup_s)
+    stalled_for = now_mono - latest_advance
+    if stalled_for <= limit:
+        return None
+    # The culprit: a rank clearly quieter than the rest (SIGSTOPped), else the one behind.
+    newest_seen = max(r.last_seen for r in live)
+    quiet = [r for r in live if newest_seen - r.last_seen > max(2.0, t.heartbeat_s / 10)]
+    culprit = min(quiet, key=lambda r: r.last_seen) if quiet else min(live, key=lambda r: (r.step, r.rank))
+    extra = " and stopped heartbeating" if quiet else ""
+    return Finding(HANG,
+                   f"step stuck at {culprit.step} for {stalled_for:.0f}s (progress timeout {limit:.0f}s); "
+                   f"rank {culprit.rank} ({culprit.pod_name or 'pod ?'}) is behind{extra}",
+                   pod=culprit.pod_name or None, rank=culprit.rank, node=culprit.node_name or None,
+                   step=culprit.step, onset=_onset(now_wall, now_mono, latest_advance))
+
+
+# ---------------------------------------------------------------------------- the root cause
+
+
+def detect(pods: Sequence[PodFacts], nodes: Mapping[str, NodeView], ranks: Sequence[RankProgress],
+           t: Timeouts, now_mono: float, now_wall: dt.datetime, *, incarnation: int,
+           nodes_listed: bool = True) -> Finding | None:
+    """The root cause of a failure in the current ``incarnation``, or None if healthy.
+
+    ``nodes`` maps node name -> view; with ``nodes_listed`` a node missing from
+    it is deleted (otherwise unknown, and not held against the pod).
+    """
+    current = [p for p in pods if p.incarnation == incarnation]
+    findings = []
+    for p in current:
+        if p.phase == "Succeeded":
+            continue
+        f = classify_pod(p, nodes.get(p.node) if p.node else None, node_known=nodes_listed)
+        if f is not None:
+            findings.append(f)
+    if findings:
+        far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+        findings.sort(key=lambda f: (f.onset or far, _PRIORITY.get(f.cause, 99), f.pod or ""))
+        root = findings[0]
+        return _with_rank(root, ranks)
+    if any(p.phase == "Succeeded" for p in current):
+        return None  # finishing: some ranks stop heartbeating on purpose
+    f = check_heartbeats([r for r in ranks if r.incarnation == incarnation], t, now_mono, now_wall)
+    return _with_error(f, ranks) if f else None
+
+
+def _with_rank(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
+    """Fill rank/step/error of a pod finding from the heartbeat of that pod."""
+    mine = [r for r in ranks if f.pod and r.pod_name == f.pod]
+    if not mine:
+        return f
+    r = min(mine, key=lambda r: r.rank)
+    return dataclasses.replace(f, rank=r.rank if f.rank is None else f.rank,
+                               step=r.step if f.step is None else f.step,
+                               error=f.error or r.error)
+
+
+def _with_error(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
+    errs = [r.error for r in ranks if r.error]
+    return dataclasses.replace(f, error=f.error or (errs[0] if errs else ""))
+
+
+# ---------------------------------------------------------------------------- progress tracking
+
+
+@dataclasses.dataclass
+class _Track:
+    progress: RankProgress
+    step_at_mono: float
+
+
+class ProgressTracker:
+    """Per (namespace, job, rank): when the step last advanced and recent step
+    times. Fed from heartbeats (``observe``), read by the reconcile pass
+    (``ranks``). Not thread-safe by itself; the heartbeat shell locks around it."""
+
+    HISTORY = 20
+
+    def __init__(self) -> None:
+        self._t: dict[tuple[str, str, int], _Track] = {}
+
+    def observe(self, namespace: str, job: str, *, rank: int, incarnation: int, step: int, now: float,
+                pod_name: str = "", node_name: str = "", phase: str = "TRAINING", connected: bool = True,
+                error: str = "", step_time_s: float | None = None, checkpoint_s: float | None = None) -> RankProgress:
+        """Record one heartbeat. A step time reported by the worker is preferred;
+        otherwise it is measured between heartbeats that saw the step grow."""
+        key = (namespace, job, rank)
+        old = self._t.get(key)
+        if old is None or incarnation != old.progress.incarnation or step < old.progress.step:
+            # first sight, another incarnation, or a process restarted in place (step went back)
+            times: tuple[float, ...] = ()
+            advanced = step_at = now
+        else:
+            times, advanced, step_at = old.progress.step_times, old.progress.advanced_at, old.step_at_mono
+            if step > old.progress.step:
+                per = None
+                if step_time_s is not None and step_time_s > 0:
+                    per = float(step_time_s)
+                elif old.progress.step >= 0:
+                    per = (now - old.step_at_mono) / (step - old.progress.step)
+                if per is not None:
+                    times = (times + (per,))[-self.HISTORY:]
+                advanced = step_at = now
+        prog = RankProgress(rank=rank, incarnation=incarnation, step=step, last_seen=now, advanced_at=advanced,
+                            pod_name=pod_name, node_name=node_name, phase=phase, connected=connected, error=error,
+                            step_times=times, checkpoint_s=checkpoint_s)
+        self._t[key] = _Track(prog, step_at)
+        return prog
+
+    def ranks(self, namespace: str, job: str, incarnation: int | None = None) -> list[RankProgress]:
+        out = [t.progress for (ns, j, _), t in self._t.items() if ns == namespace and j == job]
+        if incarnation is not None:
+            out = [r for r in out if r.incarnation == incarnation]
+        return sorted(out, key=lambda r: r.rank)
+
+    def forget(self, namespace: str, job: str) -> None:
+        for key in [k for k in self._t if k[:2] == (namespace, job)]:
+            del self._t[key]

@@ -1,0 +1,140 @@
+"""Incident history and last-checkpoint status fields. Pure.
+
+``status.incidents`` (newest last, at most ``MAX_INCIDENTS``) records every
+failure the operator acted on:
+
+    time                     when it was detected (RFC 3339)
+    kind                     Restart | Replace | JobFailed
+    cause                    budget class: userError | infrastructure | preemption
+    detectedCause            what detection saw: NodeLost, Hang, WorkerKilled, ...
+    originalCause            for detectedCause UserError: what it looked like
+    rank, pod, node, exitCode, step, incarnation
+    message, error           human text; the last error lines
+    detectionLatencySeconds  detection time - estimated onset
+    recoveredAt, timeToRecoverSeconds   filled once training advances again
+
+``status.lastCheckpoint`` {step, uri, time, worldSize} comes from the workers'
+heartbeat metrics (``last_committed_step``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Mapping, Sequence
+
+from stoker.common import layout
+
+from . import detection as D
+
+MAX_INCIDENTS = 50   # crds/: status.incidents maxItems
+
+
+def _fmt(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(s: str | None) -> dt.datetime | None:
+    if not s:
+        return None
+    try:
+        return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def record(finding: D.Finding, *, kind: str, budget: str, incarnation: int, now: dt.datetime,
+           message: str | None = None, original_cause: str | None = None, error: str = "") -> dict[str, Any]:
+    """One incident entry for ``finding`` (detected at ``now``)."""
+    inc: dict[str, Any] = {
+        "time": _fmt(now),
+        "kind": kind,
+        "cause": budget,
+        "detectedCause": finding.cause,
+        "incarnation": incarnation,
+        "message": (message or finding.message)[:2000],
+    }
+    if original_cause and original_cause != finding.cause:
+        inc["originalCause"] = original_cause
+    for key, val in (("rank", finding.rank), ("pod", finding.pod), ("node", finding.node),
+                     ("exitCode", finding.exit_code), ("step", finding.step)):
+        if val is not None:
+            inc[key] = val
+    if error:
+        inc["error"] = error[:1000]
+    if finding.onset is not None:
+        inc["detectionLatencySeconds"] = round(max(0.0, (now - finding.onset).total_seconds()), 3)
+    return inc
+
+
+def append(incidents: Sequence[Mapping[str, Any]] | None, inc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return ([dict(i) for i in incidents or []] + [dict(inc)])[-MAX_INCIDENTS:]
+
+
+def open_incident(incidents: Sequence[Mapping[str, Any]] | None) -> int | None:
+    """Index of the newest Restart/Replace incident not yet marked recovered."""
+    items = list(incidents or [])
+    for i in range(len(items) - 1, -1, -1):
+        inc = items[i]
+        if inc.get("kind") in ("Restart", "Replace") and "recoveredAt" not in inc:
+            return i
+        if inc.get("kind") in ("Restart", "Replace"):
+            return None
+    return None
+
+
+def mark_recovered(incidents: Sequence[Mapping[str, Any]] | None, *, now: dt.datetime, incarnation: int,
+                   training: bool) -> list[dict[str, Any]] | None:
+    """Close the open incident once the job trains again; None if nothing changed.
+
+    ``training``: a rank of ``incarnation`` reported a completed step since it
+    started (the job is past rendezvous and restore). A Restart closes only in a
+    later incarnation than the one that failed; a Replace in the same one.
+    """
+    i = open_incident(incidents)
+    if i is None or not training:
+        return None
+    items = [dict(x) for x in incidents or []]
+    inc = items[i]
+    failed_in = int(inc.get("incarnation", 0))
+    if inc["kind"] == "Restart" and incarnation <= failed_in:
+        return None
+    detected = _parse(inc.get("time"))
+    inc["recoveredAt"] = _fmt(now)
+    if detected is not None:
+        inc["timeToRecoverSeconds"] = round(max(0.0, (now - detected).total_seconds()), 3)
+    return items
+
+
+def event_message(inc: Mapping[str, Any]) -> str:
+    where = ", ".join(f"{k} {inc[k]}" for k in ("rank", "pod", "node", "step") if inc.get(k) is not None)
+    lat = inc.get("detectionLatencySeconds")
+    lat_part = f"; detected after {lat:g}s" if isinstance(lat, (int, float)) else ""
+    return f"{inc.get('detectedCause', inc.get('cause'))}: {inc.get('message', '')}" \
+           f"{' (' + where + ')' if where else ''}{lat_part}"
+
+
+# ---------------------------------------------------------------------------- last checkpoint
+
+
+def last_checkpoint(workers: Sequence[Any], uri: str | None, now: dt.datetime,
+                    previous: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """status.lastCheckpoint from heartbeat snapshots (objects with ``metrics``
+    and ``world_size``); keeps ``previous`` unless a newer step was committed.
+    A committed checkpoint is global, so the highest step any rank reports wins."""
+    best_step, world = None, 0
+    for w in workers:
+        m = getattr(w, "metrics", None) or {}
+        s = m.get("last_committed_step")
+        if s is None:
+            continue
+        s = int(s)
+        if best_step is None or s > best_step:
+            best_step, world = s, int(getattr(w, "world_size", 0) or 0)
+    prev_step = int(previous["step"]) if previous and previous.get("step") is not None else None
+    if best_step is None or (prev_step is not None and best_step <= prev_step):
+        return dict(previous) if previous else None
+    out: dict[str, Any] = {"step": best_step, "time": _fmt(now)}
+    if uri:
+        out["uri"] = f"{uri.rstrip('/')}/{layout.step_dir(best_step)}"
+    if world:
+        out["worldSize"] = world
+    return out

@@ -1,0 +1,231 @@
+"""Detection: pod statuses, node conditions and heartbeat timelines -> one cause."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from stoker.common import labels as L
+from stoker.operator import detection as D
+
+NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def t(seconds_ago: float) -> str:
+    return (NOW - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod(index=0, incarnation=0, phase="Running", node="n1", exit_code=None, reason="", term_reason="",
+        finished_ago=None, disruption=None, deleting=False, message=""):
+    st: dict = {"phase": phase, "conditions": []}
+    if reason:
+        st["reason"] = reason
+    if disruption:
+        st["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": disruption})
+    if exit_code is not None:
+        term = {"exitCode": exit_code}
+        if term_reason:
+            term["reason"] = term_reason
+        if finished_ago is not None:
+            term["finishedAt"] = t(finished_ago)
+        if message:
+            term["message"] = message
+        st["containerStatuses"] = [{"name": "trainer", "state": {"terminated": term}}]
+    meta = {"name": f"j-worker-{index}-{incarnation}",
+            "labels": {L.REPLICA_INDEX: str(index), L.INCARNATION: str(incarnation)}}
+    if deleting:
+        meta["deletionTimestamp"] = t(30)
+    spec = {"containers": [{"name": "trainer"}]}
+    if node:
+        spec["nodeName"] = node
+    p = D.pod_facts({"metadata": meta, "spec": spec, "status": st})
+    assert p is not None
+    return p
+
+
+def node(name="n1", ready="True", taints=(), unschedulable=False, since_ago=20, beat_ago=15):
+    return D.node_view({"metadata": {"name": name},
+                        "spec": {"taints": [{"key": k, "effect": "NoExecute"} for k in taints],
+                                 "unschedulable": unschedulable},
+                        "status": {"conditions": [{"type": "Ready", "status": ready,
+                                                   "lastTransitionTime": t(since_ago),
+                                                   "lastHeartbeatTime": t(beat_ago)}]}})
+
+
+def test_pod_facts_ignores_foreign_pods():
+    assert D.pod_facts({"metadata": {"name": "x", "labels": {}}}) is None
+
+
+@pytest.mark.parametrize("p, n, cause", [
+    (pod(phase="Failed", exit_code=137, disruption="PreemptionByScheduler"), node(), D.PREEMPTED),
+    (pod(phase="Failed", reason="Preempted"), node(), D.PREEMPTED),
+    (pod(phase="Failed", reason="Evicted"), node(), D.EVICTED),
+    (pod(phase="Failed", exit_code=143, disruption="DeletionByTaintManager"), node(), D.EVICTED),
+    (pod(phase="Running"), node(ready="Unknown", taints=[D.UNREACHABLE_TAINT]), D.NODE_LOST),
+    (pod(phase="Running"), node(ready="False"), D.NODE_LOST),
+    (pod(phase="Unknown"), node(ready="Unknown"), D.NODE_LOST),
+    (pod(phase="Failed", exit_code=137, term_reason="OOMKilled"), node(), D.OOM_KILLED),
+    (pod(phase="Failed", exit_code=137), node(), D.WORKER_KILLED),
+    (pod(phase="Failed", exit_code=143), node(), D.WORKER_KILLED),
+    (pod(phase="Failed", exit_code=1), node(), D.WORKER_CRASHED),
+    (pod(phase="Failed", exit_code=3), node(), D.WORKER_CRASHED),
+], ids=["preempted-condition", "preempted-reason", "evicted", "taint-manager", "node-unreachable",
+        "node-notready", "pod-unknown-on-lost-node", "oom", "sigkill", "sigterm", "exit-1", "exit-3"])
+def test_classify_pod(p, n, cause):
+    f = D.classify_pod(p, n)
+    assert f is not None and f.cause == cause
+    assert f.pod == p.name and f.node == "n1"
+
+
+def test_healthy_and_succeeded_pods_have_no_cause():
+    assert D.classify_pod(pod(), node()) is None
+    assert D.classify_pod(pod(phase="Pending", node=None), None) is None
+    assert D.classify_pod(pod(phase="Succeeded", exit_code=0), node(ready="Unknown")) is None
+
+
+def test_a_deleted_node_is_a_lost_node_only_when_the_node_list_is_known():
+    assert D.classify_pod(pod(), None, node_known=True).cause == D.NODE_LOST
+    assert D.classify_pod(pod(), None, node_known=False) is None
+
+
+def test_budget_classes():
+    assert D.Finding(D.PREEMPTED, "").budget == "preemption"
+    assert {D.Finding(c, "").budget for c in (D.NODE_LOST, D.EVICTED, D.WORKER_KILLED, D.HEARTBEAT_LOST, D.HANG)} \
+        == {"infrastructure"}
+    assert {D.Finding(c, "").budget for c in (D.WORKER_CRASHED, D.OOM_KILLED, D.USER_ERROR)} == {"userError"}
+
+
+def test_signal_of_exit_codes():
+    assert D.signal_of(137) == 9 and D.signal_of(143) == 15
+    assert D.signal_of(1) is None and D.signal_of(None) is None and D.signal_of(128) is None
+
+
+def test_root_cause_is_the_pod_that_failed_first_not_the_peers_that_died_after_it():
+    pods = [pod(0, phase="Failed", exit_code=1, finished_ago=2, message="RuntimeError: gloo connection closed"),
+            pod(1, phase="Failed", exit_code=137, finished_ago=5),
+            pod(2, phase="Running")]
+    f = D.detect(pods, {"n1": node()}, [], D.Timeouts(), 100.0, NOW, incarnation=0)
+    assert f.cause == D.WORKER_KILLED and f.pod == "j-worker-1-0"
+    assert f.onset == NOW - dt.timedelta(seconds=5)
+
+
+def test_detect_only_looks_at_the_current_incarnation():
+    pods = [pod(0, incarnation=0, phase="Failed", exit_code=1), pod(0, incarnation=1)]
+    assert D.detect(pods, {"n1": node()}, [], D.Timeouts(), 0.0, NOW, incarnation=1) is None
+
+
+def test_detect_fills_rank_step_and_error_from_the_heartbeat_of_the_failed_pod():
+    pods = [pod(1, phase="Failed", exit_code=3, finished_ago=1)]
+    ranks = [rp(0, step=7, pod_name="j-worker-0-0"), rp(1, step=7, pod_name="j-worker-1-0", error="ValueError: bad")]
+    f = D.detect(pods, {"n1": node()}, ranks, D.Timeouts(), 100.0, NOW, incarnation=0)
+    assert (f.cause, f.rank, f.step, f.error) == (D.WORKER_CRASHED, 1, 7, "ValueError: bad")
+
+
+def test_node_loss_onset_is_the_last_node_heartbeat():
+    f = D.detect([pod()], {"n1": node(ready="Unknown", beat_ago=12)}, [], D.Timeouts(), 0.0, NOW, incarnation=0)
+    assert f.cause == D.NODE_LOST and f.onset == NOW - dt.timedelta(seconds=12)
+
+
+def test_pods_stuck_terminating_on_lost_or_deleted_nodes_are_force_deleted():
+    pods = [pod(0, deleting=True, node="lost"), pod(1, deleting=True, node="gone"),
+            pod(2, deleting=True, node="ok"), pod(3, node="lost")]
+    nodes = {"lost": node("lost", ready="Unknown"), "ok": node("ok")}
+    assert D.force_delete(pods, nodes) == ["j-worker-0-0", "j-worker-1-0"]
+
+
+# ---------------------------------------------------------------------------- heartbeats
+
+def rp(rank, step=10, last_seen=100.0, advanced_at=100.0, phase="TRAINING", pod_name="", node_name="",
+       step_times=(0.1,), error="", incarnation=0, checkpoint_s=None):
+    return D.RankProgress(rank=rank, incarnation=incarnation, step=step, last_seen=last_seen,
+                          advanced_at=advanced_at, pod_name=pod_name or f"j-worker-{rank}-0",
+                          node_name=node_name or f"n{rank}", phase=phase, error=error,
+                          step_times=tuple(step_times), checkpoint_s=checkpoint_s)
+
+
+TO = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60)
+
+
+@pytest.mark.parametrize("ranks, now, cause, rank", [
+    # everyone talking and advancing
+    ([rp(0), rp(1)], 105.0, None, None),
+    # rank 1 silent past the heartbeat timeout: dead or partitioned
+    ([rp(0, last_seen=140), rp(1, last_seen=100)], 140.0, D.HEARTBEAT_LOST, 1),
+    # all talking, step stuck past the progress timeout: a hang (stuck collective)
+    ([rp(0, last_seen=120, step=9), rp(1, last_seen=120)], 120.0, D.HANG, 0),
+    # SIGSTOPped rank: others still beat, its beats stopped a while ago -> hang, culprit is the quiet one
+    ([rp(0, last_seen=115), rp(1, last_seen=103), rp(2, last_seen=115)], 115.0, D.HANG, 1),
+    # before the first step the startup allowance applies, not the progress timeout
+    ([rp(0, step=-1, last_seen=150), rp(1, step=-1, last_seen=150)], 150.0, None, None),
+    ([rp(0, step=-1, last_seen=165), rp(1, step=-1, last_seen=165)], 165.0, D.HANG, 0),
+    # restoring a checkpoint counts as startup too
+    ([rp(0, phase="RESTORING", last_seen=150)], 150.0, None, None),
+    # finished ranks are not hung
+    ([rp(0, phase="FINISHED", last_seen=10)], 150.0, None, None),
+], ids=["healthy", "silent", "stuck", "sigstop", "startup-ok", "startup-expired", "restoring", "finished"])
+def test_heartbeat_timelines(ranks, now, cause, rank):
+    f = D.check_heartbeats(ranks, TO, now, NOW)
+    if cause is None:
+        assert f is None
+    else:
+        assert f is not None and (f.cause, f.rank) == (cause, rank)
+        assert f.onset is not None and f.onset <= NOW
+
+
+def test_hang_onset_is_the_last_time_the_step_advanced():
+    f = D.check_heartbeats([rp(0, last_seen=120, advanced_at=100)], TO, 120.0, NOW)
+    assert f.onset == NOW - dt.timedelta(seconds=20)
+
+
+def test_a_slow_step_is_not_mistaken_for_a_hang():
+    slow = [rp(0, last_seen=140, advanced_at=100, step_times=(25.0, 30.0))]
+    assert D.check_heartbeats(slow, TO, 140.0, NOW) is None             # 40 s < 2 x 30 s
+    assert D.check_heartbeats(slow, TO, 161.0, NOW).cause == D.HANG      # 61 s > 60 s
+
+
+def test_a_checkpoint_in_progress_extends_the_progress_timeout():
+    r = [rp(0, last_seen=118, advanced_at=100, checkpoint_s=15.0)]
+    assert D.check_heartbeats(r, TO, 118.0, NOW) is None
+
+
+@pytest.mark.parametrize("t, times, ck, expect", [
+    (D.Timeouts(progress_s=None), (), None, 30.0),                     # floor
+    (D.Timeouts(progress_s=None), (0.5, 4.0, 1.0), None, 40.0),        # 10 x slowest
+    (D.Timeouts(progress_s=None), (1000.0,), None, 3600.0),            # ceiling
+    (D.Timeouts(progress_s=None), (4.0,), 12.0, 52.0),                 # + checkpoint time
+    (D.Timeouts(progress_s=5), (0.1,), None, 5.0),                     # explicit wins...
+    (D.Timeouts(progress_s=5), (4.0,), None, 8.0),                     # ...but never < 2 x slowest step
+])
+def test_progress_timeout_derivation(t, times, ck, expect):
+    assert D.progress_timeout(t, times, ck) == pytest.approx(expect)
+
+
+def test_tracker_measures_step_times_and_last_advance():
+    tr = D.ProgressTracker()
+    tr.observe("ns", "j", rank=0, incarnation=0, step=-1, now=0.0)
+    tr.observe("ns", "j", rank=0, incarnation=0, step=0, now=5.0)
+    tr.observe("ns", "j", rank=0, incarnation=0, step=10, now=10.0)
+    r = tr.observe("ns", "j", rank=0, incarnation=0, step=10, now=14.0)
+    assert r.advanced_at == 10.0 and r.last_seen == 14.0
+    assert r.step_times == (pytest.approx(0.5),)
+    r = tr.observe("ns", "j", rank=0, incarnation=0, step=11, now=15.0, step_time_s=0.2)
+    assert r.step_times[-1] == pytest.approx(0.2)  # the worker's own figure wins
+
+
+def test_tracker_resets_on_a_new_incarnation_and_on_an_in_place_restart():
+    tr = D.ProgressTracker()
+    tr.observe("ns", "j", rank=0, incarnation=0, step=5, now=0.0)
+    tr.observe("ns", "j", rank=0, incarnation=0, step=8, now=3.0)
+    r = tr.observe("ns", "j", rank=0, incarnation=0, step=2, now=50.0)  # restarted process, resumed earlier
+    assert r.advanced_at == 50.0 and r.step_times == ()
+    r = tr.observe("ns", "j", rank=0, incarnation=1, step=-1, now=60.0)
+    assert r.advanced_at == 60.0 and tr.ranks("ns", "j", incarnation=0) == []
+    assert [x.rank for x in tr.ranks("ns", "j", incarnation=1)] == [0]
+    tr.forget("ns", "j")
+    assert tr.ranks("ns", "j") == []
+
+
+def test_heartbeat_silence_after_a_pod_finished_is_not_a_failure():
+    pods = [pod(0, phase="Succeeded", exit_code=0), pod(1)]
+    ranks = [rp(0, last_seen=0.0), rp(1, last_seen=0.0)]
+    assert D.detect(pods, {"n1": node()}, ranks, TO, 500.0, NOW, incarnation=0) is None
