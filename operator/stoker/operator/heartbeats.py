@@ -1,0 +1,195 @@
+"""The operator's heartbeat service: H4's ``HeartbeatServer`` embedded in the
+operator, with per-job tokens kept in per-job Secrets.
+
+Per job the operator creates a Secret ``stoker-<job>-token`` (owned by the job,
+so it goes with it) holding a random token under key ``token``. Worker pods get
+it as ``STOKER_JOB_TOKEN`` through a ``secretKeyRef`` (``token_env``) -- the token
+never appears in a pod spec -- and ``STOKER_OPERATOR_ADDR`` as an IP:port.
+
+Every heartbeat also feeds a ``detection.ProgressTracker`` (last message, last
+step advance, step times), which the reconcile pass reads through ``ranks()``.
+
+    hb = OperatorHeartbeats(kube, "0.0.0.0:50051", on_change=controller.trigger)
+    hb.start()
+    hb.ensure_secret(job)                  # before creating the job's pods
+    hb.ranks(ns, name, incarnation)        # -> [detection.RankProgress]
+    hb.request_checkpoint(ns, name, stop=True, reason="scale-down")
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Protocol
+from urllib.parse import quote
+
+from stoker.common import env as E
+from stoker.common.auth import new_token
+from stoker.common.heartbeat_server import (CHECKPOINT_NOW, STOP_AFTER_CHECKPOINT, HeartbeatRegistry,
+                                            HeartbeatServer, WorkerStatus)
+
+from .detection import ProgressTracker, RankProgress
+
+log = logging.getLogger("stoker.operator.heartbeats")
+
+TOKEN_KEY = "token"
+LOOKUP_RETRY_S = 5.0   # an unknown job's Secret is re-read at most this often
+
+
+def secret_name(job_name: str) -> str:
+    return f"stoker-{job_name}-token"
+
+
+def token_env(job_name: str) -> dict[str, Any]:
+    """The pod env entry that carries the job's token (never the literal)."""
+    return {"name": E.JOB_TOKEN, "valueFrom": {"secretKeyRef": {"name": secret_name(job_name), "key": TOKEN_KEY}}}
+
+
+def secret_manifest(namespace: str, job_name: str, owner: dict[str, Any], token: str,
+                    labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": secret_name(job_name), "namespace": namespace, "labels": dict(labels or {}),
+                     "ownerReferences": [owner]},
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+class _Requester(Protocol):
+    def request(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, dict]: ...
+
+
+class OperatorHeartbeats:
+    def __init__(self, kube: _Requester, address: str = "0.0.0.0:0", *,
+                 on_change: Callable[[str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube = kube
+        self.clock = clock
+        self.tracker = ProgressTracker()
+        self._lock = threading.Lock()
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._misses: dict[tuple[str, str], float] = {}
+        self._last: dict[tuple[str, str, int], tuple[str, int | None]] = {}  # phase, committed step
+        self._on_change = on_change
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hb-trigger") if on_change else None
+        self.registry = HeartbeatRegistry(on_update=self._observe, clock=clock)
+        self.server = HeartbeatServer(self.lookup, address, registry=self.registry)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> int:
+        return self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(grace=0.5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port
+
+    # ------------------------------------------------------------------ tokens
+    def _secret_path(self, namespace: str, job_name: str = "") -> str:
+        base = f"/api/v1/namespaces/{quote(namespace)}/secrets"
+        return f"{base}/{quote(secret_name(job_name))}" if job_name else base
+
+    def _read_token(self, namespace: str, job_name: str) -> str | None:
+        status, body = self.kube.request("GET", self._secret_path(namespace, job_name), ok=(200, 404))
+        if status != 200:
+            return None
+        raw = (body.get("data") or {}).get(TOKEN_KEY)
+        return base64.b64decode(raw).decode() if raw else None
+
+    def lookup(self, namespace: str, job_name: str) -> str | None:
+        """TokenLookup for the gRPC server: cached; unknown jobs re-read at most every few seconds."""
+        key = (namespace, job_name)
+        with self._lock:
+            if key in self._tokens:
+                return self._tokens[key]
+            if self.clock() - self._misses.get(key, -1e9) < LOOKUP_RETRY_S:
+                return None
+        try:
+            token = self._read_token(namespace, job_name)
+        except Exception as exc:  # noqa: BLE001 - the API server may be briefly away
+            log.warning("heartbeat token lookup failed", extra={"job": job_name, "namespace": namespace,
+                                                                "error": str(exc)})
+            token = None
+        with self._lock:
+            if token:
+                self._tokens[key] = token
+                self._misses.pop(key, None)
+            else:
+                self._misses[key] = self.clock()
+        return token
+
+    def ensure_secret(self, namespace: str, job_name: str, owner: dict[str, Any],
+                      labels: dict[str, str] | None = None) -> str:
+        """The job's token, creating its Secret on first use (idempotent)."""
+        with self._lock:
+            if (namespace, job_name) in self._tokens:
+                return self._tokens[(namespace, job_name)]
+        token = self._read_token(namespace, job_name)
+        if token is None:
+            token = new_token()
+            status, _ = self.kube.request("POST", self._secret_path(namespace),
+                                          secret_manifest(namespace, job_name, owner, token, labels),
+                                          ok=(200, 201, 409))
+            if status == 409:  # created concurrently: use theirs
+                token = self._read_token(namespace, job_name) or token
+            else:
+                log.info("created heartbeat token secret", extra={"job": job_name, "namespace": namespace,
+                                                                  "secret": secret_name(job_name)})
+        with self._lock:
+            self._tokens[(namespace, job_name)] = token
+            self._misses.pop((namespace, job_name), None)
+        return token
+
+    # ------------------------------------------------------------------ observations
+    def _observe(self, w: WorkerStatus) -> None:
+        m = w.metrics or {}
+        with self._lock:
+            self.tracker.observe(w.namespace, w.job_name, rank=w.rank, incarnation=w.incarnation, step=w.step,
+                                 now=w.last_seen_monotonic, pod_name=w.pod_name, node_name=w.node_name,
+                                 phase=w.phase, connected=w.connected, error=w.error,
+                                 step_time_s=m.get("step_time_seconds"),
+                                 checkpoint_s=m.get("checkpoint_duration_seconds"))
+            key = (w.namespace, w.job_name, w.rank)
+            now = (w.phase, m.get("last_committed_step"))
+            changed = self._last.get(key) != now
+            self._last[key] = now
+        # A phase change (FAILED, FINISHED) or a new checkpoint: reconcile soon.
+        if changed and self._pool is not None:
+            self._pool.submit(self._notify, w.namespace, w.job_name)
+
+    def _notify(self, namespace: str, name: str) -> None:
+        try:
+            self._on_change(namespace, name)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001
+            log.exception("heartbeat-triggered reconcile failed", extra={"job": name, "namespace": namespace})
+
+    def ranks(self, namespace: str, job_name: str, incarnation: int | None = None) -> list[RankProgress]:
+        with self._lock:
+            return self.tracker.ranks(namespace, job_name, incarnation)
+
+    def workers(self, namespace: str, job_name: str) -> list[WorkerStatus]:
+        return self.registry.workers(namespace, job_name)
+
+    def request_checkpoint(self, namespace: str, job_name: str, *, stop: bool = False, reason: str = "",
+                           ttl_s: float = 600.0) -> str:
+        return self.registry.queue_command(namespace, job_name, STOP_AFTER_CHECKPOINT if stop else CHECKPOINT_NOW,
+                                           reason=reason, ttl_s=ttl_s)
+
+    def command_acks(self, request_id: str) -> dict[int, str]:
+        return self.registry.command_acks(request_id)
+
+    def forget(self, namespace: str, job_name: str) -> None:
+        self.registry.forget_job(namespace, job_name)
+        with self._lock:
+            self.tracker.forget(namespace, job_name)
+            self._tokens.pop((namespace, job_name), None)
+            for key in [k for k in self._last if k[:2] == (namespace, job_name)]:
+                del self._last[key]
