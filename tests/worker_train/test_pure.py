@@ -15,7 +15,7 @@ from stoker.worker.data import (  # noqa: E402
 )
 from stoker.worker.model import GPT, model_args, prune_to_stage, stage_layer_ranges  # noqa: E402
 from stoker.worker.parallel import build_model  # noqa: E402
-from stoker.worker.trainer import lr_factor  # noqa: E402
+from stoker.worker.state import lr_factor  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

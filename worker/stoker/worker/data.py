@@ -16,6 +16,7 @@ position, so a checkpoint taken at one world size resumes at any other.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Iterator
 
@@ -70,8 +71,12 @@ class SyntheticLM:
         return -(p_hit * math.log(p_hit) + (v - 1) * (p / v) * math.log(p / v)) if p > 0 else 0.0
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, 11, epoch]).permutation(n)
+    """The permutation of dataset ids for one epoch (cached: large datasets reuse it every step)."""
+    order = np.random.default_rng([seed, 11, epoch]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 def global_sample_ids(seed: int, n: int, start: int, count: int) -> np.ndarray:

@@ -6,6 +6,7 @@ committed checkpoint, training resumes from it (this is how Stoker recovers a jo
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -16,13 +17,28 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from stoker.worker import config as config_mod
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with this process's rank."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+               "level": record.levelname.lower(), "logger": record.name, "rank": self.rank,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
 def _setup_logging() -> None:
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(
-        level=os.environ.get("STOKER_LOG_LEVEL", "INFO"),
-        format=f'{{"ts":"%(asctime)s","level":"%(levelname)s","rank":{rank},"logger":"%(name)s","msg":%(message)r}}',
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(int(os.environ.get("RANK", "0"))))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("STOKER_LOG_LEVEL", "INFO").upper())
 
 
 @record
