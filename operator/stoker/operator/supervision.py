@@ -1,0 +1,166 @@
+"""Glue between one reconcile pass and detection/recovery/incidents. Pure.
+
+The shell (controller.py) gathers ``Observed`` -- the raw pod facts, the nodes
+under them, and what the heartbeat service knows per rank -- and the pure
+reconcile pass calls:
+
+  * ``decide()``  -> ``Decision`` | None: detect the root cause in the current
+    incarnation and decide restart / replace / fail, honouring
+    ``failurePolicy.exitCodeRules`` (FailJob fails at once, Ignore restarts for
+    free, RestartJob spends the budget);
+  * ``progress()`` -> status updates that do not need a failure:
+    ``lastCheckpoint``, ``metrics``, and closing the open incident once the job
+    trains again (time to recover);
+  * ``avoid_nodes()`` -> the nodes new pods must not land on;
+  * ``to_force_delete()`` -> pods stuck Terminating on lost nodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, Mapping, Sequence
+
+from . import detection as D
+from . import incidents as I
+from . import recovery as R
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    facts: tuple[D.PodFacts, ...] = ()
+    nodes: Mapping[str, D.NodeView] = dataclasses.field(default_factory=dict)
+    nodes_listed: bool = False          # False: a missing node is unknown, not deleted
+    ranks: tuple[D.RankProgress, ...] = ()
+    workers: tuple[Any, ...] = ()       # heartbeat snapshots (metrics, world_size, step)
+    mono_now: float = 0.0               # the heartbeat clock's "now"
+    heartbeats: bool = False            # the heartbeat service runs: silence/hang checks apply
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    action: str                  # restart | replace | fail
+    reason: str                  # condition reason
+    message: str
+    budget: str                  # userError | infrastructure | preemption
+    counted: bool                # spent failurePolicy.maxRestarts
+    increment: tuple[str, ...]   # status.restarts counters to bump
+    finding: D.Finding
+    incident: dict[str, Any]
+    pods: tuple[str, ...] = ()   # replace: the pods that go
+    avoid_nodes: tuple[str, ...] = ()
+
+
+def timeouts(heartbeat_s: float, progress_s: float | None, startup_s: float | None = None) -> D.Timeouts:
+    base = D.Timeouts()
+    return dataclasses.replace(base, heartbeat_s=float(heartbeat_s),
+                               progress_s=float(progress_s) if progress_s else None,
+                               startup_s=float(startup_s) if startup_s else base.startup_s)
+
+
+def _rule(rules: Sequence[Any], exit_code: int | None) -> str | None:
+    if exit_code is None:
+        return None
+    for r in rules:
+        if exit_code in r.exit_codes:
+            return r.action
+    return None
+
+
+def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[str, int],
+           incidents: Sequence[Mapping[str, Any]] | None, policy: R.Policy, rules: Sequence[Any],
+           t: D.Timeouts, now: dt.datetime) -> Decision | None:
+    """The failure decision for the current incarnation, or None if it is healthy."""
+    history = list(incidents or [])
+    # Only pods that should run count: scaled-away and terminating ones exit on purpose.
+    facts = [p for p in obs.facts if p.incarnation == incarnation and p.index < desired and not p.deleting]
+    ranks = [r for r in obs.ranks if r.incarnation == incarnation] if obs.heartbeats else []
+    # FailJob anywhere wins: the user said this exit code is final.
+    for p in sorted(facts, key=lambda p: (p.index, p.name)):
+        if p.phase == "Failed" and _rule(rules, p.exit_code) == "FailJob":
+            f = D.classify_pod(p, obs.nodes.get(p.node or ""), node_known=False) or \
+                D.Finding(D.WORKER_CRASHED, f"worker pod {p.name} exited with code {p.exit_code}", pod=p.name)
+            msg = f"{f.message} and failurePolicy.exitCodeRules says FailJob"
+            inc = I.record(f, kind="JobFailed", budget=f.budget, incarnation=incarnation, now=now, message=msg,
+                           error=R.last_error_lines(f.error))
+            return Decision("fail", "ExitCodeRule", msg, f.budget, False, (), f, inc)
+    finding = D.detect(facts, obs.nodes, ranks, t, obs.mono_now, now, incarnation=incarnation,
+                       nodes_listed=obs.nodes_listed)
+    if finding is None:
+        return None
+    failed = tuple(sorted({finding.pod} | {p.name for p in facts if p.phase == "Failed"} - {None}))  # type: ignore[operator]
+    healthy = sum(1 for p in facts if p.phase in ("Pending", "Running") and p.name not in failed)
+    action = R.decide(finding, restarts, history, policy, failed_pods=failed, survivors=healthy)
+    rule = _rule(rules, finding.exit_code)
+    err = R.last_error_lines(action.finding.error)
+    original = finding.cause
+    if isinstance(action, R.Fail):
+        if rule == "Ignore":  # the user said: restart for free
+            action = R.Restart(action.finding, action.budget, False, R.REASON_OF.get(action.finding.cause, "WorkerFailed"),
+                               f"{finding.message} (exit code rule Ignore: not counted)")
+        else:
+            inc = I.record(action.finding, kind="JobFailed", budget=action.budget, incarnation=incarnation, now=now,
+                           message=action.message, original_cause=original, error=err)
+            return Decision("fail", action.reason, action.message, action.budget, False, (), action.finding, inc)
+    counted = action.budget == "userError"
+    increment: tuple[str, ...] = (action.budget, "total")
+    if rule == "Ignore":
+        counted, increment = False, ("total",)
+    elif rule == "RestartJob" and action.budget != "userError":
+        counted, increment = True, ("userError", "total")
+    if isinstance(action, R.Replace):
+        inc = I.record(action.finding, kind="Replace", budget=action.budget, incarnation=incarnation, now=now,
+                       message=action.message, original_cause=original, error=err)
+        return Decision("replace", action.reason, action.message, action.budget, False, increment,
+                        action.finding, inc, action.pods, action.avoid_nodes)
+    inc = I.record(action.finding, kind="Restart", budget=action.budget, incarnation=incarnation, now=now,
+                   message=action.message, original_cause=original, error=err)
+    return Decision("restart", action.reason, action.message, action.budget, counted, increment,
+                    action.finding, inc, (), action.avoid_nodes)
+
+
+def bump(restarts: Mapping[str, int], increment: Sequence[str]) -> dict[str, int]:
+    out = {k: int(restarts.get(k, 0)) for k in ("userError", "infrastructure", "preemption", "total")}
+    for k in increment:
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, checkpoint_uri: str | None,
+             now: dt.datetime) -> dict[str, Any]:
+    """Status fields from heartbeats: lastCheckpoint, metrics, and closing the open incident."""
+    out: dict[str, Any] = {}
+    if not obs.heartbeats:
+        return out
+    lc = I.last_checkpoint(obs.workers, checkpoint_uri, now, status.get("lastCheckpoint"))
+    if lc is not None and lc != status.get("lastCheckpoint"):
+        out["lastCheckpoint"] = lc
+    current = [w for w in obs.workers if getattr(w, "incarnation", 0) == incarnation]
+    if current:
+        lead = min(current, key=lambda w: w.rank)
+        m = dict(getattr(lead, "metrics", None) or {})
+        metrics: dict[str, Any] = {"step": int(max(w.step for w in current))}
+        if m.get("loss") is not None:
+            metrics["loss"] = round(float(m["loss"]), 6)
+        if m.get("tokens_per_second") is not None:
+            metrics["tokensPerSecond"] = round(float(m["tokens_per_second"]), 3)
+        old = dict(status.get("metrics") or {})
+        if {k: v for k, v in old.items() if k != "updateTime"} != metrics:
+            metrics["updateTime"] = I._fmt(now)
+            out["metrics"] = metrics
+    # Recovered: a rank of this incarnation was seen completing a step (the
+    # tracker records a step time only for an advance it observed).
+    training = any(r.incarnation == incarnation and r.step >= 0 and r.step_times for r in obs.ranks)
+    closed = I.mark_recovered(status.get("incidents"), now=now, incarnation=incarnation, training=training)
+    if closed is not None:
+        out["incidents"] = closed
+    return out
+
+
+def avoid_nodes(incidents: Sequence[Mapping[str, Any]] | None, max_n: int = 3) -> tuple[str, ...]:
+    return R.nodes_to_avoid(list(incidents or []), None, max_n)
+
+
+def to_force_delete(obs: Observed) -> list[str]:
+    if not obs.nodes_listed:
+        return []
+    return D.force_delete(obs.facts, obs.nodes)

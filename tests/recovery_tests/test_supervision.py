@@ -1,0 +1,115 @@
+"""One pass's failure decision and progress fields, from observed facts."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from stoker.operator import detection as D
+from stoker.operator import recovery as R
+from stoker.operator import supervision as S
+from stoker.operator.jobspec import ExitCodeRule
+
+from .test_detection import NOW, node, pod, rp
+
+ZERO = {"userError": 0, "infrastructure": 0, "preemption": 0, "total": 0}
+T = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60)
+
+
+def decide(obs, restarts=ZERO, incidents=(), policy=R.Policy(max_restarts=2), rules=(), desired=2, incarnation=0):
+    return S.decide(obs=obs, incarnation=incarnation, desired=desired, restarts=restarts, incidents=list(incidents),
+                    policy=policy, rules=rules, t=T, now=NOW)
+
+
+def test_healthy_job_no_decision():
+    obs = S.Observed(facts=(pod(0), pod(1)), nodes={"n1": node()}, nodes_listed=True,
+                     ranks=(rp(0), rp(1)), mono_now=101.0, heartbeats=True)
+    assert decide(obs) is None
+
+
+def test_sigkilled_worker_restarts_for_free_and_records_the_cause():
+    obs = S.Observed(facts=(pod(0), pod(1, phase="Failed", exit_code=137, finished_ago=3)),
+                     nodes={"n1": node()}, nodes_listed=True,
+                     ranks=(rp(0, step=12), rp(1, step=12, pod_name="j-worker-1-0")), mono_now=101.0, heartbeats=True)
+    d = decide(obs)
+    assert (d.action, d.reason, d.budget, d.counted, d.increment) == (
+        "restart", "WorkerKilled", "infrastructure", False, ("infrastructure", "total"))
+    assert d.incident["detectedCause"] == "WorkerKilled" and d.incident["rank"] == 1 and d.incident["step"] == 12
+    assert d.incident["detectionLatencySeconds"] == 3
+    assert S.bump(ZERO, d.increment) == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}
+
+
+def test_hang_is_detected_from_heartbeats_only_when_the_service_runs():
+    ranks = (rp(0, last_seen=130, advanced_at=100), rp(1, last_seen=115, advanced_at=100))
+    obs = S.Observed(facts=(pod(0), pod(1)), nodes={"n1": node()}, nodes_listed=True, ranks=ranks,
+                     mono_now=130.0, heartbeats=True)
+    d = decide(obs)
+    assert d.action == "restart" and d.finding.cause == D.HANG and d.incident["rank"] == 1
+    assert decide(dataclasses.replace(obs, heartbeats=False)) is None
+
+
+def test_scaled_away_and_terminating_pods_are_not_failures():
+    obs = S.Observed(facts=(pod(0), pod(1, phase="Failed", exit_code=143), pod(0, phase="Failed", exit_code=1,
+                                                                                  deleting=True)))
+    assert decide(obs, desired=1) is None
+
+
+def test_failjob_rule_fails_at_once_and_ignore_restarts_for_free():
+    failed = S.Observed(facts=(pod(0, phase="Failed", exit_code=42),))
+    d = decide(failed, rules=[ExitCodeRule(frozenset({42}), "FailJob")])
+    assert (d.action, d.reason) == ("fail", "ExitCodeRule") and d.incident["kind"] == "JobFailed"
+    spent = {"userError": 2, "infrastructure": 0, "preemption": 0, "total": 2}
+    d = decide(failed, restarts=spent, rules=[ExitCodeRule(frozenset({42}), "Ignore")])
+    assert d.action == "restart" and not d.counted and d.increment == ("total",)
+
+
+def test_restartjob_rule_makes_an_infrastructure_failure_count():
+    obs = S.Observed(facts=(pod(0, phase="Failed", exit_code=137),))
+    d = decide(obs, rules=[ExitCodeRule(frozenset({137}), "RestartJob")])
+    assert d.counted and d.increment == ("userError", "total")
+
+
+def test_a_spent_budget_fails_with_the_last_error_lines():
+    obs = S.Observed(facts=(pod(0, phase="Failed", exit_code=3, message="Traceback\nValueError: step 5 is cursed"),))
+    d = decide(obs, restarts={"userError": 2, "total": 2})
+    assert (d.action, d.reason) == ("fail", "RestartLimitExceeded")
+    assert "ValueError: step 5 is cursed" in d.message and d.incident["error"].endswith("cursed")
+
+
+def test_lost_node_pod_is_replaced_in_an_elastic_job_and_its_node_avoided():
+    obs = S.Observed(facts=(pod(0, node="a"), pod(1, node="b"), pod(2, node="c")),
+                     nodes={"a": node("a"), "b": node("b", ready="Unknown"), "c": node("c")}, nodes_listed=True)
+    d = decide(obs, desired=3, policy=R.Policy(elastic=True, min_replicas=1))
+    assert (d.action, d.pods, d.avoid_nodes) == ("replace", ("j-worker-1-0",), ("b",))
+    d = decide(obs, desired=3, policy=R.Policy(elastic=False))
+    assert d.action == "restart" and d.avoid_nodes == ("b",)
+    assert S.avoid_nodes([d.incident]) == ("b",)
+
+
+def test_progress_sets_last_checkpoint_metrics_and_closes_the_open_incident():
+    @dataclasses.dataclass
+    class W:
+        rank: int
+        step: int
+        metrics: dict
+        world_size: int = 2
+        incarnation: int = 1
+
+    obs = S.Observed(ranks=(rp(0, step=12, incarnation=1),), heartbeats=True,
+                     workers=(W(0, 12, {"last_committed_step": 10, "loss": 1.5}), W(1, 12, {})))
+    status = {"incidents": [{"kind": "Restart", "time": "2026-01-01T11:59:00Z", "incarnation": 0}]}
+    out = S.progress(status, obs, incarnation=1, checkpoint_uri="s3://b/p", now=NOW)
+    assert out["lastCheckpoint"] == {"step": 10, "time": "2026-01-01T12:00:00Z", "uri": "s3://b/p/step-00000010",
+                                     "worldSize": 2}
+    assert out["metrics"]["step"] == 12 and out["metrics"]["loss"] == 1.5
+    assert out["incidents"][-1]["timeToRecoverSeconds"] == 60
+    # nothing new: nothing to write
+    again = S.progress({**status, **out}, obs, incarnation=1, checkpoint_uri="s3://b/p", now=NOW)
+    assert again == {}
+    assert S.progress(status, dataclasses.replace(obs, heartbeats=False), incarnation=1, checkpoint_uri=None,
+                      now=NOW) == {}
+
+
+def test_force_delete_needs_the_node_list():
+    obs = S.Observed(facts=(pod(0, deleting=True, node="gone"),), nodes={}, nodes_listed=True)
+    assert S.to_force_delete(obs) == ["j-worker-0-0"]
+    assert S.to_force_delete(dataclasses.replace(obs, nodes_listed=False)) == []
