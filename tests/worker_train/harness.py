@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,12 +31,6 @@ def base_config(tmp: Path, name: str, **sections: dict[str, Any]) -> dict[str, A
     return cfg
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
@@ -49,8 +42,8 @@ def _env() -> dict[str, str]:
 
 
 def command(cfg_path: Path, nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+    # --standalone: a private c10d rendezvous on a free port the agent picks itself
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
             "-m", "stoker.worker.train", str(cfg_path)]
 
 
