@@ -145,6 +145,8 @@ def test_config_errors_name_the_field(raw, field):
     ({"parallel": {"mode": "ddp"}, "train": {"global_batch": 8, "micro_batch": 2}}, 3, "train.global_batch"),
     ({"parallel": {"mode": "single"}}, 2, "parallel.mode"),
     ({"parallel": {"mode": "pipeline-1f1b", "pp": 2, "dp": 2}}, 6, "parallel.pp"),
+    ({"parallel": {"mode": "pipeline-1f1b", "pp": 4}, "train": {"global_batch": 8, "micro_batch": 4}}, 4,
+     "train.micro_batch"),
 ])
 def test_world_size_dependent_errors_name_the_field(overrides, world, field):
     cfg = cfgmod.from_dict(overrides, environ={})

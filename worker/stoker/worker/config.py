@@ -229,6 +229,12 @@ def validate_for_world(cfg: Config, world_size: int) -> tuple[int, int]:
     _require(t.global_batch % (dp * t.micro_batch) == 0,
              f"train.global_batch ({t.global_batch}) must be divisible by data-parallel degree ({dp}) x "
              f"train.micro_batch ({t.micro_batch}); change train.global_batch or train.micro_batch")
+    if p.mode in PIPELINE_MODES:
+        n_micro = t.global_batch // (dp * t.micro_batch)
+        _require(n_micro >= p.pp,
+                 f"train.micro_batch: a pipeline step needs at least parallel.pp ({p.pp}) micro-batches per "
+                 f"data-parallel rank, global_batch / (dp x micro_batch) = {n_micro}; lower train.micro_batch "
+                 f"or raise train.global_batch")
     if cfg.validation.every:
         _require(cfg.validation.samples % (dp * t.micro_batch) == 0,
                  f"validation.samples ({cfg.validation.samples}) must be divisible by data-parallel degree ({dp}) "
