@@ -22,6 +22,7 @@ class Config:
     rendezvous_port: int = 29400              # 0: do not host a store (an external one is advertised)
     rendezvous_advertise_address: str = "127.0.0.1"
     resync_seconds: float = 10.0
+    pod_event_delay_seconds: float = 0.25     # pod events within this window fold into one pass
     last_call_timeout_seconds: int = 2
     torchrun_max_restarts: int = 10
     peering: str | None = None                # None: standalone
@@ -58,6 +59,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         rendezvous_port=_int(env, "RENDEZVOUS_PORT", d.rendezvous_port),
         rendezvous_advertise_address=env.get(PREFIX + "RENDEZVOUS_ADVERTISE_ADDRESS") or d.rendezvous_advertise_address,
         resync_seconds=float(env.get(PREFIX + "RESYNC_SECONDS") or d.resync_seconds),
+        pod_event_delay_seconds=float(env.get(PREFIX + "POD_EVENT_DELAY_SECONDS") or d.pod_event_delay_seconds),
         last_call_timeout_seconds=_int(env, "LAST_CALL_TIMEOUT_SECONDS", d.last_call_timeout_seconds),
         torchrun_max_restarts=_int(env, "TORCHRUN_MAX_RESTARTS", d.torchrun_max_restarts),
         peering=env.get(PREFIX + "PEERING") or None,
@@ -78,6 +80,7 @@ def to_env(cfg: Config) -> dict[str, str]:
         "RENDEZVOUS_PORT": str(cfg.rendezvous_port),
         "RENDEZVOUS_ADVERTISE_ADDRESS": cfg.rendezvous_advertise_address,
         "RESYNC_SECONDS": f"{cfg.resync_seconds:g}",
+        "POD_EVENT_DELAY_SECONDS": f"{cfg.pod_event_delay_seconds:g}",
         "LAST_CALL_TIMEOUT_SECONDS": str(cfg.last_call_timeout_seconds),
         "TORCHRUN_MAX_RESTARTS": str(cfg.torchrun_max_restarts),
         "LAUNCHER": cfg.launcher,

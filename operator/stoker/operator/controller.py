@@ -40,8 +40,38 @@ class Controller:
         self._lock = threading.Lock()
         self._running: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
+        self._pending: set[tuple[str, str]] = set()
+        self._written: dict[tuple[str, str], str] = {}  # resourceVersion of our last status write
+
+    def is_own_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
+        """True for the watch event of our own last status write: nothing new to see."""
+        return resource_version is not None and self._written.get((namespace, name)) == resource_version
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._written.pop((namespace, name), None)
 
     # ------------------------------------------------------------------ coalescing trigger
+    def trigger_soon(self, namespace: str, name: str, delay: float = 0.25) -> None:
+        """Run a pass after `delay`; triggers for the same job meanwhile fold into it.
+        Pod events come in bursts (one per pod and phase), this makes them one pass."""
+        key = (namespace, name)
+        with self._lock:
+            if key in self._pending:
+                return
+            self._pending.add(key)
+
+        def fire() -> None:
+            with self._lock:
+                self._pending.discard(key)
+            try:
+                self.trigger(namespace, name)
+            except Exception:  # logged in reconcile_once; the resync timer retries
+                pass
+
+        t = threading.Timer(delay, fire)
+        t.daemon = True
+        t.start()
+
     def trigger(self, namespace: str, name: str) -> Plan | None:
         key = (namespace, name)
         with self._lock:
@@ -109,7 +139,8 @@ class Controller:
         if status_changed(old, pl.status) or any(k not in pl.status for k in old):
             patch = status_patch(old, pl.status)
             try:
-                self.kube.patch_job_status(namespace, name, body["metadata"]["resourceVersion"], patch)
+                written = self.kube.patch_job_status(namespace, name, body["metadata"]["resourceVersion"], patch)
+                self._written[(namespace, name)] = written.get("metadata", {}).get("resourceVersion", "")
             except KubeError as e:
                 if e.status != 404:
                     raise

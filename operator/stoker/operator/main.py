@@ -98,19 +98,23 @@ def cleanup(**_: object) -> None:
 
 
 @kopf.on.event(L.GROUP, L.VERSION, L.PLURAL)
-def on_job_event(type: str | None, name: str, namespace: str, **_: object) -> None:
+def on_job_event(type: str | None, name: str, namespace: str, meta: dict, **_: object) -> None:
+    ctl = _controller()
     if type == "DELETED":
         metrics.observe_phase(namespace, name, None)
+        ctl.forget(namespace, name)
         return
-    _controller().trigger(namespace, name)
+    if ctl.is_own_write(namespace, name, meta.get("resourceVersion")):
+        return
+    ctl.trigger(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={L.APP_MANAGED_BY: L.MANAGED_BY_VALUE, L.JOB_NAME: kopf.PRESENT})
 def on_pod_event(labels: dict, namespace: str, **_: object) -> None:
-    _controller().trigger(namespace, labels[L.JOB_NAME])
+    _controller().trigger_soon(namespace, labels[L.JOB_NAME], CONFIG.pod_event_delay_seconds)
 
 
-@kopf.timer(L.GROUP, L.VERSION, L.PLURAL, interval=CONFIG.resync_seconds)
+@kopf.timer(L.GROUP, L.VERSION, L.PLURAL, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds)
 def resync(name: str, namespace: str, **_: object) -> None:
     """Time-driven transitions (deadline, TTL, restart backoff) and a safety net."""
     _controller().trigger(namespace, name)
