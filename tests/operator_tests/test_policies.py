@@ -24,6 +24,7 @@ def test_causes_are_classified():
     assert policy_failure.classify(observed(body, 0, phase="Failed", exit_code=137, reason="OOMKilled")) == "userError"
     assert policy_failure.classify(observed(body, 0, phase="Failed", exit_code=137)) == "infrastructure"
     assert policy_failure.classify(observed(body, 0, phase="Failed", reason="Evicted")) == "infrastructure"
+    assert policy_failure.classify(observed(body, 0, phase="Failed", exit_code=86)) == "infrastructure"
     assert policy_failure.classify(observed(body, 0, phase="Failed", disruption="PreemptionByScheduler")) == "preemption"
 
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import sys
 
+# The agent lost the rendezvous store (e.g. the operator restarted): not the
+# user's fault. policy_failure classifies it as infrastructure.
+EXIT_RENDEZVOUS_LOST = 86
+
 
 def exit_code_of(exitcode: int) -> int:
     if exitcode < 0:
@@ -23,6 +27,7 @@ def exit_code_of(exitcode: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
     from torch.distributed.run import main as torchrun_main
 
     try:
@@ -35,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except SignalException as e:
         return 128 + int(e.sigval)
+    except RendezvousConnectionError as e:
+        print(f"stoker launch: lost the rendezvous store: {e}", file=sys.stderr, flush=True)
+        return EXIT_RENDEZVOUS_LOST
     return 0
 
 

@@ -4,8 +4,8 @@ Causes:
   preemption      the scheduler preempted the pod (DisruptionTarget PreemptionByScheduler,
                   reason Preempted/Preempting). Restarts without spending the budget.
   infrastructure  the pod died for reasons outside the trainer: evictions, node loss,
-                  taint-manager deletion, no exit code, or killed by a signal (137/143)
-                  without OOMKilled.
+                  taint-manager deletion, no exit code, killed by a signal (137/143)
+                  without OOMKilled, or its agent lost the rendezvous store (86).
   userError       the trainer exited non-zero on its own (OOMKilled counts here).
 
 Exit-code rules (spec.failurePolicy.exitCodeRules, first match wins) override the
@@ -26,6 +26,7 @@ INFRA_REASONS = {"Evicted", "NodeLost", "UnexpectedAdmissionError", "Shutdown", 
                  "NodeShutdown", "DeletionByTaintManager", "EvictionByEvictionAPI",
                  "TerminationByKubelet", "DeletionByPodGC"}
 SIGNAL_EXITS = {137, 143}
+EXIT_RENDEZVOUS_LOST = 86  # stoker.operator.launch: the agent lost the rendezvous store
 MAX_BACKOFF_S = 600
 
 
@@ -56,6 +57,8 @@ def classify(pod: PodView) -> str:
     if pod.exit_code is None:
         return "infrastructure"
     if pod.exit_code in SIGNAL_EXITS and pod.reason != "OOMKilled":
+        return "infrastructure"
+    if pod.exit_code == EXIT_RENDEZVOUS_LOST:
         return "infrastructure"
     return "userError"
 
