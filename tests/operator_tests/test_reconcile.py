@@ -240,3 +240,11 @@ def test_conditions_keep_their_transition_time_when_status_does_not_flip():
     p2 = plan(job_view(advance(body, p)), [observed(body, 0), observed(body, 1)], later)
     running = [c for c in p2.status["conditions"] if c["type"] == "Running"][0]
     assert running["lastTransitionTime"] == fmt_time(NOW)
+
+
+def test_losing_the_rendezvous_store_restarts_without_spending_the_budget():
+    st = running_status(restarts={"userError": 3, "infrastructure": 0, "preemption": 0, "total": 3})
+    body = job_body(status=st)
+    p = run(body, [observed(body, 0, phase="Failed", exit_code=86), observed(body, 1)])
+    assert p.status["phase"] == "Restarting" and p.status["restarts"]["infrastructure"] == 0
+    assert p.status["restarts"]["total"] == 4

@@ -92,7 +92,8 @@ def decide(job: JobView, failed: Sequence[PodView], restarts: dict[str, int]) ->
     pod = failed[0]
     cause = classify(pod)
     action = _rule_action(job, pod.exit_code)
-    counted = cause != "preemption"
+    # Preemption and a lost rendezvous store (the operator restarted) are not the job's fault.
+    counted = cause != "preemption" and pod.exit_code != EXIT_RENDEZVOUS_LOST
     if action == "Ignore":
         counted = False
     elif action == "RestartJob":
