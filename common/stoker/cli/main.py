@@ -15,6 +15,12 @@ import sys
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("stoker.cli.cluster", "cluster"),
     ("stoker.operator.cli", "operator"),
+    # On-call commands (kubeconfig-based, torch-free); exit codes in stoker.cli.common.
+    ("stoker.cli.jobs", "get / describe / top"),
+    ("stoker.cli.logs", "logs"),
+    ("stoker.cli.actions", "checkpoint / restart / suspend / resume / scale"),
+    ("stoker.cli.drain", "drain"),
+    ("stoker.cli.doctor", "doctor"),
 ]
 
 EXIT_OK = 0
