@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="in-place restarts per torchrun agent (each scale-down costs one)")
     run.add_argument("--peering", default=None, metavar="NAME",
                      help="kopf peering object: replicas with the same NAME never act together (default: standalone)")
+    run.add_argument("--peering-priority", type=int, default=d.peering_priority,
+                     help="the highest live priority acts, the others wait (0: a random priority)")
+    run.add_argument("--peering-lifetime", type=int, default=d.peering_lifetime_seconds,
+                     help="seconds after which a silent peer is considered gone")
     run.add_argument("--s3-endpoint", default=None, help="AWS_ENDPOINT_URL_S3 for workers whose Secret has none")
     run.add_argument("--heartbeat-address", default=None, help="host:port of the heartbeat service given to workers")
     run.add_argument("--launcher", choices=["stoker", "torchrun"], default=d.launcher,
@@ -61,6 +65,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         last_call_timeout_seconds=args.last_call_timeout,
         torchrun_max_restarts=args.torchrun_max_restarts,
         peering=args.peering,
+        peering_priority=args.peering_priority,
+        peering_lifetime_seconds=args.peering_lifetime,
         s3_endpoint=args.s3_endpoint,
         heartbeat_address=args.heartbeat_address,
         launcher=args.launcher,

@@ -26,6 +26,8 @@ class Config:
     last_call_timeout_seconds: int = 2
     torchrun_max_restarts: int = 10
     peering: str | None = None                # None: standalone
+    peering_priority: int = 0                 # 0: random; the highest live priority acts
+    peering_lifetime_seconds: int = 60        # a silent peer counts as gone after this long
     s3_endpoint: str | None = None
     heartbeat_address: str | None = None      # host:port of the gRPC heartbeat service (later issue)
     launcher: str = "stoker"                  # stoker (keeps worker exit codes) | torchrun
@@ -63,6 +65,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         last_call_timeout_seconds=_int(env, "LAST_CALL_TIMEOUT_SECONDS", d.last_call_timeout_seconds),
         torchrun_max_restarts=_int(env, "TORCHRUN_MAX_RESTARTS", d.torchrun_max_restarts),
         peering=env.get(PREFIX + "PEERING") or None,
+        peering_priority=_int(env, "PEERING_PRIORITY", d.peering_priority),
+        peering_lifetime_seconds=_int(env, "PEERING_LIFETIME_SECONDS", d.peering_lifetime_seconds),
         s3_endpoint=env.get(PREFIX + "S3_ENDPOINT") or None,
         heartbeat_address=env.get(PREFIX + "HEARTBEAT_ADDRESS") or None,
         launcher=env.get(PREFIX + "LAUNCHER") or d.launcher,
@@ -84,6 +88,8 @@ def to_env(cfg: Config) -> dict[str, str]:
         "LAST_CALL_TIMEOUT_SECONDS": str(cfg.last_call_timeout_seconds),
         "TORCHRUN_MAX_RESTARTS": str(cfg.torchrun_max_restarts),
         "LAUNCHER": cfg.launcher,
+        "PEERING_PRIORITY": str(cfg.peering_priority),
+        "PEERING_LIFETIME_SECONDS": str(cfg.peering_lifetime_seconds),
         "MAX_WORKERS": str(cfg.max_workers),
         "LOG_LEVEL": cfg.log_level,
     }

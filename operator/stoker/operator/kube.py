@@ -104,6 +104,18 @@ class Kube:
                                  ok=(200, 202, 404))
         return status != 404
 
+    # ---- kopf peering
+    def ensure_peering(self, name: str, namespaces: list[str]) -> None:
+        """kopf only patches the peering object: create it (crds/kopf-peering.yaml) if missing."""
+        if not namespaces:
+            self.request("POST", "/apis/kopf.dev/v1/clusterkopfpeerings",
+                         {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}},
+                         ok=(201, 409))
+        for ns in namespaces:
+            self.request("POST", f"/apis/kopf.dev/v1/namespaces/{quote(ns)}/kopfpeerings",
+                         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name}},
+                         ok=(201, 409))
+
     # ---- events (events.k8s.io/v1; `kubectl describe` shows them)
     def emit_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = job["metadata"]

@@ -7,6 +7,7 @@ from STOKER_OPERATOR_* environment variables, see config.py).
 from __future__ import annotations
 
 import logging
+import random
 import sys
 
 import kopf
@@ -68,7 +69,9 @@ def startup(settings: kopf.OperatorSettings, **_: object) -> None:
         settings.peering.name = CONFIG.peering
         settings.peering.mandatory = True
         settings.peering.clusterwide = CONFIG.clusterwide
-        settings.peering.priority = 0
+        # Equal priorities would pause every replica: default to a random one.
+        settings.peering.priority = CONFIG.peering_priority or random.randint(1, 1_000_000)
+        settings.peering.lifetime = CONFIG.peering_lifetime_seconds
 
     store_port = CONFIG.rendezvous_port
     if store_port > 0:
@@ -84,7 +87,10 @@ def startup(settings: kopf.OperatorSettings, **_: object) -> None:
         s3_endpoint=CONFIG.s3_endpoint,
         launcher=CONFIG.launcher,
     )
-    _state["controller"] = Controller(Kube(CONFIG.kubeconfig), render)
+    kube = Kube(CONFIG.kubeconfig)
+    if CONFIG.peering:
+        kube.ensure_peering(CONFIG.peering, list(CONFIG.namespaces))
+    _state["controller"] = Controller(kube, render)
     log.info("operator started", extra={"namespaces": ",".join(CONFIG.namespaces) or "*",
                                         "rendezvous": render.rendezvous_endpoint,
                                         "metrics_port": CONFIG.metrics_port, "peering": CONFIG.peering or "standalone"})

@@ -1,0 +1,47 @@
+"""Two operator replicas with the same --peering never both act: the higher
+priority one reconciles; when it dies, the other takes over."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from .conftest import create_job, get_job, job_manifest, patch_job, wait_for, worker_pods
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+PEERING_CRDS = pathlib.Path(__file__).resolve().parents[2] / "crds" / "kopf-peering.yaml"
+
+
+def created_by(op) -> list[str]:
+    import json
+
+    names = []
+    for line in op.log_path.read_text().splitlines():
+        if '"created worker pod"' in line:
+            names.append(json.loads(line)["pod"])
+    return names
+
+
+def test_only_the_leader_acts_and_the_follower_takes_over(cluster, kube, namespace, kwok_pool, start_operator):
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(PEERING_CRDS))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    env = {"STOKER_OPERATOR_PEERING": "stoker", "STOKER_OPERATOR_PEERING_LIFETIME_SECONDS": "4"}
+    follower = start_operator(extra_env={**env, "STOKER_OPERATOR_PEERING_PRIORITY": "100"})
+    leader = start_operator(extra_env={**env, "STOKER_OPERATOR_PEERING_PRIORITY": "200"})
+    # The follower pauses once it sees the higher-priority peer.
+    wait_for("follower paused", lambda: "Pausing operations" in follower.log_path.read_text(), timeout=30,
+             on_timeout=follower.tail)
+    body = job_manifest("peer", ["python", "train.py"], replicas=2, minReplicas=1, maxReplicas=3,
+                        node_selector=kwok_pool)
+    create_job(kube, namespace, body)
+    wait_for("Running", lambda: get_job(kube, namespace, "peer").get("status", {}).get("phase") == "Running",
+             on_timeout=leader.tail)
+    assert sorted(created_by(leader)) == ["peer-worker-0-0", "peer-worker-1-0"]
+    assert created_by(follower) == []
+
+    leader.kill()
+    patch_job(kube, namespace, "peer", {"spec": {"replicas": 3}})
+    wait_for("the follower creates the third worker", lambda: "peer-worker-2-0" in created_by(follower),
+             timeout=60, on_timeout=follower.tail)
+    wait_for("3 workers", lambda: len(worker_pods(kube, namespace, "peer")) == 3)
