@@ -113,7 +113,9 @@ def test_the_process_is_learnable_mostly_following_the_permutation():
 # ----------------------------------------------------------------------- config
 def test_defaults_validate():
     cfg = cfgmod.from_dict({}, environ={})
-    assert cfg.parallel.mode == "single" and cfg.model.size == "tiny"
+    assert cfg.parallel.mode == "auto" and cfg.model.size == "tiny"
+    assert cfgmod.validate_for_world(cfg, 4) == (1, 4) and cfg.parallel.mode == "ddp", "auto: ddp for >1 process"
+    assert cfgmod.resolve_mode("auto", 1) == "single" and cfgmod.resolve_mode("zero3", 1) == "zero3"
 
 
 @pytest.mark.parametrize("raw, field", [

@@ -133,3 +133,9 @@ def test_bad_config_exits_2_naming_the_field(tmp_path):
                        timeout=120)
     assert p.returncode == 2
     assert "parallel.mode" in p.stderr and "zero3" in p.stderr
+
+
+def test_parallel_modes_outside_torchrun_are_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(cfgmod.ConfigError, match="^parallel.mode: zero3 needs torchrun"):
+        Trainer(make(tmp_path, "z", parallel={"mode": "zero3"}), session=ScriptedSession())

@@ -18,7 +18,7 @@ from stoker.common import env as stoker_env
 
 METRICS_PATH_ENV = "STOKER_METRICS_PATH"
 
-MODES = ("single", "ddp", "zero1", "zero2", "zero3", "pipeline-gpipe", "pipeline-1f1b")
+MODES = ("auto", "single", "ddp", "zero1", "zero2", "zero3", "pipeline-gpipe", "pipeline-1f1b")
 FSDP_MODES = ("zero2", "zero3")
 PIPELINE_MODES = ("pipeline-gpipe", "pipeline-1f1b")
 ASYNC_MODES = ("async", "disabled")
@@ -62,7 +62,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class ParallelConfig:
-    mode: str = "single"
+    mode: str = "auto"  # single for one process, ddp for more
     pp: int = 1
     dp: int | None = None  # default: world_size // pp
     bf16: bool = False
@@ -217,9 +217,17 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def resolve_mode(mode: str, world_size: int) -> str:
+    """``auto`` is ``single`` for one process and ``ddp`` for more."""
+    if mode != "auto":
+        return mode
+    return "single" if world_size == 1 else "ddp"
+
+
 def validate_for_world(cfg: Config, world_size: int) -> tuple[int, int]:
     """Checks that need the world size; returns (pp, dp)."""
     p, t = cfg.parallel, cfg.train
+    p.mode = resolve_mode(p.mode, world_size)
     dp = p.dp if p.dp is not None else world_size // p.pp
     _require(p.pp * dp == world_size,
              f"parallel.pp ({p.pp}) x parallel.dp ({dp}) must equal the world size ({world_size}); "

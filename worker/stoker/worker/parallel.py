@@ -82,7 +82,7 @@ def apply_ddp(model: nn.Module, mesh: DeviceMesh, device: torch.device) -> nn.Mo
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-               process_group=mesh.get_group("dp"), broadcast_buffers=False)
+               process_group=mesh.get_group("dp"))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

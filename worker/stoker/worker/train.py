@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from stoker.worker.trainer import Trainer
 
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except config_mod.ConfigError as exc:  # world-size / device dependent checks
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.run()
     except BaseException as exc:

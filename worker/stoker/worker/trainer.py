@@ -32,7 +32,9 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from stoker.worker import parallel
 from stoker.worker.checksum import model_checksum
-from stoker.worker.config import FSDP_MODES, PIPELINE_MODES, Config, validate_for_device, validate_for_world
+from stoker.worker.config import (
+    FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
+)
 from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
 from stoker.worker.model import model_args
 from stoker.worker.sdk import Session
@@ -59,6 +61,9 @@ class Trainer(Stateful):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.pp, self.dp = validate_for_world(cfg, self.world)
+        if cfg.parallel.mode != "single" and "RANK" not in os.environ:
+            raise ConfigError(f"parallel.mode: {cfg.parallel.mode} needs torchrun "
+                              f"(torchrun --nproc-per-node N -m stoker.worker.train ...), or use mode single")
         self.device = parallel.device_for_rank(local_rank)
         validate_for_device(cfg, self.device.type)
         self._setup_determinism()
