@@ -69,8 +69,10 @@ def test_pod_facts_ignores_foreign_pods():
     (pod(phase="Failed", exit_code=143), node(), D.WORKER_KILLED),
     (pod(phase="Failed", exit_code=1), node(), D.WORKER_CRASHED),
     (pod(phase="Failed", exit_code=3), node(), D.WORKER_CRASHED),
+    (pod(phase="Failed", exit_code=86), node(), D.RENDEZVOUS_LOST),
 ], ids=["preempted-condition", "preempted-reason", "evicted", "taint-manager", "node-unreachable",
-        "node-notready", "pod-unknown-on-lost-node", "oom", "sigkill", "sigterm", "exit-1", "exit-3"])
+        "node-notready", "pod-unknown-on-lost-node", "oom", "sigkill", "sigterm", "exit-1", "exit-3",
+        "rendezvous-lost"])
 def test_classify_pod(p, n, cause):
     f = D.classify_pod(p, n)
     assert f is not None and f.cause == cause
@@ -90,7 +92,8 @@ def test_a_deleted_node_is_a_lost_node_only_when_the_node_list_is_known():
 
 def test_budget_classes():
     assert D.Finding(D.PREEMPTED, "").budget == "preemption"
-    assert {D.Finding(c, "").budget for c in (D.NODE_LOST, D.EVICTED, D.WORKER_KILLED, D.HEARTBEAT_LOST, D.HANG)} \
+    assert {D.Finding(c, "").budget for c in (D.NODE_LOST, D.EVICTED, D.WORKER_KILLED, D.HEARTBEAT_LOST, D.HANG,
+                                              D.RENDEZVOUS_LOST)} \
         == {"infrastructure"}
     assert {D.Finding(c, "").budget for c in (D.WORKER_CRASHED, D.OOM_KILLED, D.USER_ERROR)} == {"userError"}
 

@@ -85,7 +85,7 @@ def test_worker_heartbeats_feed_the_tracker_and_commands_reach_the_workers(hb):
         s0.step(5, step_time_seconds=0.05)
         s1.step(5)
         ranks = eventually(lambda: (r := hb.ranks("ns", "j", 0)) and [x.step for x in r] == [5, 5] and r)
-        assert ranks[0].step_times == (0.05,) and ranks[1].pod_name == "j-worker-1-0" and ranks[1].node_name == "n1"
+        assert set(ranks[0].step_times) == {0.05} and ranks[1].pod_name == "j-worker-1-0" and ranks[1].node_name == "n1"
         assert ranks[0].advanced_at <= ranks[0].last_seen
         rid = hb.request_checkpoint("ns", "j", stop=True, reason="scale-down")
         eventually(lambda: s0.stop_requested() and s1.stop_requested())

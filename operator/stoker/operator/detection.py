@@ -20,6 +20,7 @@ Inputs are plain facts the shell gathers each pass:
   WorkerCrashed  trainer exited non-zero on its own                    userError
   HeartbeatLost  a rank stopped heartbeating (dead or partitioned)     infrastructure
   Hang           the step did not advance within the progress timeout  infrastructure
+  RendezvousLost the launcher lost the rendezvous store (exit 86)       infrastructure
   ============== ===================================================== ============
 
 A failure that repeats with the same signature (cause, exit code, step) is
@@ -49,6 +50,7 @@ WORKER_KILLED = "WorkerKilled"
 WORKER_CRASHED = "WorkerCrashed"
 HEARTBEAT_LOST = "HeartbeatLost"
 HANG = "Hang"
+RENDEZVOUS_LOST = "RendezvousLost"  # the launcher lost the operator's rendezvous store (exit 86)
 USER_ERROR = "UserError"  # assigned by recovery.py for repeated identical failures
 
 BUDGET_OF = {
@@ -60,16 +62,18 @@ BUDGET_OF = {
     WORKER_CRASHED: "userError",
     HEARTBEAT_LOST: "infrastructure",
     HANG: "infrastructure",
+    RENDEZVOUS_LOST: "infrastructure",
     USER_ERROR: "userError",
 }
 # Lower wins when two pods finished at the same time.
 _PRIORITY = {PREEMPTED: 0, NODE_LOST: 1, EVICTED: 2, OOM_KILLED: 3, WORKER_KILLED: 4, WORKER_CRASHED: 5,
-             HEARTBEAT_LOST: 6, HANG: 7}
+             HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8}
 
 PREEMPTION_REASONS = frozenset({"PreemptionByScheduler", "PreemptionByKubeScheduler", "Preempted", "Preempting"})
 EVICTION_REASONS = frozenset({"Evicted", "EvictionByEvictionAPI", "DeletionByTaintManager", "TerminationByKubelet",
                               "DeletionByPodGC", "NodeShutdown", "Shutdown", "Terminated", "UnexpectedAdmissionError"})
 NODE_LOST_REASONS = frozenset({"NodeLost"})
+EXIT_RENDEZVOUS_LOST = 86  # stoker.operator.launch
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
@@ -255,11 +259,14 @@ def classify_pod(pod: PodFacts, node: NodeView | None, node_known: bool = True) 
     if pod.reason == "OOMKilled":
         return Finding(OOM_KILLED, f"worker pod {pod.name} ran out of memory (OOMKilled, exit code {pod.exit_code})",
                        onset=pod.finished_at, **base)
+    if pod.exit_code == EXIT_RENDEZVOUS_LOST:
+        return Finding(RENDEZVOUS_LOST, f"worker pod {pod.name} lost the rendezvous store (exit code "
+                       f"{pod.exit_code}; the operator restarted?)", onset=pod.finished_at, **base)
     sig = signal_of(pod.exit_code)
     if sig is not None:
         return Finding(WORKER_KILLED, f"worker pod {pod.name} was killed by {_signal_name(sig)} "
                        f"(exit code {pod.exit_code})", onset=pod.finished_at, **base)
-    return Finding(WORKER_CRASHED, f"worker pod {pod.name} exited with code {pod.exit_code}",
+    return Finding(WORKER_CRASHED, f"worker pod {pod.name} failed with exit code {pod.exit_code}",
                    onset=pod.finished_at, **base)
 
 

@@ -86,6 +86,7 @@ REASON_OF = {
     D.PREEMPTED: "WorkerPreempted", D.EVICTED: "WorkerEvicted", D.NODE_LOST: "NodeLost",
     D.OOM_KILLED: "WorkerOOMKilled", D.WORKER_KILLED: "WorkerKilled", D.WORKER_CRASHED: "WorkerFailed",
     D.HEARTBEAT_LOST: "HeartbeatLost", D.HANG: "WorkerHung", D.USER_ERROR: "RepeatedUserError",
+    D.RENDEZVOUS_LOST: "RendezvousLost",
 }
 
 

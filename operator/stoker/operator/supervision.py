@@ -50,6 +50,32 @@ class Decision:
     avoid_nodes: tuple[str, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Operator-wide knobs (STOKER_OPERATOR_*), next to the per-job spec."""
+
+    max_infra_restarts: int = 50
+    repeat_limit: int = 3
+    startup_timeout_s: float = 600.0
+    avoid_max: int = 3
+
+    def policy(self, job: Any) -> R.Policy:
+        return R.Policy(max_restarts=job.max_restarts, max_infra_restarts=self.max_infra_restarts,
+                        repeat_limit=self.repeat_limit, elastic=job.elastic, min_replicas=job.min_replicas,
+                        avoid_max=self.avoid_max)
+
+    def timeouts(self, job: Any) -> D.Timeouts:
+        return timeouts(job.heartbeat_timeout_seconds, getattr(job, "progress_timeout_seconds", None),
+                        self.startup_timeout_s)
+
+
+def facts_from_views(pods: Sequence[Any]) -> list[D.PodFacts]:
+    """PodFacts from reconcile's PodViews (no node, no times) when the shell gave no raw facts."""
+    return [D.PodFacts(name=p.name, index=p.index, incarnation=p.incarnation, phase=p.phase, node=None,
+                       deleting=p.deleting, exit_code=p.exit_code, reason=p.reason, disruption=p.disruption)
+            for p in pods]
+
+
 def timeouts(heartbeat_s: float, progress_s: float | None, startup_s: float | None = None) -> D.Timeouts:
     base = D.Timeouts()
     return dataclasses.replace(base, heartbeat_s=float(heartbeat_s),
@@ -78,7 +104,7 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
     for p in sorted(facts, key=lambda p: (p.index, p.name)):
         if p.phase == "Failed" and _rule(rules, p.exit_code) == "FailJob":
             f = D.classify_pod(p, obs.nodes.get(p.node or ""), node_known=False) or \
-                D.Finding(D.WORKER_CRASHED, f"worker pod {p.name} exited with code {p.exit_code}", pod=p.name)
+                D.Finding(D.WORKER_CRASHED, f"worker pod {p.name} failed with exit code {p.exit_code}", pod=p.name)
             msg = f"{f.message} and failurePolicy.exitCodeRules says FailJob"
             inc = I.record(f, kind="JobFailed", budget=f.budget, incarnation=incarnation, now=now, message=msg,
                            error=R.last_error_lines(f.error))
@@ -149,7 +175,9 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
             out["metrics"] = metrics
     # Recovered: a rank of this incarnation was seen completing a step (the
     # tracker records a step time only for an advance it observed).
-    training = any(r.incarnation == incarnation and r.step >= 0 and r.step_times for r in obs.ranks)
+    # A rank that already FINISHED counts too (short runs can finish between two heartbeats).
+    training = any(r.incarnation == incarnation and r.step >= 0 and (r.step_times or r.phase == "FINISHED")
+                   for r in obs.ranks)
     closed = I.mark_recovered(status.get("incidents"), now=now, incarnation=incarnation, training=training)
     if closed is not None:
         out["incidents"] = closed

@@ -1,0 +1,135 @@
+"""The I/O shell around detection and recovery, used by controller.Controller.
+
+Per pass it gathers ``supervision.Observed`` (raw pod facts, the nodes under the
+pods, heartbeat progress per rank), and after the pure plan it carries out the
+recovery side effects: token Secret before pods, anti-affinity and token env on
+new pods, force-deletion of pods stuck on lost nodes, node-health bookkeeping
+(metric, Event, optional cordon) and detection metrics.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+from urllib.parse import quote
+
+from stoker.common import env as E
+
+from . import detection as D
+from . import metrics
+from . import recovery as R
+from . import supervision as S
+from .heartbeats import OperatorHeartbeats, token_env
+from .kube import Kube, KubeError
+from .pods import job_labels, owner_reference
+
+log = logging.getLogger("stoker.operator.recovery")
+
+NODES_TTL_S = 1.0
+
+
+class RecoveryShell:
+    def __init__(self, kube: Kube, heartbeats: OperatorHeartbeats | None = None, *,
+                 settings: S.Settings | None = None, node_health: R.NodeHealth | None = None,
+                 heartbeat_interval_s: float | None = None,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.kube = kube
+        self.heartbeats = heartbeats
+        self.settings = settings or S.Settings()
+        self.node_health = node_health or R.NodeHealth()
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.mono = mono
+        self._lock = threading.Lock()
+        self._nodes: tuple[float, dict[str, D.NodeView], bool] = (-1e9, {}, False)
+        self._nodes_forbidden = False
+
+    # ------------------------------------------------------------------ observe
+    def nodes(self) -> tuple[dict[str, D.NodeView], bool]:
+        """All nodes (cached for a second); (views, listed). Without RBAC on nodes,
+        node loss is seen only through the pods."""
+        with self._lock:
+            at, views, listed = self._nodes
+            if self.mono() - at < NODES_TTL_S or self._nodes_forbidden:
+                return views, listed
+        try:
+            _, body = self.kube.request("GET", "/api/v1/nodes")
+            views = {v.name: v for v in (D.node_view(n) for n in body.get("items") or [])}
+            listed = True
+        except KubeError as e:
+            if e.status == 403:
+                log.warning("cannot list nodes (RBAC): node loss is detected from pods and heartbeats only")
+                self._nodes_forbidden = True
+            views, listed = {}, False
+        with self._lock:
+            self._nodes = (self.mono(), views, listed)
+        return views, listed
+
+    def observe(self, namespace: str, name: str, raw_pods: list[dict[str, Any]]) -> S.Observed:
+        facts = tuple(f for f in (D.pod_facts(p) for p in raw_pods) if f is not None)
+        nodes, listed = self.nodes()
+        hb = self.heartbeats
+        if hb is None:
+            return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed, mono_now=self.mono())
+        return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed, ranks=tuple(hb.ranks(namespace, name)),
+                          workers=tuple(hb.workers(namespace, name)), mono_now=self.mono(), heartbeats=True)
+
+    # ------------------------------------------------------------------ act
+    def before_create(self, job: Any) -> None:
+        """The job's token Secret must exist before its pods reference it."""
+        if self.heartbeats is not None:
+            self.heartbeats.ensure_secret(job.namespace, job.name, owner_reference(job), job_labels(job.name))
+
+    def prepare_pod(self, manifest: dict[str, Any], job_name: str, avoid_nodes: tuple[str, ...]) -> dict[str, Any]:
+        if avoid_nodes:
+            manifest["spec"] = R.with_node_anti_affinity(manifest["spec"], avoid_nodes)
+        if self.heartbeats is not None:
+            trainer = manifest["spec"]["containers"][0]
+            env = [e for e in trainer.get("env") or [] if e.get("name") not in (E.JOB_TOKEN, E.HEARTBEAT_INTERVAL)]
+            env.append(token_env(job_name))
+            if self.heartbeat_interval_s:
+                env.append({"name": E.HEARTBEAT_INTERVAL, "value": f"{self.heartbeat_interval_s:g}"})
+            trainer["env"] = env
+        return manifest
+
+    def force_delete(self, namespace: str, pod: str) -> bool:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
+        status, _ = self.kube.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}", body,
+                                      ok=(200, 202, 404))
+        return status != 404
+
+    def after_write(self, body: dict[str, Any], incident: dict[str, Any] | None) -> None:
+        """Metrics, node health and its Events for the incident a pass recorded."""
+        if not incident:
+            return
+        cause = str(incident.get("detectedCause", "unknown"))
+        metrics.DETECTIONS.labels(cause).inc()
+        lat = incident.get("detectionLatencySeconds")
+        if isinstance(lat, (int, float)):
+            metrics.DETECTION_LATENCY.labels(cause).observe(float(lat))
+        node = incident.get("node")
+        if not node or cause not in R.NODE_CAUSES:
+            return
+        meta = body["metadata"]
+        verdict = self.node_health.failed(node, f"{meta['namespace']}/{meta['name']}")
+        metrics.NODE_FAILURES.labels(node).inc()
+        if verdict.report:
+            msg = (f"node {node} failed {verdict.failures} jobs within "
+                   f"{self.node_health.window_s:g}s (latest: {cause}); check it")
+            log.warning("node keeps failing jobs", extra={"node": node, "failures": verdict.failures})
+            self.kube.emit_event(body, "Warning", "NodeFailingJobs", msg)
+        if verdict.cordon:
+            try:
+                self.kube.request("PATCH", f"/api/v1/nodes/{quote(node)}", {"spec": {"unschedulable": True}},
+                                  content_type="application/merge-patch+json")
+                self.kube.emit_event(body, "Warning", "NodeCordoned",
+                                     f"cordoned node {node}: {verdict.failures} job failures "
+                                     f"(policy: cordon after {self.node_health.cordon_after})")
+                log.warning("cordoned node", extra={"node": node, "failures": verdict.failures})
+            except KubeError as e:
+                log.warning("could not cordon node", extra={"node": node, "error": str(e)})
+
+    def forget(self, namespace: str, name: str) -> None:
+        if self.heartbeats is not None:
+            self.heartbeats.forget(namespace, name)
+
