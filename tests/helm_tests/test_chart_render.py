@@ -90,18 +90,31 @@ def test_operator_grants_are_exactly_what_its_code_calls(render):
         ("", "pods", v) for v in ("list", "watch", "create", "delete")
     } | {
         ("events.k8s.io", "events", "create"),
+    } | {
+        (g, res, v) for g, res in (("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"))
+        for v in ("list", "watch")  # kopf's cluster observation (rbac.kopfClusterScan)
     }
 
 
-def test_namespaced_mode_binds_a_role_in_each_served_namespace_and_nothing_cluster_wide(render):
+def test_namespaced_mode_binds_a_role_in_each_served_namespace(render):
     objs = render(COMBINATIONS["namespaced-two-namespaces"], namespace="stoker-system")
-    assert not objs.of("ClusterRole") and not objs.of("ClusterRoleBinding")
+    # Cluster-scoped: only kopf's read-only observation of Namespaces and CRDs.
+    scan = objs.one("ClusterRole")
+    assert scan["metadata"]["name"] == "stoker-stoker-system-kopf-scan"
+    assert {v for r in scan["rules"] for v in r["verbs"]} == {"list", "watch"}
+    assert objs.one("ClusterRoleBinding")["roleRef"]["name"] == scan["metadata"]["name"]
     assert sorted(o["metadata"]["namespace"] for o in objs.of("Role")) == ["team-a", "team-b"]
     for rb in objs.of("RoleBinding"):
         assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "stoker"}
         assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "stoker", "namespace": "stoker-system"}]
     assert sorted(o["metadata"]["namespace"] for o in objs.of("RoleBinding")) == ["team-a", "team-b"]
     assert env(operator_container(objs))["STOKER_OPERATOR_NAMESPACES"] == "team-a,team-b"
+
+
+def test_namespaced_mode_without_kopf_scans_grants_nothing_cluster_wide(render):
+    objs = render({"rbac": {"kopfClusterScan": False}})
+    assert not objs.of("ClusterRole") and not objs.of("ClusterRoleBinding")
+    assert objs.one("Role", "stoker") and objs.one("RoleBinding", "stoker")
 
 
 def test_namespaced_mode_defaults_to_the_release_namespace(render):
@@ -171,9 +184,9 @@ def test_a_pinned_cluster_ip_is_advertised_as_is(render):
 
 def test_read_nodes_adds_only_a_read_only_cluster_role_for_nodes(render):
     objs = render(COMBINATIONS["read-nodes"])
-    nodes = objs.one("ClusterRole", "stoker-nodes")
+    nodes = objs.one("ClusterRole", "stoker-stoker-system-nodes")
     assert nodes["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
-    assert objs.one("ClusterRoleBinding", "stoker-nodes")["roleRef"]["name"] == "stoker-nodes"
+    assert objs.one("ClusterRoleBinding", "stoker-stoker-system-nodes")["roleRef"]["name"] == "stoker-stoker-system-nodes"
     assert objs.of("Role")  # the namespaced grants stay namespaced
 
 

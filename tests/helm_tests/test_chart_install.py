@@ -1,0 +1,307 @@
+"""`helm install` into the local control plane, then the operator run as a local process
+with the chart's ServiceAccount identity (a TokenRequest token) and the chart's own
+environment: its RBAC is enough to take a real torchrun job to Succeeded, and requests
+outside it are Forbidden. Then `helm upgrade` and `helm uninstall` (the CRD stays).
+
+The operator Deployment itself cannot run here (no container runtime, no images): it is
+pinned to a node label no node has, so its pod stays Pending and never acts."""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from tests.operator_tests.conftest import (OperatorProcess, create_job, free_port, get_job, job_manifest,
+                                           process_pool, wait_for, worker_pods)
+
+from .conftest import CHART, run_helm
+
+pytestmark = [pytest.mark.cluster]
+
+__all__ = ["process_pool"]  # the operator tests' three process nodes, shared when both run
+
+BRIDGE = pathlib.Path(__file__).with_name("bearer_token_bridge")
+NO_NODE = {"stoker.dev/helm-test": "operator-pod-never-scheduled"}
+ALLREDUCE = str(CHART.parents[1] / "tests" / "operator_tests" / "scripts" / "allreduce.py")
+
+
+class Release:
+    def __init__(self, helm: str, cluster, name: str, namespace: str, tmp_path) -> None:
+        self.helm, self.cluster, self.name, self.namespace, self.tmp = helm, cluster, name, namespace, tmp_path
+        self.installed = False
+
+    def _values(self, values: dict) -> str:
+        f = self.tmp / f"values-{time.monotonic_ns()}.json"
+        f.write_text(json.dumps({"nodeSelector": NO_NODE, **values}))
+        return str(f)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_helm(self.helm, *args, "--kubeconfig", str(self.cluster.kubeconfig), check=check)
+
+    def install(self, values: dict) -> str:
+        r = self.run("install", self.name, str(CHART), "-n", self.namespace, "-f", self._values(values))
+        self.installed = True
+        return r.stdout
+
+    def upgrade(self, values: dict) -> str:
+        return self.run("upgrade", self.name, str(CHART), "-n", self.namespace, "-f", self._values(values)).stdout
+
+    def uninstall(self) -> None:
+        self.run("uninstall", self.name, "-n", self.namespace, "--wait")
+        self.installed = False
+
+    def manifest(self) -> list[dict]:
+        out = self.run("get", "manifest", self.name, "-n", self.namespace).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture
+def release(helm, cluster, namespace, tmp_path):
+    rel = Release(helm, cluster, "stoker", namespace, tmp_path)
+    yield rel
+    if rel.installed:
+        rel.run("uninstall", rel.name, "-n", rel.namespace, check=False)
+
+
+def can_i(cluster, sa: str, verb: str, resource: str, namespace: str | None) -> bool:
+    """`kubectl auth can-i` as the ServiceAccount. `resource` is TYPE, TYPE/NAME, or
+    TYPE:SUBRESOURCE (kubectl reads TYPE/X as a name, so subresources use a colon here)."""
+    scope = ["-n", namespace] if namespace else ["--all-namespaces"]
+    sub = []
+    if ":" in resource:
+        resource, subresource = resource.split(":")
+        sub = [f"--subresource={subresource}"]
+    r = cluster.kubectl("auth", "can-i", verb, resource, *sub, f"--as={sa}", *scope, check=False)
+    answer = r.stdout.strip()
+    assert answer in ("yes", "no"), r.stderr
+    return answer == "yes"
+
+
+def token_kubeconfig(cluster, namespace: str, sa: str, path) -> str:
+    """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API)."""
+    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    cfg = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": sa, "namespace": namespace}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def chart_env(manifest: list[dict], ports: dict[str, int]) -> dict[str, str]:
+    """The operator container's environment as the chart renders it, made runnable on
+    loopback: service addresses -> 127.0.0.1, ports -> free local ones."""
+    dep = next(o for o in manifest if o["kind"] == "Deployment" and o["metadata"]["name"] == "stoker")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env = {k: re.sub(r"\$\([A-Z0-9_]+_SERVICE_HOST\)", "127.0.0.1", v) for k, v in env.items()}
+    env["STOKER_OPERATOR_METRICS_PORT"] = str(ports["metrics"])
+    env["STOKER_OPERATOR_HEALTH_PORT"] = str(ports["health"])
+    env["STOKER_OPERATOR_RENDEZVOUS_PORT"] = str(ports["rendezvous"])
+    env.pop("HOME", None)  # the test process's home, not the image's /tmp
+    return env
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except OSError:
+        return 0
+
+
+def api_status(kubeconfig: str, method: str, path: str, body: dict | None = None) -> int:
+    """HTTP status of one request made with the kubeconfig's bearer token."""
+    import base64
+    import ssl
+    import urllib.error
+
+    cfg = yaml.safe_load(open(kubeconfig))
+    cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
+    ctx = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+    req = urllib.request.Request(cluster["server"] + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {user['token']}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def token_auth_works() -> bool:
+    """Whether the operator's two clients (kopf's login in main.py, kube.Kube) read a bearer
+    token where kubernetes>=36 puts it (see bearer_token_bridge/sitecustomize.py)."""
+    import stoker.operator as pkg
+
+    src = pathlib.Path(pkg.__file__).parent
+    return all(re.search(r"BearerToken|get_api_key_with_prefix|auth_settings", (src / f).read_text())
+               for f in ("main.py", "kube.py"))
+
+
+@pytest.mark.xfail(not token_auth_works(), strict=False,
+                   reason="operator bug: kube.py/main.py read api_key['authorization'], kubernetes>=36 puts a "
+                          "token in api_key['BearerToken'] (a ServiceAccount token, in-cluster too, is never sent)")
+def test_operator_authenticates_with_a_service_account_token(cluster, kube, namespace, release, tmp_path):
+    """As in its pod: the operator's only credential is a ServiceAccount token."""
+    release.install({})
+    cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+    kubeconfig = token_kubeconfig(cluster, namespace, "stoker", tmp_path / "sa.kubeconfig")
+    ports = {k: free_port() for k in ("metrics", "health", "rendezvous")}
+    op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / "operator.log",
+                         extra_env={**chart_env(release.manifest(), ports), "STOKER_OPERATOR_RENDEZVOUS_PORT": "0",
+                                    "STOKER_OPERATOR_KUBECONFIG": kubeconfig})
+    op.metrics_port = ports["metrics"]
+    try:
+        op.start().wait_ready()
+        create_job(kube, namespace, job_manifest("auth", ["python", "train.py"], replicas=1, node_selector=NO_NODE))
+        # Any status the operator writes proves its requests were authenticated and allowed.
+        wait_for("the operator to write the job's status",
+                 lambda: get_job(kube, namespace, "auth").get("status", {}).get("phase"), timeout=60,
+                 on_timeout=op.tail)
+    finally:
+        op.stop()
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_install_then_operator_under_the_chart_identity_runs_a_job_and_nothing_more(
+        cluster, kube, namespace, release, process_pool, tmp_path):
+    sa = f"system:serviceaccount:{namespace}:stoker"
+    notes = release.install({})
+    assert "kubectl get tj" in notes and "kubectl stoker get" in notes
+    cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in release.manifest()}
+    assert {("ServiceAccount", "stoker"), ("Role", "stoker"), ("RoleBinding", "stoker"), ("Service", "stoker"),
+            ("Deployment", "stoker")} <= kinds
+    dep = kube.apps.read_namespaced_deployment("stoker", namespace)
+    assert dep.spec.template.spec.security_context.run_as_non_root is True
+
+    # Everything the operator calls is allowed, in its namespace.
+    for verb, resource in [("get", "trainingjobs.stoker.dev"), ("list", "trainingjobs.stoker.dev"),
+                           ("watch", "trainingjobs.stoker.dev"), ("patch", "trainingjobs.stoker.dev"),
+                           ("delete", "trainingjobs.stoker.dev"), ("patch", "trainingjobs.stoker.dev:status"),
+                           ("list", "pods"), ("watch", "pods"), ("create", "pods"), ("delete", "pods"),
+                           ("create", "events.events.k8s.io")]:
+        assert can_i(cluster, sa, verb, resource, namespace), f"{sa} cannot {verb} {resource}"
+    # ... and nothing else.
+    for verb, resource, ns in [("get", "secrets", namespace), ("list", "secrets", namespace),
+                               ("delete", "secrets", namespace), ("create", "trainingjobs.stoker.dev", namespace),
+                               ("update", "pods", namespace), ("patch", "pods", namespace),
+                               ("create", "pods:exec", namespace), ("patch", "trainingjobs.stoker.dev:scale", namespace),
+                               ("update", "trainingjobs.stoker.dev:status", namespace), ("create", "roles", namespace),
+                               ("create", "clusterroles", None), ("list", "nodes", None),
+                               ("list", "pods", "default"), ("list", "trainingjobs.stoker.dev", "default"),
+                               ("get", "namespaces", None), ("delete", "namespaces", None),
+                               ("create", "serviceaccounts:token", namespace)]:
+        assert not can_i(cluster, sa, verb, resource, ns), f"{sa} may {verb} {resource} in {ns or 'the cluster'}"
+
+    # Real requests with the ServiceAccount's token are refused too.
+    kubeconfig = token_kubeconfig(cluster, namespace, "stoker", tmp_path / "sa.kubeconfig")
+    cluster.kubectl("create", "secret", "generic", "creds", "-n", namespace, "--from-literal=k=v")
+    assert api_status(kubeconfig, "DELETE", f"/api/v1/namespaces/{namespace}/secrets/creds") == 403
+    assert api_status(kubeconfig, "GET", f"/api/v1/namespaces/{namespace}/secrets") == 403
+    assert api_status(kubeconfig, "GET", "/api/v1/namespaces/default/secrets") == 403
+    assert api_status(kubeconfig, "POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "escalate"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}) == 403
+    assert api_status(kubeconfig, "GET", f"/api/v1/namespaces/{namespace}/pods") == 200
+
+    # The operator, with the chart's environment and the ServiceAccount's identity.
+    ports = {k: free_port() for k in ("metrics", "health", "rendezvous")}
+    env = chart_env(release.manifest(), ports)
+    assert env["STOKER_OPERATOR_NAMESPACES"] == namespace
+    op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / "operator.log", rendezvous=True,
+                         extra_env=env)
+    op.metrics_port, op.rendezvous_port = ports["metrics"], ports["rendezvous"]
+    op.env.update({"STOKER_OPERATOR_KUBECONFIG": kubeconfig, "STOKER_OPERATOR_RESYNC_SECONDS": "1"})
+    if not token_auth_works():  # see bearer_token_bridge/sitecustomize.py
+        op.env["PYTHONPATH"] = ":".join(filter(None, [str(BRIDGE), op.env.get("PYTHONPATH")]))
+    try:
+        op.start().wait_ready()
+        # The liveness/readiness probe path the Deployment uses answers.
+        wait_for("kopf /healthz", lambda: http_status(f"http://127.0.0.1:{ports['health']}/healthz") == 200,
+                 timeout=60, on_timeout=op.tail)
+
+        out = tmp_path / "out"
+        out.mkdir()
+        create_job(kube, namespace, job_manifest("rbac", [sys.executable, ALLREDUCE], replicas=2,
+                                                 node_selector=process_pool, env={"OUT_DIR": str(out)}))
+        wait_for("job Succeeded under the chart's RBAC",
+                 lambda: get_job(kube, namespace, "rbac").get("status", {}).get("phase") == "Succeeded",
+                 timeout=180, on_timeout=lambda: f"{get_job(kube, namespace, 'rbac').get('status')}\n{op.tail(60)}")
+        assert sorted(p["status"]["phase"] for p in worker_pods(kube, namespace, "rbac")) == ["Succeeded"] * 2
+        events = kube.core.list_namespaced_event(namespace, field_selector="involvedObject.name=rbac").items
+        assert events, "the operator could not post its Events"
+    finally:
+        op.stop()
+    log = (tmp_path / "operator.log").read_text(errors="replace")
+    # Any refusal (kopf's own scans included) means the chart's RBAC misses a grant.
+    refusals = [line for line in log.splitlines()
+                if re.search(r"Forbidden|forbidden|\b403\b|Not enough permissions", line)]
+    assert not refusals, "\n".join(refusals[:10])
+
+    # helm upgrade: a changed value reaches the Deployment; a newly served namespace gets its Role.
+    other = f"{namespace[:55]}-b"
+    kube.core.create_namespace({"metadata": {"name": other}})
+    try:
+        assert not can_i(cluster, sa, "list", "pods", other)
+        release.upgrade({"operator": {"logLevel": "DEBUG"}, "watch": {"namespaces": [namespace, other]}})
+        envs = {e.name: e.value for e in kube.apps.read_namespaced_deployment("stoker", namespace)
+                .spec.template.spec.containers[0].env}
+        assert envs["STOKER_OPERATOR_LOG_LEVEL"] == "DEBUG"
+        assert envs["STOKER_OPERATOR_NAMESPACES"] == f"{namespace},{other}"
+        assert can_i(cluster, sa, "create", "pods", other)
+        status = json.loads(release.run("status", "stoker", "-n", namespace, "-o", "json").stdout)
+        assert status["version"] == 2 and status["info"]["status"] == "deployed"
+
+        # helm uninstall removes what the chart templated; the CRD (crds/) and the jobs stay.
+        release.uninstall()
+        assert not can_i(cluster, sa, "create", "pods", namespace)
+        assert not can_i(cluster, sa, "create", "pods", other)
+        assert kube.apps.list_namespaced_deployment(namespace).items == []
+        assert kube.apiext.read_custom_resource_definition("trainingjobs.stoker.dev")
+        assert get_job(kube, namespace, "rbac")["status"]["phase"] == "Succeeded"
+    finally:
+        kube.core.delete_namespace(other, propagation_policy="Background")
+
+
+def test_cluster_mode_install_grants_every_namespace_through_one_cluster_role(cluster, kube, namespace, helm,
+                                                                             tmp_path):
+    # A release name of its own: cluster-scoped names must not collide with parallel tests.
+    rel = Release(helm, cluster, namespace[-20:].strip("-") or "stoker-cluster", namespace, tmp_path)
+    rel.name = f"c{rel.name}"
+    full = rel.name if "stoker" in rel.name else f"{rel.name}-stoker"
+    sa = f"system:serviceaccount:{namespace}:{full}"
+    try:
+        rel.install({"watch": {"mode": "cluster"}, "replicaCount": 2})
+        assert kube.rbac.read_cluster_role_binding(full).subjects[0].name == full
+        for verb, resource in [("list", "trainingjobs.stoker.dev"), ("watch", "pods"), ("create", "pods"),
+                               ("patch", "trainingjobs.stoker.dev:status"), ("watch", "customresourcedefinitions"),
+                               ("watch", "clusterkopfpeerings.kopf.dev")]:
+            assert can_i(cluster, sa, verb, resource, None), f"{sa} cannot {verb} {resource} cluster-wide"
+        assert can_i(cluster, sa, "patch", f"clusterkopfpeerings.kopf.dev/{full}", None)
+        assert not can_i(cluster, sa, "patch", "clusterkopfpeerings.kopf.dev/someone-else", None)
+        for verb, resource in [("get", "secrets"), ("list", "namespaces"), ("delete", "nodes"),
+                               ("create", "clusterrolebindings"), ("update", "trainingjobs.stoker.dev")]:
+            assert not can_i(cluster, sa, verb, resource, None), f"{sa} may {verb} {resource}"
+        # The peering object the replicas share exists (its CRD came from the chart's crds/).
+        peering = cluster.kubectl("get", "clusterkopfpeering", full, "-o", "json").stdout
+        assert json.loads(peering)["metadata"]["name"] == full
+        assert kube.apps.read_namespaced_deployment(f"{full}-rendezvous", namespace).spec.replicas == 1
+    finally:
+        rel.run("uninstall", rel.name, "-n", namespace, "--wait", check=False)
+    assert not can_i(cluster, sa, "list", "pods", None)
