@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from bench.common import free_port, minio_server, print_table, write_results  # noqa: E402
 
-BACKENDS = ("crt", "boto3", "fsspec", "s3torchconnector")
+BACKENDS = ("s3torchconnector", "boto3", "crt", "fsspec")
 MiB = 2**20
 
 
@@ -66,29 +67,29 @@ def worker(rank: int, world: int, port: int, args, out: str) -> None:
         dist.barrier()  # the slowest rank decides
         return time.perf_counter() - t0
 
-    rows = {}
     client = make_client()
     blob = b"".join(t.to_local().numpy().tobytes() for t in state["model"].values())
     key = f"raw/rank-{rank}"
-    up = min(timed(lambda: client.upload_fileobj(io.BytesIO(blob), args.bucket, key, Config=TRANSFER))
-             for _ in range(args.reps))
-    down = min(timed(lambda: client.download_fileobj(args.bucket, key, io.BytesIO(), Config=TRANSFER))
-               for _ in range(args.reps))
-    rows["raw-boto3"] = {"save_s": up, "load_s": down}
-    del blob
-
-    for backend in args.backends:
-        mgr = CheckpointManager("", keep=1, async_mode="disabled",
-                                store=S3Store(f"s3://{args.bucket}/{backend}", backend=backend))
-        saves, loads = [], []
-        for rep in range(args.reps):
-            saves.append(timed(lambda: mgr.save(rep + 1, state)))
+    managers = {b: CheckpointManager("", keep=1, async_mode="disabled",
+                                     store=S3Store(f"s3://{args.bucket}/{b}", backend=b)) for b in args.backends}
+    times: dict[str, dict[str, list[float]]] = {m: {"save": [], "load": []} for m in ["raw-boto3", *managers]}
+    # rep-major: every method once per round, so load from neighbours hits all alike
+    for rep in range(args.reps):
+        times["raw-boto3"]["save"].append(
+            timed(lambda: client.upload_fileobj(io.BytesIO(blob), args.bucket, key, Config=TRANSFER)))
+        times["raw-boto3"]["load"].append(
+            timed(lambda: client.download_fileobj(args.bucket, key, io.BytesIO(), Config=TRANSFER)))
+        for backend, mgr in managers.items():
+            times[backend]["save"].append(timed(lambda: mgr.save(rep + 1, state)))
             assert mgr.last_result.ok, (backend, mgr.last_result)
-            loads.append(timed(lambda: mgr.load(target)))
-        for name, t in state["model"].items():
-            assert torch.equal(t.to_local(), target["model"][name].to_local()), (backend, name)
-            target["model"][name].to_local().zero_()
-        rows[backend] = {"save_s": min(saves), "load_s": min(loads), "bytes": mgr.last_result.bytes}
+            times[backend]["load"].append(timed(lambda: mgr.load(target)))
+            for name, t in state["model"].items():
+                assert torch.equal(t.to_local(), target["model"][name].to_local()), (backend, name)
+                target["model"][name].to_local().zero_()
+    del blob
+    rows = {m: {"save_s": statistics.median(t["save"]), "load_s": statistics.median(t["load"]),
+                "save_all_s": t["save"], "load_all_s": t["load"]} for m, t in times.items()}
+    for mgr in managers.values():
         mgr.close()
 
     mgr = CheckpointManager("", keep=1, async_mode="async",
@@ -104,7 +105,8 @@ def worker(rank: int, world: int, port: int, args, out: str) -> None:
         finished.append(time.perf_counter() - t0)
         assert mgr.last_result.ok, mgr.last_result
     mgr.close()
-    mine = {"rows": rows, "async_blocked_s": max(blocked), "async_total_s": min(finished)}
+    mine = {"rows": rows, "async_blocked_s": statistics.median(blocked),
+            "async_total_s": statistics.median(finished)}
     gathered = [None] * world
     dist.all_gather_object(gathered, mine)
     if rank == 0:
@@ -117,7 +119,7 @@ def worker(rank: int, world: int, port: int, args, out: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=256, help="total checkpoint size in MiB (all ranks)")
-    ap.add_argument("--reps", type=int, default=2, help="repetitions; the best is reported")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved rounds; medians are reported")
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     args = ap.parse_args()
@@ -148,7 +150,7 @@ def main() -> int:
     ranked = sorted((row for row in table if row["method"] != "raw-boto3"), key=lambda r: r["save_s"] + r["load_s"])
     winner, runner_up = ranked[0], ranked[min(1, len(ranked) - 1)]
     print_table(f"Checkpoint save/load to MinIO: {total / MiB:.0f} MiB over {args.world} ranks "
-                f"(best of {args.reps}; *_vs_raw = raw boto3 time / method time, 1.0 = as fast as raw)", table)
+                f"(median of {args.reps} interleaved rounds; *_vs_raw = raw boto3 time / method time, 1.0 = as fast as raw)", table)
     sync_s = rank0["rows"][args.backends[0]]["save_s"]
     blocked = max(r["async_blocked_s"] for r in raw["ranks"])
     async_rows = [

@@ -8,7 +8,7 @@ import torch
 from stoker.common import layout
 from stoker.worker.checkpoint import CheckpointManager, open_store
 
-pytestmark = [pytest.mark.torch, pytest.mark.cluster, pytest.mark.parametrize("transport", ["crt", "boto3"])]
+pytestmark = [pytest.mark.torch, pytest.mark.cluster, pytest.mark.parametrize("transport", ["s3torchconnector", "crt", "boto3"])]
 
 
 def manager(uri: str, transport: str, retry_timeout_s: float) -> CheckpointManager:

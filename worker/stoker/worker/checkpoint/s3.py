@@ -1,10 +1,11 @@
-"""S3 checkpoint storage: a DCP file system over boto3's transfer manager.
+"""S3 checkpoint storage (see :class:`S3Store` for the shard backends).
 
-Each DCP shard file is buffered in memory while DCP serializes into it and is
-uploaded on close with boto3's managed transfer (parallel multipart for large
-shards); reads download a whole shard with parallel ranged GETs. Every object
-operation is retried with backoff for a bounded time (``retry_timeout_s``);
-after that the save fails and no commit marker is written.
+The default moves shards with s3torchconnector's DCP writer/reader (AWS CRT);
+the fallback is our own DCP file system over boto3: each shard file is buffered
+while DCP serializes into it and uploaded on close with boto3's managed
+transfer (parallel multipart), reads fetch a whole shard with parallel ranged
+GETs. Our calls are retried with backoff for a bounded time
+(``retry_timeout_s``); after that the save fails and no commit marker is written.
 
 Endpoint and credentials come from the standard AWS variables
 (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
@@ -83,9 +84,9 @@ class _UploadOnClose(io.BytesIO):
         super().close()
 
 
-def crt_available() -> bool:
+def s3torchconnector_available() -> bool:
     try:
-        import s3torchconnector._s3client  # noqa: F401
+        import s3torchconnector.dcp  # noqa: F401  (needs the [dcp] extra: tenacity)
     except ImportError:
         return False
     return True
@@ -233,17 +234,21 @@ class Boto3StorageReader(FileSystemReader):
 class S3Store:
     """Checkpoints under ``s3://bucket/prefix``.
 
-    ``backend`` picks how shard bytes move:
+    ``backend`` picks the DCP writer/reader for the shards (listing, manifest
+    and commit marker always go through boto3 with bounded retries):
 
-    - ``auto`` (default): ``crt`` when s3torchconnector is installed, else ``boto3``;
-    - ``crt``: our DCP file system (bounded retries) with s3torchconnector's CRT
-      client moving the bytes;
-    - ``boto3``: the same file system with boto3's managed transfer;
-    - ``fsspec`` (s3fs) and ``s3torchconnector`` (its own DCP writer/reader):
-      candidates measured in ``bench/bench_checkpoint.py``, without our retries.
+    - ``auto`` (default): ``s3torchconnector`` when installed, else ``boto3``;
+    - ``s3torchconnector``: its DCP writer/reader on the AWS CRT client, streaming
+      while DCP serializes and reading only the byte ranges needed; the fastest
+      in ``bench/bench_checkpoint.py``. Failed requests are retried by the CRT
+      client (bounded attempts with backoff), then the save fails cleanly;
+    - ``boto3``: our DCP file system, each shard buffered and uploaded with
+      boto3's managed transfer under ``retry_timeout_s`` of retries;
+    - ``crt``: the same file system with the CRT client moving the bytes;
+    - ``fsspec``: DCP's FsspecWriter over s3fs (benchmark candidate).
     """
 
-    BACKENDS = ("auto", "crt", "boto3", "fsspec", "s3torchconnector")
+    BACKENDS = ("auto", "s3torchconnector", "boto3", "crt", "fsspec")
 
     def __init__(self, uri: str, *, retry_timeout_s: float = 120.0, backend: str = "auto", client=None):
         self.bucket, self.prefix = layout.split_s3_uri(uri)
@@ -252,11 +257,21 @@ class S3Store:
         if backend not in self.BACKENDS:
             raise ValueError(f"unknown S3 backend {backend!r} (expected one of {', '.join(self.BACKENDS)})")
         if backend == "auto":
-            backend = "crt" if crt_available() else "boto3"
+            backend = "s3torchconnector" if s3torchconnector_available() else "boto3"
         self.backend = backend
         self.fs = Boto3FileSystem(client, retry_timeout_s=retry_timeout_s,
                                   transport="crt" if backend == "crt" else "boto3")
         self.client = self.fs.client
+
+    def _crt_client(self):
+        """One CRT client per store (it owns connection pools and threads)."""
+        if getattr(self, "_crt", None) is None:
+            from s3torchconnector import S3ClientConfig
+            from s3torchconnector._s3client import S3Client
+
+            self._crt = S3Client(_region(), endpoint=os.environ.get(env.S3_ENDPOINT) or None,
+                                 s3client_config=S3ClientConfig(force_path_style=True))
+        return self._crt
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
@@ -324,7 +339,7 @@ class S3Store:
             from s3torchconnector.dcp import S3StorageWriter
 
             w = S3StorageWriter(_region(), self._step_uri(step), thread_count=4)
-            w.fs = _crt_fs()
+            w.fs = _crt_fs(self._crt_client())
             return w
         return Boto3StorageWriter(self._step_uri(step), self.fs)
 
@@ -337,7 +352,7 @@ class S3Store:
             from s3torchconnector.dcp import S3StorageReader
 
             r = S3StorageReader(_region(), self._step_uri(step))
-            r.fs = _crt_fs(r._reader_constructor)
+            r.fs = _crt_fs(self._crt_client(), r._reader_constructor)
             return r
         return Boto3StorageReader(self._step_uri(step), self.fs)
 
@@ -351,11 +366,7 @@ def _fsspec_options() -> dict:
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 
-def _crt_fs(reader_constructor=None):
-    from s3torchconnector import S3ClientConfig
-    from s3torchconnector._s3client import S3Client
+def _crt_fs(client, reader_constructor=None):
     from s3torchconnector.dcp.s3_file_system import S3FileSystem
 
-    client = S3Client(_region(), endpoint=os.environ.get(env.S3_ENDPOINT),
-                      s3client_config=S3ClientConfig(force_path_style=True))
     return S3FileSystem(_region(), s3_client=client, reader_constructor=reader_constructor)
