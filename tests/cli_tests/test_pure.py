@@ -264,3 +264,42 @@ def test_the_cli_never_imports_torch():
             "main.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+class FakeKube:
+    """get_job returns the next of the given job states (the last one repeats)."""
+
+    def __init__(self, states: list[dict]) -> None:
+        self.states = list(states)
+
+    def get_job(self, namespace, name):
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+
+def test_checkpoint_wait_returns_once_the_checkpoint_passes_the_request():
+    from stoker.cli import actions
+
+    base = facts.checkpoint_baseline(job(status=RUNNING))
+    newer = job(status={**RUNNING, "lastCheckpoint": {"step": 121, "time": ts(0)}})
+    notes = []
+    got = actions.wait_checkpoint(FakeKube([job(status=RUNNING), job(status=RUNNING), newer]), "ns", "train",
+                                  "rid", base, timeout=30, interval=0.01, progress=notes.append)
+    assert got["status"]["lastCheckpoint"]["step"] == 121
+    assert notes and "want step >= 120" in notes[0]
+
+
+def test_checkpoint_wait_timeout_says_whether_the_operator_acknowledged():
+    from stoker.cli import actions
+    from stoker.cli.kubeclient import EXIT_TIMEOUT, CliError
+    from stoker.common import labels as L
+
+    base = facts.checkpoint_baseline(job(status=RUNNING))
+    acked = job(status=RUNNING)
+    acked["metadata"]["annotations"] = {L.CHECKPOINT_REQUEST_HANDLED: "rid"}
+    for state, phrase in ((job(status=RUNNING), "has not acknowledged"), (acked, "acknowledged the request but")):
+        with pytest.raises(CliError) as e:
+            actions.wait_checkpoint(FakeKube([state]), "ns", "train", "rid", base, timeout=0.05, interval=0.01,
+                                    progress=lambda m: None)
+        assert e.value.code == EXIT_TIMEOUT
+        assert phrase in str(e.value) and "status.lastCheckpoint is step 100" in str(e.value)
+        assert "wanted a checkpoint at step >= 120" in str(e.value)
