@@ -248,9 +248,10 @@ def _incident(st: dict[str, Any], now: dt.datetime, kind: str, cause: str | None
     st["incidents"] = (list(st.get("incidents") or []) + [inc])[-MAX_INCIDENTS:]
 
 
-def _fill_counts(job: JobView, st: dict[str, Any], b: Buckets, desired: int) -> None:
+def _fill_counts(job: JobView, st: dict[str, Any], b: Buckets, desired: int, creating: int = 0) -> None:
     ready = sum(1 for x in b.active if x.ready)
-    st["replicas"] = len(b.active) + len(b.succeeded)
+    # Pods this pass creates count already (like the Job controller's `active`).
+    st["replicas"] = len(b.active) + len(b.succeeded) + creating
     st["readyReplicas"] = ready
     st["desiredReplicas"] = desired
     st["workers"] = f"{ready}/{desired}"
@@ -259,7 +260,7 @@ def _fill_counts(job: JobView, st: dict[str, Any], b: Buckets, desired: int) -> 
 
 
 def _done(p: Plan, job: JobView, st: dict[str, Any], b: Buckets, desired: int, conds: list) -> Plan:
-    _fill_counts(job, st, b, desired)
+    _fill_counts(job, st, b, desired, len(p.create))
     st["conditions"] = conds
     p.status = st
     p.incarnation = int(st.get("incarnation", 0))
