@@ -220,3 +220,27 @@ def test_doctor_fails_on_a_missing_bucket_bad_keys_and_no_operator(stoker, clust
         assert missing["job"]["status"] == "FAIL" and missing["bucket"]["status"] == "SKIP"
     finally:
         s3.delete_bucket(Bucket=f"{namespace}"[:63])
+
+
+def test_kubectl_plugin_entry_point(cluster, namespace, job2):
+    """`kubectl stoker get` finds the kubectl-stoker script next to the Python in use
+    and passes KUBECONFIG through; exit codes survive the plugin wrapper."""
+    import os
+    import subprocess
+    import sys
+
+    bindir = os.path.dirname(sys.executable)
+    if not os.path.exists(os.path.join(bindir, "kubectl-stoker")):
+        pytest.skip("kubectl-stoker is not installed in this environment (pip install -e .)")
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}", "KUBECONFIG": str(cluster.kubeconfig),
+           "NO_COLOR": "1"}
+    kubectl = cluster.tool("kubectl")
+    r = subprocess.run([kubectl, "stoker", "get", "-n", namespace, "-o", "json"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    assert [i["name"] for i in json.loads(r.stdout)["items"]] == ["train"]
+    r = subprocess.run([kubectl, "stoker", "describe", "nope", "-n", namespace], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 3 and "did you mean" not in r.stderr and 'TrainingJob "nope" not found' in r.stderr
