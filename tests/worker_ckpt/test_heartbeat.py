@@ -172,3 +172,28 @@ def test_token_auth_is_pure_and_constant_time_compare():
             auth.authenticate(bad, lookup)
     with pytest.raises(auth.AuthError, match="namespace"):
         auth.JobKey.parse("no-slash")
+
+
+def test_registry_delivers_once_per_rank_and_incarnation_and_retires_answered_commands():
+    from stoker.common.heartbeat_server import HeartbeatRegistry
+
+    reg, job = HeartbeatRegistry(), auth.JobKey("ns", "job-a")
+
+    def msg(rank, acks=()):
+        return pb.WorkerMessage(identity=pb.JobIdentity(namespace="ns", job_name="job-a", rank=rank, world_size=2),
+                                acks=list(acks))
+
+    reg.observe(job, msg(0))
+    reg.observe(job, msg(1))
+    rid = reg.queue_command("ns", "job-a", CHECKPOINT_NOW)
+    assert [c.request_id for c in reg.take_commands(job, 0, 0)] == [rid]
+    assert reg.take_commands(job, 0, 0) == []                       # not twice to the same worker
+    assert [c.request_id for c in reg.take_commands(job, 0, 1)] == [rid]  # a restarted worker gets it
+    assert reg.take_commands(auth.JobKey("ns", "job-b"), 0, 0) == []  # never to another job
+    done = [pb.CommandAck(request_id=rid, type=CHECKPOINT_NOW, state=pb.DONE, step=5)]
+    reg.observe(job, msg(0, done))
+    reg.observe(job, msg(1, done))
+    assert reg.command_acks(rid) == {0: "DONE", 1: "DONE"}
+    assert reg.take_commands(job, 1, 7) == []                       # answered by all ranks: retired
+    with pytest.raises(ValueError, match="CHECKPOINT_NOW"):
+        reg.queue_command("ns", "job-a", 99)

@@ -122,15 +122,19 @@ class HeartbeatRegistry:
                 self._workers[key] = replace(self._workers[key], connected=False)
 
     def take_commands(self, job: JobKey, rank: int, incarnation: int) -> list[pb.OperatorCommand]:
-        """Commands for this job not yet delivered to this (rank, incarnation)."""
+        """Commands for this job not yet delivered to this (rank, incarnation).
+        A command every rank has answered (DONE/REJECTED) is not sent again (a
+        restarted worker does not redo it); its acks stay readable until it expires."""
         now = self._clock()
         out = []
         with self._lock:
+            world = max((w.world_size for (ns, n, _), w in self._workers.items()
+                         if (ns, n) == (job.namespace, job.name)), default=0)
             for rid, cmd in list(self._commands.items()):
                 if cmd.expires_at < now:
                     del self._commands[rid]
                     continue
-                if cmd.job != job or (rank, incarnation) in cmd.delivered:
+                if cmd.job != job or (rank, incarnation) in cmd.delivered or cmd.finished(world):
                     continue
                 cmd.delivered.add((rank, incarnation))
                 out.append(cmd.proto)
