@@ -120,3 +120,36 @@ def test_failjob_exit_code_rule_fails_without_restarting(kube, namespace, proces
     st = get_job(kube, namespace, "rule")["status"]
     assert st["reason"] == "ExitCodeRule" and "exit code 42" in st["message"]
     assert st["restarts"]["total"] == 0 and st["incarnation"] == 0
+
+
+ENV_SCRIPT = str(pathlib.Path(__file__).with_name("scripts") / "env_dump.py")
+
+
+def test_workers_get_the_env_contract_with_credentials_from_the_secret(cluster, kube, namespace, process_pool,
+                                                                       start_operator, tmp_path):
+    op = start_operator(rendezvous=True)
+    secret = cluster.create_s3_secret(namespace)
+    out = tmp_path / "out"
+    out.mkdir()
+    body = job_manifest("env", [sys.executable, ENV_SCRIPT], replicas=1, node_selector=process_pool,
+                        env={"OUT_DIR": str(out)},
+                        checkpoint={"uri": "s3://ckpt-bucket/env", "intervalSteps": 5, "keep": 2,
+                                    "credentialsSecretRef": {"name": secret}})
+    create_job(kube, namespace, body)
+    wait_for("job Succeeded", lambda: phase(kube, namespace, "env") == "Succeeded", timeout=120,
+             on_timeout=diagnostics(kube, namespace, "env", op))
+    env = json.loads((out / "env-worker-0-0.env.json").read_text())
+    s3 = cluster.s3_env()
+    assert env["AWS_ACCESS_KEY_ID"] == s3["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"] == s3["AWS_SECRET_ACCESS_KEY"]
+    assert env["AWS_ENDPOINT_URL_S3"] == s3["AWS_ENDPOINT_URL_S3"]
+    assert env["STOKER_CHECKPOINT_URI"] == "s3://ckpt-bucket/env" and env["STOKER_CHECKPOINT_INTERVAL_STEPS"] == "5"
+    assert env["STOKER_CHECKPOINT_KEEP"] == "2"
+    assert env["STOKER_JOB_NAME"] == "env" and env["STOKER_JOB_NAMESPACE"] == namespace
+    assert env["STOKER_POD_NAME"] == "env-worker-0-0" and env["STOKER_REPLICA_INDEX"] == "0"
+    assert env["STOKER_INCARNATION"] == "0"
+    pod = worker_pods(kube, namespace, "env")[0]
+    assert env["STOKER_POD_IP"] == pod["status"]["podIP"] == env["MASTER_ADDR"]
+    assert env["WORLD_SIZE"] == "1" and env["RANK"] == "0"
+    # the credentials are references in the pod, never literal values
+    penv = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert "value" not in penv["AWS_SECRET_ACCESS_KEY"]
