@@ -8,6 +8,7 @@ pinned to a node label no node has, so its pod stays Pending and never acts."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -108,7 +109,8 @@ def chart_env(manifest: list[dict], ports: dict[str, int]) -> dict[str, str]:
     env = {k: re.sub(r"\$\([A-Z0-9_]+_SERVICE_HOST\)", "127.0.0.1", v) for k, v in env.items()}
     env["STOKER_OPERATOR_METRICS_PORT"] = str(ports["metrics"])
     env["STOKER_OPERATOR_HEALTH_PORT"] = str(ports["health"])
-    env["STOKER_OPERATOR_RENDEZVOUS_PORT"] = str(ports["rendezvous"])
+    if env["STOKER_OPERATOR_RENDEZVOUS_PORT"] != "0":  # "0": the store runs in its own Deployment
+        env["STOKER_OPERATOR_RENDEZVOUS_PORT"] = str(ports["rendezvous"])
     env.pop("HOME", None)  # the test process's home, not the image's /tmp
     return env
 
@@ -195,15 +197,16 @@ def test_install_then_operator_under_the_chart_identity_runs_a_job_and_nothing_m
                            ("watch", "trainingjobs.stoker.dev"), ("patch", "trainingjobs.stoker.dev"),
                            ("delete", "trainingjobs.stoker.dev"), ("patch", "trainingjobs.stoker.dev:status"),
                            ("list", "pods"), ("watch", "pods"), ("create", "pods"), ("delete", "pods"),
-                           ("create", "events.events.k8s.io")]:
+                           ("create", "events.events.k8s.io"), ("get", "secrets"), ("create", "secrets")]:
         assert can_i(cluster, sa, verb, resource, namespace), f"{sa} cannot {verb} {resource}"
     # ... and nothing else.
-    for verb, resource, ns in [("get", "secrets", namespace), ("list", "secrets", namespace),
-                               ("delete", "secrets", namespace), ("create", "trainingjobs.stoker.dev", namespace),
+    for verb, resource, ns in [("list", "secrets", namespace), ("watch", "secrets", namespace),
+                               ("update", "secrets", namespace), ("delete", "secrets", namespace),
+                               ("get", "secrets", "default"), ("create", "trainingjobs.stoker.dev", namespace),
                                ("update", "pods", namespace), ("patch", "pods", namespace),
                                ("create", "pods:exec", namespace), ("patch", "trainingjobs.stoker.dev:scale", namespace),
                                ("update", "trainingjobs.stoker.dev:status", namespace), ("create", "roles", namespace),
-                               ("create", "clusterroles", None), ("list", "nodes", None),
+                               ("create", "clusterroles", None), ("patch", "nodes", None),
                                ("list", "pods", "default"), ("list", "trainingjobs.stoker.dev", "default"),
                                ("get", "namespaces", None), ("delete", "namespaces", None),
                                ("create", "serviceaccounts:token", namespace)]:
@@ -295,13 +298,56 @@ def test_cluster_mode_install_grants_every_namespace_through_one_cluster_role(cl
             assert can_i(cluster, sa, verb, resource, None), f"{sa} cannot {verb} {resource} cluster-wide"
         assert can_i(cluster, sa, "patch", f"clusterkopfpeerings.kopf.dev/{full}", None)
         assert not can_i(cluster, sa, "patch", "clusterkopfpeerings.kopf.dev/someone-else", None)
-        for verb, resource in [("get", "secrets"), ("list", "namespaces"), ("delete", "nodes"),
+        for verb, resource in [("list", "secrets"), ("list", "namespaces"), ("delete", "nodes"), ("patch", "nodes"),
                                ("create", "clusterrolebindings"), ("update", "trainingjobs.stoker.dev")]:
             assert not can_i(cluster, sa, verb, resource, None), f"{sa} may {verb} {resource}"
-        # The peering object the replicas share exists (its CRD came from the chart's crds/).
-        peering = cluster.kubectl("get", "clusterkopfpeering", full, "-o", "json").stdout
-        assert json.loads(peering)["metadata"]["name"] == full
+        # The operator creates the peering object the replicas share (its CRD is in crds/).
+        assert can_i(cluster, sa, "create", "clusterkopfpeerings.kopf.dev", None)
+        cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
         assert kube.apps.read_namespaced_deployment(f"{full}-rendezvous", namespace).spec.replicas == 1
     finally:
         rel.run("uninstall", rel.name, "-n", namespace, "--wait", check=False)
     assert not can_i(cluster, sa, "list", "pods", None)
+
+
+def peering_priorities_differ() -> bool:
+    """kopf pauses every operator that shares a peering object with the same priority; the
+    replicas need distinct priorities (the operator sets a fixed 0 today)."""
+    import stoker.operator as pkg
+
+    main = (pathlib.Path(pkg.__file__).parent / "main.py").read_text()
+    return not re.search(r"peering\.priority\s*=\s*0\b", main)
+
+
+@pytest.mark.xfail(not peering_priorities_differ(), strict=False,
+                   reason="operator gap: every replica has kopf peering priority 0, and kopf pauses all peers "
+                          "of equal priority, so with replicaCount > 1 no replica acts")
+def test_two_replicas_sharing_the_charts_peering_object_exactly_one_acts(cluster, kube, namespace, release, tmp_path):
+    release.install({"replicaCount": 2})
+    cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    kubeconfig = token_kubeconfig(cluster, namespace, "stoker", tmp_path / "sa.kubeconfig")
+    ops = []
+    try:
+        for i in range(2):
+            ports = {k: free_port() for k in ("metrics", "health", "rendezvous")}
+            env = {**chart_env(release.manifest(), ports), "STOKER_OPERATOR_KUBECONFIG": kubeconfig,
+                   "STOKER_OPERATOR_RESYNC_SECONDS": "1"}
+            assert env["STOKER_OPERATOR_PEERING"] == "stoker" and env["STOKER_OPERATOR_RENDEZVOUS_PORT"] == "0"
+            if not token_auth_works():
+                env["PYTHONPATH"] = ":".join(filter(None, [str(BRIDGE), os.environ.get("PYTHONPATH")]))
+            op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / f"operator-{i}.log", extra_env=env)
+            op.metrics_port = ports["metrics"]
+            ops.append(op.start())
+        for op in ops:
+            op.wait_ready()
+        create_job(kube, namespace, job_manifest("peer", ["python", "train.py"], replicas=2, node_selector=NO_NODE))
+        wait_for("one replica to reconcile the job",
+                 lambda: get_job(kube, namespace, "peer").get("status", {}).get("phase"), timeout=60,
+                 on_timeout=lambda: "\n---\n".join(op.tail(15) for op in ops))
+        actors = [i for i, op in enumerate(ops) if "created worker pod" in op.log_path.read_text()]
+        assert len(actors) == 1, f"replicas that created pods: {actors}"
+        # The operator created the peering object with the chart's grants.
+        assert cluster.kubectl("get", "kopfpeering", "stoker", "-n", namespace).returncode == 0
+    finally:
+        for op in ops:
+            op.stop()

@@ -18,7 +18,8 @@ COMBINATIONS = {
     "dashboard": {"metrics": {"dashboard": {"enabled": True}}},
     "two-replicas": {"replicaCount": 2},
     "two-replicas-cluster": {"replicaCount": 2, "watch": {"mode": "cluster"}},
-    "read-nodes": {"rbac": {"readNodes": True}},
+    "minimal-rbac": {"rbac": {"readNodes": False, "heartbeatTokens": False, "kopfClusterScan": False}},
+    "cordon-nodes": {"rbac": {"cordonNodes": True}},
 }
 
 
@@ -74,8 +75,11 @@ def test_every_combination_renders_a_hardened_operator_and_no_wildcard_rbac(rend
     for rule in rbac_rules(objs):
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-    assert not {res for _, res, _ in grants(objs)} & {"secrets", "roles", "clusterroles", "rolebindings",
+    assert not {res for _, res, _ in grants(objs)} & {"roles", "clusterroles", "rolebindings",
                                                      "clusterrolebindings", "serviceaccounts"}
+    # Secrets: only get-by-name and create (the per-job heartbeat token), never list/watch/change.
+    assert {v for _, res, v in grants(objs) if res == "secrets"} <= {"get", "create"}
+    assert {v for _, res, v in grants(objs) if res == "nodes"} <= {"get", "list", "watch", "patch"}
     crd = objs.one("CustomResourceDefinition", "trainingjobs.stoker.dev")
     assert crd["spec"]["names"]["shortNames"] == ["tj"]
 
@@ -91,6 +95,10 @@ def test_operator_grants_are_exactly_what_its_code_calls(render):
     } | {
         ("events.k8s.io", "events", "create"),
     } | {
+        ("", "secrets", v) for v in ("get", "create")  # heartbeat tokens (rbac.heartbeatTokens)
+    } | {
+        ("", "nodes", v) for v in ("get", "list", "watch")  # node-loss detection (rbac.readNodes)
+    } | {
         (g, res, v) for g, res in (("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"))
         for v in ("list", "watch")  # kopf's cluster observation (rbac.kopfClusterScan)
     }
@@ -98,11 +106,12 @@ def test_operator_grants_are_exactly_what_its_code_calls(render):
 
 def test_namespaced_mode_binds_a_role_in_each_served_namespace(render):
     objs = render(COMBINATIONS["namespaced-two-namespaces"], namespace="stoker-system")
-    # Cluster-scoped: only kopf's read-only observation of Namespaces and CRDs.
-    scan = objs.one("ClusterRole")
-    assert scan["metadata"]["name"] == "stoker-stoker-system-kopf-scan"
-    assert {v for r in scan["rules"] for v in r["verbs"]} == {"list", "watch"}
-    assert objs.one("ClusterRoleBinding")["roleRef"]["name"] == scan["metadata"]["name"]
+    # Cluster-scoped: only read-only grants (kopf's observation, nodes), named per namespace.
+    assert sorted(o["metadata"]["name"] for o in objs.of("ClusterRole")) == [
+        "stoker-stoker-system-kopf-scan", "stoker-stoker-system-nodes"]
+    assert {v for o in objs.of("ClusterRole") for r in o["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+    assert sorted(b["roleRef"]["name"] for b in objs.of("ClusterRoleBinding")) == [
+        "stoker-stoker-system-kopf-scan", "stoker-stoker-system-nodes"]
     assert sorted(o["metadata"]["namespace"] for o in objs.of("Role")) == ["team-a", "team-b"]
     for rb in objs.of("RoleBinding"):
         assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "stoker"}
@@ -111,10 +120,11 @@ def test_namespaced_mode_binds_a_role_in_each_served_namespace(render):
     assert env(operator_container(objs))["STOKER_OPERATOR_NAMESPACES"] == "team-a,team-b"
 
 
-def test_namespaced_mode_without_kopf_scans_grants_nothing_cluster_wide(render):
-    objs = render({"rbac": {"kopfClusterScan": False}})
+def test_namespaced_mode_with_the_optional_grants_off_grants_nothing_cluster_wide_and_no_secrets(render):
+    objs = render(COMBINATIONS["minimal-rbac"])
     assert not objs.of("ClusterRole") and not objs.of("ClusterRoleBinding")
     assert objs.one("Role", "stoker") and objs.one("RoleBinding", "stoker")
+    assert "secrets" not in {res for _, res, _ in grants(objs)}
 
 
 def test_namespaced_mode_defaults_to_the_release_namespace(render):
@@ -147,7 +157,6 @@ def test_one_replica_runs_standalone_with_the_store_inside_and_recreates_on_upda
     svc = objs.one("Service", "stoker")
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"metrics": 9090, "grpc-heartbeat": 50051,
                                                                    "rendezvous": 29400}
-    assert not objs.of("KopfPeering") and not objs.of("ClusterKopfPeering")
 
 
 @pytest.mark.parametrize("mode,kind,resource", [("namespaced", "KopfPeering", "kopfpeerings"),
@@ -156,11 +165,12 @@ def test_two_replicas_share_a_peering_object_and_a_separate_store(render, mode, 
     objs = render({"replicaCount": 2, "watch": {"mode": mode}})
     e = env(operator_container(objs))
     assert e["STOKER_OPERATOR_PEERING"] == "stoker"
-    assert objs.one(kind, "stoker")
-    # The peering CRDs come with the chart (kopf's peering.yaml).
+    # The peering CRDs come with the chart (crds/kopf-peering.yaml); the operator creates
+    # its peering object at start-up, so the chart grants create.
     assert objs.one("CustomResourceDefinition", f"{resource}.kopf.dev")
+    assert not objs.of(kind)
     g = grants(objs)
-    assert {("kopf.dev", resource, v) for v in ("list", "watch", "patch")} <= g
+    assert {("kopf.dev", resource, v) for v in ("list", "watch", "create", "patch")} <= g
     patch_rule = next(r for r in rbac_rules(objs) if "patch" in r["verbs"] and r["resources"] == [resource])
     assert patch_rule["resourceNames"] == ["stoker"]  # only our own peering object
     # The store runs once, outside the replicas; the operators host none and advertise it.
@@ -182,10 +192,12 @@ def test_a_pinned_cluster_ip_is_advertised_as_is(render):
     assert env(operator_container(objs))["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "10.96.0.77"
 
 
-def test_read_nodes_adds_only_a_read_only_cluster_role_for_nodes(render):
-    objs = render(COMBINATIONS["read-nodes"])
-    nodes = objs.one("ClusterRole", "stoker-stoker-system-nodes")
+def test_nodes_are_read_only_unless_the_cordon_policy_is_granted(render):
+    nodes = render({}).one("ClusterRole", "stoker-stoker-system-nodes")
     assert nodes["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    objs = render(COMBINATIONS["cordon-nodes"])
+    nodes = objs.one("ClusterRole", "stoker-stoker-system-nodes")
+    assert nodes["rules"][1] == {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}
     assert objs.one("ClusterRoleBinding", "stoker-stoker-system-nodes")["roleRef"]["name"] == "stoker-stoker-system-nodes"
     assert objs.of("Role")  # the namespaced grants stay namespaced
 

@@ -23,8 +23,11 @@ def test_app_version_is_the_package_version():
     assert chart["appVersion"] == version
 
 
-def test_the_charts_crd_is_byte_identical_to_crds_folder():
-    assert (CHART / "crds" / CRD.name).read_bytes() == CRD.read_bytes()
+def test_the_charts_crds_are_byte_identical_to_the_crds_folder():
+    chart_crds = sorted(p.name for p in (CHART / "crds").iterdir())
+    assert CRD.name in chart_crds and "kopf-peering.yaml" in chart_crds
+    for name in chart_crds:
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), name
 
 
 def test_a_packaged_chart_carries_the_crd_itself_not_a_link(helm, tmp_path):
