@@ -241,3 +241,22 @@ def test_dashboard_is_valid_json_over_the_operator_metrics(render):
 def test_optional_objects_are_off_by_default(render):
     kinds = set(render({}).kinds())
     assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap", "KopfPeering", "ClusterKopfPeering"}
+
+
+@pytest.mark.parametrize("name", ["default", "cluster", "two-replicas"])
+def test_every_operator_setting_the_chart_passes_is_one_the_operator_reads(render, name):
+    from stoker.operator import config
+
+    e = env(operator_container(render(COMBINATIONS[name] | {"operator": {"s3Endpoint": "http://s3:9000"}})))
+    settings = {k: v.replace("$(STOKER_SERVICE_HOST)", "10.96.0.5").replace("$(STOKER_RENDEZVOUS_SERVICE_HOST)",
+                                                                               "10.96.0.6")
+                for k, v in e.items() if k.startswith(config.PREFIX)}
+    baseline = config.load({})
+    for key, value in settings.items():
+        if value in ("", None):
+            continue
+        cfg = config.load({key: value})
+        assert cfg != baseline or str(value) in repr(baseline), f"{key}={value!r} is not read by the operator"
+    cfg = config.load(settings)
+    assert cfg.health_port == 8080 and cfg.metrics_port == 9090
+    assert cfg.clusterwide == (name == "cluster")
