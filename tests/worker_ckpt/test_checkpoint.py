@@ -228,3 +228,13 @@ def test_multipart_sized_shards_round_trip_on_s3(s3_uri):
     target = {"big": {"w": torch.zeros(6 * 2**20)}}
     assert CheckpointManager(s3_uri).load(target) == 1
     assert torch.equal(target["big"]["w"], state["big"]["w"])
+
+
+def test_load_failure_is_an_ordinary_error_naming_the_step(tmp_path):
+    model = torch.nn.Linear(4, 4)
+    with CheckpointManager(str(tmp_path), async_mode="disabled") as ckpt:
+        ckpt.save(7, {"model": model})
+    for shard in (tmp_path / layout.step_dir(7)).glob("*.distcp"):
+        shard.unlink()  # storage lost a shard of a committed checkpoint
+    with pytest.raises(RuntimeError, match="step 7"):
+        CheckpointManager(str(tmp_path)).load({"model": torch.nn.Linear(4, 4)})

@@ -155,10 +155,15 @@ class CheckpointManager:
         if self._executor is None:
             self._finish(self._save_blocking(step, state_dict, t0, blocked_s=None))
             return
+        staged, stage_error = None, None
         try:
             staged = self._stager.stage(state_dict)
         except Exception as exc:  # noqa: BLE001 - e.g. out of CPU memory: report, don't kill training
-            self._finish(SaveResult(step, False, time.monotonic() - t0, time.monotonic() - t0, error=f"staging: {exc!r}"))
+            stage_error = repr(exc)
+        if not self._all_ok(stage_error is None):  # every rank saves, or none does (no half-joined collectives)
+            took = time.monotonic() - t0
+            log.error("checkpoint.failed step=%d phase=staging error=%s", step, stage_error)
+            self._finish(SaveResult(step, False, took, took, error=f"staging: {stage_error or 'failed on another rank'}"))
             return
         blocked = time.monotonic() - t0
         self._pending = self._executor.submit(self._save_and_report, step, staged, t0, blocked)
@@ -294,16 +299,25 @@ class CheckpointManager:
         Works across world sizes (DCP reshards DTensor / sharded state)."""
         self._check_open()
         self.wait()
-        chosen = self._from_coordinator(self._choose(step) if self.is_coordinator else None)
+        choice: int | str | None = None
+        if self.is_coordinator:
+            try:
+                choice = self._choose(step)
+            except Exception as exc:  # noqa: BLE001 - tell the other ranks instead of leaving them waiting
+                choice = f"cannot list checkpoints under {self.uri}: {exc!r}"
+        chosen = self._from_coordinator(choice)
         if isinstance(chosen, str):
             raise ValueError(chosen)
         if chosen is None:
             log.info("checkpoint.none uri=%s", self.uri)
             return None
         t0 = time.monotonic()
-        with _quiet_if_single(self._pg is None):
-            dcp.load(state, storage_reader=self.store.reader(chosen), process_group=self._pg,
-                     no_dist=self._pg is None)
+        try:
+            with _quiet_if_single(self._pg is None):
+                dcp.load(state, storage_reader=self.store.reader(chosen), process_group=self._pg,
+                         no_dist=self._pg is None)
+        except CheckpointException as exc:  # a BaseException: make it an ordinary error
+            raise RuntimeError(f"loading checkpoint step {chosen} from {self.uri} failed: {exc}") from None
         log.info("checkpoint.loaded step=%d duration_s=%.3f uri=%s", chosen, time.monotonic() - t0, self.uri)
         return chosen
 
