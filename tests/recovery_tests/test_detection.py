@@ -146,7 +146,7 @@ def rp(rank, step=10, last_seen=100.0, advanced_at=100.0, phase="TRAINING", pod_
                           step_times=tuple(step_times), checkpoint_s=checkpoint_s)
 
 
-TO = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60)
+TO = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)
 
 
 @pytest.mark.parametrize("ranks, now, cause, rank", [

@@ -12,7 +12,7 @@ from stoker.operator.jobspec import ExitCodeRule
 from .test_detection import NOW, node, pod, rp
 
 ZERO = {"userError": 0, "infrastructure": 0, "preemption": 0, "total": 0}
-T = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60)
+T = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)
 
 
 def decide(obs, restarts=ZERO, incidents=(), policy=R.Policy(max_restarts=2), rules=(), desired=2, incarnation=0):

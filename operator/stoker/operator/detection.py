@@ -296,6 +296,7 @@ class Timeouts:
     floor_s: float = 30.0          # derived timeouts are never shorter
     factor: float = 10.0           # derived = factor x the slowest recent step
     ceiling_s: float = 3600.0      # ... and never longer
+    interval_s: float = 5.0        # the workers' heartbeat interval
 
 
 def progress_timeout(t: Timeouts, step_times: Sequence[float] = (), checkpoint_s: float | None = None) -> float:
@@ -351,7 +352,7 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
         return None
     # The culprit: a rank clearly quieter than the rest (SIGSTOPped), else the one behind.
     newest_seen = max(r.last_seen for r in live)
-    quiet = [r for r in live if newest_seen - r.last_seen > max(2.0, t.heartbeat_s / 10)]
+    quiet = [r for r in live if newest_seen - r.last_seen > max(2.0, 3 * t.interval_s)]  # missed 3 beats
     culprit = min(quiet, key=lambda r: r.last_seen) if quiet else min(live, key=lambda r: (r.step, r.rank))
     extra = " and stopped heartbeating" if quiet else ""
     return Finding(HANG,

@@ -32,7 +32,7 @@ NODES_TTL_S = 1.0
 class RecoveryShell:
     def __init__(self, kube: Kube, heartbeats: OperatorHeartbeats | None = None, *,
                  settings: S.Settings | None = None, node_health: R.NodeHealth | None = None,
-                 heartbeat_interval_s: float | None = None,
+                 heartbeat_interval_s: float | None = None, watch_nodes: bool = True,
                  mono: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
         self.heartbeats = heartbeats
@@ -42,7 +42,7 @@ class RecoveryShell:
         self.mono = mono
         self._lock = threading.Lock()
         self._nodes: tuple[float, dict[str, D.NodeView], bool] = (-1e9, {}, False)
-        self._nodes_forbidden = False
+        self._nodes_forbidden = not watch_nodes  # without nodes, loss shows through pods and heartbeats
 
     # ------------------------------------------------------------------ observe
     def nodes(self) -> tuple[dict[str, D.NodeView], bool]:

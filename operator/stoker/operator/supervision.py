@@ -58,6 +58,7 @@ class Settings:
     repeat_limit: int = 3
     startup_timeout_s: float = 600.0
     avoid_max: int = 3
+    heartbeat_interval_s: float = 5.0
 
     def policy(self, job: Any) -> R.Policy:
         return R.Policy(max_restarts=job.max_restarts, max_infra_restarts=self.max_infra_restarts,
@@ -65,8 +66,9 @@ class Settings:
                         avoid_max=self.avoid_max)
 
     def timeouts(self, job: Any) -> D.Timeouts:
-        return timeouts(job.heartbeat_timeout_seconds, getattr(job, "progress_timeout_seconds", None),
-                        self.startup_timeout_s)
+        return dataclasses.replace(
+            timeouts(job.heartbeat_timeout_seconds, getattr(job, "progress_timeout_seconds", None),
+                     self.startup_timeout_s), interval_s=self.heartbeat_interval_s)
 
 
 def facts_from_views(pods: Sequence[Any]) -> list[D.PodFacts]:
