@@ -116,3 +116,21 @@ def test_own_status_write_is_recognised():
     c.trigger("ns", "demo")
     assert c.is_own_write("ns", "demo", kube.job["metadata"]["resourceVersion"])
     assert not c.is_own_write("ns", "demo", "999")
+
+
+def test_a_restart_decision_schedules_the_next_step_without_waiting_for_the_resync():
+    import time
+
+    body = job_body(status={"phase": "Running", "incarnation": 0, "conditions": [
+        {"type": "Created", "status": "True", "reason": "JobCreated", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+    kube = FakeKube(body)
+    c = Controller(kube, RenderConfig(), clock=lambda: NOW, requeue_horizon_s=5)
+    c.trigger("ns", "demo")  # creates incarnation 0
+    for pod in kube.pods.values():
+        pod["status"] = {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 1}}}]}
+    c.trigger("ns", "demo")  # decides the restart (status only) and requeues itself
+    assert kube.job["status"]["incarnation"] == 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sorted(kube.pods) != ["demo-worker-0-1", "demo-worker-1-1"]:
+        time.sleep(0.05)
+    assert sorted(kube.pods) == ["demo-worker-0-1", "demo-worker-1-1"]

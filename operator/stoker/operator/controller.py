@@ -33,10 +33,15 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 class Controller:
     def __init__(self, kube: Kube, render: RenderConfig,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)) -> None:
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 requeue_horizon_s: float = 0.0) -> None:
         self.kube = kube
         self.render = render
         self.clock = clock
+        # Plans that ask to be looked at again within this horizon get a one-shot
+        # delayed pass (the step after a restart decision, a backoff or deadline
+        # ending soon); later ones are left to the resync timer.
+        self.requeue_horizon_s = requeue_horizon_s
         self._lock = threading.Lock()
         self._running: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
@@ -161,4 +166,6 @@ class Controller:
             log.info("deleting finished job (ttl)", extra=fields)
             self.kube.delete_job(namespace, name, job.uid)
             metrics.observe_phase(namespace, name, None)
+        if pl.requeue_after is not None and pl.requeue_after <= self.requeue_horizon_s:
+            self.trigger_soon(namespace, name, max(0.05, pl.requeue_after + 0.05))
         return pl

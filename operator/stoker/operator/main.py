@@ -90,7 +90,7 @@ def startup(settings: kopf.OperatorSettings, **_: object) -> None:
     kube = Kube(CONFIG.kubeconfig)
     if CONFIG.peering:
         kube.ensure_peering(CONFIG.peering, list(CONFIG.namespaces))
-    _state["controller"] = Controller(kube, render)
+    _state["controller"] = Controller(kube, render, requeue_horizon_s=CONFIG.resync_seconds)
     log.info("operator started", extra={"namespaces": ",".join(CONFIG.namespaces) or "*",
                                         "rendezvous": render.rendezvous_endpoint,
                                         "metrics_port": CONFIG.metrics_port, "peering": CONFIG.peering or "standalone"})
