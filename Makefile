@@ -47,3 +47,7 @@ cluster-down: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist
+
+# Regenerate the gRPC code (committed) from common/stoker/common/proto/stoker.proto.
+proto: install
+	$(PY) -m stoker.common.proto.generate
