@@ -171,7 +171,7 @@ def test_operator_authenticates_with_a_service_account_token(cluster, kube, name
         create_job(kube, namespace, job_manifest("auth", ["python", "train.py"], replicas=1, node_selector=NO_NODE))
         # Any status the operator writes proves its requests were authenticated and allowed.
         wait_for("the operator to write the job's status",
-                 lambda: get_job(kube, namespace, "auth").get("status", {}).get("phase"), timeout=60,
+                 lambda: get_job(kube, namespace, "auth").get("status", {}).get("phase"), timeout=30,
                  on_timeout=op.tail)
     finally:
         op.stop()
