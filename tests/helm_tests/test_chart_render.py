@@ -260,3 +260,11 @@ def test_every_operator_setting_the_chart_passes_is_one_the_operator_reads(rende
     cfg = config.load(settings)
     assert cfg.health_port == 8080 and cfg.metrics_port == 9090
     assert cfg.clusterwide == (name == "cluster")
+
+
+def test_stoker_doctor_finds_the_charts_operator_pods(render):
+    from stoker.cli.doctor import OPERATOR_SELECTOR
+
+    labels = render({}).one("Deployment", "stoker")["spec"]["template"]["metadata"]["labels"]
+    wanted = dict(kv.split("=", 1) for kv in OPERATOR_SELECTOR.split(","))
+    assert wanted.items() <= labels.items()
