@@ -113,3 +113,11 @@ def test_force_delete_needs_the_node_list():
     obs = S.Observed(facts=(pod(0, deleting=True, node="gone"),), nodes={}, nodes_listed=True)
     assert S.to_force_delete(obs) == ["j-worker-0-0"]
     assert S.to_force_delete(dataclasses.replace(obs, nodes_listed=False)) == []
+
+
+def test_an_on_call_restart_is_a_free_coordinated_restart_with_an_incident():
+    d = S.manual_restart("20260101T120000Z-abc123", 4, NOW)
+    assert (d.action, d.reason, d.budget, d.counted, d.increment) == ("restart", "RestartRequested", "none", False,
+                                                                      ("total",))
+    assert d.incident["kind"] == "Restart" and d.incident["cause"] == "none" and d.incident["incarnation"] == 4
+    assert "20260101T120000Z-abc123" in d.incident["message"]

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from stoker.common import env as E
+from stoker.common import labels as L
 
 from . import detection as D
 from . import metrics
@@ -128,6 +129,26 @@ class RecoveryShell:
                 log.warning("cordoned node", extra={"node": node, "failures": verdict.failures})
             except KubeError as e:
                 log.warning("could not cordon node", extra={"node": node, "error": str(e)})
+
+    def on_call(self, body: dict[str, Any], checkpoint_request: str | None, annotate: dict[str, str]) -> None:
+        """Carry out on-call requests after the status write that recorded them."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if checkpoint_request:
+            if self.heartbeats is not None:
+                self.heartbeats.request_checkpoint(ns, name, reason=f"on-call request {checkpoint_request}")
+            else:
+                self.kube.emit_event(body, "Warning", "CheckpointRequestIgnored",
+                                     "the operator runs without the heartbeat service "
+                                     "(STOKER_OPERATOR_HEARTBEAT_ADDRESS): workers cannot be asked to checkpoint")
+        if annotate:
+            path = f"/apis/{L.GROUP}/{L.VERSION}/namespaces/{quote(ns)}/{L.PLURAL}/{quote(name)}"
+            try:
+                self.kube.request("PATCH", path, {"metadata": {"annotations": dict(annotate)}},
+                                  content_type="application/merge-patch+json")
+            except KubeError as e:
+                log.warning("could not acknowledge on-call request", extra={"job": name, "namespace": ns,
+                                                                          "error": str(e)})
 
     def forget(self, namespace: str, name: str) -> None:
         if self.heartbeats is not None:

@@ -146,6 +146,17 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
                     action.finding, inc, (), action.avoid_nodes)
 
 
+RESTART_REQUESTED = "RestartRequested"
+
+
+def manual_restart(request_id: str, incarnation: int, now: dt.datetime) -> Decision:
+    """An on-call restart (annotation stoker.dev/restart-request): one coordinated
+    restart that spends no budget."""
+    f = D.Finding(RESTART_REQUESTED, f"restart requested by an operator (request {request_id})")
+    inc = I.record(f, kind="Restart", budget="none", incarnation=incarnation, now=now)
+    return Decision("restart", RESTART_REQUESTED, f.message, "none", False, ("total",), f, inc)
+
+
 def bump(restarts: Mapping[str, int], increment: Sequence[str]) -> dict[str, int]:
     out = {k: int(restarts.get(k, 0)) for k in ("userError", "infrastructure", "preemption", "total")}
     for k in increment:
