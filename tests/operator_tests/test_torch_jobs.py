@@ -153,3 +153,31 @@ def test_workers_get_the_env_contract_with_credentials_from_the_secret(cluster, 
     # the credentials are references in the pod, never literal values
     penv = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     assert "value" not in penv["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_operator_restart_restarts_running_torch_jobs_without_spending_the_budget(kube, namespace, process_pool,
+                                                                                  start_operator, tmp_path):
+    """The rendezvous store dies with the operator: the agents exit 86, the new operator
+    restarts the job as a new incarnation against its new store, budget untouched."""
+    op = start_operator(rendezvous=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    body = job_manifest("rs", [sys.executable, SCRIPT, "--until-flag"], replicas=2, node_selector=process_pool,
+                        env={"OUT_DIR": str(out)})
+    body["spec"]["failurePolicy"] = {"maxRestarts": 0, "backoffSeconds": 0}
+    create_job(kube, namespace, body)
+    diag = diagnostics(kube, namespace, "rs", op)
+    wait_for("world size 2", lambda: {r["pod"] for r in records(out) if r["world"] == 2} == {"rs-worker-0-0", "rs-worker-1-0"},
+             timeout=120, on_timeout=diag)
+    op.kill()
+    op.start()
+    op.wait_ready()
+    wait_for("incarnation 1 training in a world of 2",
+             lambda: {r["pod"] for r in records(out) if r["world"] == 2} >= {"rs-worker-0-1", "rs-worker-1-1"},
+             timeout=180, on_timeout=diag)
+    (out / "finish").touch()
+    wait_for("job Succeeded", lambda: phase(kube, namespace, "rs") == "Succeeded", timeout=120, on_timeout=diag)
+    st = get_job(kube, namespace, "rs")["status"]
+    assert st["incarnation"] == 1 and st["restarts"]["total"] == 1
+    assert st["restarts"]["userError"] == 0 and st["restarts"]["infrastructure"] == 0  # maxRestarts=0 still fine
+    assert st["incidents"][0]["exitCode"] == 86
