@@ -34,7 +34,13 @@ targets=(
 want=("$@")
 for t in "${targets[@]}"; do
   IFS=: read -r mod bin pkg <<<"$t"
-  if [ ${#want[@]} -gt 0 ] && ! printf '%s\n' "${want[@]}" | grep -qx "$bin"; then continue; fi
+  if [ ${#want[@]} -gt 0 ]; then
+    # (no `printf | grep -q` here: with pipefail, grep's early exit can SIGPIPE printf and
+    # make a wanted tool look unwanted)
+    wanted=0
+    for w in "${want[@]}"; do [ "$w" = "$bin" ] && wanted=1; done
+    [ $wanted = 1 ] || continue
+  fi
   ldflags="-s -w" stamp=""
   if [ "$mod" = kubernetes ]; then
     # The pinned version, from `require k8s.io/kubernetes vX.Y.Z` (single line or block).
