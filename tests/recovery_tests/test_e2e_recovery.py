@@ -223,3 +223,58 @@ def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
     assert inc["pod"] == "hang-worker-1-0"  # the stopped one, told apart by its silence
     assert st["restarts"]["userError"] == 0 and st["incarnation"] == 1
     assert stopped_at > 0
+
+
+def test_operator_killed_twice_during_the_job_still_ends_identical(
+        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+    cfg = trainer_config(20, stall_after_step=10)
+    ref = reference_summary(tmp_path, cfg, 2)
+    op = heartbeat_operator()
+    cluster.create_s3_secret(namespace)
+    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
+    create_job(kube, namespace, trainer_job("opkill", path, bucket, node_selector=recovery_pool))
+    diag = diagnostics(kube, namespace, "opkill", op)
+    wait_for("checkpoint 10 in status", lambda: (status(kube, namespace, "opkill").get("lastCheckpoint") or {})
+             .get("step") == 10, timeout=240, on_timeout=diag)
+    op.kill()                 # 1: mid-training (the rendezvous store and heartbeat service go with it)
+    op.start().wait_ready()
+    wait_for("a restart decided by the new operator", lambda: status(kube, namespace, "opkill").get("incarnation", 0) >= 1,
+             timeout=180, on_timeout=diag)
+    op.kill()                 # 2: right after the restart decision, before or while the new pods start
+    op.start().wait_ready()
+    wait_for("job Succeeded", lambda: status(kube, namespace, "opkill").get("phase") == "Succeeded",
+             timeout=300, on_timeout=diag)
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["step"] == 20 and summary["checksum"] == ref["checksum"]
+    st = status(kube, namespace, "opkill")
+    assert st["restarts"]["userError"] == 0
+    assert st["incidents"] and {i["cause"] for i in st["incidents"]} == {"infrastructure"}
+
+
+def test_on_call_checkpoint_request_commits_a_checkpoint_at_once(
+        cluster, kube, namespace, bucket, s3, recovery_pool, heartbeat_operator, tmp_path):
+    from stoker.common import labels as L
+    from stoker.common import layout
+
+    cfg = trainer_config(300)
+    op = heartbeat_operator()
+    cluster.create_s3_secret(namespace)
+    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
+    body = trainer_job("ask", path, bucket, node_selector=recovery_pool)
+    body["spec"]["checkpoint"]["intervalSteps"] = 1000  # only the request (and the end) saves
+    create_job(kube, namespace, body)
+    diag = diagnostics(kube, namespace, "ask", op)
+    wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
+             interval=0.05, on_timeout=diag)
+    rid = "20260101T000000Z-a1b2c3"
+    kube.custom.patch_namespaced_custom_object("stoker.dev", "v1alpha1", namespace, "trainingjobs", "ask",
+                                               {"metadata": {"annotations": {L.CHECKPOINT_REQUEST: rid}}})
+    wait_for("job Succeeded", lambda: status(kube, namespace, "ask").get("phase") == "Succeeded",
+             timeout=300, on_timeout=diag)
+    job = get_job(kube, namespace, "ask")
+    assert job["metadata"]["annotations"][L.CHECKPOINT_REQUEST_HANDLED] == rid
+    assert job["status"]["requests"]["checkpoint"] == rid
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="ask/").get("Contents", [])]
+    steps = {layout.parse_step_dir(k.split("/")[1]) for k in keys} - {None}
+    assert 300 in steps and any(15 <= s < 300 for s in steps), steps  # the requested one, mid-run
+    assert job["status"]["restarts"]["total"] == 0
