@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=os.environ.get("STOKER_DEMO_DIR",
                                                     str(Path.home() / ".stoker" / "demo")))
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    ap.add_argument("--summary-json", help="also write the summary to this file")
     args = ap.parse_args(argv)
 
     summary: dict = {}
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["training"] = demo_training.run(c, ns, say=say)
         summary["seconds"] = round(time.monotonic() - t0, 1)
         say("summary:\n" + textwrap.indent(json.dumps(summary, indent=2), "    "))
+        if args.summary_json:
+            Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
         ok = summary["pod"]["phase"] == "Succeeded" and summary.get("training", {}).get("ok", True)
         return 0 if ok else 1
     finally:

@@ -1,0 +1,172 @@
+"""The training part of `make demo`: the operator, a TrainingJob running the built-in
+trainer under torchrun on two process nodes with checkpoints in S3, a worker process
+SIGKILLed mid-training, the recovery, and what the job's status says afterwards."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "crds" / "trainingjobs.stoker.dev.yaml"
+STEPS = 60
+CKPT_EVERY = 10
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what, check, timeout, every=0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def _job(c, ns: str, name: str) -> dict:
+    _, job = c.api("GET", f"/apis/stoker.dev/v1alpha1/namespaces/{ns}/trainingjobs/{name}", ok=None)
+    return job
+
+
+def _metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return rows
+
+
+def _trainer_pids(pod: str) -> list[int]:
+    """The training processes (torchrun's children) of one worker pod, found by the
+    pod name the node agent put in their environment."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            envs = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"stoker.worker.train" in cmd and b"stoker.operator.launch" not in cmd \
+                and f"STOKER_POD_NAME={pod}".encode() in envs:
+            pids.append(int(d.name))
+    return pids
+
+
+def run(c, ns: str, *, say) -> dict:
+    import boto3
+
+    from stoker.common import env as E
+
+    work = c.state_dir / "demo" / ns
+    work.mkdir(parents=True, exist_ok=True)
+    bucket = ns
+    s3env = c.s3_env()
+    boto3.client("s3", endpoint_url=s3env[E.S3_ENDPOINT], aws_access_key_id=s3env[E.S3_ACCESS_KEY],
+                 aws_secret_access_key=s3env[E.S3_SECRET_KEY],
+                 region_name=s3env[E.S3_REGION]).create_bucket(Bucket=bucket)
+    c.create_s3_secret(ns)
+    c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    c.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+
+    say("starting the operator (kopf) for the demo namespace")
+    op_log = work / "operator.log"
+    env = dict(os.environ)
+    env.update({
+        "STOKER_OPERATOR_KUBECONFIG": str(c.kubeconfig),
+        "STOKER_OPERATOR_NAMESPACES": ns,
+        "STOKER_OPERATOR_METRICS_PORT": str(_free_port()),
+        "STOKER_OPERATOR_HEALTH_PORT": "0",
+        "STOKER_OPERATOR_RENDEZVOUS_PORT": str(_free_port()),
+        "STOKER_OPERATOR_RESYNC_SECONDS": "1",
+        "PYTHONPATH": str(REPO),
+    })
+    with open(op_log, "ab") as out:
+        op = subprocess.Popen([sys.executable, "-m", "stoker.operator.main"], env=env, cwd=REPO,
+                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    metrics = work / "metrics.jsonl"
+    summary = work / "summary.json"
+    name = "demo"
+    job = {
+        "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": 2, "minReplicas": 1, "maxReplicas": 2,
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{
+                    "name": "trainer", "image": "stoker-worker:dev",
+                    "command": [sys.executable, "-m", "stoker.worker.train",
+                                str(REPO / "examples" / "train-tiny.yaml")],
+                    "args": ["--steps", str(STEPS), "--set", "parallel.mode=ddp",
+                             "--set", f"output.summary_path={summary}"],
+                    "env": [{"name": "STOKER_METRICS_PATH", "value": str(metrics)},
+                            {"name": "PYTHONPATH", "value": str(REPO)}],
+                }],
+            }},
+            "checkpoint": {"uri": f"s3://{bucket}/{name}", "intervalSteps": CKPT_EVERY, "keep": 3,
+                           "credentialsSecretRef": {"name": "stoker-s3"}},
+            "failurePolicy": {"maxRestarts": 3, "backoffSeconds": 1},
+        },
+    }
+    try:
+        say(f"applying TrainingJob {ns}/{name}: 2 workers, {STEPS} steps of the built-in GPT trainer "
+            f"(DDP, gloo), checkpoint every {CKPT_EVERY} steps to s3://{bucket}/{name}")
+        c.kubectl("apply", "-f", "-", input=json.dumps(job))
+        kill_at = CKPT_EVERY * 2 + 5
+        _wait(f"training to pass step {kill_at}",
+              lambda: any(r.get("step", 0) >= kill_at for r in _metrics(metrics)), 300)
+        pod = f"{name}-worker-1-0"
+        pids = _trainer_pids(pod)
+        step_at_kill = max(r.get("step", 0) for r in _metrics(metrics))
+        say(f"injecting a failure: SIGKILL of the training process of {pod} "
+            f"(pids {pids}) at step {step_at_kill}")
+        t_kill = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        final = _wait("the job to finish", lambda: (j := _job(c, ns, name)).get("status", {}).get("phase")
+                      in ("Succeeded", "Failed") and j, 600)
+        status = final["status"]
+        rows = _metrics(metrics)
+        result = json.loads(summary.read_text()) if summary.exists() else {}
+        incidents = status.get("incidents") or []
+        out = {
+            "ok": status["phase"] == "Succeeded",
+            "phase": status["phase"],
+            "failure_injected_at_step": step_at_kill,
+            "seconds_from_failure_to_end": round(time.monotonic() - t_kill, 1),
+            "restarts": status.get("restarts"),
+            "incarnation": status.get("incarnation"),
+            "last_checkpoint": status.get("lastCheckpoint"),
+            "incidents": incidents,
+            "final_step": rows[-1].get("step") if rows else None,
+            "final_loss": rows[-1].get("loss") if rows else None,
+            "final_checksum": result.get("checksum"),
+        }
+        say(f"job {status['phase']}: restarts {status.get('restarts')}, "
+            f"{len(incidents)} incident(s) recorded, final loss {out['final_loss']}")
+        ev = c.kubectl("get", "events", "-n", ns, "--field-selector",
+                       f"involvedObject.name={name}", "--sort-by=.lastTimestamp", check=False).stdout
+        if ev.strip():
+            say("events of the job:\n" + "\n".join("    " + ln for ln in ev.splitlines()))
+        return out
+    finally:
+        os.killpg(op.pid, signal.SIGKILL)
+        op.wait()
