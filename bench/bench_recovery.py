@@ -1,0 +1,404 @@
+"""Failure detection and recovery: how fast Stoker notices a failure and trains again.
+
+For each fault kind, ``--runs`` times (median and worst reported):
+
+  crash  SIGKILL one worker's trainer process
+  hang   SIGSTOP one worker's trainer process (its peers block in the all-reduce)
+  node   SIGKILL one process node's agent (the machine is gone)
+
+on a 2-worker built-in-trainer job (tiny model, checkpoint every 5 steps to MinIO)
+run by the operator on process nodes of a local control plane. Measured from the
+moment the fault is injected:
+
+  detect   until status.incidents records it (what the operator acted on)
+  recover  until the new incarnation wrote a training step past the checkpoint it
+           resumed from (the trainer's metrics file)
+
+Baseline, measured in the same run: plain ``torchrun --max-restarts=3`` (no
+Stoker) on the same trainer and config. A crash is seen by torchrun's agent
+(which restarts its workers); a hang is never seen by it (gloo's collective
+timeout is 30 minutes) -- reported as "not detected within --hang-cap seconds";
+a lost machine has no single-machine torchrun equivalent (n/a).
+
+Goodput (``--goodput``): wall time of an undisturbed job divided by the wall
+time of the same job with a worker SIGKILLed every ``--kill-every`` seconds.
+
+    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,hang,node] [--goodput] [--cluster-dir DIR]
+
+Writes bench/results/bench_recovery.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port, machine_info, print_table, write_results  # noqa: E402
+from tests.cluster.local import LocalCluster  # noqa: E402
+
+CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
+POOL_LABEL = "stoker.dev/bench-pool"
+
+
+def trainer_cfg(out: Path, steps: int, stall: int | None) -> dict:
+    cfg = {
+        "model": {"size": "tiny"},
+        "data": {"vocab_size": 64, "seq_len": 16, "train_samples": 512, "val_samples": 16},
+        "train": {"seed": 7, "steps": steps, "global_batch": 8, "micro_batch": 2, "lr": 3e-3,
+                  "warmup_steps": 2, "num_threads": 1},
+        "parallel": {"mode": "auto"},
+        "checkpoint": {"interval": 5, "keep": 3, "async_mode": "async"},
+        "output": {"metrics_path": str(out / "metrics.jsonl"), "summary_path": str(out / "summary.json")},
+    }
+    if stall is not None:
+        cfg["debug"] = {"stall_after_step": stall}
+    return cfg
+
+
+def last_line_step(path: Path) -> tuple[float, int]:
+    """(mtime, step of the last line) of a metrics file; (0, -1) if absent."""
+    try:
+        st = path.stat()
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip().startswith("{")]
+    except OSError:
+        return 0.0, -1
+    step = -1
+    for ln in reversed(lines):
+        try:
+            step = int(json.loads(ln).get("step", -1))
+            break
+        except ValueError:
+            continue
+    return st.st_mtime, step
+
+
+def trainer_pid(pod_name: str | None = None, cmd_marker: str | None = None, local_rank: str | None = None) -> int | None:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if b"stoker.worker.train" not in cmd or b"stoker.operator.launch" in cmd or b"torch.distributed.run" in cmd:
+                continue
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if pod_name and f"STOKER_POD_NAME={pod_name}".encode() not in env:
+            continue
+        if cmd_marker and not any(cmd_marker.encode() in c for c in cmd):
+            continue
+        if local_rank is not None and f"LOCAL_RANK={local_rank}".encode() not in env:
+            continue
+        return int(entry)
+    return None
+
+
+def wait(what: str, fn, timeout: float, interval: float = 0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = fn()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Bench:
+    def __init__(self, cluster: LocalCluster, tmp: Path) -> None:
+        self.c = cluster
+        self.tmp = tmp
+        self.ns = f"bench-recovery-{uuid.uuid4().hex[:6]}"
+        self.bucket = self.ns
+        self.nodes: list[str] = []
+        self.op: subprocess.Popen | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, nodes: int = 4) -> None:
+        self.c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        self.c.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+        self.c.kubectl("create", "namespace", self.ns)
+        wait("default service account", lambda: self.c.kubectl("get", "sa", "default", "-n", self.ns,
+                                                               check=False).returncode == 0, 60, 0.2)
+        self.c.create_s3_secret(self.ns)
+        import boto3
+
+        e = self.c.s3_env()
+        self.s3 = boto3.client("s3", endpoint_url=e["AWS_ENDPOINT_URL_S3"], aws_access_key_id=e["AWS_ACCESS_KEY_ID"],
+                               aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"], region_name=e["AWS_DEFAULT_REGION"])
+        self.s3.create_bucket(Bucket=self.bucket)
+        for _ in range(nodes):
+            self.add_node()
+        self.start_operator()
+
+    def add_node(self) -> str:
+        name = f"br-{uuid.uuid4().hex[:6]}"
+        self.c.start_process_node(name, gpus=0, labels={POOL_LABEL: self.ns})
+        self.nodes.append(name)
+        return name
+
+    def start_operator(self) -> None:
+        env = dict(os.environ)
+        env.update({
+            "STOKER_OPERATOR_KUBECONFIG": str(self.c.kubeconfig),
+            "STOKER_OPERATOR_NAMESPACES": self.ns,
+            "STOKER_OPERATOR_METRICS_PORT": str(free_port()),
+            "STOKER_OPERATOR_RENDEZVOUS_PORT": str(free_port()),
+            "STOKER_OPERATOR_RESYNC_SECONDS": "1",
+            "STOKER_OPERATOR_HEARTBEAT_ADDRESS": f"127.0.0.1:{free_port()}",
+            "STOKER_OPERATOR_HEARTBEAT_INTERVAL_SECONDS": "1",
+            "STOKER_OPERATOR_S3_ENDPOINT": self.c.s3_endpoint,
+        })
+        log = open(self.tmp / "operator.log", "ab")
+        self.op = subprocess.Popen([sys.executable, "-m", "stoker.operator.main"], env=env, cwd=ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+
+    def teardown(self) -> None:
+        if self.op and self.op.poll() is None:
+            os.killpg(self.op.pid, signal.SIGKILL)
+            self.op.wait()
+        for n in self.nodes:
+            self.c.stop_process_node(n)
+        self.c.kubectl("delete", "namespace", self.ns, "--wait=false", check=False)
+        self.c.delete_nodes(self.nodes)
+
+    # ------------------------------------------------------------------ jobs
+    def status(self, name: str) -> dict:
+        out = self.c.kubectl("get", "tj", name, "-n", self.ns, "-o", "json", check=False)
+        return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+
+    def create(self, name: str, cfg: dict, failure_policy: dict) -> Path:
+        out = self.tmp / name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg))
+        body = {"apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+                "spec": {"replicas": 2,
+                         "template": {"spec": {"containers": [{
+                             "name": "trainer", "image": "local/python",
+                             "command": [sys.executable, "-m", "stoker.worker.train", str(out / "config.json")],
+                             "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}],
+                             "terminationGracePeriodSeconds": 5, "nodeSelector": {POOL_LABEL: self.ns}}},
+                         "checkpoint": {"uri": f"s3://{self.bucket}/{name}", "intervalSteps": 5,
+                                        "credentialsSecretRef": {"name": "stoker-s3"}},
+                         "failurePolicy": {"maxRestarts": 3, "backoffSeconds": 0, **failure_policy}}}
+        self.c.kubectl("apply", "-n", self.ns, "-f", "-", input=json.dumps(body))
+        return out
+
+    def pod_node(self, pod: str) -> str:
+        out = self.c.kubectl("get", "pod", pod, "-n", self.ns, "-o", "jsonpath={.spec.nodeName}")
+        return out.stdout.strip()
+
+    def one(self, kind: str, i: int) -> dict:
+        name = f"{kind}-{i}-{uuid.uuid4().hex[:4]}"
+        stall = None if kind == "hang" else 10
+        steps = 300 if kind == "hang" else 20
+        fp = {"progressTimeoutSeconds": 5} if kind == "hang" else {"progressTimeoutSeconds": 300}
+        fp["heartbeatTimeoutSeconds"] = 300
+        out = self.create(name, trainer_cfg(self.tmp / name, steps, stall), fp)
+        metrics = out / "metrics.jsonl"
+        if kind == "hang":
+            wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
+        else:
+            wait("checkpoint 10", lambda: (self.status(name).get("lastCheckpoint") or {}).get("step") == 10, 300, 0.2)
+        pod = f"{name}-worker-1-0"
+        if kind == "node":
+            node = self.pod_node(pod)
+            t0 = time.time()
+            self.c.stop_process_node(node, sig=signal.SIGKILL)
+            self.nodes.remove(node)
+            self.add_node()  # keep the pool size for the next run
+        else:
+            pid = wait("trainer pid", lambda: trainer_pid(pod_name=pod), 30)
+            t0 = time.time()
+            os.kill(pid, signal.SIGKILL if kind == "crash" else signal.SIGSTOP)
+        st = wait("incident", lambda: (s := self.status(name)).get("incidents") and s, 600, 0.1)
+        t_detect = time.time()
+        inc = st["incidents"][-1]
+        resumed = int((st.get("lastCheckpoint") or {}).get("step", 0))
+
+        def recovered():
+            mtime, step = last_line_step(metrics)
+            return mtime > t_detect and step > resumed
+
+        wait("recovery", recovered, 600)
+        t_recover = time.time()
+        if kind == "hang":
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait("job Succeeded", lambda: self.status(name).get("phase") == "Succeeded", 600, 0.2)
+        return {"kind": kind, "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
+                "recover_s": t_recover - t0, "operator_latency_s": inc.get("detectionLatencySeconds")}
+
+    def goodput(self, kill_every: float, steps: int) -> dict:
+        name = f"gp-base-{uuid.uuid4().hex[:4]}"
+        out = self.create(name, trainer_cfg(self.tmp / name, steps, None), {"progressTimeoutSeconds": 30})
+        t0 = time.time()
+        wait("undisturbed job", lambda: self.status(name).get("phase") == "Succeeded", 1800, 0.2)
+        base = time.time() - t0
+        name = f"gp-kill-{uuid.uuid4().hex[:4]}"
+        out = self.create(name, trainer_cfg(self.tmp / name, steps, None), {"progressTimeoutSeconds": 30,
+                                                                            "maxRestarts": 100})
+        t0 = time.time()
+        kills, next_kill = 0, t0 + kill_every
+        while self.status(name).get("phase") != "Succeeded":
+            if time.time() >= next_kill:
+                inc = self.status(name).get("incarnation", 0)
+                pid = trainer_pid(pod_name=f"{name}-worker-1-{inc}")
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+                next_kill = time.time() + kill_every
+            time.sleep(0.2)
+        disturbed = time.time() - t0
+        del out
+        return {"undisturbed_s": base, "disturbed_s": disturbed, "kills": kills, "goodput": base / disturbed}
+
+
+# ------------------------------------------------------------------ baseline: plain torchrun
+
+def torchrun_crash(tmp: Path, i: int) -> dict:
+    out = tmp / f"tr-crash-{i}"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = trainer_cfg(out, 20, 10)
+    cfg["checkpoint"]["uri"] = str(out / "ckpt")
+    (out / "config.json").write_text(json.dumps(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "--max-restarts", "3", "--monitor-interval", "1", "-m", "stoker.worker.train",
+                             str(out / "config.json")], cwd=out, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(out / "torchrun.log", "wb"), start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    try:
+        wait("step 10", lambda: last_line_step(metrics)[1] >= 10, 300)
+        time.sleep(0.5)  # let the async save of step 10 commit (the trainer waits for it before stalling)
+        pid = wait("rank 1", lambda: trainer_pid(cmd_marker=str(out / "config.json"), local_rank="1"), 30)
+        t0 = time.time()
+        os.kill(pid, signal.SIGKILL)
+        wait("recovery", lambda: (lambda m, s: m > t0 and s > 10)(*last_line_step(metrics)), 600)
+        rec = time.time() - t0
+        proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return {"kind": "crash", "recover_s": rec}
+
+
+def torchrun_hang(tmp: Path, cap: float) -> dict:
+    """SIGSTOP one rank under plain torchrun and watch for recovery for ``cap`` seconds."""
+    out = tmp / "tr-hang"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = trainer_cfg(out, 300, None)
+    cfg["checkpoint"]["uri"] = str(out / "ckpt")
+    (out / "config.json").write_text(json.dumps(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "--max-restarts", "3", "--monitor-interval", "1", "-m", "stoker.worker.train",
+                             str(out / "config.json")], cwd=out, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(out / "torchrun.log", "wb"), start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    try:
+        wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
+        pid = wait("rank 1", lambda: trainer_pid(cmd_marker=str(out / "config.json"), local_rank="1"), 30)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.time()
+        _, stuck = last_line_step(metrics)
+        try:
+            wait("recovery", lambda: (lambda m, s: m > t0 + 1 and s != stuck)(*last_line_step(metrics)), cap, 0.2)
+            rec: float | None = time.time() - t0
+        except TimeoutError:
+            rec = None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return {"kind": "hang", "recover_s": rec, "watched_s": cap}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--kinds", default="crash,hang,node")
+    ap.add_argument("--hang-cap", type=float, default=60.0, help="how long the torchrun baseline is watched for a hang")
+    ap.add_argument("--goodput", action="store_true")
+    ap.add_argument("--kill-every", type=float, default=20.0)
+    ap.add_argument("--goodput-steps", type=int, default=2000)
+    ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
+    args = ap.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
+    cluster = LocalCluster(args.cluster_dir or tmp / "cluster", die_with_parent=not args.cluster_dir)
+    cluster.up()
+    b = Bench(cluster, tmp)
+    results: dict = {"machine": machine_info(), "runs": args.runs, "stoker": [], "torchrun": []}
+    try:
+        b.setup()
+        for kind in kinds:
+            for i in range(args.runs):
+                r = b.one(kind, i)
+                print(json.dumps(r), flush=True)
+                results["stoker"].append(r)
+        if "crash" in kinds:
+            for i in range(args.runs):
+                r = torchrun_crash(tmp, i)
+                print(json.dumps({"baseline": "torchrun", **r}), flush=True)
+                results["torchrun"].append(r)
+        if "hang" in kinds:
+            r = torchrun_hang(tmp, args.hang_cap)
+            print(json.dumps({"baseline": "torchrun", **r}), flush=True)
+            results["torchrun"].append(r)
+        if args.goodput:
+            results["goodput"] = b.goodput(args.kill_every, args.goodput_steps)
+    finally:
+        b.teardown()
+        if not args.cluster_dir:
+            cluster.down()
+
+    rows = []
+    for kind in kinds:
+        rs = [r for r in results["stoker"] if r["kind"] == kind]
+        base = [r["recover_s"] for r in results["torchrun"] if r["kind"] == kind and r["recover_s"] is not None]
+        row = {"fault": kind, "cause": rs[0]["cause"] if rs else "",
+               "detect median s": statistics.median(r["detect_s"] for r in rs),
+               "detect worst s": max(r["detect_s"] for r in rs),
+               "recover median s": statistics.median(r["recover_s"] for r in rs),
+               "recover worst s": max(r["recover_s"] for r in rs)}
+        if kind == "crash" and base:
+            row["torchrun recover median s"] = statistics.median(base)
+            row["ratio vs torchrun"] = row["recover median s"] / statistics.median(base)
+        elif kind == "hang":
+            hang = [r for r in results["torchrun"] if r["kind"] == "hang"]
+            if hang and hang[0]["recover_s"] is None:
+                row["torchrun recover median s"] = f"none in {args.hang_cap:g}s watched"
+                row["ratio vs torchrun"] = f"< {row['recover median s'] / args.hang_cap:.2f}"
+            elif hang:
+                row["torchrun recover median s"] = hang[0]["recover_s"]
+                row["ratio vs torchrun"] = row["recover median s"] / hang[0]["recover_s"]
+        else:
+            row["torchrun recover median s"] = "n/a"
+            row["ratio vs torchrun"] = "n/a"
+        rows.append(row)
+    results["table"] = rows
+    print_table(f"Recovery ({args.runs} runs per fault, 2 workers, tiny model; load {os.getloadavg()[0]:.1f})", rows)
+    if "goodput" in results:
+        print_table("Goodput with periodic worker kills", [results["goodput"]])
+    path = write_results("bench_recovery", results)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
