@@ -93,6 +93,10 @@ def test_progress_sets_last_checkpoint_metrics_and_closes_the_open_incident():
         metrics: dict
         world_size: int = 2
         incarnation: int = 1
+        pod_name: str = "p"
+        node_name: str = "n"
+        phase: str = "TRAINING"
+        last_seen_monotonic: float = 0.0
 
     obs = S.Observed(ranks=(rp(0, step=12, incarnation=1),), heartbeats=True,
                      workers=(W(0, 12, {"last_committed_step": 10, "loss": 1.5}), W(1, 12, {})))
@@ -102,6 +106,9 @@ def test_progress_sets_last_checkpoint_metrics_and_closes_the_open_incident():
                                      "worldSize": 2}
     assert out["metrics"]["step"] == 12 and out["metrics"]["loss"] == 1.5
     assert out["incidents"][-1]["timeToRecoverSeconds"] == 60
+    assert [b["rank"] for b in out["workerHeartbeats"]] == [0, 1]
+    assert out["workerHeartbeats"][0] == {"rank": 0, "pod": "p", "node": "n", "step": 12, "phase": "TRAINING",
+                                          "lastHeartbeatTime": "2026-01-01T12:00:00Z"}
     # nothing new: nothing to write
     again = S.progress({**status, **out}, obs, incarnation=1, checkpoint_uri="s3://b/p", now=NOW)
     assert again == {}

@@ -186,6 +186,9 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
         if {k: v for k, v in old.items() if k != "updateTime"} != metrics:
             metrics["updateTime"] = I._fmt(now)
             out["metrics"] = metrics
+        beats = [_beat(w, now, obs.mono_now) for w in sorted(current, key=lambda w: w.rank)]
+        if beats != status.get("workerHeartbeats"):
+            out["workerHeartbeats"] = beats
     # Recovered: a rank of this incarnation was seen completing a step (the
     # tracker records a step time only for an advance it observed).
     # A rank that already FINISHED counts too (short runs can finish between two heartbeats).
@@ -195,6 +198,14 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
     if closed is not None:
         out["incidents"] = closed
     return out
+
+
+def _beat(w: Any, now: dt.datetime, mono_now: float) -> dict[str, Any]:
+    """One rank's heartbeat for status.workerHeartbeats (what `stoker describe` shows)."""
+    age = max(0.0, mono_now - getattr(w, "last_seen_monotonic", mono_now)) if mono_now else 0.0
+    seen = now - dt.timedelta(seconds=age)
+    return {"rank": int(w.rank), "pod": w.pod_name, "node": w.node_name, "step": int(w.step), "phase": w.phase,
+            "lastHeartbeatTime": I._fmt(seen)}
 
 
 def avoid_nodes(incidents: Sequence[Mapping[str, Any]] | None, max_n: int = 3) -> tuple[str, ...]:
