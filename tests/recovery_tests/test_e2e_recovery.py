@@ -17,7 +17,7 @@ import pytest
 
 from stoker.operator import reconcile
 
-from tests.operator_tests.conftest import create_job, get_job, wait_for, worker_pods
+from tests.operator_tests.conftest import create_job, get_job, patch_job, wait_for, worker_pods
 
 from .conftest import reference_summary, trainer_config, write_config
 
@@ -278,3 +278,63 @@ def test_on_call_checkpoint_request_commits_a_checkpoint_at_once(
     steps = {layout.parse_step_dir(k.split("/")[1]) for k in keys} - {None}
     assert 300 in steps and any(15 <= s < 300 for s in steps), steps  # the requested one, mid-run
     assert job["status"]["restarts"]["total"] == 0
+
+
+def test_scale_down_drains_with_a_checkpoint_so_no_step_is_computed_twice_then_scales_back(
+        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+    cfg = trainer_config(200, stall_after_step=150)
+    cfg["train"]["global_batch"] = 12  # divisible by 2 and 3 workers x micro_batch 2
+    op = heartbeat_operator()
+    cluster.create_s3_secret(namespace)
+    out = tmp_path / "job"
+    path = write_config(out / "config.json", cfg, out)
+    body = trainer_job("scale", path, bucket, replicas=3, node_selector=recovery_pool)
+    body["spec"].update(minReplicas=2, maxReplicas=3)
+    create_job(kube, namespace, body)
+    diag = diagnostics(kube, namespace, "scale", op)
+    wait_for("training at world size 3", lambda: any(r.get("world_size") == 3 and r["step"] >= 15
+                                                     for r in metrics_rows(out)), timeout=300, interval=0.05,
+             on_timeout=diag)
+    patch_job(kube, namespace, "scale", {"spec": {"replicas": 2}})
+    drained = wait_for("the drained incarnation's summary", lambda: (s := summary_of(out)) and
+                       s.get("stopped_early") and s, timeout=240, on_timeout=diag)
+    stop_step = drained["step"]
+    assert drained["world_size"] == 3
+    wait_for("checkpoint 150 at world size 2", lambda: (status(kube, namespace, "scale").get("lastCheckpoint") or {})
+             .get("step") == 150, timeout=300, on_timeout=diag)
+    patch_job(kube, namespace, "scale", {"spec": {"replicas": 3}})
+    wait_for("job Succeeded", lambda: status(kube, namespace, "scale").get("phase") == "Succeeded", timeout=300,
+             on_timeout=diag)
+    final = summary_of(out)
+    assert final["step"] == 200 and final["world_size"] == 3
+    rows = metrics_rows(out)
+    # The world-2 incarnation resumed exactly at the drain checkpoint: nothing was recomputed.
+    assert min(r["step"] for r in rows if r.get("world_size") == 2) == stop_step + 1
+    assert sorted(r["step"] for r in rows) == list(range(1, 201))
+    st = status(kube, namespace, "scale")
+    assert st["restarts"]["userError"] == 0 and st["incarnation"] == 1
+    events = cluster.kubectl("describe", "tj", "scale", "-n", namespace).stdout.split("Events:")[-1]
+    assert "Draining" in events and "Drained" in events
+
+
+def metrics_rows(out: pathlib.Path) -> list[dict]:
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if "step" in r and "loss" in r:
+            rows.append(r)
+    return rows
+
+
+def summary_of(out: pathlib.Path) -> dict | None:
+    try:
+        return json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None

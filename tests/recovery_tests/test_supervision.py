@@ -128,3 +128,30 @@ def test_an_on_call_restart_is_a_free_coordinated_restart_with_an_incident():
                                                                       ("total",))
     assert d.incident["kind"] == "Restart" and d.incident["cause"] == "none" and d.incident["incarnation"] == 4
     assert "20260101T120000Z-abc123" in d.incident["message"]
+
+
+def drain(status=None, suspend=False, excess=(), pods=(pod(0), pod(1)), ranks=(rp(0), rp(1)), heartbeats=True,
+          checkpointing=True, now=NOW):
+    obs = S.Observed(ranks=tuple(ranks), heartbeats=heartbeats)
+    return S.drain_step(status=status or {}, obs=obs, incarnation=0, checkpointing=checkpointing, suspend=suspend,
+                        excess=list(excess), current_pods=list(pods), now=now, grace_s=60)
+
+
+def test_a_planned_stop_starts_a_drain_only_when_workers_can_checkpoint():
+    d = drain(excess=["j-worker-1-0"])
+    assert d.kind == "start" and d.reason == "ScaleDown" and d.drain["afterStep"] == 10
+    assert drain(suspend=True).reason == "Suspend"
+    assert drain().kind == "none"                                   # nothing planned
+    assert drain(suspend=True, heartbeats=False).kind == "none"     # nobody to ask
+    assert drain(suspend=True, checkpointing=False).kind == "none"  # nowhere to save
+    assert drain(suspend=True, ranks=(rp(0, phase="FINISHED"),)).kind == "none"
+
+
+def test_a_drain_waits_for_every_worker_to_stop_or_for_its_grace_period():
+    st = {"drain": {"reason": "ScaleDown", "requestedAt": "2026-01-01T11:59:30Z", "afterStep": 10}}
+    assert drain(status=st).kind == "wait"
+    stopped = (pod(0, phase="Succeeded", exit_code=0), pod(1, phase="Succeeded", exit_code=0))
+    d = drain(status=st, pods=stopped)
+    assert (d.kind, d.reason) == ("done", "ScaleDown")
+    late = drain(status=st, now=NOW + dt.timedelta(seconds=31))
+    assert late.kind == "done" and "grace period" in late.message

@@ -150,6 +150,12 @@ class RecoveryShell:
                 log.warning("could not acknowledge on-call request", extra={"job": name, "namespace": ns,
                                                                           "error": str(e)})
 
+    def drain(self, body: dict[str, Any], reason: str | None) -> None:
+        """Ask every worker to checkpoint and stop before a planned stop."""
+        if reason and self.heartbeats is not None:
+            meta = body["metadata"]
+            self.heartbeats.request_checkpoint(meta["namespace"], meta["name"], stop=True, reason=reason)
+
     def forget(self, namespace: str, name: str) -> None:
         if self.heartbeats is not None:
             self.heartbeats.forget(namespace, name)

@@ -59,6 +59,7 @@ class Settings:
     startup_timeout_s: float = 600.0
     avoid_max: int = 3
     heartbeat_interval_s: float = 5.0
+    drain_grace_s: float = 120.0         # how long a planned stop waits for the workers' checkpoint
 
     def policy(self, job: Any) -> R.Policy:
         return R.Policy(max_restarts=job.max_restarts, max_infra_restarts=self.max_infra_restarts,
@@ -198,6 +199,50 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
     if closed is not None:
         out["incidents"] = closed
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainStep:
+    """Where a planned stop (suspend, scale-down) stands this pass."""
+
+    kind: str                            # none | start | wait | done
+    reason: str = ""                     # Suspend | ScaleDown
+    message: str = ""
+    drain: dict[str, Any] | None = None  # status.drain to write (start/wait)
+
+
+def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, checkpointing: bool,
+               suspend: bool, excess: Sequence[str], current_pods: Sequence[D.PodFacts], now: dt.datetime,
+               grace_s: float) -> DrainStep:
+    """Before a planned stop the workers checkpoint and stop (STOP_AFTER_CHECKPOINT),
+    so the next incarnation resumes exactly where they stopped (no step computed twice).
+
+    start: a stop is wanted, the job checkpoints and its ranks heartbeat -> send the command;
+    wait:  until every pod of the incarnation has exited, or ``grace_s`` passed;
+    done:  carry out the stop (delete / restart at the new size).
+    A drain already in status is finished even if the stop is no longer wanted.
+    """
+    current = status.get("drain")
+    if current:
+        started = I._parse(current.get("requestedAt"))
+        live = [p for p in current_pods if p.incarnation == incarnation and not p.terminated and not p.deleting]
+        waited = (now - started).total_seconds() if started else grace_s
+        if not live:
+            return DrainStep("done", current.get("reason", ""), "every worker checkpointed and stopped")
+        if waited >= grace_s:
+            return DrainStep("done", current.get("reason", ""),
+                             f"drain grace period {grace_s:g}s ran out ({len(live)} workers still running); "
+                             "the last committed checkpoint is used")
+        return DrainStep("wait", current.get("reason", ""), "waiting for the workers to checkpoint and stop",
+                         dict(current))
+    reason = "Suspend" if suspend else ("ScaleDown" if excess else "")
+    ranks = [r for r in obs.ranks if r.incarnation == incarnation and r.phase in ("TRAINING", "CHECKPOINTING")]
+    if not reason or not obs.heartbeats or not checkpointing or not ranks:
+        return DrainStep("none")
+    after = max(r.step for r in ranks)
+    msg = (f"{'suspending' if suspend else 'scaling down'}: asking every worker to checkpoint and stop "
+           f"(from step {after})")
+    return DrainStep("start", reason, msg, {"reason": reason, "requestedAt": I._fmt(now), "afterStep": after})
 
 
 def _beat(w: Any, now: dt.datetime, mono_now: float) -> dict[str, Any]:
