@@ -117,7 +117,8 @@ def test_restart_waits_for_the_backoff():
 
 
 def test_the_restart_budget_is_spent_then_the_job_fails_with_a_reason():
-    st = running_status(restarts={"userError": 2, "infrastructure": 1, "preemption": 5, "total": 8})
+    # Only user errors spend failurePolicy.maxRestarts (infrastructure and preemption are free).
+    st = running_status(restarts={"userError": 3, "infrastructure": 4, "preemption": 5, "total": 12})
     body = job_body(status=st)
     p = run(body, [observed(body, 0), observed(body, 1, phase="Failed", exit_code=1)])
     assert p.status["phase"] == "Failed" and p.status["reason"] == "RestartLimitExceeded"
@@ -126,6 +127,15 @@ def test_the_restart_budget_is_spent_then_the_job_fails_with_a_reason():
     assert "demo-worker-0-0" in p.delete  # cleanPodPolicy Running deletes the still-running worker
     conds = {c["type"]: c["status"] for c in p.status["conditions"]}
     assert conds["Failed"] == "True" and conds["Running"] == "False"
+
+
+def test_infrastructure_failures_restart_without_spending_the_budget():
+    st = running_status(restarts={"userError": 3, "infrastructure": 0, "preemption": 0, "total": 3})
+    body = job_body(status=st)
+    p = run(body, [observed(body, 0), observed(body, 1, phase="Failed", exit_code=137)])
+    assert p.status["phase"] == "Restarting" and p.status["reason"] == "WorkerKilled"
+    assert p.status["restarts"] == {"userError": 3, "infrastructure": 1, "preemption": 0, "total": 4}
+    assert p.status["incidents"][-1]["detectedCause"] == "WorkerKilled"
 
 
 def test_preemption_restarts_without_spending_the_budget():
@@ -246,5 +256,7 @@ def test_losing_the_rendezvous_store_restarts_without_spending_the_budget():
     st = running_status(restarts={"userError": 3, "infrastructure": 0, "preemption": 0, "total": 3})
     body = job_body(status=st)
     p = run(body, [observed(body, 0, phase="Failed", exit_code=86), observed(body, 1)])
-    assert p.status["phase"] == "Restarting" and p.status["restarts"]["infrastructure"] == 0
+    # counted as infrastructure, which never spends failurePolicy.maxRestarts (userError stays 3)
+    assert p.status["phase"] == "Restarting" and p.status["restarts"]["userError"] == 3
+    assert p.status["restarts"]["infrastructure"] == 1 and p.status["reason"] == "RendezvousLost"
     assert p.status["restarts"]["total"] == 4

@@ -5,7 +5,6 @@ incarnation from the last checkpoint, and the job ends Succeeded with final
 parameters identical to an undisturbed run (the trainer's checksum)."""
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import pathlib
@@ -15,16 +14,11 @@ import time
 
 import pytest
 
-from stoker.operator import reconcile
-
 from tests.operator_tests.conftest import create_job, get_job, patch_job, wait_for, worker_pods
 
 from .conftest import reference_summary, trainer_config, write_config
 
-# The operator runs detection/recovery once reconcile.plan takes the shell's observations.
-INTEGRATED = "obs" in inspect.signature(reconcile.plan).parameters
-pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow,
-              pytest.mark.skipif(not INTEGRATED, reason="detection/recovery not wired into the operator yet")]
+pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 SCRIPTS = pathlib.Path(__file__).with_name("scripts")
 

@@ -87,7 +87,8 @@ def current_workers(pods: Iterable[Mapping]) -> list[Mapping]:
 def _rank_status(status: Mapping) -> dict[str, Mapping]:
     """status.workers as a per-rank list (if the operator publishes one), by pod and by rank."""
     out: dict[str, Mapping] = {}
-    entries = status.get("workers")
+    # The operator publishes them as status.workerHeartbeats (status.workers is the "ready/desired" column).
+    entries = status.get("workerHeartbeats") or status.get("workers")
     if isinstance(entries, list):
         for e in entries:
             if not isinstance(e, Mapping):

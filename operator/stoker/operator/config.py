@@ -29,7 +29,13 @@ class Config:
     peering_priority: int = 0                 # 0: random; the highest live priority acts
     peering_lifetime_seconds: int = 60        # a silent peer counts as gone after this long
     s3_endpoint: str | None = None
-    heartbeat_address: str | None = None      # host:port of the gRPC heartbeat service (later issue)
+    heartbeat_address: str | None = None      # host:port workers dial (an IP literal); None: no heartbeat service
+    heartbeat_listen: str | None = None       # where the service binds; default 0.0.0.0:<port of heartbeat_address>
+    heartbeat_interval_seconds: float = 5.0   # how often workers send a heartbeat
+    startup_timeout_seconds: int = 600        # first step of an incarnation (restore, compile) may take this long
+    max_infra_restarts: int = 50              # infrastructure restarts before a job fails anyway
+    node_report_after: int = 2                # job failures on one node (per hour) before it is reported
+    cordon_after: int = 0                     # ... before it is cordoned; 0: never cordon
     launcher: str = "stoker"                  # stoker (keeps worker exit codes) | torchrun
     max_workers: int = 16
     log_level: str = "INFO"
@@ -69,6 +75,13 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         peering_lifetime_seconds=_int(env, "PEERING_LIFETIME_SECONDS", d.peering_lifetime_seconds),
         s3_endpoint=env.get(PREFIX + "S3_ENDPOINT") or None,
         heartbeat_address=env.get(PREFIX + "HEARTBEAT_ADDRESS") or None,
+        heartbeat_listen=env.get(PREFIX + "HEARTBEAT_LISTEN") or None,
+        heartbeat_interval_seconds=float(env.get(PREFIX + "HEARTBEAT_INTERVAL_SECONDS")
+                                         or d.heartbeat_interval_seconds),
+        startup_timeout_seconds=_int(env, "STARTUP_TIMEOUT_SECONDS", d.startup_timeout_seconds),
+        max_infra_restarts=_int(env, "MAX_INFRA_RESTARTS", d.max_infra_restarts),
+        node_report_after=_int(env, "NODE_REPORT_AFTER", d.node_report_after),
+        cordon_after=_int(env, "CORDON_AFTER", d.cordon_after),
         launcher=env.get(PREFIX + "LAUNCHER") or d.launcher,
         max_workers=_int(env, "MAX_WORKERS", d.max_workers),
         log_level=env.get(PREFIX + "LOG_LEVEL") or d.log_level,
@@ -88,13 +101,18 @@ def to_env(cfg: Config) -> dict[str, str]:
         "LAST_CALL_TIMEOUT_SECONDS": str(cfg.last_call_timeout_seconds),
         "TORCHRUN_MAX_RESTARTS": str(cfg.torchrun_max_restarts),
         "LAUNCHER": cfg.launcher,
+        "HEARTBEAT_INTERVAL_SECONDS": f"{cfg.heartbeat_interval_seconds:g}",
+        "STARTUP_TIMEOUT_SECONDS": str(cfg.startup_timeout_seconds),
+        "MAX_INFRA_RESTARTS": str(cfg.max_infra_restarts),
+        "NODE_REPORT_AFTER": str(cfg.node_report_after),
+        "CORDON_AFTER": str(cfg.cordon_after),
         "PEERING_PRIORITY": str(cfg.peering_priority),
         "PEERING_LIFETIME_SECONDS": str(cfg.peering_lifetime_seconds),
         "MAX_WORKERS": str(cfg.max_workers),
         "LOG_LEVEL": cfg.log_level,
     }
     for key, val in (("KUBECONFIG", cfg.kubeconfig), ("PEERING", cfg.peering), ("S3_ENDPOINT", cfg.s3_endpoint),
-                     ("HEARTBEAT_ADDRESS", cfg.heartbeat_address)):
+                     ("HEARTBEAT_ADDRESS", cfg.heartbeat_address), ("HEARTBEAT_LISTEN", cfg.heartbeat_listen)):
         if val:
             out[key] = val
     return {PREFIX + k: v for k, v in out.items()}

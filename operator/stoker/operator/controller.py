@@ -17,6 +17,7 @@ from .jobspec import job_view
 from .kube import Conflict, Kube, KubeError
 from .pods import RenderConfig, pod_view, render_pod
 from .reconcile import Plan, plan
+from .recovery_shell import RecoveryShell
 from .status import status_changed
 
 log = logging.getLogger("stoker.operator")
@@ -34,8 +35,10 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 class Controller:
     def __init__(self, kube: Kube, render: RenderConfig,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
-                 requeue_horizon_s: float = 0.0) -> None:
+                 requeue_horizon_s: float = 0.0,
+                 recovery: RecoveryShell | None = None) -> None:
         self.kube = kube
+        self.recovery = recovery or RecoveryShell(kube, watch_nodes=False)
         self.render = render
         self.clock = clock
         # Plans that ask to be looked at again within this horizon get a one-shot
@@ -54,6 +57,7 @@ class Controller:
 
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)
+        self.recovery.forget(namespace, name)
 
     # ------------------------------------------------------------------ coalescing trigger
     def trigger_soon(self, namespace: str, name: str, delay: float = 0.25) -> None:
@@ -125,17 +129,28 @@ class Controller:
         job = job_view(body)
         if job.deleting:
             return None  # ownerReferences + GC remove the pods
-        pods = [v for v in (pod_view(p) for p in self.kube.list_pods(namespace, name)) if v is not None]
+        raw_pods = self.kube.list_pods(namespace, name)
+        pods = [v for v in (pod_view(p) for p in raw_pods) if v is not None]
+        obs = self.recovery.observe(namespace, name, raw_pods)
         now = self.clock()
-        pl = plan(job, pods, now)
+        pl = plan(job, pods, now, obs, self.recovery.settings)
         fields = {**fields, "uid": job.uid, "incarnation": pl.incarnation}
 
+        for pod in pl.force_delete:
+            if self.recovery.force_delete(namespace, pod):
+                metrics.PODS_DELETED.inc()
+                log.warning("force-deleted worker pod stuck on a lost node", extra={**fields, "pod": pod})
         for pod in pl.delete:
+            if pod in pl.force_delete:
+                continue
             if self.kube.delete_pod(namespace, pod):
                 metrics.PODS_DELETED.inc()
                 log.info("deleted worker pod", extra={**fields, "pod": pod})
+        if pl.create:
+            self.recovery.before_create(job)
         for index in pl.create:
-            manifest = render_pod(job, index, pl.incarnation, self.render)
+            manifest = self.recovery.prepare_pod(render_pod(job, index, pl.incarnation, self.render), job.name,
+                                                 pl.avoid_nodes)
             if self.kube.create_pod(namespace, manifest):
                 metrics.PODS_CREATED.inc()
                 log.info("created worker pod", extra={**fields, "pod": manifest["metadata"]["name"]})
@@ -160,6 +175,9 @@ class Controller:
             # Events only after the status write succeeded, only for transitions.
             for ev in pl.events:
                 self.kube.emit_event(body, ev.type, ev.reason, ev.message)
+            self.recovery.after_write(body, pl.incident)
+            self.recovery.on_call(body, pl.checkpoint_request, pl.annotate)
+            self.recovery.drain(body, pl.drain_request)
         metrics.observe_phase(namespace, name, pl.status.get("phase"))
 
         if pl.delete_job:

@@ -31,6 +31,7 @@ class JobView:
     max_restarts: int
     backoff_seconds: int
     heartbeat_timeout_seconds: int
+    progress_timeout_seconds: int | None
     exit_code_rules: tuple[ExitCodeRule, ...]
     suspend: bool
     active_deadline_seconds: int | None
@@ -39,6 +40,7 @@ class JobView:
     scheduling: Mapping[str, Any]
     status: Mapping[str, Any]
     labels: Mapping[str, str]
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def elastic(self) -> bool:
@@ -76,6 +78,7 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         max_restarts=int(fp.get("maxRestarts", 3)),
         backoff_seconds=int(fp.get("backoffSeconds", 10)),
         heartbeat_timeout_seconds=int(fp.get("heartbeatTimeoutSeconds", 60)),
+        progress_timeout_seconds=int(fp["progressTimeoutSeconds"]) if fp.get("progressTimeoutSeconds") else None,
         exit_code_rules=rules,
         suspend=bool(rp.get("suspend", False)),
         active_deadline_seconds=rp.get("activeDeadlineSeconds"),
@@ -84,4 +87,5 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         scheduling=spec.get("scheduling") or {},
         status=body.get("status") or {},
         labels=meta.get("labels") or {},
+        annotations=meta.get("annotations") or {},
     )

@@ -18,7 +18,11 @@ from . import logs, metrics
 from .config import load
 from .controller import Controller
 from .kube import Kube
+from .heartbeats import OperatorHeartbeats
 from .pods import RenderConfig
+from .recovery import NodeHealth
+from .recovery_shell import RecoveryShell
+from .supervision import Settings
 from .rendezvous import StoreProcess, endpoint
 
 CONFIG = load()
@@ -90,7 +94,21 @@ def startup(settings: kopf.OperatorSettings, **_: object) -> None:
     kube = Kube(CONFIG.kubeconfig)
     if CONFIG.peering:
         kube.ensure_peering(CONFIG.peering, list(CONFIG.namespaces))
-    _state["controller"] = Controller(kube, render, requeue_horizon_s=CONFIG.resync_seconds)
+    heartbeats = None
+    if CONFIG.heartbeat_address:
+        listen = CONFIG.heartbeat_listen or f"0.0.0.0:{CONFIG.heartbeat_address.rsplit(':', 1)[-1]}"
+        heartbeats = OperatorHeartbeats(
+            kube, listen, on_change=lambda ns, n: _controller().trigger_soon(ns, n, CONFIG.pod_event_delay_seconds))
+        heartbeats.start()
+        _state["heartbeats"] = heartbeats
+    recovery = RecoveryShell(
+        kube, heartbeats,
+        settings=Settings(max_infra_restarts=CONFIG.max_infra_restarts,
+                          startup_timeout_s=float(CONFIG.startup_timeout_seconds),
+                          heartbeat_interval_s=CONFIG.heartbeat_interval_seconds),
+        node_health=NodeHealth(report_after=CONFIG.node_report_after, cordon_after=CONFIG.cordon_after),
+        heartbeat_interval_s=CONFIG.heartbeat_interval_seconds)
+    _state["controller"] = Controller(kube, render, recovery=recovery, requeue_horizon_s=CONFIG.resync_seconds)
     log.info("operator started", extra={"namespaces": ",".join(CONFIG.namespaces) or "*",
                                         "rendezvous": render.rendezvous_endpoint,
                                         "metrics_port": CONFIG.metrics_port, "peering": CONFIG.peering or "standalone"})
@@ -98,6 +116,9 @@ def startup(settings: kopf.OperatorSettings, **_: object) -> None:
 
 @kopf.on.cleanup()
 def cleanup(**_: object) -> None:
+    heartbeats = _state.pop("heartbeats", None)
+    if heartbeats is not None:
+        heartbeats.stop()  # type: ignore[attr-defined]
     store = _state.pop("store", None)
     if store is not None:
         store.stop()  # type: ignore[attr-defined]

@@ -16,6 +16,13 @@ RECONCILE_ERRORS = Counter("stoker_reconcile_errors_total", "Reconcile passes th
                            ["error"], registry=REGISTRY)
 RESTARTS = Counter("stoker_job_restarts_total", "Whole-job restarts decided, by cause",
                    ["cause"], registry=REGISTRY)
+DETECTIONS = Counter("stoker_failures_detected_total", "Failures acted on, by detected cause",
+                     ["cause"], registry=REGISTRY)
+DETECTION_LATENCY = Histogram("stoker_failure_detection_seconds",
+                              "Estimated failure onset to detection, by detected cause", ["cause"],
+                              buckets=(0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600), registry=REGISTRY)
+NODE_FAILURES = Counter("stoker_node_job_failures_total", "Job failures attributed to a node", ["node"],
+                        registry=REGISTRY)
 PODS_CREATED = Counter("stoker_worker_pods_created_total", "Worker pods created", registry=REGISTRY)
 PODS_DELETED = Counter("stoker_worker_pods_deleted_total", "Worker pods deleted", registry=REGISTRY)
 

@@ -36,8 +36,7 @@ from .jobspec import JobView
 SPEC_HASH = f"{L.GROUP}/spec-hash"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 POD_GROUP_MIN = f"{L.GROUP}/min-available"
-# Not (yet) in stoker.common.env: the seconds-based checkpoint interval.
-CHECKPOINT_INTERVAL_SECONDS = "STOKER_CHECKPOINT_INTERVAL_SECONDS"
+CHECKPOINT_INTERVAL_SECONDS = E.CHECKPOINT_INTERVAL_SECONDS
 
 _PYTHON_RE = re.compile(r"^python[0-9.]*$")
 
@@ -131,7 +130,10 @@ def torchrun_flags(job: JobView, incarnation: int, cfg: RenderConfig) -> list[st
         # Kubernetes expands $(VAR) from the container's env: the pod's own IP,
         # so the process-group store of rank 0 is reachable without DNS.
         f"--local-addr=$({E.POD_IP})",
-        f"--max-restarts={cfg.torchrun_max_restarts}",
+        # Fixed-size jobs: every worker failure goes to the operator (incident, budget,
+        # node avoidance, one coordinated restart). Elastic jobs keep in-place restarts:
+        # torchrun needs them to carry on when membership changes.
+        f"--max-restarts={cfg.torchrun_max_restarts if job.elastic else 0}",
         f"--monitor-interval={cfg.monitor_interval_s:g}",
     ]
 

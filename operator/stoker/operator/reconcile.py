@@ -16,12 +16,15 @@ import dataclasses
 import datetime as dt
 from typing import Any, Sequence
 
-from . import policy_failure, policy_success, policy_ttl
+from stoker.common import labels as L
+
+from . import incidents as incident_log
+from . import policy_failure, policy_success, policy_ttl, supervision
 from .jobspec import JobView
 from .pods import PodView, pod_name, selector, spec_hash
-from .status import FINISHED, budgeted_restarts, fmt_time, parse_time, restarts_of, set_condition
+from .status import FINISHED, fmt_time, parse_time, restarts_of, set_condition
 
-MAX_INCIDENTS = 20
+MAX_INCIDENTS = incident_log.MAX_INCIDENTS
 
 
 @dataclasses.dataclass
@@ -52,6 +55,12 @@ class Plan:
     delete_job: bool = False
     requeue_after: float | None = None
     restart_cause: str | None = None   # for metrics, when this pass decides a restart
+    force_delete: list[str] = dataclasses.field(default_factory=list)  # stuck Terminating on lost nodes
+    avoid_nodes: tuple[str, ...] = ()  # new pods must not land here (recently failed this job)
+    incident: dict[str, Any] | None = None  # the incident this pass recorded (metrics, node health)
+    checkpoint_request: str | None = None  # on-call CHECKPOINT_NOW to send (request id)
+    annotate: dict[str, str] = dataclasses.field(default_factory=dict)  # *-handled annotations to set
+    drain_request: str | None = None  # planned stop: ask the workers to checkpoint and stop
 
     def requeue(self, seconds: float | None) -> None:
         if seconds is None:
@@ -90,7 +99,13 @@ def _cleanup(job: JobView, b: Buckets) -> list[str]:
     return out
 
 
-def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime) -> Plan:
+def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervision.Observed | None = None,
+         settings: supervision.Settings | None = None) -> Plan:
+    """`obs`: raw pod facts, nodes and heartbeats (the shell's observations);
+    without it the pass decides from the pod views alone."""
+    settings = settings or supervision.Settings()
+    if obs is None:
+        obs = supervision.Observed(facts=tuple(supervision.facts_from_views(pods)))
     old = dict(job.status)
     st: dict[str, Any] = {k: v for k, v in old.items()}
     conds = list(old.get("conditions") or [])
@@ -122,6 +137,9 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime) -> Plan:
         st.setdefault("incarnation", 0)
         st.setdefault("restarts", restarts)
 
+    st.update(supervision.progress(st, obs, incarnation=incarnation,
+                                   checkpoint_uri=(job.checkpoint or {}).get("uri"), now=now))
+
     if phase in FINISHED:
         p.delete = _cleanup(job, b)
         expired, left = policy_ttl.ttl_expired(job, st, now)
@@ -143,6 +161,31 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime) -> Plan:
         p.delete = _cleanup(job, b)
         return _done(p, job, st, b, desired, conds)
     p.requeue(left)
+
+    # Planned stops (suspend, scale-down): the workers checkpoint and stop first, so the
+    # next incarnation resumes exactly where they stopped.
+    ds = supervision.drain_step(status=old, obs=obs, incarnation=incarnation, checkpointing=bool(job.checkpoint),
+                                suspend=job.suspend and phase != "Suspended", excess=[x.name for x in b.excess],
+                                current_pods=[f for f in obs.facts if f.incarnation == incarnation], now=now,
+                                grace_s=settings.drain_grace_s)
+    if ds.kind in ("start", "wait"):
+        st["drain"] = ds.drain
+        if ds.kind == "start":
+            p.drain_request = ds.reason
+            p.events.append(Event("Normal", "Draining", ds.message))
+        p.delete = [x.name for x in b.previous if not x.deleting]
+        p.requeue(1.0)
+        return _done(p, job, st, b, desired, conds)
+    if ds.kind == "done":
+        st.pop("drain", None)
+        p.events.append(Event("Normal", "Drained", ds.message))
+        if ds.reason == "ScaleDown" and not job.suspend:
+            st["incarnation"] = incarnation + 1
+            st["phase"], st["reason"] = "Restarting", "ScaledDown"
+            st["message"] = f"resuming with {desired} workers from the checkpoint the workers just wrote"
+            conds = set_condition(conds, "Restarting", True, "ScaledDown", st["message"], now)
+            p.requeue(0)
+            return _done(p, job, st, b, desired, conds)
 
     # Suspend / resume.
     if job.suspend:
@@ -167,34 +210,71 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime) -> Plan:
     # Previous incarnations and scaled-away workers go.
     p.delete = [x.name for x in b.previous if not x.deleting] + [x.name for x in b.excess]
 
-    # Failure policy.
-    decision = policy_failure.decide(job, b.failed, restarts)
-    if decision is None:
+    # Failure detection and recovery (detection.py / recovery.py via supervision.py).
+    p.force_delete = supervision.to_force_delete(obs)
+    sv = supervision.decide(
+        obs=obs, incarnation=incarnation, desired=desired, restarts=restarts, incidents=old.get("incidents"),
+        policy=settings.policy(job), rules=job.exit_code_rules, t=settings.timeouts(job), now=now)
+    if sv is not None and sv.action == "fail":
+        finish("Failed", sv.reason, sv.message)
+        p.delete += [n for n in _cleanup(job, b) if n not in p.delete]
+        st["incidents"] = incident_log.append(st.get("incidents"), sv.incident)
+        p.incident = sv.incident
+        return _done(p, job, st, b, desired, conds)
+    if sv is not None and sv.action == "replace":
+        # Elastic: survivors keep training; the next passes recreate the replaced indexes.
+        st["restarts"] = supervision.bump(restarts, sv.increment)
+        st["incidents"] = incident_log.append(st.get("incidents"), sv.incident)
+        p.incident = sv.incident
+        p.restart_cause = sv.budget
+        p.delete += [n for n in sv.pods if n not in p.delete]
+        p.force_delete += [n for n in sv.pods if sv.finding.cause == "NodeLost" and n not in p.force_delete]
+        p.events.append(Event("Warning", sv.reason, incident_log.event_message(sv.incident)))
+    restart: tuple | None = None  # (budget, reason, message, increment)
+    # On-call requests (annotations set by `stoker checkpoint` / `stoker restart`), acted on once each.
+    requests = dict(old.get("requests") or {})
+    rr = job.annotations.get(L.RESTART_REQUEST)
+    if rr and rr not in (requests.get("restart"), job.annotations.get(L.RESTART_REQUEST_HANDLED)):
+        requests["restart"] = rr
+        st["requests"] = requests
+        p.annotate[L.RESTART_REQUEST_HANDLED] = rr
+        if sv is None:
+            sv = supervision.manual_restart(rr, incarnation, now)
+    cr = job.annotations.get(L.CHECKPOINT_REQUEST)
+    if cr and cr not in (requests.get("checkpoint"), job.annotations.get(L.CHECKPOINT_REQUEST_HANDLED)):
+        requests["checkpoint"] = cr
+        st["requests"] = requests
+        p.checkpoint_request = cr
+        p.annotate[L.CHECKPOINT_REQUEST_HANDLED] = cr
+        p.events.append(Event("Normal", "CheckpointRequested", f"asking every worker to checkpoint now (request {cr})"))
+    if sv is not None and sv.action == "restart":
+        restart = (sv.budget, sv.reason, sv.message, sv.increment)
+    else:
         stale = [x for x in b.active if x.spec_hash and x.spec_hash != spec_hash(job)]
         if stale:
-            decision = policy_failure.Restart("none", False, "SpecChanged",
-                                              f"the pod template changed: restarting all workers ({stale[0].name} is stale)")
-    if isinstance(decision, policy_failure.Fail):
-        finish("Failed", decision.reason, decision.message)
-        p.delete += [n for n in _cleanup(job, b) if n not in p.delete]
-        _incident(st, now, "JobFailed", None, decision.pod, decision.exit_code, incarnation, decision.message)
-        return _done(p, job, st, b, desired, conds)
-    if isinstance(decision, policy_failure.Restart):
-        new_restarts = dict(restarts)
-        if decision.cause != "none":
-            new_restarts[decision.cause] = new_restarts.get(decision.cause, 0) + (1 if decision.counted or decision.cause == "preemption" else 0)
-            new_restarts["total"] = new_restarts["total"] + 1
-            p.restart_cause = decision.cause
+            restart = ("none", "SpecChanged",
+                       f"the pod template changed: restarting all workers ({stale[0].name} is stale)", ())
+    if restart is not None:
+        budget, reason, message, increment = restart
+        new_restarts = supervision.bump(restarts, increment)
+        if budget != "none":
+            p.restart_cause = budget
         st["restarts"] = new_restarts
         st["incarnation"] = incarnation + 1
         st["lastRestartTime"] = fmt_time(now)
-        st["phase"], st["reason"], st["message"] = "Restarting", decision.reason, decision.message
-        conds = set_condition(conds, "Restarting", True, decision.reason, decision.message, now)
-        conds = set_condition(conds, "Running", False, decision.reason, "restarting all workers", now)
-        _incident(st, now, "Restart", decision.cause, decision.pod, decision.exit_code, incarnation, decision.message)
-        p.events.append(Event("Warning" if decision.cause != "none" else "Normal", decision.reason,
-                              f"{decision.message}; restarting as incarnation {incarnation + 1}"
-                              f" (budget used {budgeted_restarts(new_restarts)}/{job.max_restarts})"))
+        st["phase"], st["reason"], st["message"] = "Restarting", reason, message
+        conds = set_condition(conds, "Restarting", True, reason, message, now)
+        conds = set_condition(conds, "Running", False, reason, "restarting all workers", now)
+        if sv is not None:
+            st["incidents"] = incident_log.append(st.get("incidents"), sv.incident)
+            p.incident = sv.incident
+            text = incident_log.event_message(sv.incident)
+        else:
+            _incident(st, now, "Restart", None, None, None, incarnation, message)
+            text = message
+        p.events.append(Event("Warning" if budget != "none" else "Normal", reason,
+                              f"{text}; restarting as incarnation {incarnation + 1}"
+                              f" (user-error budget used {new_restarts['userError']}/{job.max_restarts})"))
         p.requeue(0)
         # Status first; the next pass deletes this incarnation and creates the next.
         return _done(p, job, st, b, desired, conds)
@@ -209,7 +289,7 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime) -> Plan:
     present = {x.index for x in b.active + b.succeeded + b.failed + b.terminating}
     missing = [i for i in range(desired) if i not in present]
     wait = 0.0
-    if phase == "Restarting" and old.get("lastRestartTime") and restarts["total"] > 0 and old.get("reason") not in ("SpecChanged", "JobResumed"):
+    if phase == "Restarting" and old.get("lastRestartTime") and restarts["total"] > 0 and old.get("reason") not in ("SpecChanged", "JobResumed", "ScaledDown"):
         since = (now - parse_time(old["lastRestartTime"])).total_seconds()
         wait = policy_failure.backoff_seconds(job, restarts) - since
     if missing and not policy_success.finishing(b.succeeded):
@@ -264,6 +344,7 @@ def _done(p: Plan, job: JobView, st: dict[str, Any], b: Buckets, desired: int, c
     st["conditions"] = conds
     p.status = st
     p.incarnation = int(st.get("incarnation", 0))
+    p.avoid_nodes = supervision.avoid_nodes(st.get("incidents"))
     # De-duplicate deletes, keep order.
     seen: set[str] = set()
     p.delete = [n for n in p.delete if not (n in seen or seen.add(n))]
