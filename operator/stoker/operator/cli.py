@@ -38,7 +38,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--peering-lifetime", type=int, default=d.peering_lifetime_seconds,
                      help="seconds after which a silent peer is considered gone")
     run.add_argument("--s3-endpoint", default=None, help="AWS_ENDPOINT_URL_S3 for workers whose Secret has none")
-    run.add_argument("--heartbeat-address", default=None, help="host:port of the heartbeat service given to workers")
+    run.add_argument("--heartbeat-address", default=None,
+                     help="host:port of the heartbeat service given to workers (unset: no heartbeat service)")
+    run.add_argument("--heartbeat-listen", default=None,
+                     help="where the heartbeat service binds (default 0.0.0.0:<port of --heartbeat-address>)")
+    run.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_seconds,
+                     help="seconds between a worker's heartbeats")
+    run.add_argument("--startup-timeout", type=int, default=d.startup_timeout_seconds,
+                     help="seconds an incarnation may take to its first step before it counts as hung")
+    run.add_argument("--max-infra-restarts", type=int, default=d.max_infra_restarts,
+                     help="infrastructure restarts (which never spend maxRestarts) before a job fails anyway")
+    run.add_argument("--node-report-after", type=int, default=d.node_report_after,
+                     help="job failures on one node within an hour before it is reported (Event, metric)")
+    run.add_argument("--cordon-after", type=int, default=d.cordon_after,
+                     help="job failures on one node within an hour before it is cordoned (0: never)")
     run.add_argument("--launcher", choices=["stoker", "torchrun"], default=d.launcher,
                      help="stoker: torchrun that exits with the failing worker's exit code (needs the stoker "
                           "package in the image); torchrun: plain torchrun")
@@ -69,6 +82,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         peering_lifetime_seconds=args.peering_lifetime,
         s3_endpoint=args.s3_endpoint,
         heartbeat_address=args.heartbeat_address,
+        heartbeat_listen=args.heartbeat_listen,
+        heartbeat_interval_seconds=args.heartbeat_interval,
+        startup_timeout_seconds=args.startup_timeout,
+        max_infra_restarts=args.max_infra_restarts,
+        node_report_after=args.node_report_after,
+        cordon_after=args.cordon_after,
         launcher=args.launcher,
         max_workers=args.max_workers,
         log_level=args.log_level,
