@@ -155,3 +155,26 @@ def test_a_drain_waits_for_every_worker_to_stop_or_for_its_grace_period():
     assert (d.kind, d.reason) == ("done", "ScaleDown")
     late = drain(status=st, now=NOW + dt.timedelta(seconds=31))
     assert late.kind == "done" and "grace period" in late.message
+
+
+def test_a_checkpoint_that_did_not_commit_is_recorded_once():
+    @dataclasses.dataclass
+    class W:
+        rank: int
+        metrics: dict
+        step: int = 12
+        world_size: int = 2
+        incarnation: int = 0
+        pod_name: str = "j-worker-0-0"
+        node_name: str = "n1"
+        phase: str = "TRAINING"
+        last_seen_monotonic: float = 0.0
+
+    failed = {"checkpoint_ok": False, "checkpoint_step": 10, "last_committed_step": 5}
+    obs = S.Observed(heartbeats=True, workers=(W(0, failed), W(1, failed)))
+    out = S.progress({}, obs, incarnation=0, checkpoint_uri="s3://b/p", now=NOW)
+    [inc] = out["incidents"]
+    assert (inc["kind"], inc["cause"], inc["step"], inc["rank"]) == ("CheckpointFailed", "none", 10, 0)
+    assert "step 5" in inc["message"]
+    again = S.progress({**out}, obs, incarnation=0, checkpoint_uri="s3://b/p", now=NOW)
+    assert "incidents" not in again

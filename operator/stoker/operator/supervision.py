@@ -198,7 +198,25 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
     closed = I.mark_recovered(status.get("incidents"), now=now, incarnation=incarnation, training=training)
     if closed is not None:
         out["incidents"] = closed
+    # A save that did not commit (e.g. S3 down): training goes on, the incident is recorded once.
+    items = out.get("incidents", status.get("incidents")) or []
+    for w in sorted(current, key=lambda w: w.rank):
+        m = getattr(w, "metrics", None) or {}
+        if m.get("checkpoint_ok") is not False or m.get("checkpoint_step") is None:
+            continue
+        step = int(m["checkpoint_step"])
+        if any(i.get("kind") == CHECKPOINT_FAILED and i.get("step") == step for i in items):
+            continue
+        last = (out.get("lastCheckpoint") or status.get("lastCheckpoint") or {}).get("step")
+        f = D.Finding(CHECKPOINT_FAILED, f"the checkpoint of step {step} did not commit (rank {w.rank}); training "
+                      f"continues, the newest committed checkpoint is step {last if last is not None else 'none'}",
+                      pod=w.pod_name or None, rank=int(w.rank), node=w.node_name or None, step=step)
+        items = I.append(items, I.record(f, kind=CHECKPOINT_FAILED, budget="none", incarnation=incarnation, now=now))
+        out["incidents"] = items
     return out
+
+
+CHECKPOINT_FAILED = "CheckpointFailed"
 
 
 @dataclasses.dataclass(frozen=True)
