@@ -297,6 +297,7 @@ class Timeouts:
     factor: float = 10.0           # derived = factor x the slowest recent step
     ceiling_s: float = 3600.0      # ... and never longer
     interval_s: float = 5.0        # the workers' heartbeat interval
+    checkpoint_s: float = 300.0    # a rank blocked in a save (storage retries) may hold the step this long
 
 
 def progress_timeout(t: Timeouts, step_times: Sequence[float] = (), checkpoint_s: float | None = None) -> float:
@@ -347,6 +348,8 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
     limit = t.startup_s if before_first else progress_timeout(t, all_times, ck or None)
     if any(r.phase in ("STARTING", "RESTORING") for r in live):
         limit = max(limit, t.startup_s)
+    if any(r.phase == "CHECKPOINTING" for r in live):
+        limit = max(limit, t.checkpoint_s)  # e.g. storage down: the save retries, the step waits
     stalled_for = now_mono - latest_advance
     if stalled_for <= limit:
         return None
