@@ -107,6 +107,8 @@ def chart_env(manifest: list[dict], ports: dict[str, int]) -> dict[str, str]:
     container = dep["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env = {k: re.sub(r"\$\([A-Z0-9_]+_SERVICE_HOST\)", "127.0.0.1", v) for k, v in env.items()}
+    host, _ = env["STOKER_OPERATOR_HEARTBEAT_ADDRESS"].rsplit(":", 1)
+    env["STOKER_OPERATOR_HEARTBEAT_ADDRESS"] = f"{host}:{ports['heartbeat']}"
     env["STOKER_OPERATOR_METRICS_PORT"] = str(ports["metrics"])
     env["STOKER_OPERATOR_HEALTH_PORT"] = str(ports["health"])
     if env["STOKER_OPERATOR_RENDEZVOUS_PORT"] != "0":  # "0": the store runs in its own Deployment
@@ -161,7 +163,7 @@ def test_operator_authenticates_with_a_service_account_token(cluster, kube, name
     release.install({})
     cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
     kubeconfig = token_kubeconfig(cluster, namespace, "stoker", tmp_path / "sa.kubeconfig")
-    ports = {k: free_port() for k in ("metrics", "health", "rendezvous")}
+    ports = {k: free_port() for k in ("metrics", "health", "rendezvous", "heartbeat")}
     op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / "operator.log",
                          extra_env={**chart_env(release.manifest(), ports), "STOKER_OPERATOR_RENDEZVOUS_PORT": "0",
                                     "STOKER_OPERATOR_KUBECONFIG": kubeconfig})
@@ -224,7 +226,7 @@ def test_install_then_operator_under_the_chart_identity_runs_a_job_and_nothing_m
     assert api_status(kubeconfig, "GET", f"/api/v1/namespaces/{namespace}/pods") == 200
 
     # The operator, with the chart's environment and the ServiceAccount's identity.
-    ports = {k: free_port() for k in ("metrics", "health", "rendezvous")}
+    ports = {k: free_port() for k in ("metrics", "health", "rendezvous", "heartbeat")}
     env = chart_env(release.manifest(), ports)
     assert env["STOKER_OPERATOR_NAMESPACES"] == namespace
     op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / "operator.log", rendezvous=True,
@@ -249,6 +251,12 @@ def test_install_then_operator_under_the_chart_identity_runs_a_job_and_nothing_m
         assert sorted(p["status"]["phase"] for p in worker_pods(kube, namespace, "rbac")) == ["Succeeded"] * 2
         events = kube.core.list_namespaced_event(namespace, field_selector="involvedObject.name=rbac").items
         assert events, "the operator could not post its Events"
+        # The heartbeat service is on (the chart sets its address): the job's token Secret was
+        # created with the chart's secrets get/create grant.
+        from stoker.operator.heartbeats import secret_name
+
+        token_secret = kube.core.read_namespaced_secret(secret_name("rbac"), namespace)
+        assert token_secret.metadata.owner_references[0].name == "rbac"
     finally:
         op.stop()
     log = (tmp_path / "operator.log").read_text(errors="replace")
@@ -329,7 +337,7 @@ def test_two_replicas_sharing_the_charts_peering_object_exactly_one_acts(cluster
     ops = []
     try:
         for i in range(2):
-            ports = {k: free_port() for k in ("metrics", "health", "rendezvous")}
+            ports = {k: free_port() for k in ("metrics", "health", "rendezvous", "heartbeat")}
             env = {**chart_env(release.manifest(), ports), "STOKER_OPERATOR_KUBECONFIG": kubeconfig,
                    "STOKER_OPERATOR_RESYNC_SECONDS": "1"}
             assert env["STOKER_OPERATOR_PEERING"] == "stoker" and env["STOKER_OPERATOR_RENDEZVOUS_PORT"] == "0"

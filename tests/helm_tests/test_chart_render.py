@@ -19,7 +19,7 @@ COMBINATIONS = {
     "two-replicas": {"replicaCount": 2},
     "two-replicas-cluster": {"replicaCount": 2, "watch": {"mode": "cluster"}},
     "minimal-rbac": {"rbac": {"readNodes": False, "heartbeatTokens": False, "kopfClusterScan": False}},
-    "cordon-nodes": {"rbac": {"cordonNodes": True}},
+    "cordon-nodes": {"operator": {"cordonAfter": 3}},
 }
 
 

@@ -17,6 +17,8 @@ BAD = {
     "bad-watch-mode": ({"watch": {"mode": "global"}}, "watch.mode"),
     "bad-pull-policy": ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
     "bad-log-level": ({"operator": {"logLevel": "TRACE"}}, "operator.logLevel"),
+    "bad-launcher": ({"operator": {"launcher": "mpirun"}}, "operator.launcher"),
+    "negative-cordon": ({"operator": {"cordonAfter": -1}}, "operator.cordonAfter"),
     "root-user": ({"securityContext": {"runAsUser": 0}}, "securityContext.runAsUser"),
     "port-out-of-range": ({"ports": {"metrics": 70000}}, "ports.metrics"),
     "bad-namespace-name": ({"watch": {"namespaces": ["Team_A"]}}, "watch.namespaces"),
