@@ -179,5 +179,6 @@ def test_operator_restart_restarts_running_torch_jobs_without_spending_the_budge
     wait_for("job Succeeded", lambda: phase(kube, namespace, "rs") == "Succeeded", timeout=120, on_timeout=diag)
     st = get_job(kube, namespace, "rs")["status"]
     assert st["incarnation"] == 1 and st["restarts"]["total"] == 1
-    assert st["restarts"]["userError"] == 0 and st["restarts"]["infrastructure"] == 0  # maxRestarts=0 still fine
-    assert st["incidents"][0]["exitCode"] == 86
+    # counted as infrastructure, which never spends failurePolicy.maxRestarts (=0 here, still fine)
+    assert st["restarts"]["userError"] == 0 and st["restarts"]["infrastructure"] == 1
+    assert st["incidents"][0]["exitCode"] == 86 and st["incidents"][0]["detectedCause"] == "RendezvousLost"
