@@ -178,3 +178,14 @@ def test_a_checkpoint_that_did_not_commit_is_recorded_once():
     assert "step 5" in inc["message"]
     again = S.progress({**out}, obs, incarnation=0, checkpoint_uri="s3://b/p", now=NOW)
     assert "incidents" not in again
+
+
+def test_ranks_of_pods_that_are_gone_are_not_silent_workers():
+    # rank 2's pod was scaled away: its old heartbeat is history, not a lost worker
+    ranks = (rp(0, last_seen=200, advanced_at=199), rp(1, last_seen=200, advanced_at=199),
+             rp(2, last_seen=100, advanced_at=100, pod_name="j-worker-2-0"))
+    obs = S.Observed(facts=(pod(0), pod(1)), nodes={"n1": node()}, nodes_listed=True, ranks=ranks,
+                     mono_now=200.0, heartbeats=True)
+    assert decide(obs) is None
+    with_pod = dataclasses.replace(obs, facts=(pod(0), pod(1), pod(2)))
+    assert decide(with_pod, desired=3).finding.cause == D.HEARTBEAT_LOST

@@ -102,7 +102,10 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
     history = list(incidents or [])
     # Only pods that should run count: scaled-away and terminating ones exit on purpose.
     facts = [p for p in obs.facts if p.incarnation == incarnation and p.index < desired and not p.deleting]
-    ranks = [r for r in obs.ranks if r.incarnation == incarnation] if obs.heartbeats else []
+    # Ranks of pods that are gone (scaled away, replaced) are history, not silence.
+    present = {p.name for p in obs.facts if p.incarnation == incarnation and not p.deleting}
+    ranks = [r for r in obs.ranks if r.incarnation == incarnation and (not r.pod_name or r.pod_name in present)] \
+        if obs.heartbeats else []
     # FailJob anywhere wins: the user said this exit code is final.
     for p in sorted(facts, key=lambda p: (p.index, p.name)):
         if p.phase == "Failed" and _rule(rules, p.exit_code) == "FailJob":
@@ -175,6 +178,9 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
     if lc is not None and lc != status.get("lastCheckpoint"):
         out["lastCheckpoint"] = lc
     current = [w for w in obs.workers if getattr(w, "incarnation", 0) == incarnation]
+    if obs.facts:  # only pods that still exist
+        present = {p.name for p in obs.facts if not p.deleting}
+        current = [w for w in current if not getattr(w, "pod_name", "") or w.pod_name in present]
     if current:
         lead = min(current, key=lambda w: w.rank)
         m = dict(getattr(lead, "metrics", None) or {})
