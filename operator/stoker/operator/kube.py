@@ -24,6 +24,18 @@ from stoker.common import labels as L
 log = logging.getLogger("stoker.operator.kube")
 
 
+
+def authorization_header(cfg: Any) -> str | None:
+    """The `Authorization` header value of a kubernetes-client Configuration, if it uses a
+    token. Older clients keep it under api_key['authorization'] ('Bearer …'); kubernetes>=36
+    keeps a kubeconfig or in-cluster ServiceAccount token under api_key['BearerToken'] with
+    the prefix in api_key_prefix (in-cluster it is re-read through refresh_api_key_hook)."""
+    for key in ("authorization", "BearerToken"):
+        value = cfg.get_api_key_with_prefix(key)
+        if value:
+            return value if " " in value else f"Bearer {value}"
+    return None
+
 class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
@@ -57,8 +69,9 @@ class Kube:
                 content_type: str = "application/json", ok: tuple[int, ...] = (200, 201, 202)) -> tuple[int, dict]:
         url = self.cfg.host + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        if self.cfg.api_key.get("authorization"):
-            headers["Authorization"] = self.cfg.api_key["authorization"]
+        auth = authorization_header(self.cfg)
+        if auth:
+            headers["Authorization"] = auth
         resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
         raw = resp.read()
         payload = json.loads(raw) if raw else {}

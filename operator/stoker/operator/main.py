@@ -17,7 +17,7 @@ from stoker.common import labels as L
 from . import logs, metrics
 from .config import load
 from .controller import Controller
-from .kube import Kube
+from .kube import Kube, authorization_header
 from .heartbeats import OperatorHeartbeats
 from .pods import RenderConfig
 from .recovery import NodeHealth
@@ -49,8 +49,8 @@ def login(**kwargs: object) -> kopf.ConnectionInfo | None:
         insecure=not cfg.verify_ssl,
         certificate_path=cfg.cert_file,
         private_key_path=cfg.key_file,
-        token=(cfg.api_key or {}).get("authorization", "").removeprefix("Bearer ") or None,
-        scheme="Bearer" if (cfg.api_key or {}).get("authorization") else None,
+        token=(authorization_header(cfg) or "").removeprefix("Bearer ") or None,
+        scheme="Bearer" if authorization_header(cfg) else None,
     )
 
 
