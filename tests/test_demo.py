@@ -1,6 +1,7 @@
 """`make demo` works: it brings up its own control plane, runs a pod on a process node,
-runs a TrainingJob through the operator, survives an injected worker failure and
-prints a summary whose facts match what really happened."""
+runs a TrainingJob through the operator, survives an injected worker failure (detected,
+recorded as an incident, resumed from the last complete checkpoint) and ends with the
+same parameters as an undisturbed run; the printed summary matches what happened."""
 from __future__ import annotations
 
 import json
@@ -31,7 +32,15 @@ def test_make_demo_end_to_end(tmp_path):
     training = summary["training"]
     assert training["phase"] == "Succeeded" and training["ok"]
     assert training["failure_injected_at_step"] < training["final_step"] == 60
+    # The operator detected the killed worker, restarted the job once from the last complete
+    # checkpoint, and the result is bit-identical to an undisturbed run of the same training.
+    assert training["restarts"]["total"] == 1 and training["restarts"]["userError"] == 0
+    [incident] = training["incidents"]
+    assert incident["detectedCause"] == "WorkerKilled" and incident["exitCode"] == 137
+    assert 0 < training["resumed_from_step"] <= training["failure_injected_at_step"]
     assert len(training["final_checksum"]) == 64
+    assert training["final_checksum"] == training["reference_checksum"]
+    assert training["identical_to_undisturbed_run"] is True
     # Nothing of the demo is left running.
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout
