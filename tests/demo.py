@@ -20,24 +20,15 @@ import textwrap
 import time
 from pathlib import Path
 
+from tests import demo_training
 from tests.cluster.local import LocalCluster
+from tests.demo_training import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def wait_for(what: str, check, timeout: float, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 POD = """
@@ -98,17 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         ns = f"demo-{int(time.time())}"
         c.kubectl("create", "namespace", ns)
         summary["pod"] = run_pod(c, ns)
-        try:
-            from tests import demo_training
-        except ImportError:
-            demo_training = None
-        if demo_training is not None:
-            summary["training"] = demo_training.run(c, ns, say=say)
+        summary["training"] = demo_training.run(c, ns, say=say)
         summary["seconds"] = round(time.monotonic() - t0, 1)
         say("summary:\n" + textwrap.indent(json.dumps(summary, indent=2), "    "))
         if args.summary_json:
             Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
-        ok = summary["pod"]["phase"] == "Succeeded" and summary.get("training", {}).get("ok", True)
+        ok = summary["pod"]["phase"] == "Succeeded" and summary["training"]["ok"]
         return 0 if ok else 1
     finally:
         if args.keep:

@@ -26,7 +26,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(what, check, timeout, every=0.5):
+def wait_for(what: str, check, timeout: float, every: float = 0.5):
+    """Poll ``check`` until it returns something truthy (returned); exit the demo on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -153,21 +154,21 @@ def run(c, ns: str, *, say) -> dict:
             f"(DDP, gloo), checkpoint every {CKPT_EVERY} steps to s3://{bucket}/{name}")
         c.kubectl("apply", "-f", "-", input=json.dumps(job))
         kill_at = CKPT_EVERY * 2 + 5
-        _wait(f"training to pass step {kill_at}",
+        wait_for(f"training to pass step {kill_at}",
               lambda: any(r.get("step", 0) >= kill_at for r in _metrics(metrics)), 300, every=0.1)
         ck = _job(c, ns, name).get("status", {}).get("lastCheckpoint") or {}
         if ck:
             say(f"status.lastCheckpoint (from the workers' heartbeats): step {ck.get('step')} "
                 f"at {ck.get('uri')}")
         pod = f"{name}-worker-1-0"
-        pids = _wait(f"the training process of {pod}", lambda: _trainer_pids(pod), 60, every=0.1)
+        pids = wait_for(f"the training process of {pod}", lambda: _trainer_pids(pod), 60, every=0.1)
         step_at_kill = max(r.get("step", 0) for r in _metrics(metrics))
         say(f"injecting a failure: SIGKILL of the training process of {pod} "
             f"(pids {pids}) at step {step_at_kill}")
         t_kill = time.monotonic()
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        final = _wait("the job to finish", lambda: (j := _job(c, ns, name)).get("status", {}).get("phase")
+        final = wait_for("the job to finish", lambda: (j := _job(c, ns, name)).get("status", {}).get("phase")
                       in ("Succeeded", "Failed") and j, 600)
         status = final["status"]
         rows = _metrics(metrics)
