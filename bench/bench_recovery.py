@@ -268,49 +268,65 @@ class Bench:
 
 # ------------------------------------------------------------------ baseline: plain torchrun
 
-def torchrun_crash(tmp: Path, i: int) -> dict:
-    out = tmp / f"tr-crash-{i}"
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = trainer_cfg(out, 20, 10)
+def _torchrun(out: Path, steps: int) -> subprocess.Popen:
+    cfg = trainer_cfg(out, steps, None)
     cfg["checkpoint"]["uri"] = str(out / "ckpt")
     (out / "config.json").write_text(json.dumps(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "--max-restarts", "3", "--monitor-interval", "1", "-m", "stoker.worker.train",
                              str(out / "config.json")], cwd=out, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(out / "torchrun.log", "wb"), start_new_session=True)
+
+
+def _committed(ckpt: Path) -> int:
+    steps = [int(d.name.split("-")[1]) for d in ckpt.glob("step-*") if (d / "COMMITTED").exists()]
+    return max(steps, default=0)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """torchrun and its workers (which run in sessions of their own)."""
+    kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    for pid in [proc.pid, *map(int, kids)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def torchrun_crash(tmp: Path, i: int, cap: float) -> dict:
+    """SIGKILL one rank under plain torchrun --max-restarts=3; time until training resumes."""
+    out = tmp / f"tr-crash-{i}"
+    out.mkdir(parents=True, exist_ok=True)
+    proc = _torchrun(out, 300)
     metrics = out / "metrics.jsonl"
+    rec: float | None = None
     try:
-        wait("step 10", lambda: last_line_step(metrics)[1] >= 10, 300)
-        time.sleep(0.5)  # let the async save of step 10 commit (the trainer waits for it before stalling)
+        wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
         pid = wait("rank 1", lambda: trainer_pid(cmd_marker=str(out / "config.json"), local_rank="1"), 30)
+        resumed = _committed(out / "ckpt")
         t0 = time.time()
         os.kill(pid, signal.SIGKILL)
-        wait("recovery", lambda: (lambda m, s: m > t0 and s > 10)(*last_line_step(metrics)), 600)
-        rec = time.time() - t0
-        proc.wait(600)
+        try:
+            wait("recovery", lambda: (lambda m, s: m > t0 + 0.5 and resumed < s <= resumed + 5)(
+                *last_line_step(metrics)), cap)
+            rec = time.time() - t0
+        except TimeoutError:
+            rec = None
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return {"kind": "crash", "recover_s": rec}
+        _kill_tree(proc)
+    return {"kind": "crash", "recover_s": rec, "watched_s": cap}
 
 
 def torchrun_hang(tmp: Path, cap: float) -> dict:
     """SIGSTOP one rank under plain torchrun and watch for recovery for ``cap`` seconds."""
     out = tmp / "tr-hang"
     out.mkdir(parents=True, exist_ok=True)
-    cfg = trainer_cfg(out, 300, None)
-    cfg["checkpoint"]["uri"] = str(out / "ckpt")
-    (out / "config.json").write_text(json.dumps(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "--max-restarts", "3", "--monitor-interval", "1", "-m", "stoker.worker.train",
-                             str(out / "config.json")], cwd=out, env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(out / "torchrun.log", "wb"), start_new_session=True)
+    proc = _torchrun(out, 300)
     metrics = out / "metrics.jsonl"
+    rec: float | None = None
     try:
         wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
         pid = wait("rank 1", lambda: trainer_pid(cmd_marker=str(out / "config.json"), local_rank="1"), 30)
@@ -319,12 +335,11 @@ def torchrun_hang(tmp: Path, cap: float) -> dict:
         _, stuck = last_line_step(metrics)
         try:
             wait("recovery", lambda: (lambda m, s: m > t0 + 1 and s != stuck)(*last_line_step(metrics)), cap, 0.2)
-            rec: float | None = time.time() - t0
+            rec = time.time() - t0
         except TimeoutError:
             rec = None
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_tree(proc)
     return {"kind": "hang", "recover_s": rec, "watched_s": cap}
 
 
@@ -333,11 +348,13 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--kinds", default="crash,hang,node")
     ap.add_argument("--hang-cap", type=float, default=60.0, help="how long the torchrun baseline is watched for a hang")
+    ap.add_argument("--crash-cap", type=float, default=120.0, help="how long a torchrun baseline may take to recover")
     ap.add_argument("--goodput", action="store_true")
     ap.add_argument("--kill-every", type=float, default=20.0)
     ap.add_argument("--goodput-steps", type=int, default=2000)
     ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     kinds = [k for k in args.kinds.split(",") if k]
     tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     cluster = LocalCluster(args.cluster_dir or tmp / "cluster", die_with_parent=not args.cluster_dir)
@@ -348,12 +365,16 @@ def main() -> int:
         b.setup()
         for kind in kinds:
             for i in range(args.runs):
-                r = b.one(kind, i)
+                try:
+                    r = b.one(kind, i)
+                except TimeoutError as e:
+                    r = {"kind": kind, "error": str(e)}
                 print(json.dumps(r), flush=True)
                 results["stoker"].append(r)
+                write_results("bench_recovery", results)  # partial results survive an interrupted run
         if "crash" in kinds:
             for i in range(args.runs):
-                r = torchrun_crash(tmp, i)
+                r = torchrun_crash(tmp, i, args.crash_cap)
                 print(json.dumps({"baseline": "torchrun", **r}), flush=True)
                 results["torchrun"].append(r)
         if "hang" in kinds:
@@ -369,16 +390,22 @@ def main() -> int:
 
     rows = []
     for kind in kinds:
-        rs = [r for r in results["stoker"] if r["kind"] == kind]
+        rs = [r for r in results["stoker"] if r["kind"] == kind and "error" not in r]
+        if not rs:
+            rows.append({"fault": kind, "cause": "no successful run"})
+            continue
         base = [r["recover_s"] for r in results["torchrun"] if r["kind"] == kind and r["recover_s"] is not None]
-        row = {"fault": kind, "cause": rs[0]["cause"] if rs else "",
+        row = {"fault": kind, "cause": rs[0]["cause"], "ok runs": len(rs),
                "detect median s": statistics.median(r["detect_s"] for r in rs),
                "detect worst s": max(r["detect_s"] for r in rs),
                "recover median s": statistics.median(r["recover_s"] for r in rs),
                "recover worst s": max(r["recover_s"] for r in rs)}
+        failed = sum(1 for r in results["torchrun"] if r["kind"] == kind and r["recover_s"] is None)
         if kind == "crash" and base:
             row["torchrun recover median s"] = statistics.median(base)
             row["ratio vs torchrun"] = row["recover median s"] / statistics.median(base)
+            if failed:
+                row["torchrun recover median s"] = f"{statistics.median(base):.2f} ({failed} never recovered)"
         elif kind == "hang":
             hang = [r for r in results["torchrun"] if r["kind"] == "hang"]
             if hang and hang[0]["recover_s"] is None:
