@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import metrics
+from . import job_metrics, metrics
 from .jobspec import job_view
 from .kube import Conflict, Kube, KubeError
 from .pods import RenderConfig, pod_view, render_pod
@@ -179,6 +179,7 @@ class Controller:
             self.recovery.on_call(body, pl.checkpoint_request, pl.annotate)
             self.recovery.drain(body, pl.drain_request)
         metrics.observe_phase(namespace, name, pl.status.get("phase"))
+        job_metrics.observe(namespace, name, pl.status, self.recovery.heartbeats)  # scrape-time per-job metrics
 
         if pl.delete_job:
             log.info("deleting finished job (ttl)", extra=fields)

@@ -5,6 +5,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from . import job_metrics
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOBS = Gauge("stoker_trainingjobs", "TrainingJobs seen by this operator, by phase",
@@ -30,6 +32,7 @@ for _p in ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed
     JOBS.labels(_p).set(0)
 for _c in ("userError", "infrastructure", "preemption"):
     RESTARTS.labels(_c)
+REGISTRY.register(job_metrics.COLLECTOR)  # per-job families, computed at scrape time
 
 _phases: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
@@ -40,6 +43,7 @@ def observe_phase(namespace: str, name: str, phase: str | None) -> None:
     with _lock:
         if phase is None:
             _phases.pop((namespace, name), None)
+            job_metrics.forget(namespace, name)
         else:
             _phases[(namespace, name)] = phase
         counts: dict[str, int] = {}
