@@ -165,12 +165,14 @@ TO = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)
     ([rp(0, phase="RESTORING", last_seen=150)], 150.0, None, None),
     # a rank blocked in a save (storage retrying) holds the step legitimately...
     ([rp(0, phase="CHECKPOINTING", last_seen=150), rp(1, last_seen=150)], 150.0, None, None),
-    # ...but not forever
+    # ...unless a rank went quiet: then the others are stuck in the save's collective with it
+    ([rp(0, phase="CHECKPOINTING", last_seen=120), rp(1, last_seen=105)], 120.0, D.HANG, 1),
+    # ...and not forever
     ([rp(0, phase="CHECKPOINTING", last_seen=420), rp(1, last_seen=420)], 420.0, D.HANG, 0),
     # finished ranks are not hung
     ([rp(0, phase="FINISHED", last_seen=10)], 150.0, None, None),
 ], ids=["healthy", "silent", "stuck", "sigstop", "startup-ok", "startup-expired", "restoring", "saving",
-        "saving-too-long", "finished"])
+        "saving-with-a-quiet-rank", "saving-too-long", "finished"])
 def test_heartbeat_timelines(ranks, now, cause, rank):
     f = D.check_heartbeats(ranks, TO, now, NOW)
     if cause is None:

@@ -348,14 +348,16 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
     limit = t.startup_s if before_first else progress_timeout(t, all_times, ck or None)
     if any(r.phase in ("STARTING", "RESTORING") for r in live):
         limit = max(limit, t.startup_s)
-    if any(r.phase == "CHECKPOINTING" for r in live):
-        limit = max(limit, t.checkpoint_s)  # e.g. storage down: the save retries, the step waits
+    # A rank clearly quieter than the rest (missed 3 beats: SIGSTOPped, wedged) is the culprit.
+    newest_seen = max(r.last_seen for r in live)
+    quiet = [r for r in live if newest_seen - r.last_seen > max(2.0, 3 * t.interval_s)]
+    if any(r.phase == "CHECKPOINTING" for r in live) and not quiet:
+        # e.g. storage down: the save retries and the step waits. Not when a rank went quiet:
+        # then the others are stuck in the save's collective with it.
+        limit = max(limit, t.checkpoint_s)
     stalled_for = now_mono - latest_advance
     if stalled_for <= limit:
         return None
-    # The culprit: a rank clearly quieter than the rest (SIGSTOPped), else the one behind.
-    newest_seen = max(r.last_seen for r in live)
-    quiet = [r for r in live if newest_seen - r.last_seen > max(2.0, 3 * t.interval_s)]  # missed 3 beats
     culprit = min(quiet, key=lambda r: r.last_seen) if quiet else min(live, key=lambda r: (r.step, r.rank))
     extra = " and stopped heartbeating" if quiet else ""
     return Finding(HANG,
