@@ -302,22 +302,21 @@ class JobMetricsCollector(Collector):
     def collect(self) -> Iterator[Any]:
         now = self._clock()
         with self._lock:
-            jobs = list(self._jobs.items())
+            jobs = [(key, e, e.facts, e.source) for key, e in self._jobs.items()]
         fams = {name: GaugeMetricFamily(name, doc, labels=list(labels)) for name, (doc, labels) in FAMILIES.items()}
-        for (ns, name), e in jobs:
+        for (ns, name), e, facts, source in jobs:
             live = None
-            if e.source is not None and e.facts.phase == "Running":
-                workers = current_workers(_workers(e.source, ns, name), e.facts.incarnation)
+            workers: list[Any] = []
+            if source is not None and facts.phase == "Running":  # outside the lock: the registry has its own
+                workers = current_workers(_workers(source, ns, name), facts.incarnation)
                 live = [(int(w.rank), float(w.last_seen)) for w in workers
                         if getattr(w, "phase", "") != "FINISHED" and getattr(w, "last_seen", 0)]
-                with self._lock:
-                    self._note_step(e, now, _max_step(workers, e.facts))
-                    history = list(e.history)
-            else:
-                with self._lock:
-                    history = list(e.history)
+            with self._lock:
+                if workers and e.facts is facts:  # not overtaken by a pass meanwhile
+                    self._note_step(e, now, _max_step(workers, facts))
+                history = list(e.history)
             rate = step_rate(history, now)
-            for fam, labels, value in job_samples(ns, name, e.facts, now, live_heartbeats=live or None,
+            for fam, labels, value in job_samples(ns, name, facts, now, live_heartbeats=live or None,
                                                   steps_per_second=rate):
                 fams[fam].add_metric([labels[k] for k in FAMILIES[fam][1]], value)
         yield from fams.values()
