@@ -98,7 +98,7 @@ def _exit(code: int) -> None:
 
 if __name__ == "__main__":
     try:
-        rc = main()
+        rc = main() or 0  # @record turns SystemExit(0) (e.g. --help) into None
     except SystemExit as exc:  # argparse usage errors, explicit exits
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     _exit(rc)
