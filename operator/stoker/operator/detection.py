@@ -40,6 +40,8 @@ from typing import Iterable, Mapping, Sequence
 
 from stoker.common import labels as L
 
+from .pods import disruption_reason, trainer_terminated, worker_identity
+
 # ---------------------------------------------------------------------------- causes
 
 PREEMPTED = "Preempted"
@@ -152,7 +154,7 @@ class Finding:
 # ---------------------------------------------------------------------------- parsing
 
 
-def _time(s: str | None) -> dt.datetime | None:
+def parse_time(s: str | None) -> dt.datetime | None:
     if not s:
         return None
     try:
@@ -163,35 +165,20 @@ def _time(s: str | None) -> dt.datetime | None:
 
 def pod_facts(pod: Mapping) -> PodFacts | None:
     """Parse one of our worker pods (None if it lacks our labels)."""
-    meta = pod.get("metadata") or {}
-    lbl = meta.get("labels") or {}
-    try:
-        index = int(lbl[L.REPLICA_INDEX])
-        incarnation = int(lbl[L.INCARNATION])
-    except (KeyError, ValueError):
+    ident = worker_identity(pod)
+    if ident is None:
         return None
+    index, incarnation = ident
+    meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
-    trainer = ((spec.get("containers") or [{}])[0]).get("name")
-    exit_code, finished, message = None, None, ""
-    reason = status.get("reason") or ""
-    for cs in status.get("containerStatuses") or []:
-        if cs.get("name") != trainer:
-            continue
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-        if term:
-            exit_code = term.get("exitCode")
-            finished = _time(term.get("finishedAt"))
-            message = term.get("message") or ""
-            reason = reason or term.get("reason") or ""
-    disruption = None
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            disruption = cond.get("reason") or "Disrupted"
+    term = trainer_terminated(pod) or {}
     return PodFacts(name=meta.get("name", ""), index=index, incarnation=incarnation,
                     phase=status.get("phase") or "Pending", node=spec.get("nodeName") or None,
-                    deleting=bool(meta.get("deletionTimestamp")), exit_code=exit_code, reason=reason,
-                    disruption=disruption, finished_at=finished, message=message)
+                    deleting=bool(meta.get("deletionTimestamp")), exit_code=term.get("exitCode"),
+                    reason=status.get("reason") or term.get("reason") or "",
+                    disruption=disruption_reason(pod), finished_at=parse_time(term.get("finishedAt")),
+                    message=term.get("message") or "")
 
 
 def node_view(node: Mapping) -> NodeView:
@@ -201,8 +188,8 @@ def node_view(node: Mapping) -> NodeView:
     for c in (node.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
             ready = str(c.get("status") or "Unknown")
-            since = _time(c.get("lastTransitionTime"))
-            beat = _time(c.get("lastHeartbeatTime"))
+            since = parse_time(c.get("lastTransitionTime"))
+            beat = parse_time(c.get("lastHeartbeatTime"))
     taints = {t.get("key") for t in spec.get("taints") or []}
     return NodeView(name=meta.get("name", ""), ready=ready,
                     unreachable=bool(taints & {UNREACHABLE_TAINT, NOT_READY_TAINT}),

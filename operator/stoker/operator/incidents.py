@@ -32,15 +32,6 @@ def _fmt(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse(s: str | None) -> dt.datetime | None:
-    if not s:
-        return None
-    try:
-        return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def record(finding: D.Finding, *, kind: str, budget: str, incarnation: int, now: dt.datetime,
            message: str | None = None, original_cause: str | None = None, error: str = "") -> dict[str, Any]:
     """One incident entry for ``finding`` (detected at ``now``)."""
@@ -97,7 +88,7 @@ def mark_recovered(incidents: Sequence[Mapping[str, Any]] | None, *, now: dt.dat
     failed_in = int(inc.get("incarnation", 0))
     if inc["kind"] == "Restart" and incarnation <= failed_in:
         return None
-    detected = _parse(inc.get("time"))
+    detected = D.parse_time(inc.get("time"))
     inc["recoveredAt"] = _fmt(now)
     if detected is not None:
         inc["timeToRecoverSeconds"] = round(max(0.0, (now - detected).total_seconds()), 3)

@@ -272,34 +272,48 @@ class PodView:
         return self.phase in ("Succeeded", "Failed")
 
 
+def worker_identity(pod: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(replica index, incarnation) from our labels; None if it is not one of our worker pods."""
+    lbl = (pod.get("metadata") or {}).get("labels") or {}
+    try:
+        return int(lbl[L.REPLICA_INDEX]), int(lbl[L.INCARNATION])
+    except (KeyError, ValueError):
+        return None
+
+
+def trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The trainer container's (first container's) current or last `terminated` state."""
+    trainer_name = (((pod.get("spec") or {}).get("containers") or [{}])[0]).get("name")
+    term = None
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") != trainer_name:
+            continue
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or term
+    return term
+
+
+def disruption_reason(pod: Mapping[str, Any]) -> str | None:
+    """The reason of a True DisruptionTarget condition (eviction, preemption, ...), if any."""
+    disruption = None
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            disruption = cond.get("reason") or "Disrupted"
+    return disruption
+
+
 def pod_view(pod: Mapping[str, Any]) -> PodView | None:
     """Parse an observed pod; None if it is not one of our worker pods."""
     meta = pod.get("metadata") or {}
-    lbl = meta.get("labels") or {}
-    try:
-        index = int(lbl[L.REPLICA_INDEX])
-        incarnation = int(lbl[L.INCARNATION])
-    except (KeyError, ValueError):
+    ident = worker_identity(pod)
+    if ident is None:
         return None
+    index, incarnation = ident
     status = pod.get("status") or {}
-    spec = pod.get("spec") or {}
-    trainer_name = ((spec.get("containers") or [{}])[0]).get("name")
-    exit_code = None
-    reason = status.get("reason") or ""
-    for cs in status.get("containerStatuses") or []:
-        if cs.get("name") != trainer_name:
-            continue
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-        if term:
-            exit_code = term.get("exitCode")
-            reason = reason or term.get("reason") or ""
-    ready = False
-    disruption = None
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Ready" and cond.get("status") == "True":
-            ready = True
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            disruption = cond.get("reason") or "Disrupted"
+    term = trainer_terminated(pod)
+    exit_code = term.get("exitCode") if term else None
+    reason = status.get("reason") or (term.get("reason") if term else "") or ""
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    disruption = disruption_reason(pod)
     owner_uid = None
     for ref in meta.get("ownerReferences") or []:
         if ref.get("controller"):

@@ -248,7 +248,7 @@ def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, ch
     """
     current = status.get("drain")
     if current:
-        started = I._parse(current.get("requestedAt"))
+        started = D.parse_time(current.get("requestedAt"))
         live = [p for p in current_pods if p.incarnation == incarnation and not p.terminated and not p.deleting]
         waited = (now - started).total_seconds() if started else grace_s
         if not live:
