@@ -96,6 +96,13 @@ class DebugConfig:
     # After this step (and once any in-flight checkpoint is committed), stop making
     # progress and sleep, so a test can SIGKILL the job at a known point.
     stall_after_step: int | None = None
+    # The save of this step stores every shard and DCP's .metadata, then holds back its
+    # commit (stoker.json, COMMITTED) for slow_checkpoint_seconds (default: an hour, i.e.
+    # until killed) on every rank, logging ``checkpoint.slow_write step=N``, so a test can
+    # kill a worker while that checkpoint is half written. Only in a run that did not
+    # resume from a checkpoint: the incarnation that recovers saves this step normally.
+    slow_checkpoint_at_step: int | None = None
+    slow_checkpoint_seconds: float | None = None
 
 
 @dataclasses.dataclass
@@ -214,7 +221,22 @@ def validate(cfg: Config) -> Config:
              f"validation.samples ({cfg.validation.samples}) must be <= data.val_samples ({d.val_samples})")
     s = cfg.debug.stall_after_step
     _require(s is None or c.uri is not None, "debug.stall_after_step: needs checkpoint.uri (it stalls after that step's checkpoint)")
+    _validate_slow_checkpoint(cfg)
     return cfg
+
+
+def _validate_slow_checkpoint(cfg: Config) -> None:
+    at, secs, c, steps = cfg.debug.slow_checkpoint_at_step, cfg.debug.slow_checkpoint_seconds, cfg.checkpoint, cfg.train.steps
+    _require(secs is None or at is not None,
+             "debug.slow_checkpoint_seconds: only used with debug.slow_checkpoint_at_step; set that too or drop it")
+    _require(secs is None or secs > 0, f"debug.slow_checkpoint_seconds: must be > 0, got {secs}")
+    if at is None:
+        return
+    _require(c.uri is not None, "debug.slow_checkpoint_at_step: needs checkpoint.uri (it slows that step's checkpoint)")
+    _require(1 <= at <= steps, f"debug.slow_checkpoint_at_step: must be in [1, train.steps={steps}], got {at}")
+    _require((c.interval and at % c.interval == 0) or at == steps,
+             f"debug.slow_checkpoint_at_step: step {at} is not a checkpoint step (checkpoint.interval={c.interval}, "
+             f"train.steps={steps}); use a multiple of checkpoint.interval or train.steps")
 
 
 def resolve_mode(mode: str, world_size: int) -> str:

@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from stoker.worker import parallel
 from stoker.worker.checksum import model_checksum
 from stoker.worker.config import (
-    FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
+    FSDP_MODES, PIPELINE_MODES, Config, ConfigError, DebugConfig, validate_for_device, validate_for_world,
 )
 from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
 from stoker.worker.model import model_args
@@ -48,6 +48,16 @@ log = logging.getLogger("stoker.worker.trainer")
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+SLOW_CHECKPOINT_DEFAULT_S = 3600.0  # debug.slow_checkpoint_seconds unset: until the test kills us
+
+
+def slow_checkpoint_due(debug: DebugConfig, step: int, resumed_from: int | None) -> bool:
+    """Whether the save of ``step`` holds back its commit (``debug.slow_checkpoint_at_step``).
+    Never in a run that resumed from a checkpoint: a recovered incarnation redoing
+    that step must commit it."""
+    return debug.slow_checkpoint_at_step == step and resumed_from is None
 
 
 class Trainer(Stateful):
@@ -80,6 +90,7 @@ class Trainer(Stateful):
         # operator SDK: a no-op without STOKER_OPERATOR_ADDR
         self.session = (session if session is not None else Session.from_env()).start()
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
+        self.resumed_from: int | None = None  # set by restore()
         self._build()
         self.metrics_file = None
 
@@ -301,9 +312,9 @@ class Trainer(Stateful):
         ckpt, resumed_from = None, None
         if c.uri:
             ckpt = CheckpointManager(c.uri, keep=c.keep, async_mode=c.async_mode,
-                                     on_result=self.session.report_checkpoint)
+                                     on_result=self.session.report_checkpoint, before_commit=self._before_commit)
             self.session.set_phase("RESTORING")
-            resumed_from = ckpt.load(self.checkpoint_state)
+            resumed_from = self.resumed_from = ckpt.load(self.checkpoint_state)
             self.session.set_last_committed_step(resumed_from)
         if resumed_from is not None:
             log.info("trainer.resumed step=%d uri=%s", resumed_from, c.uri)
@@ -390,6 +401,15 @@ class Trainer(Stateful):
         if not stop:  # a STOP_AFTER_CHECKPOINT drain is not the end of the job
             self.session.set_phase("FINISHED")
         return summary
+
+    def _before_commit(self, step: int) -> None:
+        """The checkpoint manager's hook between stored shards and the commit."""
+        if not slow_checkpoint_due(self.cfg.debug, step, self.resumed_from):
+            return
+        seconds = self.cfg.debug.slow_checkpoint_seconds or SLOW_CHECKPOINT_DEFAULT_S
+        log.warning("checkpoint.slow_write step=%d seconds=%g: shards and metadata stored, commit held back "
+                    "(debug.slow_checkpoint_at_step)", step, seconds)
+        time.sleep(seconds)
 
     def save(self, ckpt, step: int) -> None:
         self.train_state.capture()

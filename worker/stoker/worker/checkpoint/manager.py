@@ -93,6 +93,10 @@ class CheckpointManager:
             as the save is done (for async saves on the checkpoint thread), e.g.
             ``session.report_checkpoint``.
         store: an explicit :class:`Store` (tests, benchmarks); overrides ``uri``.
+        before_commit: called with the step on every rank once every shard and
+            DCP's ``.metadata`` of that save are stored and before anything is
+            committed (for async saves on the checkpoint thread): a fault-injection
+            point for tests (the trainer's ``debug.slow_checkpoint_at_step``).
 
     ``save``, ``load`` and ``close`` must be called by every rank of the group,
     in the same order; ``latest_step`` and ``wait`` may be called by any rank.
@@ -108,6 +112,7 @@ class CheckpointManager:
         retry_timeout_s: float = 120.0,
         on_result: Callable[[SaveResult], None] | None = None,
         store: Store | None = None,
+        before_commit: Callable[[int], None] | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (got {keep}): the newest checkpoint is always kept")
@@ -118,6 +123,7 @@ class CheckpointManager:
         self.keep = keep
         self.async_mode = async_mode
         self.on_result = on_result
+        self.before_commit = before_commit
         self.last_result: SaveResult | None = None
         self._distributed = dist.is_available() and dist.is_initialized()
         self._pg: dist.ProcessGroup | None = None
@@ -236,6 +242,11 @@ class CheckpointManager:
         except (Exception, CheckpointException) as exc:  # noqa: BLE001 - identical on all ranks
             log.error("checkpoint.failed step=%d phase=write error=%r", step, exc)
             return result(False, error=f"write: {exc!r}")
+        if self.before_commit is not None:
+            try:
+                self.before_commit(step)
+            except Exception:  # noqa: BLE001 - a test hook must not break the save
+                log.exception("checkpoint.before_commit_failed step=%d", step)
 
         # 3. verify + manifest + COMMITTED (coordinator), 4. tell everyone
         outcome: tuple[bool, int, str | None] = (False, 0, None)
