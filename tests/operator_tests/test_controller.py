@@ -37,7 +37,7 @@ class FakeKube:
         self.pods[pod["metadata"]["name"]] = pod
         return True
 
-    def delete_pod(self, ns, name):
+    def delete_pod(self, ns, name, grace_s=None):
         self.calls.append(f"delete {name}")
         return self.pods.pop(name, None) is not None
 

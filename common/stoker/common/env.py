@@ -16,6 +16,11 @@ OPERATOR_ADDR = "STOKER_OPERATOR_ADDR"     # host:port, an IP literal (no DNS ne
 JOB_TOKEN = "STOKER_JOB_TOKEN"             # from the job's Secret, never literal
 HEARTBEAT_INTERVAL = "STOKER_HEARTBEAT_INTERVAL_SECONDS"
 
+# The pod's terminationGracePeriodSeconds. On SIGTERM (preemption, eviction) the launcher
+# (stoker.operator.launch) gives the trainer up to this, less a safety margin, to checkpoint
+# and stop when the operator asks it to (STOP_AFTER_CHECKPOINT), then stops torchrun.
+TERMINATION_GRACE = "STOKER_TERMINATION_GRACE_SECONDS"
+
 # Checkpoints.
 CHECKPOINT_URI = "STOKER_CHECKPOINT_URI"   # s3://bucket/prefix or a local path
 CHECKPOINT_INTERVAL_STEPS = "STOKER_CHECKPOINT_INTERVAL_STEPS"

@@ -143,7 +143,9 @@ class Controller:
         for pod in pl.delete:
             if pod in pl.force_delete:
                 continue
-            if self.kube.delete_pod(namespace, pod):
+            # A short grace: the launcher holds SIGTERM for a drain only when someone else deletes the
+            # pod with its full grace period (preemption); the operator's own deletes need no drain.
+            if self.kube.delete_pod(namespace, pod, grace_s=self.recovery.settings.delete_grace_s):
                 metrics.PODS_DELETED.inc()
                 log.info("deleted worker pod", extra={**fields, "pod": pod})
         if pl.create:

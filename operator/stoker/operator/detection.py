@@ -96,6 +96,8 @@ class PodFacts:
     disruption: str | None = None    # DisruptionTarget condition reason
     finished_at: dt.datetime | None = None
     message: str = ""                # termination message (last error lines), if any
+    deletion_at: dt.datetime | None = None  # metadata.deletionTimestamp: when the kubelet kills what is left
+    deletion_grace_s: int | None = None     # metadata.deletionGracePeriodSeconds
 
     @property
     def terminated(self) -> bool:
@@ -178,7 +180,8 @@ def pod_facts(pod: Mapping) -> PodFacts | None:
                     deleting=bool(meta.get("deletionTimestamp")), exit_code=term.get("exitCode"),
                     reason=status.get("reason") or term.get("reason") or "",
                     disruption=disruption_reason(pod), finished_at=parse_time(term.get("finishedAt")),
-                    message=term.get("message") or "")
+                    message=term.get("message") or "", deletion_at=parse_time(meta.get("deletionTimestamp")),
+                    deletion_grace_s=meta.get("deletionGracePeriodSeconds"))
 
 
 def node_view(node: Mapping) -> NodeView:

@@ -112,8 +112,11 @@ class Kube:
         except Conflict:
             return False
 
-    def delete_pod(self, namespace: str, name: str) -> bool:
-        status, _ = self.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}",
+    def delete_pod(self, namespace: str, name: str, grace_s: int | None = None) -> bool:
+        """`grace_s`: DeleteOptions.gracePeriodSeconds (None: the pod's terminationGracePeriodSeconds)."""
+        body = None if grace_s is None else {"kind": "DeleteOptions", "apiVersion": "v1",
+                                             "gracePeriodSeconds": int(grace_s)}
+        status, _ = self.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}", body,
                                  ok=(200, 202, 404))
         return status != 404
 

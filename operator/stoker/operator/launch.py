@@ -1,5 +1,6 @@
 """`python -m stoker.operator.launch <torchrun arguments>`: torchrun, but the pod's
-exit code is the failing worker's own exit code.
+exit code is the failing worker's own exit code, and a SIGTERM leaves the trainer
+time to checkpoint and stop first.
 
 Plain torchrun exits 1 whatever its workers exited with, which would hide the
 user's exit code from spec.failurePolicy.exitCodeRules. This runs torchrun's
@@ -7,15 +8,40 @@ own `main` in-process and turns its ChildFailedError into the root-cause
 worker's exit code (a worker killed by signal N exits 128+N, like a shell), and
 a signal to the agent itself (pod deletion) into 128+N as well.
 
+SIGTERM (the kubelet's, at the start of a pod's grace period: preemption, eviction,
+a node drain) is held for up to the grace period less a safety margin
+(``drain_window``): the operator sees the pod being deleted and asks every
+worker over the heartbeat stream to checkpoint and stop (STOP_AFTER_CHECKPOINT);
+the workers exit 0 by themselves and so does this launcher. If they have not
+stopped when the window ends, SIGTERM goes on to torchrun as before (it stops its
+workers) and the job resumes from the last committed checkpoint. The hold
+applies only where a drain can happen: the operator's heartbeat service and a
+checkpoint URI are configured (``STOKER_OPERATOR_ADDR``, ``STOKER_CHECKPOINT_URI``)
+and the pod's grace period is known (``STOKER_TERMINATION_GRACE_SECONDS``). The
+operator deletes its own pods with a short grace period, so those are not held
+in practice (the kubelet kills them when it ends).
+
 Runs inside the worker pod (needs torch); the operator only names it.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from stoker.common import env as E
 
 # The agent lost the rendezvous store (e.g. the operator restarted): not the
 # user's fault. policy_failure classifies it as infrastructure.
 EXIT_RENDEZVOUS_LOST = 86
+# Left of the grace period after the hold: torchrun stops its workers, the pod exits
+# before the kubelet's SIGKILL.
+SAFETY_MARGIN_S = 5.0
+_TORCHELASTIC_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE"
+_DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 
 
 def exit_code_of(exitcode: int) -> int:
@@ -24,14 +50,80 @@ def exit_code_of(exitcode: int) -> int:
     return exitcode if 0 < exitcode < 256 else 1
 
 
+def drain_window(env: Mapping[str, str], margin_s: float = SAFETY_MARGIN_S) -> float:
+    """How long to hold SIGTERM (seconds; 0: pass it on at once)."""
+    if not env.get(E.OPERATOR_ADDR) or not env.get(E.CHECKPOINT_URI):
+        return 0.0  # nobody will ask the trainer to drain, or it cannot checkpoint
+    try:
+        grace = float(env.get(E.TERMINATION_GRACE) or 0)
+    except ValueError:
+        return 0.0
+    return max(0.0, grace - margin_s)
+
+
+class SigtermHold:
+    """Holds the first SIGTERM for ``window_s`` seconds, then hands it to ``forward``
+    (torchrun's own handler, which raises SignalException in the main thread). A
+    second SIGTERM while holding is forwarded at once."""
+
+    def __init__(self, window_s: float, forward: Callable[[int, Any], None],
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> None:
+        self.window_s = window_s
+        self.forward = forward
+        self.log = log
+        self.held_at: float | None = None
+        self._release = False
+        self._timer: threading.Timer | None = None
+
+    def install(self, argv: list[str], has_flag: bool) -> list[str]:
+        """Take SIGTERM from torchrun: it registers its handler for every signal in
+        --signals-to-handle (older versions: $TORCHELASTIC_SIGNALS_TO_HANDLE) when it
+        starts its workers. Returns torchrun's arguments."""
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        if not has_flag:
+            names = [s.strip() for s in os.environ.get(_TORCHELASTIC_SIGNALS, _DEFAULT_SIGNALS).split(",")]
+            os.environ[_TORCHELASTIC_SIGNALS] = ",".join(n for n in names if n and n != "SIGTERM")
+            return argv
+        if any(a.startswith(("--signals-to-handle", "--signals_to_handle")) for a in argv):
+            return argv  # the user chose; SIGTERM stays theirs if they listed it
+        return [f"--signals-to-handle={_DEFAULT_SIGNALS.replace('SIGTERM,', '')}", *argv]
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        if self._release or self.held_at is not None:
+            self.cancel()
+            self.forward(signum, frame)
+            return
+        self.held_at = time.monotonic()
+        self.log(f"stoker launch: SIGTERM held for up to {self.window_s:g}s so the trainer can checkpoint and stop")
+        self._timer = threading.Timer(self.window_s, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self._release = True
+        self.log(f"stoker launch: the trainer did not stop within {self.window_s:g}s; stopping torchrun")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def main(argv: list[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.api import SignalException, _terminate_process_handler
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
+    from torch.distributed.run import get_args_parser
     from torch.distributed.run import main as torchrun_main
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    hold = None
+    window = drain_window(os.environ)
+    if window > 0:
+        hold = SigtermHold(window, _terminate_process_handler)
+        args = hold.install(args, "--signals-to-handle" in get_args_parser()._option_string_actions)
     try:
-        torchrun_main(sys.argv[1:] if argv is None else argv)
+        torchrun_main(args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = exit_code_of(int(failure.exitcode))
@@ -43,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     except RendezvousConnectionError as e:
         print(f"stoker launch: lost the rendezvous store: {e}", file=sys.stderr, flush=True)
         return EXIT_RENDEZVOUS_LOST
+    finally:
+        if hold is not None:
+            hold.cancel()
+    if hold is not None and hold.held_at is not None:
+        print(f"stoker launch: the workers stopped {time.monotonic() - hold.held_at:.1f}s after SIGTERM",
+              file=sys.stderr, flush=True)
     return 0
 
 

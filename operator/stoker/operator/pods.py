@@ -54,6 +54,10 @@ class RenderConfig:
     monitor_interval_s: float = 1.0
     s3_endpoint: str | None = None                  # default AWS_ENDPOINT_URL_S3 if the secret has none
     launcher: str = "stoker"                        # "stoker" (exit codes preserved) | "torchrun"
+    # terminationGracePeriodSeconds when the template sets none: room for a drain (checkpoint
+    # and stop) when a worker pod is preempted or evicted. The launcher exits as soon as the
+    # trainer has stopped, so a long grace costs nothing when there is nothing to drain.
+    termination_grace_s: int = 60
 
 
 def pod_name(job: str, index: int, incarnation: int) -> str:
@@ -201,6 +205,8 @@ def render_pod(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
     trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg), cfg.launcher)
     trainer.pop("args", None)
     ours = worker_env(job, index, incarnation, cfg)
+    spec.setdefault("terminationGracePeriodSeconds", cfg.termination_grace_s)
+    ours.append({"name": E.TERMINATION_GRACE, "value": str(spec["terminationGracePeriodSeconds"])})
     our_names = {e["name"] for e in ours}
     user_env = [e for e in trainer.get("env") or [] if e.get("name") not in our_names]
     # The user may read the pod IP under any name, but $(STOKER_POD_IP) must be

@@ -162,12 +162,14 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
         return _done(p, job, st, b, desired, conds)
     p.requeue(left)
 
-    # Planned stops (suspend, scale-down): the workers checkpoint and stop first, so the
-    # next incarnation resumes exactly where they stopped.
+    # Planned stops (suspend, scale-down, a worker pod preempted with a grace period): the
+    # workers checkpoint and stop first, so the next incarnation resumes exactly where they stopped.
     ds = supervision.drain_step(status=old, obs=obs, incarnation=incarnation, checkpointing=bool(job.checkpoint),
                                 suspend=job.suspend and phase != "Suspended", excess=[x.name for x in b.excess],
                                 current_pods=[f for f in obs.facts if f.incarnation == incarnation], now=now,
-                                grace_s=settings.drain_grace_s)
+                                grace_s=settings.drain_grace_s, min_grace_s=settings.preemption_min_grace_s,
+                                margin_s=settings.preemption_margin_s)
+    drained: supervision.Decision | None = None
     if ds.kind in ("start", "wait"):
         st["drain"] = ds.drain
         if ds.kind == "start":
@@ -186,6 +188,8 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
             conds = set_condition(conds, "Restarting", True, "ScaledDown", st["message"], now)
             p.requeue(0)
             return _done(p, job, st, b, desired, conds)
+        if ds.reason == supervision.PREEMPTION and not job.suspend:
+            drained = supervision.preemption_restart(ds, incarnation, now)  # carried out below, as a restart
 
     # Suspend / resume.
     if job.suspend:
@@ -212,7 +216,7 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
 
     # Failure detection and recovery (detection.py / recovery.py via supervision.py).
     p.force_delete = supervision.to_force_delete(obs)
-    sv = supervision.decide(
+    sv = drained or supervision.decide(
         obs=obs, incarnation=incarnation, desired=desired, restarts=restarts, incidents=old.get("incidents"),
         policy=settings.policy(job), rules=job.exit_code_rules, t=settings.timeouts(job), now=now)
     if sv is not None and sv.action == "fail":
@@ -272,7 +276,8 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
         else:
             _incident(st, now, "Restart", None, None, None, incarnation, message)
             text = message
-        p.events.append(Event("Warning" if budget != "none" else "Normal", reason,
+        lost_nothing = budget == "none" or (sv is not None and bool(sv.incident.get("drained")))
+        p.events.append(Event("Normal" if lost_nothing else "Warning", reason,
                               f"{text}; restarting as incarnation {incarnation + 1}"
                               f" (user-error budget used {new_restarts['userError']}/{job.max_restarts})"))
         p.requeue(0)
@@ -289,7 +294,7 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
     present = {x.index for x in b.active + b.succeeded + b.failed + b.terminating}
     missing = [i for i in range(desired) if i not in present]
     wait = 0.0
-    if phase == "Restarting" and old.get("lastRestartTime") and restarts["total"] > 0 and old.get("reason") not in ("SpecChanged", "JobResumed", "ScaledDown"):
+    if phase == "Restarting" and old.get("lastRestartTime") and restarts["total"] > 0 and old.get("reason") not in ("SpecChanged", "JobResumed", "ScaledDown", supervision.DRAINED_FOR_PREEMPTION):
         since = (now - parse_time(old["lastRestartTime"])).total_seconds()
         wait = policy_failure.backoff_seconds(job, restarts) - since
     if missing and not policy_success.finishing(b.succeeded):

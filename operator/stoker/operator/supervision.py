@@ -60,6 +60,14 @@ class Settings:
     avoid_max: int = 3
     heartbeat_interval_s: float = 5.0
     drain_grace_s: float = 120.0         # how long a planned stop waits for the workers' checkpoint
+    # The operator deletes its own pods with this grace period (SIGKILL after it): they are
+    # either done already (after a drain) or being thrown away (a failed incarnation), and
+    # the launcher must not hold them for a drain nobody asked for.
+    delete_grace_s: int = 3
+    # An outside deletion (preemption, eviction, `kubectl delete`) starts a drain only when
+    # this much of its grace period is left, and the drain ends this long before the kill.
+    preemption_min_grace_s: float = 10.0
+    preemption_margin_s: float = 5.0
 
     def policy(self, job: Any) -> R.Policy:
         return R.Policy(max_restarts=job.max_restarts, max_infra_restarts=self.max_infra_restarts,
@@ -225,48 +233,122 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
 CHECKPOINT_FAILED = "CheckpointFailed"
 
 
+PREEMPTION = "Preemption"
+DRAINED_FOR_PREEMPTION = "DrainedForPreemption"   # restart reason after a preemption drain
+_DRAIN_PHASES = ("TRAINING", "CHECKPOINTING")
+# A preempted incarnation may still be restoring: the trainer looks at the stop request after its first step.
+_PREEMPTION_PHASES = ("STARTING", "RESTORING", "TRAINING", "CHECKPOINTING")
+
+
 @dataclasses.dataclass(frozen=True)
 class DrainStep:
-    """Where a planned stop (suspend, scale-down) stands this pass."""
+    """Where a planned stop (suspend, scale-down, preemption) stands this pass."""
 
     kind: str                            # none | start | wait | done
-    reason: str = ""                     # Suspend | ScaleDown
+    reason: str = ""                     # Suspend | ScaleDown | Preemption
     message: str = ""
-    drain: dict[str, Any] | None = None  # status.drain to write (start/wait)
+    drain: dict[str, Any] | None = None  # status.drain to write (start/wait); the finished one (done)
+    complete: bool = False               # done: every worker checkpointed and stopped (not the grace running out)
+
+
+def outside_deletions(current_pods: Sequence[D.PodFacts], *, incarnation: int, excess: Sequence[str],
+                      now: dt.datetime, min_grace_s: float) -> list[D.PodFacts]:
+    """Running pods of the incarnation that someone other than the operator is deleting
+    with enough grace left to drain (kube-scheduler preemption, the eviction API, a node
+    drain, `kubectl delete`). The operator's own deletes use a grace period shorter than
+    ``min_grace_s`` (Settings.delete_grace_s), so they never count."""
+    out = []
+    for p in current_pods:
+        if p.incarnation != incarnation or not p.deleting or p.terminated or p.name in excess:
+            continue
+        if p.deletion_at is None or (p.deletion_at - now).total_seconds() < min_grace_s:
+            continue
+        out.append(p)
+    return sorted(out, key=lambda p: (p.deletion_at, p.index))  # type: ignore[arg-type, return-value]
 
 
 def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, checkpointing: bool,
                suspend: bool, excess: Sequence[str], current_pods: Sequence[D.PodFacts], now: dt.datetime,
-               grace_s: float) -> DrainStep:
+               grace_s: float, min_grace_s: float = 10.0, margin_s: float = 5.0) -> DrainStep:
     """Before a planned stop the workers checkpoint and stop (STOP_AFTER_CHECKPOINT),
     so the next incarnation resumes exactly where they stopped (no step computed twice).
 
-    start: a stop is wanted, the job checkpoints and its ranks heartbeat -> send the command;
-    wait:  until every pod of the incarnation has exited, or ``grace_s`` passed;
-    done:  carry out the stop (delete / restart at the new size).
-    A drain already in status is finished even if the stop is no longer wanted.
+    start: a stop is wanted, the job checkpoints and its ranks heartbeat -> send the command.
+           Suspend and ScaleDown are the operator's own; Preemption is a running worker pod
+           being deleted by someone else (``outside_deletions``): its launcher holds the
+           kubelet's SIGTERM while the trainer drains, and the drain must end ``margin_s``
+           before the pod's deletionTimestamp (when the kubelet SIGKILLs it);
+    wait:  until every pod of the incarnation has exited, or ``grace_s`` (for a preemption
+           also the deadline) passed;
+    done:  carry out the stop (delete / restart at the new size / restart after the
+           preemption). A drain already in status is finished even if the stop is no longer wanted.
     """
     current = status.get("drain")
     if current:
+        reason = current.get("reason", "")
         started = D.parse_time(current.get("requestedAt"))
-        live = [p for p in current_pods if p.incarnation == incarnation and not p.terminated and not p.deleting]
-        waited = (now - started).total_seconds() if started else grace_s
+        if reason == PREEMPTION:  # the preempted pod is deleting: it counts until its trainer exits
+            live = [p for p in current_pods if p.incarnation == incarnation and not p.terminated]
+        else:
+            live = [p for p in current_pods if p.incarnation == incarnation and not p.terminated and not p.deleting]
+        left = grace_s - ((now - started).total_seconds() if started else grace_s)
+        deadline = D.parse_time(current.get("deadline"))
+        if deadline is not None:
+            left = min(left, (deadline - now).total_seconds())
         if not live:
-            return DrainStep("done", current.get("reason", ""), "every worker checkpointed and stopped")
-        if waited >= grace_s:
-            return DrainStep("done", current.get("reason", ""),
-                             f"drain grace period {grace_s:g}s ran out ({len(live)} workers still running); "
-                             "the last committed checkpoint is used")
-        return DrainStep("wait", current.get("reason", ""), "waiting for the workers to checkpoint and stop",
-                         dict(current))
-    reason = "Suspend" if suspend else ("ScaleDown" if excess else "")
-    ranks = [r for r in obs.ranks if r.incarnation == incarnation and r.phase in ("TRAINING", "CHECKPOINTING")]
-    if not reason or not obs.heartbeats or not checkpointing or not ranks:
+            return DrainStep("done", reason, "every worker checkpointed and stopped", dict(current), True)
+        if left <= 0:
+            why = (f"the preempted pod's grace period ran out ({len(live)} workers still running)"
+                   if deadline is not None and (deadline - now).total_seconds() <= 0
+                   else f"drain grace period {grace_s:g}s ran out ({len(live)} workers still running)")
+            return DrainStep("done", reason, f"{why}; the last committed checkpoint is used", dict(current))
+        return DrainStep("wait", reason, "waiting for the workers to checkpoint and stop", dict(current))
+    if not obs.heartbeats or not checkpointing:
         return DrainStep("none")
+    mine = [r for r in obs.ranks if r.incarnation == incarnation]
+    if suspend or excess:
+        reason = "Suspend" if suspend else "ScaleDown"
+        ranks = [r for r in mine if r.phase in _DRAIN_PHASES]
+        if not ranks:
+            return DrainStep("none")
+        after = max(r.step for r in ranks)
+        msg = (f"{'suspending' if suspend else 'scaling down'}: asking every worker to checkpoint and stop "
+               f"(from step {after})")
+        return DrainStep("start", reason, msg, {"reason": reason, "requestedAt": I._fmt(now), "afterStep": after})
+    going = outside_deletions(current_pods, incarnation=incarnation, excess=excess, now=now, min_grace_s=min_grace_s)
+    ranks = [r for r in mine if r.phase in _PREEMPTION_PHASES]
+    if not going or not ranks:
+        return DrainStep("none")
+    first = going[0]
     after = max(r.step for r in ranks)
-    msg = (f"{'suspending' if suspend else 'scaling down'}: asking every worker to checkpoint and stop "
-           f"(from step {after})")
-    return DrainStep("start", reason, msg, {"reason": reason, "requestedAt": I._fmt(now), "afterStep": after})
+    deadline = first.deletion_at - dt.timedelta(seconds=margin_s)  # type: ignore[operator]
+    by = f" ({first.disruption})" if first.disruption else ""
+    msg = (f"worker pod {first.name} is being deleted{by} with {(first.deletion_at - now).total_seconds():.0f}s "  # type: ignore[operator]
+           f"of grace: asking every worker to checkpoint and stop (from step {after})")
+    drain: dict[str, Any] = {"reason": PREEMPTION, "requestedAt": I._fmt(now), "afterStep": after,
+                             "deadline": I._fmt(deadline), "pod": first.name}
+    if first.node:
+        drain["node"] = first.node
+    if first.disruption:
+        drain["disruption"] = first.disruption
+    return DrainStep("start", PREEMPTION, msg, drain)
+
+
+def preemption_restart(ds: DrainStep, incarnation: int, now: dt.datetime) -> Decision:
+    """The restart after a preemption drain: a new incarnation resumes from the checkpoint the
+    workers just wrote (or, if the grace ran out, the last committed one). Preemption budget:
+    not counted against failurePolicy.maxRestarts."""
+    d = dict(ds.drain or {})
+    pod = d.get("pod")
+    by = f" ({d['disruption']})" if d.get("disruption") else ""
+    how = ("every worker checkpointed and stopped" if ds.complete
+           else "the drain did not finish in time, the last committed checkpoint is used")
+    f = D.Finding(D.PREEMPTED, f"worker pod {pod} was preempted{by}; {how}", pod=pod, node=d.get("node"),
+                  step=d.get("afterStep"), onset=D.parse_time(d.get("requestedAt")))
+    msg = f"{f.message} (preemption: does not count against failurePolicy.maxRestarts)"
+    inc = I.record(f, kind="Restart", budget="preemption", incarnation=incarnation, now=now, message=msg)
+    inc["drained"] = ds.complete
+    return Decision("restart", DRAINED_FOR_PREEMPTION, msg, "preemption", False, ("preemption", "total"), f, inc)
 
 
 def _beat(w: Any, now: dt.datetime, mono_now: float) -> dict[str, Any]:
