@@ -52,6 +52,7 @@ def test_resume_at_another_world_size_continues_the_loss(four_rank_run, nproc, p
     got = h.run(tmp, name, cfg, nproc)
     print(f"[{name}] {got['seconds']:.1f}s")
     assert got["summary"]["resumed_from"] == RESUME_AT
+    assert got["summary"]["resumed_world_size"] == 4  # the trainer says it resharded 4 -> nproc
     assert got["summary"]["world_size"] == nproc
     want, have = h.losses(ref["metrics"]), h.losses(got["metrics"])
     assert list(have) == list(range(RESUME_AT + 1, STEPS + 1)), "resumed runs start after the checkpoint"

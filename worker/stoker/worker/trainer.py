@@ -53,6 +53,18 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 SLOW_CHECKPOINT_DEFAULT_S = 3600.0  # debug.slow_checkpoint_seconds unset: until the test kills us
 
 
+def checkpoint_world_size(ckpt, step: int) -> int | None:
+    """The world size that wrote checkpoint ``step`` (from its manifest); None if unreadable."""
+    from stoker.common import layout
+    from stoker.worker.checkpoint.store import read_json
+
+    try:
+        return int(read_json(ckpt.store, step, layout.MANIFEST)["world_size"])
+    except Exception:  # noqa: BLE001 - informational only: the load itself already succeeded
+        log.warning("trainer.manifest_unreadable step=%d", step)
+        return None
+
+
 def slow_checkpoint_due(debug: DebugConfig, step: int, resumed_from: int | None) -> bool:
     """Whether the save of ``step`` holds back its commit (``debug.slow_checkpoint_at_step``).
     Never in a run that resumed from a checkpoint: a recovered incarnation redoing
@@ -91,6 +103,7 @@ class Trainer(Stateful):
         self.session = (session if session is not None else Session.from_env()).start()
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
         self.resumed_from: int | None = None  # set by restore()
+        self.resumed_world_size: int | None = None  # the world size that wrote that checkpoint
         self._build()
         self.metrics_file = None
 
@@ -317,7 +330,11 @@ class Trainer(Stateful):
             resumed_from = self.resumed_from = ckpt.load(self.checkpoint_state)
             self.session.set_last_committed_step(resumed_from)
         if resumed_from is not None:
-            log.info("trainer.resumed step=%d uri=%s", resumed_from, c.uri)
+            self.resumed_world_size = checkpoint_world_size(ckpt, resumed_from)
+            # resharded=True: DCP redistributed state saved by another number of ranks
+            log.info("trainer.resumed step=%d uri=%s checkpoint_world_size=%s world_size=%d resharded=%s",
+                     resumed_from, c.uri, self.resumed_world_size, self.world,
+                     self.resumed_world_size is not None and self.resumed_world_size != self.world)
             if self.train_state.step != resumed_from:
                 raise RuntimeError(f"checkpoint step {resumed_from} holds train_state.step={self.train_state.step}")
         elif c.init_from:
@@ -387,7 +404,8 @@ class Trainer(Stateful):
         checksum = model_checksum(self.parts)
         summary = {"step": self.train_state.step, "tokens_seen": self.train_state.tokens_seen,
                    "checksum": checksum, "world_size": self.world, "mode": cfg.parallel.mode,
-                   "resumed_from": resumed_from, "stopped_early": stop}
+                   "resumed_from": resumed_from, "resumed_world_size": self.resumed_world_size,
+                   "stopped_early": stop}
         mem = self.memory_report()
         if self.distributed:
             everyone: list = [None] * self.world
