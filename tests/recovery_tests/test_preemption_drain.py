@@ -115,12 +115,17 @@ def test_a_worker_preempted_with_a_grace_period_starts_a_drain_that_ends_before_
     ("no heartbeat service", (raw_pod(0), raw_pod(1, deleted_with_grace=30)), {"heartbeats": False}),
     ("no rank is running", (raw_pod(0), raw_pod(1, deleted_with_grace=30)),
      {"ranks": (rp(0, phase="FINISHED"), rp(1, phase="FAILED"))}),
-    ("a scaled-away pod", (raw_pod(0), raw_pod(1, deleted_with_grace=30)), {"excess": ["demo-worker-1-0"],
-                                                                          "checkpointing": False}),
     ("nothing deleted", (raw_pod(0), raw_pod(1)), {}),
 ])
 def test_no_preemption_drain_when(why, pods, kw):
     assert step(pods, **kw).kind == "none", why
+
+
+def test_a_scaled_away_pod_is_not_an_outside_deletion():
+    pods = facts(raw_pod(0, deleted_with_grace=30), raw_pod(1, deleted_with_grace=30))
+    going = S.outside_deletions(pods, incarnation=0, excess=["demo-worker-1-0"], now=NOW, min_grace_s=10)
+    assert [p.name for p in going] == ["demo-worker-0-0"]
+    assert S.outside_deletions(pods, incarnation=1, excess=[], now=NOW, min_grace_s=10) == []
 
 
 def test_suspend_and_scale_down_keep_their_own_drain_reasons():
@@ -252,6 +257,9 @@ def test_the_launcher_holds_sigterm_only_where_a_drain_can_happen():
     full = {E.OPERATOR_ADDR: "10.0.0.1:50051", E.CHECKPOINT_URI: "s3://b/p", E.TERMINATION_GRACE: "60"}
     assert launch.drain_window(full) == 55
     assert launch.drain_window({**full, E.TERMINATION_GRACE: "5"}) == 0
+    assert launch.drain_window({**full, E.TERMINATION_GRACE: "9"}) == 0   # too short for the operator to drain
+    assert launch.drain_window({**full, E.TERMINATION_GRACE: "10"}) == 5
+    assert launch.MIN_DRAIN_GRACE_S == S.Settings().preemption_min_grace_s
     assert launch.drain_window({k: v for k, v in full.items() if k != E.OPERATOR_ADDR}) == 0
     assert launch.drain_window({k: v for k, v in full.items() if k != E.CHECKPOINT_URI}) == 0
     assert launch.drain_window({**full, E.TERMINATION_GRACE: "soon"}) == 0
@@ -295,9 +303,9 @@ def test_on_sigterm_the_launcher_lets_a_draining_worker_finish_and_exits_0(tmp_p
 
 @pytest.mark.torch
 def test_the_launcher_stops_torchrun_when_the_hold_ends(tmp_path):
-    code, out = launcher(tmp_path, worker_s=300, grace=7)  # held 2 s, the worker never stops by itself
+    code, out = launcher(tmp_path, worker_s=300, grace=10)  # held 5 s, the worker never stops by itself
     assert code == 128 + signal.SIGTERM, out[-3000:]
-    assert "did not stop within 2s" in out
+    assert "did not stop within 5s" in out
 
 
 @pytest.mark.torch

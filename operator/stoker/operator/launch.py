@@ -40,6 +40,9 @@ EXIT_RENDEZVOUS_LOST = 86
 # Left of the grace period after the hold: torchrun stops its workers, the pod exits
 # before the kubelet's SIGKILL.
 SAFETY_MARGIN_S = 5.0
+# The operator starts a drain only with this much grace left (supervision.Settings.
+# preemption_min_grace_s): with less, holding SIGTERM would only delay the stop.
+MIN_DRAIN_GRACE_S = 10.0
 _TORCHELASTIC_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 _DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 
@@ -57,6 +60,8 @@ def drain_window(env: Mapping[str, str], margin_s: float = SAFETY_MARGIN_S) -> f
     try:
         grace = float(env.get(E.TERMINATION_GRACE) or 0)
     except ValueError:
+        return 0.0
+    if grace < MIN_DRAIN_GRACE_S:
         return 0.0
     return max(0.0, grace - margin_s)
 
