@@ -175,6 +175,12 @@ def test_the_restart_after_a_preemption_drain_spends_the_preemption_budget():
     assert inc["detectionLatencySeconds"] == 6
     late = S.preemption_restart(S.DrainStep("done", "Preemption", "ran out", st["drain"], False), 0, NOW)
     assert late.incident["drained"] is False and "last committed checkpoint" in late.message
+    # a node drain through the eviction API: the same drain, named for what it was (and its node avoided)
+    evicted = {**st["drain"], "disruption": "EvictionByEvictionAPI"}
+    e = S.preemption_restart(S.DrainStep("done", "Preemption", "", evicted, True), 0, NOW)
+    assert (e.incident["detectedCause"], e.incident["cause"], e.budget) == ("Evicted", "preemption", "preemption")
+    assert "evicted (EvictionByEvictionAPI)" in e.message
+    assert S.avoid_nodes([e.incident]) == ("n1",) and S.avoid_nodes([d.incident]) == ()
 
 
 # ----------------------------------------------------------------------------- the reconcile pass

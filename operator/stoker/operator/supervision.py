@@ -339,11 +339,14 @@ def preemption_restart(ds: DrainStep, incarnation: int, now: dt.datetime) -> Dec
     workers just wrote (or, if the grace ran out, the last committed one). Preemption budget:
     not counted against failurePolicy.maxRestarts."""
     d = dict(ds.drain or {})
-    pod = d.get("pod")
-    by = f" ({d['disruption']})" if d.get("disruption") else ""
+    pod, why = d.get("pod"), d.get("disruption") or ""
+    # An eviction (eviction API, node drain, kubelet) names its node; anything else
+    # (kube-scheduler preemption, a plain delete) is a preemption.
+    cause, verb = (D.EVICTED, "evicted") if why in D.EVICTION_REASONS else (D.PREEMPTED, "preempted")
+    by = f" ({why})" if why else ""
     how = ("every worker checkpointed and stopped" if ds.complete
            else "the drain did not finish in time, the last committed checkpoint is used")
-    f = D.Finding(D.PREEMPTED, f"worker pod {pod} was preempted{by}; {how}", pod=pod, node=d.get("node"),
+    f = D.Finding(cause, f"worker pod {pod} was {verb}{by}; {how}", pod=pod, node=d.get("node"),
                   step=d.get("afterStep"), onset=D.parse_time(d.get("requestedAt")))
     msg = f"{f.message} (preemption: does not count against failurePolicy.maxRestarts)"
     inc = I.record(f, kind="Restart", budget="preemption", incarnation=incarnation, now=now, message=msg)
