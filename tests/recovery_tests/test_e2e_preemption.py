@@ -46,7 +46,7 @@ def priority_class(cluster):
     name = f"stoker-test-preemptor-{uuid.uuid4().hex[:6]}"
     body = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
             "value": 1000000, "preemptionPolicy": "PreemptLowerPriority",
-            "description": "test_e2e_preemption: preempts the training job's worker"}
+            "description": "test_e2e_preemption: preempts the training job worker"}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
     yield name
     cluster.kubectl("delete", "priorityclass", name, "--ignore-not-found", check=False)
