@@ -1,6 +1,8 @@
 """Recovery decisions: honest budgets, repeated user errors, node avoidance, drains."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from stoker.operator import detection as D
@@ -167,3 +169,22 @@ def test_drain_waits_for_every_rank_or_the_grace_period(acks, now, done):
 def test_last_error_lines():
     assert R.last_error_lines("a\n\n b \nc\n", lines=2) == " b\nc"
     assert R.last_error_lines("") == ""
+
+
+def test_a_replaced_pods_last_heartbeats_do_not_speak_for_its_replacement():
+    def rec(rank, pod, node, seen=100.0):
+        return D.RankProgress(rank=rank, incarnation=0, step=40, last_seen=seen, advanced_at=seen, pod_name=pod,
+                              node_name=node)
+
+    lost = rec(2, "j-worker-1-0", "n1", seen=0.0)  # its node died with it; nobody took rank 2 over
+    alive = rec(0, "j-worker-0-0", "n0")
+    nodeless = rec(1, "j-worker-2-0", "")
+    gone = rec(3, "j-worker-3-0", "n3")  # no pod of that name any more: the caller's business
+    running = [D.PodFacts("j-worker-0-0", 0, 0, "Running", "n0"), D.PodFacts("j-worker-2-0", 2, 0, "Running", "n2")]
+    waiting = D.PodFacts("j-worker-1-0", 1, 0, "Pending", None)  # the replacement: same name, no node yet
+    assert R.current_records([lost, alive, nodeless, gone], running + [waiting]) == [alive, nodeless, gone]
+    placed = dataclasses.replace(waiting, phase="Running", node="n9")
+    own = rec(2, "j-worker-1-0", "n9")
+    assert R.current_records([lost, own], running + [placed]) == [own]
+    # the lost pod itself, not yet replaced: its record is its own
+    assert R.current_records([lost], [D.PodFacts("j-worker-1-0", 1, 0, "Running", "n1")]) == [lost]

@@ -1,9 +1,14 @@
 """The recovery shell's side effects, against a recording stand-in for the API."""
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+
 from stoker.common import env as E
 from stoker.common import labels as L
+from stoker.operator import detection as D
 from stoker.operator import recovery as R
+from stoker.operator import supervision as S
 from stoker.operator.kube import KubeError
 from stoker.operator.recovery_shell import RecoveryShell
 
@@ -85,3 +90,43 @@ def test_on_call_requests_are_acknowledged_on_the_job():
     [(method, path, body)] = api.calls
     assert method == "PATCH" and path.endswith("/namespaces/ns/trainingjobs/j")
     assert body == {"metadata": {"annotations": {L.CHECKPOINT_REQUEST_HANDLED: "rid-1"}}}
+
+
+def test_a_replacement_waiting_for_capacity_is_not_blamed_for_the_lost_pods_silence():
+    # The elastic job lost j-worker-1-0 (rank 2) with its node n1; the survivors re-formed
+    # at world size 2 (ranks 0, 1) and the replacement, same name, is Pending.
+    def rec(rank, pod, node, seen):
+        return D.RankProgress(rank=rank, incarnation=0, step=40, last_seen=seen, advanced_at=seen, pod_name=pod,
+                              node_name=node, step_times=(0.1,))
+
+    records = [rec(0, "j-worker-0-0", "n0", 99.0), rec(1, "j-worker-2-0", "n2", 99.0),
+               rec(2, "j-worker-1-0", "n1", 0.0)]
+
+    class Beats:
+        def ranks(self, ns, name):
+            return list(records)
+
+        def workers(self, ns, name):
+            return []
+
+    def raw(index, node, phase):
+        spec = {"containers": [{"name": "trainer"}], **({"nodeName": node} if node else {})}
+        return {"metadata": {"name": f"j-worker-{index}-0", "labels": {L.REPLICA_INDEX: str(index),
+                                                                       L.INCARNATION: "0"}},
+                "spec": spec, "status": {"phase": phase}}
+
+    ready = [{"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+             for n in ("n0", "n2")]
+    shell = RecoveryShell(Api(nodes=ready), Beats(), mono=lambda: 100.0)  # type: ignore[arg-type]
+    obs = shell.observe("ns", "j", [raw(0, "n0", "Running"), raw(1, None, "Pending"), raw(2, "n2", "Running")])
+    assert [r.rank for r in obs.ranks] == [0, 1]
+
+    def decide(o):
+        return S.decide(obs=o, incarnation=0, desired=3, restarts={}, incidents=[],
+                        policy=R.Policy(elastic=True, min_replicas=2), rules=(),
+                        t=D.Timeouts(heartbeat_s=30, interval_s=1), now=dt.datetime.now(dt.timezone.utc))
+
+    assert decide(obs) is None
+    # with the lost pod's record, its 100 s of silence would be pinned on the replacement
+    stale = decide(dataclasses.replace(obs, ranks=tuple(records)))
+    assert (stale.action, stale.finding.cause, stale.pods) == ("replace", D.HEARTBEAT_LOST, ("j-worker-1-0",))

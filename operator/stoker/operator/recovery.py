@@ -186,6 +186,32 @@ def count(restarts: Mapping[str, int], action: Restart | Replace) -> dict[str, i
     return out
 
 
+# ---------------------------------------------------------------------------- heartbeat records
+
+
+def current_records(records: Iterable[Any], facts: Iterable[D.PodFacts]) -> list[Any]:
+    """The heartbeat records (``RankProgress`` / worker snapshots: anything with
+    ``pod_name`` and ``node_name``) that can still speak for a pod of the job.
+
+    An elastic job keeps its incarnation when a pod is replaced, and the
+    replacement has the same name; after the survivors re-rendezvous at a smaller
+    world size nobody takes over the lost pod's rank either. So the lost pod's last
+    record would name a pod that exists again (Pending, waiting for capacity) and
+    grow older and older: heartbeat silence, held against the replacement. A
+    record counts only while its pod runs on the node the record came from; the
+    replacement's trainer starts records of its own. Records of pods not observed
+    (gone) or without a node are left to the caller.
+    """
+    node_of = {p.name: p.node for p in facts if not p.deleting}
+    out = []
+    for r in records:
+        pod, node = getattr(r, "pod_name", ""), getattr(r, "node_name", "")
+        if pod and node and pod in node_of and node_of[pod] != node:
+            continue
+        out.append(r)
+    return out
+
+
 # ---------------------------------------------------------------------------- node avoidance
 
 

@@ -72,8 +72,11 @@ class RecoveryShell:
         hb = self.heartbeats
         if hb is None:
             return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed, mono_now=self.mono())
-        return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed, ranks=tuple(hb.ranks(namespace, name)),
-                          workers=tuple(hb.workers(namespace, name)), mono_now=self.mono(), heartbeats=True)
+        # A replaced pod's last records (same pod name, the lost node) are not the replacement's.
+        return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed,
+                          ranks=tuple(R.current_records(hb.ranks(namespace, name), facts)),
+                          workers=tuple(R.current_records(hb.workers(namespace, name), facts)),
+                          mono_now=self.mono(), heartbeats=True)
 
     # ------------------------------------------------------------------ act
     def before_create(self, job: Any) -> None:
