@@ -20,10 +20,9 @@ Stoker) on the same trainer and config. A crash is seen by torchrun's agent
 timeout is 30 minutes) -- reported as "not detected within --hang-cap seconds";
 a lost machine has no single-machine torchrun equivalent (n/a).
 
-Goodput (``--goodput``): wall time of an undisturbed job divided by the wall
-time of the same job with a worker SIGKILLed every ``--kill-every`` seconds.
+Goodput under periodic failures is bench/bench_goodput.py.
 
-    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,hang,node] [--goodput] [--cluster-dir DIR]
+    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,hang,node] [--cluster-dir DIR]
 
 Writes bench/results/bench_recovery.json and prints a table.
 """
@@ -177,7 +176,7 @@ class Bench:
         out = self.c.kubectl("get", "tj", name, "-n", self.ns, "-o", "json", check=False)
         return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
 
-    def create(self, name: str, cfg: dict, failure_policy: dict) -> Path:
+    def create(self, name: str, cfg: dict, failure_policy: dict, ckpt_every: int = 5) -> Path:
         out = self.tmp / name
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg))
@@ -188,7 +187,7 @@ class Bench:
                              "command": [sys.executable, "-m", "stoker.worker.train", str(out / "config.json")],
                              "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}],
                              "terminationGracePeriodSeconds": 5, "nodeSelector": {POOL_LABEL: self.ns}}},
-                         "checkpoint": {"uri": f"s3://{self.bucket}/{name}", "intervalSteps": 5,
+                         "checkpoint": {"uri": f"s3://{self.bucket}/{name}", "intervalSteps": ckpt_every,
                                         "credentialsSecretRef": {"name": "stoker-s3"}},
                          "failurePolicy": {"maxRestarts": 3, "backoffSeconds": 0, **failure_policy}}}
         self.c.kubectl("apply", "-n", self.ns, "-f", "-", input=json.dumps(body))
@@ -240,30 +239,6 @@ class Bench:
         wait("job Succeeded", lambda: self.status(name).get("phase") == "Succeeded", 600, 0.2)
         return {"kind": kind, "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
                 "recover_s": t_recover - t0, "operator_latency_s": inc.get("detectionLatencySeconds")}
-
-    def goodput(self, kill_every: float, steps: int) -> dict:
-        name = f"gp-base-{uuid.uuid4().hex[:4]}"
-        out = self.create(name, trainer_cfg(self.tmp / name, steps, None), {"progressTimeoutSeconds": 30})
-        t0 = time.time()
-        wait("undisturbed job", lambda: self.status(name).get("phase") == "Succeeded", 1800, 0.2)
-        base = time.time() - t0
-        name = f"gp-kill-{uuid.uuid4().hex[:4]}"
-        out = self.create(name, trainer_cfg(self.tmp / name, steps, None), {"progressTimeoutSeconds": 30,
-                                                                            "maxRestarts": 100})
-        t0 = time.time()
-        kills, next_kill = 0, t0 + kill_every
-        while self.status(name).get("phase") != "Succeeded":
-            if time.time() >= next_kill:
-                inc = self.status(name).get("incarnation", 0)
-                pid = trainer_pid(pod_name=f"{name}-worker-1-{inc}")
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-                    kills += 1
-                next_kill = time.time() + kill_every
-            time.sleep(0.2)
-        disturbed = time.time() - t0
-        del out
-        return {"undisturbed_s": base, "disturbed_s": disturbed, "kills": kills, "goodput": base / disturbed}
 
 
 # ------------------------------------------------------------------ baseline: plain torchrun
@@ -349,9 +324,6 @@ def main() -> int:
     ap.add_argument("--kinds", default="crash,hang,node")
     ap.add_argument("--hang-cap", type=float, default=60.0, help="how long the torchrun baseline is watched for a hang")
     ap.add_argument("--crash-cap", type=float, default=120.0, help="how long a torchrun baseline may take to recover")
-    ap.add_argument("--goodput", action="store_true")
-    ap.add_argument("--kill-every", type=float, default=20.0)
-    ap.add_argument("--goodput-steps", type=int, default=2000)
     ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
@@ -381,8 +353,6 @@ def main() -> int:
             r = torchrun_hang(tmp, args.hang_cap)
             print(json.dumps({"baseline": "torchrun", **r}), flush=True)
             results["torchrun"].append(r)
-        if args.goodput:
-            results["goodput"] = b.goodput(args.kill_every, args.goodput_steps)
     finally:
         b.teardown()
         if not args.cluster_dir:
@@ -420,8 +390,6 @@ def main() -> int:
         rows.append(row)
     results["table"] = rows
     print_table(f"Recovery ({args.runs} runs per fault, 2 workers, tiny model; load {os.getloadavg()[0]:.1f})", rows)
-    if "goodput" in results:
-        print_table("Goodput with periodic worker kills", [results["goodput"]])
     path = write_results("bench_recovery", results)
     print(f"wrote {path}")
     return 0
