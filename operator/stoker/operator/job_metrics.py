@@ -25,6 +25,8 @@ from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .detection import parse_time
+
 ACTIVE_PHASES = ("Created", "Running", "Restarting")   # checkpoint age matters only here
 RECOVERY_KINDS = ("Restart", "Replace")                 # incidents that stop training
 RATE_WINDOW_S = 60.0                                    # steps/s: progress over the last minute
@@ -41,11 +43,8 @@ class WorkerSource(Protocol):
 
 def _parse(s: Any) -> float | None:
     """RFC 3339 (``...Z``) -> epoch seconds; None for missing or malformed values."""
-    if not isinstance(s, str) or not s:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
+    t = parse_time(s) if isinstance(s, str) else None
+    if t is None:
         return None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
