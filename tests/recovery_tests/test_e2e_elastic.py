@@ -215,3 +215,17 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
     assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}
     assert failures(st) == ["Replace"], st["incidents"]
     assert st["lastCheckpoint"]["step"] == STEPS and st["lastCheckpoint"]["worldSize"] == 3
+
+
+def test_a_replacement_that_avoids_several_nodes_is_a_valid_pod(kube, namespace):
+    """A replacement may avoid more than one node (a second loss while it waits, a node
+    that failed the job before); the API server must accept its affinity."""
+    from stoker.operator import recovery as R
+
+    spec = R.with_node_anti_affinity({"containers": [{"name": "trainer", "image": "local/python"}],
+                                      "nodeSelector": {POOL_LABEL: "none"}}, ["lost-a", "lost-b", "lost-c"])
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "avoids-three"}, "spec": spec}
+    made = kube.core.create_namespaced_pod(namespace, pod, dry_run="All")
+    fields = made.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution \
+        .node_selector_terms[0].match_fields
+    assert sorted(f.values[0] for f in fields) == ["lost-a", "lost-b", "lost-c"]

@@ -125,8 +125,10 @@ def test_anti_affinity_is_added_to_every_required_term_and_keeps_the_rest():
         "podAntiAffinity": {"x": 1}}}
     out = R.with_node_anti_affinity(spec, ["n2", "n1"])
     terms = out["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    want = {"key": "metadata.name", "operator": "NotIn", "values": ["n1", "n2"]}
-    assert [t["matchFields"] for t in terms] == [[want], [want]]
+    # one expression per node: the API server takes one value for matchFields In/NotIn
+    want = [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]},
+            {"key": "metadata.name", "operator": "NotIn", "values": ["n2"]}]
+    assert [t["matchFields"] for t in terms] == [want, want]
     assert terms[0]["matchExpressions"][0]["values"] == ["a"]
     assert out["affinity"]["podAntiAffinity"] == {"x": 1}
     assert out["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]

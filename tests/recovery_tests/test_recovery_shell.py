@@ -130,3 +130,34 @@ def test_a_replacement_waiting_for_capacity_is_not_blamed_for_the_lost_pods_sile
     # with the lost pod's record, its 100 s of silence would be pinned on the replacement
     stale = decide(dataclasses.replace(obs, ranks=tuple(records)))
     assert (stale.action, stale.finding.cause, stale.pods) == ("replace", D.HEARTBEAT_LOST, ("j-worker-1-0",))
+
+
+def test_a_node_missing_or_lost_in_the_cached_list_is_read_again_before_a_pod_is_judged_by_it():
+    def node(name, ready="True", taint=None):
+        spec = {"taints": [{"key": taint, "effect": "NoSchedule"}]} if taint else {}
+        return {"metadata": {"name": name}, "spec": spec,
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+    clock = [0.0]
+    api = Api(nodes=[node("n0")])
+    shell = RecoveryShell(api, mono=lambda: clock[0])
+    listings = lambda: sum(1 for c in api.calls if c[1] == "/api/v1/nodes")  # noqa: E731
+    assert set(shell.nodes()[0]) == {"n0"} and listings() == 1
+    # n3 registers (still tainted not-ready) and a pod lands there within the cache's second
+    api.nodes = [node("n0"), node("n3", taint="node.kubernetes.io/not-ready")]
+    clock[0] = 0.5
+    assert shell.nodes(need={"n0"})[0].keys() == {"n0"} and listings() == 1  # nothing suspect: cached
+    views, listed = shell.nodes(need={"n3"})  # not in the cache: not "deleted", read again
+    assert listed and views["n3"].lost and listings() == 2
+    api.nodes = [node("n0"), node("n3")]  # the taint is lifted
+    clock[0] = 0.6
+    assert shell.nodes(need={"n3"})[0]["n3"].lost and listings() == 2  # re-read at most every 0.2 s
+    clock[0] = 0.8
+    assert not shell.nodes(need={"n3"})[0]["n3"].lost and listings() == 3
+    # observe() asks for the nodes of the job's pods
+    api.nodes = [node("n0"), node("n4")]
+    clock[0] = 1.5
+    pod = {"metadata": {"name": "j-worker-0-0", "labels": {L.REPLICA_INDEX: "0", L.INCARNATION: "0"}},
+           "spec": {"containers": [{"name": "trainer"}], "nodeName": "n4"}, "status": {"phase": "Running"}}
+    obs = shell.observe("ns", "j", [pod])
+    assert "n4" in obs.nodes and not obs.nodes["n4"].lost

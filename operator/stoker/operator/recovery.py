@@ -231,14 +231,16 @@ def nodes_to_avoid(history: Iterable[Mapping[str, Any]], finding: D.Finding | No
 def with_node_anti_affinity(pod_spec: Mapping[str, Any], nodes: Sequence[str]) -> dict[str, Any]:
     """A copy of ``pod_spec`` that cannot be scheduled on ``nodes``.
 
-    Adds ``matchFields: metadata.name NotIn nodes`` to every required node
-    selector term (terms are ORed, so each one needs it); creates one term if
+    Adds ``matchFields: metadata.name NotIn [node]`` for each node to every
+    required node selector term (terms are ORed, so each one needs them; the
+    expressions of a term are ANDed). One expression per node: the API server
+    accepts a single value for ``matchFields`` In/NotIn. Creates one term if
     there are none. Preferred terms and other affinities are kept.
     """
     spec = copy.deepcopy(dict(pod_spec))
     if not nodes:
         return spec
-    expr = {"key": "metadata.name", "operator": "NotIn", "values": sorted(set(nodes))}
+    exprs = [{"key": "metadata.name", "operator": "NotIn", "values": [n]} for n in sorted(set(nodes))]
     aff = spec.setdefault("affinity", {})
     na = aff.setdefault("nodeAffinity", {})
     req = na.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
@@ -248,7 +250,7 @@ def with_node_anti_affinity(pod_spec: Mapping[str, Any], nodes: Sequence[str]) -
         term = dict(term)
         fields = [f for f in term.get("matchFields") or []
                   if not (f.get("key") == "metadata.name" and f.get("operator") == "NotIn")]
-        term["matchFields"] = fields + [expr]
+        term["matchFields"] = fields + copy.deepcopy(exprs)
         new_terms.append(term)
     req["nodeSelectorTerms"] = new_terms
     return spec

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
 from stoker.common import env as E
@@ -28,6 +28,7 @@ from .pods import job_labels, owner_reference
 log = logging.getLogger("stoker.operator.recovery")
 
 NODES_TTL_S = 1.0
+NODES_RECHECK_S = 0.2
 
 
 class RecoveryShell:
@@ -46,12 +47,20 @@ class RecoveryShell:
         self._nodes_forbidden = not watch_nodes  # without nodes, loss shows through pods and heartbeats
 
     # ------------------------------------------------------------------ observe
-    def nodes(self) -> tuple[dict[str, D.NodeView], bool]:
+    def nodes(self, need: Iterable[str] = ()) -> tuple[dict[str, D.NodeView], bool]:
         """All nodes (cached for a second); (views, listed). Without RBAC on nodes,
-        node loss is seen only through the pods."""
+        node loss is seen only through the pods.
+
+        ``need``: the nodes the caller's pods run on. A cached list that lacks one of
+        them or shows it lost is re-read first (at most every ``NODES_RECHECK_S``): a
+        node that registered a moment ago is not a deleted node, and one whose
+        not-ready taint was just lifted (the scheduler placed a pod there) is not lost.
+        """
         with self._lock:
             at, views, listed = self._nodes
-            if self.mono() - at < NODES_TTL_S or self._nodes_forbidden:
+            age = self.mono() - at
+            suspect = listed and any(n not in views or views[n].lost for n in need)
+            if self._nodes_forbidden or age < (NODES_RECHECK_S if suspect else NODES_TTL_S):
                 return views, listed
         try:
             _, body = self.kube.request("GET", "/api/v1/nodes")
@@ -68,7 +77,7 @@ class RecoveryShell:
 
     def observe(self, namespace: str, name: str, raw_pods: list[dict[str, Any]]) -> S.Observed:
         facts = tuple(f for f in (D.pod_facts(p) for p in raw_pods) if f is not None)
-        nodes, listed = self.nodes()
+        nodes, listed = self.nodes(need={f.node for f in facts if f.node})
         hb = self.heartbeats
         if hb is None:
             return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed, mono_now=self.mono())
