@@ -92,7 +92,7 @@ def main() -> int:
     try:
         c.up()
         c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        c.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+        c.wait_crd_established("trainingjobs.stoker.dev")
         pods = args.jobs * args.workers
         nodes = c.add_kwok_nodes(pods // 8 + 2, gpus=8, prefix="bench-kwok", labels=POOL)
         suffix = os.urandom(3).hex()

@@ -125,7 +125,7 @@ class Bench:
     # ------------------------------------------------------------------ setup
     def setup(self, nodes: int = 4) -> None:
         self.c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        self.c.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+        self.c.wait_crd_established("trainingjobs.stoker.dev")
         self.c.kubectl("create", "namespace", self.ns)
         wait("default service account", lambda: self.c.kubectl("get", "sa", "default", "-n", self.ns,
                                                                check=False).returncode == 0, 60, 0.2)

@@ -103,7 +103,7 @@ def run(c, ns: str, *, say) -> dict:
                  region_name=s3env[E.S3_REGION]).create_bucket(Bucket=bucket)
     c.create_s3_secret(ns)
     c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    c.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+    c.wait_crd_established("trainingjobs.stoker.dev")
 
     say("starting the operator (kopf) for the demo namespace")
     op_log = work / "operator.log"

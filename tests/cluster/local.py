@@ -658,6 +658,20 @@ class LocalCluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
 
+    def wait_crd_established(self, name: str, timeout: float = 60) -> None:
+        """Wait until CRD ``name`` is Established. Polls the condition itself:
+        `kubectl wait --for=condition=Established` fails at once ("accessor error")
+        when it looks before the apiserver has written any condition."""
+        path = '{.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.kubectl("get", "crd", name, "-o", f"jsonpath={path}", check=False)
+            if r.returncode == 0 and r.stdout.strip() == "True":
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"CRD {name} not Established after {timeout:g}s: {r.stdout.strip() or r.stderr.strip()}")
+            time.sleep(0.1)
+
     def add_kwok_nodes(
         self,
         n: int,

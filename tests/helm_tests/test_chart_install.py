@@ -145,7 +145,7 @@ def api_status(kubeconfig: str, method: str, path: str, body: dict | None = None
 def test_operator_authenticates_with_a_service_account_token(cluster, kube, namespace, release, tmp_path):
     """As in its pod: the operator's only credential is a ServiceAccount token."""
     release.install({})
-    cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+    cluster.wait_crd_established("trainingjobs.stoker.dev")
     kubeconfig = token_kubeconfig(cluster, namespace, "stoker", tmp_path / "sa.kubeconfig")
     ports = {k: free_port() for k in ("metrics", "health", "rendezvous", "heartbeat")}
     op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / "operator.log",
@@ -170,7 +170,7 @@ def test_install_then_operator_under_the_chart_identity_runs_a_job_and_nothing_m
     sa = f"system:serviceaccount:{namespace}:stoker"
     notes = release.install({})
     assert "kubectl get tj" in notes and "kubectl stoker get" in notes
-    cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+    cluster.wait_crd_established("trainingjobs.stoker.dev")
 
     kinds = {(o["kind"], o["metadata"]["name"]) for o in release.manifest()}
     assert {("ServiceAccount", "stoker"), ("Role", "stoker"), ("RoleBinding", "stoker"), ("Service", "stoker"),
@@ -293,7 +293,7 @@ def test_cluster_mode_install_grants_every_namespace_through_one_cluster_role(cl
             assert not can_i(cluster, sa, verb, resource, None), f"{sa} may {verb} {resource}"
         # The operator creates the peering object the replicas share (its CRD is in crds/).
         assert can_i(cluster, sa, "create", "clusterkopfpeerings.kopf.dev", None)
-        cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+        cluster.wait_crd_established("clusterkopfpeerings.kopf.dev")
         assert kube.apps.read_namespaced_deployment(f"{full}-rendezvous", namespace).spec.replicas == 1
     finally:
         rel.run("uninstall", rel.name, "-n", namespace, "--wait", check=False)
@@ -302,7 +302,7 @@ def test_cluster_mode_install_grants_every_namespace_through_one_cluster_role(cl
 
 def test_two_replicas_sharing_the_charts_peering_object_exactly_one_acts(cluster, kube, namespace, release, tmp_path):
     release.install({"replicaCount": 2})
-    cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    cluster.wait_crd_established("kopfpeerings.kopf.dev")
     kubeconfig = token_kubeconfig(cluster, namespace, "stoker", tmp_path / "sa.kubeconfig")
     ops = []
     try:

@@ -26,7 +26,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def crd(cluster):
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.stoker.dev", "--timeout=60s")
+    cluster.wait_crd_established("trainingjobs.stoker.dev")
     # The API server's discovery of the new kind can lag the Established condition.
     deadline = time.monotonic() + 30
     while cluster.kubectl("get", "tj", "-A", check=False).returncode != 0:

@@ -25,7 +25,7 @@ def created_by(op) -> list[str]:
 
 def test_only_the_leader_acts_and_the_follower_takes_over(cluster, kube, namespace, kwok_pool, start_operator):
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(PEERING_CRDS))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    cluster.wait_crd_established("kopfpeerings.kopf.dev")
     env = {"STOKER_OPERATOR_PEERING": "stoker", "STOKER_OPERATOR_PEERING_LIFETIME_SECONDS": "4"}
     follower = start_operator(extra_env={**env, "STOKER_OPERATOR_PEERING_PRIORITY": "100"})
     leader = start_operator(extra_env={**env, "STOKER_OPERATOR_PEERING_PRIORITY": "200"})
