@@ -45,23 +45,16 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, machine_info, print_table, write_results  # noqa: E402
 from tests.cluster.local import LocalCluster  # noqa: E402
+from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
 
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
 POOL_LABEL = "stoker.dev/bench-pool"
 
 
 def trainer_cfg(out: Path, steps: int, stall: int | None) -> dict:
-    cfg = {
-        "model": {"size": "tiny"},
-        "data": {"vocab_size": 64, "seq_len": 16, "train_samples": 512, "val_samples": 16},
-        "train": {"seed": 7, "steps": steps, "global_batch": 8, "micro_batch": 2, "lr": 3e-3,
-                  "warmup_steps": 2, "num_threads": 1},
-        "parallel": {"mode": "auto"},
-        "checkpoint": {"interval": 5, "keep": 3, "async_mode": "async"},
-        "output": {"metrics_path": str(out / "metrics.jsonl"), "summary_path": str(out / "summary.json")},
-    }
-    if stall is not None:
-        cfg["debug"] = {"stall_after_step": stall}
+    """The recovery tests' job (tests/recovery_tests/trainer_configs.py), its outputs under ``out``."""
+    cfg = trainer_config(steps, **({"stall_after_step": stall} if stall is not None else {}))
+    cfg["output"] = {"metrics_path": str(out / "metrics.jsonl"), "summary_path": str(out / "summary.json")}
     return cfg
 
 

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from tests.operator_tests.conftest import crd, free_port, start_operator  # noqa: F401  (fixtures)
+from tests.recovery_tests.trainer_configs import trainer_config, write_config  # noqa: F401  (re-exported)
 
 POOL_LABEL = "stoker.dev/test-pool"
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -66,29 +67,6 @@ def heartbeat_operator(start_operator, cluster):
         return start_operator(rendezvous=True, extra_env=env)
 
     return start
-
-
-def trainer_config(steps: int, **debug) -> dict:
-    cfg = {
-        "model": {"size": "tiny"},
-        "data": {"vocab_size": 64, "seq_len": 16, "train_samples": 512, "val_samples": 16},
-        "train": {"seed": 7, "steps": steps, "global_batch": 8, "micro_batch": 2, "lr": 3e-3,
-                  "warmup_steps": 2, "num_threads": 1},
-        "parallel": {"mode": "auto"},
-        "checkpoint": {"interval": 5, "keep": 3, "async_mode": "async"},
-    }
-    if debug:
-        cfg["debug"] = debug
-    return cfg
-
-
-def write_config(path: pathlib.Path, cfg: dict, out: pathlib.Path) -> pathlib.Path:
-    cfg = json.loads(json.dumps(cfg))
-    cfg["output"] = {"metrics_path": str(out / "metrics.jsonl"), "summary_path": str(out / "summary.json")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg))
-    return path
 
 
 _REFERENCE: dict[tuple, dict] = {}
