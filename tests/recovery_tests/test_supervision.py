@@ -189,3 +189,16 @@ def test_ranks_of_pods_that_are_gone_are_not_silent_workers():
     assert decide(obs) is None
     with_pod = dataclasses.replace(obs, facts=(pod(0), pod(1), pod(2)))
     assert decide(with_pod, desired=3).finding.cause == D.HEARTBEAT_LOST
+
+
+def test_a_replace_closes_only_when_a_survivor_steps_after_the_incident():
+    """Survivors of a Replace have step times from before the failure: those do not
+    say the job trains again; a step completed after the incident does."""
+    status = {"incidents": [{"kind": "Replace", "time": "2026-01-01T11:59:50Z", "incarnation": 0}]}
+    # the heartbeat clock reads 200 at NOW, so the incident was at 190 on it
+    before = S.Observed(ranks=(rp(0, step=40, advanced_at=185.0), rp(1, step=40, advanced_at=186.0)),
+                        heartbeats=True, mono_now=200.0)
+    assert "incidents" not in S.progress(status, before, incarnation=0, checkpoint_uri=None, now=NOW)
+    after = dataclasses.replace(before, ranks=(rp(0, step=41, advanced_at=195.0), rp(1, step=40, advanced_at=186.0)))
+    closed = S.progress(status, after, incarnation=0, checkpoint_uri=None, now=NOW)["incidents"][-1]
+    assert closed["recoveredAt"] == "2026-01-01T12:00:00Z" and closed["timeToRecoverSeconds"] == 10

@@ -205,9 +205,12 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
         if beats != status.get("workerHeartbeats"):
             out["workerHeartbeats"] = beats
     # Recovered: a rank of this incarnation was seen completing a step (the
-    # tracker records a step time only for an advance it observed).
+    # tracker records a step time only for an advance it observed) after the
+    # incident -- for a Replace the survivors' step times from before it do not count.
     # A rank that already FINISHED counts too (short runs can finish between two heartbeats).
-    training = any(r.incarnation == incarnation and r.step >= 0 and (r.step_times or r.phase == "FINISHED")
+    since = _incident_mono(status.get("incidents"), now, obs.mono_now)
+    training = any(r.incarnation == incarnation and r.step >= 0 and
+                   (r.phase == "FINISHED" or (r.step_times and (since is None or r.advanced_at > since)))
                    for r in obs.ranks)
     closed = I.mark_recovered(status.get("incidents"), now=now, incarnation=incarnation, training=training)
     if closed is not None:
@@ -352,6 +355,17 @@ def preemption_restart(ds: DrainStep, incarnation: int, now: dt.datetime) -> Dec
     inc = I.record(f, kind="Restart", budget="preemption", incarnation=incarnation, now=now, message=msg)
     inc["drained"] = ds.complete
     return Decision("restart", DRAINED_FOR_PREEMPTION, msg, "preemption", False, ("preemption", "total"), f, inc)
+
+
+def _incident_mono(incidents: Sequence[Mapping[str, Any]] | None, now: dt.datetime,
+                   mono_now: float) -> float | None:
+    """The open incident's detection time on the heartbeat (monotonic) clock; None
+    when there is none or the clock is unknown."""
+    i = I.open_incident(incidents)
+    if i is None or not mono_now:
+        return None
+    t = D.parse_time(list(incidents or [])[i].get("time"))
+    return None if t is None else mono_now - (now - t).total_seconds()
 
 
 def _beat(w: Any, now: dt.datetime, mono_now: float) -> dict[str, Any]:
