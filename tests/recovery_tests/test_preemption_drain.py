@@ -208,6 +208,9 @@ def test_reconcile_drains_a_preempted_job_then_restarts_it_from_the_drain_checkp
     t2 = NOW + dt.timedelta(seconds=2)
     p2 = run_pass(job_body(p1.status), (raw_pod(0), preempted), t2)
     assert p2.drain_request is None and p2.events == [] and p2.status["drain"] == p1.status["drain"]
+    # the drain in progress stays named on every pass (a restarted operator re-sends its command)
+    assert (p1.drain_reason, p2.drain_reason) == ("Preemption", "Preemption")
+    assert p1.drain_id == p2.drain_id == p1.status["drain"]["requestedAt"]
     assert p2.incarnation == 0 and p2.create == []
 
     # every worker checkpointed and exited 0; the preempted pod is gone

@@ -161,3 +161,29 @@ def test_a_node_missing_or_lost_in_the_cached_list_is_read_again_before_a_pod_is
            "spec": {"containers": [{"name": "trainer"}], "nodeName": "n4"}, "status": {"phase": "Running"}}
     obs = shell.observe("ns", "j", [pod])
     assert "n4" in obs.nodes and not obs.nodes["n4"].lost
+
+
+def test_a_drain_command_is_sent_once_per_drain_and_again_by_a_restarted_operator():
+    class Beats:
+        def __init__(self):
+            self.sent: list[tuple] = []
+
+        def request_checkpoint(self, ns, name, *, stop=False, reason=""):
+            self.sent.append((ns, name, stop, reason))
+
+        def forget(self, ns, name):
+            pass
+
+    beats = Beats()
+    shell = RecoveryShell(Api(), beats)  # type: ignore[arg-type]
+    shell.drain(JOB, "ScaleDown", "2026-01-01T12:00:00Z")   # the pass that starts the drain
+    shell.drain(JOB, "ScaleDown", "2026-01-01T12:00:00Z")   # the passes that wait for it
+    shell.drain(JOB, None, "")                              # no drain
+    assert beats.sent == [("ns", "j", True, "ScaleDown")]
+    shell.drain(JOB, "Preemption", "2026-01-01T12:05:00Z")  # a later drain is a new command
+    assert len(beats.sent) == 2
+    # The operator restarts mid-drain: the command lived only in the old process.
+    restarted = RecoveryShell(Api(), beats)  # type: ignore[arg-type]
+    restarted.drain(JOB, "Preemption", "2026-01-01T12:05:00Z")
+    restarted.drain(JOB, "Preemption", "2026-01-01T12:05:00Z")
+    assert beats.sent[2:] == [("ns", "j", True, "Preemption")]

@@ -179,7 +179,7 @@ class Controller:
                 self.kube.emit_event(body, ev.type, ev.reason, ev.message)
             self.recovery.after_write(body, pl.incident)
             self.recovery.on_call(body, pl.checkpoint_request, pl.annotate)
-            self.recovery.drain(body, pl.drain_request)
+            self.recovery.drain(body, pl.drain_reason, pl.drain_id)
         metrics.observe_phase(namespace, name, pl.status.get("phase"))
         job_metrics.observe(namespace, name, pl.status, self.recovery.heartbeats)  # scrape-time per-job metrics
 

@@ -60,7 +60,10 @@ class Plan:
     incident: dict[str, Any] | None = None  # the incident this pass recorded (metrics, node health)
     checkpoint_request: str | None = None  # on-call CHECKPOINT_NOW to send (request id)
     annotate: dict[str, str] = dataclasses.field(default_factory=dict)  # *-handled annotations to set
-    drain_request: str | None = None  # planned stop: ask the workers to checkpoint and stop
+    drain_request: str | None = None  # planned stop: ask the workers to checkpoint and stop (a new drain)
+    drain_reason: str | None = None   # the drain in progress (new or not) ...
+    drain_id: str = ""                # ... and its id (status.drain.requestedAt): the shell sends its command
+                                      # once per drain and operator process, so a restarted operator asks again
 
     def requeue(self, seconds: float | None) -> None:
         if seconds is None:
@@ -172,6 +175,7 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
     drained: supervision.Decision | None = None
     if ds.kind in ("start", "wait"):
         st["drain"] = ds.drain
+        p.drain_reason, p.drain_id = ds.reason, str((ds.drain or {}).get("requestedAt") or "")
         if ds.kind == "start":
             p.drain_request = ds.reason
             p.events.append(Event("Normal", "Draining", ds.message))

@@ -45,6 +45,7 @@ class RecoveryShell:
         self._lock = threading.Lock()
         self._nodes: tuple[float, dict[str, D.NodeView], bool] = (-1e9, {}, False)
         self._nodes_forbidden = not watch_nodes  # without nodes, loss shows through pods and heartbeats
+        self._drains_sent: dict[tuple[str, str], str] = {}  # (namespace, job) -> drain id asked for
 
     # ------------------------------------------------------------------ observe
     def nodes(self, need: Iterable[str] = ()) -> tuple[dict[str, D.NodeView], bool]:
@@ -162,13 +163,24 @@ class RecoveryShell:
                 log.warning("could not acknowledge on-call request", extra={"job": name, "namespace": ns,
                                                                           "error": str(e)})
 
-    def drain(self, body: dict[str, Any], reason: str | None) -> None:
-        """Ask every worker to checkpoint and stop before a planned stop."""
-        if reason and self.heartbeats is not None:
-            meta = body["metadata"]
-            self.heartbeats.request_checkpoint(meta["namespace"], meta["name"], stop=True, reason=reason)
+    def drain(self, body: dict[str, Any], reason: str | None, drain_id: str = "") -> None:
+        """Ask every worker to checkpoint and stop before a planned stop: once per
+        drain (``drain_id``) in this operator process. The command lives only in the
+        heartbeat service's memory, so an operator restarted mid-drain asks again
+        (instead of waiting out the drain and losing the steps since the last checkpoint)."""
+        if not reason or self.heartbeats is None:
+            return
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            if drain_id and self._drains_sent.get(key) == drain_id:
+                return
+            self._drains_sent[key] = drain_id
+        self.heartbeats.request_checkpoint(key[0], key[1], stop=True, reason=reason)
 
     def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._drains_sent.pop((namespace, name), None)
         if self.heartbeats is not None:
             self.heartbeats.forget(namespace, name)
 
