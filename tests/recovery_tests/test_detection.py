@@ -239,3 +239,44 @@ def test_heartbeat_silence_after_a_pod_finished_is_not_a_failure():
     pods = [pod(0, phase="Succeeded", exit_code=0), pod(1)]
     ranks = [rp(0, last_seen=0.0), rp(1, last_seen=0.0)]
     assert D.detect(pods, {"n1": node()}, ranks, TO, 500.0, NOW, incarnation=0) is None
+
+
+def started(index, seconds_ago, phase="Running"):
+    """A worker pod whose trainer container started ``seconds_ago`` (parsed like a real pod)."""
+    raw = {"metadata": {"name": f"j-worker-{index}-0", "labels": {L.REPLICA_INDEX: str(index), L.INCARNATION: "0"}},
+           "spec": {"containers": [{"name": "trainer"}], "nodeName": f"n{index}"},
+           "status": {"phase": phase, "startTime": t(seconds_ago + 1),
+                      "containerStatuses": [{"name": "trainer", "state": {"running": {"startedAt": t(seconds_ago)}}}]}}
+    p = D.pod_facts(raw)
+    assert p is not None and p.started_at == NOW - dt.timedelta(seconds=seconds_ago)
+    return p
+
+
+def test_a_running_pod_that_never_heartbeats_is_flagged_after_the_startup_allowance_if_the_job_heartbeats():
+    t_ = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)
+    pods = [started(0, 100), started(1, 90)]
+    ranks = [rp(0, step=-1, pod_name="j-worker-0-0")]   # rank 0 says hello; pod 1 never does
+    f = D.detect(pods, {}, ranks, t_, 100.0, NOW, incarnation=0, nodes_listed=False, expect_heartbeats=True)
+    assert f is not None and f.cause == D.HEARTBEAT_LOST and f.pod == "j-worker-1-0" and f.node == "n1"
+    assert "no heartbeat in the 90s since every worker started" in f.message
+    assert "startupTimeoutSeconds" in f.message
+    assert f.onset == NOW - dt.timedelta(seconds=30)   # the allowance ended 30 s ago
+    # within the allowance (counted from the last worker's start): nothing yet
+    assert D.detect([started(0, 100), started(1, 50)], {}, ranks, t_, 100.0, NOW, incarnation=0,
+                    nodes_listed=False, expect_heartbeats=True) is None
+    # a job never known to heartbeat (a script without the SDK) is left alone
+    assert D.detect(pods, {}, ranks, t_, 100.0, NOW, incarnation=0, nodes_listed=False) is None
+    # a peer still waiting to be scheduled: the others wait for it in the rendezvous on purpose
+    assert D.detect([started(0, 100), pod(1, phase="Pending", node=None)], {}, [], t_, 100.0, NOW, incarnation=0,
+                    nodes_listed=False, expect_heartbeats=True) is None
+
+
+def test_the_startup_allowance_is_set_per_job():
+    from stoker.operator.jobspec import job_view
+    spec = {"replicas": 1, "template": {"spec": {"containers": [{"name": "trainer", "image": "x"}]}},
+            "failurePolicy": {"startupTimeoutSeconds": 45}}
+    job = job_view({"metadata": {"name": "j", "namespace": "ns", "uid": "u"}, "spec": spec})
+    from stoker.operator import supervision as S
+    assert S.Settings(startup_timeout_s=600).timeouts(job).startup_s == 45
+    job = job_view({"metadata": {"name": "j", "namespace": "ns", "uid": "u"}, "spec": {**spec, "failurePolicy": {}}})
+    assert S.Settings(startup_timeout_s=600).timeouts(job).startup_s == 600

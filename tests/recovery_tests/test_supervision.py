@@ -202,3 +202,15 @@ def test_a_replace_closes_only_when_a_survivor_steps_after_the_incident():
     after = dataclasses.replace(before, ranks=(rp(0, step=41, advanced_at=195.0), rp(1, step=40, advanced_at=186.0)))
     closed = S.progress(status, after, incarnation=0, checkpoint_uri=None, now=NOW)["incidents"][-1]
     assert closed["recoveredAt"] == "2026-01-01T12:00:00Z" and closed["timeToRecoverSeconds"] == 10
+
+
+def test_a_worker_that_never_heartbeats_in_a_job_that_does_is_restarted_on_the_infrastructure_budget():
+    from .test_detection import started
+    obs = S.Observed(facts=(started(0, 700), started(1, 700)), heartbeats=True, mono_now=100.0,
+                     ranks=(rp(0, step=-1, pod_name="j-worker-0-0", last_seen=99.0, advanced_at=99.0),))
+    d = decide(obs, incidents=[], desired=2)
+    assert d is None  # not known to heartbeat: a script without the SDK is allowed
+    d = S.decide(obs=obs, incarnation=0, desired=2, restarts=ZERO, incidents=[], policy=R.Policy(max_restarts=2),
+                 rules=(), t=dataclasses.replace(T, startup_s=600), now=NOW, expect_heartbeats=True)
+    assert d is not None and d.action == "restart" and d.finding.cause == D.HEARTBEAT_LOST
+    assert d.finding.pod == "j-worker-1-0" and d.budget == "infrastructure" and not d.counted

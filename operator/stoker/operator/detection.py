@@ -40,7 +40,7 @@ from typing import Iterable, Mapping, Sequence
 
 from stoker.common import labels as L
 
-from .pods import disruption_reason, trainer_terminated, worker_identity
+from .pods import disruption_reason, trainer_started_at, trainer_terminated, worker_identity
 
 # ---------------------------------------------------------------------------- causes
 
@@ -98,6 +98,7 @@ class PodFacts:
     message: str = ""                # termination message (last error lines), if any
     deletion_at: dt.datetime | None = None  # metadata.deletionTimestamp: when the kubelet kills what is left
     deletion_grace_s: int | None = None     # metadata.deletionGracePeriodSeconds
+    started_at: dt.datetime | None = None   # the trainer container started running
 
     @property
     def terminated(self) -> bool:
@@ -181,7 +182,8 @@ def pod_facts(pod: Mapping) -> PodFacts | None:
                     reason=status.get("reason") or term.get("reason") or "",
                     disruption=disruption_reason(pod), finished_at=parse_time(term.get("finishedAt")),
                     message=term.get("message") or "", deletion_at=parse_time(meta.get("deletionTimestamp")),
-                    deletion_grace_s=meta.get("deletionGracePeriodSeconds"))
+                    deletion_grace_s=meta.get("deletionGracePeriodSeconds"),
+                    started_at=parse_time(trainer_started_at(pod)))
 
 
 def node_view(node: Mapping) -> NodeView:
@@ -357,12 +359,40 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
                    step=culprit.step, onset=_onset(now_wall, now_mono, latest_advance))
 
 
+def never_heard(pods: Sequence[PodFacts], ranks: Sequence[RankProgress], t: Timeouts,
+                now_wall: dt.datetime) -> Finding | None:
+    """A worker pod that has sent no heartbeat ``startup_s`` after the last of the
+    incarnation's trainers started (the rendezvous cannot complete before): stuck
+    before its first message (an import, the rendezvous, a process group that never
+    forms) or it lost the heartbeat address. Only asked of jobs known to heartbeat
+    (an earlier message from any rank): a script without the SDK never sends one,
+    and that is allowed. Nothing is said while a pod still waits to be scheduled or
+    started: its peers wait for it in the rendezvous on purpose."""
+    if not pods or any(p.phase != "Running" or p.started_at is None for p in pods):
+        return None
+    heard = {r.pod_name for r in ranks}
+    silent = sorted((p for p in pods if p.name not in heard), key=lambda p: (p.index, p.name))
+    if not silent:
+        return None
+    last_start = max(p.started_at for p in pods if p.started_at is not None)
+    waited = (now_wall - last_start).total_seconds()
+    if waited <= t.startup_s:
+        return None
+    p = silent[0]
+    others = f" (and {len(silent) - 1} more)" if len(silent) > 1 else ""
+    return Finding(HEARTBEAT_LOST,
+                   f"worker pod {p.name}{others} sent no heartbeat in the {waited:.0f}s since every worker started "
+                   f"(startup allowance {t.startup_s:g}s, failurePolicy.startupTimeoutSeconds): its trainer is stuck "
+                   f"before its first message", pod=p.name, node=p.node,
+                   onset=last_start + dt.timedelta(seconds=t.startup_s))
+
+
 # ---------------------------------------------------------------------------- the root cause
 
 
 def detect(pods: Sequence[PodFacts], nodes: Mapping[str, NodeView], ranks: Sequence[RankProgress],
            t: Timeouts, now_mono: float, now_wall: dt.datetime, *, incarnation: int,
-           nodes_listed: bool = True) -> Finding | None:
+           nodes_listed: bool = True, expect_heartbeats: bool = False) -> Finding | None:
     """The root cause of a failure in the current ``incarnation``, or None if healthy.
 
     ``nodes`` maps node name -> view; with ``nodes_listed`` a node missing from
@@ -383,6 +413,10 @@ def detect(pods: Sequence[PodFacts], nodes: Mapping[str, NodeView], ranks: Seque
         return _with_rank(root, ranks)
     if any(p.phase == "Succeeded" for p in current):
         return None  # finishing: some ranks stop heartbeating on purpose
+    if expect_heartbeats:
+        f = never_heard(current, [r for r in ranks if r.incarnation == incarnation], t, now_wall)
+        if f is not None:
+            return f
     f = check_heartbeats([r for r in ranks if r.incarnation == incarnation], t, now_mono, now_wall)
     return _with_error(f, ranks) if f else None
 

@@ -32,6 +32,7 @@ class JobView:
     backoff_seconds: int
     heartbeat_timeout_seconds: int
     progress_timeout_seconds: int | None
+    startup_timeout_seconds: int | None   # None: the operator's --startup-timeout
     exit_code_rules: tuple[ExitCodeRule, ...]
     suspend: bool
     active_deadline_seconds: int | None
@@ -79,6 +80,7 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         backoff_seconds=int(fp.get("backoffSeconds", 10)),
         heartbeat_timeout_seconds=int(fp.get("heartbeatTimeoutSeconds", 60)),
         progress_timeout_seconds=int(fp["progressTimeoutSeconds"]) if fp.get("progressTimeoutSeconds") else None,
+        startup_timeout_seconds=int(fp["startupTimeoutSeconds"]) if fp.get("startupTimeoutSeconds") else None,
         exit_code_rules=rules,
         suspend=bool(rp.get("suspend", False)),
         active_deadline_seconds=rp.get("activeDeadlineSeconds"),

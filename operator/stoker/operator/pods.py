@@ -298,6 +298,16 @@ def trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return term
 
 
+def trainer_started_at(pod: Mapping[str, Any]) -> str | None:
+    """When the trainer container (first container) started running, else the pod's startTime."""
+    trainer_name = (((pod.get("spec") or {}).get("containers") or [{}])[0]).get("name")
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == trainer_name and ((cs.get("state") or {}).get("running") or {}).get("startedAt"):
+            return cs["state"]["running"]["startedAt"]
+    return status.get("startTime")
+
+
 def disruption_reason(pod: Mapping[str, Any]) -> str | None:
     """The reason of a True DisruptionTarget condition (eviction, preemption, ...), if any."""
     disruption = None

@@ -222,7 +222,8 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
     p.force_delete = supervision.to_force_delete(obs)
     sv = drained or supervision.decide(
         obs=obs, incarnation=incarnation, desired=desired, restarts=restarts, incidents=old.get("incidents"),
-        policy=settings.policy(job), rules=job.exit_code_rules, t=settings.timeouts(job), now=now)
+        policy=settings.policy(job), rules=job.exit_code_rules, t=settings.timeouts(job), now=now,
+        expect_heartbeats=bool(old.get("metrics") or old.get("workerHeartbeats")))
     if sv is not None and sv.action == "fail":
         finish("Failed", sv.reason, sv.message)
         p.delete += [n for n in _cleanup(job, b) if n not in p.delete]

@@ -77,7 +77,8 @@ class Settings:
     def timeouts(self, job: Any) -> D.Timeouts:
         return dataclasses.replace(
             timeouts(job.heartbeat_timeout_seconds, getattr(job, "progress_timeout_seconds", None),
-                     self.startup_timeout_s), interval_s=self.heartbeat_interval_s)
+                     getattr(job, "startup_timeout_seconds", None) or self.startup_timeout_s),
+            interval_s=self.heartbeat_interval_s)
 
 
 def facts_from_views(pods: Sequence[Any]) -> list[D.PodFacts]:
@@ -105,8 +106,11 @@ def _rule(rules: Sequence[Any], exit_code: int | None) -> str | None:
 
 def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[str, int],
            incidents: Sequence[Mapping[str, Any]] | None, policy: R.Policy, rules: Sequence[Any],
-           t: D.Timeouts, now: dt.datetime) -> Decision | None:
-    """The failure decision for the current incarnation, or None if it is healthy."""
+           t: D.Timeouts, now: dt.datetime, expect_heartbeats: bool = False) -> Decision | None:
+    """The failure decision for the current incarnation, or None if it is healthy.
+
+    ``expect_heartbeats``: the job's workers are known to heartbeat (status shows
+    an earlier message), so a running pod that never sends one is stuck."""
     history = list(incidents or [])
     # Only pods that should run count: scaled-away and terminating ones exit on purpose.
     facts = [p for p in obs.facts if p.incarnation == incarnation and p.index < desired and not p.deleting]
@@ -124,7 +128,7 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
                            error=R.last_error_lines(f.error))
             return Decision("fail", "ExitCodeRule", msg, f.budget, False, (), f, inc)
     finding = D.detect(facts, obs.nodes, ranks, t, obs.mono_now, now, incarnation=incarnation,
-                       nodes_listed=obs.nodes_listed)
+                       nodes_listed=obs.nodes_listed, expect_heartbeats=expect_heartbeats and obs.heartbeats)
     if finding is None:
         return None
     failed = tuple(sorted({finding.pod} | {p.name for p in facts if p.phase == "Failed"} - {None}))  # type: ignore[operator]
