@@ -12,20 +12,10 @@ from stoker.operator.controller import status_patch
 from stoker.operator.jobspec import job_view
 from stoker.operator.status import set_condition
 
-from .helpers import NOW, job_body, observed
+from .helpers import NOW, job_body
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
-
-
-def test_causes_are_classified():
-    body = job_body()
-    assert policy_failure.classify(observed(body, 0, phase="Failed", exit_code=1)) == "userError"
-    assert policy_failure.classify(observed(body, 0, phase="Failed", exit_code=137, reason="OOMKilled")) == "userError"
-    assert policy_failure.classify(observed(body, 0, phase="Failed", exit_code=137)) == "infrastructure"
-    assert policy_failure.classify(observed(body, 0, phase="Failed", reason="Evicted")) == "infrastructure"
-    assert policy_failure.classify(observed(body, 0, phase="Failed", exit_code=86)) == "infrastructure"
-    assert policy_failure.classify(observed(body, 0, phase="Failed", disruption="PreemptionByScheduler")) == "preemption"
 
 
 def test_backoff_doubles_and_is_capped():

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 from stoker.common import env as E
 
 # The agent lost the rendezvous store (e.g. the operator restarted): not the
-# user's fault. policy_failure classifies it as infrastructure.
+# user's fault: detection names it RendezvousLost (infrastructure).
 EXIT_RENDEZVOUS_LOST = 86
 # Left of the grace period after the hold: torchrun stops its workers, the pod exits
 # before the kubelet's SIGKILL.

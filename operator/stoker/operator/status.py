@@ -61,10 +61,5 @@ def restarts_of(status: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
-def budgeted_restarts(restarts: Mapping[str, int]) -> int:
-    """Restarts that count against failurePolicy.maxRestarts: preemption is free."""
-    return int(restarts.get("userError", 0)) + int(restarts.get("infrastructure", 0))
-
-
 def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(old.get(k) != v for k, v in new.items())
