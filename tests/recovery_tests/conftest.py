@@ -72,19 +72,26 @@ def heartbeat_operator(start_operator, cluster):
 _REFERENCE: dict[tuple, dict] = {}
 
 
+def reference_run(tmp: pathlib.Path, cfg: dict, nproc: int) -> pathlib.Path:
+    """The undisturbed run: torchrun --standalone with the same config (no debug hooks)
+    and world size, no operator, local checkpoints. Returns its output folder
+    (metrics.jsonl, summary.json)."""
+    ref = {k: v for k, v in cfg.items() if k != "debug"}
+    ref["checkpoint"] = {**ref["checkpoint"], "uri": str(tmp / "ref-ckpt")}
+    out = tmp / "ref"
+    path = write_config(out / "config.json", ref, out)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           str(nproc), "-m", "stoker.worker.train", str(path)], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
 def reference_summary(tmp: pathlib.Path, cfg: dict, nproc: int) -> dict:
-    """The undisturbed run: torchrun --standalone with the same config and world size,
-    no operator, local checkpoints. Cached per (config, world) for the session."""
+    """The undisturbed run's summary (reference_run), cached per (config, world) for the session."""
     key = (json.dumps({k: v for k, v in cfg.items() if k != "debug"}, sort_keys=True), nproc)
     if key not in _REFERENCE:
-        ref = {k: v for k, v in cfg.items() if k != "debug"}
-        ref["checkpoint"] = {**ref["checkpoint"], "uri": str(tmp / "ref-ckpt")}
-        path = write_config(tmp / "ref" / "config.json", ref, tmp / "ref")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
-        env["OMP_NUM_THREADS"] = "1"
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                               str(nproc), "-m", "stoker.worker.train", str(path)], cwd=tmp, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        _REFERENCE[key] = json.loads((tmp / "ref" / "summary.json").read_text())
+        _REFERENCE[key] = json.loads((reference_run(tmp, cfg, nproc) / "summary.json").read_text())
     return _REFERENCE[key]

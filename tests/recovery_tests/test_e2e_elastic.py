@@ -11,12 +11,8 @@ world size 3 from a checkpoint written at world size 2, then ends Succeeded with
 one metrics line per step and no loss jump at either change."""
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -24,7 +20,7 @@ import pytest
 
 from tests.operator_tests.conftest import create_job, wait_for, worker_pods
 
-from .conftest import POOL_LABEL, trainer_config, write_config
+from .conftest import POOL_LABEL, reference_run, trainer_config, write_config
 from .test_e2e_recovery import diagnostics, metrics_rows, pod_node, status, summary_of, trainer_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
@@ -74,18 +70,8 @@ def unschedulable(pod: dict) -> bool:
 
 
 def reference_losses(tmp: pathlib.Path, cfg: dict, nproc: int) -> dict[int, float]:
-    """Loss per step of the undisturbed run: torchrun --standalone at ``nproc``, local checkpoints."""
-    ref = json.loads(json.dumps(cfg))
-    ref.pop("debug", None)
-    ref["checkpoint"] = {**ref["checkpoint"], "uri": str(tmp / "ref-ckpt")}
-    path = write_config(tmp / "ref" / "config.json", ref, tmp / "ref")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                           str(nproc), "-m", "stoker.worker.train", str(path)], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return {r["step"]: r["loss"] for r in metrics_rows(tmp / "ref")}
+    """Loss per step of the undisturbed run at world size ``nproc``."""
+    return {r["step"]: r["loss"] for r in metrics_rows(reference_run(tmp, cfg, nproc))}
 
 
 def failures(st: dict) -> list[str]:
