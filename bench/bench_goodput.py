@@ -82,25 +82,6 @@ def productive_seconds(metrics: Path, tokens_per_step: int) -> tuple[float, int]
     return sum(by_step.values()), len(by_step)
 
 
-class JobStatus:
-    """A TrainingJob's status through the API client: the benchmark watches the job
-    without starting a kubectl process per look (that CPU would come out of the
-    trainers' share of this 2-core machine and count against goodput)."""
-
-    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
-        from kubernetes import client, config
-
-        self.api = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
-        self.namespace = namespace
-
-    def __call__(self, name: str) -> dict:
-        try:
-            job = self.api.get_namespaced_custom_object("stoker.dev", "v1alpha1", self.namespace, "trainingjobs", name)
-        except Exception:  # noqa: BLE001 - not there yet / a blip: ask again next time
-            return {}
-        return job.get("status") or {}
-
-
 def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float | None) -> dict:
     name = f"gp-{label}-{uuid.uuid4().hex[:4]}"
     cfg = demo_cfg(b.tmp / name, steps, ckpt_every)
@@ -108,12 +89,11 @@ def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float
     t0 = time.time()
     out = b.create(name, cfg, {"progressTimeoutSeconds": 60, "heartbeatTimeoutSeconds": 60, "maxRestarts": 3},
                    ckpt_every=ckpt_every)
-    status = JobStatus(b.c, b.ns)
     kills: list[float] = []
     next_kill = t0 + kill_every if kill_every else None
     last_report = t0
     while True:
-        st = status(name)
+        st = b.status(name)
         phase = st.get("phase")
         if phase in ("Succeeded", "Failed"):
             break

@@ -114,6 +114,7 @@ class Bench:
         self.bucket = self.ns
         self.nodes: list[str] = []
         self.op: subprocess.Popen | None = None
+        self._jobs = None  # CustomObjectsApi, made on first use
 
     # ------------------------------------------------------------------ setup
     def setup(self, nodes: int = 4) -> None:
@@ -166,8 +167,17 @@ class Bench:
 
     # ------------------------------------------------------------------ jobs
     def status(self, name: str) -> dict:
-        out = self.c.kubectl("get", "tj", name, "-n", self.ns, "-o", "json", check=False)
-        return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+        """The job's status through the API client: the benchmarks poll it often, and a
+        kubectl process per look would take its CPU from the trainers being measured."""
+        if self._jobs is None:
+            from kubernetes import client, config
+
+            self._jobs = client.CustomObjectsApi(config.new_client_from_config(config_file=str(self.c.kubeconfig)))
+        try:
+            job = self._jobs.get_namespaced_custom_object("stoker.dev", "v1alpha1", self.ns, "trainingjobs", name)
+        except Exception:  # noqa: BLE001 - not there yet / a blip: ask again next time
+            return {}
+        return job.get("status") or {}
 
     def create(self, name: str, cfg: dict, failure_policy: dict, ckpt_every: int = 5) -> Path:
         out = self.tmp / name
