@@ -287,25 +287,27 @@ def worker_identity(pod: Mapping[str, Any]) -> tuple[int, int] | None:
         return None
 
 
+def _trainer_statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """containerStatuses of the trainer container (the pod's first container)."""
+    trainer_name = (((pod.get("spec") or {}).get("containers") or [{}])[0]).get("name")
+    return [cs for cs in (pod.get("status") or {}).get("containerStatuses") or [] if cs.get("name") == trainer_name]
+
+
 def trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The trainer container's (first container's) current or last `terminated` state."""
-    trainer_name = (((pod.get("spec") or {}).get("containers") or [{}])[0]).get("name")
     term = None
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") != trainer_name:
-            continue
+    for cs in _trainer_statuses(pod):
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or term
     return term
 
 
 def trainer_started_at(pod: Mapping[str, Any]) -> str | None:
     """When the trainer container (first container) started running, else the pod's startTime."""
-    trainer_name = (((pod.get("spec") or {}).get("containers") or [{}])[0]).get("name")
-    status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
-        if cs.get("name") == trainer_name and ((cs.get("state") or {}).get("running") or {}).get("startedAt"):
-            return cs["state"]["running"]["startedAt"]
-    return status.get("startTime")
+    for cs in _trainer_statuses(pod):
+        started = ((cs.get("state") or {}).get("running") or {}).get("startedAt")
+        if started:
+            return started
+    return (pod.get("status") or {}).get("startTime")
 
 
 def disruption_reason(pod: Mapping[str, Any]) -> str | None:
