@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 tools:
-	@tests/cluster/build-tools.sh >/dev/null
+	@devcluster/stoker/devcluster/build-tools.sh >/dev/null
 
 # pytest exits 5 when it collected no test; that is not a failure of the suite.
 test: install tools

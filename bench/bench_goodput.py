@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import Bench, trainer_pid, wait  # noqa: E402
 from bench.common import machine_info, print_table, write_results  # noqa: E402
-from tests.cluster.local import LocalCluster  # noqa: E402
+from stoker.devcluster.local import LocalCluster  # noqa: E402
 
 DEMO_CONFIG = ROOT / "examples" / "train-tiny.yaml"
 GOAL = 0.95

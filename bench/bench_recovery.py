@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, machine_info, print_table, write_results  # noqa: E402
-from tests.cluster.local import LocalCluster  # noqa: E402
+from stoker.devcluster.local import LocalCluster  # noqa: E402
 from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
 
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"

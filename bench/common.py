@@ -100,12 +100,12 @@ def free_port() -> int:
 def minio_binary() -> str:
     if os.environ.get("STOKER_MINIO"):
         return os.environ["STOKER_MINIO"]
-    out = subprocess.run([str(ROOT / "tests/cluster/build-tools.sh"), "minio"], capture_output=True,
+    out = subprocess.run([str(ROOT / "devcluster/stoker/devcluster/build-tools.sh"), "minio"], capture_output=True,
                          text=True, check=True).stdout
     for line in out.splitlines():
         if line.startswith("minio="):
             return line.split("=", 1)[1]
-    raise RuntimeError(f"tests/cluster/build-tools.sh minio printed no minio= line: {out!r}")
+    raise RuntimeError(f"devcluster/stoker/devcluster/build-tools.sh minio printed no minio= line: {out!r}")
 
 
 @contextlib.contextmanager

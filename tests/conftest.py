@@ -32,7 +32,7 @@ def _unique(prefix: str, request: pytest.FixtureRequest, limit: int) -> str:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    from tests.cluster.local import LocalCluster
+    from stoker.devcluster.local import LocalCluster
 
     shared = os.environ.get("STOKER_TEST_CLUSTER_DIR")
     if shared:

@@ -1,6 +1,6 @@
 """`make demo`: the whole Stoker story on this machine, printed as it happens.
 
-1. a local control plane + S3 server on loopback (built and started by tests/cluster),
+1. a local control plane + S3 server on loopback (built and started by devcluster/stoker/devcluster),
    with two process nodes that run pods as local processes;
 2. a plain Pod on a process node (shows the cluster really runs things);
 3. the operator, an example TrainingJob running the built-in trainer under torchrun with
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from tests import demo_training
-from tests.cluster.local import LocalCluster
+from stoker.devcluster.local import LocalCluster
 from tests.demo_training import wait_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.procs import owned_alive, processes_mentioning, read_pid
+from stoker.devcluster.procs import owned_alive, processes_mentioning, read_pid
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.cluster.procs import processes_mentioning
+from stoker.devcluster.procs import processes_mentioning
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -4,8 +4,8 @@ import ipaddress
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.cluster import pki
-from tests.cluster.local import GPU_RESOURCE, KWOK_ANNOTATION, kwok_node_manifest
+from stoker.devcluster import pki
+from stoker.devcluster.local import GPU_RESOURCE, KWOK_ANNOTATION, kwok_node_manifest
 
 
 def load(path):

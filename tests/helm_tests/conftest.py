@@ -11,12 +11,12 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "stoker"
-KUBE_VERSION = "1.35.0"  # the local control plane's version (tests/cluster/README.md)
+KUBE_VERSION = "1.35.0"  # the local control plane's version (devcluster/stoker/devcluster/README.md)
 
 
 @pytest.fixture(scope="session")
 def helm() -> str:
-    out = subprocess.run([str(ROOT / "tests/cluster/build-tools.sh"), "helm"], capture_output=True, text=True,
+    out = subprocess.run([str(ROOT / "devcluster/stoker/devcluster/build-tools.sh"), "helm"], capture_output=True, text=True,
                          check=True, timeout=1800).stdout
     paths = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     return paths["helm"]

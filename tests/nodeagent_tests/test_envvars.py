@@ -3,7 +3,7 @@ import base64
 
 import pytest
 
-from tests.nodeagent.envvars import EnvError, command_line, container_env, expand
+from stoker.devcluster.nodeagent.envvars import EnvError, command_line, container_env, expand
 
 POD = {
     "metadata": {"name": "p1", "namespace": "ns1", "uid": "u-1",

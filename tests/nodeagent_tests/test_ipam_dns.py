@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.nodeagent import dnsmap, ipam
+from stoker.devcluster.nodeagent import dnsmap, ipam
 
 SHIM = os.path.join(os.path.dirname(ipam.__file__), "shim")
 
@@ -117,7 +117,7 @@ def test_c_shim_resolves_cluster_names_for_libc_callers(tmp_path):
 
     import pytest
 
-    from tests.nodeagent import preload
+    from stoker.devcluster.nodeagent import preload
 
     if not (shutil.which("cc") or shutil.which("gcc")) or not shutil.which("getent"):
         pytest.skip("needs a C compiler and getent")

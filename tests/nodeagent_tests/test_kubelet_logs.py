@@ -1,6 +1,6 @@
 """Container logs of process-node pods through the API (`kubectl logs`,
 `read_namespaced_pod_log`): the apiserver proxies to the agent's kubelet API
-(tests/nodeagent/kubeletapi.py) with its kubelet client certificate."""
+(devcluster/stoker/devcluster/nodeagent/kubeletapi.py) with its kubelet client certificate."""
 from __future__ import annotations
 
 import socket
@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from tests.nodeagent import kubeletapi as K
-from tests.nodeagent_tests.helpers import pod_manifest
+from stoker.devcluster.nodeagent import kubeletapi as K
+from stoker.devcluster.nodeagent_tests.helpers import pod_manifest
 
 
 # ------------------------------------------------------------------ pure parts

@@ -1,7 +1,7 @@
 """Phase, restart and status rules (the kubelet's, see podstatus)."""
 import pytest
 
-from tests.nodeagent.podstatus import (ContainerState, backoff_seconds, exit_code_of, lost_container,
+from stoker.devcluster.nodeagent.podstatus import (ContainerState, backoff_seconds, exit_code_of, lost_container,
                                        pod_phase, pod_status, should_restart)
 
 
@@ -103,7 +103,7 @@ def test_lost_container_continues_from_the_api_status():
 
 
 def test_gpu_plan_gives_each_container_its_own_devices():
-    from tests.nodeagent import gpus
+    from stoker.devcluster.nodeagent import gpus
 
     spec = {"containers": [{"name": "a", "resources": {"limits": {"nvidia.com/gpu": "2"}}},
                            {"name": "b"},

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from tests.nodeagent import gpus
-from tests.nodeagent.pods import Context, PodRunner
+from stoker.devcluster.nodeagent import gpus
+from stoker.devcluster.nodeagent.pods import Context, PodRunner
 
 
 class FakeKube:

@@ -1,47 +1,25 @@
 """`stoker cluster up|down|status`: a local control plane + S3 server for development.
 
-The cluster code is test infrastructure that lives in the source checkout
-(``tests/cluster/local.py``); this module finds the checkout and drives it.
+The cluster itself is ``stoker.devcluster`` (shipped with the distribution): etcd and the
+Kubernetes control plane built from pinned Go modules on first use (needs Go), MinIO,
+kwok nodes and process nodes. With no flags, ``up`` starts 2 process nodes so that the
+README's examples run.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-MARKER = Path("tests") / "cluster" / "local.py"
-
-
-def find_repo_root() -> Path | None:
-    """$STOKER_REPO, else the first directory containing tests/cluster/local.py
-    walking up from the current directory, then from this file."""
-    env = os.environ.get("STOKER_REPO")
-    if env:
-        root = Path(env).expanduser().resolve()
-        return root if (root / MARKER).is_file() else None
-    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
-        for d in (start, *start.parents):
-            if (d / MARKER).is_file():
-                return d
-    return None
+DEFAULT_PROCESS_NODES = 2
 
 
 def load_local_module():
-    root = find_repo_root()
-    if root is None:
-        where = os.environ.get("STOKER_REPO")
-        hint = (f"STOKER_REPO={where} has no {MARKER}" if where else
-                f"no {MARKER} above {Path.cwd()} or above {Path(__file__).resolve().parent}")
-        raise SystemExit(
-            f"stoker cluster: needs a Stoker source checkout ({hint}). "
-            "Run it inside the checkout or set STOKER_REPO=/path/to/checkout."
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import importlib
-
-    return importlib.import_module("tests.cluster.local")
+    try:
+        from stoker.devcluster import local
+    except ImportError as exc:  # e.g. `cryptography` missing from a partial install
+        raise SystemExit(f"stoker cluster: the dev cluster cannot be loaded ({exc}); "
+                         "install stoker with its dependencies (pip install stoker)") from exc
+    return local
 
 
 def _cluster(args: argparse.Namespace):
@@ -98,8 +76,9 @@ def add_parser(sub) -> None:
     common(up)
     up.add_argument("--kwok-nodes", type=int, default=0, metavar="N",
                     help="simulated GPU nodes (kwok) to create")
-    up.add_argument("--process-nodes", type=int, default=0, metavar="N",
-                    help="nodes whose pods run as local processes (tests.nodeagent)")
+    up.add_argument("--process-nodes", type=int, default=DEFAULT_PROCESS_NODES, metavar="N",
+                    help="nodes whose pods run as local processes (stoker.devcluster.nodeagent); "
+                         f"default {DEFAULT_PROCESS_NODES}, so the README's examples run")
     up.add_argument("--gpus", type=int, default=8, metavar="N", help="GPUs per node (default 8)")
     up.set_defaults(func=cmd_up)
 

@@ -4,7 +4,7 @@
     c.kubectl("get", "nodes")
     c.down()
 
-Components (binaries built from the pinned Go modules in tests/cluster/go by
+Components (binaries built from the pinned Go modules in devcluster/stoker/devcluster/go by
 build-tools.sh): etcd, kube-apiserver (TLS, Node+RBAC authorization, anonymous
 auth off, service-account tokens), kube-controller-manager (all controllers,
 short node-monitor grace period, see NODE_MONITOR_*), kube-scheduler, kwok
@@ -36,8 +36,8 @@ from typing import Callable, Iterable
 import yaml
 
 from stoker.common import env as stoker_env
-from tests.cluster import pki
-from tests.cluster.procs import (
+from stoker.devcluster import pki
+from stoker.devcluster.procs import (
     ClusterError,
     log_tail,
     owned_alive,
@@ -51,7 +51,6 @@ from tests.cluster.procs import (
 __all__ = ["LocalCluster", "ClusterError", "default_state_dir", "cache_dir"]
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
 BUILD_SCRIPT = HERE / "build-tools.sh"
 
 # Test setting: a node whose heartbeats stop is marked NotReady/Unknown after
@@ -358,7 +357,7 @@ class LocalCluster:
                 f"--cert-dir={sd}/run/apiserver-certs",
                 f"--tls-cert-file={p}/apiserver.crt", f"--tls-private-key-file={p}/apiserver.key",
                 f"--client-ca-file={p}/ca.crt",
-                # Container logs of process-node pods (the node agent's kubelet API, tests/nodeagent/kubeletapi.py).
+                # Container logs of process-node pods (the node agent's kubelet API, devcluster/stoker/devcluster/nodeagent/kubeletapi.py).
                 f"--kubelet-client-certificate={p}/apiserver-kubelet-client.crt",
                 f"--kubelet-client-key={p}/apiserver-kubelet-client.key",
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
@@ -776,7 +775,7 @@ class LocalCluster:
         wait: bool = True,
         timeout: float = 60,
     ) -> int:
-        """Spawn the node agent (tests.nodeagent) for Node ``name``, labelled like a
+        """Spawn the node agent (stoker.devcluster.nodeagent) for Node ``name``, labelled like a
         kwok node (GPU product/count, zone; ``labels`` override); by default wait
         until the Node reports Ready. Returns the agent's pid (its process group)."""
         node_labels = {ZONE_LABEL: zone} if zone else {}
@@ -787,16 +786,15 @@ class LocalCluster:
             raise ClusterError(f"process node {name} is already running (pid {self._node_pid(name)})")
         node_dir = self.state_dir / "nodes" / name
         node_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "tests.nodeagent", "--kubeconfig", str(self.kubeconfig),
+        argv = [sys.executable, "-m", "stoker.devcluster.nodeagent", "--kubeconfig", str(self.kubeconfig),
                 "--node", name, "--gpus", str(gpus)]
         for k, v in node_labels.items():
             argv += ["--label", f"{k}={v}"]
         argv += ["--state-dir", str(node_dir), "--kubelet-client-ca", str(self.pki_dir / "ca.crt"), *extra_args]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         logfile = self.logfile(f"node-{name}")
         proc = spawn(argv, logfile=logfile, pidfile=self._node_pidfile(name), env=env,
-                     cwd=REPO_ROOT, die_with_parent=self.die_with_parent)
+                     cwd=node_dir, die_with_parent=self.die_with_parent)
         self.log(f"[cluster] started process node {name} (pid {proc.pid}, {gpus} GPUs)")
         if wait:
             def ready() -> bool:

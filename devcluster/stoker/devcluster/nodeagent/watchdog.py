@@ -1,5 +1,5 @@
 """Kills a node agent's pod processes once the agent is gone, however it went
-(SIGKILL included): ``python -m tests.nodeagent.watchdog MARKER`` runs in its
+(SIGKILL included): ``python -m stoker.devcluster.nodeagent.watchdog MARKER`` runs in its
 own session, blocks reading stdin (a pipe whose only writer is the agent) and,
 at EOF, SIGKILLs every process whose environment holds MARKER."""
 import sys

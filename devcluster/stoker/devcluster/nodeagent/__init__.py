@@ -46,7 +46,7 @@ What exists:
   has to notice. If the agent is SIGKILLed instead, its pod processes still
   die: direct children through PR_SET_PDEATHSIG, and all of them (also those
   in their own session) through a small watchdog process
-  (``python -m tests.nodeagent.watchdog``, own session) that waits for the
+  (``python -m stoker.devcluster.nodeagent.watchdog``, own session) that waits for the
   agent's end and kills every process carrying the agent's marker in its
   environment (``STOKER_NODEAGENT_HOSTS=<state-dir>/dns/hosts.json``). A
   restarted agent with the same ``--state-dir`` kills leftovers too, then
@@ -87,7 +87,7 @@ Not supported: volumes, ports/hostPort, liveness/startup probes, native sidecar
 init containers, ephemeral containers, resource enforcement, service account
 tokens, service-link env vars, exec/attach/port-forward through the API.
 
-Run: ``python -m tests.nodeagent --kubeconfig K --node NAME --gpus N
+Run: ``python -m stoker.devcluster.nodeagent --kubeconfig K --node NAME --gpus N
 [--label k=v ...] --state-dir D``.
 """
 

@@ -1,5 +1,5 @@
 /* Cluster DNS for any dynamically linked program run by the stoker process node
- * agent (tests/nodeagent), loaded with LD_PRELOAD: getaddrinfo() and
+ * agent (devcluster/stoker/devcluster/nodeagent), loaded with LD_PRELOAD: getaddrinfo() and
  * gethostbyname() answer cluster names from the hosts-format file the agent
  * keeps current (env STOKER_NODEAGENT_HOSTS_FILE: "ip name" lines), with the pod
  * namespace's search list (ndots:5) and the pod's own hostname; every other name

@@ -21,12 +21,11 @@ from .podstatus import terminal
 log = logging.getLogger("nodeagent")
 
 SHIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TICK_S = 0.5  # reconcile period when nothing happens (process exits are polled)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tests.nodeagent",
+    p = argparse.ArgumentParser(prog="python -m stoker.devcluster.nodeagent",
                                 description="Process node agent (test/local use only; not a kubelet).")
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--node", required=True, help="Node name to register or adopt")
@@ -276,9 +275,9 @@ class Agent:
         """A process in its own session that SIGKILLs our pods' processes when we
         die, even by SIGKILL (see watchdog). We hold the only write end of its stdin."""
         self.watchdog = subprocess.Popen(
-            [sys.executable, "-m", "tests.nodeagent.watchdog", self.marker.decode()],
+            [sys.executable, "-m", "stoker.devcluster.nodeagent.watchdog", self.marker.decode()],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
-            cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+            cwd="/")
 
     def container_running(self, ns: str, pod: str, container: str) -> bool:
         """For the kubelet API's log follow (called from its threads)."""

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build the control-plane tools (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok, helm, minio) from their pinned Go modules under
-# tests/cluster/go/, into a cache directory keyed by the module's content and the
+# devcluster/stoker/devcluster/go/, into a cache directory keyed by the module's content and the
 # Go version, so that a second run builds nothing.
 #
-#   tests/cluster/build-tools.sh [TOOL...]     prints "name=/path/to/binary" lines
+#   devcluster/stoker/devcluster/build-tools.sh [TOOL...]     prints "name=/path/to/binary" lines
 #
 # Cache: ${STOKER_CACHE:-$HOME/.cache/stoker}/bin/<module>-<key>/
 set -euo pipefail

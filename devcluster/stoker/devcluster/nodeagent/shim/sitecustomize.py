@@ -1,5 +1,5 @@
 """Cluster DNS for Python processes run by the stoker process node agent
-(tests/nodeagent). The agent puts this directory first on PYTHONPATH.
+(devcluster/stoker/devcluster/nodeagent). The agent puts this directory first on PYTHONPATH.
 
 It wraps socket.getaddrinfo / gethostbyname / gethostbyname_ex so cluster names
 resolve from the JSON map the agent keeps up to date (env
