@@ -68,7 +68,7 @@ def test_worker_entry_module_answers_help():
 
 def test_dockerfiles_run_as_a_fixed_non_root_user_the_chart_expects():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    uid = values["securityContext"]["runAsUser"]
+    uid = values["podSecurityContext"]["runAsUser"]
     for path in ("operator/Dockerfile", "worker/Dockerfile"):
         final = (ROOT / path).read_text().split("\nFROM ")[-1]
         assert re.search(rf"^USER {uid}:{uid}$", final, re.M), path

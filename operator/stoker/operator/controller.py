@@ -18,7 +18,7 @@ from .kube import Conflict, Kube, KubeError
 from .pods import RenderConfig, pod_view, render_pod
 from .reconcile import Plan, plan
 from .recovery_shell import RecoveryShell
-from .status import status_changed
+from .status import status_changed, with_observed_generation
 
 log = logging.getLogger("stoker.operator")
 
@@ -158,6 +158,9 @@ class Controller:
                 log.info("created worker pod", extra={**fields, "pod": manifest["metadata"]["name"]})
 
         old = dict(body.get("status") or {})
+        if "conditions" in pl.status:
+            pl.status["conditions"] = with_observed_generation(pl.status["conditions"],
+                                                               body["metadata"].get("generation"))
         if status_changed(old, pl.status) or any(k not in pl.status for k in old):
             patch = status_patch(old, pl.status)
             try:
