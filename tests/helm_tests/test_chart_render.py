@@ -337,8 +337,8 @@ def test_stoker_doctor_finds_the_charts_operator_pods(render):
 
 def test_user_roles_aggregate_into_edit_and_view_and_grant_only_trainingjobs(render):
     objs = render({})
-    edit = objs.one("ClusterRole", "stoker-trainingjobs-edit")
-    view = objs.one("ClusterRole", "stoker-trainingjobs-view")
+    edit = objs.one("ClusterRole", "stoker-stoker-system-trainingjobs-edit")
+    view = objs.one("ClusterRole", "stoker-stoker-system-trainingjobs-view")
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     for role in (edit, view):
@@ -347,7 +347,7 @@ def test_user_roles_aggregate_into_edit_and_view_and_grant_only_trainingjobs(ren
     status = [r for r in edit["rules"] if "trainingjobs/status" in r["resources"]]
     assert status and not {v for r in status for v in r["verbs"]} - {"get", "list", "watch"}
     assert not [o for o in objs if o["kind"].endswith("Binding") and "trainingjobs-" in o["roleRef"]["name"]]
-    assert "stoker-trainingjobs-edit" not in {o["metadata"]["name"] for o in render({"rbac": {"userRoles": False}})}
+    assert "stoker-stoker-system-trainingjobs-edit" not in {o["metadata"]["name"] for o in render({"rbac": {"userRoles": False}})}
 
 
 def test_security_contexts_take_any_value_and_a_platform_assigned_uid(render):

@@ -155,10 +155,10 @@ class Kube:
             resp.release_conn()
 
     # ------------------------------------------------------------------- jobs
-    def list_jobs(self, namespace: str | None) -> list[dict]:
+    def list_jobs(self, namespace: str | None, selector: str | None = None) -> list[dict]:
         path = f"{JOBS}/{L.PLURAL}" if namespace is None else job_path(namespace)
         try:
-            return self.get(path).get("items", [])
+            return self.get(path, labelSelector=selector).get("items", [])
         except ApiError as e:
             if e.status == 404:
                 raise CliError(f"the TrainingJob API ({L.GROUP}/{L.VERSION}) is not served: the CRD is not "
