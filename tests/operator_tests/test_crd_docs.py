@@ -72,7 +72,7 @@ def test_kubectl_delete_all_leaves_trainingjobs(cluster, kube, namespace, crd):
     cluster.kubectl("create", "configmap", "goes-away", "-n", namespace)
     cluster.kubectl("create", "service", "clusterip", "goes-away", "--tcp=80:80", "-n", namespace)
     out = cluster.kubectl("delete", "all", "--all", "-n", namespace, "--wait=false").stdout
-    assert "service" in out and "trainingjob" not in out, out
+    assert "service" in out and "trainingjob.stoker.dev" not in out, out
     got = cluster.kubectl("get", "trainingjobs", "-n", namespace, "-o", "name").stdout.split()
     assert got == ["trainingjob.stoker.dev/keep-me"]
     assert cluster.kubectl("get", "stoker", "-n", namespace, "-o", "name").stdout.split() == got
