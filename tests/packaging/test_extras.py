@@ -90,11 +90,26 @@ class CleanVenv:
         return sum(f.stat().st_size for f in self.site.rglob("*") if f.is_file()) / 2**20
 
 
+@pytest.fixture(scope="module")
+def oldest(tmp_path_factory) -> Path:
+    """The base dependencies at the floors pyproject.toml allows (name==floor)."""
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [re.sub(r">=([^,]+).*", r"==\1", d) for d in deps]
+    assert all("==" in p for p in pins), pins
+    path = tmp_path_factory.mktemp("oldest") / "constraints.txt"
+    path.write_text("\n".join(pins) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("versions", ["current", "oldest"])
 def test_base_install_is_small_torch_free_and_runs_the_kubectl_plugin(
-        tmp_path, wheel, constraints, cluster, crd, namespace):  # noqa: F811
+        tmp_path, wheel, constraints, oldest, versions, cluster, crd, namespace):  # noqa: F811
     env = CleanVenv(tmp_path / "base")
     before = env.size_mb()  # pip itself
-    env.install(str(wheel), constraints)
+    env.install(str(wheel), constraints if versions == "current" else oldest)
+    print(f"{versions}: {env.run_py('import yaml, urllib3; print(yaml.__version__, urllib3.__version__)')}")
     added = env.size_mb() - before
     dists = env.distributions()
     print(f"base install: {added:.1f} MB added, distributions: {sorted(dists)}")
