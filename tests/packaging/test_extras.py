@@ -125,10 +125,12 @@ def test_base_install_is_small_torch_free_and_runs_the_kubectl_plugin(
     names = [j["name"] for j in json.loads(got.stdout)["items"]]
     assert names == ["plugin-sees-me"], got.stdout
 
-    # The dev cluster is an extra: its command says which one.
+    # The dev cluster and the operator are extras: their commands say which one.
     out = env.run(str(env.bin / "stoker"), "cluster", "status", check=False)
     assert out.returncode != 0
     assert "stoker[cluster]" in out.stderr + out.stdout, out.stderr
+    out = env.run(str(env.bin / "stoker"), "operator", "run", "--kubeconfig", str(cluster.kubeconfig), check=False)
+    assert out.returncode == 1 and "stoker[operator]" in out.stderr, out.stderr
 
 
 def test_operator_extra_runs_the_operator_without_torch(
