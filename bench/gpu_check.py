@@ -17,14 +17,17 @@ raw samples; every section's status and, when it failed, why):
   run without checkpoints), the checkpoint read back with plain
   ``torch.distributed.checkpoint``, and pinned vs pageable staging times.
 
-Needs only torch, numpy and this repository (no install): on the lent GPU machine,
-from the repository root, the command for the device tool is::
+Needs only torch, numpy and this repository (no install). On the lent GPU machine the
+device tool runs this in the repository root (``timeout_s`` 600)::
 
-    PYTHONPATH=worker:common python bench/gpu_check.py --out $OUT/gpu_check.json --workdir /tmp/gpu_check --commit COMMIT
+    PY=$(for p in python3 python; do $p -c 'import torch' 2>/dev/null && echo $p && break; done); PYTHONPATH=worker:common $PY bench/gpu_check.py --out $OUT/gpu_check.json --commit COMMIT
 
-(``COMMIT`` = ``git rev-parse HEAD`` here; the device copy has no .git.) It stays
-within ``--budget-s`` (450 s); sections that would not fit are recorded as skipped.
-Copy ``$OUT/gpu_check.json`` to ``bench/results/gpu_check.json`` unchanged.
+with ``COMMIT`` = ``git rev-parse HEAD`` of the checkout sent (the device copy has no
+.git; ``source_sha256`` in the JSON names the code either way). It stops starting work
+after ``--budget-s`` (450 s) and records what did not fit as skipped; checkpoints go to
+``--workdir`` (default: the temp dir or ``.gpu_check_work``, whichever has more room;
+~30 GB for 1b). To rerun only some parts: ``--sections async_checkpoint,...``. Copy
+``$OUT/gpu_check.json`` to ``bench/results/gpu_check.json`` unchanged.
 CI runs every section on the CPU: ``python bench/gpu_check.py --device cpu --tiny --out X``
 (tests/worker_train/test_gpu_check.py).
 """
@@ -44,7 +47,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "worker", ROOT / "common"):  # the repository's packages without an install
+sys.path.insert(0, str(ROOT))  # bench.* (as the other benchmarks do)
+for _p in (ROOT / "worker", ROOT / "common"):  # stoker.worker / stoker.common without an install
     if str(_p) not in sys.path:
         sys.path.append(str(_p))
 
@@ -118,11 +122,19 @@ def environment(device) -> dict[str, Any]:
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     }
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(device_name=props.name, capability=f"{props.major}.{props.minor}",
-                   device_memory_gib=props.total_memory / 2**30, multiprocessors=props.multi_processor_count,
-                   cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, torch.cuda.nccl.version())),
-                   nvidia_smi=nvidia_smi())
+        probes = {
+            "device_name": lambda: torch.cuda.get_device_name(device),
+            "capability": lambda: ".".join(map(str, torch.cuda.get_device_capability(device))),
+            "device_memory_gib": lambda: torch.cuda.get_device_properties(device).total_memory / 2**30,
+            "cudnn": torch.backends.cudnn.version,
+            "nccl": lambda: str(torch.cuda.nccl.version()),
+            "nvidia_smi": nvidia_smi,
+        }
+        for key, probe in probes.items():
+            try:
+                env[key] = probe()
+            except Exception as exc:  # noqa: BLE001 - a missing detail must not stop the check
+                env[key] = f"unavailable: {exc!r}"
     return env
 
 
@@ -178,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.gpucheck import build, ckpt, sections
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: torch sees no CUDA device", file=sys.stderr)
+        print(f"--device cuda: torch {torch.__version__} sees no CUDA device; run it on the GPU machine "
+              f"or pass --device cpu", file=sys.stderr)
         return 2
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     profile = build.TINY if args.tiny else build.GPU

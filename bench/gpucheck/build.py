@@ -6,8 +6,9 @@ import contextlib
 import dataclasses
 import gc
 import os
-import socket
 from typing import Any, Iterator
+
+from bench.common import free_port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +69,6 @@ def make_trainer(raw: dict[str, Any], session):
     from stoker.worker.trainer import Trainer
 
     return Trainer(config.from_dict(raw, environ={}), session=session)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
