@@ -40,7 +40,7 @@ from typing import Iterable, Mapping, Sequence
 
 from stoker.common import labels as L
 
-from .pods import disruption_reason, trainer_started_at, trainer_terminated, worker_identity
+from .pods import disruption_reason, trainer_said, trainer_started_at, trainer_terminated, worker_identity
 
 # ---------------------------------------------------------------------------- causes
 
@@ -181,7 +181,7 @@ def pod_facts(pod: Mapping) -> PodFacts | None:
                     deleting=bool(meta.get("deletionTimestamp")), exit_code=term.get("exitCode"),
                     reason=status.get("reason") or term.get("reason") or "",
                     disruption=disruption_reason(pod), finished_at=parse_time(term.get("finishedAt")),
-                    message=term.get("message") or "", deletion_at=parse_time(meta.get("deletionTimestamp")),
+                    message=trainer_said(term.get("message") or ""), deletion_at=parse_time(meta.get("deletionTimestamp")),
                     deletion_grace_s=meta.get("deletionGracePeriodSeconds"),
                     started_at=parse_time(trainer_started_at(pod)))
 
