@@ -33,6 +33,11 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _uncount(pl: Plan, not_created: int) -> None:
+    """status.replicas counted the plan's creates; take back those that did not happen."""
+    pl.status["replicas"] = max(0, int(pl.status.get("replicas", 0)) - not_created)
+
+
 class Controller:
     def __init__(self, kube: Kube, render: RenderConfig,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
@@ -123,10 +128,24 @@ class Controller:
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
 
+    def _preflight(self, job, pl: Plan, now: dt.datetime, fields: dict[str, Any]) -> None:
+        """Hold the creates while a Secret/ConfigMap the pods need or the checkpoint bucket is
+        missing (preflight.py): the Waiting condition says which, nothing sits stuck on a node."""
+        held = self.preflight.check(job) if pl.create else None
+        if held is None:
+            return
+        _uncount(pl, len(pl.create))
+        pl.create = []
+        pl.status, events = waiting.fold(pl.status, held, now)
+        pl.events += [Event(*ev) for ev in events]
+        if events:
+            log.warning("preflight: workers held", extra={**fields, "reason": held.reason,
+                                                          "error": held.message[:500]})
+
     def _create(self, namespace: str, job, pl: Plan, now: dt.datetime, fields: dict[str, Any]) -> None:
         """Create the plan's pods; a pod the API server refuses stops the creates and is
         folded into the status about to be written (refusals.py): no exception, no traceback."""
-        for index in pl.create:
+        for n, index in enumerate(pl.create):
             manifest = self.recovery.prepare_pod(render_pod(job, index, pl.incarnation, self.render), job.name,
                                                  pl.avoid_nodes)
             pod = manifest["metadata"]["name"]
@@ -139,6 +158,7 @@ class Controller:
                 pl.status, events, pl.incident = refusals.fold_refusal(pl.status, pod=pod, code=e.status,
                                                                        message=e.message, now=now)
                 pl.events += [Event(*ev) for ev in events]
+                _uncount(pl, len(pl.create) - n)
                 if events or was is None:
                     log.warning("the API server refused a worker pod", extra={
                         **fields, "pod": pod, "status": e.status, "error": e.message[:500],
@@ -175,14 +195,7 @@ class Controller:
             if self.kube.delete_pod(namespace, pod, grace_s=self.recovery.settings.delete_grace_s):
                 metrics.PODS_DELETED.inc()
                 log.info("deleted worker pod", extra={**fields, "pod": pod})
-        held = self.preflight.check(job) if pl.create else None
-        if held is not None:  # a missing Secret/ConfigMap or bucket: say so, create nothing yet
-            pl.create = []
-            pl.status, events = waiting.fold(pl.status, held, now)
-            pl.events += [Event(*ev) for ev in events]
-            if events:
-                log.warning("preflight: workers held", extra={**fields, "reason": held.reason,
-                                                              "error": held.message[:500]})
+        self._preflight(job, pl, now, fields)
         if pl.create:
             self.recovery.before_create(job)
         self._create(namespace, job, pl, now, fields)
