@@ -17,22 +17,14 @@ import pathlib
 import pytest
 import yaml
 
+from .test_crd_validation import BASE, refused_at_apply
+
 pytestmark = pytest.mark.cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
 ANNOTATIONS_LIMIT = 256 * 1024  # TotalAnnotationSizeLimitB in apimachinery's ObjectMeta validation
 
-BASE = {
-    "apiVersion": "stoker.dev/v1alpha1",
-    "kind": "TrainingJob",
-    "metadata": {"name": "bad"},
-    "spec": {
-        "replicas": 1,
-        "template": {"spec": {"containers": [{"name": "trainer", "image": "python:3.11",
-                                                "command": ["python", "train.py"]}]}},
-    },
-}
 P = "spec.template.spec"
 C = f"{P}.containers[0]"
 
@@ -185,7 +177,5 @@ def test_at_least_thirty_malformed_templates():
 def test_malformed_template_is_refused_at_apply_naming_the_field(cluster, crd, namespace, mutate, path):
     body = copy.deepcopy(BASE)
     mutate(body)
-    r = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
-    assert r.returncode != 0, f"accepted: {json.dumps(body)}"
-    assert path in r.stderr, r.stderr
-    assert cluster.kubectl("get", "tj", "bad", "-n", namespace, check=False).returncode != 0
+    err = refused_at_apply(cluster, namespace, body)
+    assert path in err, err
