@@ -182,3 +182,19 @@ def test_what_the_trainer_said_without_the_launchers_lines():
     assert trainer_said(tail).splitlines()[-1] == "ValueError: bad config: lr must be > 0"
     missing = "stoker launch: cannot run 'trainx': No such file or directory (not found on PATH or at that path)"
     assert trainer_said(missing) == missing
+
+
+def test_a_failed_init_container_is_a_crash_with_its_own_words():
+    """restartPolicy Never: a failed init container fails the pod before the trainer runs; it
+    counts as the user's crash (not a lost worker) and its message names the container."""
+    from stoker.operator import detection
+
+    body = job_body()
+    pod = _pod(body, phase="Failed", initContainerStatuses=[{"name": "fetch", "state": {"terminated": {
+        "exitCode": 3, "reason": "Error", "message": "no dataset at /data"}}}],
+               containerStatuses=[{"name": "trainer", "state": {"waiting": {"reason": "PodInitializing"}}}])
+    pod["spec"]["nodeName"] = "n1"
+    facts = detection.pod_facts(pod)
+    f = detection.classify_pod(facts, None, node_known=False)
+    assert f.cause == detection.WORKER_CRASHED and f.exit_code == 3
+    assert f.error == "init container fetch exited with 3: no dataset at /data"

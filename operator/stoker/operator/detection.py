@@ -40,7 +40,7 @@ from typing import Iterable, Mapping, Sequence
 
 from stoker.common import labels as L
 
-from .pods import disruption_reason, trainer_said, trainer_started_at, trainer_terminated, worker_identity
+from .pods import disruption_reason, failed_init, trainer_said, trainer_started_at, trainer_terminated, worker_identity
 
 # ---------------------------------------------------------------------------- causes
 
@@ -175,7 +175,7 @@ def pod_facts(pod: Mapping) -> PodFacts | None:
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
-    term = trainer_terminated(pod) or {}
+    term = trainer_terminated(pod) or failed_init(pod) or {}
     return PodFacts(name=meta.get("name", ""), index=index, incarnation=incarnation,
                     phase=status.get("phase") or "Pending", node=spec.get("nodeName") or None,
                     deleting=bool(meta.get("deletionTimestamp")), exit_code=term.get("exitCode"),

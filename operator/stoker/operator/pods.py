@@ -317,6 +317,18 @@ def trainer_said(message: str) -> str:
     return "\n".join(ln for ln in (message or "").splitlines() if not _LAUNCHER_NOISE.search(ln)).strip()
 
 
+def failed_init(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The terminated record of a failed init container (the trainer never ran), its message
+    naming the container: with restartPolicy Never such a pod fails like a crashed trainer."""
+    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term.get("exitCode"):
+            said = (term.get("message") or "").strip()
+            return {**term, "message": f"init container {cs.get('name')} exited with {term['exitCode']}"
+                                       f"{': ' + said if said else ''}"}
+    return None
+
+
 def trainer_started_at(pod: Mapping[str, Any]) -> str | None:
     """When the trainer container (first container) started running, else the pod's startTime."""
     for cs in _trainer_statuses(pod):
