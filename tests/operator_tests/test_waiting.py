@@ -198,3 +198,12 @@ def test_a_failed_init_container_is_a_crash_with_its_own_words():
     f = detection.classify_pod(facts, None, node_known=False)
     assert f.cause == detection.WORKER_CRASHED and f.exit_code == 3
     assert f.error == "init container fetch exited with 3: no dataset at /data"
+
+
+def test_the_launcher_names_a_program_it_cannot_run(capsys):
+    from stoker.operator import launch
+
+    assert launch.missing_program(FileNotFoundError(2, "No such file or directory", "trainx")) == 127
+    assert "cannot run 'trainx': No such file or directory" in capsys.readouterr().err
+    assert launch.missing_program(PermissionError(13, "Permission denied", "/opt/train.sh")) == 126
+    assert "fix spec.template.spec.containers[0].command" in capsys.readouterr().err
