@@ -16,8 +16,8 @@ from . import job_metrics, metrics, refusals, waiting
 from .jobspec import job_view
 from .kube import Conflict, Kube, KubeError
 from .pods import RenderConfig, pod_view, render_pod
-from .reconcile import Event, Plan, plan
 from .preflight_shell import Preflight
+from .reconcile import Event, Plan, plan
 from .recovery_shell import RecoveryShell
 from .status import status_changed
 
