@@ -94,6 +94,23 @@ def test_quota_makes_the_job_wait_and_say_so_until_it_is_freed(cluster, kube, na
     _no_traceback(op)
 
 
+def test_a_limitrange_refusal_is_a_retried_wait_with_the_servers_words(cluster, kube, namespace, kwok_pool,
+                                                                          start_operator):
+    limits = {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "small"},
+              "spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(limits))
+    op = start_operator()
+    body = job_manifest("toobig", ["python", "train.py"], replicas=1, node_selector=kwok_pool)
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "2"}}
+    create_job(kube, namespace, body)
+    wait_for("PodCreateRefused", lambda: _waiting(kube, namespace, "toobig", "PodCreateRefused"), timeout=60,
+             on_timeout=lambda: op.tail(30))
+    _says(cluster, kube, namespace, "toobig", "PodCreateRefused", "maximum cpu usage per Container is 1",
+          "retrying every resync")
+    assert _status(kube, namespace, "toobig")["phase"] == "Created"  # it may pass once the LimitRange changes
+    _no_traceback(op)
+
+
 def test_an_unschedulable_job_says_the_schedulers_words_and_fails_after_its_pending_timeout(
         cluster, kube, namespace, kwok_pool, start_operator):
     op = start_operator()
