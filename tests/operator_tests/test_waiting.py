@@ -207,3 +207,18 @@ def test_the_launcher_names_a_program_it_cannot_run(capsys):
     assert "cannot run 'trainx': No such file or directory" in capsys.readouterr().err
     assert launch.missing_program(PermissionError(13, "Permission denied", "/opt/train.sh")) == 126
     assert "fix spec.template.spec.containers[0].command" in capsys.readouterr().err
+
+
+def test_a_held_job_fails_after_its_pending_timeout_too():
+    """A cause found before any pod exists (preflight, a refused create) is kept while the pods
+    are missing, and pendingTimeoutSeconds counts from when it was first seen."""
+    body = job_body(replicas=1, failurePolicy={"pendingTimeoutSeconds": 60})
+    pl, _ = _pass(body, [])
+    held = waiting.Waiting("MissingSecret", "Secret 's3' does not exist in the job's namespace")
+    body["status"], events = waiting.fold(pl.status, held, NOW)
+    assert [e[1] for e in events] == ["MissingSecret"]
+    pl, conds = _pass(body, [], NOW + dt.timedelta(seconds=30))
+    assert pl.status["phase"] == "Created" and conds["Waiting"]["reason"] == "MissingSecret" and pl.create == [0]
+    pl, conds = _pass(body, [], NOW + dt.timedelta(seconds=61))
+    assert pl.status["phase"] == "Failed" and pl.status["reason"] == "MissingSecret" and pl.create == []
+    assert "Secret 's3' does not exist" in pl.status["message"] and "pendingTimeoutSeconds=60" in pl.status["message"]
