@@ -15,7 +15,7 @@ import yaml
 
 from stoker.operator.status import with_observed_generation
 
-from .conftest import CRD, create_job, job_manifest
+from .conftest import CRD, create_job, job_manifest, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -61,7 +61,11 @@ def test_trainingjobs_are_not_in_the_all_category_and_show_the_checkpoint_age():
 
 @pytest.mark.cluster
 def test_kubectl_explain_describes_the_failure_policy(cluster, crd):
-    out = cluster.kubectl("explain", "trainingjob.spec.failurePolicy").stdout
+    # The API server publishes a new CRD's OpenAPI schema (which explain reads) a little after
+    # the resource is served, the more so for the large pod-template schema.
+    explain = lambda: cluster.kubectl("explain", "trainingjob.spec.failurePolicy", check=False)  # noqa: E731
+    out = wait_for("kubectl explain to find TrainingJobs", lambda: (r := explain()).returncode == 0 and r.stdout,
+                   timeout=90, interval=1).strip()
     assert "What a failure costs" in out, out
     assert "heartbeatTimeoutSeconds" in out and "A worker silent for this long" in out
 
