@@ -140,7 +140,8 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
     assert "while 2 workers continue" in inc["message"]
 
     # (b) the survivors train on at world size 2 up to HOLD and commit it, while the
-    # replacement cannot be scheduled: the two live nodes' GPUs are taken, the lost node avoided
+    # replacement cannot be scheduled: the two live nodes' GPUs are taken, the lost node is tainted
+    # (NotReady) and its preferred avoidance term is on the pod
     wait_for("checkpoint HOLD written at world size 2",
              lambda: (lc := status(kube, namespace, "el").get("lastCheckpoint") or {}).get("step") == HOLD
              and lc.get("worldSize") == 2, timeout=400, on_timeout=diag)
@@ -149,9 +150,8 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
     repl = pods_by_name(kube, namespace, "el")[victim]
     assert repl["metadata"]["uid"] != before[victim]["metadata"]["uid"]
     assert repl["status"]["phase"] == "Pending" and not repl["spec"].get("nodeName")
-    terms = repl["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert {"key": "metadata.name", "operator": "NotIn", "values": [lost]} in terms["nodeSelectorTerms"][0][
-        "matchFields"]
+    [term] = repl["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert {"key": "metadata.name", "operator": "NotIn", "values": [lost]} in term["preference"]["matchFields"]
     # Waiting for capacity takes as long as it takes: past the heartbeat timeout, the lost
     # rank's silence must not be held against the replacement (same pod name) or anyone else.
     time.sleep(max(0.0, killed_at + HEARTBEAT_TIMEOUT + 10 - time.monotonic()))
@@ -212,6 +212,6 @@ def test_a_replacement_that_avoids_several_nodes_is_a_valid_pod(kube, namespace)
                                       "nodeSelector": {POOL_LABEL: "none"}}, ["lost-a", "lost-b", "lost-c"])
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "avoids-three"}, "spec": spec}
     made = kube.core.create_namespaced_pod(namespace, pod, dry_run="All")
-    fields = made.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution \
-        .node_selector_terms[0].match_fields
+    [term] = made.spec.affinity.node_affinity.preferred_during_scheduling_ignored_during_execution
+    fields = term.preference.match_fields
     assert sorted(f.values[0] for f in fields) == ["lost-a", "lost-b", "lost-c"]

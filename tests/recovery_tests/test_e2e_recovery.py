@@ -179,9 +179,8 @@ def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
     # replacements avoided the lost node; the pod stuck Terminating there was force-removed
     assert {p["metadata"]["name"] for p in pods} == {"lose-worker-0-1", "lose-worker-1-1"}
     assert lost not in {p["spec"]["nodeName"] for p in pods}
-    affinity = pods[0]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert {"key": "metadata.name", "operator": "NotIn", "values": [lost]} in affinity["nodeSelectorTerms"][0][
-        "matchFields"]
+    [term] = pods[0]["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert {"key": "metadata.name", "operator": "NotIn", "values": [lost]} in term["preference"]["matchFields"]
 
 
 def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
