@@ -179,7 +179,8 @@ class Bench:
             return {}
         return job.get("status") or {}
 
-    def create(self, name: str, cfg: dict, failure_policy: dict, ckpt_every: int = 5) -> Path:
+    def create(self, name: str, cfg: dict, failure_policy: dict, ckpt_every: int = 5,
+               extra_env: dict[str, str] | None = None) -> Path:
         out = self.tmp / name
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg))
@@ -188,13 +189,22 @@ class Bench:
                          "template": {"spec": {"containers": [{
                              "name": "trainer", "image": "local/python",
                              "command": [sys.executable, "-m", "stoker.worker.train", str(out / "config.json")],
-                             "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}],
+                             "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
+                                     *({"name": k, "value": v} for k, v in (extra_env or {}).items())]}],
                              "terminationGracePeriodSeconds": 5, "nodeSelector": {POOL_LABEL: self.ns}}},
                          "checkpoint": {"uri": f"s3://{self.bucket}/{name}", "intervalSteps": ckpt_every,
                                         "credentialsSecretRef": {"name": "stoker-s3"}},
                          "failurePolicy": {"maxRestarts": 3, "backoffSeconds": 0, **failure_policy}}}
         self.c.kubectl("apply", "-n", self.ns, "-f", "-", input=json.dumps(body))
         return out
+
+    def pods(self, name: str) -> list[dict]:
+        out = self.c.kubectl("get", "pods", "-n", self.ns, "-l", f"stoker.dev/job-name={name}", "-o", "json",
+                             check=False)
+        try:
+            return json.loads(out.stdout)["items"]
+        except (ValueError, KeyError):
+            return []
 
     def pod_node(self, pod: str) -> str:
         out = self.c.kubectl("get", "pod", pod, "-n", self.ns, "-o", "jsonpath={.spec.nodeName}")

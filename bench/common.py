@@ -78,16 +78,17 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
     return text
 
 
-def write_results(name: str, results: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` with machine info and a timestamp."""
+def write_results(name: str, results: dict[str, Any], directory: Path | None = None) -> Path:
+    """Write ``bench/results/<name>.json`` (or ``directory/<name>.json``) with machine info
+    (load average, commit) and a timestamp."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": machine_info(), **results}
-    path = RESULTS / f"{name}.json"
+    path = (directory or RESULTS) / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
-    print(f"wrote {path.relative_to(ROOT)}", flush=True)
+    print(f"wrote {path}", flush=True)
     return path
 
 

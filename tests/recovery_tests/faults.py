@@ -20,7 +20,7 @@ from typing import Callable
 from stoker.worker import journal
 
 
-def _procs(marker: bytes, *, launcher: bool) -> list[tuple[int, list[bytes], list[bytes]]]:
+def processes(marker: bytes, *, launcher: bool) -> list[tuple[int, list[bytes], list[bytes]]]:
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -42,13 +42,13 @@ def _procs(marker: bytes, *, launcher: bool) -> list[tuple[int, list[bytes], lis
 def trainer_pid(pod_name: str) -> int | None:
     """The trainer process (not the launcher) of a pod running on a process node."""
     want = f"STOKER_POD_NAME={pod_name}".encode()
-    return next((pid for pid, _, env in _procs(b"stoker.worker.train", launcher=False) if want in env), None)
+    return next((pid for pid, _, env in processes(b"stoker.worker.train", launcher=False) if want in env), None)
 
 
 def launcher_pid(pod_name: str) -> int | None:
     """The pod's launcher (``python -m stoker.operator.launch``: torchrun's agent)."""
     want = f"STOKER_POD_NAME={pod_name}".encode()
-    return next((pid for pid, _, env in _procs(b"stoker.operator.launch", launcher=True) if want in env), None)
+    return next((pid for pid, _, env in processes(b"stoker.operator.launch", launcher=True) if want in env), None)
 
 
 def rendezvous_store_pid(operator_pid: int) -> int | None:
@@ -92,13 +92,13 @@ def step_time(records: list[dict]) -> float:
 
 def at_random_moment(rng: random.Random, journal_dir: pathlib.Path, incarnation: Callable[[], int], *,
                      min_steps: int = 2, max_steps: int = 20, after_incarnation: int = -1,
-                     timeout: float = 600, alive: Callable[[], bool] = lambda: True) -> dict:
+                     after_t: float = 0.0, timeout: float = 600, alive: Callable[[], bool] = lambda: True) -> dict:
     """Block until a random moment of real training in the current incarnation.
 
     Waits for an incarnation newer than ``after_incarnation`` (the one the previous
     fault hit) to compute ``rng.randint(min_steps, max_steps)`` steps (a newer
     incarnation seen meanwhile starts the count again), then a random fraction of one
-    step. Returns what was seen (incarnation, step, the step time) for the record."""
+    step. Only steps recorded after ``after_t`` (wall clock) count. Returns what was seen (incarnation, step, the step time) for the record."""
     want = rng.randint(min_steps, max_steps)
     frac = rng.random()
     deadline = time.monotonic() + timeout
@@ -107,7 +107,7 @@ def at_random_moment(rng: random.Random, journal_dir: pathlib.Path, incarnation:
         if inc <= after_incarnation:
             time.sleep(0.05)
             continue
-        recs = steps_of(journal_dir, inc)
+        recs = [r for r in steps_of(journal_dir, inc) if r["t"] > after_t]
         steps = sorted({r["step"] for r in recs})
         if len(steps) >= want:
             dt = step_time(recs)
@@ -119,6 +119,18 @@ def at_random_moment(rng: random.Random, journal_dir: pathlib.Path, incarnation:
 
 
 # ---------------------------------------------------------------- what the journal says
+
+
+def computed_steps(journal_dir: pathlib.Path, rank: int = 0) -> list[int]:
+    """Every step ``rank`` computed, over all its processes, sorted, repeats kept: a step
+    computed twice is in here twice (the trainer's metrics file is trimmed on resume and
+    cannot show it)."""
+    return sorted(r["step"] for r in journal.read(journal_dir) if r["event"] == "step" and r["rank"] == rank)
+
+
+def resumed_steps(journal_dir: pathlib.Path) -> list[int]:
+    """Where each restored process resumed (rank 0's view), in order."""
+    return [r["step"] for r in journal.read(journal_dir) if r["event"] == "resumed" and r["rank"] == 0]
 
 
 def incarnation_summary(records: list[dict]) -> list[dict]:

@@ -8,7 +8,9 @@ replacement waits Pending for capacity while the two survivors re-rendezvous
 checkpoint, written at world size 3. When a node joins the pool the replacement
 is scheduled there, the survivors' agents let it in, and the job grows back to
 world size 3 from a checkpoint written at world size 2, then ends Succeeded with
-one metrics line per step and no loss jump at either change."""
+one metrics line per step. What it proves about the numbers is a stated tolerance, not
+bit-identity (the world size changes the fp32 reduction order): every step's loss is
+within ELASTIC_LOSS_RTOL (1e-5 relative, README) of the undisturbed world-3 run."""
 from __future__ import annotations
 
 import pathlib
@@ -21,13 +23,13 @@ import pytest
 from tests.operator_tests.conftest import create_job, wait_for, worker_pods
 
 from .conftest import POOL_LABEL, reference_run, trainer_config, write_config
-from .test_e2e_recovery import diagnostics, metrics_rows, pod_node, status, summary_of, trainer_job
+from .test_e2e_recovery import ELASTIC_LOSS_RTOL, diagnostics, metrics_rows, pod_node, status, summary_of, trainer_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 GPU = "nvidia.com/gpu"
 HEARTBEAT_TIMEOUT = 30
-LOSS_RTOL = 1e-5  # observed: ~1e-7 (fp32 reduction order only)
+LOSS_RTOL = ELASTIC_LOSS_RTOL  # 1e-5; observed: ~1e-7 (fp32 reduction order only)
 STEPS = 330
 # The world-2 survivors stop at this step (after committing it) until the pool grows
 # back: capacity appears while they are known to be there. It is far enough out that

@@ -26,12 +26,6 @@ from .test_e2e_recovery import diagnostics, status, trainer_job
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 
-def journal_env(body: dict, journal_dir) -> dict:
-    body["spec"]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "STOKER_STEP_JOURNAL_DIR", "value": str(journal_dir)})
-    return body
-
-
 def test_sigstop_sigkill_sigstop_at_random_moments_on_two_nodes_ends_identical(
         cluster, kube, namespace, bucket, own_nodes, heartbeat_operator, tmp_path):
     seed = int(os.environ.get("STOKER_FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
@@ -44,9 +38,8 @@ def test_sigstop_sigkill_sigstop_at_random_moments_on_two_nodes_ends_identical(
     cluster.create_s3_secret(namespace)
     out, jdir = tmp_path / "job", tmp_path / "journal"
     path = write_config(out / "config.json", cfg, out)
-    create_job(kube, namespace, journal_env(
-        trainer_job("rnd", path, bucket, node_selector=selector,
-                    failure_policy={"progressTimeoutSeconds": 5, "heartbeatTimeoutSeconds": 10}), jdir))
+    create_job(kube, namespace, trainer_job("rnd", path, bucket, node_selector=selector, journal_dir=jdir,
+                                            failure_policy={"progressTimeoutSeconds": 5, "heartbeatTimeoutSeconds": 10}))
     diag = diagnostics(kube, namespace, "rnd", op)
 
     def incarnation() -> int:
