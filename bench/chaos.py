@@ -57,9 +57,9 @@ from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
 PROFILES = {
     # faults: how many fault events; per_job: faults per job; kinds: drawn round-robin in a seeded order
     "default": {"faults": 100, "per_job": 4, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 60.0),
-                "failure_policy": {}, "steps": 140},
+                "failure_policy": {}, "steps": 240},
     "short": {"faults": 10, "per_job": 4, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 12.0),
-              "failure_policy": {"progressTimeoutSeconds": 5}, "steps": 120},
+              "failure_policy": {"progressTimeoutSeconds": 5}, "steps": 200},
 }
 CONFIGS = ("demo", "pipeline", "zero3")
 
@@ -116,6 +116,7 @@ class Suite:
         mon.start()
         ctx = K.Ctx(rng=self.rng, job=name, replicas=2, journal_dir=jdir,
                     incarnation=lambda: int(self.b.status(name).get("incarnation", 0)),
+                    finished=lambda: self.b.status(name).get("phase") in ("Succeeded", "Failed"),
                     pod_node=self.b.pod_node, lose_node=self.lose_node, kill_operator=self.kill_operator,
                     start_operator=self.b.start_operator, operator_pid=lambda: self.b.op.pid,
                     stop_s3=self.b.c.stop_s3, start_s3=self.b.c.start_s3, s3_outage_s=self.p["s3_outage_s"])

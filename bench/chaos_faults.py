@@ -27,6 +27,7 @@ class Ctx:
     replicas: int
     journal_dir: Path
     incarnation: Callable[[], int]
+    finished: Callable[[], bool]              # the job ended (no moment will come)
     pod_node: Callable[[str], str]
     lose_node: Callable[[str], None]          # SIGKILL a process node (and add a fresh one)
     kill_operator: Callable[[], None]         # SIGKILL the operator's process group (store included)
@@ -41,7 +42,8 @@ class Ctx:
 
     def moment(self) -> dict:
         return F.at_random_moment(self.rng, self.journal_dir, self.incarnation, min_steps=2, max_steps=12,
-                                  after_incarnation=self.after_incarnation, after_t=self.after_t, timeout=300)
+                                  after_incarnation=self.after_incarnation, after_t=self.after_t, timeout=300,
+                                  alive=lambda: not self.finished())
 
     def pod(self, inc: int) -> str:
         return f"{self.job}-worker-{self.rng.randrange(self.replicas)}-{inc}"
