@@ -62,6 +62,12 @@ def test_sigstop_sigkill_sigstop_at_random_moments_on_two_nodes_ends_identical(
             injected.append({"signal": faults.signal_name(sig), "pod": pod, **moment})
             print("injected", json.dumps(injected[-1]))
             last_inc = moment["incarnation"]
+
+        def scheduled():  # the deadlock: the last incarnation's pods Pending (Unschedulable) forever
+            pods = [p for p in worker_pods(kube, namespace, "rnd") if p["metadata"]["name"].endswith(f"-{last_inc + 1}")]
+            return len(pods) == 2 and all(p["spec"].get("nodeName") for p in pods)
+        wait_for(f"incarnation {last_inc + 1}'s 2 pods scheduled on the 2 nodes", scheduled, timeout=120,
+                 on_timeout=diag)
         wait_for("job Succeeded", lambda: status(kube, namespace, "rnd").get("phase") == "Succeeded",
                  timeout=400, on_timeout=diag)
     finally:

@@ -86,19 +86,7 @@ def last_step(metrics_path: pathlib.Path) -> int:
 
 def trainer_pid(pod_name: str) -> int | None:
     """The trainer process (not the launcher) of a pod running on a process node."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if b"stoker.worker.train" not in cmd or b"stoker.operator.launch" in cmd:
-                continue
-            env = pathlib.Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"STOKER_POD_NAME={pod_name}".encode() in env:
-            return int(entry)
-    return None
+    return F.trainer_pid(pod_name)
 
 
 def fault_rng() -> random.Random:
