@@ -82,8 +82,10 @@ def write_results(name: str, results: dict[str, Any], directory: Path | None = N
     """Write ``bench/results/<name>.json`` (or ``directory/<name>.json``) with machine info
     (load average, commit) and a timestamp."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if "note" in results:
+        raise ValueError("results carry what the code measured; a 'note' is written by hand: say it in the README")
     payload = {"benchmark": name, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine_info(), **results}
+               "command": [sys.executable, *sys.argv], "machine": machine_info(), **results}
     path = (directory or RESULTS) / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
