@@ -23,7 +23,7 @@ from . import faults
 from .conftest import reference_summary, trainer_config, write_config
 from .test_e2e_recovery import diagnostics, status, trainer_job
 
-pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def test_sigstop_sigkill_sigstop_at_random_moments_on_two_nodes_ends_identical(
@@ -52,8 +52,11 @@ def test_sigstop_sigkill_sigstop_at_random_moments_on_two_nodes_ends_identical(
     try:
         last_inc = -1
         for sig, index in plan:
-            moment = faults.at_random_moment(rng, jdir, incarnation, min_steps=3, max_steps=15,
-                                             after_incarnation=last_inc, timeout=300)
+            try:
+                moment = faults.at_random_moment(rng, jdir, incarnation, min_steps=3, max_steps=15,
+                                                 after_incarnation=last_inc, timeout=300)
+            except TimeoutError as e:
+                pytest.fail(f"seed {seed}, after {injected}: {e}\n{diag()}")
             pod = f"rnd-worker-{index}-{moment['incarnation']}"
             pid = faults.trainer_pid(pod)
             assert faults.signal_pid(pid, sig), f"no trainer for {pod}: {diag()}"
