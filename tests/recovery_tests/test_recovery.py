@@ -110,17 +110,22 @@ def test_elastic_jobs_replace_failed_pods_while_enough_workers_survive():
 def test_replacements_avoid_recently_failed_nodes_for_node_causes_only():
     hist = [inc(D.NODE_LOST, node="a"), inc(D.WORKER_CRASHED, node="b"), inc(D.HEARTBEAT_LOST, node="c"),
             inc(D.PREEMPTED, node="d"), inc(D.EVICTED, node="e"), inc(D.HANG, node="g")]
-    assert R.nodes_to_avoid(hist, finding(D.NODE_LOST, node="f"), max_n=3) == ("f", "e", "a")
-    assert R.nodes_to_avoid(hist, None, max_n=10) == ("e", "a")
+    assert R.nodes_to_avoid(hist, finding(D.NODE_LOST, node="f"), max_n=3) == ("f", "g", "e")
+    assert R.nodes_to_avoid(hist, None, max_n=10) == ("g", "e", "c", "a")
     assert R.nodes_to_avoid([], finding(D.WORKER_CRASHED)) == ()
 
 
-def test_a_hang_or_a_silent_process_is_not_its_nodes_fault():
-    """Issue 11: SIGSTOP on node a, then on node b: blaming each hang on its node left a
-    2-node pool with no node to go to. Frozen processes never make a node avoided."""
-    hist = [inc(D.HANG, node="a"), inc(D.WORKER_KILLED, node="b"), inc(D.HEARTBEAT_LOST, node="b")]
-    assert R.nodes_to_avoid(hist, finding(D.HANG, node="b")) == ()
+def test_a_hang_or_a_silent_process_is_not_its_nodes_fault_only_preferred_against():
+    """Issue 11: SIGSTOP on node a, then on node b: blaming each hang on its node (a
+    required exclusion) left a 2-node pool with no node to go to. A hang is not counted
+    against its node (NodeHealth: no report, no cordon); replacements only prefer other
+    nodes, because a node being lost is often first seen as a hang (bench/chaos.py)."""
     assert D.HANG not in R.NODE_CAUSES and D.HEARTBEAT_LOST not in R.NODE_CAUSES
+    hist = [inc(D.HANG, node="a"), inc(D.WORKER_KILLED, node="b")]
+    avoid = R.nodes_to_avoid(hist, finding(D.HANG, node="b"))
+    assert avoid == ("b", "a")
+    spec = R.with_node_anti_affinity({"containers": []}, avoid)
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in spec["affinity"]["nodeAffinity"]
 
 
 def test_avoidance_is_preferred_never_required_and_keeps_the_users_terms():

@@ -26,8 +26,9 @@ Replacement pods prefer other nodes than the ones that recently failed this job
 avoidance never makes a job unschedulable, e.g. when every node of a small pool
 failed once); ``NodeHealth`` counts failures per node across jobs so a node that
 keeps failing jobs is reported and, by policy, cordoned. Only causes that are
-the node's (lost, evicting) count: a hung or silent process (SIGSTOP, a deadlock,
-a process whose heartbeats stopped while its node is Ready) is not a node fault.
+the node's (lost, evicting) count there: a hung or silent process (SIGSTOP, a
+deadlock, heartbeats stopped while its node is Ready) is not a node fault; its
+node is only preferred against (it may be a node about to turn NotReady).
 """
 from __future__ import annotations
 
@@ -38,10 +39,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import detection as D
 
-# Causes that say something about the node the pod ran on. Not Hang or HeartbeatLost:
-# a frozen process on a Ready node is the process's fault, and blaming its node once
-# per hang excluded every node of a 2-node pool (issue 11: the job sat Pending forever).
+# Causes that say something about the node the pod ran on (counted by NodeHealth: reported,
+# cordoned by policy). Not Hang or HeartbeatLost: a frozen process on a Ready node is the
+# process's fault; blaming its node once per hang excluded every node of a 2-node pool
+# (issue 11: the job sat Pending forever).
 NODE_CAUSES = frozenset({D.NODE_LOST, D.EVICTED})
+# Causes whose node replacements *prefer* to avoid (a preferred affinity, never required):
+# a lost node is often first seen as a hang or as silence, before its grace period ends
+# and it turns NotReady (found by bench/chaos.py: without this the replacement went back
+# to the dying node and the job restarted a second time).
+AVOID_CAUSES = NODE_CAUSES | {D.HANG, D.HEARTBEAT_LOST}
 AVOID_WEIGHT = 100  # preferred-affinity weight (the maximum): other nodes win whenever one fits
 # Causes a repetition can turn into a user error (never external ones).
 REPEATABLE = frozenset({D.WORKER_CRASHED, D.OOM_KILLED, D.WORKER_KILLED, D.HANG, D.HEARTBEAT_LOST, D.USER_ERROR})
@@ -222,14 +229,15 @@ def current_records(records: Iterable[Any], facts: Iterable[D.PodFacts]) -> list
 
 
 def nodes_to_avoid(history: Iterable[Mapping[str, Any]], finding: D.Finding | None, max_n: int = 3) -> tuple[str, ...]:
-    """Most recent distinct nodes that failed this job for node-related causes."""
+    """Most recent distinct nodes that failed this job for causes replacements avoid
+    (``AVOID_CAUSES``; preferred only, see ``with_node_anti_affinity``)."""
     nodes: list[str] = []
-    if finding is not None and finding.node and finding.cause in NODE_CAUSES:
+    if finding is not None and finding.node and finding.cause in AVOID_CAUSES:
         nodes.append(finding.node)
     for inc in reversed(list(history)):
         cause = inc.get("detectedCause")
         node = inc.get("node")
-        if node and cause in NODE_CAUSES and node not in nodes:
+        if node and cause in AVOID_CAUSES and node not in nodes:
             nodes.append(node)
     return tuple(nodes[:max_n])
 
