@@ -178,11 +178,11 @@ class Monitor(threading.Thread):
         self.b, self.name = bench, name
         self.incident_times: list[float] = []
         self.duplicates: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         seen, n = 0, 0
-        while not self._stop.wait(0.2):
+        while not self._halt.wait(0.2):
             st = self.b.status(self.name)
             count = len([i for i in st.get("incidents") or [] if i.get("kind") in ("Restart", "Replace")])
             if count > seen:
@@ -202,7 +202,7 @@ class Monitor(threading.Thread):
         self.duplicates += [",".join(v) for v in live.values() if len(v) > 1]
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 
