@@ -111,13 +111,11 @@ def s3_outage(c: Ctx) -> dict:
     time.sleep(down_s)
     c.start_s3()
     t1 = time.time()
-    # a save overlapped the outage when a checkpoint step was computed while S3 was away
-    # (its upload ran into it) or a save's outcome was reported during it
-    recs = [r for r in journal.read(c.journal_dir) if t0 <= r["t"] <= t1]
-    ckpt_steps = sorted({r["step"] for r in recs if r["event"] == "checkpoint"})
-    failed = sorted({r["step"] for r in recs if r["event"] == "checkpoint" and not r.get("ok")})
-    return {"t0": t0, "down_s": down_s, "hit": True, "saves_during_outage": ckpt_steps, "failed_saves": failed,
-            "steps_during_outage": len({r["step"] for r in recs if r["event"] == "step"}), **m}
+    recs = journal.read(c.journal_dir)
+    overlapped = F.saves_overlapping(recs, t0, t1, interval=5)
+    failed = sorted({r["step"] for r in recs if r["event"] == "checkpoint" and not r.get("ok") and r["t"] >= t0})
+    return {"t0": t0, "down_s": down_s, "hit": bool(overlapped), "saves_overlapping": overlapped, "failed_saves": failed,
+            "steps_during_outage": len({r["step"] for r in recs if r["event"] == "step" and t0 <= r["t"] <= t1}), **m}
 
 
 def _save_seconds(recs: list[dict]) -> float:

@@ -128,6 +128,16 @@ def computed_steps(journal_dir: pathlib.Path, rank: int = 0) -> list[int]:
     return sorted(r["step"] for r in journal.read(journal_dir) if r["event"] == "step" and r["rank"] == rank)
 
 
+def saves_overlapping(records: list[dict], start: float, end: float, interval: int, rank: int = 0) -> list[int]:
+    """Checkpoint steps (every ``interval``) whose save was in flight at some moment of
+    [start, end]: the step was computed (its save began) before ``end`` and its outcome
+    came after ``start``, or never."""
+    begun = {r["step"]: r["t"] for r in records if r["event"] == "step" and r["rank"] == rank
+             and r["step"] % interval == 0}
+    done = {r["step"]: r["t"] for r in records if r["event"] == "checkpoint" and r["rank"] == rank}
+    return sorted(s for s, t in begun.items() if t <= end and done.get(s, float("inf")) >= start)
+
+
 def resumed_steps(journal_dir: pathlib.Path) -> list[int]:
     """Where each restored process resumed (rank 0's view), in order."""
     return [r["step"] for r in journal.read(journal_dir) if r["event"] == "resumed" and r["rank"] == 0]

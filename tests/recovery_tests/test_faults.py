@@ -55,3 +55,11 @@ def test_computed_steps_keep_repeats(tmp_path):
             j.record("step", s)
         j.close()
     assert F.computed_steps(tmp_path) == [1, 2, 3, 3, 4]
+
+
+def test_a_save_overlaps_an_outage_when_it_was_in_flight_during_it():
+    recs = run(0, 1, 30, 0, commits=(5, 10, 25))  # step s at t=s, its commit at s + 0.5; 15, 20 never commit
+    assert F.saves_overlapping(recs, 10.2, 10.4, interval=5) == [10]        # 10's upload in flight
+    assert F.saves_overlapping(recs, 11.0, 14.0, interval=5) == []          # between saves
+    assert F.saves_overlapping(recs, 16.0, 17.0, interval=5) == [15]        # 15 never committed
+    assert F.saves_overlapping(recs, 26.0, 27.0, interval=5) == [15, 20]
