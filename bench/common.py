@@ -80,17 +80,22 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
 
 def write_results(name: str, results: dict[str, Any], directory: Path | None = None) -> Path:
     """Write ``bench/results/<name>.json`` (or ``directory/<name>.json``) with machine info
-    (load average, commit) and a timestamp."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    (load average, commit), the command line and a timestamp."""
     if "note" in results:
         raise ValueError("results carry what the code measured; a 'note' is written by hand: say it in the README")
     payload = {"benchmark": name, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "command": [sys.executable, *sys.argv], "machine": machine_info(), **results}
-    path = (directory or RESULTS) / f"{name}.json"
+    path = write_json((directory or RESULTS) / f"{name}.json", payload)
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
-    print(f"wrote {path}", flush=True)
     return path
 
 
