@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install tools test test-fast demo bench clean cluster-up cluster-down proto crd crd-check
+.PHONY: all install tools test test-fast demo bench chaos clean cluster-up cluster-down proto crd crd-check
 
 all: test
 
@@ -38,6 +38,11 @@ demo: install tools
 
 bench: install tools
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Faults at random moments (>= 100 across 10 kinds, about an hour on 2 cores); CHAOS_ARGS="--seed N" replays.
+CHAOS_ARGS ?=
+chaos: install tools
+	$(PY) bench/chaos.py --profile default $(CHAOS_ARGS)
 
 cluster-up: install tools
 	$(VENV)/bin/stoker cluster up

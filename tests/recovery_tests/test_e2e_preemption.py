@@ -18,6 +18,7 @@ import pytest
 
 from tests.operator_tests.conftest import create_job, wait_for, worker_pods
 
+from . import faults as F
 from .conftest import POOL_LABEL, reference_summary, trainer_config, write_config
 from .test_e2e_recovery import diagnostics, metrics_rows, status, summary_of, trainer_job
 
@@ -75,9 +76,9 @@ def test_a_preempted_worker_drains_with_a_checkpoint_and_the_job_resumes_without
     ref = reference_summary(tmp_path, cfg, 2)
     op = heartbeat_operator()
     cluster.create_s3_secret(namespace)
-    out = tmp_path / "job"
+    out, jdir = tmp_path / "job", tmp_path / "journal"
     path = write_config(out / "config.json", cfg, out)
-    body = trainer_job("pre", path, bucket, node_selector=selector)
+    body = trainer_job("pre", path, bucket, node_selector=selector, journal_dir=jdir)
     tspec = body["spec"]["template"]["spec"]
     tspec["terminationGracePeriodSeconds"] = 30  # room for the drain (the launcher holds SIGTERM for 25 s at most)
     tspec["containers"][0]["resources"] = {"limits": {GPU: "1"}, "requests": {GPU: "1"}}
@@ -106,9 +107,10 @@ def test_a_preempted_worker_drains_with_a_checkpoint_and_the_job_resumes_without
     final = summary_of(out)
     assert final["step"] == steps and final["resumed_from"] == stop_step
     assert final["checksum"] == ref["checksum"]
-    rows = metrics_rows(out)
-    # every step exactly once: the new incarnation resumed at the drain checkpoint
-    assert sorted(r["step"] for r in rows) == list(range(1, steps + 1))
+    # every step computed exactly once (rank 0's append-only journal; the metrics file is
+    # trimmed on resume): the new incarnation resumed at the drain checkpoint
+    assert F.computed_steps(jdir) == list(range(1, steps + 1))
+    assert F.resumed_steps(jdir) == [stop_step]
     st = status(kube, namespace, "pre")
     assert st["incarnation"] == 1
     assert st["restarts"] == {"userError": 0, "infrastructure": 0, "preemption": 1, "total": 1}

@@ -8,6 +8,7 @@ import pytest
 
 from tests.operator_tests.conftest import create_job, patch_job, wait_for, worker_pods
 
+from . import faults as F
 from .conftest import reference_summary, trainer_config, write_config
 from .test_e2e_recovery import diagnostics, metrics_rows, status, summary_of, trainer_job
 
@@ -20,9 +21,9 @@ def test_suspend_drains_with_a_checkpoint_and_resume_continues_at_that_step_iden
     cfg = trainer_config(1000)
     op = heartbeat_operator()
     cluster.create_s3_secret(namespace)
-    out = tmp_path / "job"
+    out, jdir = tmp_path / "job", tmp_path / "journal"
     path = write_config(out / "config.json", cfg, out)
-    create_job(kube, namespace, trainer_job("sus", path, bucket, node_selector=recovery_pool))
+    create_job(kube, namespace, trainer_job("sus", path, bucket, node_selector=recovery_pool, journal_dir=jdir))
     diag = diagnostics(kube, namespace, "sus", op)
     wait_for("training", lambda: any(r["step"] >= 15 for r in metrics_rows(out)), timeout=300, interval=0.05,
              on_timeout=diag)
@@ -47,7 +48,9 @@ def test_suspend_drains_with_a_checkpoint_and_resume_continues_at_that_step_iden
     final = summary_of(out)
     assert final is not None and final["step"] == 1000
     assert final["resumed_from"] == stop_step  # resumed exactly where the workers stopped
-    assert sorted(r["step"] for r in metrics_rows(out)) == list(range(1, 1001))
+    # every step computed exactly once (rank 0's append-only journal over both incarnations)
+    assert F.computed_steps(jdir) == list(range(1, 1001))
+    assert F.resumed_steps(jdir) == [stop_step]
     assert final["checksum"] == reference_summary(tmp_path, cfg, 2)["checksum"]
     st = status(kube, namespace, "sus")
     assert st["restarts"]["userError"] == 0

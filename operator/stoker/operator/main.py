@@ -82,6 +82,7 @@ def startup(settings: kopf.OperatorSettings, **_: object) -> None:
     if store_port > 0:
         store = StoreProcess(store_port)
         store.start()
+        store.watch()
         _state["store"] = store
     metrics.serve(CONFIG.metrics_port)
     render = RenderConfig(
