@@ -13,12 +13,16 @@ import sys
 DEFAULT_PROCESS_NODES = 2
 
 
+CLUSTER_EXTRA = "pip install 'stoker[cluster]'"
+
+
 def load_local_module():
     try:
         from stoker.devcluster import local
-    except ImportError as exc:  # e.g. `cryptography` missing from a partial install
-        raise SystemExit(f"stoker cluster: the dev cluster cannot be loaded ({exc}); "
-                         "install stoker with its dependencies (pip install stoker)") from exc
+    except ImportError as exc:  # `cryptography` or `kubernetes` missing: the base install has neither
+        missing = f"the Python package {exc.name!r} is" if exc.name else "a Python package is"
+        raise SystemExit(f"stoker cluster: {missing} not installed ({exc}); the local dev cluster needs the "
+                         f"`cluster` extra: {CLUSTER_EXTRA}") from exc
     return local
 
 

@@ -7,6 +7,9 @@ import sys
 
 from .config import Config, to_env
 
+# What `stoker[operator]` adds to the torch-free base (pyproject.toml).
+OPERATOR_PACKAGES = ("kopf", "kubernetes", "prometheus_client", "grpc", "google")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("operator", help="run the TrainingJob operator")
@@ -97,7 +100,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def _run(args: argparse.Namespace) -> int:
     os.environ.update(to_env(config_from_args(args)))
     sys.modules.pop("stoker.operator.main", None)
-    from . import main  # reads the environment at import
+    try:
+        from . import main  # reads the environment at import
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in OPERATOR_PACKAGES:
+            print(f"stoker operator: the Python package {exc.name!r} is not installed; the operator needs the "
+                  f"`operator` extra: pip install 'stoker[operator]'", file=sys.stderr)
+            return 1
+        raise
 
     return main.run()
 

@@ -19,7 +19,7 @@ from .pods import RenderConfig, pod_view, render_pod
 from .preflight_shell import Preflight
 from .reconcile import Event, Plan, plan
 from .recovery_shell import RecoveryShell
-from .status import status_changed
+from .status import status_changed, with_observed_generation
 
 log = logging.getLogger("stoker.operator")
 
@@ -201,6 +201,9 @@ class Controller:
         self._create(namespace, job, pl, now, fields)
 
         old = dict(body.get("status") or {})
+        if "conditions" in pl.status:
+            pl.status["conditions"] = with_observed_generation(pl.status["conditions"],
+                                                               body["metadata"].get("generation"))
         if status_changed(old, pl.status) or any(k not in pl.status for k in old):
             patch = status_patch(old, pl.status)
             try:

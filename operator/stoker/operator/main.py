@@ -23,7 +23,8 @@ from .pods import RenderConfig
 from .recovery import NodeHealth
 from .recovery_shell import RecoveryShell
 from .supervision import Settings
-from .rendezvous import StoreProcess, endpoint
+from .rendezvous import NO_TORCH, StoreProcess, endpoint
+from .rendezvous import torch_installed as rendezvous_torch_installed
 
 CONFIG = load()
 log = logging.getLogger("stoker.operator")
@@ -166,6 +167,9 @@ _timers_without_finalizers()
 
 def run() -> int:
     logs.setup(CONFIG.log_level)
+    if CONFIG.rendezvous_port > 0 and not rendezvous_torch_installed():
+        log.error(NO_TORCH.format(port=CONFIG.rendezvous_port))
+        return 1
     kopf.run(
         standalone=CONFIG.peering is None,
         peering_name=CONFIG.peering,

@@ -45,6 +45,23 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+NO_TORCH = ("the rendezvous store (--rendezvous-port {port}) is torch.distributed.TCPStore and torch is not "
+            "installed here: pip install 'stoker[operator,rendezvous]' (CPU wheels suffice), or run the store "
+            "apart (`stoker operator rendezvous` where torch is installed, e.g. the worker image) and start the "
+            "operator with --rendezvous-port 0 and --rendezvous-advertise-address <the store's IP>")
+
+
+def torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def require_torch(port: int = 29400) -> None:
+    if not torch_installed():
+        raise RuntimeError(NO_TORCH.format(port=port))
+
+
 class StoreProcess:
     """Starts the store child and waits until it accepts connections."""
 
@@ -73,6 +90,7 @@ class StoreProcess:
         return t
 
     def start(self, timeout: float = 60.0) -> None:
+        require_torch(self.port)
         probe = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stoker.operator.rendezvous", "--port", str(self.port)],
@@ -130,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Stoker's shared c10d rendezvous store")
     ap.add_argument("--port", type=int, default=29400)
     args = ap.parse_args(argv)
+    try:
+        require_torch(args.port)
+    except RuntimeError as e:
+        print(f"stoker operator rendezvous: {e}", file=sys.stderr)
+        return 1
     serve(args.port)
     return 0
 
