@@ -1,0 +1,96 @@
+"""Small OCI images made here without a registry: files packed with umoci into an OCI
+layout, cached by content hash, imported into a node's containerd with `ctr images import`."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUSYBOX = Path("/bin/busybox")        # Debian's busybox-static
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str                             # stoker.local/<name>:<key>
+    files: dict[str, Path]                # path in the image -> file here
+    entrypoint: list[str]
+    env: list[str] = field(default_factory=list)
+
+    def key(self) -> str:
+        h = hashlib.sha256(json.dumps([self.name, self.entrypoint, self.env]).encode())
+        for dst in sorted(self.files):
+            h.update(dst.encode())
+            h.update(hashlib.sha256(Path(self.files[dst]).read_bytes()).digest())
+        return h.hexdigest()[:12]
+
+    def ref(self) -> str:
+        return f"stoker.local/{self.name}:{self.key()}"
+
+
+def pause_image() -> ImageSpec:
+    """The pod sandbox: a static busybox that sleeps (containerd stops sandboxes with SIGKILL)."""
+    return ImageSpec("pause", {"/bin/busybox": BUSYBOX}, ["/bin/busybox", "sleep", "2147483647"])
+
+
+def busybox_image() -> ImageSpec:
+    """A shell and small tools (httpd, wget, nc) for workloads that check the nodes."""
+    return ImageSpec("busybox", {"/bin/busybox": BUSYBOX}, ["/bin/busybox", "sh"])
+
+
+def coredns_image(coredns_bin: str) -> ImageSpec:
+    return ImageSpec("coredns", {"/coredns": Path(coredns_bin)},
+                     ["/coredns", "-conf", "/etc/coredns/Corefile"])
+
+
+def _run(*argv: str) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+
+
+def build(spec: ImageSpec, cache: Path, log=print) -> Path:
+    """The image as an OCI archive in ``cache`` (built once per content key)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    out = cache / f"{spec.name}-{spec.key()}.tar"
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return out
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            layout, bundle, tag = f"{tmp}/oci", f"{tmp}/bundle", "local"
+            _run("umoci", "init", "--layout", layout)
+            _run("umoci", "new", "--image", f"{layout}:{tag}")
+            _run("umoci", "unpack", "--image", f"{layout}:{tag}", bundle)
+            for dst, src in spec.files.items():
+                target = Path(bundle) / "rootfs" / dst.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, target)
+            _run("umoci", "repack", "--image", f"{layout}:{tag}", bundle)
+            args = [a for e in spec.entrypoint for a in ("--config.entrypoint", e)]
+            args += [a for e in spec.env for a in ("--config.env", e)]
+            _run("umoci", "config", "--image", f"{layout}:{tag}", *args)
+            _name_index(Path(layout) / "index.json", spec.ref())
+            _run("tar", "-C", layout, "-cf", f"{out}.tmp", ".")
+            Path(f"{out}.tmp").replace(out)
+        log(f"[images] built {spec.ref()} in {time.monotonic() - t0:.1f}s ({out.stat().st_size} bytes)")
+    return out
+
+
+def _name_index(index_json: Path, ref: str) -> None:
+    """containerd names an imported OCI image after this annotation."""
+    index = json.loads(index_json.read_text())
+    for m in index["manifests"]:
+        m.setdefault("annotations", {})["io.containerd.image.name"] = ref
+    index_json.write_text(json.dumps(index))
+
+
+def import_image(archive: Path, containerd_sock: Path) -> None:
+    _run("ctr", "--address", str(containerd_sock), "--namespace", "k8s.io",
+         "images", "import", str(archive))
