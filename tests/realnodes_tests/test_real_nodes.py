@@ -1,0 +1,118 @@
+"""Real nodes: kubelets built from the pinned Kubernetes module, containerd, CNI, kube-proxy
+and CoreDNS, in network namespaces of their own; the fake-GPU device plugin; and a host left
+exactly as it was after `down`."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from stoker.devcluster.realnodes import images
+from stoker.devcluster.realnodes.layout import CLUSTER_DNS_IP
+from tests.realnodes_tests import hoststate
+from tests.realnodes_tests.conftest import GPUS_PER_NODE
+
+pytestmark = [pytest.mark.realnodes, pytest.mark.cluster, pytest.mark.slow]
+
+NODES = ["real-node-0", "real-node-1"]
+BUSYBOX = images.busybox_image().ref()
+
+
+def pod(name: str, node: str, script: str, **container) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
+                                     "command": ["/bin/busybox", "sh", "-c", script], **container}]}}
+
+
+def http_get(kube, client: str, host: str, port: int) -> str:
+    """An HTTP GET from inside pod ``client`` (busybox nc; its wget crashes when static)."""
+    return kube.exec(client, "/bin/busybox", "sh", "-c",
+                     f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 5 {host} {port}").stdout
+
+
+def test_nodes_are_kubelets_on_containerd_with_their_own_addresses(real_cluster):
+    import json
+    nodes = json.loads(real_cluster.kubectl("get", "nodes", "-l", "stoker.dev/real-node=true",
+                                            "-o", "json").stdout)["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == NODES
+    ips = set()
+    for n in nodes:
+        info = n["status"]["nodeInfo"]
+        assert info["kubeletVersion"] == "v1.35.4"
+        assert info["containerRuntimeVersion"].startswith("containerd://")
+        assert any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+        ips |= {a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP"}
+        assert n["status"]["allocatable"]["nvidia.com/gpu"] == str(GPUS_PER_NODE)
+    assert len(ips) == 2
+
+
+def test_pods_reach_each_other_across_nodes_by_ip_service_and_dns_name(kube_ns):
+    web = pod("web", NODES[1], "mkdir /www && echo hello-$(hostname) > /www/index.html && "
+                               "exec /bin/busybox httpd -f -p 8080 -h /www")
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+           "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    client = pod("client", NODES[0], "exec /bin/busybox sleep 3600")
+    kube_ns.apply(web, svc, client)
+    web_ip = kube_ns.running("web")["status"]["podIP"]
+    assert kube_ns.running("client")["spec"]["nodeName"] != kube_ns.get("pod", "web")["spec"]["nodeName"]
+    assert "hello-web" in http_get(kube_ns, "client", web_ip, 8080)            # pod IP, other node
+    cluster_ip = kube_ns.get("service", "web")["spec"]["clusterIP"]
+    assert "hello-web" in http_get(kube_ns, "client", cluster_ip, 80)          # kube-proxy
+    name = f"web.{kube_ns.ns}.svc.cluster.local"
+    out = kube_ns.exec("client", "/bin/busybox", "nslookup", name, CLUSTER_DNS_IP).stdout
+    assert cluster_ip in out, out                                                # CoreDNS
+    resolv = kube_ns.exec("client", "/bin/busybox", "cat", "/etc/resolv.conf").stdout
+    assert f"nameserver {CLUSTER_DNS_IP}" in resolv
+
+
+def test_pods_reach_the_apiserver_through_the_kubernetes_service(kube_ns):
+    kube_ns.apply(pod("api", NODES[0], "exec /bin/busybox sleep 3600"))
+    kube_ns.running("api")
+    r = kube_ns.exec("api", "/bin/busybox", "sh", "-c",
+                     "echo | /bin/busybox nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT; echo rc=$?")
+    assert "rc=0" in r.stdout, r.stdout
+
+
+def test_kubectl_logs_and_exec_go_through_the_kubelet(kube_ns):
+    kube_ns.apply(pod("talker", NODES[1], "echo line-one; echo line-two; exec /bin/busybox sleep 3600"))
+    kube_ns.running("talker")
+    logs = kube_ns.c.kubectl("logs", "-n", kube_ns.ns, "talker").stdout
+    assert logs.split() == ["line-one", "line-two"]
+    assert kube_ns.exec("talker", "/bin/busybox", "hostname").stdout.strip() == "talker"
+
+
+def test_a_gpu_request_is_allocated_by_the_kubelet_through_the_device_plugin(kube_ns):
+    kube_ns.apply(pod("one-gpu", NODES[0], "echo gpus=$NVIDIA_VISIBLE_DEVICES; exec /bin/busybox sleep 3600",
+                      resources={"limits": {"nvidia.com/gpu": 1}}))
+    kube_ns.running("one-gpu")
+    logs = kube_ns.c.kubectl("logs", "-n", kube_ns.ns, "one-gpu").stdout.strip()
+    ids = logs.removeprefix("gpus=").split(",")
+    assert len(ids) == 1 and ids[0].startswith(f"{NODES[0]}-gpu-"), logs
+
+
+def test_a_gpu_request_beyond_capacity_stays_pending_with_the_schedulers_reason(kube_ns):
+    greedy = pod("greedy", NODES[0], "true", resources={"limits": {"nvidia.com/gpu": GPUS_PER_NODE + 1}})
+    del greedy["spec"]["nodeName"]                   # let the scheduler decide
+    kube_ns.apply(greedy)
+    p = kube_ns.wait("pod", "greedy", lambda p: any(
+        c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+        for c in p["status"].get("conditions", [])), "Unschedulable", timeout=60)
+    cond = next(c for c in p["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert "Insufficient nvidia.com/gpu" in cond["message"], cond
+    time.sleep(3)
+    assert kube_ns.get("pod", "greedy")["status"]["phase"] == "Pending"
+
+
+def test_down_leaves_the_host_as_it_was(real_cluster, host_before):
+    """Last in this module: `down`, then the host's kernel settings, namespaces, links,
+    routes, iptables rules, mounts and cgroups are those from before `up`."""
+    nodes = real_cluster.real_nodes().known()
+    assert len(nodes) == 2
+    t0 = time.monotonic()
+    real_cluster.down()
+    print(f"down in {time.monotonic() - t0:.1f}s")
+    assert hoststate.differences(host_before, hoststate.snapshot()) == {}
+    assert real_cluster.leftover_pids() == []
+    for node in nodes:
+        assert not node.run_dir.exists()
