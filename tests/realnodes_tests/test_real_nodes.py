@@ -104,6 +104,54 @@ def test_a_gpu_request_beyond_capacity_stays_pending_with_the_schedulers_reason(
     assert kube_ns.get("pod", "greedy")["status"]["phase"] == "Pending"
 
 
+def test_a_stopped_node_goes_unknown_and_its_pods_are_replaced_on_the_other_node(real_cluster, kube_ns):
+    """Stopping a node (kubelet, kube-proxy, containerd and every container gone) is a lost
+    machine: the control plane marks it Unknown, and a Deployment's pod that does not wait
+    for the default 300 s eviction comes back on the other real node."""
+    from stoker.devcluster.realnodes import cleanup
+    lost = real_cluster.real_nodes().node(1)
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "svc"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "svc"}},
+                       "template": {"metadata": {"labels": {"app": "svc"}}, "spec": {
+                           "nodeSelector": {"stoker.dev/real-node": "true"},
+                           "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                               {"weight": 100, "preference": {"matchExpressions": [
+                                   {"key": "kubernetes.io/hostname", "operator": "In", "values": [lost.name]}]}}]}},
+                           "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                                            "effect": "NoExecute", "tolerationSeconds": 0},
+                                           {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                                            "effect": "NoExecute", "tolerationSeconds": 0}],
+                           "terminationGracePeriodSeconds": 1,
+                           "containers": [{"name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
+                                           "command": ["/bin/busybox", "sleep", "3600"]}]}}}}
+    kube_ns.apply(deploy)
+
+    def pods():
+        import json
+        return json.loads(real_cluster.kubectl("get", "pods", "-n", kube_ns.ns, "-l", "app=svc",
+                                               "-o", "json").stdout)["items"]
+
+    deadline = time.monotonic() + 120
+    while not any(p["spec"].get("nodeName") == lost.name and p["status"].get("phase") == "Running"
+                  for p in pods()):
+        assert time.monotonic() < deadline, pods()
+        time.sleep(0.5)
+    assert cleanup.cgroup_pids(lost.cgroup_root), "the node's containers run in its cgroups"
+
+    real_cluster.real_nodes().stop_node(lost)
+    assert not cleanup.cgroup_pids(lost.cgroup_root) and not cleanup.cgroup_dirs(lost.cgroup_root)
+    assert not hoststate.links() & {lost.host_veth}
+
+    kube_ns.wait("node", lost.name, lambda n: any(
+        c["type"] == "Ready" and c["status"] == "Unknown" for c in n["status"]["conditions"]),
+        "Ready=Unknown", timeout=60)
+    deadline = time.monotonic() + 120
+    while not any(p["spec"].get("nodeName") == NODES[0] and p["status"].get("phase") == "Running"
+                  and not p["metadata"].get("deletionTimestamp") for p in pods()):
+        assert time.monotonic() < deadline, [(p["spec"].get("nodeName"), p["status"].get("phase")) for p in pods()]
+        time.sleep(0.5)
+
+
 def test_down_leaves_the_host_as_it_was(real_cluster, host_before):
     """Last in this module: `down`, then the host's kernel settings, namespaces, links,
     routes, iptables rules, mounts and cgroups are those from before `up`."""

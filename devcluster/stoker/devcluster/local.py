@@ -220,7 +220,9 @@ class LocalCluster:
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port('minio')}"
+        """With real nodes MinIO listens on the node bridge's address, which pods and host
+        processes alike can reach; otherwise on loopback."""
+        return f"http://{self._realnet_gateway() or '127.0.0.1'}:{self.port('minio')}"
 
     def pidfile(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -433,7 +435,7 @@ class LocalCluster:
             })
             return [
                 t["minio"], "server", f"{sd}/s3",
-                f"--address=127.0.0.1:{self.port('minio')}",
+                f"--address={self.s3_endpoint.removeprefix('http://')}",
                 f"--certs-dir={sd}/run/minio-certs",
                 "--quiet",
             ], env
@@ -497,6 +499,9 @@ class LocalCluster:
             if gw and running["kube-apiserver"] and f"--advertise-address={gw}" not in cmdline(running["kube-apiserver"]):
                 stop_group(running["kube-apiserver"], self.marker)   # restart it on the bridge
                 running["kube-apiserver"] = None
+            if gw and running["minio"] and f"--address={gw}:" not in cmdline(running["minio"]):
+                stop_group(running["minio"], self.marker)
+                running["minio"] = None
             if all(running.values()):
                 self.log(f"[cluster] already running in {self.state_dir}")
             else:

@@ -58,7 +58,7 @@ def build(spec: ImageSpec, cache: Path, log=print) -> Path:
     """The image as an OCI archive in ``cache`` (built once per content key)."""
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / f"{spec.name}-{spec.key()}.tar"
-    with open(cache / ".lock", "w") as lock:
+    with open(cache / f".{spec.name}.lock", "w") as lock:     # one build per image at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         if out.exists():
             return out
