@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 BUSYBOX = Path("/bin/busybox")        # Debian's busybox-static
 
@@ -63,24 +64,35 @@ def build(spec: ImageSpec, cache: Path, log=print) -> Path:
         if out.exists():
             return out
         t0 = time.monotonic()
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            layout, bundle, tag = f"{tmp}/oci", f"{tmp}/bundle", "local"
-            _run("umoci", "init", "--layout", layout)
-            _run("umoci", "new", "--image", f"{layout}:{tag}")
-            _run("umoci", "unpack", "--image", f"{layout}:{tag}", bundle)
-            for dst, src in spec.files.items():
-                target = Path(bundle) / "rootfs" / dst.lstrip("/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, target)
-            _run("umoci", "repack", "--image", f"{layout}:{tag}", bundle)
-            args = [a for e in spec.entrypoint for a in ("--config.entrypoint", e)]
-            args += [a for e in spec.env for a in ("--config.env", e)]
-            _run("umoci", "config", "--image", f"{layout}:{tag}", *args)
-            _name_index(Path(layout) / "index.json", spec.ref())
-            _run("tar", "-C", layout, "-cf", f"{out}.tmp", ".")
-            Path(f"{out}.tmp").replace(out)
+        pack(spec.ref(), out, lambda rootfs: _copy_files(spec.files, rootfs), spec.entrypoint, spec.env)
         log(f"[images] built {spec.ref()} in {time.monotonic() - t0:.1f}s ({out.stat().st_size} bytes)")
     return out
+
+
+def _copy_files(files: dict[str, Path], rootfs: Path) -> None:
+    for dst, src in files.items():
+        target = rootfs / dst.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+
+
+def pack(ref: str, out: Path, fill: Callable[[Path], None], entrypoint: list[str],
+         env: list[str] = ()) -> None:
+    """One-layer OCI image ``ref`` whose root filesystem ``fill(rootfs)`` writes, as the OCI
+    archive ``out`` (umoci: init, new, unpack, fill, repack, config)."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        layout, bundle, tag = f"{tmp}/oci", f"{tmp}/bundle", "local"
+        _run("umoci", "init", "--layout", layout)
+        _run("umoci", "new", "--image", f"{layout}:{tag}")
+        _run("umoci", "unpack", "--image", f"{layout}:{tag}", bundle)
+        fill(Path(bundle) / "rootfs")
+        _run("umoci", "repack", "--image", f"{layout}:{tag}", bundle)
+        args = [a for e in entrypoint for a in ("--config.entrypoint", e)]
+        args += [a for e in env for a in ("--config.env", e)]
+        _run("umoci", "config", "--image", f"{layout}:{tag}", *args)
+        _name_index(Path(layout) / "index.json", ref)
+        _run("tar", "-C", layout, "-cf", f"{out}.tmp", ".")
+        Path(f"{out}.tmp").replace(out)
 
 
 def _name_index(index_json: Path, ref: str) -> None:

@@ -152,6 +152,12 @@ class RealNodes:
                           logfile=self.logfile(node, "kubelet"), timeout=timeout)
         self.c.log(f"[realnodes] {node.name} Ready ({took:.1f}s)")
 
+    def import_image(self, archive: Path) -> None:
+        """Load an OCI archive into every running node's containerd."""
+        for node in self.known():
+            if self.running(node):
+                images.import_image(archive, node.containerd_sock)
+
     # ------------------------------------------------------------------ state
     def pid(self, node: Node, comp: str) -> int | None:
         from stoker.devcluster.procs import owned_alive

@@ -11,11 +11,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from stoker.devcluster.realnodes.images import _name_index, _run
+from stoker.devcluster.realnodes.images import _run, pack
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -26,6 +25,7 @@ EXCLUDE = ("nvidia", "triton", "cuda", "pip", "_pytest", "pytest", "grpc_tools",
 REPO = Path(__file__).resolve().parents[4]
 STOKER_SOURCES = [REPO / "common" / "stoker", REPO / "operator" / "stoker", REPO / "worker" / "stoker"]
 SITE = "/opt/stoker/site"
+RECIPE = 1          # bump when _fill changes what goes into the image
 
 
 def _excluded(name: str) -> bool:
@@ -53,8 +53,7 @@ def base_rootfs(cache: Path, log=print) -> Path:
 
 
 def content_key(base: Path) -> str:
-    h = hashlib.sha256(base.name.encode())
-    h.update(Path(__file__).read_bytes())          # how the image is put together
+    h = hashlib.sha256(f"{base.name} {RECIPE} {EXCLUDE} {SITE}".encode())
     for entry in sorted(site_packages().iterdir()):
         if entry.name.endswith(".dist-info") and not _excluded(entry.name):
             h.update(entry.name.encode())
@@ -80,33 +79,25 @@ def stoker_image(cache: Path, log=print) -> tuple[str, Path]:
 
 def _build(base: Path, ref: str, out: Path, log) -> None:
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        layout, bundle, tag = f"{tmp}/oci", f"{tmp}/bundle", "local"
-        _run("umoci", "init", "--layout", layout)
-        _run("umoci", "new", "--image", f"{layout}:{tag}")
-        _run("umoci", "unpack", "--image", f"{layout}:{tag}", bundle)
-        rootfs = Path(bundle) / "rootfs"
-        _run("tar", "-C", str(rootfs), "-xf", str(base))
-        (rootfs / "usr/bin/python").symlink_to("python3")     # the chart runs `python -m ...`
-        site = rootfs / SITE.lstrip("/")
-        site.mkdir(parents=True)
-        for entry in site_packages().iterdir():
-            if not _excluded(entry.name) and not entry.name.startswith("stoker"):
-                copy = shutil.copytree if entry.is_dir() else shutil.copy2
-                copy(entry.resolve(), site / entry.name,
-                     **({"ignore": shutil.ignore_patterns("__pycache__")} if entry.is_dir() else {}))
-        for src in STOKER_SOURCES:
-            shutil.copytree(src, site / "stoker", dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        _run("umoci", "repack", "--image", f"{layout}:{tag}", bundle)
-        _run("umoci", "config", "--image", f"{layout}:{tag}",
-             "--config.env", f"PYTHONPATH={SITE}", "--config.env", "PYTHONUNBUFFERED=1",
-             "--config.env", "PATH=/usr/local/bin:/usr/bin:/bin",
-             "--config.entrypoint", "python3")
-        _name_index(Path(layout) / "index.json", ref)
-        _run("tar", "-C", layout, "-cf", f"{out}.tmp", ".")
-        Path(f"{out}.tmp").replace(out)
+    pack(ref, out, lambda rootfs: _fill(base, rootfs), ["python3"],
+         [f"PYTHONPATH={SITE}", "PYTHONUNBUFFERED=1", "PATH=/usr/local/bin:/usr/bin:/bin"])
     log(f"[images] built {ref} in {time.monotonic() - t0:.0f}s ({out.stat().st_size / 2**20:.0f} MiB)")
+
+
+def _fill(base: Path, rootfs: Path) -> None:
+    _run("tar", "-C", str(rootfs), "-xf", str(base))
+    (rootfs / "usr/bin/python").symlink_to("python3")     # the chart runs `python -m ...`
+    site = rootfs / SITE.lstrip("/")
+    site.mkdir(parents=True)
+    skip = shutil.ignore_patterns("__pycache__")
+    for entry in site_packages().iterdir():
+        if not _excluded(entry.name) and not entry.name.startswith("stoker"):
+            if entry.is_dir():
+                shutil.copytree(entry.resolve(), site / entry.name, ignore=skip)
+            else:
+                shutil.copy2(entry.resolve(), site / entry.name)
+    for src in STOKER_SOURCES:
+        shutil.copytree(src, site / "stoker", dirs_exist_ok=True, ignore=skip)
 
 
 if __name__ == "__main__":
