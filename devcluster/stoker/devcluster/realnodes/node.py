@@ -154,9 +154,10 @@ class RealNodes:
 
     def import_image(self, archive: Path) -> None:
         """Load an OCI archive into every running node's containerd."""
-        for node in self.known():
-            if self.running(node):
-                images.import_image(archive, node.containerd_sock)
+        from concurrent.futures import ThreadPoolExecutor
+        socks = [node.containerd_sock for node in self.known() if self.running(node)]
+        with ThreadPoolExecutor(max_workers=max(1, len(socks))) as pool:
+            list(pool.map(lambda sock: images.import_image(archive, sock), socks))
 
     # ------------------------------------------------------------------ state
     def pid(self, node: Node, comp: str) -> int | None:
