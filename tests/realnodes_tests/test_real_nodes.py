@@ -161,6 +161,26 @@ def test_torch_gloo_allreduce_across_the_two_nodes_in_the_python_image(real_clus
         assert kube_ns.get("pod", f"gloo-{rank}")["status"]["phase"] == "Succeeded"
 
 
+def test_the_helm_installed_operator_runs_a_two_node_gloo_job_to_succeeded(real_cluster, kube_ns, tmp_path):
+    """`helm install charts/stoker` with the image built here: the operator runs as the
+    chart's Deployment (in-cluster config, its ServiceAccount and RBAC) on a real node; a
+    2-worker gloo TrainingJob, one worker per node, reaches Succeeded through rendezvous
+    and heartbeats over the operator's Service."""
+    import json
+    from tests.realnodes_tests import operator_helm
+    ref = python_image(real_cluster)
+    operator_helm.helm_install(real_cluster, kube_ns.ns, ref, tmp_path, cuda_libs())
+    real_cluster.kubectl("rollout", "status", "deployment/stoker", "-n", kube_ns.ns, "--timeout=180s",
+                         timeout=200)
+    real_cluster.create_s3_secret(kube_ns.ns)
+    kube_ns.apply(operator_helm.job("ring", ref, cuda_libs()))
+    operator_helm.wait_phase(real_cluster, kube_ns.ns, "ring", ("Succeeded",), timeout=300)
+    pods = json.loads(real_cluster.kubectl("get", "pods", "-n", kube_ns.ns, "-l", "stoker.dev/job-name=ring",
+                                           "-o", "json").stdout)["items"]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == NODES
+    logs = "".join(real_cluster.kubectl("logs", "-n", kube_ns.ns, p["metadata"]["name"]).stdout for p in pods)
+    assert logs.count("world 2 sum 3.0") == 2, logs
+
 def test_a_stopped_node_goes_unknown_and_its_pods_are_replaced_on_the_other_node(real_cluster, kube_ns):
     """Stopping a node (kubelet, kube-proxy, containerd and every container gone) is a lost
     machine: the control plane marks it Unknown, and a Deployment's pod that does not wait

@@ -25,7 +25,10 @@ EXCLUDE = ("nvidia", "triton", "cuda", "pip", "_pytest", "pytest", "grpc_tools",
 REPO = Path(__file__).resolve().parents[4]
 STOKER_SOURCES = [REPO / "common" / "stoker", REPO / "operator" / "stoker", REPO / "worker" / "stoker"]
 SITE = "/opt/stoker/site"
-RECIPE = 1          # bump when _fill changes what goes into the image
+RECIPE = 2          # bump when _fill changes what goes into the image
+# The user the chart runs as (uid 10001), as operator/Dockerfile and worker/Dockerfile add it:
+# kopf asks for the user's name (getpass.getuser) at start-up and fails without an entry.
+USER_ENTRY = ("stoker:x:10001:10001::/tmp:/usr/sbin/nologin\n", "stoker:x:10001:\n")
 
 
 def _excluded(name: str) -> bool:
@@ -87,6 +90,9 @@ def _build(base: Path, ref: str, out: Path, log) -> None:
 def _fill(base: Path, rootfs: Path) -> None:
     _run("tar", "-C", str(rootfs), "-xf", str(base))
     (rootfs / "usr/bin/python").symlink_to("python3")     # the chart runs `python -m ...`
+    for name, line in zip(("passwd", "group"), USER_ENTRY):
+        with open(rootfs / "etc" / name, "a") as f:
+            f.write(line)
     site = rootfs / SITE.lstrip("/")
     site.mkdir(parents=True)
     skip = shutil.ignore_patterns("__pycache__")
