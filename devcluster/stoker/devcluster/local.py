@@ -625,7 +625,7 @@ class LocalCluster:
                 "kube-controller-manager": f"https://127.0.0.1:{ports.get('kube-controller-manager')}",
                 "kube-scheduler": f"https://127.0.0.1:{ports.get('kube-scheduler')}",
                 "kwok": f"http://127.0.0.1:{ports.get('kwok')}",
-                "minio": f"http://127.0.0.1:{ports.get('minio')}",
+                "minio": self.s3_endpoint if "minio" in ports else "",
             }
         for name in COMPONENTS:
             pid = self.pid(name)
@@ -635,6 +635,8 @@ class LocalCluster:
             pid = self._node_pid(name)
             rows.append({"name": f"node/{name}", "pid": pid, "running": pid is not None,
                          "endpoint": "", "log": str(self.logfile(f"node-{name}"))})
+        if self.config.get("realnet"):
+            rows.extend(self.real_nodes().status_rows())
         return rows
 
     def status_table(self) -> str:

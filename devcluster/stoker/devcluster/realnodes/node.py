@@ -165,6 +165,14 @@ class RealNodes:
         pid = read_pid(self.pidfile(node, comp))
         return pid if pid and owned_alive(pid, self.c.marker) else None
 
+    def status_rows(self) -> list[dict]:
+        """`stoker cluster status` rows: one per component of each real node."""
+        return [{"name": f"{node.name}/{comp}", "pid": self.pid(node, comp),
+                 "running": self.pid(node, comp) is not None,
+                 "endpoint": f"https://{node.ip}:10250" if comp == "kubelet" else "",
+                 "log": str(self.logfile(node, comp))}
+                for node in self.known() for comp in ALL_COMPONENTS]
+
     def running(self, node: Node) -> bool:
         return all(self.pid(node, comp) for comp in COMPONENTS)
 
