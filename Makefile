@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install tools test test-fast test-realnodes node-packages demo bench clean cluster-up cluster-down proto
+.PHONY: all install tools test test-fast test-realnodes node-packages demo bench clean cluster-up cluster-down proto crd crd-check
 
 all: test
 
@@ -60,3 +60,11 @@ clean:
 # Regenerate the gRPC code (committed) from common/stoker/common/proto/stoker.proto.
 proto: install
 	$(PY) -m stoker.common.proto.generate
+
+# Regenerate spec.template of the TrainingJob CRD from the pinned Kubernetes release's OpenAPI
+# (crds/generate.py; the rest of the CRD is hand-written). crd-check: CI's "is it up to date".
+crd: install
+	$(PY) crds/generate.py
+
+crd-check: install
+	$(PY) crds/generate.py --check

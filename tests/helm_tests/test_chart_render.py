@@ -96,7 +96,9 @@ def test_operator_grants_are_exactly_what_its_code_calls(render):
     } | {
         ("events.k8s.io", "events", "create"),
     } | {
-        ("", "secrets", v) for v in ("get", "create")  # heartbeat tokens (rbac.heartbeatTokens)
+        ("", "secrets", v) for v in ("get", "create")  # heartbeat tokens (rbac.heartbeatTokens); get: preflight
+    } | {
+        ("", "configmaps", "get"),  # preflight: ConfigMaps the pods reference exist (preflight_shell.py)
     } | {
         ("", "nodes", v) for v in ("get", "list", "watch")  # node-loss detection (rbac.readNodes)
     } | {

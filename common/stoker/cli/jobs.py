@@ -179,6 +179,10 @@ def render_describe(d: dict, colour: bool) -> str:
                          dash(where), _secs(i["detectionLatencySeconds"]), recovered, dash(i["message"])[:120]])
         out.append(_indent(table(["TIME", "KIND", "CAUSE", "DETECTED", "WHERE", "DETECT LATENCY", "RECOVERED",
                                   "MESSAGE"], rows)))
+        said = next((i for i in reversed(d["incidents"]) if i.get("error")), None)
+        if said:  # what the failed trainer said last (its termination message / log tail)
+            out.append(f"\n  Last error ({said['time']}, {said.get('pod') or '-'}):")
+            out.append(_indent(said["error"], 4))
     else:
         out.append("  <none>")
     out.append("\nEvents:")

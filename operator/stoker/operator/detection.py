@@ -40,7 +40,7 @@ from typing import Iterable, Mapping, Sequence
 
 from stoker.common import labels as L
 
-from .pods import disruption_reason, trainer_started_at, trainer_terminated, worker_identity
+from .pods import disruption_reason, failed_init, trainer_said, trainer_started_at, trainer_terminated, worker_identity
 
 # ---------------------------------------------------------------------------- causes
 
@@ -175,13 +175,13 @@ def pod_facts(pod: Mapping) -> PodFacts | None:
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
-    term = trainer_terminated(pod) or {}
+    term = trainer_terminated(pod) or failed_init(pod) or {}
     return PodFacts(name=meta.get("name", ""), index=index, incarnation=incarnation,
                     phase=status.get("phase") or "Pending", node=spec.get("nodeName") or None,
                     deleting=bool(meta.get("deletionTimestamp")), exit_code=term.get("exitCode"),
                     reason=status.get("reason") or term.get("reason") or "",
                     disruption=disruption_reason(pod), finished_at=parse_time(term.get("finishedAt")),
-                    message=term.get("message") or "", deletion_at=parse_time(meta.get("deletionTimestamp")),
+                    message=trainer_said(term.get("message") or ""), deletion_at=parse_time(meta.get("deletionTimestamp")),
                     deletion_grace_s=meta.get("deletionGracePeriodSeconds"),
                     started_at=parse_time(trainer_started_at(pod)))
 

@@ -32,6 +32,7 @@ from stoker.common import env as E
 from stoker.common import labels as L
 
 from .jobspec import JobView
+from .waiting import Waiting, pod_waiting
 
 SPEC_HASH = f"{L.GROUP}/spec-hash"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -204,6 +205,8 @@ def render_pod(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
     user_cmd = list(trainer.get("command") or []) + list(trainer.get("args") or [])
     trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg), cfg.launcher)
     trainer.pop("args", None)
+    # A failed trainer's last log lines become its termination message (incidents, the job's message).
+    trainer.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     ours = worker_env(job, index, incarnation, cfg)
     spec.setdefault("terminationGracePeriodSeconds", cfg.termination_grace_s)
     ours.append({"name": E.TERMINATION_GRACE, "value": str(spec["terminationGracePeriodSeconds"])})
@@ -272,6 +275,7 @@ class PodView:
     disruption: str | None     # DisruptionTarget condition reason, if any
     spec_hash: str
     owner_uid: str | None
+    waiting: Waiting | None = None  # why this Pending pod cannot start (waiting.py)
 
     @property
     def finished(self) -> bool:
@@ -299,6 +303,30 @@ def trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for cs in _trainer_statuses(pod):
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or term
     return term
+
+
+# Lines the launcher and torchrun's agent add around a failed worker (glog-style
+# "E1202 ... torch/distributed/elastic/...", logging-style "ERROR:torch.distributed.elastic...",
+# our own exit line): not what the trainer said.
+_LAUNCHER_NOISE = re.compile(r"torch[/.]distributed[/.]elastic|^stoker launch: worker rank \d+ exited")
+
+
+def trainer_said(message: str) -> str:
+    """A failed trainer's termination message (its log tail, FallbackToLogsOnError) without
+    the launcher's and torchrun's own lines."""
+    return "\n".join(ln for ln in (message or "").splitlines() if not _LAUNCHER_NOISE.search(ln)).strip()
+
+
+def failed_init(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The terminated record of a failed init container (the trainer never ran), its message
+    naming the container: with restartPolicy Never such a pod fails like a crashed trainer."""
+    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term.get("exitCode"):
+            said = (term.get("message") or "").strip()
+            return {**term, "message": f"init container {cs.get('name')} exited with {term['exitCode']}"
+                                       f"{': ' + said if said else ''}"}
+    return None
 
 
 def trainer_started_at(pod: Mapping[str, Any]) -> str | None:
@@ -349,4 +377,5 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         disruption=disruption,
         spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH, ""),
         owner_uid=owner_uid,
+        waiting=pod_waiting(pod),
     )

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from stoker.common import labels as L
 
 from . import incidents as incident_log
-from . import policy_failure, policy_success, policy_ttl, supervision
+from . import policy_failure, policy_success, policy_ttl, supervision, waiting
 from .jobspec import JobView
 from .pods import PodView, pod_name, selector, spec_hash
 from .status import FINISHED, fmt_time, parse_time, restarts_of, set_condition
@@ -130,6 +130,8 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
         conds = set_condition(conds, "Running", False, reason, "the job finished", now)
         if any(c.get("type") == "Restarting" for c in conds):
             conds = set_condition(conds, "Restarting", False, reason, "the job finished", now)
+        if waiting.current(conds):
+            conds = set_condition(conds, waiting.CONDITION, False, reason, "the job finished", now)
         p.events.append(Event("Normal" if phase_ == "Succeeded" else "Warning", reason, message))
 
     # Always: the first pass records the job as created.
@@ -321,11 +323,34 @@ def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervisi
             if any(c.get("type") == "Restarting" for c in conds):
                 conds = set_condition(conds, "Restarting", False, "WorkersRunning", "all workers are back", now)
             p.events.append(Event("Normal", "Running", f"{ready} of {desired} workers ready (incarnation {incarnation})"))
+    conds, gave_up = _why_waiting(p, job, st, b, conds, now)
+    if gave_up:  # failurePolicy.pendingTimeoutSeconds
+        p.create = []
+        finish("Failed", *gave_up)
+        _incident(st, now, "JobFailed", None, None, None, incarnation, gave_up[1])
+        p.delete += [n for n in _cleanup(job, b) if n not in p.delete]
+        return _done(p, job, st, b, desired, conds)
     old_desired = old.get("desiredReplicas")
     if old_desired is not None and old_desired != desired and phase not in ("Suspended",):
         verb = "ScaledUp" if desired > old_desired else "ScaledDown"
         p.events.append(Event("Normal", verb, f"workers {old_desired} -> {desired}"))
     return _done(p, job, st, b, desired, conds)
+
+
+def _why_waiting(p: Plan, job: JobView, st: dict[str, Any], b: Buckets, conds: list,
+                 now: dt.datetime) -> tuple[list, tuple[str, str] | None]:
+    """Waiting is never silent (waiting.py): the Waiting condition, reason and Event for
+    workers that cannot start. Returns the conditions and, when failurePolicy.
+    pendingTimeoutSeconds ran out, the (reason, message) to fail the job with."""
+    phase = str(st.get("phase") or "")
+    v = waiting.assess(conds, waiting.job_waiting(x.waiting for x in b.active), phase=phase,
+                       status_reason=st.get("reason"), now=now, keep_refusal=bool(p.create),
+                       timeout_s=job.pending_timeout_seconds if phase != "Running" else None)
+    p.events += [Event(*e) for e in v.events]
+    p.requeue(v.requeue)
+    if v.reason:
+        st["reason"], st["message"] = v.reason
+    return v.conditions, v.fail
 
 
 def _incident(st: dict[str, Any], now: dt.datetime, kind: str, cause: str | None, pod: str | None,
