@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install tools test test-fast demo bench chaos clean cluster-up cluster-down proto crd crd-check
+.PHONY: all install tools test test-fast test-realnodes node-packages demo bench chaos clean cluster-up cluster-down proto crd crd-check
 
 all: test
 
@@ -32,6 +32,15 @@ test: install tools
 # Unit tests only: no control plane, no torchrun.
 test-fast: install
 	$(PY) -m pytest -m "not cluster and not torch and not slow" $(PYTEST_ARGS)
+
+# Real-node tests (kubelet + containerd per node; root): not in `make test`, see
+# devcluster/stoker/devcluster/README.md ("Real nodes").
+node-packages:
+	devcluster/stoker/devcluster/install-node-packages.sh
+
+test-realnodes: install tools node-packages
+	@devcluster/stoker/devcluster/build-tools.sh kubelet kube-proxy coredns >/dev/null
+	STOKER_REALNODES=1 $(PY) -m pytest -m realnodes tests/realnodes_tests $(PYTEST_ARGS)
 
 demo: install tools
 	$(PY) -m tests.demo

@@ -34,7 +34,8 @@ def _cluster(args: argparse.Namespace):
 def cmd_up(args: argparse.Namespace) -> int:
     local, c = _cluster(args)
     try:
-        c.up(kwok_nodes=args.kwok_nodes, process_nodes=args.process_nodes, gpus=args.gpus)
+        c.up(kwok_nodes=args.kwok_nodes, process_nodes=args.process_nodes, gpus=args.gpus,
+             real_nodes=args.real_nodes)
     except local.ClusterError as exc:
         print(f"stoker cluster up: {exc}", file=sys.stderr)
         return 1
@@ -83,6 +84,10 @@ def add_parser(sub) -> None:
     up.add_argument("--process-nodes", type=int, default=DEFAULT_PROCESS_NODES, metavar="N",
                     help="nodes whose pods run as local processes (stoker.devcluster.nodeagent); "
                          f"default {DEFAULT_PROCESS_NODES}, so the README's examples run")
+    up.add_argument("--real-nodes", type=int, default=0, metavar="N",
+                    help="real nodes: kubelet + containerd + kube-proxy, each in its own network "
+                         "namespace (root, Linux; packages from "
+                         "devcluster/stoker/devcluster/install-node-packages.sh)")
     up.add_argument("--gpus", type=int, default=8, metavar="N", help="GPUs per node (default 8)")
     up.set_defaults(func=cmd_up)
 

@@ -39,6 +39,7 @@ from stoker.common import env as stoker_env
 from stoker.devcluster import pki
 from stoker.devcluster.procs import (
     ClusterError,
+    cmdline,
     log_tail,
     owned_alive,
     processes_mentioning,
@@ -219,7 +220,9 @@ class LocalCluster:
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port('minio')}"
+        """With real nodes MinIO listens on the node bridge's address, which pods and host
+        processes alike can reach; otherwise on loopback."""
+        return f"http://{self._realnet_gateway() or '127.0.0.1'}:{self.port('minio')}"
 
     def pidfile(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -304,7 +307,13 @@ class LocalCluster:
         for d in (self.state_dir, self.run_dir, self.logs_dir, self.state_dir / "kubeconfigs"):
             d.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
-        pki.ensure_pki(self.pki_dir, SERVICE_IP)
+        gw = self._realnet_gateway()
+        pki.ensure_pki(self.pki_dir, SERVICE_IP, [gw] if gw else [])
+
+    def real_nodes(self):
+        """The real (kubelet + containerd) nodes of this cluster: realnodes/node.py."""
+        from stoker.devcluster.realnodes.node import RealNodes
+        return RealNodes(self)
 
     def _write_kubeconfigs(self) -> None:
         server = self.apiserver_url
@@ -352,7 +361,7 @@ class LocalCluster:
             return [
                 t["kube-apiserver"],
                 f"--etcd-servers=http://127.0.0.1:{self.port('etcd')}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                *self._apiserver_addresses(),
                 f"--secure-port={self.port('kube-apiserver')}",
                 f"--cert-dir={sd}/run/apiserver-certs",
                 f"--tls-cert-file={p}/apiserver.crt", f"--tls-private-key-file={p}/apiserver.key",
@@ -426,11 +435,25 @@ class LocalCluster:
             })
             return [
                 t["minio"], "server", f"{sd}/s3",
-                f"--address=127.0.0.1:{self.port('minio')}",
+                f"--address={self.s3_endpoint.removeprefix('http://')}",
                 f"--certs-dir={sd}/run/minio-certs",
                 "--quiet",
             ], env
         raise KeyError(name)
+
+    def _realnet_gateway(self) -> str | None:
+        """The node bridge's address when the cluster has real nodes (realnodes/network.py)."""
+        from stoker.devcluster.realnodes.layout import Net, cluster_id
+        subnet = self.config.get("realnet", {}).get("subnet")
+        return Net(cluster_id(self.state_dir), subnet).gateway if subnet else None
+
+    def _apiserver_addresses(self) -> list[str]:
+        gw = self._realnet_gateway()
+        if not gw:
+            return ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+        # Real nodes and their pods reach the apiserver on the bridge (the `kubernetes`
+        # Service points there); host clients keep using 127.0.0.1.
+        return ["--bind-address=0.0.0.0", f"--advertise-address={gw}"]
 
     def _ready_check(self, name: str) -> Callable[[], bool]:
         if name == "etcd":
@@ -463,12 +486,22 @@ class LocalCluster:
         self.log(f"[cluster] {name} ready ({took:.1f}s)")
 
     # --------------------------------------------------------------------- up
-    def up(self, *, kwok_nodes: int = 0, process_nodes: int = 0, gpus: int = 8) -> "LocalCluster":
+    def up(self, *, kwok_nodes: int = 0, process_nodes: int = 0, gpus: int = 8,
+           real_nodes: int = 0) -> "LocalCluster":
         """Start whatever is not running; return self. Safe to call again."""
         t0 = time.monotonic()
         with self._lock():
+            if real_nodes:
+                self.real_nodes().ensure_net()
             self._ensure_files()
             running = {n: self.pid(n) for n in COMPONENTS}
+            gw = self._realnet_gateway()
+            if gw and running["kube-apiserver"] and f"--advertise-address={gw}" not in cmdline(running["kube-apiserver"]):
+                stop_group(running["kube-apiserver"], self.marker)   # restart it on the bridge
+                running["kube-apiserver"] = None
+            if gw and running["minio"] and f"--address={gw}:" not in cmdline(running["minio"]):
+                stop_group(running["minio"], self.marker)
+                running["minio"] = None
             if all(running.values()):
                 self.log(f"[cluster] already running in {self.state_dir}")
             else:
@@ -495,6 +528,8 @@ class LocalCluster:
                 name = f"proc-node-{i}"
                 if name not in self.process_nodes():
                     self.start_process_node(name, gpus=gpus, zone=("zone-a", "zone-b")[i % 2])
+            if real_nodes:
+                self.real_nodes().up(real_nodes, gpus=gpus)
         self.log(f"[cluster] up in {time.monotonic() - t0:.1f}s")
         return self
 
@@ -547,6 +582,9 @@ class LocalCluster:
         """Stop every process of this cluster; return what was stopped. Data stays."""
         stopped = []
         with self._lock():
+            if self.config.get("realnet"):
+                self.real_nodes().down()
+                stopped.append("real nodes")
             for name in self.process_nodes(include_dead=True):
                 if self.stop_process_node(name):
                     stopped.append(f"node/{name}")
@@ -587,7 +625,7 @@ class LocalCluster:
                 "kube-controller-manager": f"https://127.0.0.1:{ports.get('kube-controller-manager')}",
                 "kube-scheduler": f"https://127.0.0.1:{ports.get('kube-scheduler')}",
                 "kwok": f"http://127.0.0.1:{ports.get('kwok')}",
-                "minio": f"http://127.0.0.1:{ports.get('minio')}",
+                "minio": self.s3_endpoint if "minio" in ports else "",
             }
         for name in COMPONENTS:
             pid = self.pid(name)
@@ -597,6 +635,8 @@ class LocalCluster:
             pid = self._node_pid(name)
             rows.append({"name": f"node/{name}", "pid": pid, "running": pid is not None,
                          "endpoint": "", "log": str(self.logfile(f"node-{name}"))})
+        if self.config.get("realnet"):
+            rows.extend(self.real_nodes().status_rows())
         return rows
 
     def status_table(self) -> str:
