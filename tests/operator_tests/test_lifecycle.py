@@ -44,7 +44,7 @@ def test_job_runs_and_kubectl_shows_columns_events_and_metrics(cluster, kube, na
     assert job["status"]["observedGeneration"] == job["metadata"]["generation"]
 
     out = cluster.kubectl("get", "tj", "-n", namespace).stdout.splitlines()
-    assert out[0].split() == ["NAME", "PHASE", "WORKERS", "STEP", "RESTARTS", "AGE"]
+    assert out[0].split() == ["NAME", "PHASE", "WORKERS", "STEP", "RESTARTS", "CHECKPOINTED", "AGE"]
     assert out[1].split()[:3] == ["cols", "Running", "2/2"] and out[1].split()[3] == "0"  # restarts (no step yet)
     wide = cluster.kubectl("get", "tj", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
     assert {"INCARNATION", "CHECKPOINT", "REASON"} <= set(wide)

@@ -59,7 +59,7 @@ def test_crd_names_and_subresources_match_the_shared_contract():
     assert v["subresources"]["scale"] == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
                                           "labelSelectorPath": ".status.selector"}
     cols = [c["name"] for c in v["additionalPrinterColumns"]]
-    assert cols[:5] == ["Phase", "Workers", "Step", "Restarts", "Age"]
+    assert cols[:6] == ["Phase", "Workers", "Step", "Restarts", "Checkpointed", "Age"]
     schema = v["schema"]["openAPIV3Schema"]
     assert "x-kubernetes-preserve-unknown-fields" not in schema
     assert "x-kubernetes-preserve-unknown-fields" not in schema["properties"]["spec"]
