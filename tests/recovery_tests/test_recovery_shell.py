@@ -9,6 +9,7 @@ from stoker.common import labels as L
 from stoker.operator import detection as D
 from stoker.operator import recovery as R
 from stoker.operator import supervision as S
+from stoker.operator import policy_failure as F
 from stoker.operator.kube import KubeError
 from stoker.operator.recovery_shell import RecoveryShell
 
@@ -122,7 +123,7 @@ def test_a_replacement_waiting_for_capacity_is_not_blamed_for_the_lost_pods_sile
     assert [r.rank for r in obs.ranks] == [0, 1]
 
     def decide(o):
-        return S.decide(obs=o, incarnation=0, desired=3, restarts={}, incidents=[],
+        return F.decide(obs=o, incarnation=0, desired=3, restarts={}, incidents=[],
                         policy=R.Policy(elastic=True, min_replicas=2), rules=(),
                         t=D.Timeouts(heartbeat_s=30, interval_s=1), now=dt.datetime.now(dt.timezone.utc))
 

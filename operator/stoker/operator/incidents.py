@@ -56,6 +56,11 @@ def record(finding: D.Finding, *, kind: str, budget: str, incarnation: int, now:
     return inc
 
 
+def note(kind: str, incarnation: int, now: dt.datetime, message: str) -> dict[str, Any]:
+    """An incident the operator caused itself (a restart for a changed pod template): no detected cause."""
+    return {"time": _fmt(now), "kind": kind, "cause": "none", "incarnation": incarnation, "message": message}
+
+
 def append(incidents: Sequence[Mapping[str, Any]] | None, inc: Mapping[str, Any]) -> list[dict[str, Any]]:
     return ([dict(i) for i in incidents or []] + [dict(inc)])[-MAX_INCIDENTS:]
 
