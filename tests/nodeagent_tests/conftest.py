@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from stoker.devcluster.nodeagent_tests.helpers import Pods
+from .helpers import Pods
 
 
 @pytest.fixture(scope="module")

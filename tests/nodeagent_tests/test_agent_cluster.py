@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from stoker.devcluster.nodeagent_tests.helpers import pod_manifest
+from .helpers import pod_manifest
 
 pytestmark = pytest.mark.cluster
 

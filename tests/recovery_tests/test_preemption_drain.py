@@ -23,8 +23,9 @@ from stoker.operator import launch
 from stoker.operator import supervision as S
 from stoker.operator import drain as DR
 from stoker.operator.jobspec import job_view
-from stoker.operator.pods import RenderConfig, pod_view, render_pod
+from stoker.operator.pods import RenderConfig, render_pod
 from stoker.operator.reconcile import plan
+from stoker.operator.podview import PodView, pod_view
 
 from .test_detection import NOW, rp
 
@@ -71,8 +72,8 @@ def job_body(status: dict | None = None, checkpoint: bool = True, suspend: bool 
             "spec": spec, "status": status or {}}
 
 
-def facts(*pods: dict) -> list[D.PodFacts]:
-    return [f for f in (D.pod_facts(p) for p in pods) if f is not None]
+def facts(*pods: dict) -> list[PodView]:
+    return [f for f in (pod_view(p) for p in pods) if f is not None]
 
 
 RANKS = (rp(0, step=12, pod_name="demo-worker-0-0"), rp(1, step=12, pod_name="demo-worker-1-0"))

@@ -39,6 +39,7 @@ from stoker.common import env as stoker_env
 from stoker.devcluster import pki
 from stoker.devcluster.procs import (
     ClusterError,
+    free_port,
     log_tail,
     owned_alive,
     processes_mentioning,
@@ -91,12 +92,6 @@ def default_state_dir() -> Path:
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_free(port: int) -> bool:

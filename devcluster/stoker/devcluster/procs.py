@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -21,6 +22,13 @@ PR_SET_PDEATHSIG = 1
 
 class ClusterError(RuntimeError):
     """A component failed to build, start or become ready."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

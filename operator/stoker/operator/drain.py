@@ -7,11 +7,14 @@ import dataclasses
 import datetime as dt
 from typing import Any, Mapping, Sequence
 
+from stoker.common.timefmt import fmt_time, parse_time
+
 from . import detection as D
 from . import incidents as I
 from .pass_state import Pass, Plan
 from .policy_failure import Decision
 from .supervision import Observed
+from .podview import PodView
 
 PREEMPTION = "Preemption"
 DRAINED_FOR_PREEMPTION = "DrainedForPreemption"   # restart reason after a preemption drain
@@ -31,8 +34,8 @@ class DrainStep:
     complete: bool = False               # done: every worker checkpointed and stopped (not the grace running out)
 
 
-def outside_deletions(current_pods: Sequence[D.PodFacts], *, incarnation: int, excess: Sequence[str],
-                      now: dt.datetime, min_grace_s: float) -> list[D.PodFacts]:
+def outside_deletions(current_pods: Sequence[PodView], *, incarnation: int, excess: Sequence[str],
+                      now: dt.datetime, min_grace_s: float) -> list[PodView]:
     """Running pods of the incarnation that someone other than the operator is deleting
     with enough grace left to drain (kube-scheduler preemption, the eviction API, a node
     drain, `kubectl delete`). The operator's own deletes use a grace period shorter than
@@ -48,7 +51,7 @@ def outside_deletions(current_pods: Sequence[D.PodFacts], *, incarnation: int, e
 
 
 def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, checkpointing: bool,
-               suspend: bool, excess: Sequence[str], current_pods: Sequence[D.PodFacts], now: dt.datetime,
+               suspend: bool, excess: Sequence[str], current_pods: Sequence[PodView], now: dt.datetime,
                grace_s: float, min_grace_s: float = 10.0, margin_s: float = 5.0) -> DrainStep:
     """Before a planned stop the workers checkpoint and stop (STOP_AFTER_CHECKPOINT),
     so the next incarnation resumes exactly where they stopped (no step computed twice).
@@ -66,13 +69,13 @@ def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, ch
     current = status.get("drain")
     if current:
         reason = current.get("reason", "")
-        started = D.parse_time(current.get("requestedAt"))
+        started = parse_time(current.get("requestedAt"))
         if reason == PREEMPTION:  # the preempted pod is deleting: it counts until its trainer exits
             live = [p for p in current_pods if p.incarnation == incarnation and not p.terminated]
         else:
             live = [p for p in current_pods if p.incarnation == incarnation and not p.terminated and not p.deleting]
         left = grace_s - ((now - started).total_seconds() if started else grace_s)
-        deadline = D.parse_time(current.get("deadline"))
+        deadline = parse_time(current.get("deadline"))
         if deadline is not None:
             left = min(left, (deadline - now).total_seconds())
         if not live:
@@ -94,7 +97,7 @@ def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, ch
         after = max(r.step for r in ranks)
         msg = (f"{'suspending' if suspend else 'scaling down'}: asking every worker to checkpoint and stop "
                f"(from step {after})")
-        return DrainStep("start", reason, msg, {"reason": reason, "requestedAt": I._fmt(now), "afterStep": after})
+        return DrainStep("start", reason, msg, {"reason": reason, "requestedAt": fmt_time(now), "afterStep": after})
     going = outside_deletions(current_pods, incarnation=incarnation, excess=excess, now=now, min_grace_s=min_grace_s)
     ranks = [r for r in mine if r.phase in _PREEMPTION_PHASES]
     if not going or not ranks:
@@ -105,8 +108,8 @@ def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, ch
     by = f" ({first.disruption})" if first.disruption else ""
     msg = (f"worker pod {first.name} is being deleted{by} with {(first.deletion_at - now).total_seconds():.0f}s "  # type: ignore[operator]
            f"of grace: asking every worker to checkpoint and stop (from step {after})")
-    drain: dict[str, Any] = {"reason": PREEMPTION, "requestedAt": I._fmt(now), "afterStep": after,
-                             "deadline": I._fmt(deadline), "pod": first.name}
+    drain: dict[str, Any] = {"reason": PREEMPTION, "requestedAt": fmt_time(now), "afterStep": after,
+                             "deadline": fmt_time(deadline), "pod": first.name}
     if first.node:
         drain["node"] = first.node
     if first.disruption:
@@ -127,7 +130,7 @@ def preemption_restart(ds: DrainStep, incarnation: int, now: dt.datetime) -> Dec
     how = ("every worker checkpointed and stopped" if ds.complete
            else "the drain did not finish in time, the last committed checkpoint is used")
     f = D.Finding(cause, f"worker pod {pod} was {verb}{by}; {how}", pod=pod, node=d.get("node"),
-                  step=d.get("afterStep"), onset=D.parse_time(d.get("requestedAt")))
+                  step=d.get("afterStep"), onset=parse_time(d.get("requestedAt")))
     msg = f"{f.message} (preemption: does not count against failurePolicy.maxRestarts)"
     inc = I.record(f, kind="Restart", budget="preemption", incarnation=incarnation, now=now, message=msg)
     inc["drained"] = ds.complete

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 from . import incidents as incident_log
 from . import supervision
 from .jobspec import JobView
-from .pods import PodView, selector
+from .pods import selector
+from .podview import PodView
 from .status import fmt_time, set_condition
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .jobspec import JobView
 from .pass_state import Pass, Plan
-from .pods import PodView
+from .podview import PodView
 
 
 def succeeded(job: JobView, active: Sequence[PodView], succeeded: Sequence[PodView],

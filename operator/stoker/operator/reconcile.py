@@ -23,7 +23,8 @@ from . import drain, on_call, policy_deadline, policy_failure, policy_success, p
 from . import replicas, supervision
 from .jobspec import JobView
 from .pass_state import Buckets, Event, Pass, Plan, bucket
-from .pods import PodView, pod_name
+from .pods import pod_name
+from .podview import PodView
 from .status import restarts_of
 
 
@@ -67,7 +68,7 @@ def begin(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervis
     old = dict(job.status)
     incarnation = int(old.get("incarnation", 0))
     desired = 0 if job.suspend else job.replicas
-    return Pass(job=job, now=now, obs=obs or supervision.Observed(facts=tuple(supervision.facts_from_views(pods))),
+    return Pass(job=job, now=now, obs=obs or supervision.Observed(facts=tuple(pods)),
                 settings=settings or supervision.Settings(), old=old, b=bucket(job, pods, incarnation, desired),
                 desired=desired, st=dict(old), conds=list(old.get("conditions") or []), phase=old.get("phase"),
                 incarnation=incarnation, restarts=restarts_of(old), p=Plan(incarnation=incarnation))

@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import detection as D
+from .podview import PodView
 
 # Causes that say something about the node the pod ran on.
 NODE_CAUSES = frozenset({D.NODE_LOST, D.HEARTBEAT_LOST, D.EVICTED, D.HANG})
@@ -189,7 +190,7 @@ def count(restarts: Mapping[str, int], action: Restart | Replace) -> dict[str, i
 # ---------------------------------------------------------------------------- heartbeat records
 
 
-def current_records(records: Iterable[Any], facts: Iterable[D.PodFacts]) -> list[Any]:
+def current_records(records: Iterable[Any], facts: Iterable[PodView]) -> list[Any]:
     """The heartbeat records (``RankProgress`` / worker snapshots: anything with
     ``pod_name`` and ``node_name``) that can still speak for a pod of the job.
 

@@ -4,19 +4,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Iterable, Mapping
 
+from stoker.common.timefmt import fmt_time, parse_time
+
 PHASES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 FINISHED = ("Succeeded", "Failed")
 CONDITION_TYPES = PHASES
-
-
-def fmt_time(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: str | None) -> dt.datetime | None:
-    if not s:
-        return None
-    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
 
 
 def set_condition(

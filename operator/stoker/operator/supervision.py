@@ -19,14 +19,17 @@ import dataclasses
 import datetime as dt
 from typing import Any, Mapping, Sequence
 
+from stoker.common.timefmt import fmt_time, parse_time
+
 from . import detection as D
 from . import incidents as I
 from . import recovery as R
+from .podview import PodView
 
 
 @dataclasses.dataclass(frozen=True)
 class Observed:
-    facts: tuple[D.PodFacts, ...] = ()
+    facts: tuple[PodView, ...] = ()
     nodes: Mapping[str, D.NodeView] = dataclasses.field(default_factory=dict)
     nodes_listed: bool = False          # False: a missing node is unknown, not deleted
     ranks: tuple[D.RankProgress, ...] = ()
@@ -66,13 +69,6 @@ class Settings:
             interval_s=self.heartbeat_interval_s)
 
 
-def facts_from_views(pods: Sequence[Any]) -> list[D.PodFacts]:
-    """PodFacts from reconcile's PodViews (no node, no times) when the shell gave no raw facts."""
-    return [D.PodFacts(name=p.name, index=p.index, incarnation=p.incarnation, phase=p.phase, node=None,
-                       deleting=p.deleting, exit_code=p.exit_code, reason=p.reason, disruption=p.disruption)
-            for p in pods]
-
-
 def timeouts(heartbeat_s: float, progress_s: float | None, startup_s: float | None = None) -> D.Timeouts:
     base = D.Timeouts()
     return dataclasses.replace(base, heartbeat_s=float(heartbeat_s),
@@ -103,7 +99,7 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
             metrics["tokensPerSecond"] = round(float(m["tokens_per_second"]), 3)
         old = dict(status.get("metrics") or {})
         if {k: v for k, v in old.items() if k != "updateTime"} != metrics:
-            metrics["updateTime"] = I._fmt(now)
+            metrics["updateTime"] = fmt_time(now)
             out["metrics"] = metrics
         beats = [_beat(w, now, obs.mono_now) for w in sorted(current, key=lambda w: w.rank)]
         if beats != status.get("workerHeartbeats"):
@@ -147,7 +143,7 @@ def _incident_mono(incidents: Sequence[Mapping[str, Any]] | None, now: dt.dateti
     i = I.open_incident(incidents)
     if i is None or not mono_now:
         return None
-    t = D.parse_time(list(incidents or [])[i].get("time"))
+    t = parse_time(list(incidents or [])[i].get("time"))
     return None if t is None else mono_now - (now - t).total_seconds()
 
 
@@ -156,7 +152,7 @@ def _beat(w: Any, now: dt.datetime, mono_now: float) -> dict[str, Any]:
     age = max(0.0, mono_now - getattr(w, "last_seen_monotonic", mono_now)) if mono_now else 0.0
     seen = now - dt.timedelta(seconds=age)
     return {"rank": int(w.rank), "pod": w.pod_name, "node": w.node_name, "step": int(w.step), "phase": w.phase,
-            "lastHeartbeatTime": I._fmt(seen)}
+            "lastHeartbeatTime": fmt_time(seen)}
 
 
 def avoid_nodes(incidents: Sequence[Mapping[str, Any]] | None, max_n: int = 3) -> tuple[str, ...]:
