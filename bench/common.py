@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from stoker.devcluster.procs import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -89,12 +91,6 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     tmp.replace(path)
     print(f"wrote {path.relative_to(ROOT)}", flush=True)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def minio_binary() -> str:

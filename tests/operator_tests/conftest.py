@@ -13,14 +13,11 @@ import time
 
 import pytest
 
+from stoker.devcluster.procs import free_port
+from tests.nodepool import POOL_LABEL, NodePool
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -155,19 +152,13 @@ def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.25, on_time
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{extra}")
 
 
-POOL_LABEL = "stoker.dev/test-pool"
-
-
 @pytest.fixture(scope="session")
 def process_pool(cluster):
     """Three process nodes (pods run as local processes) only the operator tests use."""
-    names = [f"op-pnode-{i}" for i in range(3)]
-    for n in names:
-        if n not in cluster.process_nodes():
-            cluster.start_process_node(n, gpus=0, labels={POOL_LABEL: "operator"})
-    yield {POOL_LABEL: "operator"}
-    for n in names:
-        cluster.stop_process_node(n)
+    pool = NodePool(cluster, "op-pnode", label="operator")
+    pool.add(3)
+    yield pool.selector
+    pool.close(delete=False)
 
 
 @pytest.fixture(scope="session")

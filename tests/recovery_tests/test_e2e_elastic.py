@@ -14,14 +14,13 @@ from __future__ import annotations
 import pathlib
 import signal
 import time
-import uuid
 
 import pytest
 
-from tests.operator_tests.conftest import create_job, wait_for, worker_pods
+from tests.operator_tests.conftest import wait_for, worker_pods
 
-from .conftest import POOL_LABEL, reference_run, trainer_config, write_config
-from .test_e2e_recovery import diagnostics, metrics_rows, pod_node, status, summary_of, trainer_job
+from .conftest import POOL_LABEL, reference_run, trainer_config
+from .e2e import metrics_rows, pod_node, status, summary_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -33,30 +32,6 @@ STEPS = 330
 # back: capacity appears while they are known to be there. It is far enough out that
 # the node loss always happens before the world-3 workers reach it.
 HOLD = 300
-
-
-@pytest.fixture
-def gpu_nodes(cluster):
-    """(selector, add): process nodes of a pool of our own, each with one GPU, so
-    each takes exactly one worker; ``add(n)`` starts n more. Stopped afterwards."""
-    tag = uuid.uuid4().hex[:6]
-    selector = {POOL_LABEL: f"el-{tag}"}
-    started: list[str] = []
-
-    def add(n: int) -> list[str]:
-        names = []
-        for _ in range(n):
-            name = f"el-{tag}-{len(started)}"
-            cluster.start_process_node(name, gpus=1, labels=selector)
-            started.append(name)
-            names.append(name)
-        return names
-
-    yield selector, add
-    for name in started:
-        cluster.stop_process_node(name)
-    if started:
-        cluster.delete_nodes(started)
 
 
 def pods_by_name(kube, namespace, job) -> dict[str, dict]:
@@ -92,24 +67,21 @@ def world_runs(rows: list[dict]) -> list[tuple[int, int, int]]:
 
 
 def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_capacity_then_grows_back(
-        cluster, kube, namespace, bucket, gpu_nodes, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, gpu_nodes, trainer_run, tmp_path):
     selector, add_nodes = gpu_nodes
     cfg = trainer_config(STEPS, stall_after_step=HOLD)
     cfg["train"]["global_batch"] = 12  # divisible by 2 and 3 workers x micro_batch 2
     want = reference_losses(tmp_path, cfg, 3)
     names = add_nodes(3)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    out = tmp_path / "job"
-    path = write_config(out / "config.json", cfg, out)
     # The stall at HOLD is the test's device, not a hang: only the node loss may be detected.
-    body = trainer_job("el", path, bucket, replicas=3, node_selector=selector,
-                       failure_policy={"progressTimeoutSeconds": 600,
-                                       "heartbeatTimeoutSeconds": HEARTBEAT_TIMEOUT})
-    body["spec"].update(minReplicas=2, maxReplicas=3)
-    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {GPU: 1}}
-    create_job(kube, namespace, body)
-    diag = diagnostics(kube, namespace, "el", op)
+
+    def edit(body):
+        body["spec"].update(minReplicas=2, maxReplicas=3)
+        body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {GPU: 1}}
+
+    run = trainer_run(name="el", cfg=cfg, replicas=3, node_selector=selector, edit=edit,
+                      failure_policy={"progressTimeoutSeconds": 600, "heartbeatTimeoutSeconds": HEARTBEAT_TIMEOUT})
+    out, diag = run.out, run.diag
 
     wait_for("training at world size 3", lambda: any(r["world_size"] == 3 and r["step"] >= 15
                                                      for r in metrics_rows(out)),

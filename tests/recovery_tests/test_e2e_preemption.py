@@ -16,29 +16,14 @@ import uuid
 
 import pytest
 
-from tests.operator_tests.conftest import create_job, wait_for, worker_pods
+from tests.operator_tests.conftest import wait_for, worker_pods
 
-from .conftest import POOL_LABEL, reference_summary, trainer_config, write_config
-from .test_e2e_recovery import diagnostics, metrics_rows, status, summary_of, trainer_job
+from .conftest import reference_summary, trainer_config
+from .e2e import metrics_rows, status, summary_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 GPU = "nvidia.com/gpu"
-
-
-@pytest.fixture
-def gpu_nodes(cluster):
-    """Three process nodes with one nvidia.com/gpu each, labelled for this test only."""
-    tag = uuid.uuid4().hex[:6]
-    names = [f"pre-{tag}-{i}" for i in range(3)]
-    try:
-        for name in names:
-            cluster.start_process_node(name, gpus=1, labels={POOL_LABEL: f"pre-{tag}"})
-        yield {POOL_LABEL: f"pre-{tag}"}, names
-    finally:
-        for name in names:
-            cluster.stop_process_node(name)
-        cluster.delete_nodes(names)
 
 
 @pytest.fixture
@@ -68,21 +53,20 @@ def preemptor(name: str, node: str, priority_class: str) -> dict:
 
 
 def test_a_preempted_worker_drains_with_a_checkpoint_and_the_job_resumes_without_recomputing_a_step(
-        cluster, kube, namespace, bucket, gpu_nodes, priority_class, heartbeat_operator, tmp_path):
-    selector, _ = gpu_nodes
+        cluster, kube, namespace, bucket, gpu_nodes, priority_class, trainer_run, tmp_path):
+    selector, add_nodes = gpu_nodes
+    add_nodes(3)
     steps = 200
     cfg = trainer_config(steps)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    out = tmp_path / "job"
-    path = write_config(out / "config.json", cfg, out)
-    body = trainer_job("pre", path, bucket, node_selector=selector)
-    tspec = body["spec"]["template"]["spec"]
-    tspec["terminationGracePeriodSeconds"] = 30  # room for the drain (the launcher holds SIGTERM for 25 s at most)
-    tspec["containers"][0]["resources"] = {"limits": {GPU: "1"}, "requests": {GPU: "1"}}
-    create_job(kube, namespace, body)
-    diag = diagnostics(kube, namespace, "pre", op)
+
+    def edit(body):
+        tspec = body["spec"]["template"]["spec"]
+        tspec["terminationGracePeriodSeconds"] = 30  # room for the drain (the launcher holds SIGTERM for 25 s at most)
+        tspec["containers"][0]["resources"] = {"limits": {GPU: "1"}, "requests": {GPU: "1"}}
+
+    run = trainer_run(name="pre", cfg=cfg, node_selector=selector, edit=edit)
+    out, diag = run.out, run.diag
     wait_for("training past step 15", lambda: any(r["step"] >= 15 for r in metrics_rows(out)), timeout=300,
              interval=0.05, on_timeout=diag)
     victim = "pre-worker-1-0"

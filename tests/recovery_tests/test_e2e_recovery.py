@@ -14,91 +14,23 @@ import time
 
 import pytest
 
+
 from tests.operator_tests.conftest import create_job, get_job, patch_job, wait_for, worker_pods
 
-from .conftest import reference_summary, trainer_config, write_config
+from .conftest import reference_summary, trainer_config
+from tests.recovery_tests.e2e import diagnostics, last_step, metrics_rows, pod_node, status, summary_of, trainer_pid
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 SCRIPTS = pathlib.Path(__file__).with_name("scripts")
 
 
-def trainer_job(name: str, config: pathlib.Path, bucket: str, *, replicas: int = 2, node_selector: dict,
-                failure_policy: dict | None = None) -> dict:
-    container = {"name": "trainer", "image": "local/python",
-                 "command": [sys.executable, "-m", "stoker.worker.train", str(config)],
-                 "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}
-    return {
-        "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "template": {"spec": {"containers": [container], "terminationGracePeriodSeconds": 5,
-                                  "nodeSelector": node_selector}},
-            "checkpoint": {"uri": f"s3://{bucket}/{name}", "intervalSteps": 5, "keep": 3,
-                           "credentialsSecretRef": {"name": "stoker-s3"}},
-            "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 0, **(failure_policy or {})},
-        },
-    }
-
-
-def status(kube, namespace, name) -> dict:
-    return get_job(kube, namespace, name).get("status") or {}
-
-
-def diagnostics(kube, namespace, name, op):
-    def f():
-        try:
-            st = status(kube, namespace, name)
-        except Exception as e:  # noqa: BLE001
-            st = {"error": str(e)}
-        pods = [(p["metadata"]["name"], p.get("spec", {}).get("nodeName"), p.get("status", {}).get("phase"))
-                for p in worker_pods(kube, namespace, name)]
-        return f"status={json.dumps(st, indent=1)}\npods={pods}\noperator log:\n{op.tail(40)}"
-    return f
-
-
-def pod_node(kube, namespace, pod_name) -> str | None:
-    for p in worker_pods(kube, namespace, pod_name.rsplit("-worker-", 1)[0]):
-        if p["metadata"]["name"] == pod_name:
-            return p.get("spec", {}).get("nodeName")
-    return None
-
-
-def last_step(metrics_path: pathlib.Path) -> int:
-    try:
-        lines = metrics_path.read_text().splitlines()
-    except OSError:
-        return -1
-    steps = [json.loads(line).get("step", -1) for line in lines if line.strip().startswith("{")]
-    return max(steps, default=-1)
-
-
-def trainer_pid(pod_name: str) -> int | None:
-    """The trainer process (not the launcher) of a pod running on a process node."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if b"stoker.worker.train" not in cmd or b"stoker.operator.launch" in cmd:
-                continue
-            env = pathlib.Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"STOKER_POD_NAME={pod_name}".encode() in env:
-            return int(entry)
-    return None
-
-
 def test_sigkilled_worker_is_restarted_from_the_checkpoint_and_ends_identical(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(20, stall_after_step=10)  # every rank stops at step 10, after committing it
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("kill", path, bucket, node_selector=recovery_pool))
-    diag = diagnostics(kube, namespace, "kill", op)
+    run = trainer_run(name="kill", cfg=cfg, node_selector=recovery_pool)
+    diag = run.run.diag
     # status.lastCheckpoint comes from the workers' heartbeats
     wait_for("checkpoint 10 in status", lambda: (status(kube, namespace, "kill").get("lastCheckpoint") or {})
              .get("step") == 10, timeout=240, on_timeout=diag)
@@ -150,18 +82,14 @@ def test_the_same_error_at_the_same_step_fails_the_job_after_its_budget_with_the
 
 
 def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
-        cluster, kube, namespace, bucket, own_nodes, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, own_nodes, trainer_run, tmp_path):
     selector, names = own_nodes(3)
     cfg = trainer_config(20, stall_after_step=10)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
     # Generous heartbeat/progress timeouts: the node's NotReady condition must be what reveals it.
-    create_job(kube, namespace, trainer_job("lose", path, bucket, node_selector=selector,
-                                            failure_policy={"heartbeatTimeoutSeconds": 300,
-                                                            "progressTimeoutSeconds": 300}))
-    diag = diagnostics(kube, namespace, "lose", op)
+    run = trainer_run(name="lose", cfg=cfg, node_selector=selector,
+                      failure_policy={"heartbeatTimeoutSeconds": 300, "progressTimeoutSeconds": 300})
+    diag = run.run.diag
     wait_for("checkpoint 10 in status", lambda: (status(kube, namespace, "lose").get("lastCheckpoint") or {})
              .get("step") == 10, timeout=240, on_timeout=diag)
     lost = pod_node(kube, namespace, "lose-worker-1-0")
@@ -185,16 +113,12 @@ def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
 
 
 def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(300)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("hang", path, bucket, node_selector=recovery_pool,
-                                            failure_policy={"progressTimeoutSeconds": 5,
-                                                            "heartbeatTimeoutSeconds": 300}))
-    diag = diagnostics(kube, namespace, "hang", op)
+    run = trainer_run(name="hang", cfg=cfg, node_selector=recovery_pool,
+                      failure_policy={"progressTimeoutSeconds": 5, "heartbeatTimeoutSeconds": 300})
+    diag = run.run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     pid = trainer_pid("hang-worker-1-0")
@@ -220,14 +144,11 @@ def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
 
 
 def test_operator_killed_twice_during_the_job_still_ends_identical(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(20, stall_after_step=10)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("opkill", path, bucket, node_selector=recovery_pool))
-    diag = diagnostics(kube, namespace, "opkill", op)
+    run = trainer_run(name="opkill", cfg=cfg, node_selector=recovery_pool)
+    op, diag = run.op, run.diag
     wait_for("checkpoint 10 in status", lambda: (status(kube, namespace, "opkill").get("lastCheckpoint") or {})
              .get("step") == 10, timeout=240, on_timeout=diag)
     op.kill()                 # 1: mid-training (the rendezvous store and heartbeat service go with it)
@@ -246,18 +167,17 @@ def test_operator_killed_twice_during_the_job_still_ends_identical(
 
 
 def test_on_call_checkpoint_request_commits_a_checkpoint_at_once(
-        cluster, kube, namespace, bucket, s3, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, s3, recovery_pool, trainer_run, tmp_path):
     from stoker.common import labels as L
     from stoker.common import layout
 
     cfg = trainer_config(600)  # long enough that the request always arrives mid-run
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    body = trainer_job("ask", path, bucket, node_selector=recovery_pool)
-    body["spec"]["checkpoint"]["intervalSteps"] = 1000  # only the request (and the end) saves
-    create_job(kube, namespace, body)
-    diag = diagnostics(kube, namespace, "ask", op)
+
+    def edit(body):
+        body["spec"]["checkpoint"]["intervalSteps"] = 1000  # only the request (and the end) saves
+
+    run = trainer_run(name="ask", cfg=cfg, node_selector=recovery_pool, edit=edit)
+    diag = run.run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     rid = "20260101T000000Z-a1b2c3"
@@ -275,19 +195,17 @@ def test_on_call_checkpoint_request_commits_a_checkpoint_at_once(
 
 
 def test_scale_down_drains_with_a_checkpoint_so_no_step_is_computed_twice_then_scales_back(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     # the stall keeps the world-2 incarnation at a known step until we scale back up; it is far
     # enough out that the scale-down request always arrives before it
     cfg = trainer_config(450, stall_after_step=400)
     cfg["train"]["global_batch"] = 12  # divisible by 2 and 3 workers x micro_batch 2
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    out = tmp_path / "job"
-    path = write_config(out / "config.json", cfg, out)
-    body = trainer_job("scale", path, bucket, replicas=3, node_selector=recovery_pool)
-    body["spec"].update(minReplicas=2, maxReplicas=3)
-    create_job(kube, namespace, body)
-    diag = diagnostics(kube, namespace, "scale", op)
+
+    def edit(body):
+        body["spec"].update(minReplicas=2, maxReplicas=3)
+
+    run = trainer_run(name="scale", cfg=cfg, replicas=3, node_selector=recovery_pool, edit=edit)
+    out, diag = run.out, run.diag
     wait_for("training at world size 3", lambda: any(r.get("world_size") == 3 and r["step"] >= 15
                                                      for r in metrics_rows(out)), timeout=300, interval=0.05,
              on_timeout=diag)
@@ -313,38 +231,12 @@ def test_scale_down_drains_with_a_checkpoint_so_no_step_is_computed_twice_then_s
     assert "Draining" in events and "Drained" in events
 
 
-def metrics_rows(out: pathlib.Path) -> list[dict]:
-    try:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if "step" in r and "loss" in r:
-            rows.append(r)
-    return rows
-
-
-def summary_of(out: pathlib.Path) -> dict | None:
-    try:
-        return json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def test_s3_down_for_20s_across_checkpoints_costs_no_restart_and_ends_identical(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(300)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("s3out", path, bucket, node_selector=recovery_pool))
-    diag = diagnostics(kube, namespace, "s3out", op)
+    run = trainer_run(name="s3out", cfg=cfg, node_selector=recovery_pool)
+    diag = run.run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     cluster.stop_s3()

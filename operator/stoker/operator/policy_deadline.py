@@ -6,16 +6,12 @@ from typing import Any, Mapping
 
 from .jobspec import JobView
 from .pass_state import Pass, Plan
-from .status import parse_time
+from .status import parse_time, time_left
 
 
 def deadline_exceeded(job: JobView, status: Mapping[str, Any], now: dt.datetime) -> tuple[bool, float | None]:
     """(exceeded, seconds until it will be) for spec.runPolicy.activeDeadlineSeconds."""
-    start = parse_time(status.get("startTime"))
-    if job.active_deadline_seconds is None or start is None:
-        return False, None
-    left = (start + dt.timedelta(seconds=int(job.active_deadline_seconds)) - now).total_seconds()
-    return left <= 0, max(0.0, left)
+    return time_left(parse_time(status.get("startTime")), job.active_deadline_seconds, now)
 
 
 def deadline(ps: Pass) -> Plan | None:

@@ -6,16 +6,12 @@ from typing import Any, Mapping
 
 from .jobspec import JobView
 from .pass_state import Pass, Plan
-from .status import FINISHED, parse_time
+from .status import FINISHED, parse_time, time_left
 
 
 def ttl_expired(job: JobView, status: Mapping[str, Any], now: dt.datetime) -> tuple[bool, float | None]:
     """(expired, seconds until it will be) for spec.runPolicy.ttlSecondsAfterFinished."""
-    done = parse_time(status.get("completionTime"))
-    if job.ttl_seconds_after_finished is None or done is None:
-        return False, None
-    left = (done + dt.timedelta(seconds=int(job.ttl_seconds_after_finished)) - now).total_seconds()
-    return left <= 0, max(0.0, left)
+    return time_left(parse_time(status.get("completionTime")), job.ttl_seconds_after_finished, now)
 
 
 def finished(ps: Pass) -> Plan | None:
