@@ -139,6 +139,19 @@ def worker_pods(kube, namespace: str, job: str) -> list[dict]:
     return json.loads(resp.data)["items"]
 
 
+def diagnostics(kube, namespace, name, op):
+    """on_timeout for wait_for: the job's status, its pods (node, phase) and the operator's log."""
+    def f():
+        try:
+            st = get_job(kube, namespace, name).get("status") or {}
+        except Exception as e:  # noqa: BLE001
+            st = {"error": str(e)}
+        pods = [(p["metadata"]["name"], p.get("spec", {}).get("nodeName"), p.get("status", {}).get("phase"))
+                for p in worker_pods(kube, namespace, name)]
+        return f"status={json.dumps(st, indent=1)}\npods={pods}\noperator log:\n{op.tail(40)}"
+    return f
+
+
 def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.25, on_timeout=None):
     """Poll fn() until it returns a truthy value; fail with `what` (and diagnostics)."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import sys
 from typing import Any, Callable
 
 from stoker.devcluster.procs import find_processes
-from tests.operator_tests.conftest import create_job, get_job, wait_for, worker_pods
+from tests.operator_tests.conftest import create_job, diagnostics, get_job, wait_for, worker_pods  # noqa: F401 (diagnostics re-exported)
 from tests.recovery_tests.trainer_configs import write_config
 
 
@@ -34,18 +34,6 @@ def trainer_job(name: str, config: pathlib.Path, bucket: str, *, replicas: int =
 
 def status(kube, namespace, name) -> dict:
     return get_job(kube, namespace, name).get("status") or {}
-
-
-def diagnostics(kube, namespace, name, op):
-    def f():
-        try:
-            st = status(kube, namespace, name)
-        except Exception as e:  # noqa: BLE001
-            st = {"error": str(e)}
-        pods = [(p["metadata"]["name"], p.get("spec", {}).get("nodeName"), p.get("status", {}).get("phase"))
-                for p in worker_pods(kube, namespace, name)]
-        return f"status={json.dumps(st, indent=1)}\npods={pods}\noperator log:\n{op.tail(40)}"
-    return f
 
 
 def pod_node(kube, namespace, pod_name) -> str | None:

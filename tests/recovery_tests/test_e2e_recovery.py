@@ -30,7 +30,7 @@ def test_sigkilled_worker_is_restarted_from_the_checkpoint_and_ends_identical(
     cfg = trainer_config(20, stall_after_step=10)  # every rank stops at step 10, after committing it
     ref = reference_summary(tmp_path, cfg, 2)
     run = trainer_run(name="kill", cfg=cfg, node_selector=recovery_pool)
-    diag = run.run.diag
+    diag = run.diag
     # status.lastCheckpoint comes from the workers' heartbeats
     wait_for("checkpoint 10 in status", lambda: (status(kube, namespace, "kill").get("lastCheckpoint") or {})
              .get("step") == 10, timeout=240, on_timeout=diag)
@@ -89,7 +89,7 @@ def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
     # Generous heartbeat/progress timeouts: the node's NotReady condition must be what reveals it.
     run = trainer_run(name="lose", cfg=cfg, node_selector=selector,
                       failure_policy={"heartbeatTimeoutSeconds": 300, "progressTimeoutSeconds": 300})
-    diag = run.run.diag
+    diag = run.diag
     wait_for("checkpoint 10 in status", lambda: (status(kube, namespace, "lose").get("lastCheckpoint") or {})
              .get("step") == 10, timeout=240, on_timeout=diag)
     lost = pod_node(kube, namespace, "lose-worker-1-0")
@@ -118,7 +118,7 @@ def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
     ref = reference_summary(tmp_path, cfg, 2)
     run = trainer_run(name="hang", cfg=cfg, node_selector=recovery_pool,
                       failure_policy={"progressTimeoutSeconds": 5, "heartbeatTimeoutSeconds": 300})
-    diag = run.run.diag
+    diag = run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     pid = trainer_pid("hang-worker-1-0")
@@ -177,7 +177,7 @@ def test_on_call_checkpoint_request_commits_a_checkpoint_at_once(
         body["spec"]["checkpoint"]["intervalSteps"] = 1000  # only the request (and the end) saves
 
     run = trainer_run(name="ask", cfg=cfg, node_selector=recovery_pool, edit=edit)
-    diag = run.run.diag
+    diag = run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     rid = "20260101T000000Z-a1b2c3"
@@ -236,7 +236,7 @@ def test_s3_down_for_20s_across_checkpoints_costs_no_restart_and_ends_identical(
     cfg = trainer_config(300)
     ref = reference_summary(tmp_path, cfg, 2)
     run = trainer_run(name="s3out", cfg=cfg, node_selector=recovery_pool)
-    diag = run.run.diag
+    diag = run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     cluster.stop_s3()
