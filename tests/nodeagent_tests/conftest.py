@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from .helpers import Pods
+from tests.nodeagent_tests.helpers import Pods
 
 
 @pytest.fixture(scope="module")

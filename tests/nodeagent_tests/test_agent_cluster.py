@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .helpers import pod_manifest
+from tests.nodeagent_tests.helpers import pod_manifest
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from stoker.devcluster.nodeagent import kubeletapi as K
-from .helpers import pod_manifest
+from tests.nodeagent_tests.helpers import pod_manifest
 
 
 # ------------------------------------------------------------------ pure parts
