@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 POOL_LABEL = "stoker.dev/test-pool"
 
 
@@ -36,3 +38,16 @@ class NodePool:
             self.cluster.stop_process_node(name)
         if delete and self.names:
             self.cluster.delete_nodes(self.names)
+
+
+def session_pool(name: str, prefix: str, label: str, n: int, doc: str):
+    """A session fixture: n process nodes ``<prefix>-<i>`` labelled ``label``, shared by a test
+    folder and stopped at the end (their Node objects stay: a reused cluster finds them)."""
+    def pool(cluster):
+        p = NodePool(cluster, prefix, label=label)
+        p.add(n)
+        yield p.selector
+        p.close(delete=False)
+
+    pool.__doc__ = doc
+    return pytest.fixture(scope="session", name=name)(pool)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from stoker.devcluster.procs import free_port
-from tests.nodepool import POOL_LABEL, NodePool
+from tests.nodepool import POOL_LABEL, session_pool  # noqa: F401 (POOL_LABEL re-exported)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
@@ -165,13 +165,8 @@ def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.25, on_time
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{extra}")
 
 
-@pytest.fixture(scope="session")
-def process_pool(cluster):
-    """Three process nodes (pods run as local processes) only the operator tests use."""
-    pool = NodePool(cluster, "op-pnode", label="operator")
-    pool.add(3)
-    yield pool.selector
-    pool.close(delete=False)
+process_pool = session_pool("process_pool", "op-pnode", "operator", 3,
+                            "Three process nodes (pods run as local processes) only the operator tests use.")
 
 
 @pytest.fixture(scope="session")

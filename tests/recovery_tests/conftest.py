@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.nodepool import POOL_LABEL, NodePool, unique  # noqa: F401  (POOL_LABEL re-exported)
+from tests.nodepool import POOL_LABEL, NodePool, session_pool, unique  # noqa: F401  (POOL_LABEL re-exported)
 from tests.operator_tests.conftest import crd, free_port, start_operator  # noqa: F401  (fixtures)
 from tests.recovery_tests.e2e import start_trainer_job
 from tests.recovery_tests.trainer_configs import trainer_config, write_config  # noqa: F401  (re-exported)
@@ -21,13 +21,8 @@ from tests.recovery_tests.trainer_configs import trainer_config, write_config  #
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def recovery_pool(cluster):
-    """Two process nodes for the recovery tests (scenarios that lose a node bring their own)."""
-    pool = NodePool(cluster, "rc-pnode", label="recovery")
-    pool.add(2)
-    yield pool.selector
-    pool.close(delete=False)
+recovery_pool = session_pool("recovery_pool", "rc-pnode", "recovery", 2,
+                             "Two process nodes for the recovery tests (scenarios that lose a node bring their own).")
 
 
 @pytest.fixture
