@@ -74,13 +74,14 @@ def installed(tmp_path):
 def test_wheel_cluster_up_runs_an_example_job_to_success(installed, tmp_path):
     py, stoker, env, user, env_dir = installed
     where = _run([str(py), "-c", "import stoker.operator.main, stoker.worker.train, stoker.cli.main, "
-                  "stoker.devcluster.nodeagent.agent as a, stoker.devcluster.local as l;"
+                  "stoker.devcluster.nodeagent.agent as a, stoker.devcluster.local as l, "
+                  "stoker.devcluster.clusterdefs as d;"
                   "print(stoker.operator.main.__file__, stoker.worker.train.__file__, stoker.cli.main.__file__, "
-                  "a.__file__, l.BUILD_SCRIPT)"], env=env, cwd=user, timeout=120).stdout.split()
-    assert len(where) == 5 and all(Path(w).resolve().is_relative_to(env_dir.resolve()) for w in where), where
+                  "a.__file__, l.__file__, d.BUILD_SCRIPT)"], env=env, cwd=user, timeout=120).stdout.split()
+    assert len(where) == 6 and all(Path(w).resolve().is_relative_to(env_dir.resolve()) for w in where), where
     # build-tools.sh from site-packages: the Go module dirs are there (the cached binaries are found by
     # the same content key, so nothing is rebuilt when the checkout built them already).
-    tools = _run([where[4], "kubectl"], env=env, cwd=user, timeout=3600).stdout
+    tools = _run([where[5], "kubectl"], env=env, cwd=user, timeout=3600).stdout
     assert re.search(r"^kubectl=/\S+/kubectl$", tools, re.M), tools
 
     up = _run([str(stoker), "cluster", "up"], env=env, cwd=user, timeout=3600, check=False)
