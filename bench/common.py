@@ -82,14 +82,19 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
 
 def write_results(name: str, results: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` with machine info and a timestamp."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": machine_info(), **results}
-    path = RESULTS / f"{name}.json"
+    path = write_json(RESULTS / f"{name}.json", payload)
+    print(f"wrote {path.relative_to(ROOT)}", flush=True)
+    return path
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
-    print(f"wrote {path.relative_to(ROOT)}", flush=True)
     return path
 
 

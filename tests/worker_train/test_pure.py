@@ -248,3 +248,13 @@ def test_cpu_offload_needs_gpus():
     cfgmod.validate_for_device(cfg, "cuda")
     with pytest.raises(cfgmod.ConfigError, match="^parallel.cpu_offload"):
         cfgmod.validate_for_device(cfg, "cpu")
+
+
+def test_deterministic_training_is_strict_on_cuda():
+    """warn_only=True leaves SDPA's flash / memory-efficient backward on their atomic-add
+    kernels on CUDA (they pick the deterministic one only in strict mode): exact resume
+    on a GPU needs strict mode there."""
+    from stoker.worker.trainer import deterministic_algorithms_kwargs
+
+    assert deterministic_algorithms_kwargs("cuda") == {"mode": True, "warn_only": False}
+    assert deterministic_algorithms_kwargs("cpu") == {"mode": True, "warn_only": True}

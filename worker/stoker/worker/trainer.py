@@ -9,8 +9,8 @@ world size or layout on load.
 Determinism: same seed + same world size => bit-identical parameters. Init is per
 parameter from (seed, name); data is a pure function of (seed, index); the CPU thread
 count is fixed (``train.num_threads``, torchrun's OMP_NUM_THREADS=1) and
-``torch.use_deterministic_algorithms`` is on (GPU: plus CUBLAS_WORKSPACE_CONFIG and
-no cuDNN autotuning). Reductions (gloo/NCCL all-reduce, FSDP reduce-scatter) have a
+``torch.use_deterministic_algorithms`` is on (GPU: strict, plus CUBLAS_WORKSPACE_CONFIG
+and no cuDNN autotuning; see ``deterministic_algorithms_kwargs``). Reductions (gloo/NCCL all-reduce, FSDP reduce-scatter) have a
 fixed order for a fixed world size; across world sizes results agree to ~1e-7.
 """
 from __future__ import annotations
@@ -39,10 +39,9 @@ from stoker.worker.checkpoint_hooks import SLOW_CHECKPOINT_DEFAULT_S, checkpoint
 from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
 from stoker.worker.metrics_file import MetricsFile
 from stoker.worker.model import model_args
-from stoker.worker.sdk import Session
 from stoker.worker.state import (
     DATALOADER, LR_SCHEDULER, MODEL, OPTIMIZER, TRAIN_STATE, LRSchedule, ModelState, OptimizerState, TrainState,
-    lr_factor, seed_everything,
+    deterministic_algorithms_kwargs, lr_factor, seed_everything,
 )
 
 log = logging.getLogger("stoker.worker.trainer")
@@ -79,8 +78,11 @@ class Trainer(Stateful):
         self.dims = parallel.ParallelDims(pp=self.pp, dp=self.dp, world_size=self.world)
         self.mesh = self.dims.build_mesh(self.device.type) if self.distributed else None
         self.dp_rank = self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
-        # operator SDK: a no-op without STOKER_OPERATOR_ADDR
-        self.session = (session if session is not None else Session.from_env()).start()
+        if session is None:  # operator SDK (gRPC, protobuf): a no-op without STOKER_OPERATOR_ADDR
+            from stoker.worker.sdk import Session
+
+            session = Session.from_env()
+        self.session = session.start()
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
         self.resumed_from: int | None = None  # set by restore()
         self.resumed_world_size: int | None = None  # the world size that wrote that checkpoint
@@ -94,12 +96,13 @@ class Trainer(Stateful):
             torch.set_num_threads(t.num_threads)
         if t.deterministic:
             # CPU: fixed thread count + deterministic kernels; GPU: cuBLAS workspace
-            # config, no cuDNN autotuning, deterministic SDPA/scatter kernels.
+            # config (read when cuBLAS first runs: before any CUDA matmul in this process),
+            # no cuDNN autotuning, deterministic SDPA/scatter kernels (strict mode).
             if self.device.type == "cuda":
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.backends.cudnn.benchmark = False
                 torch.backends.cudnn.deterministic = True
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.use_deterministic_algorithms(**deterministic_algorithms_kwargs(self.device.type))
 
     def _build(self) -> None:
         cfg = self.cfg
