@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install tools test test-fast demo bench clean cluster-up cluster-down proto
+.PHONY: all install tools test test-fast test-realnodes node-packages demo bench chaos clean cluster-up cluster-down proto crd crd-check
 
 all: test
 
@@ -33,11 +33,25 @@ test: install tools
 test-fast: install
 	$(PY) -m pytest -m "not cluster and not torch and not slow" $(PYTEST_ARGS)
 
+# Real-node tests (kubelet + containerd per node; root): not in `make test`, see
+# devcluster/stoker/devcluster/README.md ("Real nodes").
+node-packages:
+	devcluster/stoker/devcluster/install-node-packages.sh
+
+test-realnodes: install tools node-packages
+	@devcluster/stoker/devcluster/build-tools.sh kubelet kube-proxy coredns >/dev/null
+	STOKER_REALNODES=1 $(PY) -m pytest -m realnodes tests/realnodes_tests $(PYTEST_ARGS)
+
 demo: install tools
 	$(PY) -m tests.demo
 
 bench: install tools
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Faults at random moments (>= 100 across 10 kinds, about an hour on 2 cores); CHAOS_ARGS="--seed N" replays.
+CHAOS_ARGS ?=
+chaos: install tools
+	$(PY) bench/chaos.py --profile default $(CHAOS_ARGS)
 
 cluster-up: install tools
 	$(VENV)/bin/stoker cluster up
@@ -51,3 +65,11 @@ clean:
 # Regenerate the gRPC code (committed) from common/stoker/common/proto/stoker.proto.
 proto: install
 	$(PY) -m stoker.common.proto.generate
+
+# Regenerate spec.template of the TrainingJob CRD from the pinned Kubernetes release's OpenAPI
+# (crds/generate.py; the rest of the CRD is hand-written). crd-check: CI's "is it up to date".
+crd: install
+	$(PY) crds/generate.py
+
+crd-check: install
+	$(PY) crds/generate.py --check

@@ -7,12 +7,15 @@ For each fault kind, ``--runs`` times (median and worst reported):
   node   SIGKILL one process node's agent (the machine is gone)
 
 on a 2-worker built-in-trainer job (tiny model, checkpoint every 5 steps to MinIO)
-run by the operator on process nodes of a local control plane. Measured from the
-moment the fault is injected:
+run by the operator on process nodes of a local control plane. Each fault lands at a
+random moment of real training (seeded, ``--seed`` replays; the step journal shows the
+job training, 10-60 steps pass, then a random fraction of a step: mid-step, never a
+trainer parked in a debug stall). The failure policy is the default a user gets unless
+``--progress-timeout`` says otherwise (recorded in the JSON). Measured from the moment
+the fault is injected:
 
   detect   until status.incidents records it (what the operator acted on)
-  recover  until the new incarnation wrote a training step past the checkpoint it
-           resumed from (the trainer's metrics file)
+  recover  until the new incarnation computed its first step (the step journal)
 
 Baseline, measured in the same run: plain ``torchrun --max-restarts=3`` (no
 Stoker) on the same trainer and config. A crash is seen by torchrun's agent
@@ -22,7 +25,7 @@ a lost machine has no single-machine torchrun equivalent (n/a).
 
 Goodput under periodic failures is bench/bench_goodput.py.
 
-    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,hang,node] [--cluster-dir DIR]
+    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,hang,node] [--seed N] [--cluster-dir DIR]
 
 Writes bench/results/bench_recovery.json and prints a table.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -46,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import free_port, machine_info, print_table, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 from stoker.devcluster.procs import argv_of, find_processes  # noqa: E402
+from tests.recovery_tests import faults as F  # noqa: E402
 from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
 
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
@@ -169,7 +174,8 @@ class Bench:
             return {}
         return job.get("status") or {}
 
-    def create(self, name: str, cfg: dict, failure_policy: dict, ckpt_every: int = 5) -> Path:
+    def create(self, name: str, cfg: dict, failure_policy: dict, ckpt_every: int = 5,
+               extra_env: dict[str, str] | None = None) -> Path:
         out = self.tmp / name
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg))
@@ -178,7 +184,8 @@ class Bench:
                          "template": {"spec": {"containers": [{
                              "name": "trainer", "image": "local/python",
                              "command": [sys.executable, "-m", "stoker.worker.train", str(out / "config.json")],
-                             "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}],
+                             "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
+                                     *({"name": k, "value": v} for k, v in (extra_env or {}).items())]}],
                              "terminationGracePeriodSeconds": 5, "nodeSelector": {POOL_LABEL: self.ns}}},
                          "checkpoint": {"uri": f"s3://{self.bucket}/{name}", "intervalSteps": ckpt_every,
                                         "credentialsSecretRef": {"name": "stoker-s3"}},
@@ -186,23 +193,32 @@ class Bench:
         self.c.kubectl("apply", "-n", self.ns, "-f", "-", input=json.dumps(body))
         return out
 
+    def pods(self, name: str) -> list[dict]:
+        out = self.c.kubectl("get", "pods", "-n", self.ns, "-l", f"stoker.dev/job-name={name}", "-o", "json",
+                             check=False)
+        try:
+            return json.loads(out.stdout)["items"]
+        except (ValueError, KeyError):
+            return []
+
     def pod_node(self, pod: str) -> str:
         out = self.c.kubectl("get", "pod", pod, "-n", self.ns, "-o", "jsonpath={.spec.nodeName}")
         return out.stdout.strip()
 
-    def one(self, kind: str, i: int) -> dict:
+    def one(self, kind: str, i: int, rng: random.Random, progress_timeout: float | None) -> dict:
+        """One fault at a random moment of real training (mid-step: the step journal shows
+        the incarnation training, a random number of steps pass, then a random fraction of
+        a step), never into a trainer parked in a debug stall."""
         name = f"{kind}-{i}-{uuid.uuid4().hex[:4]}"
-        stall = None if kind == "hang" else 10
-        steps = 300 if kind == "hang" else 20
-        fp = {"progressTimeoutSeconds": 5} if kind == "hang" else {"progressTimeoutSeconds": 300}
-        fp["heartbeatTimeoutSeconds"] = 300
-        out = self.create(name, trainer_cfg(self.tmp / name, steps, stall), fp)
-        metrics = out / "metrics.jsonl"
-        if kind == "hang":
-            wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
-        else:
-            wait("checkpoint 10", lambda: (self.status(name).get("lastCheckpoint") or {}).get("step") == 10, 300, 0.2)
+        fp = {"heartbeatTimeoutSeconds": 300} if kind == "node" else {}
+        if progress_timeout:
+            fp["progressTimeoutSeconds"] = progress_timeout
+        jdir = self.tmp / name / "journal"
+        self.create(name, trainer_cfg(self.tmp / name, 400, None), fp,
+                    extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)})
         pod = f"{name}-worker-1-0"
+        moment = F.at_random_moment(rng, jdir, lambda: int(self.status(name).get("incarnation", 0)),
+                                    min_steps=10, max_steps=60, timeout=300)
         if kind == "node":
             node = self.pod_node(pod)
             t0 = time.time()
@@ -216,14 +232,7 @@ class Bench:
         st = wait("incident", lambda: (s := self.status(name)).get("incidents") and s, 600, 0.1)
         t_detect = time.time()
         inc = st["incidents"][-1]
-        resumed = int((st.get("lastCheckpoint") or {}).get("step", 0))
-
-        def recovered():
-            mtime, step = last_line_step(metrics)
-            return mtime > t_detect and step > resumed
-
-        wait("recovery", recovered, 600)
-        t_recover = time.time()
+        first = wait("recovery", lambda: [r["t"] for r in F.steps_of(jdir, 1)], 600)
         if kind == "hang":
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -231,7 +240,8 @@ class Bench:
                 pass
         wait("job Succeeded", lambda: self.status(name).get("phase") == "Succeeded", 600, 0.2)
         return {"kind": kind, "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
-                "recover_s": t_recover - t0, "operator_latency_s": inc.get("detectionLatencySeconds")}
+                "recover_s": min(first) - t0, "operator_latency_s": inc.get("detectionLatencySeconds"),
+                "fault_at": moment}
 
 
 # ------------------------------------------------------------------ baseline: plain torchrun
@@ -318,20 +328,27 @@ def main() -> int:
     ap.add_argument("--hang-cap", type=float, default=60.0, help="how long the torchrun baseline is watched for a hang")
     ap.add_argument("--crash-cap", type=float, default=120.0, help="how long a torchrun baseline may take to recover")
     ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
+    ap.add_argument("--seed", type=int, default=None, help="the fault moments' seed (printed; replays a run)")
+    ap.add_argument("--progress-timeout", type=float, default=None,
+                    help="spec.failurePolicy.progressTimeoutSeconds (default: unset, the default a user gets)")
     args = ap.parse_args()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    print(f"fault seed {seed} (replay: --seed {seed})", flush=True)
+    rng = random.Random(seed)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     kinds = [k for k in args.kinds.split(",") if k]
     tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     cluster = LocalCluster(args.cluster_dir or tmp / "cluster", die_with_parent=not args.cluster_dir)
     cluster.up()
     b = Bench(cluster, tmp)
-    results: dict = {"machine": machine_info(), "runs": args.runs, "stoker": [], "torchrun": []}
+    results: dict = {"machine": machine_info(), "runs": args.runs, "seed": seed, "command": [sys.executable, *sys.argv],
+                     "progress_timeout_s": args.progress_timeout or "default (unset)", "stoker": [], "torchrun": []}
     try:
         b.setup()
         for kind in kinds:
             for i in range(args.runs):
                 try:
-                    r = b.one(kind, i)
+                    r = b.one(kind, i, rng, args.progress_timeout)
                 except TimeoutError as e:
                     r = {"kind": kind, "error": str(e)}
                 print(json.dumps(r), flush=True)

@@ -80,12 +80,15 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
     return text
 
 
-def write_results(name: str, results: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` with machine info and a timestamp."""
+def write_results(name: str, results: dict[str, Any], directory: Path | None = None) -> Path:
+    """Write ``bench/results/<name>.json`` (or ``directory/<name>.json``) with machine info
+    (load average, commit), the command line and a timestamp."""
+    if "note" in results:
+        raise ValueError("results carry what the code measured; a 'note' is written by hand: say it in the README")
     payload = {"benchmark": name, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine_info(), **results}
-    path = write_json(RESULTS / f"{name}.json", payload)
-    print(f"wrote {path.relative_to(ROOT)}", flush=True)
+               "command": [sys.executable, *sys.argv], "machine": machine_info(), **results}
+    path = write_json((directory or RESULTS) / f"{name}.json", payload)
+    print(f"wrote {path}", flush=True)
     return path
 
 

@@ -85,3 +85,20 @@ def test_what_is_here_matches_the_tree():
     covered = {p.split("/")[0] + ("/" if "/" in p else "") for p in listed}
     ignored = {"build/", "dist/"}  # build outputs (git-ignored)
     assert tops - ignored <= covered, f"top-level entries missing from 'What is here': {sorted(tops - ignored - covered)}"
+
+
+def test_runbook_waiting_rows_match_the_operator_and_the_cli():
+    """The rows for jobs that cannot run name the health state `stoker get` shows for them
+    and every reason the operator's Waiting condition uses."""
+    from stoker.cli import facts
+    from stoker.operator import preflight, refusals, waiting
+
+    section = README.split("## On-call", 1)[1].split("\n## ", 1)[0]
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    job = {"status": {"phase": "Created", "conditions": [
+        {"type": "Waiting", "status": "True", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}}
+    assert facts.health(job, 0, 2, now) == ("WAITING", "Unschedulable: 0/3 nodes are available")
+    assert "`WAITING`" in section and "pendingTimeoutSeconds" in section
+    reasons = {"Unschedulable", "InitContainerFailing", *waiting._CONFIG, "ImagePullBackOff", *waiting.REFUSALS,
+               *preflight.REASONS, refusals.INVALID_POD_TEMPLATE}
+    assert [r for r in sorted(reasons) if f"`{r}`" not in section] == []

@@ -126,15 +126,17 @@ def test_restart_job_sets_the_request_and_restart_rank_replaces_that_pod(stoker,
              and running(kube, namespace, "train", 2)
              and not first & {p["metadata"]["uid"] for p in worker_pods(kube, namespace, "train")})
     before = {p["metadata"]["labels"][L.REPLICA_INDEX]: p["metadata"]["uid"] for p in worker_pods(kube, namespace, "train")}
-    r = stoker("restart", "train", "--rank", "1")
+    r = stoker("restart", "train", "--replica", "1")
     assert r.rc == 0 and "train-worker-1-1" in r.out
     wait_for("rank 1 replaced by a new pod", lambda: any(
         p["metadata"]["labels"][L.REPLICA_INDEX] == "1" and p["metadata"]["uid"] != before["1"]
         and not p["metadata"].get("deletionTimestamp") for p in worker_pods(kube, namespace, "train")))
     assert [p["metadata"]["uid"] for p in worker_pods(kube, namespace, "train")
             if p["metadata"]["labels"][L.REPLICA_INDEX] == "0"] == [before["0"]]   # rank 0 untouched
-    r = stoker("restart", "train", "--rank", "7")
-    assert r.rc == 3 and "rank 7" in r.err
+    r = stoker("restart", "train", "--replica", "7")
+    assert r.rc == 3 and "replica index 7" in r.err
+    r = stoker("restart", "train", "--rank", "0")  # kwok workers send no heartbeats: no global ranks known
+    assert r.rc == 3 and "--replica" in r.err
 
 
 def test_checkpoint_request_is_acknowledged_and_wait_times_out_clearly_when_no_worker_commits(stoker, kube, namespace, job2):

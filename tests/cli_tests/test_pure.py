@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from stoker.cli import doctor, facts, jobs, output
+from stoker.common import labels as L
 from stoker.cli.main import main
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -303,3 +304,55 @@ def test_checkpoint_wait_timeout_says_whether_the_operator_acknowledged():
         assert e.value.code == EXIT_TIMEOUT
         assert phrase in str(e.value) and "status.lastCheckpoint is step 100" in str(e.value)
         assert "wanted a checkpoint at step >= 120" in str(e.value)
+
+
+# --------------------------------------------------------------------------- --rank vs --replica
+
+def _pod(name: str, replica: int, incarnation: int = 0) -> dict:
+    return {"metadata": {"name": name, "labels": {L.REPLICA_INDEX: str(replica), L.INCARNATION: str(incarnation)},
+                         "creationTimestamp": "2026-01-01T00:00:00Z"}}
+
+
+def test_rank_means_the_global_rank_the_incidents_report_and_replica_the_pod_index():
+    from stoker.cli import workers
+    from stoker.cli.kubeclient import CliError
+
+    pods = [_pod("j-worker-0-1", 0, 1), _pod("j-worker-1-1", 1, 1)]
+    # torchrun gave global ranks 0,1 to replica 1 and 2,3 to replica 0 (nprocPerNode=2)
+    job = {"metadata": {"name": "j"}, "status": {"workerHeartbeats": [
+        {"rank": 0, "pod": "j-worker-1-1"}, {"rank": 1, "pod": "j-worker-1-1"},
+        {"rank": 2, "pod": "j-worker-0-1"}, {"rank": 3, "pod": "j-worker-0-1"}]}}
+    name = lambda ps: [p["metadata"]["name"] for p in ps]  # noqa: E731
+    assert name(workers.select(job, pods, rank=0)) == ["j-worker-1-1"]
+    assert name(workers.select(job, pods, rank=3)) == ["j-worker-0-1"]
+    assert name(workers.select(job, pods, replica=0)) == ["j-worker-0-1"]
+    assert len(workers.select(job, pods)) == 2
+    with pytest.raises(CliError, match=r"no rank 7 \(ranks now: 0, 1, 2, 3\)") as e:
+        workers.select(job, pods, rank=7)
+    assert e.value.code == 3
+    with pytest.raises(CliError, match="replica index 5"):
+        workers.select(job, pods, replica=5)
+    with pytest.raises(CliError, match="use --replica"):  # no heartbeats: ranks are unknown, say so
+        workers.select({"metadata": {"name": "j"}}, pods, rank=0)
+
+
+def test_rank_and_replica_exclude_each_other_on_the_command_line():
+    from stoker.cli.main import build_parser
+
+    for cmd in (["logs", "j"], ["restart", "j"]):
+        assert build_parser().parse_args([*cmd, "--replica", "1"]).replica == 1
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*cmd, "--rank", "0", "--replica", "1"])
+
+
+def test_get_selector_name_output_and_request_timeout_parse():
+    from stoker.cli.common import request_timeout
+    from stoker.cli.main import build_parser
+
+    a = build_parser().parse_args(["get", "-l", "team=nlp,tier!=test", "-o", "name", "--request-timeout", "2m"])
+    assert (a.selector, a.output, a.request_timeout) == ("team=nlp,tier!=test", "name", 120.0)
+    assert request_timeout("0") is None and request_timeout("500ms") == 0.5 and request_timeout("7") == 7.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["get", "--request-timeout", "soon"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["describe", "j", "-o", "name"])  # names only where they make sense

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from .conftest import CHART, run_helm
+from .conftest import CHART, ROOT as REPO, run_helm
 
 COMBINATIONS = {
     "default": {},
@@ -19,13 +19,21 @@ COMBINATIONS = {
     "dashboard": {"metrics": {"dashboard": {"enabled": True}}},
     "two-replicas": {"replicaCount": 2},
     "two-replicas-cluster": {"replicaCount": 2, "watch": {"mode": "cluster"}},
-    "minimal-rbac": {"rbac": {"readNodes": False, "heartbeatTokens": False, "kopfClusterScan": False}},
+    "minimal-rbac": {"rbac": {"readNodes": False, "heartbeatTokens": False, "kopfClusterScan": False,
+                              "userRoles": False}},
+    "pdb-netpol": {"podDisruptionBudget": {"enabled": True}, "networkPolicy": {"enabled": True}},
     "cordon-nodes": {"operator": {"cordonAfter": 3}},
 }
 
 
+def user_role(o: dict) -> bool:
+    """The users' aggregated ClusterRoles (rbac.userRoles): bound to no one by the chart."""
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in o["metadata"].get("labels", {}))
+
+
 def rbac_rules(objs) -> list[dict]:
-    return [r for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
+    """Rules of the operator's own Roles/ClusterRoles."""
+    return [r for o in objs if o["kind"] in ("Role", "ClusterRole") and not user_role(o) for r in o["rules"]]
 
 
 def grants(objs) -> set[tuple[str, str, str]]:
@@ -96,7 +104,9 @@ def test_operator_grants_are_exactly_what_its_code_calls(render):
     } | {
         ("events.k8s.io", "events", "create"),
     } | {
-        ("", "secrets", v) for v in ("get", "create")  # heartbeat tokens (rbac.heartbeatTokens)
+        ("", "secrets", v) for v in ("get", "create")  # heartbeat tokens (rbac.heartbeatTokens); get: preflight
+    } | {
+        ("", "configmaps", "get"),  # preflight: ConfigMaps the pods reference exist (preflight_shell.py)
     } | {
         ("", "nodes", v) for v in ("get", "list", "watch")  # node-loss detection (rbac.readNodes)
     } | {
@@ -107,10 +117,12 @@ def test_operator_grants_are_exactly_what_its_code_calls(render):
 
 def test_namespaced_mode_binds_a_role_in_each_served_namespace(render):
     objs = render(COMBINATIONS["namespaced-two-namespaces"], namespace="stoker-system")
-    # Cluster-scoped: only read-only grants (kopf's observation, nodes), named per namespace.
-    assert sorted(o["metadata"]["name"] for o in objs.of("ClusterRole")) == [
+    # Cluster-scoped: only read-only grants (kopf's observation, nodes), named per namespace
+    # (plus the users' aggregated roles, which the chart binds to no one).
+    operator_roles = [o for o in objs.of("ClusterRole") if not user_role(o)]
+    assert sorted(o["metadata"]["name"] for o in operator_roles) == [
         "stoker-stoker-system-kopf-scan", "stoker-stoker-system-nodes"]
-    assert {v for o in objs.of("ClusterRole") for r in o["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+    assert {v for o in operator_roles for r in o["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
     assert sorted(b["roleRef"]["name"] for b in objs.of("ClusterRoleBinding")) == [
         "stoker-stoker-system-kopf-scan", "stoker-stoker-system-nodes"]
     assert sorted(o["metadata"]["namespace"] for o in objs.of("Role")) == ["team-a", "team-b"]
@@ -221,14 +233,23 @@ def exported_names() -> set[str]:
     return {m.name + sfx for m in metrics.REGISTRY.collect() for sfx in suffixes.get(m.type, [""])}
 
 
-def test_prometheus_rule_alerts_use_the_operator_metric_names(render):
-    from stoker.operator import metrics
+def rendered_rules(render, **thresholds) -> dict[str, dict]:
+    objs = render({"metrics": {"prometheusRule": {"enabled": True, "thresholds": thresholds}}})
+    return {r["alert"]: r for g in objs.one("PrometheusRule", "stoker")["spec"]["groups"] for r in g["rules"]}
 
-    objs = render({"metrics": {"prometheusRule": {"enabled": True, "thresholds": {"checkpointAgeSeconds": 900}}}})
-    rules = {r["alert"]: r for g in objs.one("PrometheusRule", "stoker")["spec"]["groups"] for r in g["rules"]}
+
+def readme_anchors() -> set[str]:
+    """GitHub's anchors of the README's headings (lower case, spaces to '-', punctuation dropped)."""
+    text = (REPO / "README.md").read_text()
+    return {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_prometheus_rule_alerts_use_the_operator_metric_names(render):
+    rules = rendered_rules(render, checkpointAgeSeconds=900)
     assert {"StokerJobStuckRestarting", "StokerWorkerHeartbeatLost", "StokerCheckpointTooOld",
-            "StokerNodeRepeatedFailures", "StokerOperatorDown"} <= set(rules)
-    assert rules["StokerCheckpointTooOld"]["expr"] == "stoker_checkpoint_age_seconds > 900"
+            "StokerNodeRepeatedFailures", "StokerOperatorDown", "StokerWorkerHeartbeatLate"} <= set(rules)
+    assert "time() - stoker_checkpoint_timestamp_seconds > 900" in rules["StokerCheckpointTooOld"]["expr"]
     assert rules["StokerJobStuckRestarting"]["for"] == "15m"
     assert 'phase="Restarting"' in rules["StokerJobStuckRestarting"]["expr"]
     # Every metric an alert uses is one the operator exports.
@@ -242,16 +263,46 @@ def test_prometheus_rule_alerts_use_the_operator_metric_names(render):
             assert "{{ $" in text or "$value" not in text
 
 
+def test_per_job_alerts_name_the_job_and_every_alert_links_its_runbook(render):
+    rules = rendered_rules(render)
+    anchors = readme_anchors()
+    for alert, rule in rules.items():
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base == "https://github.com/stoker-dev/stoker/blob/main/README.md", url
+        assert anchor == alert.lower() and anchor in anchors, f"{alert}: no README heading for #{anchor}"
+        # Prometheus owns `job` (the scrape job); only the operator's own `up` may select on it.
+        assert not re.search(r"stoker_[a-z_]+\{[^}]*\bjob=", rule["expr"]), alert
+    per_job = [a for a, r in rules.items()
+               if re.search(r"stoker_(job_phase|trainingjob_|worker_last|checkpoint_timestamp)", r["expr"])]
+    assert len(per_job) >= 4, per_job
+    for alert in per_job:
+        summary = rules[alert]["annotations"]["summary"]
+        assert "{{ $labels.namespace }}/{{ $labels.trainingjob }}" in summary, (alert, summary)
+
+
 def test_dashboard_is_valid_json_over_the_operator_metrics(render):
     objs = render(COMBINATIONS["dashboard"])
     cm = objs.one("ConfigMap", "stoker-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    dash = json.loads(cm["data"]["stoker.json"])
-    from stoker.operator import metrics
-
-    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
     exported = exported_names()
-    assert set(re.findall(r"\b(stoker_[a-z_]+)", exprs)) <= exported
+    for key in ("stoker.json", "stoker-job.json"):
+        dash = json.loads(cm["data"][key])
+        exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+        assert set(re.findall(r"\b(stoker_[a-z_]+)", exprs)) <= exported, key
+
+
+def test_the_job_dashboard_selects_one_job_by_namespace_and_name(render):
+    cm = render(COMBINATIONS["dashboard"]).one("ConfigMap", "stoker-dashboard")
+    dash = json.loads(cm["data"]["stoker-job.json"])
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert {"datasource", "namespace", "trainingjob"} <= set(variables)
+    assert "$namespace" in variables["trainingjob"]["query"]["query"]  # names of the chosen namespace only
+    for panel in dash["panels"]:
+        for t in panel["targets"]:
+            for sel in re.findall(r"stoker_[a-z_]+\{([^}]*)\}", t["expr"]):
+                assert 'namespace="$namespace"' in sel and 'trainingjob="$trainingjob"' in sel, t["expr"]
+            assert re.search(r"stoker_[a-z_]+\{", t["expr"]), t["expr"]
 
 
 def test_optional_objects_are_off_by_default(render):
@@ -284,3 +335,54 @@ def test_stoker_doctor_finds_the_charts_operator_pods(render):
     labels = render({}).one("Deployment", "stoker")["spec"]["template"]["metadata"]["labels"]
     wanted = dict(kv.split("=", 1) for kv in OPERATOR_SELECTOR.split(","))
     assert wanted.items() <= labels.items()
+
+
+def test_user_roles_aggregate_into_edit_and_view_and_grant_only_trainingjobs(render):
+    objs = render({})
+    edit = objs.one("ClusterRole", "stoker-stoker-system-trainingjobs-edit")
+    view = objs.one("ClusterRole", "stoker-stoker-system-trainingjobs-view")
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    for role in (edit, view):
+        assert {g for r in role["rules"] for g in r["apiGroups"]} == {"stoker.dev"}
+    assert not {v for r in view["rules"] for v in r["verbs"]} - {"get", "list", "watch"}
+    status = [r for r in edit["rules"] if "trainingjobs/status" in r["resources"]]
+    assert status and not {v for r in status for v in r["verbs"]} - {"get", "list", "watch"}
+    assert not [o for o in objs if o["kind"].endswith("Binding") and "trainingjobs-" in o["roleRef"]["name"]]
+    assert "stoker-stoker-system-trainingjobs-edit" not in {o["metadata"]["name"] for o in render({"rbac": {"userRoles": False}})}
+
+
+def test_security_contexts_take_any_value_and_a_platform_assigned_uid(render):
+    objs = render({"podSecurityContext": {"runAsUser": 123456789, "runAsGroup": 5, "fsGroup": 5}})
+    pod = objs.one("Deployment", "stoker")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 123456789 and pod["securityContext"]["fsGroup"] == 5
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # OpenShift-style: the platform assigns the UID; the chart sets none.
+    objs = render({"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
+                   "replicaCount": 2})
+    for name in ("stoker", "stoker-rendezvous"):
+        pod = objs.one("Deployment", name)["spec"]["template"]["spec"]
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(pod["securityContext"]), pod["securityContext"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for c in pod["containers"]:
+            assert "runAsUser" not in c["securityContext"] and c["securityContext"]["readOnlyRootFilesystem"]
+
+
+def test_optional_pdb_and_network_policy(render):
+    objs = render(COMBINATIONS["pdb-netpol"])
+    pdb = objs.one("PodDisruptionBudget", "stoker")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    dep = objs.one("Deployment", "stoker")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    np = objs.one("NetworkPolicy", "stoker")
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    workers, metrics, health = np["spec"]["ingress"]
+    assert workers["from"][0]["podSelector"]["matchExpressions"] == [
+        {"key": "stoker.dev/job-name", "operator": "Exists"}]  # the label every worker pod carries
+    assert {p["port"] for p in workers["ports"]} == {29400, 50051}
+    assert "from" not in metrics and metrics["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert health["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    objs = render({"podDisruptionBudget": {"enabled": True, "minAvailable": 1}, "replicaCount": 2})
+    assert objs.one("PodDisruptionBudget", "stoker")["spec"] == {
+        "minAvailable": 1, "selector": pdb["spec"]["selector"]}
+    assert not {"PodDisruptionBudget", "NetworkPolicy"} & set(render({}).kinds())

@@ -68,7 +68,7 @@ def test_worker_entry_module_answers_help():
 
 def test_dockerfiles_run_as_a_fixed_non_root_user_the_chart_expects():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    uid = values["securityContext"]["runAsUser"]
+    uid = values["podSecurityContext"]["runAsUser"]
     for path in ("operator/Dockerfile", "worker/Dockerfile"):
         final = (ROOT / path).read_text().split("\nFROM ")[-1]
         assert re.search(rf"^USER {uid}:{uid}$", final, re.M), path
@@ -78,3 +78,12 @@ def test_the_rendezvous_module_the_chart_starts_takes_a_port():
     r = subprocess.run([sys.executable, "-m", "stoker.operator.rendezvous", "--help"], capture_output=True,
                        text=True, timeout=120, cwd="/")
     assert r.returncode == 0 and "--port" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("dockerfile,extras", [("operator/Dockerfile", {"operator", "rendezvous"}),
+                                               ("worker/Dockerfile", {"worker"})])
+def test_dockerfiles_install_the_extras_their_entry_point_needs(dockerfile, extras):
+    """The base package is only the CLI: an image that installs `.` alone has no kopf / torch."""
+    text = (ROOT / dockerfile).read_text()
+    installs = re.findall(r'pip install "?\.\[([a-z,]+)\]"?', text)
+    assert installs and set(installs[0].split(",")) == extras, installs

@@ -57,6 +57,7 @@ def running_status(**over):
         "workerHeartbeats": [{"rank": 0, "step": 40, "phase": "TRAINING", "lastHeartbeatTime": ts(98)},
                              {"rank": 1, "step": 40, "phase": "TRAINING", "lastHeartbeatTime": ts(97)}],
         "incidents": [incident(30, latency=2.0, ttr=8.0)],
+        "restarts": {"infrastructure": 1, "total": 1},
     }
     st.update(over)
     return st
@@ -80,13 +81,20 @@ def test_a_running_job_exports_workers_step_checkpoint_and_goodput():
     facts = J.facts_from_status(running_status())
     s = J.job_samples("ns", "j", facts, at(100))
     got = by_name(s)
-    lab = (("job", "j"), ("namespace", "ns"))
-    assert got["stoker_job_workers"] == {lab + (("state", "desired"),): 2.0, lab + (("state", "ready"),): 2.0}
-    assert got["stoker_worker_heartbeat_age_seconds"] == {
-        (("job", "j"), ("namespace", "ns"), ("rank", "0")): 2.0,
-        (("job", "j"), ("namespace", "ns"), ("rank", "1")): 3.0}
+    assert got["stoker_job_workers"] == {
+        (("namespace", "ns"), ("state", "desired"), ("trainingjob", "j")): 2.0,
+        (("namespace", "ns"), ("state", "ready"), ("trainingjob", "j")): 2.0}
+    # timestamps, not ages: right until the next event, whenever they are scraped
+    assert got["stoker_worker_last_heartbeat_timestamp_seconds"] == {
+        (("namespace", "ns"), ("rank", "0"), ("trainingjob", "j")): at(98),
+        (("namespace", "ns"), ("rank", "1"), ("trainingjob", "j")): at(97)}
     assert one(s, "stoker_job_step") == 40 and one(s, "stoker_job_tokens_per_second") == 900.0
-    assert one(s, "stoker_checkpoint_step") == 40 and one(s, "stoker_checkpoint_age_seconds") == 10.0
+    assert one(s, "stoker_checkpoint_step") == 40 and one(s, "stoker_checkpoint_timestamp_seconds") == at(90)
+    # one phase series per phase, 1 for the current one
+    assert {dict(k)["phase"]: v for k, v in got["stoker_job_phase"].items()} == {
+        "Created": 0, "Running": 1, "Restarting": 0, "Suspended": 0, "Succeeded": 0, "Failed": 0}
+    assert {dict(k)["cause"]: v for k, v in got["stoker_trainingjob_restarts"].items()} == {
+        "userError": 0, "infrastructure": 1, "preemption": 0}
     # 100 s since start, 2 s undetected + 8 s recovering
     assert one(s, "stoker_job_goodput_ratio") == pytest.approx(0.9)
 
@@ -94,7 +102,7 @@ def test_a_running_job_exports_workers_step_checkpoint_and_goodput():
 def test_live_heartbeats_at_scrape_time_win_over_the_status_copy():
     facts = J.facts_from_status(running_status())
     s = J.job_samples("ns", "j", facts, at(100), live_heartbeats=[(0, at(99.5)), (1, at(99.75))])
-    assert sorted(by_name(s)["stoker_worker_heartbeat_age_seconds"].values()) == [0.25, 0.5]
+    assert sorted(by_name(s)["stoker_worker_last_heartbeat_timestamp_seconds"].values()) == [at(99.5), at(99.75)]
 
 
 def test_checkpoint_duration_and_bytes_come_from_the_ranks_report_of_that_save():
@@ -115,13 +123,14 @@ def test_a_save_that_did_not_commit_is_not_the_last_checkpoints_duration():
     assert "stoker_checkpoint_duration_seconds" not in s and "stoker_checkpoint_bytes" not in s
 
 
-def test_a_succeeded_job_keeps_its_totals_but_raises_no_age_or_rate_alarms():
+def test_a_succeeded_job_keeps_its_totals_but_no_heartbeats_or_rates():
     st = running_status(phase="Succeeded", readyReplicas=0, completionTime=ts(200),
                         workerHeartbeats=[{"rank": 0, "step": 60, "phase": "FINISHED", "lastHeartbeatTime": ts(199)}])
     s = by_name(J.job_samples("ns", "j", J.facts_from_status(st), at(5000), steps_per_second=3.0))
-    assert s["stoker_job_workers"][(("job", "j"), ("namespace", "ns"), ("state", "ready"))] == 0
-    assert s["stoker_checkpoint_step"] and s["stoker_job_step"]
-    for fam in ("stoker_checkpoint_age_seconds", "stoker_worker_heartbeat_age_seconds",
+    assert s["stoker_job_workers"][(("namespace", "ns"), ("state", "ready"), ("trainingjob", "j"))] == 0
+    assert s["stoker_checkpoint_step"] and s["stoker_job_step"] and s["stoker_checkpoint_timestamp_seconds"]
+    assert s["stoker_job_phase"][(("namespace", "ns"), ("phase", "Succeeded"), ("trainingjob", "j"))] == 1
+    for fam in ("stoker_worker_last_heartbeat_timestamp_seconds",
                 "stoker_job_steps_per_second", "stoker_job_tokens_per_second"):
         assert fam not in s, fam
     # goodput is frozen at completion: 10 s lost out of 200
@@ -131,7 +140,7 @@ def test_a_succeeded_job_keeps_its_totals_but_raises_no_age_or_rate_alarms():
 def test_a_created_job_has_no_goodput_and_no_checkpoint_yet():
     st = {"phase": "Created", "incarnation": 0, "readyReplicas": 0, "desiredReplicas": 2}
     s = by_name(J.job_samples("ns", "j", J.facts_from_status(st), at(100)))
-    assert set(s) == {"stoker_job_workers"}
+    assert set(s) == {"stoker_job_phase", "stoker_job_workers", "stoker_trainingjob_restarts"}
 
 
 # --------------------------------------------------------------------------- goodput, step rate
@@ -186,19 +195,20 @@ def value(scraped, name, **labels):
     return v
 
 
-def test_collector_scrape_computes_ages_at_scrape_time_from_live_heartbeats():
+def test_collector_scrape_reads_live_heartbeats_and_rates_at_scrape_time():
     now = [at(100)]
     c = J.JobMetricsCollector(clock=lambda: now[0], started_at=at(0))
     src = Source([Worker(0, 40, last_seen=at(99)), Worker(1, 41, last_seen=at(98))])
     c.observe("ns", "j", running_status(), src)
     s = scrape(c)
-    assert value(s, "stoker_worker_heartbeat_age_seconds", rank="0") == 1.0
-    assert value(s, "stoker_checkpoint_age_seconds", job="j", namespace="ns") == 10.0
+    assert value(s, "stoker_worker_last_heartbeat_timestamp_seconds", rank="0") == at(99)
+    assert value(s, "stoker_checkpoint_timestamp_seconds", trainingjob="j", namespace="ns") == at(90)
+    assert value(s, "stoker_trainingjob_restarts_total", cause="infrastructure") == 1
     now[0] = at(110)
     src.list = [Worker(0, 50, last_seen=at(109.5)), Worker(1, 50, last_seen=at(109.5))]
     s = scrape(c)
-    assert value(s, "stoker_worker_heartbeat_age_seconds", rank="1") == 0.5
-    assert value(s, "stoker_checkpoint_age_seconds") == 20.0
+    assert value(s, "stoker_worker_last_heartbeat_timestamp_seconds", rank="1") == at(109.5)
+    assert value(s, "stoker_checkpoint_timestamp_seconds") == at(90)
     assert value(s, "stoker_job_steps_per_second") == pytest.approx((50 - 41) / 10)
 
 
@@ -212,10 +222,10 @@ def test_collector_counts_each_recovery_once_across_passes_and_forgets_deleted_j
     assert value(s, "stoker_recovery_seconds_count", cause="WorkerKilled") == 1
     assert value(s, "stoker_recovery_seconds_sum", cause="WorkerKilled") == 8.0
     assert value(s, "stoker_recovery_seconds_count", cause="NodeLost") == 1
-    assert {lab["job"] for lab, _ in s["stoker_job_workers"]} == {"j", "k"}
+    assert {lab["trainingjob"] for lab, _ in s["stoker_job_workers"]} == {"j", "k"}
     c.forget("ns", "k")
     s = scrape(c)
-    assert {lab["job"] for lab, _ in s["stoker_job_workers"]} == {"j"}
+    assert {lab["trainingjob"] for lab, _ in s["stoker_job_workers"]} == {"j"}
 
 
 def test_a_restarted_operator_does_not_count_recoveries_its_predecessor_saw():
@@ -235,7 +245,7 @@ def test_a_broken_heartbeat_source_does_not_break_the_scrape():
     c.observe("ns", "j", running_status(), Broken())
     s = scrape(c)
     assert value(s, "stoker_job_step") == 40
-    assert value(s, "stoker_worker_heartbeat_age_seconds", rank="0") == 2.0  # status' copy
+    assert value(s, "stoker_worker_last_heartbeat_timestamp_seconds", rank="0") == at(98)  # status' copy
 
 
 def test_every_family_is_described_even_without_jobs():

@@ -40,6 +40,25 @@ def test_failing_pod_reports_its_exit_code(pods, process_node):
     assert (term["exitCode"], term["reason"]) == (3, "Error")
 
 
+def test_fallback_to_logs_on_error_makes_the_log_tail_the_termination_message(pods, process_node):
+    """The kubelet's terminationMessagePolicy FallbackToLogsOnError: a failed container's last
+    log lines (80 lines, 2 KiB at most) are its termination message; File (the default) and
+    a successful exit keep none."""
+    code = "import sys\nfor i in range(200): print('line', i)\nprint('bad config: lr must be > 0')\nsys.exit(2)"
+    fallback = pod_manifest("said", process_node, code)
+    fallback["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    ok = pod_manifest("ok", process_node, "print('fine')")
+    ok["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    pods.apply(fallback, pod_manifest("file", process_node, code), ok)
+    term = pods.wait_phase("said", "Failed")["status"]["containerStatuses"][0]["state"]["terminated"]
+    lines = term["message"].splitlines()
+    assert lines[-1] == "bad config: lr must be > 0" and len(lines) == 80 and len(term["message"]) <= 2048
+    term = pods.wait_phase("file", "Failed")["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert "message" not in term and term["exitCode"] == 2
+    term = pods.wait_phase("ok", "Succeeded")["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert "message" not in term
+
+
 def test_deleting_a_pod_sends_sigterm_then_removes_it(pods, process_node, tmp_path):
     marker = tmp_path / "terminated"
     code = textwrap.dedent(f"""

@@ -94,3 +94,27 @@ def test_regular_wheel_install_imports_from_repo_root(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=60,
     ).stdout
     assert str(env_dir) in site, f"imported from the checkout, not the wheel: {site}"
+
+
+def test_krew_manifest_template_is_a_valid_plugin_manifest_for_the_kubectl_plugin():
+    import re
+
+    import yaml
+
+    text = (REPO / ".krew.yaml").read_text()
+    # what krew-release-bot does with the template on tag v1.2.3
+    text = re.sub(r'\{\{ addURIAndSha "([^"]+)" \.TagName \}\}',
+                  lambda m: f"uri: {m.group(1)}\n      sha256: {'ab' * 32}", text)
+    text = text.replace("{{ .TagName }}", "v1.2.3")
+    m = yaml.safe_load(text)
+    assert m["apiVersion"] == "krew.googlecontainertools.github.com/v1alpha2" and m["kind"] == "Plugin"
+    assert m["metadata"]["name"] == "stoker" and m["spec"]["version"] == "v1.2.3"
+    assert len(m["spec"]["shortDescription"]) <= 50
+    for platform in m["spec"]["platforms"]:
+        assert platform["uri"].endswith("/v1.2.3/kubectl-stoker.tar.gz") and len(platform["sha256"]) == 64
+        assert platform["bin"] == "kubectl-stoker" and platform["selector"]["matchExpressions"]
+    # krew runs `kubectl-stoker`: the console script the distribution installs under that name
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["kubectl-stoker"] == "stoker.cli.main:main"

@@ -15,10 +15,14 @@ from tests.recovery_tests.trainer_configs import write_config
 
 
 def trainer_job(name: str, config: pathlib.Path, bucket: str, *, replicas: int = 2, node_selector: dict,
-                failure_policy: dict | None = None) -> dict:
+                failure_policy: dict | None = None, journal_dir: pathlib.Path | None = None) -> dict:
+    """The job; with ``journal_dir`` its workers keep the append-only step journal there
+    (stoker.worker.journal: what "no step computed twice" is asserted from)."""
     container = {"name": "trainer", "image": "local/python",
                  "command": [sys.executable, "-m", "stoker.worker.train", str(config)],
                  "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}
+    if journal_dir is not None:
+        container["env"].append({"name": "STOKER_STEP_JOURNAL_DIR", "value": str(journal_dir)})
     return {
         "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
         "spec": {
@@ -110,7 +114,7 @@ class Run:
 
 def start_trainer_job(*, cluster, kube, namespace: str, bucket: str, operator, tmp_path: pathlib.Path, name: str,
                       cfg: dict, node_selector: dict, replicas: int = 2, failure_policy: dict | None = None,
-                      edit: Callable[[dict], None] | None = None) -> Run:
+                      journal_dir: pathlib.Path | None = None, edit: Callable[[dict], None] | None = None) -> Run:
     """The operator (heartbeat service on), the S3 Secret, the trainer's config under
     ``tmp_path/job`` and the TrainingJob (``edit(body)`` changes it before it is created)."""
     op = operator()
@@ -118,7 +122,7 @@ def start_trainer_job(*, cluster, kube, namespace: str, bucket: str, operator, t
     out = tmp_path / "job"
     path = write_config(out / "config.json", cfg, out)
     body = trainer_job(name, path, bucket, replicas=replicas, node_selector=node_selector,
-                       failure_policy=failure_policy)
+                       failure_policy=failure_policy, journal_dir=journal_dir)
     if edit is not None:
         edit(body)
     create_job(kube, namespace, body)

@@ -200,6 +200,22 @@ def test_a_checkpoint_in_progress_extends_the_progress_timeout():
     assert D.check_heartbeats(r, TO, 118.0, NOW) is None
 
 
+def test_the_end_of_a_save_that_held_the_step_is_not_a_hang():
+    """Found by bench/chaos.py (S3 down 10 s, progressTimeoutSeconds 5): the coordinator's
+    commit retried for 20 s with the ranks CHECKPOINTING (exempt), and the moment it
+    ended, before the next step, the stall since the last step (20 s) read as a hang."""
+    tr = H.ProgressTracker()
+    tr.observe("ns", "j", rank=0, incarnation=0, step=24, now=0.0, step_time_s=0.1)
+    tr.observe("ns", "j", rank=0, incarnation=0, step=25, now=0.1, step_time_s=0.1)
+    for t in range(1, 21):
+        r = tr.observe("ns", "j", rank=0, incarnation=0, step=25, now=float(t), phase="CHECKPOINTING")
+        assert D.check_heartbeats([r], D.Timeouts(progress_s=5), float(t), NOW) is None
+    r = tr.observe("ns", "j", rank=0, incarnation=0, step=25, now=20.5, phase="TRAINING")
+    assert D.check_heartbeats([r], D.Timeouts(progress_s=5), 21.0, NOW) is None
+    # ... and a step that then does not come is a hang again after the timeout
+    assert D.check_heartbeats([r], D.Timeouts(progress_s=5), 26.0, NOW).cause == D.HANG
+
+
 @pytest.mark.parametrize("t, times, ck, expect", [
     (D.Timeouts(progress_s=None), (), None, 30.0),                     # floor
     (D.Timeouts(progress_s=None), (0.5, 4.0, 1.0), None, 40.0),        # 10 x slowest

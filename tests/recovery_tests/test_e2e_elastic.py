@@ -8,12 +8,15 @@ replacement waits Pending for capacity while the two survivors re-rendezvous
 checkpoint, written at world size 3. When a node joins the pool the replacement
 is scheduled there, the survivors' agents let it in, and the job grows back to
 world size 3 from a checkpoint written at world size 2, then ends Succeeded with
-one metrics line per step and no loss jump at either change."""
+one metrics line per step. What it proves about the numbers is a stated tolerance, not
+bit-identity (the world size changes the fp32 reduction order): every step's loss is
+within ELASTIC_LOSS_RTOL (1e-5 relative, README) of the undisturbed world-3 run."""
 from __future__ import annotations
 
 import pathlib
 import signal
 import time
+import uuid
 
 import pytest
 
@@ -21,17 +24,42 @@ from tests.operator_tests.conftest import wait_for, worker_pods
 
 from .conftest import POOL_LABEL, reference_run, trainer_config
 from .e2e import metrics_rows, pod_node, status, summary_of
+from .test_e2e_recovery import ELASTIC_LOSS_RTOL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 GPU = "nvidia.com/gpu"
 HEARTBEAT_TIMEOUT = 30
-LOSS_RTOL = 1e-5  # observed: ~1e-7 (fp32 reduction order only)
+LOSS_RTOL = ELASTIC_LOSS_RTOL  # 1e-5; observed: ~1e-7 (fp32 reduction order only)
 STEPS = 330
 # The world-2 survivors stop at this step (after committing it) until the pool grows
 # back: capacity appears while they are known to be there. It is far enough out that
 # the node loss always happens before the world-3 workers reach it.
 HOLD = 300
+
+
+@pytest.fixture
+def gpu_nodes(cluster):
+    """(selector, add): process nodes of a pool of our own, each with one GPU, so
+    each takes exactly one worker; ``add(n)`` starts n more. Stopped afterwards."""
+    tag = uuid.uuid4().hex[:6]
+    selector = {POOL_LABEL: f"el-{tag}"}
+    started: list[str] = []
+
+    def add(n: int) -> list[str]:
+        names = []
+        for _ in range(n):
+            name = f"el-{tag}-{len(started)}"
+            cluster.start_process_node(name, gpus=1, labels=selector)
+            started.append(name)
+            names.append(name)
+        return names
+
+    yield selector, add
+    for name in started:
+        cluster.stop_process_node(name)
+    if started:
+        cluster.delete_nodes(started)
 
 
 def pods_by_name(kube, namespace, job) -> dict[str, dict]:
@@ -79,8 +107,7 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
         body["spec"].update(minReplicas=2, maxReplicas=3)
         body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {GPU: 1}}
 
-    run = trainer_run(name="el", cfg=cfg, replicas=3, node_selector=selector, edit=edit,
-                      failure_policy={"progressTimeoutSeconds": 600, "heartbeatTimeoutSeconds": HEARTBEAT_TIMEOUT})
+    run = trainer_run(name="el", cfg=cfg, replicas=3, node_selector=selector, failure_policy={"progressTimeoutSeconds": 600, "heartbeatTimeoutSeconds": HEARTBEAT_TIMEOUT}, edit=edit)
     out, diag = run.out, run.diag
 
     wait_for("training at world size 3", lambda: any(r["world_size"] == 3 and r["step"] >= 15
@@ -112,7 +139,8 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
     assert "while 2 workers continue" in inc["message"]
 
     # (b) the survivors train on at world size 2 up to HOLD and commit it, while the
-    # replacement cannot be scheduled: the two live nodes' GPUs are taken, the lost node avoided
+    # replacement cannot be scheduled: the two live nodes' GPUs are taken, the lost node is tainted
+    # (NotReady) and its preferred avoidance term is on the pod
     wait_for("checkpoint HOLD written at world size 2",
              lambda: (lc := status(kube, namespace, "el").get("lastCheckpoint") or {}).get("step") == HOLD
              and lc.get("worldSize") == 2, timeout=400, on_timeout=diag)
@@ -121,9 +149,8 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
     repl = pods_by_name(kube, namespace, "el")[victim]
     assert repl["metadata"]["uid"] != before[victim]["metadata"]["uid"]
     assert repl["status"]["phase"] == "Pending" and not repl["spec"].get("nodeName")
-    terms = repl["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert {"key": "metadata.name", "operator": "NotIn", "values": [lost]} in terms["nodeSelectorTerms"][0][
-        "matchFields"]
+    [term] = repl["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert {"key": "metadata.name", "operator": "NotIn", "values": [lost]} in term["preference"]["matchFields"]
     # Waiting for capacity takes as long as it takes: past the heartbeat timeout, the lost
     # rank's silence must not be held against the replacement (same pod name) or anyone else.
     time.sleep(max(0.0, killed_at + HEARTBEAT_TIMEOUT + 10 - time.monotonic()))
@@ -184,6 +211,6 @@ def test_a_replacement_that_avoids_several_nodes_is_a_valid_pod(kube, namespace)
                                       "nodeSelector": {POOL_LABEL: "none"}}, ["lost-a", "lost-b", "lost-c"])
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "avoids-three"}, "spec": spec}
     made = kube.core.create_namespaced_pod(namespace, pod, dry_run="All")
-    fields = made.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution \
-        .node_selector_terms[0].match_fields
+    [term] = made.spec.affinity.node_affinity.preferred_during_scheduling_ignored_during_execution
+    fields = term.preference.match_fields
     assert sorted(f.values[0] for f in fields) == ["lost-a", "lost-b", "lost-c"]

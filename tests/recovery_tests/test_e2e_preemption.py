@@ -18,12 +18,28 @@ import pytest
 
 from tests.operator_tests.conftest import wait_for, worker_pods
 
-from .conftest import reference_summary, trainer_config
+from . import faults as F
+from .conftest import POOL_LABEL, reference_summary, trainer_config
 from .e2e import metrics_rows, status, summary_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 GPU = "nvidia.com/gpu"
+
+
+@pytest.fixture
+def gpu_nodes(cluster):
+    """Three process nodes with one nvidia.com/gpu each, labelled for this test only."""
+    tag = uuid.uuid4().hex[:6]
+    names = [f"pre-{tag}-{i}" for i in range(3)]
+    try:
+        for name in names:
+            cluster.start_process_node(name, gpus=1, labels={POOL_LABEL: f"pre-{tag}"})
+        yield {POOL_LABEL: f"pre-{tag}"}, names
+    finally:
+        for name in names:
+            cluster.stop_process_node(name)
+        cluster.delete_nodes(names)
 
 
 @pytest.fixture
@@ -54,18 +70,18 @@ def preemptor(name: str, node: str, priority_class: str) -> dict:
 
 def test_a_preempted_worker_drains_with_a_checkpoint_and_the_job_resumes_without_recomputing_a_step(
         cluster, kube, namespace, bucket, gpu_nodes, priority_class, trainer_run, tmp_path):
-    selector, add_nodes = gpu_nodes
-    add_nodes(3)
+    selector, _ = gpu_nodes
     steps = 200
     cfg = trainer_config(steps)
     ref = reference_summary(tmp_path, cfg, 2)
+    jdir = tmp_path / "journal"
 
     def edit(body):
         tspec = body["spec"]["template"]["spec"]
         tspec["terminationGracePeriodSeconds"] = 30  # room for the drain (the launcher holds SIGTERM for 25 s at most)
         tspec["containers"][0]["resources"] = {"limits": {GPU: "1"}, "requests": {GPU: "1"}}
 
-    run = trainer_run(name="pre", cfg=cfg, node_selector=selector, edit=edit)
+    run = trainer_run(name="pre", cfg=cfg, node_selector=selector, journal_dir=jdir, edit=edit)
     out, diag = run.out, run.diag
     wait_for("training past step 15", lambda: any(r["step"] >= 15 for r in metrics_rows(out)), timeout=300,
              interval=0.05, on_timeout=diag)
@@ -90,9 +106,10 @@ def test_a_preempted_worker_drains_with_a_checkpoint_and_the_job_resumes_without
     final = summary_of(out)
     assert final["step"] == steps and final["resumed_from"] == stop_step
     assert final["checksum"] == ref["checksum"]
-    rows = metrics_rows(out)
-    # every step exactly once: the new incarnation resumed at the drain checkpoint
-    assert sorted(r["step"] for r in rows) == list(range(1, steps + 1))
+    # every step computed exactly once (rank 0's append-only journal; the metrics file is
+    # trimmed on resume): the new incarnation resumed at the drain checkpoint
+    assert F.computed_steps(jdir) == list(range(1, steps + 1))
+    assert F.resumed_steps(jdir) == [stop_step]
     st = status(kube, namespace, "pre")
     assert st["incarnation"] == 1
     assert st["restarts"] == {"userError": 0, "infrastructure": 0, "preemption": 1, "total": 1}

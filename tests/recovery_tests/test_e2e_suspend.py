@@ -8,6 +8,7 @@ import pytest
 
 from tests.operator_tests.conftest import patch_job, wait_for, worker_pods
 
+from . import faults as F
 from .conftest import reference_summary, trainer_config
 from .e2e import metrics_rows, status, summary_of
 
@@ -18,7 +19,8 @@ def test_suspend_drains_with_a_checkpoint_and_resume_continues_at_that_step_iden
         cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     # far more steps than pass between the suspend and the workers' stop (a few seconds)
     cfg = trainer_config(1000)
-    run = trainer_run(name="sus", cfg=cfg, node_selector=recovery_pool)
+    jdir = tmp_path / "journal"
+    run = trainer_run(name="sus", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
     out, diag = run.out, run.diag
     wait_for("training", lambda: any(r["step"] >= 15 for r in metrics_rows(out)), timeout=300, interval=0.05,
              on_timeout=diag)
@@ -43,7 +45,9 @@ def test_suspend_drains_with_a_checkpoint_and_resume_continues_at_that_step_iden
     final = summary_of(out)
     assert final is not None and final["step"] == 1000
     assert final["resumed_from"] == stop_step  # resumed exactly where the workers stopped
-    assert sorted(r["step"] for r in metrics_rows(out)) == list(range(1, 1001))
+    # every step computed exactly once (rank 0's append-only journal over both incarnations)
+    assert F.computed_steps(jdir) == list(range(1, 1001))
+    assert F.resumed_steps(jdir) == [stop_step]
     assert final["checksum"] == reference_summary(tmp_path, cfg, 2)["checksum"]
     st = status(kube, namespace, "sus")
     assert st["restarts"]["userError"] == 0

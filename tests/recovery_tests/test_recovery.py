@@ -110,37 +110,56 @@ def test_elastic_jobs_replace_failed_pods_while_enough_workers_survive():
 
 def test_replacements_avoid_recently_failed_nodes_for_node_causes_only():
     hist = [inc(D.NODE_LOST, node="a"), inc(D.WORKER_CRASHED, node="b"), inc(D.HEARTBEAT_LOST, node="c"),
-            inc(D.PREEMPTED, node="d"), inc(D.EVICTED, node="e")]
-    assert R.nodes_to_avoid(hist, finding(D.HANG, node="f"), max_n=3) == ("f", "e", "c")
-    assert R.nodes_to_avoid(hist, None, max_n=10) == ("e", "c", "a")
+            inc(D.PREEMPTED, node="d"), inc(D.EVICTED, node="e"), inc(D.HANG, node="g")]
+    assert R.nodes_to_avoid(hist, finding(D.NODE_LOST, node="f"), max_n=3) == ("f", "g", "e")
+    assert R.nodes_to_avoid(hist, None, max_n=10) == ("g", "e", "c", "a")
     assert R.nodes_to_avoid([], finding(D.WORKER_CRASHED)) == ()
 
 
-def test_anti_affinity_is_added_to_every_required_term_and_keeps_the_rest():
+def test_a_hang_or_a_silent_process_is_not_its_nodes_fault_only_preferred_against():
+    """Issue 11: SIGSTOP on node a, then on node b: blaming each hang on its node (a
+    required exclusion) left a 2-node pool with no node to go to. A hang is not counted
+    against its node (NodeHealth: no report, no cordon); replacements only prefer other
+    nodes, because a node being lost is often first seen as a hang (bench/chaos.py)."""
+    assert D.HANG not in R.NODE_CAUSES and D.HEARTBEAT_LOST not in R.NODE_CAUSES
+    hist = [inc(D.HANG, node="a"), inc(D.WORKER_KILLED, node="b")]
+    avoid = R.nodes_to_avoid(hist, finding(D.HANG, node="b"))
+    assert avoid == ("b", "a")
+    spec = R.with_node_anti_affinity({"containers": []}, avoid)
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in spec["affinity"]["nodeAffinity"]
+
+
+def test_avoidance_is_preferred_never_required_and_keeps_the_users_terms():
+    user_required = {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}
     spec = {"containers": [], "affinity": {
-        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}],
-             "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["old"]}]}]},
-            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {}}]},
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": user_required,
+                         "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {}}]},
         "podAntiAffinity": {"x": 1}}}
     out = R.with_node_anti_affinity(spec, ["n2", "n1"])
-    terms = out["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    na = out["affinity"]["nodeAffinity"]
+    # the user's required terms are untouched: avoidance alone can never make a pod unschedulable
+    assert na["requiredDuringSchedulingIgnoredDuringExecution"] == user_required
     # one expression per node: the API server takes one value for matchFields In/NotIn
     want = [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]},
             {"key": "metadata.name", "operator": "NotIn", "values": ["n2"]}]
-    assert [t["matchFields"] for t in terms] == [want, want]
-    assert terms[0]["matchExpressions"][0]["values"] == ["a"]
+    assert na["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        {"weight": 1, "preference": {}}, {"weight": R.AVOID_WEIGHT, "preference": {"matchFields": want}}]
     assert out["affinity"]["podAntiAffinity"] == {"x": 1}
-    assert out["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-    assert "matchFields" not in spec["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]  # input untouched
+    assert len(spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]) == 1  # input untouched
+    # applied again (a later restart): one avoidance term, the newest set of nodes
+    again = R.with_node_anti_affinity(out, ["n3"])["affinity"]["nodeAffinity"]
+    assert again["preferredDuringSchedulingIgnoredDuringExecution"][-1]["preference"]["matchFields"] == [
+        {"key": "metadata.name", "operator": "NotIn", "values": ["n3"]}]
+    assert len(again["preferredDuringSchedulingIgnoredDuringExecution"]) == 2
 
 
 def test_anti_affinity_on_a_bare_spec_and_with_no_nodes():
     out = R.with_node_anti_affinity({"containers": []}, ["n1"])
-    assert out["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == {
-        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}]}
+    assert out["affinity"]["nodeAffinity"] == {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "preference": {"matchFields": [{"key": "metadata.name", "operator": "NotIn",
+                                                        "values": ["n1"]}]}}]}
     assert R.with_node_anti_affinity({"containers": []}, []) == {"containers": []}
 
 

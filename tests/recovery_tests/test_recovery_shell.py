@@ -86,8 +86,8 @@ def test_new_pods_get_the_token_by_reference_and_avoid_failed_nodes():
     assert env[E.JOB_TOKEN] == {"name": E.JOB_TOKEN, "valueFrom": {"secretKeyRef": {"name": "stoker-j-token",
                                                                                      "key": "token"}}}
     assert env[E.HEARTBEAT_INTERVAL]["value"] == "1"
-    terms = out["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["n1"]
+    [term] = out["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["preference"]["matchFields"][0]["values"] == ["n1"]
 
 
 def test_on_call_requests_are_acknowledged_on_the_job():

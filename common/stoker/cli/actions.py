@@ -3,7 +3,8 @@
 
 `checkpoint` and `restart` (whole job) set a request annotation
 (stoker.common.labels.CHECKPOINT_REQUEST / RESTART_REQUEST = a fresh request
-id) that the operator acts on; `restart --rank N` deletes that worker's pod
+id) that the operator acts on; `restart --rank N` (global rank) or `--replica I`
+(replica index) deletes that worker's pod
 (the operator replaces it). `suspend`/`resume` patch spec.runPolicy.suspend;
 `scale` uses the scale subresource after checking the elastic range."""
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 
 from stoker.common import labels as L
 
-from . import common, facts
+from . import common, facts, workers
 from .kubeclient import EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT, CliError, Kube, job_path
 from .output import dumps
 
@@ -108,7 +109,7 @@ def cmd_checkpoint(args, kube: Kube) -> int:
 # --------------------------------------------------------------------- restart
 def cmd_restart(args, kube: Kube) -> int:
     job = kube.get_job(args.namespace, args.job)
-    if args.rank is None:
+    if args.rank is None and args.replica is None:
         rid = request_id()
         annotate(kube, args.namespace, args.job, L.RESTART_REQUEST, rid)
         doc = {"job": args.job, "namespace": args.namespace, "action": "restart-job",
@@ -117,15 +118,15 @@ def cmd_restart(args, kube: Kube) -> int:
         _report(args, doc, f"restart requested for job {args.job} (request {rid}); the operator starts a new "
                            f"incarnation (watch with `stoker get {args.job}`)")
         return EXIT_OK
-    from .logs import select_workers
-
-    pods = select_workers(kube.job_pods(args.namespace, args.job), args.rank)
+    pods = workers.select(job, kube.job_pods(args.namespace, args.job), args.rank, args.replica)
     if not pods:
-        raise CliError(f"job {args.job} has no worker with rank {args.rank}", EXIT_NOT_FOUND)
+        raise CliError(f"job {args.job} has no worker pod for rank {args.rank} right now", EXIT_NOT_FOUND)
     pod = pods[0]["metadata"]["name"]
     kube.delete(f"/api/v1/namespaces/{args.namespace}/pods/{pod}")
-    doc = {"job": args.job, "namespace": args.namespace, "action": "delete-worker", "rank": args.rank, "pod": pod}
-    _report(args, doc, f"deleted pod {pod} (rank {args.rank} of job {args.job}); the operator replaces it")
+    which = f"rank {args.rank}" if args.rank is not None else f"replica {args.replica}"
+    doc = {"job": args.job, "namespace": args.namespace, "action": "delete-worker", "rank": args.rank,
+           "replica": args.replica, "pod": pod}
+    _report(args, doc, f"deleted pod {pod} ({which} of job {args.job}); the operator replaces it")
     return EXIT_OK
 
 
@@ -169,9 +170,10 @@ def add_parser(sub) -> None:
     p.add_argument("--wait", action="store_true", help="wait until status.lastCheckpoint passes the request")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (exit code 5 when it gives up)")
     p = common.add(sub, "restart", cmd_restart,
-                   f"restart a job (annotation {L.RESTART_REQUEST}) or one worker (--rank N: delete its pod)")
+                   f"restart a job (annotation {L.RESTART_REQUEST}) or one worker (--rank N / --replica I: "
+                   f"delete its pod)")
     p.add_argument("job")
-    p.add_argument("--rank", type=int, default=None, help="only this worker: delete its pod")
+    workers.add_arguments(p, "delete")
     p = common.add(sub, "suspend", cmd_suspend, "suspend a job (spec.runPolicy.suspend=true: workers are deleted)")
     p.add_argument("job")
     p = common.add(sub, "resume", cmd_resume, "resume a suspended job (spec.runPolicy.suspend=false)")

@@ -13,12 +13,16 @@ import sys
 DEFAULT_PROCESS_NODES = 2
 
 
+CLUSTER_EXTRA = "pip install 'stoker[cluster]'"
+
+
 def load_local_module():
     try:
         from stoker.devcluster import local
-    except ImportError as exc:  # e.g. `cryptography` missing from a partial install
-        raise SystemExit(f"stoker cluster: the dev cluster cannot be loaded ({exc}); "
-                         "install stoker with its dependencies (pip install stoker)") from exc
+    except ImportError as exc:  # `cryptography` or `kubernetes` missing: the base install has neither
+        missing = f"the Python package {exc.name!r} is" if exc.name else "a Python package is"
+        raise SystemExit(f"stoker cluster: {missing} not installed ({exc}); the local dev cluster needs the "
+                         f"`cluster` extra: {CLUSTER_EXTRA}") from exc
     return local
 
 
@@ -30,7 +34,8 @@ def _cluster(args: argparse.Namespace):
 def cmd_up(args: argparse.Namespace) -> int:
     local, c = _cluster(args)
     try:
-        c.up(kwok_nodes=args.kwok_nodes, process_nodes=args.process_nodes, gpus=args.gpus)
+        c.up(kwok_nodes=args.kwok_nodes, process_nodes=args.process_nodes, gpus=args.gpus,
+             real_nodes=args.real_nodes)
     except local.ClusterError as exc:
         print(f"stoker cluster up: {exc}", file=sys.stderr)
         return 1
@@ -79,6 +84,10 @@ def add_parser(sub) -> None:
     up.add_argument("--process-nodes", type=int, default=DEFAULT_PROCESS_NODES, metavar="N",
                     help="nodes whose pods run as local processes (stoker.devcluster.nodeagent); "
                          f"default {DEFAULT_PROCESS_NODES}, so the README's examples run")
+    up.add_argument("--real-nodes", type=int, default=0, metavar="N",
+                    help="real nodes: kubelet + containerd + kube-proxy, each in its own network "
+                         "namespace (root, Linux; packages from "
+                         "devcluster/stoker/devcluster/install-node-packages.sh)")
     up.add_argument("--gpus", type=int, default=8, metavar="N", help="GPUs per node (default 8)")
     up.set_defaults(func=cmd_up)
 

@@ -9,21 +9,36 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import sys
 from typing import Callable
 
 from .kubeclient import EXIT_ERROR, CliError, Kube
 from .output import FORMATS, use_colour
 
+DEFAULT_REQUEST_TIMEOUT = 15.0
 
-def global_flags() -> argparse.ArgumentParser:
+
+def request_timeout(text: str) -> float | None:
+    """kubectl's --request-timeout: seconds, or a duration with a unit (30s, 2m, 1h); 0 waits forever."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid --request-timeout {text!r}: use seconds or a duration like 30s, 2m, 1h")
+    seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return seconds or None
+
+
+def global_flags(formats: tuple[str, ...] = FORMATS) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("cluster and output")
     g.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     g.add_argument("--context", default=None, help="kubeconfig context")
     g.add_argument("-n", "--namespace", default=None, help="namespace (default: the context's, else 'default')")
     g.add_argument("-A", "--all-namespaces", action="store_true", help="all namespaces")
-    g.add_argument("-o", "--output", choices=FORMATS, default="table", help="output format")
+    g.add_argument("-o", "--output", choices=formats, default="table", help="output format")
+    g.add_argument("--request-timeout", type=request_timeout, default=DEFAULT_REQUEST_TIMEOUT, metavar="DURATION",
+                   help=f"give up on one API request after this long (seconds, or 30s, 2m; 0: never; "
+                        f"default {DEFAULT_REQUEST_TIMEOUT:g}s)")
     return p
 
 
@@ -32,7 +47,8 @@ def now() -> dt.datetime:
 
 
 def connect(args) -> Kube:
-    kube = Kube(args.kubeconfig, args.context)
+    kube = Kube(args.kubeconfig, args.context,
+                request_timeout=getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT))
     if not args.namespace:
         args.namespace = kube.namespace
     return kube
@@ -64,8 +80,9 @@ def runner(fn: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def add(sub, name: str, fn: Callable[..., int], help: str, description: str | None = None) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, parents=[global_flags()], help=help, description=description or help,
+def add(sub, name: str, fn: Callable[..., int], help: str, description: str | None = None,
+        formats: tuple[str, ...] = FORMATS) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, parents=[global_flags(formats)], help=help, description=description or help,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=runner(fn))
     return p

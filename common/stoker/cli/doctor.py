@@ -214,7 +214,8 @@ def check_bucket(kube: Kube, namespace: str, job: dict) -> dict:
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
-        return _row("bucket", "FAIL", "boto3 is not installed here (pip install boto3) - cannot check the bucket")
+        return _row("bucket", "SKIP", "boto3 is not installed here: pip install 'stoker[worker]' "
+                                      "(or boto3) to check the bucket")
     s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=vals[E.S3_ACCESS_KEY],
                       aws_secret_access_key=vals[E.S3_SECRET_KEY], region_name=vals.get(E.S3_REGION) or "us-east-1",
                       config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}))

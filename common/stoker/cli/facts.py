@@ -135,7 +135,7 @@ def open_incident(incidents: list[Mapping]) -> Mapping | None:
 
 
 def health(job: Mapping, ready: int | None, desired: int | None, now: dt.datetime) -> tuple[str, str]:
-    """(HEALTH, why): OK, PENDING, DEGRADED, RECOVERING, STALLED, SUSPENDED, DONE, FAILED."""
+    """(HEALTH, why): OK, PENDING, WAITING, DEGRADED, RECOVERING, STALLED, SUSPENDED, DONE, FAILED."""
     st, spec = job.get("status") or {}, job.get("spec") or {}
     phase = st.get("phase") or ""
     if phase == "Failed":
@@ -144,6 +144,10 @@ def health(job: Mapping, ready: int | None, desired: int | None, now: dt.datetim
         return "DONE", "job succeeded"
     if phase == "Suspended" or (spec.get("runPolicy") or {}).get("suspend"):
         return "SUSPENDED", "spec.runPolicy.suspend is true"
+    wait = next((c for c in st.get("conditions") or [] if c.get("type") == "Waiting" and c.get("status") == "True"),
+                None)
+    if wait:  # workers cannot start: the operator's Waiting condition says why and since when
+        return "WAITING", f"{wait.get('reason')}: {wait.get('message')}"
     inc = open_incident(list(st.get("incidents") or []))
     if phase == "Restarting" or inc:
         why = (inc or {}).get("message") or st.get("reason") or "restarting"
@@ -208,6 +212,7 @@ def incident_rows(job: Mapping) -> list[dict[str, Any]]:
             "exitCode": inc.get("exitCode"), "step": inc.get("step"),
             "incarnation": inc.get("incarnation"),
             "message": inc.get("message"),
+            "error": inc.get("error"),
             "detectionLatencySeconds": _num(inc.get("detectionLatencySeconds")),
             "recoveredAt": inc.get("recoveredAt"),
             "timeToRecoverSeconds": _num(inc.get("timeToRecoverSeconds")),

@@ -12,7 +12,7 @@ from stoker.common import labels as L
 
 from . import common, facts
 from .kubeclient import EXIT_OK, Kube
-from .output import (dash, dumps, human_duration, human_rate, key_values, age_seconds, paint,
+from .output import (FORMATS, dash, dumps, human_duration, human_rate, key_values, age_seconds, paint,
                      paint_state, table)
 
 
@@ -42,7 +42,7 @@ def get_rows(summaries: list[dict], all_ns: bool, colour: bool) -> tuple[list[st
 
 def _summaries(kube: Kube, args, name: str | None = None) -> list[dict]:
     ns = None if args.all_namespaces else args.namespace
-    jobs = [kube.get_job(args.namespace, name)] if name else kube.list_jobs(ns)
+    jobs = [kube.get_job(args.namespace, name)] if name else kube.list_jobs(ns, getattr(args, "selector", None))
     pods = kube.job_pods(None if args.all_namespaces else args.namespace, name)
     by_job: dict[tuple, list] = {}
     for p in pods:
@@ -56,6 +56,9 @@ def _summaries(kube: Kube, args, name: str | None = None) -> list[dict]:
 
 def cmd_get(args, kube: Kube) -> int:
     summaries = _summaries(kube, args, args.job)
+    if args.output == "name":  # like kubectl: one TYPE/NAME per line, for scripts
+        print("".join(f"{L.PLURAL[:-1]}.{L.GROUP}/{s['name']}\n" for s in summaries), end="")
+        return EXIT_OK
     if args.output != "table":
         doc: Any = summaries[0] if args.job else {"items": summaries}
         print(dumps(doc, args.output))
@@ -179,6 +182,10 @@ def render_describe(d: dict, colour: bool) -> str:
                          dash(where), _secs(i["detectionLatencySeconds"]), recovered, dash(i["message"])[:120]])
         out.append(_indent(table(["TIME", "KIND", "CAUSE", "DETECTED", "WHERE", "DETECT LATENCY", "RECOVERED",
                                   "MESSAGE"], rows)))
+        said = next((i for i in reversed(d["incidents"]) if i.get("error")), None)
+        if said:  # what the failed trainer said last (its termination message / log tail)
+            out.append(f"\n  Last error ({said['time']}, {said.get('pod') or '-'}):")
+            out.append(_indent(said["error"], 4))
     else:
         out.append("  <none>")
     out.append("\nEvents:")
@@ -258,8 +265,11 @@ def cmd_top(args, kube: Kube) -> int:
 
 
 def add_parser(sub) -> None:
-    p = common.add(sub, "get", cmd_get, "list TrainingJobs (phase, workers, step, tokens/s, last checkpoint, health)")
+    p = common.add(sub, "get", cmd_get, "list TrainingJobs (phase, workers, step, tokens/s, last checkpoint, health)",
+                   formats=(*FORMATS, "name"))
     p.add_argument("job", nargs="?", help="one job (default: all in the namespace)")
+    p.add_argument("-l", "--selector", default=None, metavar="SELECTOR",
+                   help="only jobs whose labels match (kubectl syntax: team=nlp,tier!=test)")
     p = common.add(sub, "describe", cmd_describe,
                    "one job in detail: spec, workers, last checkpoint, conditions, incidents, events")
     p.add_argument("job")

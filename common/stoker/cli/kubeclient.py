@@ -43,51 +43,38 @@ def job_path(namespace: str, name: str = "") -> str:
 
 
 class Kube:
-    """Thin REST shell over the kubernetes client's ApiClient."""
+    """Thin REST shell over urllib3 (see kubeconfig.py for how the cluster is found)."""
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None,
                  request_timeout: float = 15.0) -> None:
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
+        from .kubeconfig import ConfigError, load
 
-        cfg = client.Configuration()
-        self.namespace = "default"
-        path = kubeconfig or None
+        if kubeconfig and not os.path.exists(os.path.expanduser(kubeconfig)):
+            raise CliError(f"kubeconfig {kubeconfig} does not exist; {HOW_TO_POINT}", EXIT_UNREACHABLE)
         try:
-            if path and not os.path.exists(os.path.expanduser(path)):
-                raise CliError(f"kubeconfig {path} does not exist; {HOW_TO_POINT}", EXIT_UNREACHABLE)
-            env_cfg = os.environ.get("KUBECONFIG")
-            default = os.path.expanduser("~/.kube/config")
-            if path or env_cfg or os.path.exists(default):
-                config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
-                _, active = config.list_kube_config_contexts(config_file=path)
-                if context:
-                    contexts, _ = config.list_kube_config_contexts(config_file=path)
-                    active = next((c for c in contexts if c.get("name") == context), active)
-                self.namespace = ((active or {}).get("context") or {}).get("namespace") or "default"
-            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_incluster_config(client_configuration=cfg)
-                try:
-                    with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
-                        self.namespace = f.read().strip() or "default"
-                except OSError:
-                    pass
-            else:
-                raise CliError(f"no cluster configured (no --kubeconfig, KUBECONFIG or ~/.kube/config); "
-                               f"{HOW_TO_POINT}", EXIT_UNREACHABLE)
-        except ConfigException as e:
+            conn = load(kubeconfig, context)
+        except ConfigError as e:
             raise CliError(f"cannot load the cluster configuration: {e}; {HOW_TO_POINT}", EXIT_UNREACHABLE) from e
-        self.cfg = cfg
-        self.server = cfg.host
+        if conn is None:
+            raise CliError(f"no cluster configured (no --kubeconfig, KUBECONFIG or ~/.kube/config); "
+                           f"{HOW_TO_POINT}", EXIT_UNREACHABLE)
+        self.conn = conn
+        self.namespace = conn.namespace
+        self.server = conn.server
         self.timeout = request_timeout
-        self._pool = _pool_manager(cfg)
+        self._pool = _pool_manager(conn)
 
     # ---------------------------------------------------------------- requests
     def _headers(self) -> dict[str, str]:
+        from .kubeconfig import ConfigError
+
         headers = {"Accept": "application/json", "User-Agent": "stoker-cli"}
-        for auth in (self.cfg.auth_settings() or {}).values():  # bearer tokens (refreshed by exec plugins)
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
+        try:
+            auth = self.conn.authorization()  # tokens rotate (exec plugins, projected tokens)
+        except ConfigError as e:
+            raise CliError(f"cannot get credentials: {e}; {HOW_TO_POINT}", EXIT_UNREACHABLE) from e
+        if auth:
+            headers["Authorization"] = auth
         return headers
 
     def request(self, method: str, path: str, *, query: dict | None = None, body: Any = None,
@@ -168,10 +155,10 @@ class Kube:
             resp.release_conn()
 
     # ------------------------------------------------------------------- jobs
-    def list_jobs(self, namespace: str | None) -> list[dict]:
+    def list_jobs(self, namespace: str | None, selector: str | None = None) -> list[dict]:
         path = f"{JOBS}/{L.PLURAL}" if namespace is None else job_path(namespace)
         try:
-            return self.get(path).get("items", [])
+            return self.get(path, labelSelector=selector).get("items", [])
         except ApiError as e:
             if e.status == 404:
                 raise CliError(f"the TrainingJob API ({L.GROUP}/{L.VERSION}) is not served: the CRD is not "
@@ -203,24 +190,24 @@ class Kube:
         self._pool.clear()
 
 
-def _pool_manager(cfg):
+def _pool_manager(conn):
     import ssl
 
     import urllib3
 
     kw: dict[str, Any] = {"num_pools": 4, "maxsize": 16}
-    if cfg.verify_ssl:
+    if conn.verify:
         kw["cert_reqs"] = ssl.CERT_REQUIRED
-        if cfg.ssl_ca_cert:
-            kw["ca_certs"] = cfg.ssl_ca_cert
-        if getattr(cfg, "tls_server_name", None):
-            kw["server_hostname"] = cfg.tls_server_name
+        if conn.ca_file:
+            kw["ca_certs"] = conn.ca_file
+        if conn.tls_server_name:
+            kw["server_hostname"] = conn.tls_server_name
     else:
         kw["cert_reqs"] = ssl.CERT_NONE
-    if cfg.cert_file:
-        kw["cert_file"], kw["key_file"] = cfg.cert_file, cfg.key_file
-    if getattr(cfg, "proxy", None):
-        return urllib3.ProxyManager(cfg.proxy, proxy_headers=getattr(cfg, "proxy_headers", None), **kw)
+    if conn.cert_file:
+        kw["cert_file"], kw["key_file"] = conn.cert_file, conn.key_file
+    if conn.proxy:
+        return urllib3.ProxyManager(conn.proxy, **kw)
     return urllib3.PoolManager(**kw)
 
 

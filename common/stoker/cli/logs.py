@@ -1,14 +1,14 @@
-"""`stoker logs JOB [--rank N] [-f] [--tail N]`: the trainer container's log of
-each current worker, through the pods/log API (works for kwok-less real nodes
+"""`stoker logs JOB [--rank N | --replica I] [-f] [--tail N]`: the trainer container's log
+of each current worker, through the pods/log API (works for kwok-less real nodes
 and for process nodes, whose agent serves the kubelet log endpoint). With
-several workers every line is prefixed ``[rank N]``; ``-f`` follows all of
-them at once."""
+several workers every line is prefixed ``[replica I]`` (the pod; see workers.py for
+replica index vs global rank); ``-f`` follows all of them at once."""
 from __future__ import annotations
 
 import sys
 import threading
 
-from . import common, facts
+from . import common, facts, workers
 from .kubeclient import EXIT_NOT_FOUND, EXIT_OK, CliError, Kube
 
 
@@ -16,21 +16,10 @@ def trainer_container(pod: dict) -> str:
     return ((pod.get("spec") or {}).get("containers") or [{}])[0].get("name", "")
 
 
-def select_workers(pods: list[dict], rank: int | None) -> list[dict]:
-    workers = facts.current_workers(pods)
-    if rank is None:
-        return workers
-    return [p for p in workers if facts.worker_index(p) == rank]
-
-
 def cmd_logs(args, kube: Kube) -> int:
-    kube.get_job(args.namespace, args.job)  # not found -> near names
-    pods = select_workers(kube.job_pods(args.namespace, args.job), args.rank)
+    job = kube.get_job(args.namespace, args.job)  # not found -> near names
+    pods = workers.select(job, kube.job_pods(args.namespace, args.job), args.rank, args.replica)
     if not pods:
-        if args.rank is not None:
-            ranks = [facts.worker_index(p) for p in facts.current_workers(kube.job_pods(args.namespace, args.job))]
-            raise CliError(f"job {args.job} has no worker with rank {args.rank} (ranks now: "
-                           f"{', '.join(map(str, ranks)) or 'none'})", EXIT_NOT_FOUND)
         raise CliError(f"job {args.job} has no worker pods right now (see `stoker describe {args.job}`)", EXIT_NOT_FOUND)
     prefix = len(pods) > 1 or args.prefix
     lock = threading.Lock()
@@ -39,7 +28,7 @@ def cmd_logs(args, kube: Kube) -> int:
 
     def one(pod: dict) -> None:
         name = pod["metadata"]["name"]
-        tag = f"[rank {facts.worker_index(pod)}] ".encode() if prefix else b""
+        tag = f"[replica {facts.worker_index(pod)}] ".encode() if prefix else b""
         query = {"container": trainer_container(pod), "follow": args.follow, "tailLines": args.tail,
                  "previous": args.previous or None}
         try:
@@ -67,10 +56,10 @@ def cmd_logs(args, kube: Kube) -> int:
 
 
 def add_parser(sub) -> None:
-    p = common.add(sub, "logs", cmd_logs, "trainer logs of a job's workers (all ranks, or --rank N)")
+    p = common.add(sub, "logs", cmd_logs, "trainer logs of a job's workers (all, or --rank N / --replica I)")
     p.add_argument("job")
-    p.add_argument("--rank", type=int, default=None, help="only this worker (replica index)")
+    workers.add_arguments(p, "only")
     p.add_argument("-f", "--follow", action="store_true", help="stream new lines until the workers exit")
     p.add_argument("--tail", type=int, default=None, help="last N lines of each worker")
     p.add_argument("-p", "--previous", action="store_true", help="the previous (restarted) container instance")
-    p.add_argument("--prefix", action="store_true", help="prefix lines with [rank N] even for one worker")
+    p.add_argument("--prefix", action="store_true", help="prefix lines with [replica I] even for one worker")

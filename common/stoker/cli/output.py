@@ -20,7 +20,7 @@ _COLOURS = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "grey": "9
 STATE_COLOURS = {
     "Running": "green", "Succeeded": "green", "OK": "green", "PASS": "green", "Ready": "green",
     "Created": "yellow", "Restarting": "yellow", "Suspended": "grey", "Pending": "yellow",
-    "RECOVERING": "yellow", "DEGRADED": "yellow", "STALLED": "yellow", "PENDING": "yellow", "SKIP": "grey",
+    "RECOVERING": "yellow", "DEGRADED": "yellow", "STALLED": "yellow", "PENDING": "yellow", "WAITING": "yellow", "SKIP": "grey",
     "SUSPENDED": "grey", "DONE": "green",
     "Failed": "red", "FAILED": "red", "FAIL": "red", "Unknown": "red", "NotReady": "red",
 }

@@ -32,3 +32,8 @@ S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"
 S3_REGION = "AWS_DEFAULT_REGION"
 S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+
+# Testing and drills: a folder where every worker process appends what it reports
+# (each step, where it resumed, each checkpoint outcome) to a file of its own that
+# nothing ever rewrites (stoker.worker.journal). Unset in production.
+STEP_JOURNAL_DIR = "STOKER_STEP_JOURNAL_DIR"

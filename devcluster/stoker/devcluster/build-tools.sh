@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build the control-plane tools (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm, minio) from their pinned Go modules under
+# kube-scheduler, kubectl, kwok, helm, minio) and the real-node tools (kubelet, kube-proxy,
+# coredns) from their pinned Go modules under
 # devcluster/stoker/devcluster/go/, into a cache directory keyed by the module's content and the
 # Go version, so that a second run builds nothing.
 #
 #   devcluster/stoker/devcluster/build-tools.sh [TOOL...]     prints "name=/path/to/binary" lines
+#   (no TOOL: the control-plane tools only; the real-node tools are built when named)
 #
 # Cache: ${STOKER_CACHE:-$HOME/.cache/stoker}/bin/<module>-<key>/
 set -euo pipefail
@@ -31,7 +33,15 @@ targets=(
   "helm:helm:helm.sh/helm/v3/cmd/helm"
   "minio:minio:github.com/minio/minio"
 )
+# Real-node tools: built only when named (`build-tools.sh kubelet kube-proxy coredns`), so
+# `make tools` and process-node/kwok clusters do not pay for them.
+node_targets=(
+  "kubelet:kubelet:k8s.io/kubernetes/cmd/kubelet"
+  "kubelet:kube-proxy:k8s.io/kubernetes/cmd/kube-proxy"
+  "coredns:coredns:github.com/coredns/coredns"
+)
 want=("$@")
+[ ${#want[@]} -gt 0 ] && targets+=("${node_targets[@]}")
 for t in "${targets[@]}"; do
   IFS=: read -r mod bin pkg <<<"$t"
   if [ ${#want[@]} -gt 0 ]; then
@@ -42,7 +52,7 @@ for t in "${targets[@]}"; do
     [ $wanted = 1 ] || continue
   fi
   ldflags="-s -w" stamp=""
-  if [ "$mod" = kubernetes ]; then
+  if [ "$mod" = kubernetes ] || [ "$mod" = kubelet ]; then
     # The pinned version, from `require k8s.io/kubernetes vX.Y.Z` (single line or block).
     v=$(awk '{for (i = 1; i < NF; i++) if ($i == "k8s.io/kubernetes" && $(i+1) ~ /^v[0-9]/) {print $(i+1); exit}}' "$here/go/$mod/go.mod")
     case "$v" in v[0-9]*.[0-9]*.[0-9]*) ;; *) echo "cannot read the k8s.io/kubernetes version from $here/go/$mod/go.mod (got '$v')" >&2; exit 1;; esac

@@ -107,7 +107,7 @@ class Components:
             return [
                 t["kube-apiserver"],
                 f"--etcd-servers=http://127.0.0.1:{self.port('etcd')}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                *self._apiserver_addresses(),
                 f"--secure-port={self.port('kube-apiserver')}",
                 f"--cert-dir={sd}/run/apiserver-certs",
                 f"--tls-cert-file={p}/apiserver.crt", f"--tls-private-key-file={p}/apiserver.key",
@@ -175,11 +175,25 @@ class Components:
             })
             return [
                 t["minio"], "server", f"{sd}/s3",
-                f"--address=127.0.0.1:{self.port('minio')}",
+                f"--address={self.s3_endpoint.removeprefix('http://')}",
                 f"--certs-dir={sd}/run/minio-certs",
                 "--quiet",
             ], env
         raise KeyError(name)
+
+    def _realnet_gateway(self) -> str | None:
+        """The node bridge's address when the cluster has real nodes (realnodes/network.py)."""
+        from stoker.devcluster.realnodes.layout import Net, cluster_id
+        subnet = self.config.get("realnet", {}).get("subnet")
+        return Net(cluster_id(self.state_dir), subnet).gateway if subnet else None
+
+    def _apiserver_addresses(self) -> list[str]:
+        gw = self._realnet_gateway()
+        if not gw:
+            return ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+        # Real nodes and their pods reach the apiserver on the bridge (the `kubernetes`
+        # Service points there); host clients keep using 127.0.0.1.
+        return ["--bind-address=0.0.0.0", f"--advertise-address={gw}"]
 
     def _ready_check(self, name: str) -> Callable[[], bool]:
         if name == "etcd":

@@ -34,7 +34,7 @@ from stoker.devcluster.client import Client
 from stoker.devcluster.components import Components
 from stoker.devcluster.nodes import Nodes
 from stoker.devcluster.clusterdefs import COMPONENTS, K8S_COMPONENTS, S3_REGION, SERVICE_IP, TIMEOUTS, _stderr, cache_dir, default_state_dir
-from stoker.devcluster.procs import (ClusterError, free_port, log_tail, owned_alive, port_free, processes_mentioning,
+from stoker.devcluster.procs import (ClusterError, cmdline, free_port, log_tail, owned_alive, port_free, processes_mentioning,
                                      read_pid, spawn, stop_group, wait_ready)
 
 __all__ = ["LocalCluster", "ClusterError", "default_state_dir", "cache_dir"]
@@ -93,7 +93,9 @@ class LocalCluster(Components, Client, Nodes):
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port('minio')}"
+        """With real nodes MinIO listens on the node bridge's address, which pods and host
+        processes alike can reach; otherwise on loopback."""
+        return f"http://{self._realnet_gateway() or '127.0.0.1'}:{self.port('minio')}"
 
     def pidfile(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -124,7 +126,13 @@ class LocalCluster(Components, Client, Nodes):
         for d in (self.state_dir, self.run_dir, self.logs_dir, self.state_dir / "kubeconfigs"):
             d.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
-        pki.ensure_pki(self.pki_dir, SERVICE_IP)
+        gw = self._realnet_gateway()
+        pki.ensure_pki(self.pki_dir, SERVICE_IP, [gw] if gw else [])
+
+    def real_nodes(self):
+        """The real (kubelet + containerd) nodes of this cluster: realnodes/node.py."""
+        from stoker.devcluster.realnodes.node import RealNodes
+        return RealNodes(self)
 
     def _write_kubeconfigs(self) -> None:
         server = self.apiserver_url
@@ -169,12 +177,22 @@ class LocalCluster(Components, Client, Nodes):
         self.log(f"[cluster] {name} ready ({took:.1f}s)")
 
     # --------------------------------------------------------------------- up
-    def up(self, *, kwok_nodes: int = 0, process_nodes: int = 0, gpus: int = 8) -> "LocalCluster":
+    def up(self, *, kwok_nodes: int = 0, process_nodes: int = 0, gpus: int = 8,
+           real_nodes: int = 0) -> "LocalCluster":
         """Start whatever is not running; return self. Safe to call again."""
         t0 = time.monotonic()
         with self._lock():
+            if real_nodes:
+                self.real_nodes().ensure_net()
             self._ensure_files()
             running = {n: self.pid(n) for n in COMPONENTS}
+            gw = self._realnet_gateway()
+            if gw and running["kube-apiserver"] and f"--advertise-address={gw}" not in cmdline(running["kube-apiserver"]):
+                stop_group(running["kube-apiserver"], self.marker)   # restart it on the bridge
+                running["kube-apiserver"] = None
+            if gw and running["minio"] and f"--address={gw}:" not in cmdline(running["minio"]):
+                stop_group(running["minio"], self.marker)
+                running["minio"] = None
             if all(running.values()):
                 self.log(f"[cluster] already running in {self.state_dir}")
             else:
@@ -201,6 +219,8 @@ class LocalCluster(Components, Client, Nodes):
                 name = f"proc-node-{i}"
                 if name not in self.process_nodes():
                     self.start_process_node(name, gpus=gpus, zone=("zone-a", "zone-b")[i % 2])
+            if real_nodes:
+                self.real_nodes().up(real_nodes, gpus=gpus)
         self.log(f"[cluster] up in {time.monotonic() - t0:.1f}s")
         return self
 
@@ -253,6 +273,9 @@ class LocalCluster(Components, Client, Nodes):
         """Stop every process of this cluster; return what was stopped. Data stays."""
         stopped = []
         with self._lock():
+            if self.config.get("realnet"):
+                self.real_nodes().down()
+                stopped.append("real nodes")
             for name in self.process_nodes(include_dead=True):
                 if self.stop_process_node(name):
                     stopped.append(f"node/{name}")
@@ -293,7 +316,7 @@ class LocalCluster(Components, Client, Nodes):
                 "kube-controller-manager": f"https://127.0.0.1:{ports.get('kube-controller-manager')}",
                 "kube-scheduler": f"https://127.0.0.1:{ports.get('kube-scheduler')}",
                 "kwok": f"http://127.0.0.1:{ports.get('kwok')}",
-                "minio": f"http://127.0.0.1:{ports.get('minio')}",
+                "minio": self.s3_endpoint if "minio" in ports else "",
             }
         for name in COMPONENTS:
             pid = self.pid(name)
@@ -303,6 +326,8 @@ class LocalCluster(Components, Client, Nodes):
             pid = self._node_pid(name)
             rows.append({"name": f"node/{name}", "pid": pid, "running": pid is not None,
                          "endpoint": "", "log": str(self.logfile(f"node-{name}"))})
+        if self.config.get("realnet"):
+            rows.extend(self.real_nodes().status_rows())
         return rows
 
     def status_table(self) -> str:

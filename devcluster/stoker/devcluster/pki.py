@@ -115,17 +115,40 @@ def _issue(pki: Path, stem: str, subject: x509.Name, *, server: bool, sans=()) -
     (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def ensure_pki(pki: Path, service_ip: str) -> None:
-    """Create whatever is missing under ``pki``; never replaces existing files."""
+def _ip_sans(path: Path) -> set[str]:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+
+
+def ensure_client_cert(pki: Path, stem: str, cn: str, org: str | None = None) -> None:
+    """A client certificate ``<stem>.crt/.key`` for ``cn`` (in group ``org``), made once."""
+    if not (pki / f"{stem}.crt").exists():
+        _issue(pki, stem, _name(cn, org), server=False)
+
+
+def ensure_serving_cert(pki: Path, stem: str, cn: str, ips: list[str], dns: list[str] = ()) -> None:
+    """A serving certificate for ``ips``/``dns``; reissued when an IP is missing from it."""
+    path = pki / f"{stem}.crt"
+    if path.exists() and set(ips) <= _ip_sans(path):
+        return
+    sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    _issue(pki, stem, _name(cn), server=True, sans=sans)
+
+
+def ensure_pki(pki: Path, service_ip: str, extra_ips: list[str] = ()) -> None:
+    """Create whatever is missing under ``pki``; never replaces existing files, except the
+    apiserver's serving certificate when it lacks one of ``extra_ips`` (real nodes reach the
+    apiserver on their bridge's address)."""
     pki.mkdir(parents=True, exist_ok=True)
     if not (pki / "ca.crt").exists() or not (pki / "ca.key").exists():
         _make_ca(pki)
-    if not (pki / "apiserver.crt").exists():
-        sans = [x509.DNSName(d) for d in APISERVER_DNS] + [
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address(service_ip)),
-        ]
-        _issue(pki, "apiserver", _name("kube-apiserver"), server=True, sans=sans)
+    want = ["127.0.0.1", service_ip, *extra_ips]
+    if not (pki / "apiserver.crt").exists() or not set(want) <= _ip_sans(pki / "apiserver.crt"):
+        ensure_serving_cert(pki, "apiserver", "kube-apiserver", want, APISERVER_DNS)
     for stem, (cn, org) in CLIENTS.items():
         if not (pki / f"{stem}.crt").exists():
             _issue(pki, stem, _name(cn, org), server=False)

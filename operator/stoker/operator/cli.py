@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import config
+
+# What `stoker[operator]` adds to the torch-free base (pyproject.toml).
+OPERATOR_PACKAGES = ("kopf", "kubernetes", "prometheus_client", "grpc", "google")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +32,14 @@ def config_from_args(args: argparse.Namespace) -> config.Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import main
+    try:
+        from . import main
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in OPERATOR_PACKAGES:
+            print(f"stoker operator: the Python package {exc.name!r} is not installed; the operator needs the "
+                  f"`operator` extra: pip install 'stoker[operator]'", file=sys.stderr)
+            return 1
+        raise
 
     return main.run(config.from_args(args))
 

@@ -12,14 +12,15 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import job_metrics, metrics
+from . import job_metrics, metrics, refusals, waiting
 from .jobspec import job_view
 from .kube import Conflict, Kube, KubeError
 from .pods import RenderConfig, render_pod
 from .podview import pod_view
-from .reconcile import Plan, plan
+from .preflight_shell import Preflight
+from .reconcile import Event, Plan, plan
 from .recovery_shell import RecoveryShell
-from .status import status_changed
+from .status import status_changed, with_observed_generation
 
 log = logging.getLogger("stoker.operator")
 
@@ -33,6 +34,11 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _uncount(pl: Plan, not_created: int) -> None:
+    """status.replicas counted the plan's creates; take back those that did not happen."""
+    pl.status["replicas"] = max(0, int(pl.status.get("replicas", 0)) - not_created)
+
+
 class Controller:
     def __init__(self, kube: Kube, render: RenderConfig,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
@@ -41,6 +47,7 @@ class Controller:
         self.kube = kube
         self.recovery = recovery or RecoveryShell(kube, watch_nodes=False)
         self.render = render
+        self.preflight = Preflight(kube, render.s3_endpoint)
         self.clock = clock
         # Plans that ask to be looked at again within this horizon get a one-shot
         # delayed pass (the step after a restart decision, a backoff or deadline
@@ -122,6 +129,46 @@ class Controller:
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
 
+    def _preflight(self, job, pl: Plan, now: dt.datetime, fields: dict[str, Any]) -> None:
+        """Hold the creates while a Secret/ConfigMap the pods need or the checkpoint bucket is
+        missing (preflight.py): the Waiting condition says which, nothing sits stuck on a node."""
+        held = self.preflight.check(job) if pl.create else None
+        if held is None:
+            return
+        _uncount(pl, len(pl.create))
+        pl.create = []
+        pl.status, events = waiting.fold(pl.status, held, now)
+        pl.events += [Event(*ev) for ev in events]
+        if events:
+            log.warning("preflight: workers held", extra={**fields, "reason": held.reason,
+                                                          "error": held.message[:500]})
+
+    def _create(self, namespace: str, job, pl: Plan, now: dt.datetime, fields: dict[str, Any]) -> None:
+        """Create the plan's pods; a pod the API server refuses stops the creates and is
+        folded into the status about to be written (refusals.py): no exception, no traceback."""
+        for n, index in enumerate(pl.create):
+            manifest = self.recovery.prepare_pod(render_pod(job, index, pl.incarnation, self.render), job.name,
+                                                 pl.avoid_nodes)
+            pod = manifest["metadata"]["name"]
+            try:
+                created = self.kube.create_pod(namespace, manifest)
+            except KubeError as e:
+                if isinstance(e, Conflict) or e.status == 404:
+                    raise
+                was = waiting.current(pl.status.get("conditions") or [])
+                pl.status, events, pl.incident = refusals.fold_refusal(pl.status, pod=pod, code=e.status,
+                                                                       message=e.message, now=now)
+                pl.events += [Event(*ev) for ev in events]
+                _uncount(pl, len(pl.create) - n)
+                if events or was is None:
+                    log.warning("the API server refused a worker pod", extra={
+                        **fields, "pod": pod, "status": e.status, "error": e.message[:500],
+                        "phase": pl.status.get("phase"), "reason": pl.status.get("reason")})
+                return
+            if created:
+                metrics.PODS_CREATED.inc()
+                log.info("created worker pod", extra={**fields, "pod": pod})
+
     def _pass(self, namespace: str, name: str, fields: dict[str, Any]) -> Plan | None:
         body = self.kube.get_job(namespace, name)
         if body is None:
@@ -149,16 +196,15 @@ class Controller:
             if self.kube.delete_pod(namespace, pod, grace_s=self.recovery.settings.delete_grace_s):
                 metrics.PODS_DELETED.inc()
                 log.info("deleted worker pod", extra={**fields, "pod": pod})
+        self._preflight(job, pl, now, fields)
         if pl.create:
             self.recovery.before_create(job)
-        for index in pl.create:
-            manifest = self.recovery.prepare_pod(render_pod(job, index, pl.incarnation, self.render), job.name,
-                                                 pl.avoid_nodes)
-            if self.kube.create_pod(namespace, manifest):
-                metrics.PODS_CREATED.inc()
-                log.info("created worker pod", extra={**fields, "pod": manifest["metadata"]["name"]})
+        self._create(namespace, job, pl, now, fields)
 
         old = dict(body.get("status") or {})
+        if "conditions" in pl.status:
+            pl.status["conditions"] = with_observed_generation(pl.status["conditions"],
+                                                               body["metadata"].get("generation"))
         if status_changed(old, pl.status) or any(k not in pl.status for k in old):
             patch = status_patch(old, pl.status)
             try:

@@ -39,7 +39,6 @@ import datetime as dt
 import signal as _signal
 from typing import Iterable, Mapping, Sequence
 
-from stoker.common import labels as L
 from stoker.common.timefmt import parse_time
 
 from .podview import PodView

@@ -227,6 +227,11 @@ class ProgressTracker:
                 if per is not None:
                     times = (times + (per,))[-self.HISTORY:]
                 advanced = step_at = now
+            elif old.progress.phase == "CHECKPOINTING" and phase != "CHECKPOINTING":
+                # A save that held the step (storage retrying) just ended: the stall clock starts
+                # again here, or the moment the exemption for it ends looks like a long hang
+                # (bench/chaos.py: S3 down 10 s -> "step stuck for 20s", a needless restart).
+                advanced = now
         prog = D.RankProgress(rank=rank, incarnation=incarnation, step=step, last_seen=now, advanced_at=advanced,
                             pod_name=pod_name, node_name=node_name, phase=phase, connected=connected, error=error,
                             step_times=times, checkpoint_s=checkpoint_s)

@@ -4,8 +4,13 @@ The reconcile pass hands each job's freshly computed status (and the heartbeat
 source, anything with ``workers(namespace, name)``) to :func:`observe`; a job that
 is gone is dropped with :func:`forget`, so the label sets stay bounded by the
 jobs that exist. :class:`JobMetricsCollector` keeps only the latest facts per job
-and yields the metric families when Prometheus scrapes: ages (heartbeat,
-checkpoint) and goodput are computed against the clock at that moment.
+and yields the metric families when Prometheus scrapes; goodput and the step
+rate are computed against the clock at that moment. Times are exported as Unix
+timestamps (``*_timestamp_seconds``), never as ages: an age is stale the moment it
+is scraped, a timestamp is right until the next event (alerts use ``time() - ts``).
+
+The job label is ``trainingjob``, not ``job``: Prometheus sets ``job`` on every
+series to the scrape job and would rename ours to ``exported_job``.
 
 Pure parts (unit-tested without a registry): :func:`facts_from_status`,
 :func:`goodput_ratio`, :func:`step_rate`, :func:`recovered_incidents`,
@@ -22,12 +27,14 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from prometheus_client import Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .detection import parse_time
 
-ACTIVE_PHASES = ("Created", "Running", "Restarting")   # checkpoint age matters only here
+JOB_LABEL = "trainingjob"                               # never "job": Prometheus owns that label
+PHASES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+RESTART_CAUSES = ("userError", "infrastructure", "preemption")
 RECOVERY_KINDS = ("Restart", "Replace")                 # incidents that stop training
 RATE_WINDOW_S = 60.0                                    # steps/s: progress over the last minute
 log = logging.getLogger("stoker.operator")
@@ -74,6 +81,7 @@ class JobFacts:
     end_time: float | None = None                  # completionTime of a finished job
     incidents: tuple[Mapping[str, Any], ...] = ()
     heartbeats: tuple[tuple[int, float], ...] = ()  # (rank, last heartbeat time) from status
+    restarts: tuple[tuple[str, int], ...] = ()      # (cause, whole-job restarts) from status.restarts
 
 
 def current_workers(workers: Iterable[Any], incarnation: int) -> list[Any]:
@@ -118,6 +126,7 @@ def facts_from_status(status: Mapping[str, Any], workers: Iterable[Any] = ()) ->
         end_time=_parse(status.get("completionTime")),
         incidents=tuple(dict(i) for i in status.get("incidents") or ()),
         heartbeats=tuple(sorted(beats)),
+        restarts=tuple((c, int((status.get("restarts") or {}).get(c) or 0)) for c in RESTART_CAUSES),
     )
 
 
@@ -197,16 +206,18 @@ def job_samples(namespace: str, job: str, facts: JobFacts, now: float, *,
                 steps_per_second: float | None = None) -> list[Sample]:
     """The per-job samples at ``now``. ``live_heartbeats``: (rank, last heartbeat
     time) straight from the heartbeat registry, fresher than status' copy."""
-    lab = {"namespace": namespace, "job": job}
-    out: list[Sample] = [
+    lab = {"namespace": namespace, JOB_LABEL: job}
+    out: list[Sample] = [("stoker_job_phase", {**lab, "phase": p}, float(facts.phase == p)) for p in PHASES]
+    out += [
         ("stoker_job_workers", {**lab, "state": "ready"}, float(facts.ready)),
         ("stoker_job_workers", {**lab, "state": "desired"}, float(facts.desired)),
     ]
+    out += [("stoker_trainingjob_restarts", {**lab, "cause": c}, float(n)) for c, n in facts.restarts]
     running = facts.phase == "Running"
     if running:
         beats = live_heartbeats if live_heartbeats is not None else facts.heartbeats
         for rank, seen in sorted(beats):
-            out.append(("stoker_worker_heartbeat_age_seconds", {**lab, "rank": str(rank)}, max(0.0, now - seen)))
+            out.append(("stoker_worker_last_heartbeat_timestamp_seconds", {**lab, "rank": str(rank)}, seen))
     if facts.step is not None:
         out.append(("stoker_job_step", lab, float(facts.step)))
     if running and steps_per_second is not None:
@@ -215,8 +226,8 @@ def job_samples(namespace: str, job: str, facts: JobFacts, now: float, *,
         out.append(("stoker_job_tokens_per_second", lab, facts.tokens_per_second))
     if facts.checkpoint_step is not None:
         out.append(("stoker_checkpoint_step", lab, float(facts.checkpoint_step)))
-        if facts.checkpoint_time is not None and facts.phase in ACTIVE_PHASES:
-            out.append(("stoker_checkpoint_age_seconds", lab, max(0.0, now - facts.checkpoint_time)))
+        if facts.checkpoint_time is not None:
+            out.append(("stoker_checkpoint_timestamp_seconds", lab, facts.checkpoint_time))
         if facts.checkpoint_duration_s is not None:
             out.append(("stoker_checkpoint_duration_seconds", lab, facts.checkpoint_duration_s))
         if facts.checkpoint_bytes is not None:
@@ -227,24 +238,24 @@ def job_samples(namespace: str, job: str, facts: JobFacts, now: float, *,
     return out
 
 
+_J = ("namespace", JOB_LABEL)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "stoker_job_workers": ("Workers of a TrainingJob: ready pods and desired replicas", ("namespace", "job", "state")),
-    "stoker_worker_heartbeat_age_seconds": ("Seconds since the last heartbeat of each rank of a running job",
-                                            ("namespace", "job", "rank")),
-    "stoker_job_step": ("Newest training step the job's workers reported", ("namespace", "job")),
-    "stoker_job_steps_per_second": (f"Training steps per second over the last {RATE_WINDOW_S:g} s (running jobs)",
-                                    ("namespace", "job")),
-    "stoker_job_tokens_per_second": ("Tokens per second the lead rank reported for its last step (running jobs)",
-                                     ("namespace", "job")),
-    "stoker_checkpoint_age_seconds": ("Seconds since the newest committed checkpoint was seen (active jobs)",
-                                      ("namespace", "job")),
-    "stoker_checkpoint_step": ("Step of the newest committed checkpoint", ("namespace", "job")),
-    "stoker_checkpoint_duration_seconds": ("Duration of the newest committed checkpoint (slowest rank)",
-                                           ("namespace", "job")),
-    "stoker_checkpoint_bytes": ("Size of the newest committed checkpoint", ("namespace", "job")),
-    "stoker_job_goodput_ratio": ("1 - failure downtime / wall time since the job started (docs/metrics.md)",
-                                 ("namespace", "job")),
+    "stoker_job_phase": ("1 for the TrainingJob's current phase, 0 for the others", (*_J, "phase")),
+    "stoker_job_workers": ("Workers of a TrainingJob: ready pods and desired replicas", (*_J, "state")),
+    "stoker_trainingjob_restarts": ("Whole-job restarts of a TrainingJob so far, by cause (status.restarts)",
+                                    (*_J, "cause")),
+    "stoker_worker_last_heartbeat_timestamp_seconds": ("Unix time of the last heartbeat of each rank of a "
+                                                       "running job", (*_J, "rank")),
+    "stoker_job_step": ("Newest training step the job's workers reported", _J),
+    "stoker_job_steps_per_second": (f"Training steps per second over the last {RATE_WINDOW_S:g} s (running jobs)", _J),
+    "stoker_job_tokens_per_second": ("Tokens per second the lead rank reported for its last step (running jobs)", _J),
+    "stoker_checkpoint_timestamp_seconds": ("Unix time the newest committed checkpoint was first seen", _J),
+    "stoker_checkpoint_step": ("Step of the newest committed checkpoint", _J),
+    "stoker_checkpoint_duration_seconds": ("Duration of the newest committed checkpoint (slowest rank)", _J),
+    "stoker_checkpoint_bytes": ("Size of the newest committed checkpoint", _J),
+    "stoker_job_goodput_ratio": ("1 - failure downtime / wall time since the job started (docs/metrics.md)", _J),
 }
+COUNTERS = {"stoker_trainingjob_restarts"}   # monotonic per job: exported as *_total
 
 
 @dataclasses.dataclass
@@ -302,7 +313,8 @@ class JobMetricsCollector(Collector):
         now = self._clock()
         with self._lock:
             jobs = [(key, e, e.facts, e.source) for key, e in self._jobs.items()]
-        fams = {name: GaugeMetricFamily(name, doc, labels=list(labels)) for name, (doc, labels) in FAMILIES.items()}
+        fams = {name: (CounterMetricFamily if name in COUNTERS else GaugeMetricFamily)(name, doc, labels=list(labels))
+                for name, (doc, labels) in FAMILIES.items()}
         for (ns, name), e, facts, source in jobs:
             live = None
             workers: list[Any] = []

@@ -33,6 +33,7 @@ class JobView:
     heartbeat_timeout_seconds: int
     progress_timeout_seconds: int | None
     startup_timeout_seconds: int | None   # None: the operator's --startup-timeout
+    pending_timeout_seconds: int | None   # None: a job that cannot start waits (and says why)
     exit_code_rules: tuple[ExitCodeRule, ...]
     suspend: bool
     active_deadline_seconds: int | None
@@ -81,6 +82,7 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         heartbeat_timeout_seconds=int(fp.get("heartbeatTimeoutSeconds", 60)),
         progress_timeout_seconds=int(fp["progressTimeoutSeconds"]) if fp.get("progressTimeoutSeconds") else None,
         startup_timeout_seconds=int(fp["startupTimeoutSeconds"]) if fp.get("startupTimeoutSeconds") else None,
+        pending_timeout_seconds=int(fp["pendingTimeoutSeconds"]) if fp.get("pendingTimeoutSeconds") else None,
         exit_code_rules=rules,
         suspend=bool(rp.get("suspend", False)),
         active_deadline_seconds=rp.get("activeDeadlineSeconds"),

@@ -40,6 +40,7 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.message = str(message)
 
 
 class Conflict(KubeError):

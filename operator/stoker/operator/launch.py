@@ -114,6 +114,16 @@ class SigtermHold:
             self._timer.cancel()
 
 
+def missing_program(e: OSError) -> int:
+    """The trainer's program could not be started: say which and exit like a shell does
+    (127: not found, 126: not executable), so the failure names the cause."""
+    found = not isinstance(e, FileNotFoundError)
+    print(f"stoker launch: cannot run {e.filename!r}: {e.strerror}"
+          f"{'' if found else ' (not found on PATH or at that path)'}: "
+          "fix spec.template.spec.containers[0].command", file=sys.stderr, flush=True)
+    return 126 if found else 127
+
+
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException, _terminate_process_handler
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -137,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except SignalException as e:
         return 128 + int(e.sigval)
+    except OSError as e:
+        if e.filename is None or not isinstance(e, (FileNotFoundError, PermissionError)):
+            raise
+        return missing_program(e)
     except RendezvousConnectionError as e:
         print(f"stoker launch: lost the rendezvous store: {e}", file=sys.stderr, flush=True)
         return EXIT_RENDEZVOUS_LOST

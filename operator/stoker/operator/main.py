@@ -26,7 +26,8 @@ from .kube import Kube, authorization_header
 from .pods import RenderConfig
 from .recovery import NodeHealth
 from .recovery_shell import RecoveryShell
-from .rendezvous import StoreProcess, endpoint
+from .rendezvous import NO_TORCH, StoreProcess, endpoint
+from .rendezvous import torch_installed as rendezvous_torch_installed
 from .supervision import Settings
 
 log = logging.getLogger("stoker.operator")
@@ -85,6 +86,7 @@ def startup(memo: kopf.Memo, **_: object) -> None:
     if store_port > 0:
         memo.store = StoreProcess(store_port)
         memo.store.start()
+        memo.store.watch()
     metrics.serve(cfg.metrics_port)
     render = RenderConfig(
         rendezvous_endpoint=endpoint(cfg.rendezvous_advertise_address, store_port or 29400),
@@ -175,6 +177,9 @@ def _timers_without_finalizers(reg: kopf.OperatorRegistry) -> None:
 def run(cfg: Config | None = None) -> int:
     cfg = cfg or load()
     logs.setup(cfg.log_level)
+    if cfg.rendezvous_port > 0 and not rendezvous_torch_installed():
+        log.error(NO_TORCH.format(port=cfg.rendezvous_port))
+        return 1
     kopf.run(
         registry=registry(cfg),
         settings=operator_settings(cfg),

@@ -28,7 +28,7 @@ NODE_FAILURES = Counter("stoker_node_job_failures_total", "Job failures attribut
 PODS_CREATED = Counter("stoker_worker_pods_created_total", "Worker pods created", registry=REGISTRY)
 PODS_DELETED = Counter("stoker_worker_pods_deleted_total", "Worker pods deleted", registry=REGISTRY)
 
-for _p in ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"):
+for _p in job_metrics.PHASES:
     JOBS.labels(_p).set(0)
 for _c in ("userError", "infrastructure", "preemption"):
     RESTARTS.labels(_c)
@@ -49,7 +49,7 @@ def observe_phase(namespace: str, name: str, phase: str | None) -> None:
         counts: dict[str, int] = {}
         for ph in _phases.values():
             counts[ph] = counts.get(ph, 0) + 1
-        for ph in ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"):
+        for ph in job_metrics.PHASES:
             JOBS.labels(ph).set(counts.get(ph, 0))
 
 

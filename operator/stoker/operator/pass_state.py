@@ -12,7 +12,7 @@ import datetime as dt
 from typing import Any, Sequence
 
 from . import incidents as incident_log
-from . import supervision
+from . import supervision, waiting
 from .jobspec import JobView
 from .pods import selector
 from .podview import PodView
@@ -132,6 +132,8 @@ class Pass:
         self.condition("Running", False, reason, "the job finished")
         if self.has_condition("Restarting"):
             self.condition("Restarting", False, reason, "the job finished")
+        if waiting.current(self.conds):
+            self.condition(waiting.CONDITION, False, reason, "the job finished")
         self.event("Normal" if phase == "Succeeded" else "Warning", reason, message)
 
     def delete(self, names: Sequence[str]) -> None:

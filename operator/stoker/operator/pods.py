@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Mapping
+from typing import Any
 
 from stoker.common import env as E
 from stoker.common import labels as L
@@ -204,6 +204,8 @@ def render_pod(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
     user_cmd = list(trainer.get("command") or []) + list(trainer.get("args") or [])
     trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg), cfg.launcher)
     trainer.pop("args", None)
+    # A failed trainer's last log lines become its termination message (incidents, the job's message).
+    trainer.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     ours = worker_env(job, index, incarnation, cfg)
     spec.setdefault("terminationGracePeriodSeconds", cfg.termination_grace_s)
     ours.append({"name": E.TERMINATION_GRACE, "value": str(spec["terminationGracePeriodSeconds"])})

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from typing import Any, Mapping
 
 from stoker.common import labels as L
 from stoker.common.timefmt import parse_time
+
+from .waiting import Waiting, pod_waiting
 
 SPEC_HASH = f"{L.GROUP}/spec-hash"
 
@@ -34,6 +37,7 @@ class PodView:
     deletion_at: dt.datetime | None = None  # metadata.deletionTimestamp: when the kubelet kills what is left
     deletion_grace_s: int | None = None     # metadata.deletionGracePeriodSeconds
     started_at: dt.datetime | None = None   # the trainer container started running
+    waiting: Waiting | None = None   # why this Pending pod cannot start (waiting.py)
 
     @property
     def finished(self) -> bool:
@@ -65,6 +69,30 @@ def trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return term
 
 
+# Lines the launcher and torchrun's agent add around a failed worker (glog-style
+# "E1202 ... torch/distributed/elastic/...", logging-style "ERROR:torch.distributed.elastic...",
+# our own exit line): not what the trainer said.
+_LAUNCHER_NOISE = re.compile(r"torch[/.]distributed[/.]elastic|^stoker launch: worker rank \d+ exited")
+
+
+def trainer_said(message: str) -> str:
+    """A failed trainer's termination message (its log tail, FallbackToLogsOnError) without
+    the launcher's and torchrun's own lines."""
+    return "\n".join(ln for ln in (message or "").splitlines() if not _LAUNCHER_NOISE.search(ln)).strip()
+
+
+def failed_init(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The terminated record of a failed init container (the trainer never ran), its message
+    naming the container: with restartPolicy Never such a pod fails like a crashed trainer."""
+    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term.get("exitCode"):
+            said = (term.get("message") or "").strip()
+            return {**term, "message": f"init container {cs.get('name')} exited with {term['exitCode']}"
+                                       f"{': ' + said if said else ''}"}
+    return None
+
+
 def trainer_started_at(pod: Mapping[str, Any]) -> str | None:
     """When the trainer container (first container) started running, else the pod's startTime."""
     for cs in _trainer_statuses(pod):
@@ -91,7 +119,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
     index, incarnation = ident
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
-    term = trainer_terminated(pod) or {}
+    term = trainer_terminated(pod) or failed_init(pod) or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     owner_uid = None
     for ref in meta.get("ownerReferences") or []:
@@ -109,8 +137,9 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH, ""),
         owner_uid=owner_uid,
         finished_at=parse_time(term.get("finishedAt")),
-        message=term.get("message") or "",
+        message=trainer_said(term.get("message") or ""),
         deletion_at=parse_time(meta.get("deletionTimestamp")),
         deletion_grace_s=meta.get("deletionGracePeriodSeconds"),
         started_at=parse_time(trainer_started_at(pod)),
+        waiting=pod_waiting(pod),
     )

@@ -77,9 +77,10 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
         if p.phase == "Failed" and _rule(rules, p.exit_code) == "FailJob":
             f = D.classify_pod(p, obs.nodes.get(p.node or ""), node_known=False) or \
                 D.Finding(D.WORKER_CRASHED, f"worker pod {p.name} failed with exit code {p.exit_code}", pod=p.name)
-            msg = f"{f.message} and failurePolicy.exitCodeRules says FailJob"
+            err = R.last_error_lines(f.error)
+            msg = f"{f.message} and failurePolicy.exitCodeRules says FailJob" + (f"; last error: {err}" if err else "")
             inc = I.record(f, kind="JobFailed", budget=f.budget, incarnation=incarnation, now=now, message=msg,
-                           error=R.last_error_lines(f.error))
+                           error=err)
             return Decision("fail", "ExitCodeRule", msg, f.budget, False, (), f, inc)
     finding = D.detect(facts, obs.nodes, ranks, t, obs.mono_now, now, incarnation=incarnation,
                        nodes_listed=obs.nodes_listed, expect_heartbeats=expect_heartbeats and obs.heartbeats)

@@ -20,7 +20,7 @@ import datetime as dt
 from typing import Callable, Sequence
 
 from . import drain, on_call, policy_deadline, policy_failure, policy_success, policy_suspend, policy_ttl
-from . import replicas, supervision
+from . import policy_pending, replicas, supervision
 from .jobspec import JobView
 from .pass_state import Buckets, Event, Pass, Plan, bucket
 from .pods import pod_name
@@ -60,6 +60,8 @@ STEPS: tuple[Callable[[Pass], Plan | None], ...] = (
     policy_success.success,
     replicas.create,
     replicas.phase,
+    policy_pending.pending,       # failurePolicy.pendingTimeoutSeconds; the Waiting condition
+    replicas.scale_events,
 )
 
 

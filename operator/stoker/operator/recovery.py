@@ -21,10 +21,14 @@ Budgets are honest:
     at the same step again and again" case (e.g. a script that hangs or kills
     itself at step 7).
 
-Replacement pods avoid the nodes that recently failed this job
-(``nodes_to_avoid`` + ``with_node_anti_affinity``); ``NodeHealth`` counts
-failures per node across jobs so a node that keeps failing jobs is reported
-and, by policy, cordoned.
+Replacement pods prefer other nodes than the ones that recently failed this job
+(``nodes_to_avoid`` + ``with_node_anti_affinity``, a *preferred* node affinity:
+avoidance never makes a job unschedulable, e.g. when every node of a small pool
+failed once); ``NodeHealth`` counts failures per node across jobs so a node that
+keeps failing jobs is reported and, by policy, cordoned. Only causes that are
+the node's (lost, evicting) count there: a hung or silent process (SIGSTOP, a
+deadlock, heartbeats stopped while its node is Ready) is not a node fault; its
+node is only preferred against (it may be a node about to turn NotReady).
 """
 from __future__ import annotations
 
@@ -36,8 +40,17 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from . import detection as D
 from .podview import PodView
 
-# Causes that say something about the node the pod ran on.
-NODE_CAUSES = frozenset({D.NODE_LOST, D.HEARTBEAT_LOST, D.EVICTED, D.HANG})
+# Causes that say something about the node the pod ran on (counted by NodeHealth: reported,
+# cordoned by policy). Not Hang or HeartbeatLost: a frozen process on a Ready node is the
+# process's fault; blaming its node once per hang excluded every node of a 2-node pool
+# (issue 11: the job sat Pending forever).
+NODE_CAUSES = frozenset({D.NODE_LOST, D.EVICTED})
+# Causes whose node replacements *prefer* to avoid (a preferred affinity, never required):
+# a lost node is often first seen as a hang or as silence, before its grace period ends
+# and it turns NotReady (found by bench/chaos.py: without this the replacement went back
+# to the dying node and the job restarted a second time).
+AVOID_CAUSES = NODE_CAUSES | {D.HANG, D.HEARTBEAT_LOST}
+AVOID_WEIGHT = 100  # preferred-affinity weight (the maximum): other nodes win whenever one fits
 # Causes a repetition can turn into a user error (never external ones).
 REPEATABLE = frozenset({D.WORKER_CRASHED, D.OOM_KILLED, D.WORKER_KILLED, D.HANG, D.HEARTBEAT_LOST, D.USER_ERROR})
 ERROR_LINES = 5
@@ -217,44 +230,45 @@ def current_records(records: Iterable[Any], facts: Iterable[PodView]) -> list[An
 
 
 def nodes_to_avoid(history: Iterable[Mapping[str, Any]], finding: D.Finding | None, max_n: int = 3) -> tuple[str, ...]:
-    """Most recent distinct nodes that failed this job for node-related causes."""
+    """Most recent distinct nodes that failed this job for causes replacements avoid
+    (``AVOID_CAUSES``; preferred only, see ``with_node_anti_affinity``)."""
     nodes: list[str] = []
-    if finding is not None and finding.node and finding.cause in NODE_CAUSES:
+    if finding is not None and finding.node and finding.cause in AVOID_CAUSES:
         nodes.append(finding.node)
     for inc in reversed(list(history)):
         cause = inc.get("detectedCause")
         node = inc.get("node")
-        if node and cause in NODE_CAUSES and node not in nodes:
+        if node and cause in AVOID_CAUSES and node not in nodes:
             nodes.append(node)
     return tuple(nodes[:max_n])
 
 
 def with_node_anti_affinity(pod_spec: Mapping[str, Any], nodes: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``pod_spec`` that cannot be scheduled on ``nodes``.
+    """A copy of ``pod_spec`` that the scheduler places on other nodes than ``nodes``
+    whenever one fits, and still on one of ``nodes`` when none does.
 
-    Adds ``matchFields: metadata.name NotIn [node]`` for each node to every
-    required node selector term (terms are ORed, so each one needs them; the
-    expressions of a term are ANDed). One expression per node: the API server
-    accepts a single value for ``matchFields`` In/NotIn. Creates one term if
-    there are none. Preferred terms and other affinities are kept.
+    A *preferred* term (weight ``AVOID_WEIGHT``) with ``matchFields: metadata.name
+    NotIn [node]`` per node (the API server accepts a single value for ``matchFields``
+    In/NotIn; the expressions of a term are ANDed). A required term would make the
+    job unschedulable once every node that fits it failed once (issue 11). A lost
+    node is kept off by its own NoSchedule taint, not by this. Earlier avoidance
+    terms are replaced; the user's required and preferred terms are kept.
     """
     spec = copy.deepcopy(dict(pod_spec))
     if not nodes:
         return spec
     exprs = [{"key": "metadata.name", "operator": "NotIn", "values": [n]} for n in sorted(set(nodes))]
-    aff = spec.setdefault("affinity", {})
-    na = aff.setdefault("nodeAffinity", {})
-    req = na.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
-    terms = req.get("nodeSelectorTerms") or [{}]
-    new_terms = []
-    for term in terms:
-        term = dict(term)
-        fields = [f for f in term.get("matchFields") or []
-                  if not (f.get("key") == "metadata.name" and f.get("operator") == "NotIn")]
-        term["matchFields"] = fields + copy.deepcopy(exprs)
-        new_terms.append(term)
-    req["nodeSelectorTerms"] = new_terms
+    na = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    preferred = [t for t in na.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+                 if not _is_avoidance(t)]
+    preferred.append({"weight": AVOID_WEIGHT, "preference": {"matchFields": exprs}})
+    na["preferredDuringSchedulingIgnoredDuringExecution"] = preferred
     return spec
+
+
+def _is_avoidance(term: Mapping[str, Any]) -> bool:
+    fields = (term.get("preference") or {}).get("matchFields") or []
+    return bool(fields) and all(f.get("key") == "metadata.name" and f.get("operator") == "NotIn" for f in fields)
 
 
 # ---------------------------------------------------------------------------- bad nodes

@@ -9,6 +9,8 @@ no worker hosts it and nothing waits for DNS. See operator/README-rendezvous.md.
 The store runs in a child process (`python -m stoker.operator.rendezvous`) so the
 operator itself never imports torch; the child asks the kernel to kill it when
 the operator dies (PR_SET_PDEATHSIG), so a SIGKILLed operator leaves nothing behind.
+If the store itself dies (killed, OOM), a watchdog thread starts it again on the same
+port: the jobs whose rendezvous it broke restart (RendezvousLost) and need it back.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 log = logging.getLogger("stoker.operator.rendezvous")
@@ -42,6 +45,23 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+NO_TORCH = ("the rendezvous store (--rendezvous-port {port}) is torch.distributed.TCPStore and torch is not "
+            "installed here: pip install 'stoker[operator,rendezvous]' (CPU wheels suffice), or run the store "
+            "apart (`stoker operator rendezvous` where torch is installed, e.g. the worker image) and start the "
+            "operator with --rendezvous-port 0 and --rendezvous-advertise-address <the store's IP>")
+
+
+def torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def require_torch(port: int = 29400) -> None:
+    if not torch_installed():
+        raise RuntimeError(NO_TORCH.format(port=port))
+
+
 class StoreProcess:
     """Starts the store child and waits until it accepts connections."""
 
@@ -49,8 +69,28 @@ class StoreProcess:
         self.port = port
         self.bind_host = bind_host
         self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+
+    def watch(self, interval_s: float = 0.5) -> threading.Thread:
+        """Restart the store whenever it exits, until stop(); returns the thread."""
+        def loop() -> None:
+            while not self._stopping.wait(interval_s):
+                if self.proc is not None and self.proc.poll() is not None and not self._stopping.is_set():
+                    log.warning("rendezvous store exited; starting it again",
+                                extra={"port": self.port, "returncode": self.proc.returncode})
+                    self.restarts += 1
+                    try:
+                        self.start()
+                    except RuntimeError:
+                        log.exception("rendezvous store restart failed; trying again")
+
+        t = threading.Thread(target=loop, name="rendezvous-watchdog", daemon=True)
+        t.start()
+        return t
 
     def start(self, timeout: float = 60.0) -> None:
+        require_torch(self.port)
         probe = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stoker.operator.rendezvous", "--port", str(self.port)],
@@ -68,6 +108,7 @@ class StoreProcess:
         raise RuntimeError(f"rendezvous store did not listen on port {self.port} within {timeout:.0f}s")
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -107,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Stoker's shared c10d rendezvous store")
     ap.add_argument("--port", type=int, default=29400)
     args = ap.parse_args(argv)
+    try:
+        require_torch(args.port)
+    except RuntimeError as e:
+        print(f"stoker operator rendezvous: {e}", file=sys.stderr)
+        return 1
     serve(args.port)
     return 0
 

@@ -42,7 +42,7 @@ def create(ps: Pass) -> Plan | None:
 
 
 def phase(ps: Pass) -> Plan | None:
-    """Running once enough workers are ready; scale Events."""
+    """Running once enough workers are ready."""
     job, desired = ps.job, ps.desired
     ready = sum(1 for x in ps.b.active if x.ready)
     if ready >= min(job.min_replicas, desired) and ready > 0 and not ps.missing and ps.phase != "Running":
@@ -51,6 +51,12 @@ def phase(ps: Pass) -> Plan | None:
         if ps.has_condition("Restarting"):
             ps.condition("Restarting", False, "WorkersRunning", "all workers are back")
         ps.event("Normal", "Running", f"{ready} of {desired} workers ready (incarnation {ps.incarnation})")
+    return None
+
+
+def scale_events(ps: Pass) -> Plan | None:
+    """ScaledUp / ScaledDown Events when spec.replicas changed."""
+    desired = ps.desired
     old_desired = ps.old.get("desiredReplicas")
     if old_desired is not None and old_desired != desired and ps.phase not in ("Suspended",):
         verb = "ScaledUp" if desired > old_desired else "ScaledDown"

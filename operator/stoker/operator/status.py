@@ -39,6 +39,14 @@ def set_condition(
     return sorted(out, key=lambda c: order.get(c.get("type"), 99))
 
 
+def with_observed_generation(conditions: Iterable[Mapping[str, Any]], generation: int | None) -> list[dict[str, Any]]:
+    """metav1.Condition's observedGeneration: every pass re-decides every condition from the
+    spec of `generation`, so each one is stamped with it."""
+    if generation is None:
+        return [dict(c) for c in conditions]
+    return [{**c, "observedGeneration": int(generation)} for c in conditions]
+
+
 def condition(conditions: Iterable[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
     for c in conditions:
         if c.get("type") == type_:

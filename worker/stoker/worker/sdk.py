@@ -67,6 +67,7 @@ class Session:
         pod_name: str = "",
         node_name: str = "",
         interval_s: float = 5.0,
+        journal_dir: str | None = None,
     ) -> None:
         self.identity = pb.JobIdentity(
             namespace=namespace, job_name=job_name, job_uid=job_uid, incarnation=incarnation, rank=rank,
@@ -96,6 +97,11 @@ class Session:
         self._ckpt_requests: dict[str, int] = {}  # request id -> step when it arrived
         self._stop_request: str | None = None
         self._reporter = None
+        self._journal = None
+        if journal_dir:
+            from .journal import StepJournal
+
+            self._journal = StepJournal(journal_dir, job=job_name, incarnation=incarnation, pod=pod_name, rank=rank)
         if self.address:
             from .reporter import Reporter
 
@@ -120,6 +126,7 @@ class Session:
             rank=num("RANK", 0), world_size=num("WORLD_SIZE", 1),
             replica_index=num(env.REPLICA_INDEX, 0), pod_name=e.get(env.POD_NAME, ""),
             node_name=e.get(env.NODE_NAME, ""), interval_s=num(env.HEARTBEAT_INTERVAL, 5.0, float),
+            journal_dir=e.get(env.STEP_JOURNAL_DIR) or None,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -138,6 +145,8 @@ class Session:
         """Send a final heartbeat (best effort) and stop the thread."""
         if self._reporter is not None:
             self._reporter.close(timeout)
+        if self._journal is not None:
+            self._journal.close()
 
     def __enter__(self) -> "Session":
         return self.start()
@@ -158,6 +167,8 @@ class Session:
                 self._metrics.update(metrics)
             if self._phase in (pb.STARTING, pb.RESTORING):
                 self._phase = pb.TRAINING
+        if self._journal is not None:
+            self._journal.record("step", step)
 
     def set_phase(self, phase: str | int, error: str = "") -> None:
         """STARTING, RESTORING, TRAINING, CHECKPOINTING, FINISHED or FAILED;
@@ -177,6 +188,8 @@ class Session:
         failed one as REJECTED); requests that arrived later stay pending."""
         if result is None:
             return
+        if self._journal is not None:
+            self._journal.record("checkpoint", int(result.step), ok=bool(result.ok))
         with self._lock:
             self._ckpt_metrics.update(checkpoint_step=int(result.step), checkpoint_ok=bool(result.ok),
                                       checkpoint_duration_seconds=float(result.duration_s))
@@ -198,6 +211,8 @@ class Session:
         """E.g. after a restore, so the operator knows where the job resumed."""
         if step is None:
             return
+        if self._journal is not None:
+            self._journal.record("resumed", int(step))
         with self._lock:
             self._ckpt_metrics["last_committed_step"] = int(step)
 

@@ -89,6 +89,24 @@ def tail_lines(data: bytes, n: int) -> bytes:
     return data[pos + 1:]
 
 
+# The kubelet's terminationMessagePolicy FallbackToLogsOnError: the last 80 lines, at most
+# 2048 bytes, of a container that failed without writing a termination message.
+TERMINATION_LOG_LINES = 80
+TERMINATION_LOG_BYTES = 2048
+
+
+def termination_log_tail(log_path: str) -> str:
+    """The FallbackToLogsOnError message of the container instance that just ended."""
+    try:
+        with open(log_path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    begin, end = instance_range(read_starts(log_path), len(data), previous=False) or (0, len(data))
+    tail = tail_lines(data[begin:end], TERMINATION_LOG_LINES)[-TERMINATION_LOG_BYTES:]
+    return tail.decode("utf-8", "replace").strip()
+
+
 def parse_log_path(path: str) -> tuple[str, str, str] | None:
     parts = [unquote(p) for p in urlsplit(path).path.split("/") if p]
     if len(parts) == 4 and parts[0] == "containerLogs" and all(parts[1:]):

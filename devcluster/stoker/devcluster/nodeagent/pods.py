@@ -188,7 +188,7 @@ class PodRunner:
             procs.signal_group(proc.pid, signal.SIGKILL)  # the container ends with its main process
             c = self._container(name)
             code = exit_code_of(rc)
-            c.mark_terminated(code)
+            c.mark_terminated(code, message=self._fallback_message(name, code))
             ran = now - self.started_mono.pop(name, now)
             log.info("container exited", extra={"pod": self.key, "container": name,
                                                 "exit_code": code, "ran_s": round(ran, 3)})
@@ -196,6 +196,13 @@ class PodRunner:
             if not self.deleting:
                 self._after_exit(c, now, ran)
             self.ctx.save_state()
+
+    def _fallback_message(self, name: str, code: int) -> str:
+        """terminationMessagePolicy FallbackToLogsOnError: a failed container's log tail.
+        (There is no terminationMessagePath file: processes share the host's filesystem.)"""
+        if code == 0 or self.specs[name].get("terminationMessagePolicy") != "FallbackToLogsOnError":
+            return ""
+        return kubeletapi.termination_log_tail(self.log_path(name))
 
     def _after_exit(self, c: ContainerState, now: float, ran: float) -> None:
         if not should_restart(self.policy, c.exit_code, init=c.init):

@@ -77,6 +77,18 @@ class SaveResult:
         return asdict(self)
 
 
+def refuse_fresh_optimizers(state: dict[str, Any]) -> None:
+    """DCP loads in place: a plain optimizer that has not stepped has no state tensors to load
+    into, so its moments and step counts would silently stay empty. Refuse, naming the fix."""
+    fresh = [k for k, v in state.items() if isinstance(v, torch.optim.Optimizer) and not v.state]
+    if fresh:
+        raise ValueError(
+            f"state[{fresh[0]!r}] is a torch.optim.Optimizer that has not stepped yet: it has no state for the "
+            f"checkpoint to load into, and its moments would silently stay empty. Pass "
+            f"stoker.worker.state.OptimizerState([model], [optimizer]) under that key instead (it creates the "
+            f"state first, keyed by parameter name, and works across world sizes)")
+
+
 class CheckpointManager:
     """Save and load sharded checkpoints under ``uri``.
 
@@ -136,7 +148,6 @@ class CheckpointManager:
         self._executor: ThreadPoolExecutor | None = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="stoker-ckpt") if async_mode == "async" else None
         )
-        self._stager = DefaultStager(StagingOptions(False, False, False, False)) if async_mode == "async" else None
         self._pending: Future[SaveResult] | None = None
         self._closed = False
 
@@ -162,10 +173,16 @@ class CheckpointManager:
             self._finish(self._save_blocking(step, state_dict, t0, blocked_s=None))
             return
         staged, stage_error = None, None
+        # A fresh stager per save: a DefaultStager caches its CPU storages between stage() calls
+        # (reusing one across saves was reported broken in a torch release); close() drops only
+        # that cache, the staged copy stays alive through `staged`.
+        stager = DefaultStager(StagingOptions(False, False, False, False))
         try:
-            staged = self._stager.stage(state_dict)
+            staged = stager.stage(state_dict)
         except Exception as exc:  # noqa: BLE001 - e.g. out of CPU memory: report, don't kill training
             stage_error = repr(exc)
+        finally:
+            stager.close()
         if not self._all_ok(stage_error is None):  # every rank saves, or none does (no half-joined collectives)
             took = time.monotonic() - t0
             log.error("checkpoint.failed step=%d phase=staging error=%s", step, stage_error)
@@ -322,6 +339,7 @@ class CheckpointManager:
         if chosen is None:
             log.info("checkpoint.none uri=%s", self.uri)
             return None
+        refuse_fresh_optimizers(state)
         t0 = time.monotonic()
         try:
             with _quiet_if_single(self._pg is None):
@@ -349,8 +367,6 @@ class CheckpointManager:
         self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        if self._stager is not None:
-            self._stager.close()
 
     def __enter__(self) -> "CheckpointManager":
         return self

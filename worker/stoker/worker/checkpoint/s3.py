@@ -92,14 +92,24 @@ def s3torchconnector_available() -> bool:
     return True
 
 
-def make_crt_client():
-    """s3torchconnector's AWS CRT client (C, multipart, many connections) for
-    the shard bytes; its own retries are kept short, ours decide."""
+# s3torchconnector's S3Client lives in a private module (s3torchconnector._s3client). It is
+# used here only, the worker extra pins s3torchconnector to the minor version it was checked
+# with (pyproject.toml), and tests/worker_ckpt/test_s3_private_api.py checks the calls below.
+S3TORCHCONNECTOR_CHECKED = "1.5"
+
+
+def crt_client(max_attempts: int | None = None):
+    """s3torchconnector's AWS CRT client (C, multipart, many connections)."""
     from s3torchconnector import S3ClientConfig
     from s3torchconnector._s3client import S3Client
 
-    return S3Client(_region(), endpoint=os.environ.get(env.S3_ENDPOINT) or None,
-                    s3client_config=S3ClientConfig(force_path_style=True, max_attempts=2))
+    config = S3ClientConfig(force_path_style=True, **({"max_attempts": max_attempts} if max_attempts else {}))
+    return S3Client(_region(), endpoint=os.environ.get(env.S3_ENDPOINT) or None, s3client_config=config)
+
+
+def make_crt_client():
+    """The CRT client for the shard bytes; its own retries are kept short, ours decide."""
+    return crt_client(max_attempts=2)
 
 
 class Boto3FileSystem(FileSystemBase):
@@ -266,11 +276,7 @@ class S3Store:
     def _crt_client(self):
         """One CRT client per store (it owns connection pools and threads)."""
         if getattr(self, "_crt", None) is None:
-            from s3torchconnector import S3ClientConfig
-            from s3torchconnector._s3client import S3Client
-
-            self._crt = S3Client(_region(), endpoint=os.environ.get(env.S3_ENDPOINT) or None,
-                                 s3client_config=S3ClientConfig(force_path_style=True))
+            self._crt = crt_client()
         return self._crt
 
     def _key(self, *parts: str) -> str:

@@ -1,0 +1,333 @@
+"""Chaos suite: many TrainingJobs, faults at random moments of real training, and for
+every job the checks that matter (issue 11).
+
+    .venv/bin/python bench/chaos.py [--profile default|short] [--seed N] [--cluster-dir DIR]
+    make chaos          # the default profile: >= 100 faults across 10 kinds, ~1 hour on 2 cores
+
+Jobs (2 workers each, one at a time, on a pool of 2 process nodes) cycle through three
+configs of the built-in trainer: the demo model with DDP, a 2-stage 1F1B pipeline and
+ZeRO-3. Each job gets a few faults drawn from the kinds in bench/chaos_faults.py, each
+at a random moment of training (seeded; the seed is printed and saved: ``--seed N``
+replays the same choices). Per job it checks:
+
+  succeeded      the job ends Succeeded
+  identical      final parameters (the trainer's checksum) == an undisturbed torchrun
+                 run of the same config and world size
+  newest commit  every restart resumed from the newest checkpoint committed before it,
+                 never from one without COMMITTED; recomputed steps (counted from the
+                 append-only step journal, per incarnation) <= steps since that commit
+  pods           never two live pods for one worker index, no process of the job left
+                 after it ended
+  budget         restarts counted as infrastructure (userError 0), total == incarnation
+
+and per fault: detect (until status.incidents records it) and recover (until a step of
+the new incarnation is in the journal), from the moment of injection. The default
+profile runs with the failure-policy defaults a user gets; the short profile (``make
+test`` runs it, tests/test_chaos.py) sets progressTimeoutSeconds=5 to stay short, and
+says so in its JSON. Results: bench/results/chaos.json (raw samples, commit, machine,
+load average, command line, seed), or chaos-short.json for the short profile.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import chaos_faults as K  # noqa: E402
+from bench.bench_recovery import Bench  # noqa: E402
+from bench.common import print_table, write_results  # noqa: E402
+from stoker.devcluster.local import LocalCluster  # noqa: E402
+from stoker.worker import journal  # noqa: E402
+from tests.recovery_tests import faults as F  # noqa: E402
+from tests.recovery_tests.conftest import reference_run  # noqa: E402
+from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
+
+PROFILES = {
+    # faults: how many fault events; per_job: faults per job; kinds: drawn round-robin in a seeded order
+    "default": {"faults": 100, "per_job": 4, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 60.0),
+                "failure_policy": {}, "steps": 240},
+    "short": {"faults": 10, "per_job": 4, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 12.0),
+              "failure_policy": {"progressTimeoutSeconds": 5}, "steps": 200},
+}
+CONFIGS = ("demo", "pipeline", "zero3")
+
+
+def job_config(kind: str, steps: int) -> dict:
+    cfg = trainer_config(steps)
+    if kind == "pipeline":
+        cfg["model"]["tie_embeddings"] = False
+        cfg["parallel"] = {"mode": "pipeline-1f1b", "pp": 2}
+    elif kind == "zero3":
+        cfg["parallel"] = {"mode": "zero3"}
+    return cfg
+
+
+class Suite:
+    def __init__(self, bench: Bench, rng: random.Random, profile: dict, tmp: Path) -> None:
+        self.b, self.rng, self.p, self.tmp = bench, rng, profile, tmp
+        self.refs: dict[str, str] = {}
+        self.lost_nodes: list[str] = []
+
+    # ------------------------------------------------------------------ plumbing
+    def reference(self, cfg_kind: str) -> str:
+        if cfg_kind not in self.refs:
+            cfg = job_config(cfg_kind, self.p["steps"])
+            cfg["checkpoint"]["uri"] = "unused"
+            out = reference_run(self.tmp / f"ref-{cfg_kind}", cfg, 2)
+            self.refs[cfg_kind] = json.loads((out / "summary.json").read_text())["checksum"]
+        return self.refs[cfg_kind]
+
+    def lose_node(self, node: str) -> None:
+        self.b.c.stop_process_node(node, sig=signal.SIGKILL)
+        self.b.nodes.remove(node)
+        self.lost_nodes.append(node)
+        self.b.add_node()
+
+    def kill_operator(self) -> None:
+        os.killpg(self.b.op.pid, signal.SIGKILL)
+        self.b.op.wait()
+
+    def create(self, name: str, cfg: dict) -> Path:
+        out = self.tmp / name
+        jdir = out / "journal"
+        cfg["output"] = {"metrics_path": str(out / "metrics.jsonl"), "summary_path": str(out / "summary.json")}
+        self.b.create(name, cfg, self.p["failure_policy"], extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)})
+        return jdir
+
+    # ------------------------------------------------------------------ one job
+    def run_job(self, n: int, kinds: list[str]) -> dict:
+        cfg_kind = CONFIGS[n % len(CONFIGS)]
+        ref = self.reference(cfg_kind)
+        name = f"chaos-{n}-{uuid.uuid4().hex[:4]}"
+        jdir = self.create(name, job_config(cfg_kind, self.p["steps"]))
+        mon = Monitor(self.b, name)
+        mon.start()
+        ctx = K.Ctx(rng=self.rng, job=name, replicas=2, journal_dir=jdir,
+                    incarnation=lambda: int(self.b.status(name).get("incarnation", 0)),
+                    finished=lambda: self.b.status(name).get("phase") in ("Succeeded", "Failed"),
+                    pod_node=self.b.pod_node, lose_node=self.lose_node, kill_operator=self.kill_operator,
+                    start_operator=self.b.start_operator, operator_pid=lambda: self.b.op.pid,
+                    stop_s3=self.b.c.stop_s3, start_s3=self.b.c.start_s3, s3_outage_s=self.p["s3_outage_s"])
+        samples = []
+        try:
+            for kind in kinds:
+                fn, expect = K.KINDS[kind]
+                before = ctx.incarnation()
+                try:
+                    s = {"kind": kind, "expect": expect, **fn(ctx)}
+                except TimeoutError as e:
+                    samples.append({"kind": kind, "error": str(e)})
+                    break
+                print(json.dumps({"job": name, **s}, default=str), flush=True)
+                samples.append(s)
+                ctx.after_t = time.time()
+                ctx.after_incarnation = s.get("incarnation", before) if expect == K.RESTARTS else -1
+            phase = wait_phase(self.b, name, 900)
+        finally:
+            K.kill_stopped(ctx.stopped)
+            mon.stop()
+        return self.check(name, cfg_kind, ref, jdir, samples, phase, mon)
+
+    def check(self, name: str, cfg_kind: str, ref: str, jdir: Path, samples: list[dict], phase: str,
+              mon: "Monitor") -> dict:
+        st = self.b.status(name)
+        summary = _json(self.tmp / name / "summary.json")
+        recs = journal.read(jdir)
+        facts = F.recovery_facts(recs)
+        time.sleep(3)  # the pods' processes exit with them
+        leftovers = K.leftover_processes(name)
+        for pid in leftovers:
+            F.signal_pid(pid, signal.SIGKILL)
+        restarts = st.get("restarts") or {}
+        incs = [i for i in st.get("incidents") or [] if i.get("kind") in ("Restart", "Replace")]
+        for s in samples:
+            attach_latency(s, mon.incident_times, recs)
+        return {
+            "job": name, "config": cfg_kind, "phase": phase, "samples": samples, "recoveries": facts,
+            "succeeded": phase == "Succeeded",
+            "identical": bool(summary) and summary.get("checksum") == ref and summary.get("step") == self.p["steps"],
+            "newest_commit": all(f["resumed_committed"] and f["resumed"] == f["newest_commit"] for f in facts),
+            "recompute_bounded": all(f["recomputed"] <= f["since_commit"] for f in facts),
+            "pods_ok": not mon.duplicates and not leftovers, "duplicates": mon.duplicates, "leftovers": leftovers,
+            "budget_ok": int(restarts.get("userError", 0)) == 0
+            and int(restarts.get("total", 0)) == int(st.get("incarnation", 0)) == len(incs),
+            "restarts": restarts, "incarnation": st.get("incarnation"),
+            "incidents": [{k: i.get(k) for k in ("kind", "detectedCause", "step", "pod", "node", "time")}
+                          for i in st.get("incidents") or []],
+        }
+
+
+class Monitor(threading.Thread):
+    """Polls the job while faults are injected: when each incident appeared (wall clock)
+    and whether two live pods ever held one worker index."""
+
+    def __init__(self, bench: Bench, name: str) -> None:
+        super().__init__(daemon=True)
+        self.b, self.name = bench, name
+        self.incident_times: list[float] = []
+        self.duplicates: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        seen, n = 0, 0
+        while not self._halt.wait(0.2):
+            st = self.b.status(self.name)
+            count = len([i for i in st.get("incidents") or [] if i.get("kind") in ("Restart", "Replace")])
+            if count > seen:
+                self.incident_times += [time.time()] * (count - seen)
+                seen = count
+            n += 1
+            if n % 5 == 0:
+                self.check_pods()
+
+    def check_pods(self) -> None:
+        live: dict[str, list[str]] = {}
+        for p in self.b.pods(self.name):
+            meta, phase = p["metadata"], p.get("status", {}).get("phase")
+            if meta.get("deletionTimestamp") or phase not in ("Pending", "Running"):
+                continue
+            live.setdefault(meta["labels"].get("stoker.dev/replica-index", "?"), []).append(meta["name"])
+        self.duplicates += [",".join(v) for v in live.values() if len(v) > 1]
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def attach_latency(s: dict, incident_times: list[float], recs: list[dict]) -> None:
+    t0 = s.get("t0")
+    if t0 is None:
+        return
+    det = [t for t in incident_times if t >= t0]
+    s["detect_s"] = det[0] - t0 if det and (s["expect"] == K.RESTARTS or det[0] - t0 < 120) else None
+    inc = s.get("incarnation", -1)
+    new = [r["t"] for r in recs if r["event"] == "step" and r["incarnation"] > inc and r["t"] > t0]
+    s["recover_s"] = min(new) - t0 if new and s.get("detect_s") is not None else None
+
+
+def wait_phase(b: Bench, name: str, timeout: float) -> str:
+    end = time.monotonic() + timeout
+    phase = ""
+    while time.monotonic() < end:
+        phase = b.status(name).get("phase", "")
+        if phase in ("Succeeded", "Failed"):
+            return phase
+        time.sleep(0.5)
+    return f"timeout ({phase})"
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def plan(rng: random.Random, profile: dict) -> list[list[str]]:
+    """Fault kinds per job: every kind in turn (a seeded shuffle per round), per_job a job."""
+    kinds: list[str] = []
+    while len(kinds) < profile["faults"]:
+        rnd = list(profile["kinds"])
+        rng.shuffle(rnd)
+        kinds += rnd
+    kinds = kinds[:profile["faults"]]
+    k = profile["per_job"]
+    return [kinds[i:i + k] for i in range(0, len(kinds), k)]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+def table(jobs: list[dict]) -> list[dict]:
+    rows = []
+    kinds = sorted({s["kind"] for j in jobs for s in j["samples"]})
+    for kind in kinds:
+        js = [j for j in jobs if any(s["kind"] == kind for s in j["samples"])]
+        ss = [s for j in js for s in j["samples"] if s["kind"] == kind]
+        det = [s["detect_s"] for s in ss if s.get("detect_s") is not None]
+        rec = [s["recover_s"] for s in ss if s.get("recover_s") is not None]
+
+        def frac(key: str) -> str:
+            return f"{sum(1 for j in js if j[key])}/{len(js)}"
+
+        def stats(v: list[float]) -> str:
+            return "-" if not v else f"{statistics.median(v):.1f}/{pct(v, 0.95):.1f}/{max(v):.1f}"
+
+        rows.append({"kind": kind, "injected": len(ss), "jobs Succeeded": frac("succeeded"),
+                     "identical": frac("identical"), "resumed from newest commit": frac("newest_commit"),
+                     "detect p50/p95/max s": stats(det), "recover p50/p95/max s": stats(rec)})
+    return rows
+
+
+def failures(jobs: list[dict]) -> list[str]:
+    keys = ("succeeded", "identical", "newest_commit", "recompute_bounded", "pods_ok", "budget_ok")
+    return [f"{j['job']} ({j['config']}): " + ", ".join(k for k in keys if not j[k]) for j in jobs
+            if not all(j[k] for k in keys)] + [
+        f"{j['job']}: fault {s['kind']} not injected: {s.get('error') or 'nothing to hit'}"
+        for j in jobs for s in j["samples"] if s.get("error") or not s.get("hit")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="default")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--faults", type=int, default=None, help="override the profile's number of faults")
+    ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
+    ap.add_argument("--out", default=None, help="write the JSON here instead of bench/results/")
+    args = ap.parse_args(argv)
+    profile = dict(PROFILES[args.profile], **({"faults": args.faults} if args.faults else {}))
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    print(f"chaos: profile {args.profile}, seed {seed} (replay: --seed {seed})", flush=True)
+    rng = random.Random(seed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="chaos-"))
+    cluster = LocalCluster(args.cluster_dir or tmp / "cluster", die_with_parent=not args.cluster_dir)
+    cluster.up()
+    b = Bench(cluster, tmp)
+    suite = Suite(b, rng, profile, tmp)
+    jobs: list[dict] = []
+    started = time.time()
+    name = "chaos" if args.profile == "default" else f"chaos-{args.profile}"
+    results = {"profile": args.profile, "seed": seed, "command": [sys.executable, *sys.argv],
+               "settings": {k: v for k, v in profile.items()}, "jobs": jobs}
+    try:
+        b.setup(nodes=2)
+        for n, kinds in enumerate(plan(rng, profile)):
+            jobs.append(suite.run_job(n, kinds))
+            print(json.dumps({k: v for k, v in jobs[-1].items() if k not in ("samples", "incidents")}, default=str),
+                  flush=True)
+    finally:
+        b.teardown()
+        cluster.delete_nodes(suite.lost_nodes)
+        if not args.cluster_dir:
+            cluster.down()
+    rows = table(jobs)
+    bad = failures(jobs)
+    results.update(table=rows, failures=bad, wall_s=time.time() - started,
+                   faults_injected=sum(len(j["samples"]) for j in jobs), loadavg_end=os.getloadavg())
+    print_table(f"Chaos ({args.profile}, seed {seed}, {results['faults_injected']} faults, "
+                f"{len(jobs)} jobs, {results['wall_s'] / 60:.1f} min, load {os.getloadavg()[0]:.1f})", rows)
+    write_results(name, results, Path(args.out) if args.out else None)
+    for line in bad:
+        print("FAIL", line, flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The fault kinds of bench/chaos.py. Each one takes a ``Ctx`` (the running job and
+the suite's seeded ``random.Random``), waits for a random moment of real training
+(tests/recovery_tests/faults.py) and injects; it returns the raw sample of what it
+did (the injection time ``t0`` on the wall clock, what it hit, and for some kinds
+whether the fault landed where it was meant to: mid-save, overlapping a save)."""
+from __future__ import annotations
+
+import dataclasses
+import random
+import signal
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from stoker.worker import journal
+from tests.recovery_tests import faults as F
+
+RESTARTS = "restart"   # the fault must end the incarnation (detect/recover measured)
+NO_RESTART = "none"    # training may go on (operator, store, S3): a restart is not expected
+
+
+@dataclasses.dataclass
+class Ctx:
+    rng: random.Random
+    job: str
+    replicas: int
+    journal_dir: Path
+    incarnation: Callable[[], int]
+    finished: Callable[[], bool]              # the job ended (no moment will come)
+    pod_node: Callable[[str], str]
+    lose_node: Callable[[str], None]          # SIGKILL a process node (and add a fresh one)
+    kill_operator: Callable[[], None]         # SIGKILL the operator's process group (store included)
+    start_operator: Callable[[], None]
+    operator_pid: Callable[[], int]
+    stop_s3: Callable[[], None]
+    start_s3: Callable[[], None]
+    s3_outage_s: tuple[float, float]
+    after_incarnation: int = -1
+    after_t: float = 0.0
+    stopped: list = dataclasses.field(default_factory=list)   # SIGSTOPped pids, SIGKILLed at the end
+
+    def moment(self) -> dict:
+        return F.at_random_moment(self.rng, self.journal_dir, self.incarnation, min_steps=2, max_steps=12,
+                                  after_incarnation=self.after_incarnation, after_t=self.after_t, timeout=300,
+                                  alive=lambda: not self.finished())
+
+    def pod(self, inc: int) -> str:
+        return f"{self.job}-worker-{self.rng.randrange(self.replicas)}-{inc}"
+
+
+def _signal_trainer(c: Ctx, sig: int, moment: dict | None = None) -> dict:
+    m = moment or c.moment()
+    pod = c.pod(m["incarnation"])
+    pid = F.trainer_pid(pod)
+    t0 = time.time()
+    ok = F.signal_pid(pid, sig)
+    if ok and sig == signal.SIGSTOP:
+        c.stopped.append(pid)
+    return {"t0": t0, "pod": pod, "hit": ok, **m}
+
+
+def sigkill_trainer(c: Ctx) -> dict:
+    return _signal_trainer(c, signal.SIGKILL)
+
+
+def sigstop(c: Ctx) -> dict:
+    return _signal_trainer(c, signal.SIGSTOP)
+
+
+def sigkill_launcher(c: Ctx) -> dict:
+    m = c.moment()
+    pod = c.pod(m["incarnation"])
+    pid = F.launcher_pid(pod)
+    t0 = time.time()
+    return {"t0": t0, "pod": pod, "hit": F.signal_pid(pid, signal.SIGKILL), **m}
+
+
+def node_lost(c: Ctx) -> dict:
+    m = c.moment()
+    pod = c.pod(m["incarnation"])
+    node = c.pod_node(pod)
+    t0 = time.time()
+    c.lose_node(node)
+    return {"t0": t0, "pod": pod, "node": node, "hit": bool(node), **m}
+
+
+def operator_killed(c: Ctx) -> dict:
+    m = c.moment()
+    down_s = c.rng.uniform(0.0, 5.0)
+    t0 = time.time()
+    c.kill_operator()
+    time.sleep(down_s)
+    c.start_operator()
+    return {"t0": t0, "down_s": down_s, "hit": True, **m}
+
+
+def rendezvous_killed(c: Ctx) -> dict:
+    m = c.moment()
+    pid = F.rendezvous_store_pid(c.operator_pid())
+    t0 = time.time()
+    return {"t0": t0, "store_pid": pid, "hit": F.signal_pid(pid, signal.SIGKILL), **m}
+
+
+def s3_outage(c: Ctx) -> dict:
+    m = c.moment()
+    lo, hi = c.s3_outage_s
+    down_s = c.rng.uniform(lo, hi)
+    t0 = time.time()
+    c.stop_s3()
+    time.sleep(down_s)
+    c.start_s3()
+    t1 = time.time()
+    recs = journal.read(c.journal_dir)
+    overlapped = F.saves_overlapping(recs, t0, t1, interval=5)
+    failed = sorted({r["step"] for r in recs if r["event"] == "checkpoint" and not r.get("ok") and r["t"] >= t0})
+    return {"t0": t0, "down_s": down_s, "hit": bool(overlapped), "saves_overlapping": overlapped, "failed_saves": failed,
+            "steps_during_outage": len({r["step"] for r in recs if r["event"] == "step" and t0 <= r["t"] <= t1}), **m}
+
+
+def _save_seconds(recs: list[dict]) -> float:
+    """Median time from a checkpoint step's step record to its save outcome (0.3 s if unknown)."""
+    at = {(r["pid"], r["step"]): r["t"] for r in recs if r["event"] == "step"}
+    d = [r["t"] - at[(r["pid"], r["step"])] for r in recs if r["event"] == "checkpoint" and (r["pid"], r["step"]) in at]
+    return statistics.median(d) if d else 0.3
+
+
+def kill_during_save(c: Ctx, interval: int = 5) -> dict:
+    """SIGKILL a trainer at a random moment of a save: after a checkpoint step's record,
+    within the time saves have taken so far (no debug hook)."""
+    c.moment()  # a random point of training first, then the next checkpoint step after it
+    deadline = time.monotonic() + 300
+    since = time.time()
+    while time.monotonic() < deadline:
+        inc = c.incarnation()
+        recs = [r for r in journal.read(c.journal_dir) if r["incarnation"] == inc]
+        due = [r for r in recs if r["event"] == "step" and r["t"] > since and r["step"] % interval == 0]
+        if due:
+            step = due[0]["step"]
+            delay = c.rng.uniform(0.0, _save_seconds(journal.read(c.journal_dir)))
+            time.sleep(max(0.0, due[0]["t"] + delay - time.time()))
+            pod = c.pod(inc)
+            pid = F.trainer_pid(pod)
+            t0 = time.time()
+            ok = F.signal_pid(pid, signal.SIGKILL)
+            done = any(r["event"] == "checkpoint" and r["step"] == step and r["t"] <= t0
+                       for r in journal.read(c.journal_dir))
+            return {"t0": t0, "pod": pod, "hit": ok, "incarnation": inc, "save_step": step, "delay_s": delay,
+                    "mid_save": not done}
+        time.sleep(0.01)
+    raise TimeoutError("no checkpoint step within 300 s")
+
+
+def double(c: Ctx) -> dict:
+    """Two faults close together (0-2 s apart) on the two workers (trainer SIGKILL,
+    launcher SIGKILL or SIGSTOP each)."""
+    m = c.moment()
+    inc = m["incarnation"]
+    kinds = [c.rng.choice(["trainer", "launcher", "stop"]) for _ in range(2)]
+    gap = c.rng.uniform(0.0, 2.0)
+    out = []
+    for i, k in enumerate(kinds):
+        pod = f"{c.job}-worker-{i % c.replicas}-{inc}"
+        pid = F.launcher_pid(pod) if k == "launcher" else F.trainer_pid(pod)
+        t = time.time()
+        ok = F.signal_pid(pid, signal.SIGSTOP if k == "stop" else signal.SIGKILL)
+        if ok and k == "stop":
+            c.stopped.append(pid)
+        out.append({"kind": k, "pod": pod, "t": t, "hit": ok})
+        if i == 0:
+            time.sleep(gap)
+    return {"t0": out[0]["t"], "gap_s": gap, "hit": all(o["hit"] for o in out), "parts": out, **m}
+
+
+def during_recovery(c: Ctx) -> dict:
+    """A trainer SIGKILLed, then a trainer of the replacement incarnation SIGKILLed while it
+    starts, restores or takes its first steps (0-3 s after its process appears)."""
+    first = _signal_trainer(c, signal.SIGKILL)
+    inc0 = first["incarnation"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        inc = c.incarnation()
+        if inc > inc0:
+            pod = c.pod(inc)
+            pid = F.trainer_pid(pod)
+            if pid:
+                time.sleep(c.rng.uniform(0.0, 3.0))
+                t0 = time.time()
+                trained = len(F.steps_of(c.journal_dir, inc))
+                return {"t0": t0, "first": first, "pod": pod, "incarnation": inc, "hit": F.signal_pid(pid, signal.SIGKILL),
+                        "steps_of_new_incarnation_at_kill": trained}
+        time.sleep(0.05)
+    raise TimeoutError("no replacement trainer within 300 s")
+
+
+KINDS: dict[str, tuple[Callable[[Ctx], dict], str]] = {
+    "sigkill_trainer": (sigkill_trainer, RESTARTS),
+    "sigkill_launcher": (sigkill_launcher, RESTARTS),
+    "sigstop": (sigstop, RESTARTS),
+    "node_lost": (node_lost, RESTARTS),
+    "operator_killed": (operator_killed, NO_RESTART),
+    "rendezvous_killed": (rendezvous_killed, NO_RESTART),
+    "s3_outage": (s3_outage, NO_RESTART),
+    "kill_during_save": (kill_during_save, RESTARTS),
+    "double": (double, RESTARTS),
+    "during_recovery": (during_recovery, RESTARTS),
+}
+
+
+def kill_stopped(pids: list[int]) -> None:
+    for pid in pids:
+        F.signal_pid(pid, signal.SIGKILL)
+
+
+def leftover_processes(job: str) -> list[int]:
+    """Trainer or launcher processes of ``job`` still alive (after it ended: orphans)."""
+    out = []
+    for marker, launcher in ((b"stoker.worker.train", False), (b"stoker.operator.launch", True)):
+        out += [pid for pid, _, env in F.processes(marker, launcher=launcher)
+                if f"STOKER_JOB_NAME={job}".encode() in env]
+    return out

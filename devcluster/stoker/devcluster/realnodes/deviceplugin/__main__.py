@@ -1,0 +1,5 @@
+import sys
+
+from stoker.devcluster.realnodes.deviceplugin.plugin import main
+
+sys.exit(main())

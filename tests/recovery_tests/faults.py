@@ -1,0 +1,186 @@
+"""Faults at random moments of real work, for the e2e tests and bench/chaos.py.
+
+Plain functions, no pytest. A fault never waits for a trainer parked in a debug hook:
+``at_random_moment`` waits until the job's current incarnation is training (its step
+journal, stoker.worker.journal, shows steps of that incarnation), lets a random number
+of further steps pass, then sleeps a random fraction of the observed step time, so the
+fault lands inside a step (forward/backward, the all-reduce, an async upload) rather
+than between steps. Every choice comes from the caller's ``random.Random`` (seeded,
+the seed printed), so a failing run can be replayed.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import signal
+import time
+from typing import Callable
+
+from stoker.worker import journal
+
+
+def processes(marker: bytes, *, launcher: bool) -> list[tuple[int, list[bytes], list[bytes]]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if marker not in cmd:
+                continue
+            is_launcher = b"stoker.operator.launch" in cmd
+            if is_launcher != launcher or (not launcher and b"torch.distributed.run" in cmd):
+                continue
+            env = pathlib.Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        out.append((int(entry), cmd, env))
+    return out
+
+
+def trainer_pid(pod_name: str) -> int | None:
+    """The trainer process (not the launcher) of a pod running on a process node."""
+    want = f"STOKER_POD_NAME={pod_name}".encode()
+    return next((pid for pid, _, env in processes(b"stoker.worker.train", launcher=False) if want in env), None)
+
+
+def launcher_pid(pod_name: str) -> int | None:
+    """The pod's launcher (``python -m stoker.operator.launch``: torchrun's agent)."""
+    want = f"STOKER_POD_NAME={pod_name}".encode()
+    return next((pid for pid, _, env in processes(b"stoker.operator.launch", launcher=True) if want in env), None)
+
+
+def rendezvous_store_pid(operator_pid: int) -> int | None:
+    """The operator's rendezvous store child (``python -m stoker.operator.rendezvous``)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if b"stoker.operator.rendezvous" in cmd and ppid == operator_pid:
+            return int(entry)
+    return None
+
+
+def signal_pid(pid: int | None, sig: int) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def steps_of(journal_dir: pathlib.Path, incarnation: int) -> list[dict]:
+    return [r for r in journal.read(journal_dir) if r["event"] == "step" and r["incarnation"] == incarnation]
+
+
+def step_time(records: list[dict]) -> float:
+    """Median time between consecutive step records of one process (0.05 s if unknown)."""
+    by_pid: dict[int, list[float]] = {}
+    for r in records:
+        by_pid.setdefault(r["pid"], []).append(r["t"])
+    gaps = sorted(b - a for ts in by_pid.values() for a, b in zip(ts, ts[1:]) if b > a)
+    return gaps[len(gaps) // 2] if gaps else 0.05
+
+
+def at_random_moment(rng: random.Random, journal_dir: pathlib.Path, incarnation: Callable[[], int], *,
+                     min_steps: int = 2, max_steps: int = 20, after_incarnation: int = -1,
+                     after_t: float = 0.0, timeout: float = 600, alive: Callable[[], bool] = lambda: True) -> dict:
+    """Block until a random moment of real training in the current incarnation.
+
+    Waits for an incarnation newer than ``after_incarnation`` (the one the previous
+    fault hit) to compute ``rng.randint(min_steps, max_steps)`` steps (a newer
+    incarnation seen meanwhile starts the count again), then a random fraction of one
+    step. Only steps recorded after ``after_t`` (wall clock) count. Returns what was seen (incarnation, step, the step time) for the record."""
+    want = rng.randint(min_steps, max_steps)
+    frac = rng.random()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        inc = incarnation()
+        if inc <= after_incarnation:
+            time.sleep(0.05)
+            continue
+        recs = [r for r in steps_of(journal_dir, inc) if r["t"] > after_t]
+        steps = sorted({r["step"] for r in recs})
+        if len(steps) >= want:
+            dt = step_time(recs)
+            time.sleep(frac * dt)
+            return {"incarnation": inc, "step": steps[-1], "steps_into_incarnation": len(steps),
+                    "step_time_s": dt, "fraction_of_step": frac}
+        time.sleep(0.02)
+    raise TimeoutError(f"no {want} training steps seen within {timeout}s")
+
+
+# ---------------------------------------------------------------- what the journal says
+
+
+def computed_steps(journal_dir: pathlib.Path, rank: int = 0) -> list[int]:
+    """Every step ``rank`` computed, over all its processes, sorted, repeats kept: a step
+    computed twice is in here twice (the trainer's metrics file is trimmed on resume and
+    cannot show it)."""
+    return sorted(r["step"] for r in journal.read(journal_dir) if r["event"] == "step" and r["rank"] == rank)
+
+
+def saves_overlapping(records: list[dict], start: float, end: float, interval: int, rank: int = 0) -> list[int]:
+    """Checkpoint steps (every ``interval``) whose save was in flight at some moment of
+    [start, end]: the step was computed (its save began) before ``end`` and its outcome
+    came after ``start``, or never."""
+    begun = {r["step"]: r["t"] for r in records if r["event"] == "step" and r["rank"] == rank
+             and r["step"] % interval == 0}
+    done = {r["step"]: r["t"] for r in records if r["event"] == "checkpoint" and r["rank"] == rank}
+    return sorted(s for s, t in begun.items() if t <= end and done.get(s, float("inf")) >= start)
+
+
+def resumed_steps(journal_dir: pathlib.Path) -> list[int]:
+    """Where each restored process resumed (rank 0's view), in order."""
+    return [r["step"] for r in journal.read(journal_dir) if r["event"] == "resumed" and r["rank"] == 0]
+
+
+def incarnation_summary(records: list[dict]) -> list[dict]:
+    """Per incarnation (in order): where it resumed (None: from scratch), the steps it
+    computed, the last step it computed, and the commits it saw."""
+    out: dict[int, dict] = {}
+    for r in records:
+        inc = out.setdefault(r["incarnation"], {"incarnation": r["incarnation"], "resumed": None, "steps": set(),
+                                                "commits": set(), "first_t": r["t"]})
+        if r["event"] == "resumed":
+            inc["resumed"] = r["step"] if inc["resumed"] is None else inc["resumed"]
+        elif r["event"] == "step":
+            inc["steps"].add(r["step"])
+        elif r["event"] == "checkpoint" and r.get("ok"):
+            inc["commits"].add(r["step"])
+    return [out[k] for k in sorted(out)]
+
+
+def recovery_facts(records: list[dict]) -> list[dict]:
+    """For every restart (an incarnation after the first): where it resumed, the newest
+    step committed (per the journal) before it started, the steps the previous
+    incarnations computed past its resume point (recomputed now), and the steps they
+    computed after their newest commit (the bound on what a restart may recompute)."""
+    incs = incarnation_summary(records)
+    facts = []
+    committed: set[int] = set()
+    computed: set[int] = set()
+    for i, inc in enumerate(incs):
+        if i > 0:
+            newest = max(committed, default=None)
+            resumed = inc["resumed"] or 0
+            last = max(computed, default=0)
+            facts.append({"incarnation": inc["incarnation"], "resumed": inc["resumed"], "newest_commit": newest,
+                          "recomputed": len({s for s in computed if s > resumed}),
+                          "since_commit": max(0, last - (newest or 0)),
+                          "resumed_committed": inc["resumed"] is None or inc["resumed"] in committed})
+        committed |= {c for c in inc["commits"]}
+        computed |= inc["steps"]
+    return facts
+
+
+def signal_name(sig: int) -> str:
+    return signal.Signals(sig).name

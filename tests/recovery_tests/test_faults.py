@@ -1,0 +1,65 @@
+"""The journal arithmetic the random-fault tests and bench/chaos.py judge recoveries by
+(tests/recovery_tests/faults.py): where each restart resumed, the newest commit before
+it, what it recomputed and the bound on that. Pure: records made up here."""
+from __future__ import annotations
+
+from tests.recovery_tests import faults as F
+
+
+def rec(inc: int, event: str, step: int, t: float, ok: bool = True, pid: int | None = None) -> dict:
+    r = {"incarnation": inc, "event": event, "step": step, "t": t, "pod": f"j-worker-0-{inc}", "rank": 0,
+         "pid": pid or 100 + inc}
+    if event == "checkpoint":
+        r["ok"] = ok
+    return r
+
+
+def run(inc: int, first: int, last: int, t0: float, resumed: int | None = None, commits=(), failed=()) -> list[dict]:
+    out = [rec(inc, "resumed", resumed, t0)] if resumed is not None else []
+    for s in range(first, last + 1):
+        out.append(rec(inc, "step", s, t0 + s))
+        if s in commits or s in failed:
+            out.append(rec(inc, "checkpoint", s, t0 + s + 0.5, ok=s in commits))
+    return out
+
+
+def test_a_restart_from_the_newest_commit_recomputes_only_the_steps_after_it():
+    recs = run(0, 1, 13, 0, commits=(5, 10)) + run(1, 11, 20, 100, resumed=10, commits=(15, 20))
+    [f] = F.recovery_facts(recs)
+    assert f == {"incarnation": 1, "resumed": 10, "newest_commit": 10, "recomputed": 3, "since_commit": 3,
+                 "resumed_committed": True}
+
+
+def test_resuming_from_an_older_commit_or_a_failed_save_is_visible():
+    older = run(0, 1, 13, 0, commits=(5, 10)) + run(1, 6, 20, 100, resumed=5)
+    [f] = F.recovery_facts(older)
+    assert f["resumed"] == 5 and f["newest_commit"] == 10 and f["recomputed"] == 8 > f["since_commit"] == 3
+    uncommitted = run(0, 1, 13, 0, commits=(5,), failed=(10,)) + run(1, 11, 20, 100, resumed=10)
+    [f] = F.recovery_facts(uncommitted)
+    assert not f["resumed_committed"] and f["newest_commit"] == 5
+
+
+def test_a_restart_before_any_commit_starts_from_scratch_and_may_redo_everything():
+    recs = run(0, 1, 4, 0) + run(1, 1, 20, 100)
+    [f] = F.recovery_facts(recs)
+    assert f["resumed"] is None and f["newest_commit"] is None and f["resumed_committed"]
+    assert f["recomputed"] == 4 == f["since_commit"]
+
+
+def test_computed_steps_keep_repeats(tmp_path):
+    from stoker.worker.journal import StepJournal
+
+    for inc, steps in ((0, (1, 2, 3)), (1, (3, 4))):
+        j = StepJournal(tmp_path, job="j", incarnation=inc, pod=f"j-worker-0-{inc}", rank=0)
+        for s in steps:
+            j.record("step", s)
+        j.close()
+    assert F.computed_steps(tmp_path) == [1, 2, 3, 3, 4]
+
+
+def test_a_save_overlaps_an_outage_when_it_was_in_flight_during_it():
+    recs = run(0, 1, 30, 0, commits=(5, 10, 25))  # step s at t=s, its commit at s + 0.5; 15, 20 never commit
+    assert F.saves_overlapping(recs, 10.2, 10.4, interval=5) == [10]        # 10's upload in flight
+    assert F.saves_overlapping(recs, 11.0, 14.0, interval=5) == []          # between saves
+    assert F.saves_overlapping(recs, 16.0, 17.0, interval=5) == [15]        # 15 never committed
+    assert F.saves_overlapping(recs, 26.0, 27.0, interval=5) == [15, 20]
