@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, machine_info, print_table, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
+from stoker.devcluster.procs import argv_of, find_processes  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
 from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
 
@@ -81,23 +82,12 @@ def last_line_step(path: Path) -> tuple[float, int]:
 
 
 def trainer_pid(pod_name: str | None = None, cmd_marker: str | None = None, local_rank: str | None = None) -> int | None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if b"stoker.worker.train" not in cmd or b"stoker.operator.launch" in cmd or b"torch.distributed.run" in cmd:
-                continue
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if pod_name and f"STOKER_POD_NAME={pod_name}".encode() not in env:
-            continue
-        if cmd_marker and not any(cmd_marker.encode() in c for c in cmd):
-            continue
-        if local_rank is not None and f"LOCAL_RANK={local_rank}".encode() not in env:
-            continue
-        return int(entry)
+    env = tuple(e.encode() for e in (f"STOKER_POD_NAME={pod_name}" if pod_name else "",
+                                      f"LOCAL_RANK={local_rank}" if local_rank is not None else "") if e)
+    for pid in find_processes(argv_has=b"stoker.worker.train",
+                              argv_lacks=(b"stoker.operator.launch", b"torch.distributed.run"), env_has=env):
+        if cmd_marker is None or any(cmd_marker.encode() in c for c in argv_of(pid) or []):
+            return pid
     return None
 
 

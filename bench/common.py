@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from stoker.devcluster.procs import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -97,12 +99,6 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def minio_binary() -> str:

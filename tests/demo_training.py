@@ -8,22 +8,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from stoker.devcluster.procs import find_processes, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "trainingjobs.stoker.dev.yaml"
 STEPS = 60
 CKPT_EVERY = 10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, check, timeout: float, every: float = 0.5):
@@ -58,19 +53,8 @@ def _metrics(path: Path) -> list[dict]:
 def _trainer_pids(pod: str) -> list[int]:
     """The training processes (torchrun's children) of one worker pod, found by the
     pod name the node agent put in their environment."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-            envs = (d / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"stoker.worker.train" in cmd and b"stoker.operator.launch" not in cmd \
-                and f"STOKER_POD_NAME={pod}".encode() in envs:
-            pids.append(int(d.name))
-    return pids
+    return find_processes(argv_has=b"stoker.worker.train", argv_lacks=(b"stoker.operator.launch",),
+                          env_has=(f"STOKER_POD_NAME={pod}".encode(),))
 
 
 def _reference(work: Path, summary_args: list[str]) -> dict:
@@ -111,11 +95,11 @@ def run(c, ns: str, *, say) -> dict:
     env.update({
         "STOKER_OPERATOR_KUBECONFIG": str(c.kubeconfig),
         "STOKER_OPERATOR_NAMESPACES": ns,
-        "STOKER_OPERATOR_METRICS_PORT": str(_free_port()),
+        "STOKER_OPERATOR_METRICS_PORT": str(free_port()),
         "STOKER_OPERATOR_HEALTH_PORT": "0",
-        "STOKER_OPERATOR_RENDEZVOUS_PORT": str(_free_port()),
+        "STOKER_OPERATOR_RENDEZVOUS_PORT": str(free_port()),
         "STOKER_OPERATOR_RESYNC_SECONDS": "1",
-        "STOKER_OPERATOR_HEARTBEAT_ADDRESS": f"127.0.0.1:{_free_port()}",
+        "STOKER_OPERATOR_HEARTBEAT_ADDRESS": f"127.0.0.1:{free_port()}",
         "STOKER_OPERATOR_HEARTBEAT_INTERVAL_SECONDS": "1",
         "STOKER_OPERATOR_S3_ENDPOINT": c.s3_endpoint,
         "PYTHONPATH": str(REPO),

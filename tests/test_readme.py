@@ -71,6 +71,22 @@ def test_runbook_columns_and_health_states_exist_and_mean_what_it_says():
         assert f"`{state}`" in section
 
 
+def what_is_here() -> list[str]:
+    block = README.split("## What is here", 1)[1].split("```", 2)[1]
+    return [line.split()[0] for line in block.splitlines() if line and not line.startswith(" ")]
+
+
+def test_what_is_here_matches_the_tree():
+    listed = what_is_here()
+    for path in listed:
+        assert (REPO / path).exists(), f"README 'What is here' lists {path}, which does not exist"
+    tops = {p.name + ("/" if p.is_dir() else "") for p in REPO.iterdir()
+            if not p.name.startswith(".") and p.name not in ("README.md",)}
+    covered = {p.split("/")[0] + ("/" if "/" in p else "") for p in listed}
+    ignored = {"build/", "dist/"}  # build outputs (git-ignored)
+    assert tops - ignored <= covered, f"top-level entries missing from 'What is here': {sorted(tops - ignored - covered)}"
+
+
 def test_runbook_waiting_rows_match_the_operator_and_the_cli():
     """The rows for jobs that cannot run name the health state `stoker get` shows for them
     and every reason the operator's Waiting condition uses."""

@@ -9,7 +9,7 @@ import pytest
 
 from tests.recovery_tests.conftest import (heartbeat_operator, recovery_pool,  # noqa: F401
                                            trainer_config, write_config)
-from tests.recovery_tests.test_e2e_recovery import last_step, trainer_job
+from tests.recovery_tests.e2e import last_step, trainer_job
 
 from .conftest import create_job, get_job, wait_for
 

@@ -5,7 +5,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from stoker.devcluster import pki
-from stoker.devcluster.local import GPU_RESOURCE, KWOK_ANNOTATION, kwok_node_manifest
+from stoker.devcluster.clusterdefs import GPU_RESOURCE, KWOK_ANNOTATION
+from stoker.devcluster.nodes import kwok_node_manifest
 
 
 def load(path):

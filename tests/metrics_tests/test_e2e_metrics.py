@@ -10,9 +10,9 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.operator_tests.conftest import create_job, wait_for
-from tests.recovery_tests.conftest import trainer_config, write_config
-from tests.recovery_tests.test_e2e_recovery import diagnostics, status, trainer_job, trainer_pid
+from tests.operator_tests.conftest import wait_for
+from tests.recovery_tests.conftest import trainer_config
+from tests.recovery_tests.e2e import status, trainer_pid
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -38,13 +38,10 @@ def one(scraped, name, **labels) -> float:
 
 
 def test_metrics_of_a_job_that_recovered_from_a_killed_worker(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(STEPS, stall_after_step=10)  # every rank stops at step 10, after committing it
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("mx", path, bucket, node_selector=recovery_pool))
-    diag = diagnostics(kube, namespace, "mx", op)
+    run = trainer_run(name="mx", cfg=cfg, node_selector=recovery_pool)
+    op, diag = run.op, run.diag
     job = {"namespace": namespace, "trainingjob": "mx"}
     wait_for("checkpoint 10 in status", lambda: (status(kube, namespace, "mx").get("lastCheckpoint") or {})
              .get("step") == 10, timeout=240, on_timeout=diag)

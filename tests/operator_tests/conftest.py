@@ -13,14 +13,11 @@ import time
 
 import pytest
 
+from stoker.devcluster.procs import free_port
+from tests.nodepool import POOL_LABEL, session_pool  # noqa: F401 (POOL_LABEL re-exported)
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +139,19 @@ def worker_pods(kube, namespace: str, job: str) -> list[dict]:
     return json.loads(resp.data)["items"]
 
 
+def diagnostics(kube, namespace, name, op):
+    """on_timeout for wait_for: the job's status, its pods (node, phase) and the operator's log."""
+    def f():
+        try:
+            st = get_job(kube, namespace, name).get("status") or {}
+        except Exception as e:  # noqa: BLE001
+            st = {"error": str(e)}
+        pods = [(p["metadata"]["name"], p.get("spec", {}).get("nodeName"), p.get("status", {}).get("phase"))
+                for p in worker_pods(kube, namespace, name)]
+        return f"status={json.dumps(st, indent=1)}\npods={pods}\noperator log:\n{op.tail(40)}"
+    return f
+
+
 def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.25, on_timeout=None):
     """Poll fn() until it returns a truthy value; fail with `what` (and diagnostics)."""
     deadline = time.monotonic() + timeout
@@ -155,19 +165,8 @@ def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.25, on_time
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{extra}")
 
 
-POOL_LABEL = "stoker.dev/test-pool"
-
-
-@pytest.fixture(scope="session")
-def process_pool(cluster):
-    """Three process nodes (pods run as local processes) only the operator tests use."""
-    names = [f"op-pnode-{i}" for i in range(3)]
-    for n in names:
-        if n not in cluster.process_nodes():
-            cluster.start_process_node(n, gpus=0, labels={POOL_LABEL: "operator"})
-    yield {POOL_LABEL: "operator"}
-    for n in names:
-        cluster.stop_process_node(n)
+process_pool = session_pool("process_pool", "op-pnode", "operator", 3,
+                            "Three process nodes (pods run as local processes) only the operator tests use.")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ from typing import Any
 
 from stoker.common import labels as L
 from stoker.operator.jobspec import job_view
-from stoker.operator.pods import RenderConfig, pod_view, render_pod, spec_hash
+from stoker.operator.podview import pod_view
+from stoker.operator.pods import RenderConfig, render_pod, spec_hash
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 UID = "0123456789abcdef"

@@ -6,7 +6,8 @@ import pytest
 from stoker.common import env as E
 from stoker.common import labels as L
 from stoker.operator.jobspec import job_view
-from stoker.operator.pods import (RenderConfig, launcher_command, pod_name, pod_view, render_pod,
+from stoker.operator.podview import pod_view
+from stoker.operator.pods import (RenderConfig, launcher_command, pod_name, render_pod,
                                   rendezvous_id, spec_hash)
 
 from .helpers import UID, job_body

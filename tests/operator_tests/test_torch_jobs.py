@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import create_job, get_job, job_manifest, patch_job, wait_for, worker_pods
+from .conftest import create_job, diagnostics, get_job, job_manifest, patch_job, wait_for, worker_pods
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -21,17 +21,6 @@ def records(out: pathlib.Path) -> list[dict]:
     for f in sorted(out.glob("*.jsonl")):
         rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     return rows
-
-
-def diagnostics(kube, namespace, name, op):
-    def f():
-        try:
-            job = get_job(kube, namespace, name)
-        except Exception as e:  # noqa: BLE001
-            job = {"error": str(e)}
-        pods = [(p["metadata"]["name"], p.get("status", {}).get("phase")) for p in worker_pods(kube, namespace, name)]
-        return f"status={json.dumps(job.get('status'), indent=1)}\npods={pods}\noperator log:\n{op.tail(30)}"
-    return f
 
 
 def phase(kube, namespace, name):

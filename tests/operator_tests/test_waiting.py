@@ -9,7 +9,8 @@ import datetime as dt
 
 from stoker.operator import preflight, refusals, waiting
 from stoker.operator.jobspec import job_view
-from stoker.operator.pods import RenderConfig, pod_view, render_pod, trainer_said
+from stoker.operator.pods import RenderConfig, render_pod
+from stoker.operator.podview import pod_view, trainer_said
 from stoker.operator.reconcile import plan
 
 from .helpers import NOW, job_body
@@ -194,7 +195,7 @@ def test_a_failed_init_container_is_a_crash_with_its_own_words():
         "exitCode": 3, "reason": "Error", "message": "no dataset at /data"}}}],
                containerStatuses=[{"name": "trainer", "state": {"waiting": {"reason": "PodInitializing"}}}])
     pod["spec"]["nodeName"] = "n1"
-    facts = detection.pod_facts(pod)
+    facts = pod_view(pod)
     f = detection.classify_pod(facts, None, node_known=False)
     assert f.cause == detection.WORKER_CRASHED and f.exit_code == 3
     assert f.error == "init container fetch exited with 3: no dataset at /data"

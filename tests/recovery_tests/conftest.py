@@ -4,52 +4,48 @@ nodes of our own, S3 credentials in the test namespace, and the reference
 (undisturbed) run of the built-in trainer."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
 import subprocess
 import sys
-import uuid
 
 import pytest
 
+from tests.nodepool import POOL_LABEL, NodePool, session_pool, unique  # noqa: F401  (POOL_LABEL re-exported)
 from tests.operator_tests.conftest import crd, free_port, start_operator  # noqa: F401  (fixtures)
+from tests.recovery_tests.e2e import start_trainer_job
 from tests.recovery_tests.trainer_configs import trainer_config, write_config  # noqa: F401  (re-exported)
 
-POOL_LABEL = "stoker.dev/test-pool"
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def recovery_pool(cluster):
-    """Two process nodes for the recovery tests (scenarios that lose a node bring their own)."""
-    names = [f"rc-pnode-{i}" for i in range(2)]
-    for n in names:
-        if n not in cluster.process_nodes():
-            cluster.start_process_node(n, gpus=0, labels={POOL_LABEL: "recovery"})
-    yield {POOL_LABEL: "recovery"}
-    for n in names:
-        cluster.stop_process_node(n)
+recovery_pool = session_pool("recovery_pool", "rc-pnode", "recovery", 2,
+                             "Two process nodes for the recovery tests (scenarios that lose a node bring their own).")
 
 
 @pytest.fixture
 def own_nodes(cluster):
     """Factory: n fresh process nodes with a label of their own; stopped afterwards."""
-    started: list[str] = []
+    pools: list[NodePool] = []
 
     def make(n: int) -> tuple[dict[str, str], list[str]]:
-        tag = uuid.uuid4().hex[:6]
-        names = [f"rc-{tag}-{i}" for i in range(n)]
-        for name in names:
-            cluster.start_process_node(name, gpus=0, labels={POOL_LABEL: f"rc-{tag}"})
-            started.append(name)
-        return {POOL_LABEL: f"rc-{tag}"}, names
+        pools.append(NodePool(cluster, unique("rc")))
+        return pools[-1].selector, pools[-1].add(n)
 
     yield make
-    for name in started:
-        cluster.stop_process_node(name)
-    if started:
-        cluster.delete_nodes(started)
+    for pool in pools:
+        pool.close()
+
+
+@pytest.fixture
+def gpu_nodes(cluster):
+    """(selector, add): process nodes of a pool of this test's own, each with one GPU,
+    so each takes exactly one worker; ``add(n)`` starts n more. Stopped and deleted afterwards."""
+    pool = NodePool(cluster, unique("gpu"))
+    yield pool.selector, lambda n: pool.add(n, gpus=1)
+    pool.close()
 
 
 @pytest.fixture
@@ -67,6 +63,14 @@ def heartbeat_operator(start_operator, cluster):
         return start_operator(rendezvous=True, extra_env=env)
 
     return start
+
+
+@pytest.fixture
+def trainer_run(cluster, kube, namespace, bucket, heartbeat_operator, tmp_path):
+    """Factory: the e2e setup (operator with heartbeats, S3 Secret, trainer config, the
+    TrainingJob); ``trainer_run(name=..., cfg=..., node_selector=...)`` -> e2e.Run."""
+    return functools.partial(start_trainer_job, cluster=cluster, kube=kube, namespace=namespace, bucket=bucket,
+                             operator=heartbeat_operator, tmp_path=tmp_path)
 
 
 _REFERENCE: dict[tuple, dict] = {}

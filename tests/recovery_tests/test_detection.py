@@ -7,6 +7,8 @@ import pytest
 
 from stoker.common import labels as L
 from stoker.operator import detection as D
+from stoker.operator import heartbeats as H
+from stoker.operator.podview import pod_view
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 
@@ -38,7 +40,7 @@ def pod(index=0, incarnation=0, phase="Running", node="n1", exit_code=None, reas
     spec = {"containers": [{"name": "trainer"}]}
     if node:
         spec["nodeName"] = node
-    p = D.pod_facts({"metadata": meta, "spec": spec, "status": st})
+    p = pod_view({"metadata": meta, "spec": spec, "status": st})
     assert p is not None
     return p
 
@@ -53,7 +55,7 @@ def node(name="n1", ready="True", taints=(), unschedulable=False, since_ago=20, 
 
 
 def test_pod_facts_ignores_foreign_pods():
-    assert D.pod_facts({"metadata": {"name": "x", "labels": {}}}) is None
+    assert pod_view({"metadata": {"name": "x", "labels": {}}}) is None
 
 
 @pytest.mark.parametrize("p, n, cause", [
@@ -202,7 +204,7 @@ def test_the_end_of_a_save_that_held_the_step_is_not_a_hang():
     """Found by bench/chaos.py (S3 down 10 s, progressTimeoutSeconds 5): the coordinator's
     commit retried for 20 s with the ranks CHECKPOINTING (exempt), and the moment it
     ended, before the next step, the stall since the last step (20 s) read as a hang."""
-    tr = D.ProgressTracker()
+    tr = H.ProgressTracker()
     tr.observe("ns", "j", rank=0, incarnation=0, step=24, now=0.0, step_time_s=0.1)
     tr.observe("ns", "j", rank=0, incarnation=0, step=25, now=0.1, step_time_s=0.1)
     for t in range(1, 21):
@@ -227,7 +229,7 @@ def test_progress_timeout_derivation(t, times, ck, expect):
 
 
 def test_tracker_measures_step_times_and_last_advance():
-    tr = D.ProgressTracker()
+    tr = H.ProgressTracker()
     tr.observe("ns", "j", rank=0, incarnation=0, step=-1, now=0.0)
     tr.observe("ns", "j", rank=0, incarnation=0, step=0, now=5.0)
     tr.observe("ns", "j", rank=0, incarnation=0, step=10, now=10.0)
@@ -239,7 +241,7 @@ def test_tracker_measures_step_times_and_last_advance():
 
 
 def test_tracker_resets_on_a_new_incarnation_and_on_an_in_place_restart():
-    tr = D.ProgressTracker()
+    tr = H.ProgressTracker()
     tr.observe("ns", "j", rank=0, incarnation=0, step=5, now=0.0)
     tr.observe("ns", "j", rank=0, incarnation=0, step=8, now=3.0)
     r = tr.observe("ns", "j", rank=0, incarnation=0, step=2, now=50.0)  # restarted process, resumed earlier
@@ -263,7 +265,7 @@ def started(index, seconds_ago, phase="Running"):
            "spec": {"containers": [{"name": "trainer"}], "nodeName": f"n{index}"},
            "status": {"phase": phase, "startTime": t(seconds_ago + 1),
                       "containerStatuses": [{"name": "trainer", "state": {"running": {"startedAt": t(seconds_ago)}}}]}}
-    p = D.pod_facts(raw)
+    p = pod_view(raw)
     assert p is not None and p.started_at == NOW - dt.timedelta(seconds=seconds_ago)
     return p
 

@@ -18,11 +18,11 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from stoker.common import layout
-from tests.operator_tests.conftest import create_job, wait_for
+from tests.operator_tests.conftest import wait_for
 
 from . import faults as F
-from .conftest import reference_summary, trainer_config, write_config
-from .test_e2e_recovery import diagnostics, status, trainer_job, trainer_pid
+from .conftest import reference_summary, trainer_config
+from .e2e import status, trainer_pid
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -62,20 +62,16 @@ def step_keys(s3, bucket: str, step: int) -> set[str]:
 
 
 def test_worker_killed_while_a_checkpoint_is_written_resumes_from_the_previous_one_and_ends_identical(
-        cluster, kube, namespace, bucket, s3, recovery_pool, heartbeat_operator, tmp_path, monkeypatch):
+        cluster, kube, namespace, bucket, s3, recovery_pool, trainer_run, tmp_path, monkeypatch):
     from stoker.worker.checkpoint import open_store
     from stoker.worker.checkpoint.store import committed_steps
 
     cfg = trainer_config(20, slow_checkpoint_at_step=SLOW)  # held until the kill (the default hold is an hour)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    out, jdir = tmp_path / "job", tmp_path / "journal"
-    path = write_config(out / "config.json", cfg, out)
     # The ranks wait at step 15 for as long as the test needs: not a hang.
-    create_job(kube, namespace, trainer_job(JOB, path, bucket, node_selector=recovery_pool, journal_dir=jdir,
-                                            failure_policy={"progressTimeoutSeconds": 3600}))
-    ops_diag = diagnostics(kube, namespace, JOB, op)
+    jdir = tmp_path / "journal"
+    run = trainer_run(name=JOB, cfg=cfg, node_selector=recovery_pool, journal_dir=jdir, failure_policy={"progressTimeoutSeconds": 3600})
+    out, ops_diag = run.out, run.diag
 
     def diag():
         logs = {p: [r.get("msg") for r in trainer_log(kube, namespace, p)][-15:] for p in (PEER, VICTIM)}

@@ -20,10 +20,11 @@ import uuid
 
 import pytest
 
-from tests.operator_tests.conftest import create_job, wait_for, worker_pods
+from tests.operator_tests.conftest import wait_for, worker_pods
 
-from .conftest import POOL_LABEL, reference_run, trainer_config, write_config
-from .test_e2e_recovery import ELASTIC_LOSS_RTOL, diagnostics, metrics_rows, pod_node, status, summary_of, trainer_job
+from .conftest import POOL_LABEL, reference_run, trainer_config
+from .e2e import metrics_rows, pod_node, status, summary_of
+from .test_e2e_recovery import ELASTIC_LOSS_RTOL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -94,24 +95,20 @@ def world_runs(rows: list[dict]) -> list[tuple[int, int, int]]:
 
 
 def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_capacity_then_grows_back(
-        cluster, kube, namespace, bucket, gpu_nodes, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, gpu_nodes, trainer_run, tmp_path):
     selector, add_nodes = gpu_nodes
     cfg = trainer_config(STEPS, stall_after_step=HOLD)
     cfg["train"]["global_batch"] = 12  # divisible by 2 and 3 workers x micro_batch 2
     want = reference_losses(tmp_path, cfg, 3)
     names = add_nodes(3)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    out = tmp_path / "job"
-    path = write_config(out / "config.json", cfg, out)
     # The stall at HOLD is the test's device, not a hang: only the node loss may be detected.
-    body = trainer_job("el", path, bucket, replicas=3, node_selector=selector,
-                       failure_policy={"progressTimeoutSeconds": 600,
-                                       "heartbeatTimeoutSeconds": HEARTBEAT_TIMEOUT})
-    body["spec"].update(minReplicas=2, maxReplicas=3)
-    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {GPU: 1}}
-    create_job(kube, namespace, body)
-    diag = diagnostics(kube, namespace, "el", op)
+
+    def edit(body):
+        body["spec"].update(minReplicas=2, maxReplicas=3)
+        body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {GPU: 1}}
+
+    run = trainer_run(name="el", cfg=cfg, replicas=3, node_selector=selector, failure_policy={"progressTimeoutSeconds": 600, "heartbeatTimeoutSeconds": HEARTBEAT_TIMEOUT}, edit=edit)
+    out, diag = run.out, run.diag
 
     wait_for("training at world size 3", lambda: any(r["world_size"] == 3 and r["step"] >= 15
                                                      for r in metrics_rows(out)),

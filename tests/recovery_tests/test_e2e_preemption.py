@@ -16,11 +16,11 @@ import uuid
 
 import pytest
 
-from tests.operator_tests.conftest import create_job, wait_for, worker_pods
+from tests.operator_tests.conftest import wait_for, worker_pods
 
 from . import faults as F
-from .conftest import POOL_LABEL, reference_summary, trainer_config, write_config
-from .test_e2e_recovery import diagnostics, metrics_rows, status, summary_of, trainer_job
+from .conftest import POOL_LABEL, reference_summary, trainer_config
+from .e2e import metrics_rows, status, summary_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -69,21 +69,20 @@ def preemptor(name: str, node: str, priority_class: str) -> dict:
 
 
 def test_a_preempted_worker_drains_with_a_checkpoint_and_the_job_resumes_without_recomputing_a_step(
-        cluster, kube, namespace, bucket, gpu_nodes, priority_class, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, gpu_nodes, priority_class, trainer_run, tmp_path):
     selector, _ = gpu_nodes
     steps = 200
     cfg = trainer_config(steps)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    out, jdir = tmp_path / "job", tmp_path / "journal"
-    path = write_config(out / "config.json", cfg, out)
-    body = trainer_job("pre", path, bucket, node_selector=selector, journal_dir=jdir)
-    tspec = body["spec"]["template"]["spec"]
-    tspec["terminationGracePeriodSeconds"] = 30  # room for the drain (the launcher holds SIGTERM for 25 s at most)
-    tspec["containers"][0]["resources"] = {"limits": {GPU: "1"}, "requests": {GPU: "1"}}
-    create_job(kube, namespace, body)
-    diag = diagnostics(kube, namespace, "pre", op)
+    jdir = tmp_path / "journal"
+
+    def edit(body):
+        tspec = body["spec"]["template"]["spec"]
+        tspec["terminationGracePeriodSeconds"] = 30  # room for the drain (the launcher holds SIGTERM for 25 s at most)
+        tspec["containers"][0]["resources"] = {"limits": {GPU: "1"}, "requests": {GPU: "1"}}
+
+    run = trainer_run(name="pre", cfg=cfg, node_selector=selector, journal_dir=jdir, edit=edit)
+    out, diag = run.out, run.diag
     wait_for("training past step 15", lambda: any(r["step"] >= 15 for r in metrics_rows(out)), timeout=300,
              interval=0.05, on_timeout=diag)
     victim = "pre-worker-1-0"

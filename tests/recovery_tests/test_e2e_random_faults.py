@@ -21,7 +21,7 @@ from tests.operator_tests.conftest import create_job, wait_for, worker_pods
 
 from . import faults
 from .conftest import reference_summary, trainer_config, write_config
-from .test_e2e_recovery import diagnostics, status, trainer_job
+from .e2e import diagnostics, status, trainer_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow, pytest.mark.timeout(1500)]
 

@@ -19,7 +19,8 @@ from stoker.worker import journal
 from tests.operator_tests.conftest import create_job, get_job, patch_job, wait_for, worker_pods
 
 from . import faults as F
-from .conftest import reference_run, reference_summary, trainer_config, write_config
+from .conftest import reference_run, reference_summary, trainer_config
+from tests.recovery_tests.e2e import diagnostics, last_step, metrics_rows, pod_node, status, summary_of, trainer_pid
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -28,65 +29,6 @@ SCRIPTS = pathlib.Path(__file__).with_name("scripts")
 # they are held to this relative loss tolerance per step against the undisturbed run at
 # the final world size (observed ~1e-7), not to bit-identical parameters (README).
 ELASTIC_LOSS_RTOL = 1e-5
-
-
-def trainer_job(name: str, config: pathlib.Path, bucket: str, *, replicas: int = 2, node_selector: dict,
-                failure_policy: dict | None = None, journal_dir: pathlib.Path | None = None) -> dict:
-    """The job; with ``journal_dir`` its workers keep the append-only step journal there
-    (stoker.worker.journal: what "no step computed twice" is asserted from)."""
-    container = {"name": "trainer", "image": "local/python",
-                 "command": [sys.executable, "-m", "stoker.worker.train", str(config)],
-                 "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}
-    if journal_dir is not None:
-        container["env"].append({"name": "STOKER_STEP_JOURNAL_DIR", "value": str(journal_dir)})
-    return {
-        "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "template": {"spec": {"containers": [container], "terminationGracePeriodSeconds": 5,
-                                  "nodeSelector": node_selector}},
-            "checkpoint": {"uri": f"s3://{bucket}/{name}", "intervalSteps": 5, "keep": 3,
-                           "credentialsSecretRef": {"name": "stoker-s3"}},
-            "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 0, **(failure_policy or {})},
-        },
-    }
-
-
-def status(kube, namespace, name) -> dict:
-    return get_job(kube, namespace, name).get("status") or {}
-
-
-def diagnostics(kube, namespace, name, op):
-    def f():
-        try:
-            st = status(kube, namespace, name)
-        except Exception as e:  # noqa: BLE001
-            st = {"error": str(e)}
-        pods = [(p["metadata"]["name"], p.get("spec", {}).get("nodeName"), p.get("status", {}).get("phase"))
-                for p in worker_pods(kube, namespace, name)]
-        return f"status={json.dumps(st, indent=1)}\npods={pods}\noperator log:\n{op.tail(40)}"
-    return f
-
-
-def pod_node(kube, namespace, pod_name) -> str | None:
-    for p in worker_pods(kube, namespace, pod_name.rsplit("-worker-", 1)[0]):
-        if p["metadata"]["name"] == pod_name:
-            return p.get("spec", {}).get("nodeName")
-    return None
-
-
-def last_step(metrics_path: pathlib.Path) -> int:
-    try:
-        lines = metrics_path.read_text().splitlines()
-    except OSError:
-        return -1
-    steps = [json.loads(line).get("step", -1) for line in lines if line.strip().startswith("{")]
-    return max(steps, default=-1)
-
-
-def trainer_pid(pod_name: str) -> int | None:
-    """The trainer process (not the launcher) of a pod running on a process node."""
-    return F.trainer_pid(pod_name)
 
 
 def fault_rng() -> random.Random:
@@ -109,16 +51,13 @@ def assert_resumed_from_newest_commit(jdir: pathlib.Path, summary: dict) -> list
 
 
 def test_sigkilled_worker_is_restarted_from_the_checkpoint_and_ends_identical(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     rng = fault_rng()
     cfg = trainer_config(150)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
     jdir = tmp_path / "journal"
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("kill", path, bucket, node_selector=recovery_pool, journal_dir=jdir))
-    diag = diagnostics(kube, namespace, "kill", op)
+    run = trainer_run(name="kill", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
+    diag = run.diag
     # a random moment inside a step of real training (not a trainer parked in a debug stall)
     moment = F.at_random_moment(rng, jdir, lambda: int(status(kube, namespace, "kill").get("incarnation", 0)),
                                 min_steps=8, max_steps=60, timeout=240)
@@ -171,20 +110,15 @@ def test_the_same_error_at_the_same_step_fails_the_job_after_its_budget_with_the
 
 
 def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
-        cluster, kube, namespace, bucket, own_nodes, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, own_nodes, trainer_run, tmp_path):
     rng = fault_rng()
     selector, names = own_nodes(3)
     cfg = trainer_config(150)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
     jdir = tmp_path / "journal"
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
     # Generous heartbeat/progress timeouts: the node's NotReady condition must be what reveals it.
-    create_job(kube, namespace, trainer_job("lose", path, bucket, node_selector=selector, journal_dir=jdir,
-                                            failure_policy={"heartbeatTimeoutSeconds": 300,
-                                                            "progressTimeoutSeconds": 300}))
-    diag = diagnostics(kube, namespace, "lose", op)
+    run = trainer_run(name="lose", cfg=cfg, node_selector=selector, journal_dir=jdir, failure_policy={"heartbeatTimeoutSeconds": 300, "progressTimeoutSeconds": 300})
+    diag = run.diag
     lost = wait_for("worker 1 on a node", lambda: pod_node(kube, namespace, "lose-worker-1-0"), timeout=120,
                     on_timeout=diag)
     moment = F.at_random_moment(rng, jdir, lambda: int(status(kube, namespace, "lose").get("incarnation", 0)),
@@ -210,16 +144,11 @@ def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
 
 
 def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(300)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("hang", path, bucket, node_selector=recovery_pool,
-                                            failure_policy={"progressTimeoutSeconds": 5,
-                                                            "heartbeatTimeoutSeconds": 300}))
-    diag = diagnostics(kube, namespace, "hang", op)
+    run = trainer_run(name="hang", cfg=cfg, node_selector=recovery_pool, failure_policy={"progressTimeoutSeconds": 5, "heartbeatTimeoutSeconds": 300})
+    diag = run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     pid = trainer_pid("hang-worker-1-0")
@@ -245,15 +174,12 @@ def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
 
 
 def test_operator_killed_twice_during_the_job_still_ends_identical(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(20, stall_after_step=10)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
     jdir = tmp_path / "journal"
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("opkill", path, bucket, node_selector=recovery_pool, journal_dir=jdir))
-    diag = diagnostics(kube, namespace, "opkill", op)
+    run = trainer_run(name="opkill", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
+    op, diag = run.op, run.diag
     wait_for("checkpoint 10 in status", lambda: (status(kube, namespace, "opkill").get("lastCheckpoint") or {})
              .get("step") == 10, timeout=240, on_timeout=diag)
     op.kill()                 # 1: mid-training (the rendezvous store and heartbeat service go with it)
@@ -279,18 +205,17 @@ def test_operator_killed_twice_during_the_job_still_ends_identical(
 
 
 def test_on_call_checkpoint_request_commits_a_checkpoint_at_once(
-        cluster, kube, namespace, bucket, s3, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, s3, recovery_pool, trainer_run, tmp_path):
     from stoker.common import labels as L
     from stoker.common import layout
 
     cfg = trainer_config(600)  # long enough that the request always arrives mid-run
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    body = trainer_job("ask", path, bucket, node_selector=recovery_pool)
-    body["spec"]["checkpoint"]["intervalSteps"] = 1000  # only the request (and the end) saves
-    create_job(kube, namespace, body)
-    diag = diagnostics(kube, namespace, "ask", op)
+
+    def edit(body):
+        body["spec"]["checkpoint"]["intervalSteps"] = 1000  # only the request (and the end) saves
+
+    run = trainer_run(name="ask", cfg=cfg, node_selector=recovery_pool, edit=edit)
+    diag = run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     rid = "20260101T000000Z-a1b2c3"
@@ -308,19 +233,18 @@ def test_on_call_checkpoint_request_commits_a_checkpoint_at_once(
 
 
 def test_scale_down_drains_with_a_checkpoint_so_no_step_is_computed_twice_then_scales_back(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     # the stall keeps the world-2 incarnation at a known step until we scale back up; it is far
     # enough out that the scale-down request always arrives before it
     cfg = trainer_config(450, stall_after_step=400)
     cfg["train"]["global_batch"] = 12  # divisible by 2 and 3 workers x micro_batch 2
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    out, jdir = tmp_path / "job", tmp_path / "journal"
-    path = write_config(out / "config.json", cfg, out)
-    body = trainer_job("scale", path, bucket, replicas=3, node_selector=recovery_pool, journal_dir=jdir)
-    body["spec"].update(minReplicas=2, maxReplicas=3)
-    create_job(kube, namespace, body)
-    diag = diagnostics(kube, namespace, "scale", op)
+    jdir = tmp_path / "journal"
+
+    def edit(body):
+        body["spec"].update(minReplicas=2, maxReplicas=3)
+
+    run = trainer_run(name="scale", cfg=cfg, replicas=3, node_selector=recovery_pool, journal_dir=jdir, edit=edit)
+    out, diag = run.out, run.diag
     wait_for("training at world size 3", lambda: any(r.get("world_size") == 3 and r["step"] >= 15
                                                      for r in metrics_rows(out)), timeout=300, interval=0.05,
              on_timeout=diag)
@@ -356,39 +280,13 @@ def test_scale_down_drains_with_a_checkpoint_so_no_step_is_computed_twice_then_s
     assert "Draining" in events and "Drained" in events
 
 
-def metrics_rows(out: pathlib.Path) -> list[dict]:
-    try:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if "step" in r and "loss" in r:
-            rows.append(r)
-    return rows
-
-
-def summary_of(out: pathlib.Path) -> dict | None:
-    try:
-        return json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def test_s3_down_for_20s_across_checkpoints_costs_no_restart_and_ends_identical(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(300)
     ref = reference_summary(tmp_path, cfg, 2)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
     jdir = tmp_path / "journal"
-    path = write_config(tmp_path / "job" / "config.json", cfg, tmp_path / "job")
-    create_job(kube, namespace, trainer_job("s3out", path, bucket, node_selector=recovery_pool, journal_dir=jdir))
-    diag = diagnostics(kube, namespace, "s3out", op)
+    run = trainer_run(name="s3out", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
+    diag = run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
     cluster.stop_s3()

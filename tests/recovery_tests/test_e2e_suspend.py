@@ -6,25 +6,22 @@ from __future__ import annotations
 
 import pytest
 
-from tests.operator_tests.conftest import create_job, patch_job, wait_for, worker_pods
+from tests.operator_tests.conftest import patch_job, wait_for, worker_pods
 
 from . import faults as F
-from .conftest import reference_summary, trainer_config, write_config
-from .test_e2e_recovery import diagnostics, metrics_rows, status, summary_of, trainer_job
+from .conftest import reference_summary, trainer_config
+from .e2e import metrics_rows, status, summary_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 
 def test_suspend_drains_with_a_checkpoint_and_resume_continues_at_that_step_identical(
-        cluster, kube, namespace, bucket, recovery_pool, heartbeat_operator, tmp_path):
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     # far more steps than pass between the suspend and the workers' stop (a few seconds)
     cfg = trainer_config(1000)
-    op = heartbeat_operator()
-    cluster.create_s3_secret(namespace)
-    out, jdir = tmp_path / "job", tmp_path / "journal"
-    path = write_config(out / "config.json", cfg, out)
-    create_job(kube, namespace, trainer_job("sus", path, bucket, node_selector=recovery_pool, journal_dir=jdir))
-    diag = diagnostics(kube, namespace, "sus", op)
+    jdir = tmp_path / "journal"
+    run = trainer_run(name="sus", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
+    out, diag = run.out, run.diag
     wait_for("training", lambda: any(r["step"] >= 15 for r in metrics_rows(out)), timeout=300, interval=0.05,
              on_timeout=diag)
 

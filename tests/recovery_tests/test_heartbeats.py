@@ -12,12 +12,13 @@ import pytest
 
 from stoker.common import env as E
 from stoker.operator import heartbeats as H
+from stoker.operator.kube import KubeApi
 from stoker.worker.sdk import Session
 
 OWNER = {"apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "name": "j", "uid": "u1", "controller": True}
 
 
-class FakeSecrets:
+class FakeSecrets(KubeApi):
     def __init__(self):
         self.items: dict[str, dict] = {}
         self.calls: list[tuple[str, str]] = []

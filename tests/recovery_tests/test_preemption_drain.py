@@ -2,7 +2,7 @@
 deleted by someone else (kube-scheduler preemption, the eviction API, a node
 drain), asks every worker to checkpoint and stop within the pod's grace period,
 then restarts the job as a new incarnation from that checkpoint on the
-preemption budget. Pure decisions (supervision.drain_step / preemption_restart)
+preemption budget. Pure decisions (drain.drain_step / preemption_restart)
 and the reconcile pass that carries them out; the launcher's SIGTERM hold."""
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ from stoker.common import env as E
 from stoker.operator import detection as D
 from stoker.operator import launch
 from stoker.operator import supervision as S
+from stoker.operator import drain as DR
 from stoker.operator.jobspec import job_view
-from stoker.operator.pods import RenderConfig, pod_view, render_pod
+from stoker.operator.pods import RenderConfig, render_pod
 from stoker.operator.reconcile import plan
+from stoker.operator.podview import PodView, pod_view
 
 from .test_detection import NOW, rp
 
@@ -70,8 +72,8 @@ def job_body(status: dict | None = None, checkpoint: bool = True, suspend: bool 
             "spec": spec, "status": status or {}}
 
 
-def facts(*pods: dict) -> list[D.PodFacts]:
-    return [f for f in (D.pod_facts(p) for p in pods) if f is not None]
+def facts(*pods: dict) -> list[PodView]:
+    return [f for f in (pod_view(p) for p in pods) if f is not None]
 
 
 RANKS = (rp(0, step=12, pod_name="demo-worker-0-0"), rp(1, step=12, pod_name="demo-worker-1-0"))
@@ -79,7 +81,7 @@ RANKS = (rp(0, step=12, pod_name="demo-worker-0-0"), rp(1, step=12, pod_name="de
 
 def step(pods, status=None, *, ranks=RANKS, heartbeats=True, checkpointing=True, suspend=False, excess=(),
          now=NOW):
-    return S.drain_step(status=status or {}, obs=S.Observed(facts=tuple(facts(*pods)), ranks=tuple(ranks),
+    return DR.drain_step(status=status or {}, obs=S.Observed(facts=tuple(facts(*pods)), ranks=tuple(ranks),
                                                             heartbeats=heartbeats),
                         incarnation=0, checkpointing=checkpointing, suspend=suspend, excess=list(excess),
                         current_pods=facts(*pods), now=now, grace_s=120, min_grace_s=10, margin_s=5)
@@ -123,9 +125,9 @@ def test_no_preemption_drain_when(why, pods, kw):
 
 def test_a_scaled_away_pod_is_not_an_outside_deletion():
     pods = facts(raw_pod(0, deleted_with_grace=30), raw_pod(1, deleted_with_grace=30))
-    going = S.outside_deletions(pods, incarnation=0, excess=["demo-worker-1-0"], now=NOW, min_grace_s=10)
+    going = DR.outside_deletions(pods, incarnation=0, excess=["demo-worker-1-0"], now=NOW, min_grace_s=10)
     assert [p.name for p in going] == ["demo-worker-0-0"]
-    assert S.outside_deletions(pods, incarnation=1, excess=[], now=NOW, min_grace_s=10) == []
+    assert DR.outside_deletions(pods, incarnation=1, excess=[], now=NOW, min_grace_s=10) == []
 
 
 def test_suspend_and_scale_down_keep_their_own_drain_reasons():
@@ -165,19 +167,19 @@ def test_the_preemption_drain_gives_up_at_its_deadline_and_uses_the_last_committ
 
 def test_the_restart_after_a_preemption_drain_spends_the_preemption_budget():
     st = preempting()
-    done = S.DrainStep("done", "Preemption", "every worker checkpointed and stopped", st["drain"], True)
-    d = S.preemption_restart(done, 0, NOW + dt.timedelta(seconds=6))
+    done = DR.DrainStep("done", "Preemption", "every worker checkpointed and stopped", st["drain"], True)
+    d = DR.preemption_restart(done, 0, NOW + dt.timedelta(seconds=6))
     assert (d.action, d.budget, d.counted, d.increment) == ("restart", "preemption", False, ("preemption", "total"))
-    assert d.reason == S.DRAINED_FOR_PREEMPTION
+    assert d.reason == DR.DRAINED_FOR_PREEMPTION
     inc = d.incident
     assert (inc["kind"], inc["cause"], inc["detectedCause"], inc["pod"], inc["node"], inc["step"], inc["drained"]) == (
         "Restart", "preemption", "Preempted", "demo-worker-1-0", "n1", 12, True)
     assert inc["detectionLatencySeconds"] == 6
-    late = S.preemption_restart(S.DrainStep("done", "Preemption", "ran out", st["drain"], False), 0, NOW)
+    late = DR.preemption_restart(DR.DrainStep("done", "Preemption", "ran out", st["drain"], False), 0, NOW)
     assert late.incident["drained"] is False and "last committed checkpoint" in late.message
     # a node drain through the eviction API: the same drain, named for what it was (and its node avoided)
     evicted = {**st["drain"], "disruption": "EvictionByEvictionAPI"}
-    e = S.preemption_restart(S.DrainStep("done", "Preemption", "", evicted, True), 0, NOW)
+    e = DR.preemption_restart(DR.DrainStep("done", "Preemption", "", evicted, True), 0, NOW)
     assert (e.incident["detectedCause"], e.incident["cause"], e.budget) == ("Evicted", "preemption", "preemption")
     assert "evicted (EvictionByEvictionAPI)" in e.message
     assert S.avoid_nodes([e.incident]) == ("n1",) and S.avoid_nodes([d.incident]) == ()
@@ -222,7 +224,7 @@ def test_reconcile_drains_a_preempted_job_then_restarts_it_from_the_drain_checkp
     [inc] = st["incidents"]
     assert (inc["detectedCause"], inc["cause"], inc["drained"], inc["pod"]) == (
         "Preempted", "preemption", True, "demo-worker-1-0")
-    assert [(e.type, e.reason) for e in p3.events] == [("Normal", "Drained"), ("Normal", S.DRAINED_FOR_PREEMPTION)]
+    assert [(e.type, e.reason) for e in p3.events] == [("Normal", "Drained"), ("Normal", DR.DRAINED_FOR_PREEMPTION)]
     assert p3.restart_cause == "preemption" and p3.requeue_after == 0
 
     # the next pass replaces the old incarnation at once: no restart backoff after a drain
@@ -237,7 +239,7 @@ def test_reconcile_falls_back_to_the_last_checkpoint_when_the_grace_runs_out():
     st = p2.status
     assert st["incarnation"] == 1 and st["restarts"]["preemption"] == 1 and st["restarts"]["userError"] == 0
     assert st["incidents"][-1]["drained"] is False
-    assert ("Warning", S.DRAINED_FOR_PREEMPTION) in [(e.type, e.reason) for e in p2.events]
+    assert ("Warning", DR.DRAINED_FOR_PREEMPTION) in [(e.type, e.reason) for e in p2.events]
 
 
 def test_reconcile_leaves_pods_the_operator_deletes_itself_alone():

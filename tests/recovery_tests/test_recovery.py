@@ -7,6 +7,7 @@ import pytest
 
 from stoker.operator import detection as D
 from stoker.operator import recovery as R
+from stoker.operator.podview import PodView
 
 NO_RESTARTS = {"userError": 0, "infrastructure": 0, "preemption": 0, "total": 0}
 
@@ -201,11 +202,11 @@ def test_a_replaced_pods_last_heartbeats_do_not_speak_for_its_replacement():
     alive = rec(0, "j-worker-0-0", "n0")
     nodeless = rec(1, "j-worker-2-0", "")
     gone = rec(3, "j-worker-3-0", "n3")  # no pod of that name any more: the caller's business
-    running = [D.PodFacts("j-worker-0-0", 0, 0, "Running", "n0"), D.PodFacts("j-worker-2-0", 2, 0, "Running", "n2")]
-    waiting = D.PodFacts("j-worker-1-0", 1, 0, "Pending", None)  # the replacement: same name, no node yet
+    running = [PodView("j-worker-0-0", 0, 0, "Running", "n0"), PodView("j-worker-2-0", 2, 0, "Running", "n2")]
+    waiting = PodView("j-worker-1-0", 1, 0, "Pending", None)  # the replacement: same name, no node yet
     assert R.current_records([lost, alive, nodeless, gone], running + [waiting]) == [alive, nodeless, gone]
     placed = dataclasses.replace(waiting, phase="Running", node="n9")
     own = rec(2, "j-worker-1-0", "n9")
     assert R.current_records([lost, own], running + [placed]) == [own]
     # the lost pod itself, not yet replaced: its record is its own
-    assert R.current_records([lost], [D.PodFacts("j-worker-1-0", 1, 0, "Running", "n1")]) == [lost]
+    assert R.current_records([lost], [PodView("j-worker-1-0", 1, 0, "Running", "n1")]) == [lost]

@@ -9,13 +9,17 @@ from stoker.common import labels as L
 from stoker.operator import detection as D
 from stoker.operator import recovery as R
 from stoker.operator import supervision as S
-from stoker.operator.kube import KubeError
+from stoker.operator import policy_failure as F
+from stoker.operator.kube import KubeApi, KubeError
+from stoker.operator.podview import pod_view
 from stoker.operator.recovery_shell import RecoveryShell
 
 JOB = {"metadata": {"name": "j", "namespace": "ns", "uid": "u1"}}
 
 
-class Api:
+class Api(KubeApi):
+    """Records every request the typed calls make."""
+
     def __init__(self, nodes=None, forbid_nodes=False):
         self.calls: list[tuple] = []
         self.events: list[tuple] = []
@@ -32,6 +36,10 @@ class Api:
 
     def emit_event(self, job, type_, reason, message):
         self.events.append((type_, reason, message))
+
+
+def pod_views(*pods):
+    return [v for v in (pod_view(p) for p in pods) if v is not None]
 
 
 def incident(node="n1", cause="NodeLost"):
@@ -118,11 +126,11 @@ def test_a_replacement_waiting_for_capacity_is_not_blamed_for_the_lost_pods_sile
     ready = [{"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
              for n in ("n0", "n2")]
     shell = RecoveryShell(Api(nodes=ready), Beats(), mono=lambda: 100.0)  # type: ignore[arg-type]
-    obs = shell.observe("ns", "j", [raw(0, "n0", "Running"), raw(1, None, "Pending"), raw(2, "n2", "Running")])
+    obs = shell.observe("ns", "j", pod_views(raw(0, "n0", "Running"), raw(1, None, "Pending"), raw(2, "n2", "Running")))
     assert [r.rank for r in obs.ranks] == [0, 1]
 
     def decide(o):
-        return S.decide(obs=o, incarnation=0, desired=3, restarts={}, incidents=[],
+        return F.decide(obs=o, incarnation=0, desired=3, restarts={}, incidents=[],
                         policy=R.Policy(elastic=True, min_replicas=2), rules=(),
                         t=D.Timeouts(heartbeat_s=30, interval_s=1), now=dt.datetime.now(dt.timezone.utc))
 
@@ -159,7 +167,7 @@ def test_a_node_missing_or_lost_in_the_cached_list_is_read_again_before_a_pod_is
     clock[0] = 1.5
     pod = {"metadata": {"name": "j-worker-0-0", "labels": {L.REPLICA_INDEX: "0", L.INCARNATION: "0"}},
            "spec": {"containers": [{"name": "trainer"}], "nodeName": "n4"}, "status": {"phase": "Running"}}
-    obs = shell.observe("ns", "j", [pod])
+    obs = shell.observe("ns", "j", pod_views(pod))
     assert "n4" in obs.nodes and not obs.nodes["n4"].lost
 
 

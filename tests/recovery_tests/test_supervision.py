@@ -7,6 +7,8 @@ import datetime as dt
 from stoker.operator import detection as D
 from stoker.operator import recovery as R
 from stoker.operator import supervision as S
+from stoker.operator import policy_failure as F
+from stoker.operator import drain as DR
 from stoker.operator.jobspec import ExitCodeRule
 
 from .test_detection import NOW, node, pod, rp
@@ -16,7 +18,7 @@ T = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)
 
 
 def decide(obs, restarts=ZERO, incidents=(), policy=R.Policy(max_restarts=2), rules=(), desired=2, incarnation=0):
-    return S.decide(obs=obs, incarnation=incarnation, desired=desired, restarts=restarts, incidents=list(incidents),
+    return F.decide(obs=obs, incarnation=incarnation, desired=desired, restarts=restarts, incidents=list(incidents),
                     policy=policy, rules=rules, t=T, now=NOW)
 
 
@@ -35,7 +37,7 @@ def test_sigkilled_worker_restarts_for_free_and_records_the_cause():
         "restart", "WorkerKilled", "infrastructure", False, ("infrastructure", "total"))
     assert d.incident["detectedCause"] == "WorkerKilled" and d.incident["rank"] == 1 and d.incident["step"] == 12
     assert d.incident["detectionLatencySeconds"] == 3
-    assert S.bump(ZERO, d.increment) == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}
+    assert F.bump(ZERO, d.increment) == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}
 
 
 def test_hang_is_detected_from_heartbeats_only_when_the_service_runs():
@@ -123,7 +125,7 @@ def test_force_delete_needs_the_node_list():
 
 
 def test_an_on_call_restart_is_a_free_coordinated_restart_with_an_incident():
-    d = S.manual_restart("20260101T120000Z-abc123", 4, NOW)
+    d = F.manual_restart("20260101T120000Z-abc123", 4, NOW)
     assert (d.action, d.reason, d.budget, d.counted, d.increment) == ("restart", "RestartRequested", "none", False,
                                                                       ("total",))
     assert d.incident["kind"] == "Restart" and d.incident["cause"] == "none" and d.incident["incarnation"] == 4
@@ -133,7 +135,7 @@ def test_an_on_call_restart_is_a_free_coordinated_restart_with_an_incident():
 def drain(status=None, suspend=False, excess=(), pods=(pod(0), pod(1)), ranks=(rp(0), rp(1)), heartbeats=True,
           checkpointing=True, now=NOW):
     obs = S.Observed(ranks=tuple(ranks), heartbeats=heartbeats)
-    return S.drain_step(status=status or {}, obs=obs, incarnation=0, checkpointing=checkpointing, suspend=suspend,
+    return DR.drain_step(status=status or {}, obs=obs, incarnation=0, checkpointing=checkpointing, suspend=suspend,
                         excess=list(excess), current_pods=list(pods), now=now, grace_s=60)
 
 
@@ -210,7 +212,7 @@ def test_a_worker_that_never_heartbeats_in_a_job_that_does_is_restarted_on_the_i
                      ranks=(rp(0, step=-1, pod_name="j-worker-0-0", last_seen=99.0, advanced_at=99.0),))
     d = decide(obs, incidents=[], desired=2)
     assert d is None  # not known to heartbeat: a script without the SDK is allowed
-    d = S.decide(obs=obs, incarnation=0, desired=2, restarts=ZERO, incidents=[], policy=R.Policy(max_restarts=2),
+    d = F.decide(obs=obs, incarnation=0, desired=2, restarts=ZERO, incidents=[], policy=R.Policy(max_restarts=2),
                  rules=(), t=dataclasses.replace(T, startup_s=600), now=NOW, expect_heartbeats=True)
     assert d is not None and d.action == "restart" and d.finding.cause == D.HEARTBEAT_LOST
     assert d.finding.pod == "j-worker-1-0" and d.budget == "infrastructure" and not d.counted

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from stoker.devcluster.procs import descendants
+
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_TIMEOUT_S = 240
 
@@ -80,27 +82,6 @@ def read_metrics(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def losses(metrics: list[dict[str, Any]]) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in metrics if "loss" in m}
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of pid (torchrun puts workers in their own sessions,
-    so killing torchrun's process group alone would orphan them)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def stalled(cfg: dict[str, Any]) -> bool:

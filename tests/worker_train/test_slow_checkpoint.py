@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 from stoker.common import layout  # noqa: E402
 from stoker.worker import config as cfgmod  # noqa: E402
 from stoker.worker import trainer as trainer_mod  # noqa: E402
-from stoker.worker.trainer import Trainer, slow_checkpoint_due  # noqa: E402
+from stoker.worker.checkpoint_hooks import slow_checkpoint_due  # noqa: E402
+from stoker.worker.trainer import Trainer  # noqa: E402
 
 from . import harness as h  # noqa: E402
 from .test_trainer_inprocess import ScriptedSession  # noqa: E402

@@ -9,6 +9,8 @@ import os
 import re
 from typing import Any, Iterable, Sequence, TextIO
 
+from stoker.common.timefmt import parse_time
+
 FORMATS = ("table", "json", "yaml")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -91,16 +93,6 @@ def human_duration(seconds: float | None) -> str:
     if d < 8:
         return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
     return f"{d}d"
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
 def age_seconds(value: str | None, now: dt.datetime) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -23,12 +24,94 @@ class ClusterError(RuntimeError):
     """A component failed to build, start or become ready."""
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (SO_REUSEADDR: a port in TIME_WAIT counts as free)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     try:
         data = path.read_bytes()[-16384:].decode(errors="replace")
     except OSError:
         return "(no log)"
     return "\n".join(data.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- the process table (/proc)
+
+
+def pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def argv_of(pid: int) -> list[bytes] | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+
+
+def environ_of(pid: int) -> list[bytes] | None:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:   # gone, or another user's process
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, also those that left its group or session
+    (torchrun puts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for p in pids():
+        f = stat_fields(p)
+        if f is not None:
+            children.setdefault(int(f[1]), []).append(p)
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def find_processes(*, argv_has: bytes | None = None, argv_lacks: tuple[bytes, ...] = (),
+                   env_has: tuple[bytes, ...] = ()) -> list[int]:
+    """Pids (not this process) whose argv has the word ``argv_has`` and none of
+    ``argv_lacks``, and whose environment holds every ``NAME=value`` of ``env_has``."""
+    me, out = os.getpid(), []
+    for p in pids():
+        if p == me:
+            continue
+        argv = argv_of(p) if argv_has is not None or argv_lacks else []
+        if argv is None or (argv_has is not None and argv_has not in argv) or any(w in argv for w in argv_lacks):
+            continue
+        env = environ_of(p) if env_has else []
+        if env is None or any(e not in env for e in env_has):
+            continue
+        out.append(p)
+    return out
 
 
 def cmdline(pid: int) -> str:
@@ -39,11 +122,8 @@ def cmdline(pid: int) -> str:
 
 
 def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    f = stat_fields(pid)
+    return f is None or f[0] in ("Z", "X")
 
 
 def _reap(pid: int) -> None:
@@ -69,11 +149,7 @@ def read_pid(pidfile: Path) -> int | None:
 def processes_mentioning(marker: str) -> list[int]:
     """Pids of live processes whose command line contains ``marker``."""
     me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != me and owned_alive(int(entry), marker):
-            found.append(int(entry))
-    return found
+    return [p for p in pids() if p != me and owned_alive(p, marker)]
 
 
 def _pdeathsig() -> None:
@@ -147,17 +223,7 @@ def stop_group(pid: int, marker: str, *, sig: int = signal.SIGTERM, grace: float
 
 def _group_alive(pgid: int) -> bool:
     """True while any non-zombie process is in process group ``pgid``."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return any(f is not None and int(f[2]) == pgid and f[0] not in ("Z", "X") for f in map(stat_fields, pids()))
 
 
 def wait_ready(

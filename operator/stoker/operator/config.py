@@ -1,118 +1,175 @@
-"""Operator configuration: environment variables with one prefix (STOKER_OPERATOR_*).
+"""Operator configuration: every setting declared once, as a field of ``Config``.
 
-`stoker operator run` turns its flags into these variables before it imports
-`stoker.operator.main`, so `python -m stoker.operator.main` and the CLI read
-the same settings.
+Each field carries its default, help text, command-line flag and environment
+variable (``STOKER_OPERATOR_<FIELD>``), and where the Helm chart sets it. From
+that one declaration come the ``stoker operator run`` flags (``add_arguments`` /
+``from_args``), the environment loader (``load``) and its inverse (``to_env``);
+``tests/helm_tests/test_chart_settings.py`` checks charts/stoker against it.
+``python -m stoker.operator.main`` reads the environment, ``stoker operator run``
+the flags; both hand the resulting ``Config`` to ``main.run``.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 PREFIX = "STOKER_OPERATOR_"
+COMPUTED = "computed"   # Setting.chart: the chart sets it from other values (see templates/deployment.yaml)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What one Config field declares (``dataclasses.field(metadata={"setting": ...})``)."""
+
+    help: str
+    flag: str | None = ""            # "": --<field-with-dashes>; None: environment only
+    chart: str | None = None         # values.yaml key (dotted) the chart passes; COMPUTED; None: not in the chart
+    chart_default: Any = None        # the chart's default when it differs from the operator's (and why, in help)
+    choices: tuple[str, ...] = ()
+    short: str = ""                  # e.g. -n
+    fallback_env: str = ""           # read when the STOKER_OPERATOR_ variable is unset (KUBECONFIG)
+
+
+def setting(default: Any, help: str, **kw: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"setting": Setting(help, **kw)})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    namespaces: tuple[str, ...] = ()          # empty = all namespaces
-    kubeconfig: str | None = None
-    metrics_port: int = 9090                  # 0 disables the Prometheus endpoint
-    health_port: int = 0                      # 0 disables kopf's liveness endpoint
-    rendezvous_port: int = 29400              # 0: do not host a store (an external one is advertised)
-    rendezvous_advertise_address: str = "127.0.0.1"
-    resync_seconds: float = 10.0
-    pod_event_delay_seconds: float = 0.25     # pod events within this window fold into one pass
-    last_call_timeout_seconds: int = 2
-    torchrun_max_restarts: int = 10
-    peering: str | None = None                # None: standalone
-    peering_priority: int = 0                 # 0: random; the highest live priority acts
-    peering_lifetime_seconds: int = 60        # a silent peer counts as gone after this long
-    s3_endpoint: str | None = None
-    heartbeat_address: str | None = None      # host:port workers dial (an IP literal); None: no heartbeat service
-    heartbeat_listen: str | None = None       # where the service binds; default 0.0.0.0:<port of heartbeat_address>
-    heartbeat_interval_seconds: float = 5.0   # how often workers send a heartbeat
-    startup_timeout_seconds: int = 600        # first step of an incarnation (restore, compile) may take this long
-    max_infra_restarts: int = 50              # infrastructure restarts before a job fails anyway
-    node_report_after: int = 2                # job failures on one node (per hour) before it is reported
-    cordon_after: int = 0                     # ... before it is cordoned; 0: never cordon
-    launcher: str = "stoker"                  # stoker (keeps worker exit codes) | torchrun
-    max_workers: int = 16
-    log_level: str = "INFO"
+    namespaces: tuple[str, ...] = setting(
+        (), "watch only this namespace (repeatable); default: every namespace", flag="--namespace", short="-n",
+        chart=COMPUTED)
+    kubeconfig: str | None = setting(None, "kubeconfig file (default: in-cluster config, then $KUBECONFIG)",
+                                     fallback_env="KUBECONFIG")
+    metrics_port: int = setting(9090, "Prometheus endpoint; 0 disables", chart="ports.metrics")
+    health_port: int = setting(0, "liveness endpoint /healthz; 0 disables (the chart turns it on for its probes)",
+                               chart="ports.health", chart_default=8080)
+    rendezvous_port: int = setting(29400, "port of the shared c10d store the operator hosts; 0: host none",
+                                   chart="ports.rendezvous")
+    rendezvous_advertise_address: str = setting(
+        "127.0.0.1", "IP literal workers use to reach the store (in a cluster: the operator Service's ClusterIP)",
+        chart=COMPUTED)
+    resync_seconds: float = setting(10.0, "re-check every job this often (deadlines, TTL, backoff)",
+                                    chart="operator.resyncSeconds")
+    pod_event_delay_seconds: float = setting(0.25, "pod events within this window fold into one pass", flag=None)
+    last_call_timeout_seconds: int = setting(2, "seconds a rendezvous round waits for more than minReplicas workers",
+                                             flag="--last-call-timeout", chart="operator.lastCallTimeoutSeconds")
+    torchrun_max_restarts: int = setting(10, "in-place restarts per torchrun agent (each scale-down costs one)",
+                                         chart="operator.torchrunMaxRestarts")
+    peering: str | None = setting(
+        None, "kopf peering object: replicas with the same NAME never act together (default: standalone)",
+        chart=COMPUTED)
+    peering_priority: int = setting(0, "the highest live priority acts, the others wait (0: a random priority)")
+    peering_lifetime_seconds: int = setting(60, "seconds after which a silent peer is considered gone",
+                                            flag="--peering-lifetime")
+    s3_endpoint: str | None = setting(None, "AWS_ENDPOINT_URL_S3 for workers whose Secret has none",
+                                      chart="operator.s3Endpoint")
+    heartbeat_address: str | None = setting(
+        None, "host:port of the heartbeat service given to workers, an IP literal (unset: no heartbeat service)",
+        chart=COMPUTED)
+    heartbeat_listen: str | None = setting(
+        None, "where the heartbeat service binds (default 0.0.0.0:<port of --heartbeat-address>)")
+    heartbeat_interval_seconds: float = setting(5.0, "seconds between a worker's heartbeats",
+                                                flag="--heartbeat-interval", chart="operator.heartbeatIntervalSeconds")
+    startup_timeout_seconds: int = setting(
+        600, "seconds an incarnation may take to its first step before it counts as hung", flag="--startup-timeout",
+        chart="operator.startupTimeoutSeconds")
+    max_infra_restarts: int = setting(
+        50, "infrastructure restarts (which never spend maxRestarts) before a job fails anyway",
+        chart="operator.maxInfraRestarts")
+    node_report_after: int = setting(2, "job failures on one node within an hour before it is reported (Event, metric)",
+                                     chart="operator.nodeReportAfter")
+    cordon_after: int = setting(0, "job failures on one node within an hour before it is cordoned (0: never)",
+                                chart="operator.cordonAfter")
+    launcher: str = setting(
+        "stoker", "stoker: torchrun that exits with the failing worker's exit code (needs the stoker package in the "
+        "image); torchrun: plain torchrun", choices=("stoker", "torchrun"), chart="operator.launcher")
+    max_workers: int = setting(16, "concurrent handler threads in kopf", chart="operator.maxWorkers")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", chart="operator.logLevel")
 
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(PREFIX + key)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{PREFIX}{key}={raw!r} is not an integer") from None
+def settings() -> list[tuple[dataclasses.Field, Setting]]:
+    return [(f, f.metadata["setting"]) for f in dataclasses.fields(Config)]
+
+
+def env_name(f: dataclasses.Field) -> str:
+    return PREFIX + f.name.upper()
+
+
+def flag_of(f: dataclasses.Field, s: Setting) -> str | None:
+    return None if s.flag is None else (s.flag or "--" + f.name.replace("_", "-"))
+
+
+def _kind(f: dataclasses.Field) -> str:
+    return str(f.type).split(" |")[0]   # "int", "float", "str", "tuple[str, ...]"
+
+
+def _parse(f: dataclasses.Field, raw: str, where: str) -> Any:
+    kind = _kind(f)
+    if kind.startswith("tuple"):
+        return tuple(x for x in raw.split(",") if x)
+    if kind in ("int", "float"):
+        try:
+            return int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            raise ValueError(f"{where}={raw!r} is not {'an integer' if kind == 'int' else 'a number'}") from None
+    return raw
+
+
+def _format(v: Any) -> str:
+    if isinstance(v, tuple):
+        return ",".join(v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def load(env: Mapping[str, str] | None = None) -> Config:
+    """Config from STOKER_OPERATOR_* variables; an unset or empty one keeps the default."""
     env = os.environ if env is None else env
-    d = Config()
-    ns = tuple(n for n in (env.get(PREFIX + "NAMESPACES") or "").split(",") if n)
-    return Config(
-        namespaces=ns,
-        kubeconfig=env.get(PREFIX + "KUBECONFIG") or env.get("KUBECONFIG") or None,
-        metrics_port=_int(env, "METRICS_PORT", d.metrics_port),
-        health_port=_int(env, "HEALTH_PORT", d.health_port),
-        rendezvous_port=_int(env, "RENDEZVOUS_PORT", d.rendezvous_port),
-        rendezvous_advertise_address=env.get(PREFIX + "RENDEZVOUS_ADVERTISE_ADDRESS") or d.rendezvous_advertise_address,
-        resync_seconds=float(env.get(PREFIX + "RESYNC_SECONDS") or d.resync_seconds),
-        pod_event_delay_seconds=float(env.get(PREFIX + "POD_EVENT_DELAY_SECONDS") or d.pod_event_delay_seconds),
-        last_call_timeout_seconds=_int(env, "LAST_CALL_TIMEOUT_SECONDS", d.last_call_timeout_seconds),
-        torchrun_max_restarts=_int(env, "TORCHRUN_MAX_RESTARTS", d.torchrun_max_restarts),
-        peering=env.get(PREFIX + "PEERING") or None,
-        peering_priority=_int(env, "PEERING_PRIORITY", d.peering_priority),
-        peering_lifetime_seconds=_int(env, "PEERING_LIFETIME_SECONDS", d.peering_lifetime_seconds),
-        s3_endpoint=env.get(PREFIX + "S3_ENDPOINT") or None,
-        heartbeat_address=env.get(PREFIX + "HEARTBEAT_ADDRESS") or None,
-        heartbeat_listen=env.get(PREFIX + "HEARTBEAT_LISTEN") or None,
-        heartbeat_interval_seconds=float(env.get(PREFIX + "HEARTBEAT_INTERVAL_SECONDS")
-                                         or d.heartbeat_interval_seconds),
-        startup_timeout_seconds=_int(env, "STARTUP_TIMEOUT_SECONDS", d.startup_timeout_seconds),
-        max_infra_restarts=_int(env, "MAX_INFRA_RESTARTS", d.max_infra_restarts),
-        node_report_after=_int(env, "NODE_REPORT_AFTER", d.node_report_after),
-        cordon_after=_int(env, "CORDON_AFTER", d.cordon_after),
-        launcher=env.get(PREFIX + "LAUNCHER") or d.launcher,
-        max_workers=_int(env, "MAX_WORKERS", d.max_workers),
-        log_level=env.get(PREFIX + "LOG_LEVEL") or d.log_level,
-    )
+    values: dict[str, Any] = {}
+    for f, s in settings():
+        raw = env.get(env_name(f)) or (env.get(s.fallback_env) if s.fallback_env else None)
+        if raw:
+            values[f.name] = _parse(f, raw, env_name(f))
+    return Config(**values)
 
 
 def to_env(cfg: Config) -> dict[str, str]:
-    """The inverse of load(): what the CLI exports for the operator process."""
-    out = {
-        "NAMESPACES": ",".join(cfg.namespaces),
-        "METRICS_PORT": str(cfg.metrics_port),
-        "HEALTH_PORT": str(cfg.health_port),
-        "RENDEZVOUS_PORT": str(cfg.rendezvous_port),
-        "RENDEZVOUS_ADVERTISE_ADDRESS": cfg.rendezvous_advertise_address,
-        "RESYNC_SECONDS": f"{cfg.resync_seconds:g}",
-        "POD_EVENT_DELAY_SECONDS": f"{cfg.pod_event_delay_seconds:g}",
-        "LAST_CALL_TIMEOUT_SECONDS": str(cfg.last_call_timeout_seconds),
-        "TORCHRUN_MAX_RESTARTS": str(cfg.torchrun_max_restarts),
-        "LAUNCHER": cfg.launcher,
-        "HEARTBEAT_INTERVAL_SECONDS": f"{cfg.heartbeat_interval_seconds:g}",
-        "STARTUP_TIMEOUT_SECONDS": str(cfg.startup_timeout_seconds),
-        "MAX_INFRA_RESTARTS": str(cfg.max_infra_restarts),
-        "NODE_REPORT_AFTER": str(cfg.node_report_after),
-        "CORDON_AFTER": str(cfg.cordon_after),
-        "PEERING_PRIORITY": str(cfg.peering_priority),
-        "PEERING_LIFETIME_SECONDS": str(cfg.peering_lifetime_seconds),
-        "MAX_WORKERS": str(cfg.max_workers),
-        "LOG_LEVEL": cfg.log_level,
-    }
-    for key, val in (("KUBECONFIG", cfg.kubeconfig), ("PEERING", cfg.peering), ("S3_ENDPOINT", cfg.s3_endpoint),
-                     ("HEARTBEAT_ADDRESS", cfg.heartbeat_address), ("HEARTBEAT_LISTEN", cfg.heartbeat_listen)):
-        if val:
-            out[key] = val
-    return {PREFIX + k: v for k, v in out.items()}
+    """The inverse of load(); unset optional settings are left out."""
+    out = {}
+    for f, _ in settings():
+        v = getattr(cfg, f.name)
+        if v is not None and not (v == "" and f.default is None):
+            out[env_name(f)] = _format(v)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, into: Mapping[str, Any] | None = None) -> None:
+    """One flag per setting that has one; ``into`` puts a setting's flag into a group."""
+    d = Config()
+    for f, s in settings():
+        flag = flag_of(f, s)
+        if flag is None:
+            continue
+        target = (into or {}).get(f.name, parser)
+        names = [flag, s.short] if s.short else [flag]
+        kw: dict[str, Any] = {"dest": f.name, "help": s.help}
+        if _kind(f).startswith("tuple"):
+            kw.update(action="append", default=[], metavar="NS")
+        else:
+            kw.update(default=getattr(d, f.name), type={"int": int, "float": float}.get(_kind(f), str))
+            if s.choices:
+                kw["choices"] = list(s.choices)
+        target.add_argument(*names, **kw)
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """Config from parsed flags; settings without a flag keep their defaults."""
+    values = {f.name: getattr(args, f.name) for f, s in settings() if flag_of(f, s) is not None}
+    values["namespaces"] = tuple(values.get("namespaces") or ())
+    return Config(**values)

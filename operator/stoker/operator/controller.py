@@ -15,7 +15,8 @@ from typing import Any, Callable
 from . import job_metrics, metrics, refusals, waiting
 from .jobspec import job_view
 from .kube import Conflict, Kube, KubeError
-from .pods import RenderConfig, pod_view, render_pod
+from .pods import RenderConfig, render_pod
+from .podview import pod_view
 from .preflight_shell import Preflight
 from .reconcile import Event, Plan, plan
 from .recovery_shell import RecoveryShell
@@ -178,7 +179,7 @@ class Controller:
             return None  # ownerReferences + GC remove the pods
         raw_pods = self.kube.list_pods(namespace, name)
         pods = [v for v in (pod_view(p) for p in raw_pods) if v is not None]
-        obs = self.recovery.observe(namespace, name, raw_pods)
+        obs = self.recovery.observe(namespace, name, pods)
         now = self.clock()
         pl = plan(job, pods, now, obs, self.recovery.settings)
         fields = {**fields, "uid": job.uid, "incarnation": pl.incarnation}

@@ -2,10 +2,11 @@
 
 Inputs are plain facts the shell gathers each pass:
 
-  * ``PodFacts``   -- one worker pod (phase, exit code, signal, reason, node, times),
+  * ``PodView``    -- one worker pod (phase, exit code, signal, reason, node, times; podview.py),
   * ``NodeView``   -- the node a pod runs on (Ready condition, unreachable taint, gone),
   * ``RankProgress`` -- per rank, what the heartbeat stream told us (last message,
-    last step and when it last advanced, recent step times), kept by ``ProgressTracker``.
+    last step and when it last advanced, recent step times), kept by
+    ``heartbeats.ProgressTracker``.
 
 ``detect()`` returns at most one ``Finding`` -- the root cause -- or None. Causes:
 
@@ -38,9 +39,9 @@ import datetime as dt
 import signal as _signal
 from typing import Iterable, Mapping, Sequence
 
-from stoker.common import labels as L
+from stoker.common.timefmt import parse_time
 
-from .pods import disruption_reason, failed_init, trainer_said, trainer_started_at, trainer_terminated, worker_identity
+from .podview import PodView
 
 # ---------------------------------------------------------------------------- causes
 
@@ -81,28 +82,6 @@ NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 
 # ---------------------------------------------------------------------------- facts
-
-
-@dataclasses.dataclass(frozen=True)
-class PodFacts:
-    name: str
-    index: int
-    incarnation: int
-    phase: str                       # Pending | Running | Succeeded | Failed | Unknown
-    node: str | None
-    deleting: bool = False
-    exit_code: int | None = None     # trainer container, once terminated
-    reason: str = ""                 # pod.status.reason, else the trainer's termination reason
-    disruption: str | None = None    # DisruptionTarget condition reason
-    finished_at: dt.datetime | None = None
-    message: str = ""                # termination message (last error lines), if any
-    deletion_at: dt.datetime | None = None  # metadata.deletionTimestamp: when the kubelet kills what is left
-    deletion_grace_s: int | None = None     # metadata.deletionGracePeriodSeconds
-    started_at: dt.datetime | None = None   # the trainer container started running
-
-    @property
-    def terminated(self) -> bool:
-        return self.phase in ("Succeeded", "Failed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,35 +136,6 @@ class Finding:
 # ---------------------------------------------------------------------------- parsing
 
 
-def parse_time(s: str | None) -> dt.datetime | None:
-    if not s:
-        return None
-    try:
-        return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def pod_facts(pod: Mapping) -> PodFacts | None:
-    """Parse one of our worker pods (None if it lacks our labels)."""
-    ident = worker_identity(pod)
-    if ident is None:
-        return None
-    index, incarnation = ident
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    term = trainer_terminated(pod) or failed_init(pod) or {}
-    return PodFacts(name=meta.get("name", ""), index=index, incarnation=incarnation,
-                    phase=status.get("phase") or "Pending", node=spec.get("nodeName") or None,
-                    deleting=bool(meta.get("deletionTimestamp")), exit_code=term.get("exitCode"),
-                    reason=status.get("reason") or term.get("reason") or "",
-                    disruption=disruption_reason(pod), finished_at=parse_time(term.get("finishedAt")),
-                    message=trainer_said(term.get("message") or ""), deletion_at=parse_time(meta.get("deletionTimestamp")),
-                    deletion_grace_s=meta.get("deletionGracePeriodSeconds"),
-                    started_at=parse_time(trainer_started_at(pod)))
-
-
 def node_view(node: Mapping) -> NodeView:
     meta = node.get("metadata") or {}
     spec = node.get("spec") or {}
@@ -218,7 +168,7 @@ def _signal_name(n: int) -> str:
 # ---------------------------------------------------------------------------- pods and nodes
 
 
-def classify_pod(pod: PodFacts, node: NodeView | None, node_known: bool = True) -> Finding | None:
+def classify_pod(pod: PodView, node: NodeView | None, node_known: bool = True) -> Finding | None:
     """The cause for one pod, or None if it is healthy (or succeeded).
 
     ``node`` is the pod's node; None with ``node_known`` means the Node object is gone.
@@ -262,7 +212,7 @@ def classify_pod(pod: PodFacts, node: NodeView | None, node_known: bool = True) 
                    onset=pod.finished_at, **base)
 
 
-def force_delete(pods: Iterable[PodFacts], nodes: Mapping[str, NodeView]) -> list[str]:
+def force_delete(pods: Iterable[PodView], nodes: Mapping[str, NodeView]) -> list[str]:
     """Pods stuck Terminating on a lost (or deleted) node: the kubelet will never
     confirm their deletion, so they must be removed with grace period 0."""
     out = []
@@ -359,7 +309,7 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
                    step=culprit.step, onset=_onset(now_wall, now_mono, latest_advance))
 
 
-def never_heard(pods: Sequence[PodFacts], ranks: Sequence[RankProgress], t: Timeouts,
+def never_heard(pods: Sequence[PodView], ranks: Sequence[RankProgress], t: Timeouts,
                 now_wall: dt.datetime) -> Finding | None:
     """A worker pod that has sent no heartbeat ``startup_s`` after the last of the
     incarnation's trainers started (the rendezvous cannot complete before): stuck
@@ -390,7 +340,7 @@ def never_heard(pods: Sequence[PodFacts], ranks: Sequence[RankProgress], t: Time
 # ---------------------------------------------------------------------------- the root cause
 
 
-def detect(pods: Sequence[PodFacts], nodes: Mapping[str, NodeView], ranks: Sequence[RankProgress],
+def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequence[RankProgress],
            t: Timeouts, now_mono: float, now_wall: dt.datetime, *, incarnation: int,
            nodes_listed: bool = True, expect_heartbeats: bool = False) -> Finding | None:
     """The root cause of a failure in the current ``incarnation``, or None if healthy.
@@ -435,66 +385,3 @@ def _with_rank(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
 def _with_error(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
     errs = [r.error for r in ranks if r.error]
     return dataclasses.replace(f, error=f.error or (errs[0] if errs else ""))
-
-
-# ---------------------------------------------------------------------------- progress tracking
-
-
-@dataclasses.dataclass
-class _Track:
-    progress: RankProgress
-    step_at_mono: float
-
-
-class ProgressTracker:
-    """Per (namespace, job, rank): when the step last advanced and recent step
-    times. Fed from heartbeats (``observe``), read by the reconcile pass
-    (``ranks``). Not thread-safe by itself; the heartbeat shell locks around it."""
-
-    HISTORY = 20
-
-    def __init__(self) -> None:
-        self._t: dict[tuple[str, str, int], _Track] = {}
-
-    def observe(self, namespace: str, job: str, *, rank: int, incarnation: int, step: int, now: float,
-                pod_name: str = "", node_name: str = "", phase: str = "TRAINING", connected: bool = True,
-                error: str = "", step_time_s: float | None = None, checkpoint_s: float | None = None) -> RankProgress:
-        """Record one heartbeat. A step time reported by the worker is preferred;
-        otherwise it is measured between heartbeats that saw the step grow."""
-        key = (namespace, job, rank)
-        old = self._t.get(key)
-        if old is None or incarnation != old.progress.incarnation or step < old.progress.step:
-            # first sight, another incarnation, or a process restarted in place (step went back)
-            times: tuple[float, ...] = ()
-            advanced = step_at = now
-        else:
-            times, advanced, step_at = old.progress.step_times, old.progress.advanced_at, old.step_at_mono
-            if step > old.progress.step:
-                per = None
-                if step_time_s is not None and step_time_s > 0:
-                    per = float(step_time_s)
-                elif old.progress.step >= 0:
-                    per = (now - old.step_at_mono) / (step - old.progress.step)
-                if per is not None:
-                    times = (times + (per,))[-self.HISTORY:]
-                advanced = step_at = now
-            elif old.progress.phase == "CHECKPOINTING" and phase != "CHECKPOINTING":
-                # A save that held the step (storage retrying) just ended: the stall clock starts
-                # again here, or the moment the exemption for it ends looks like a long hang
-                # (bench/chaos.py: S3 down 10 s -> "step stuck for 20s", a needless restart).
-                advanced = now
-        prog = RankProgress(rank=rank, incarnation=incarnation, step=step, last_seen=now, advanced_at=advanced,
-                            pod_name=pod_name, node_name=node_name, phase=phase, connected=connected, error=error,
-                            step_times=times, checkpoint_s=checkpoint_s)
-        self._t[key] = _Track(prog, step_at)
-        return prog
-
-    def ranks(self, namespace: str, job: str, incarnation: int | None = None) -> list[RankProgress]:
-        out = [t.progress for (ns, j, _), t in self._t.items() if ns == namespace and j == job]
-        if incarnation is not None:
-            out = [r for r in out if r.incarnation == incarnation]
-        return sorted(out, key=lambda r: r.rank)
-
-    def forget(self, namespace: str, job: str) -> None:
-        for key in [k for k in self._t if k[:2] == (namespace, job)]:
-            del self._t[key]

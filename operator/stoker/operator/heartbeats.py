@@ -6,7 +6,7 @@ so it goes with it) holding a random token under key ``token``. Worker pods get
 it as ``STOKER_JOB_TOKEN`` through a ``secretKeyRef`` (``token_env``) -- the token
 never appears in a pod spec -- and ``STOKER_OPERATOR_ADDR`` as an IP:port.
 
-Every heartbeat also feeds a ``detection.ProgressTracker`` (last message, last
+Every heartbeat also feeds the ``ProgressTracker`` (below) (last message, last
 step advance, step times), which the reconcile pass reads through ``ranks()``.
 
     hb = OperatorHeartbeats(kube, "0.0.0.0:50051", on_change=controller.trigger)
@@ -18,19 +18,20 @@ step advance, step times), which the reconcile pass reads through ``ranks()``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Protocol
-from urllib.parse import quote
+from typing import Any, Callable
 
 from stoker.common import env as E
 from stoker.common.auth import new_token
 from stoker.common.heartbeat_server import (CHECKPOINT_NOW, STOP_AFTER_CHECKPOINT, HeartbeatRegistry,
                                             HeartbeatServer, WorkerStatus)
 
-from .detection import ProgressTracker, RankProgress
+from . import detection as D
+from .kube import KubeApi
 
 log = logging.getLogger("stoker.operator.heartbeats")
 
@@ -59,12 +60,8 @@ def secret_manifest(namespace: str, job_name: str, owner: dict[str, Any], token:
     }
 
 
-class _Requester(Protocol):
-    def request(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, dict]: ...
-
-
 class OperatorHeartbeats:
-    def __init__(self, kube: _Requester, address: str = "0.0.0.0:0", *,
+    def __init__(self, kube: KubeApi, address: str = "0.0.0.0:0", *,
                  on_change: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
@@ -93,13 +90,9 @@ class OperatorHeartbeats:
         return self.server.port
 
     # ------------------------------------------------------------------ tokens
-    def _secret_path(self, namespace: str, job_name: str = "") -> str:
-        base = f"/api/v1/namespaces/{quote(namespace)}/secrets"
-        return f"{base}/{quote(secret_name(job_name))}" if job_name else base
-
     def _read_token(self, namespace: str, job_name: str) -> str | None:
-        status, body = self.kube.request("GET", self._secret_path(namespace, job_name), ok=(200, 404))
-        if status != 200:
+        body = self.kube.get_secret(namespace, secret_name(job_name))
+        if body is None:
             return None
         raw = (body.get("data") or {}).get(TOKEN_KEY)
         return base64.b64decode(raw).decode() if raw else None
@@ -135,10 +128,8 @@ class OperatorHeartbeats:
         token = self._read_token(namespace, job_name)
         if token is None:
             token = new_token()
-            status, _ = self.kube.request("POST", self._secret_path(namespace),
-                                          secret_manifest(namespace, job_name, owner, token, labels),
-                                          ok=(200, 201, 409))
-            if status == 409:  # created concurrently: use theirs
+            created = self.kube.create_secret(namespace, secret_manifest(namespace, job_name, owner, token, labels))
+            if not created:  # created concurrently: use theirs
                 token = self._read_token(namespace, job_name) or token
             else:
                 log.info("created heartbeat token secret", extra={"job": job_name, "namespace": namespace,
@@ -171,7 +162,7 @@ class OperatorHeartbeats:
         except Exception:  # noqa: BLE001
             log.exception("heartbeat-triggered reconcile failed", extra={"job": name, "namespace": namespace})
 
-    def ranks(self, namespace: str, job_name: str, incarnation: int | None = None) -> list[RankProgress]:
+    def ranks(self, namespace: str, job_name: str, incarnation: int | None = None) -> list[D.RankProgress]:
         with self._lock:
             return self.tracker.ranks(namespace, job_name, incarnation)
 
@@ -193,3 +184,66 @@ class OperatorHeartbeats:
             self._tokens.pop((namespace, job_name), None)
             for key in [k for k in self._last if k[:2] == (namespace, job_name)]:
                 del self._last[key]
+
+
+# ---------------------------------------------------------------------------- per-rank progress
+
+
+@dataclasses.dataclass
+class _Track:
+    progress: D.RankProgress
+    step_at_mono: float
+
+
+class ProgressTracker:
+    """Per (namespace, job, rank): when the step last advanced and recent step
+    times. Fed from heartbeats (``observe``), read by the reconcile pass
+    (``ranks``). Not thread-safe by itself; the heartbeat shell locks around it."""
+
+    HISTORY = 20
+
+    def __init__(self) -> None:
+        self._t: dict[tuple[str, str, int], _Track] = {}
+
+    def observe(self, namespace: str, job: str, *, rank: int, incarnation: int, step: int, now: float,
+                pod_name: str = "", node_name: str = "", phase: str = "TRAINING", connected: bool = True,
+                error: str = "", step_time_s: float | None = None, checkpoint_s: float | None = None) -> D.RankProgress:
+        """Record one heartbeat. A step time reported by the worker is preferred;
+        otherwise it is measured between heartbeats that saw the step grow."""
+        key = (namespace, job, rank)
+        old = self._t.get(key)
+        if old is None or incarnation != old.progress.incarnation or step < old.progress.step:
+            # first sight, another incarnation, or a process restarted in place (step went back)
+            times: tuple[float, ...] = ()
+            advanced = step_at = now
+        else:
+            times, advanced, step_at = old.progress.step_times, old.progress.advanced_at, old.step_at_mono
+            if step > old.progress.step:
+                per = None
+                if step_time_s is not None and step_time_s > 0:
+                    per = float(step_time_s)
+                elif old.progress.step >= 0:
+                    per = (now - old.step_at_mono) / (step - old.progress.step)
+                if per is not None:
+                    times = (times + (per,))[-self.HISTORY:]
+                advanced = step_at = now
+            elif old.progress.phase == "CHECKPOINTING" and phase != "CHECKPOINTING":
+                # A save that held the step (storage retrying) just ended: the stall clock starts
+                # again here, or the moment the exemption for it ends looks like a long hang
+                # (bench/chaos.py: S3 down 10 s -> "step stuck for 20s", a needless restart).
+                advanced = now
+        prog = D.RankProgress(rank=rank, incarnation=incarnation, step=step, last_seen=now, advanced_at=advanced,
+                            pod_name=pod_name, node_name=node_name, phase=phase, connected=connected, error=error,
+                            step_times=times, checkpoint_s=checkpoint_s)
+        self._t[key] = _Track(prog, step_at)
+        return prog
+
+    def ranks(self, namespace: str, job: str, incarnation: int | None = None) -> list[D.RankProgress]:
+        out = [t.progress for (ns, j, _), t in self._t.items() if ns == namespace and j == job]
+        if incarnation is not None:
+            out = [r for r in out if r.incarnation == incarnation]
+        return sorted(out, key=lambda r: r.rank)
+
+    def forget(self, namespace: str, job: str) -> None:
+        for key in [k for k in self._t if k[:2] == (namespace, job)]:
+            del self._t[key]

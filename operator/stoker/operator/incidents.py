@@ -22,21 +22,18 @@ import datetime as dt
 from typing import Any, Mapping, Sequence
 
 from stoker.common import layout
+from stoker.common.timefmt import fmt_time, parse_time
 
 from . import detection as D
 
 MAX_INCIDENTS = 50   # crds/: status.incidents maxItems
 
 
-def _fmt(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def record(finding: D.Finding, *, kind: str, budget: str, incarnation: int, now: dt.datetime,
            message: str | None = None, original_cause: str | None = None, error: str = "") -> dict[str, Any]:
     """One incident entry for ``finding`` (detected at ``now``)."""
     inc: dict[str, Any] = {
-        "time": _fmt(now),
+        "time": fmt_time(now),
         "kind": kind,
         "cause": budget,
         "detectedCause": finding.cause,
@@ -54,6 +51,11 @@ def record(finding: D.Finding, *, kind: str, budget: str, incarnation: int, now:
     if finding.onset is not None:
         inc["detectionLatencySeconds"] = round(max(0.0, (now - finding.onset).total_seconds()), 3)
     return inc
+
+
+def note(kind: str, incarnation: int, now: dt.datetime, message: str) -> dict[str, Any]:
+    """An incident the operator caused itself (a restart for a changed pod template): no detected cause."""
+    return {"time": fmt_time(now), "kind": kind, "cause": "none", "incarnation": incarnation, "message": message}
 
 
 def append(incidents: Sequence[Mapping[str, Any]] | None, inc: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -88,8 +90,8 @@ def mark_recovered(incidents: Sequence[Mapping[str, Any]] | None, *, now: dt.dat
     failed_in = int(inc.get("incarnation", 0))
     if inc["kind"] == "Restart" and incarnation <= failed_in:
         return None
-    detected = D.parse_time(inc.get("time"))
-    inc["recoveredAt"] = _fmt(now)
+    detected = parse_time(inc.get("time"))
+    inc["recoveredAt"] = fmt_time(now)
     if detected is not None:
         inc["timeToRecoverSeconds"] = round(max(0.0, (now - detected).total_seconds()), 3)
     return items
@@ -123,7 +125,7 @@ def last_checkpoint(workers: Sequence[Any], uri: str | None, now: dt.datetime,
     prev_step = int(previous["step"]) if previous and previous.get("step") is not None else None
     if best_step is None or (prev_step is not None and best_step <= prev_step):
         return dict(previous) if previous else None
-    out: dict[str, Any] = {"step": best_step, "time": _fmt(now)}
+    out: dict[str, Any] = {"step": best_step, "time": fmt_time(now)}
     if uri:
         out["uri"] = f"{uri.rstrip('/')}/{layout.step_dir(best_step)}"
     if world:

@@ -52,36 +52,14 @@ def _job_path(namespace: str, name: str = "") -> str:
     return f"{base}/{quote(name)}" if name else base
 
 
-class Kube:
-    def __init__(self, kubeconfig: str | None = None) -> None:
-        cfg = client.Configuration()
-        if kubeconfig:
-            kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        else:
-            try:
-                kconfig.load_incluster_config(client_configuration=cfg)
-            except kconfig.ConfigException:
-                kconfig.load_kube_config(client_configuration=cfg)
-        cfg.connection_pool_maxsize = 32
-        self.cfg = cfg
-        self.api = client.ApiClient(cfg)
+class KubeApi:
+    """Every call the operator makes, by name; ``request`` is the one transport
+    (``Kube``: the API server; unit tests: a recording stand-in). No other module
+    builds an API path."""
 
     def request(self, method: str, path: str, body: Any = None, *, query: dict | None = None,
                 content_type: str = "application/json", ok: tuple[int, ...] = (200, 201, 202)) -> tuple[int, dict]:
-        url = self.cfg.host + path + (f"?{urlencode(query)}" if query else "")
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        auth = authorization_header(self.cfg)
-        if auth:
-            headers["Authorization"] = auth
-        resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
-        raw = resp.read()
-        payload = json.loads(raw) if raw else {}
-        if resp.status not in ok:
-            msg = payload.get("message", raw[:300])
-            if resp.status == 409:
-                raise Conflict(resp.status, msg)
-            raise KubeError(resp.status, msg)
-        return resp.status, payload
+        raise NotImplementedError
 
     # ---- jobs
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -120,6 +98,31 @@ class Kube:
         status, _ = self.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}", body,
                                  ok=(200, 202, 404))
         return status != 404
+
+    # ---- nodes
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/v1/nodes")[1].get("items") or []
+
+    def cordon_node(self, name: str) -> None:
+        self.request("PATCH", f"/api/v1/nodes/{quote(name)}", {"spec": {"unschedulable": True}},
+                     content_type="application/merge-patch+json")
+
+    # ---- job metadata
+    def annotate_job(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        self.request("PATCH", _job_path(namespace, name), {"metadata": {"annotations": dict(annotations)}},
+                     content_type="application/merge-patch+json")
+
+    # ---- secrets (the per-job heartbeat token: get and create only)
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, body = self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}",
+                                    ok=(200, 404))
+        return body if status == 200 else None
+
+    def create_secret(self, namespace: str, secret: dict[str, Any]) -> bool:
+        """True if created, False if it already existed."""
+        status, _ = self.request("POST", f"/api/v1/namespaces/{quote(namespace)}/secrets", secret,
+                                 ok=(200, 201, 409))
+        return status != 409
 
     # ---- kopf peering
     def ensure_peering(self, name: str, namespaces: list[str]) -> None:
@@ -161,3 +164,35 @@ class Kube:
         except KubeError as e:  # events are best effort
             log.warning("could not post event", extra={"job": meta["name"], "namespace": meta["namespace"],
                                                        "reason": reason, "error": str(e)})
+
+
+class Kube(KubeApi):
+    def __init__(self, kubeconfig: str | None = None) -> None:
+        cfg = client.Configuration()
+        if kubeconfig:
+            kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        else:
+            try:
+                kconfig.load_incluster_config(client_configuration=cfg)
+            except kconfig.ConfigException:
+                kconfig.load_kube_config(client_configuration=cfg)
+        cfg.connection_pool_maxsize = 32
+        self.cfg = cfg
+        self.api = client.ApiClient(cfg)
+
+    def request(self, method: str, path: str, body: Any = None, *, query: dict | None = None,
+                content_type: str = "application/json", ok: tuple[int, ...] = (200, 201, 202)) -> tuple[int, dict]:
+        url = self.cfg.host + path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        auth = authorization_header(self.cfg)
+        if auth:
+            headers["Authorization"] = auth
+        resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        raw = resp.read()
+        payload = json.loads(raw) if raw else {}
+        if resp.status not in ok:
+            msg = payload.get("message", raw[:300])
+            if resp.status == 409:
+                raise Conflict(resp.status, msg)
+            raise KubeError(resp.status, msg)
+        return resp.status, payload

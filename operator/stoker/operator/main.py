@@ -1,11 +1,15 @@
-"""Kopf wiring only: decorators and startup settings. Every decision lives in
-plain modules (reconcile, policies, pods); the shell is controller.Controller.
+"""Kopf wiring only: handlers and startup settings, built from one ``Config``. Every
+decision lives in plain modules (reconcile, policies, pods); the shell is
+controller.Controller.
 
-Run with `stoker operator run …` or `python -m stoker.operator.main` (settings
-from STOKER_OPERATOR_* environment variables, see config.py).
+Run with `stoker operator run …` (flags) or `python -m stoker.operator.main`
+(STOKER_OPERATOR_* environment variables); see config.py. Nothing is read at import:
+``run(cfg)`` builds a kopf registry for ``cfg`` and hands the operator-wide state
+down through kopf's ``memo`` (``memo.config``, ``memo.controller``, ...).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import sys
@@ -15,35 +19,29 @@ import kopf
 from stoker.common import labels as L
 
 from . import logs, metrics
-from .config import load
+from .config import Config, load
 from .controller import Controller
-from .kube import Kube, authorization_header
 from .heartbeats import OperatorHeartbeats
+from .kube import Kube, authorization_header
 from .pods import RenderConfig
 from .recovery import NodeHealth
 from .recovery_shell import RecoveryShell
-from .supervision import Settings
 from .rendezvous import NO_TORCH, StoreProcess, endpoint
 from .rendezvous import torch_installed as rendezvous_torch_installed
+from .supervision import Settings
 
-CONFIG = load()
 log = logging.getLogger("stoker.operator")
-_state: dict[str, object] = {}
 
 
-def _controller() -> Controller:
-    return _state["controller"]  # type: ignore[return-value]
-
-
-@kopf.on.login()
-def login(**kwargs: object) -> kopf.ConnectionInfo | None:
+def login(memo: kopf.Memo, **kwargs: object) -> kopf.ConnectionInfo | None:
     """kopf and the controller's client use the same kubeconfig (or in-cluster config)."""
-    if not CONFIG.kubeconfig:
-        return kopf.login_via_client(**kwargs)
+    cfg_file = memo.config.kubeconfig
+    if not cfg_file:
+        return kopf.login_via_client(memo=memo, **kwargs)
     from kubernetes import client, config
 
     cfg = client.Configuration()
-    config.load_kube_config(config_file=CONFIG.kubeconfig, client_configuration=cfg)
+    config.load_kube_config(config_file=cfg_file, client_configuration=cfg)
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
@@ -55,80 +53,83 @@ def login(**kwargs: object) -> kopf.ConnectionInfo | None:
     )
 
 
-@kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: object) -> None:
+def operator_settings(cfg: Config) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
     # The status schema is strict: kopf's own bookkeeping goes to annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=L.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=L.GROUP)
     settings.persistence.finalizer = f"{L.GROUP}/operator"
     settings.posting.enabled = False          # our Events come from the controller, on transitions only
-    settings.execution.max_workers = CONFIG.max_workers
+    settings.execution.max_workers = cfg.max_workers
     settings.watching.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.reconnect_backoff = 0.5
     settings.networking.request_timeout = 30
     settings.batching.idle_timeout = 5.0
     settings.batching.batch_window = 0.05
-    settings.peering.standalone = CONFIG.peering is None
-    if CONFIG.peering:
-        settings.peering.name = CONFIG.peering
+    settings.peering.standalone = cfg.peering is None
+    if cfg.peering:
+        settings.peering.name = cfg.peering
         settings.peering.mandatory = True
-        settings.peering.clusterwide = CONFIG.clusterwide
+        settings.peering.clusterwide = cfg.clusterwide
         # Equal priorities would pause every replica: default to a random one.
-        settings.peering.priority = CONFIG.peering_priority or random.randint(1, 1_000_000)
-        settings.peering.lifetime = CONFIG.peering_lifetime_seconds
+        settings.peering.priority = cfg.peering_priority or random.randint(1, 1_000_000)
+        settings.peering.lifetime = cfg.peering_lifetime_seconds
+    return settings
 
-    store_port = CONFIG.rendezvous_port
+
+def startup(memo: kopf.Memo, **_: object) -> None:
+    """Operator-wide state, built once and kept in the memo (kopf's settings come from
+    ``operator_settings``, given to kopf.run)."""
+    cfg: Config = memo.config
+    store_port = cfg.rendezvous_port
     if store_port > 0:
-        store = StoreProcess(store_port)
-        store.start()
-        store.watch()
-        _state["store"] = store
-    metrics.serve(CONFIG.metrics_port)
+        memo.store = StoreProcess(store_port)
+        memo.store.start()
+        memo.store.watch()
+    metrics.serve(cfg.metrics_port)
     render = RenderConfig(
-        rendezvous_endpoint=endpoint(CONFIG.rendezvous_advertise_address, store_port or 29400),
-        operator_addr=CONFIG.heartbeat_address,
-        last_call_timeout_s=CONFIG.last_call_timeout_seconds,
-        torchrun_max_restarts=CONFIG.torchrun_max_restarts,
-        s3_endpoint=CONFIG.s3_endpoint,
-        launcher=CONFIG.launcher,
+        rendezvous_endpoint=endpoint(cfg.rendezvous_advertise_address, store_port or 29400),
+        operator_addr=cfg.heartbeat_address,
+        last_call_timeout_s=cfg.last_call_timeout_seconds,
+        torchrun_max_restarts=cfg.torchrun_max_restarts,
+        s3_endpoint=cfg.s3_endpoint,
+        launcher=cfg.launcher,
     )
-    kube = Kube(CONFIG.kubeconfig)
-    if CONFIG.peering:
-        kube.ensure_peering(CONFIG.peering, list(CONFIG.namespaces))
+    kube = Kube(cfg.kubeconfig)
+    if cfg.peering:
+        kube.ensure_peering(cfg.peering, list(cfg.namespaces))
     heartbeats = None
-    if CONFIG.heartbeat_address:
-        listen = CONFIG.heartbeat_listen or f"0.0.0.0:{CONFIG.heartbeat_address.rsplit(':', 1)[-1]}"
+    if cfg.heartbeat_address:
+        listen = cfg.heartbeat_listen or f"0.0.0.0:{cfg.heartbeat_address.rsplit(':', 1)[-1]}"
         heartbeats = OperatorHeartbeats(
-            kube, listen, on_change=lambda ns, n: _controller().trigger_soon(ns, n, CONFIG.pod_event_delay_seconds))
+            kube, listen, on_change=lambda ns, n: memo.controller.trigger_soon(ns, n, cfg.pod_event_delay_seconds))
         heartbeats.start()
-        _state["heartbeats"] = heartbeats
+        memo.heartbeats = heartbeats
     recovery = RecoveryShell(
         kube, heartbeats,
-        settings=Settings(max_infra_restarts=CONFIG.max_infra_restarts,
-                          startup_timeout_s=float(CONFIG.startup_timeout_seconds),
-                          heartbeat_interval_s=CONFIG.heartbeat_interval_seconds),
-        node_health=NodeHealth(report_after=CONFIG.node_report_after, cordon_after=CONFIG.cordon_after),
-        heartbeat_interval_s=CONFIG.heartbeat_interval_seconds)
-    _state["controller"] = Controller(kube, render, recovery=recovery, requeue_horizon_s=CONFIG.resync_seconds)
-    log.info("operator started", extra={"namespaces": ",".join(CONFIG.namespaces) or "*",
+        settings=Settings(max_infra_restarts=cfg.max_infra_restarts,
+                          startup_timeout_s=float(cfg.startup_timeout_seconds),
+                          heartbeat_interval_s=cfg.heartbeat_interval_seconds),
+        node_health=NodeHealth(report_after=cfg.node_report_after, cordon_after=cfg.cordon_after),
+        heartbeat_interval_s=cfg.heartbeat_interval_seconds)
+    memo.controller = Controller(kube, render, recovery=recovery, requeue_horizon_s=cfg.resync_seconds)
+    log.info("operator started", extra={"namespaces": ",".join(cfg.namespaces) or "*",
                                         "rendezvous": render.rendezvous_endpoint,
-                                        "metrics_port": CONFIG.metrics_port, "peering": CONFIG.peering or "standalone"})
+                                        "metrics_port": cfg.metrics_port, "peering": cfg.peering or "standalone"})
 
 
-@kopf.on.cleanup()
-def cleanup(**_: object) -> None:
-    heartbeats = _state.pop("heartbeats", None)
+def cleanup(memo: kopf.Memo, **_: object) -> None:
+    heartbeats = memo.pop("heartbeats", None)
     if heartbeats is not None:
-        heartbeats.stop()  # type: ignore[attr-defined]
-    store = _state.pop("store", None)
+        heartbeats.stop()
+    store = memo.pop("store", None)
     if store is not None:
-        store.stop()  # type: ignore[attr-defined]
+        store.stop()
 
 
-@kopf.on.event(L.GROUP, L.VERSION, L.PLURAL)
-def on_job_event(type: str | None, name: str, namespace: str, meta: dict, **_: object) -> None:
-    ctl = _controller()
+def on_job_event(type: str | None, name: str, namespace: str, meta: dict, memo: kopf.Memo, **_: object) -> None:
+    ctl: Controller = memo.controller
     if type == "DELETED":
         metrics.observe_phase(namespace, name, None)
         ctl.forget(namespace, name)
@@ -138,44 +139,56 @@ def on_job_event(type: str | None, name: str, namespace: str, meta: dict, **_: o
     ctl.trigger(namespace, name)
 
 
-@kopf.on.event("", "v1", "pods", labels={L.APP_MANAGED_BY: L.MANAGED_BY_VALUE, L.JOB_NAME: kopf.PRESENT})
-def on_pod_event(labels: dict, namespace: str, **_: object) -> None:
-    _controller().trigger_soon(namespace, labels[L.JOB_NAME], CONFIG.pod_event_delay_seconds)
+def on_pod_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object) -> None:
+    memo.controller.trigger_soon(namespace, labels[L.JOB_NAME], memo.config.pod_event_delay_seconds)
 
 
-@kopf.timer(L.GROUP, L.VERSION, L.PLURAL, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds)
-def resync(name: str, namespace: str, **_: object) -> None:
+def resync(name: str, namespace: str, memo: kopf.Memo, **_: object) -> None:
     """Time-driven transitions (deadline, TTL, restart backoff) and a safety net."""
-    _controller().trigger(namespace, name)
+    memo.controller.trigger(namespace, name)
 
 
-def _timers_without_finalizers() -> None:
+def registry(cfg: Config) -> kopf.OperatorRegistry:
+    """The handlers, registered for ``cfg`` (the resync timer's interval comes from it)."""
+    reg = kopf.OperatorRegistry()
+    kopf.on.login(registry=reg)(login)
+    kopf.on.startup(registry=reg)(startup)
+    kopf.on.cleanup(registry=reg)(cleanup)
+    kopf.on.event(L.GROUP, L.VERSION, L.PLURAL, registry=reg)(on_job_event)
+    kopf.on.event("", "v1", "pods", labels={L.APP_MANAGED_BY: L.MANAGED_BY_VALUE, L.JOB_NAME: kopf.PRESENT},
+                  registry=reg)(on_pod_event)
+    kopf.timer(L.GROUP, L.VERSION, L.PLURAL, interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds,
+               registry=reg)(resync)
+    _timers_without_finalizers(reg)
+    return reg
+
+
+def _timers_without_finalizers(reg: kopf.OperatorRegistry) -> None:
     """kopf puts a finalizer on every object that has a timer, so that it can stop the
     timer before the object goes. We do not want that: a finalizer makes deleting a
     job (and its namespace) wait for a running operator. The timer only triggers a
     level-triggered pass, which is harmless to stop late: kopf stops it on the
     DELETED event. (kopf has no public switch for this; the registry entry is
     replaced with the same handler minus the finalizer requirement.)"""
-    import dataclasses
-
-    reg = kopf.get_default_registry()._spawning
-    reg._handlers[:] = [dataclasses.replace(h, requires_finalizer=False) for h in reg._handlers]
+    spawning = reg._spawning
+    spawning._handlers[:] = [dataclasses.replace(h, requires_finalizer=False) for h in spawning._handlers]
 
 
-_timers_without_finalizers()
-
-
-def run() -> int:
-    logs.setup(CONFIG.log_level)
-    if CONFIG.rendezvous_port > 0 and not rendezvous_torch_installed():
-        log.error(NO_TORCH.format(port=CONFIG.rendezvous_port))
+def run(cfg: Config | None = None) -> int:
+    cfg = cfg or load()
+    logs.setup(cfg.log_level)
+    if cfg.rendezvous_port > 0 and not rendezvous_torch_installed():
+        log.error(NO_TORCH.format(port=cfg.rendezvous_port))
         return 1
     kopf.run(
-        standalone=CONFIG.peering is None,
-        peering_name=CONFIG.peering,
-        namespaces=list(CONFIG.namespaces),
-        clusterwide=CONFIG.clusterwide,
-        liveness_endpoint=f"http://0.0.0.0:{CONFIG.health_port}/healthz" if CONFIG.health_port else None,
+        registry=registry(cfg),
+        settings=operator_settings(cfg),
+        memo=kopf.Memo(config=cfg),
+        standalone=cfg.peering is None,
+        peering_name=cfg.peering,
+        namespaces=list(cfg.namespaces),
+        clusterwide=cfg.clusterwide,
+        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""Worker pod rendering and observed-pod parsing. Pure functions, no API calls.
+"""Worker pod rendering (observed pods are parsed by ``podview``). Pure functions, no API calls.
 
 How the user's command maps onto torchrun (the trainer is the FIRST container
 of ``spec.template``; its ``command`` + ``args`` form the user command):
@@ -26,15 +26,14 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Mapping
+from typing import Any
 
 from stoker.common import env as E
 from stoker.common import labels as L
 
 from .jobspec import JobView
-from .waiting import Waiting, pod_waiting
+from .podview import SPEC_HASH
 
-SPEC_HASH = f"{L.GROUP}/spec-hash"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 POD_GROUP_MIN = f"{L.GROUP}/min-available"
 CHECKPOINT_INTERVAL_SECONDS = E.CHECKPOINT_INTERVAL_SECONDS
@@ -257,125 +256,3 @@ def owner_reference(job: JobView) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
-
-
-# ----------------------------------------------------------------------------- observed pods
-
-
-@dataclasses.dataclass(frozen=True)
-class PodView:
-    name: str
-    index: int
-    incarnation: int
-    phase: str                 # Pending | Running | Succeeded | Failed | Unknown
-    ready: bool
-    deleting: bool
-    exit_code: int | None      # the trainer container's, once terminated
-    reason: str                # pod.status.reason or the container's termination reason
-    disruption: str | None     # DisruptionTarget condition reason, if any
-    spec_hash: str
-    owner_uid: str | None
-    waiting: Waiting | None = None  # why this Pending pod cannot start (waiting.py)
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in ("Succeeded", "Failed")
-
-
-def worker_identity(pod: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(replica index, incarnation) from our labels; None if it is not one of our worker pods."""
-    lbl = (pod.get("metadata") or {}).get("labels") or {}
-    try:
-        return int(lbl[L.REPLICA_INDEX]), int(lbl[L.INCARNATION])
-    except (KeyError, ValueError):
-        return None
-
-
-def _trainer_statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """containerStatuses of the trainer container (the pod's first container)."""
-    trainer_name = (((pod.get("spec") or {}).get("containers") or [{}])[0]).get("name")
-    return [cs for cs in (pod.get("status") or {}).get("containerStatuses") or [] if cs.get("name") == trainer_name]
-
-
-def trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The trainer container's (first container's) current or last `terminated` state."""
-    term = None
-    for cs in _trainer_statuses(pod):
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or term
-    return term
-
-
-# Lines the launcher and torchrun's agent add around a failed worker (glog-style
-# "E1202 ... torch/distributed/elastic/...", logging-style "ERROR:torch.distributed.elastic...",
-# our own exit line): not what the trainer said.
-_LAUNCHER_NOISE = re.compile(r"torch[/.]distributed[/.]elastic|^stoker launch: worker rank \d+ exited")
-
-
-def trainer_said(message: str) -> str:
-    """A failed trainer's termination message (its log tail, FallbackToLogsOnError) without
-    the launcher's and torchrun's own lines."""
-    return "\n".join(ln for ln in (message or "").splitlines() if not _LAUNCHER_NOISE.search(ln)).strip()
-
-
-def failed_init(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The terminated record of a failed init container (the trainer never ran), its message
-    naming the container: with restartPolicy Never such a pod fails like a crashed trainer."""
-    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or {}
-        if term.get("exitCode"):
-            said = (term.get("message") or "").strip()
-            return {**term, "message": f"init container {cs.get('name')} exited with {term['exitCode']}"
-                                       f"{': ' + said if said else ''}"}
-    return None
-
-
-def trainer_started_at(pod: Mapping[str, Any]) -> str | None:
-    """When the trainer container (first container) started running, else the pod's startTime."""
-    for cs in _trainer_statuses(pod):
-        started = ((cs.get("state") or {}).get("running") or {}).get("startedAt")
-        if started:
-            return started
-    return (pod.get("status") or {}).get("startTime")
-
-
-def disruption_reason(pod: Mapping[str, Any]) -> str | None:
-    """The reason of a True DisruptionTarget condition (eviction, preemption, ...), if any."""
-    disruption = None
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            disruption = cond.get("reason") or "Disrupted"
-    return disruption
-
-
-def pod_view(pod: Mapping[str, Any]) -> PodView | None:
-    """Parse an observed pod; None if it is not one of our worker pods."""
-    meta = pod.get("metadata") or {}
-    ident = worker_identity(pod)
-    if ident is None:
-        return None
-    index, incarnation = ident
-    status = pod.get("status") or {}
-    term = trainer_terminated(pod)
-    exit_code = term.get("exitCode") if term else None
-    reason = status.get("reason") or (term.get("reason") if term else "") or ""
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    disruption = disruption_reason(pod)
-    owner_uid = None
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller"):
-            owner_uid = ref.get("uid")
-    phase = status.get("phase") or "Pending"
-    return PodView(
-        name=meta.get("name", ""),
-        index=index,
-        incarnation=incarnation,
-        phase=phase,
-        ready=ready and phase == "Running",
-        deleting=bool(meta.get("deletionTimestamp")),
-        exit_code=exit_code,
-        reason=reason,
-        disruption=disruption,
-        spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH, ""),
-        owner_uid=owner_uid,
-        waiting=pod_waiting(pod),
-    )

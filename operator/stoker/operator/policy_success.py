@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from .jobspec import JobView
-from .pods import PodView
+from .pass_state import Pass, Plan
+from .podview import PodView
 
 
 def succeeded(job: JobView, active: Sequence[PodView], succeeded: Sequence[PodView],
@@ -23,3 +24,12 @@ def succeeded(job: JobView, active: Sequence[PodView], succeeded: Sequence[PodVi
 def finishing(succeeded: Sequence[PodView]) -> bool:
     """Once any worker succeeded the run is ending: do not start replacements."""
     return bool(succeeded)
+
+
+def success(ps: Pass) -> Plan | None:
+    b = ps.b
+    if not succeeded(ps.job, b.active, b.succeeded, b.failed):
+        return None
+    ps.finish("Succeeded", "AllWorkersSucceeded", f"all {len(b.succeeded)} workers finished training")
+    ps.delete(ps.cleanup())
+    return ps.done()

@@ -38,6 +38,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import detection as D
+from .podview import PodView
 
 # Causes that say something about the node the pod ran on (counted by NodeHealth: reported,
 # cordoned by policy). Not Hang or HeartbeatLost: a frozen process on a Ready node is the
@@ -202,7 +203,7 @@ def count(restarts: Mapping[str, int], action: Restart | Replace) -> dict[str, i
 # ---------------------------------------------------------------------------- heartbeat records
 
 
-def current_records(records: Iterable[Any], facts: Iterable[D.PodFacts]) -> list[Any]:
+def current_records(records: Iterable[Any], facts: Iterable[PodView]) -> list[Any]:
     """The heartbeat records (``RankProgress`` / worker snapshots: anything with
     ``pod_name`` and ``node_name``) that can still speak for a pod of the job.
 

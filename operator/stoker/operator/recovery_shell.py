@@ -12,18 +12,17 @@ import logging
 import threading
 import time
 from typing import Any, Callable, Iterable
-from urllib.parse import quote
 
 from stoker.common import env as E
-from stoker.common import labels as L
 
 from . import detection as D
 from . import metrics
 from . import recovery as R
 from . import supervision as S
 from .heartbeats import OperatorHeartbeats, token_env
-from .kube import Kube, KubeError
+from .kube import KubeApi, KubeError
 from .pods import job_labels, owner_reference
+from .podview import PodView
 
 log = logging.getLogger("stoker.operator.recovery")
 
@@ -32,7 +31,7 @@ NODES_RECHECK_S = 0.2
 
 
 class RecoveryShell:
-    def __init__(self, kube: Kube, heartbeats: OperatorHeartbeats | None = None, *,
+    def __init__(self, kube: KubeApi, heartbeats: OperatorHeartbeats | None = None, *,
                  settings: S.Settings | None = None, node_health: R.NodeHealth | None = None,
                  heartbeat_interval_s: float | None = None, watch_nodes: bool = True,
                  mono: Callable[[], float] = time.monotonic) -> None:
@@ -64,8 +63,7 @@ class RecoveryShell:
             if self._nodes_forbidden or age < (NODES_RECHECK_S if suspect else NODES_TTL_S):
                 return views, listed
         try:
-            _, body = self.kube.request("GET", "/api/v1/nodes")
-            views = {v.name: v for v in (D.node_view(n) for n in body.get("items") or [])}
+            views = {v.name: v for v in (D.node_view(n) for n in self.kube.list_nodes())}
             listed = True
         except KubeError as e:
             if e.status == 403:
@@ -76,8 +74,8 @@ class RecoveryShell:
             self._nodes = (self.mono(), views, listed)
         return views, listed
 
-    def observe(self, namespace: str, name: str, raw_pods: list[dict[str, Any]]) -> S.Observed:
-        facts = tuple(f for f in (D.pod_facts(p) for p in raw_pods) if f is not None)
+    def observe(self, namespace: str, name: str, pods: Iterable[PodView]) -> S.Observed:
+        facts = tuple(pods)
         nodes, listed = self.nodes(need={f.node for f in facts if f.node})
         hb = self.heartbeats
         if hb is None:
@@ -107,10 +105,7 @@ class RecoveryShell:
         return manifest
 
     def force_delete(self, namespace: str, pod: str) -> bool:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
-        status, _ = self.kube.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}", body,
-                                      ok=(200, 202, 404))
-        return status != 404
+        return self.kube.delete_pod(namespace, pod, grace_s=0)
 
     def after_write(self, body: dict[str, Any], incident: dict[str, Any] | None) -> None:
         """Metrics, node health and its Events for the incident a pass recorded."""
@@ -134,8 +129,7 @@ class RecoveryShell:
             self.kube.emit_event(body, "Warning", "NodeFailingJobs", msg)
         if verdict.cordon:
             try:
-                self.kube.request("PATCH", f"/api/v1/nodes/{quote(node)}", {"spec": {"unschedulable": True}},
-                                  content_type="application/merge-patch+json")
+                self.kube.cordon_node(node)
                 self.kube.emit_event(body, "Warning", "NodeCordoned",
                                      f"cordoned node {node}: {verdict.failures} job failures "
                                      f"(policy: cordon after {self.node_health.cordon_after})")
@@ -155,10 +149,8 @@ class RecoveryShell:
                                      "the operator runs without the heartbeat service "
                                      "(STOKER_OPERATOR_HEARTBEAT_ADDRESS): workers cannot be asked to checkpoint")
         if annotate:
-            path = f"/apis/{L.GROUP}/{L.VERSION}/namespaces/{quote(ns)}/{L.PLURAL}/{quote(name)}"
             try:
-                self.kube.request("PATCH", path, {"metadata": {"annotations": dict(annotate)}},
-                                  content_type="application/merge-patch+json")
+                self.kube.annotate_job(ns, name, annotate)
             except KubeError as e:
                 log.warning("could not acknowledge on-call request", extra={"job": name, "namespace": ns,
                                                                           "error": str(e)})

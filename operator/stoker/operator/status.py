@@ -4,19 +4,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Iterable, Mapping
 
+from stoker.common.timefmt import fmt_time, parse_time  # noqa: F401 (parse_time: re-exported for the policies)
+
 PHASES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 FINISHED = ("Succeeded", "Failed")
 CONDITION_TYPES = PHASES
-
-
-def fmt_time(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: str | None) -> dt.datetime | None:
-    if not s:
-        return None
-    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
 
 
 def set_condition(
@@ -60,6 +52,15 @@ def condition(conditions: Iterable[Mapping[str, Any]], type_: str) -> Mapping[st
         if c.get("type") == type_:
             return c
     return None
+
+
+def time_left(since: dt.datetime | None, seconds: int | None, now: dt.datetime) -> tuple[bool, float | None]:
+    """(passed, seconds left) for a limit of ``seconds`` counted from ``since``; (False, None)
+    when there is no limit or nothing to count from."""
+    if seconds is None or since is None:
+        return False, None
+    left = (since + dt.timedelta(seconds=int(seconds)) - now).total_seconds()
+    return left <= 0, max(0.0, left)
 
 
 def restarts_of(status: Mapping[str, Any]) -> dict[str, int]:

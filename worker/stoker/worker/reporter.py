@@ -7,16 +7,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import grpc
 
 from stoker.common.auth import client_metadata
 from stoker.common.proto import stoker_pb2 as pb
 from stoker.common.proto import stoker_pb2_grpc as pb_grpc
-
-if TYPE_CHECKING:
-    from .sdk import Session
 
 log = logging.getLogger("stoker.worker.sdk")
 
@@ -38,13 +35,17 @@ def reconnect_delays(initial: float = 0.2, factor: float = 2.0, cap: float = 10.
 
 
 class Reporter:
-    def __init__(self, session: "Session", address: str, token: str, interval_s: float,
+    """Knows nothing of the session: ``build_message(seq)`` gives the next message to
+    send, ``on_command`` takes what the operator sends back."""
+
+    def __init__(self, identity: pb.JobIdentity, address: str, token: str, interval_s: float,
+                 build_message: Callable[[int], pb.WorkerMessage],
                  on_command: Callable[[pb.OperatorCommand], None]):
-        self.session = session
+        self.build_message = build_message
         self.address = address
         self.interval_s = interval_s
         self.on_command = on_command
-        self._metadata = client_metadata(session.identity.namespace, session.identity.job_name, token)
+        self._metadata = client_metadata(identity.namespace, identity.job_name, token)
         self._closing = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stoker-heartbeat", daemon=True)
@@ -68,7 +69,7 @@ class Reporter:
         seq = 0
         while not call_done.is_set():
             seq += 1
-            yield self.session._build_message(seq)
+            yield self.build_message(seq)
             self.messages_sent += 1
             if self._closing.is_set():
                 return

@@ -105,7 +105,8 @@ class Session:
         if self.address:
             from .reporter import Reporter
 
-            self._reporter = Reporter(self, self.address, token or "", interval_s, self._on_command)
+            self._reporter = Reporter(self.identity, self.address, token or "", interval_s, self._build_message,
+                                      self._on_command)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Session":

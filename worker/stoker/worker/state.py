@@ -214,6 +214,18 @@ class TrainState(Stateful):
             seed_everything(self.seed + 7919 * self.step + self.rank)
 
 
+def deterministic_algorithms_kwargs(device_type: str) -> dict[str, bool]:
+    """Arguments for ``torch.use_deterministic_algorithms`` when ``train.deterministic`` is on.
+
+    Strict on CUDA: the flash and memory-efficient attention backward kernels (SDPA) choose
+    their deterministic algorithm only when ``warn_only`` is False; with ``warn_only=True``
+    they warn once and keep the atomic-add kernel, so two runs (or a run and its resume)
+    drift apart from the first backward pass. Strict mode instead raises on an op that has
+    no deterministic kernel, naming it. On the CPU the model's ops are deterministic
+    either way; warnings keep unusual user code running."""
+    return {"mode": True, "warn_only": device_type != "cuda"}
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)

@@ -33,13 +33,15 @@ from torch.distributed.checkpoint.stateful import Stateful
 from stoker.worker import parallel
 from stoker.worker.checksum import model_checksum
 from stoker.worker.config import (
-    FSDP_MODES, PIPELINE_MODES, Config, ConfigError, DebugConfig, validate_for_device, validate_for_world,
+    FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
 )
+from stoker.worker.checkpoint_hooks import SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, slow_checkpoint_due
 from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
+from stoker.worker.metrics_file import MetricsFile
 from stoker.worker.model import model_args
 from stoker.worker.state import (
     DATALOADER, LR_SCHEDULER, MODEL, OPTIMIZER, TRAIN_STATE, LRSchedule, ModelState, OptimizerState, TrainState,
-    lr_factor, seed_everything,
+    deterministic_algorithms_kwargs, lr_factor, seed_everything,
 )
 
 log = logging.getLogger("stoker.worker.trainer")
@@ -47,40 +49,6 @@ log = logging.getLogger("stoker.worker.trainer")
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
-SLOW_CHECKPOINT_DEFAULT_S = 3600.0  # debug.slow_checkpoint_seconds unset: until the test kills us
-
-
-def checkpoint_world_size(ckpt, step: int) -> int | None:
-    """The world size that wrote checkpoint ``step`` (from its manifest); None if unreadable."""
-    from stoker.common import layout
-    from stoker.worker.checkpoint.store import read_json
-
-    try:
-        return int(read_json(ckpt.store, step, layout.MANIFEST)["world_size"])
-    except Exception:  # noqa: BLE001 - informational only: the load itself already succeeded
-        log.warning("trainer.manifest_unreadable step=%d", step)
-        return None
-
-
-def deterministic_algorithms_kwargs(device_type: str) -> dict[str, bool]:
-    """Arguments for ``torch.use_deterministic_algorithms`` when ``train.deterministic`` is on.
-
-    Strict on CUDA: the flash and memory-efficient attention backward kernels (SDPA) choose
-    their deterministic algorithm only when ``warn_only`` is False; with ``warn_only=True``
-    they warn once and keep the atomic-add kernel, so two runs (or a run and its resume)
-    drift apart from the first backward pass. Strict mode instead raises on an op that has
-    no deterministic kernel, naming it. On the CPU the model's ops are deterministic
-    either way; warnings keep unusual user code running."""
-    return {"mode": True, "warn_only": device_type != "cuda"}
-
-
-def slow_checkpoint_due(debug: DebugConfig, step: int, resumed_from: int | None) -> bool:
-    """Whether the save of ``step`` holds back its commit (``debug.slow_checkpoint_at_step``).
-    Never in a run that resumed from a checkpoint: a recovered incarnation redoing
-    that step must commit it."""
-    return debug.slow_checkpoint_at_step == step and resumed_from is None
 
 
 class Trainer(Stateful):
@@ -119,7 +87,7 @@ class Trainer(Stateful):
         self.resumed_from: int | None = None  # set by restore()
         self.resumed_world_size: int | None = None  # the world size that wrote that checkpoint
         self._build()
-        self.metrics_file = None
+        self.metrics = MetricsFile(cfg.output.metrics_path, self.is_metrics_rank)
 
     # -- setup
     def _setup_determinism(self) -> None:
@@ -211,6 +179,22 @@ class Trainer(Stateful):
         return t.tolist()
 
     # -- one optimizer step
+    def _pipeline_pass(self, run, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """One pass of the pipeline schedule (``schedule.step`` to train, ``schedule.eval`` to
+        validate): the first stage feeds the inputs, the last gets the targets and the losses."""
+        losses: list[torch.Tensor] = []
+        first, last = self.schedule.is_first, self.schedule.is_last  # type: ignore[union-attr]
+        with self._autocast():
+            if first and last:
+                run(x, target=y, losses=losses)
+            elif first:
+                run(x)
+            elif last:
+                run(target=y, losses=losses)
+            else:
+                run()
+        return losses
+
     def train_step(self) -> tuple[float, float]:
         """Returns (this rank's share of the loss, global grad norm)."""
         micro = self.batcher.next_batch()
@@ -219,16 +203,7 @@ class Trainer(Stateful):
         if self.schedule is not None:
             x = torch.cat([mb[0] for mb in micro]).to(self.device)
             y = torch.cat([mb[1] for mb in micro]).to(self.device)
-            losses: list[torch.Tensor] = []
-            with self._autocast():
-                if self.schedule.is_first and self.schedule.is_last:
-                    self.schedule.step(x, target=y, losses=losses)
-                elif self.schedule.is_first:
-                    self.schedule.step(x)
-                elif self.schedule.is_last:
-                    self.schedule.step(target=y, losses=losses)
-                else:
-                    self.schedule.step()
+            losses = self._pipeline_pass(self.schedule.step, x, y)
             local_loss = torch.stack(losses).mean().item() if losses else 0.0
             parallel.allreduce_grads(self._all_params(), self.mesh["dp"].get_group(), self.dp)
             norm = parallel.clip_grad_norm_(self._all_params(), self.cfg.train.grad_clip, pp_group=self.pp_group)
@@ -266,16 +241,7 @@ class Trainer(Stateful):
                     break
                 x = torch.cat([c[0] for c in chunk]).to(self.device)
                 y = torch.cat([c[1] for c in chunk]).to(self.device)
-                losses: list[torch.Tensor] = []
-                with self._autocast():
-                    if self.schedule.is_first and self.schedule.is_last:
-                        self.schedule.eval(x, target=y, losses=losses)
-                    elif self.schedule.is_first:
-                        self.schedule.eval(x)
-                    elif self.schedule.is_last:
-                        self.schedule.eval(target=y, losses=losses)
-                    else:
-                        self.schedule.eval()
+                losses = self._pipeline_pass(self.schedule.eval, x, y)
                 local_sum += sum(float(v) for v in losses)
                 local_n += len(losses)
         else:
@@ -286,35 +252,6 @@ class Trainer(Stateful):
                 local_n += 1
         total, count = self._sum_world([local_sum, float(local_n)])
         return total / max(count, 1.0)
-
-    # -- metrics
-    def _emit(self, record: dict[str, Any]) -> None:
-        if not self.is_metrics_rank:
-            return
-        path = self.cfg.output.metrics_path
-        if path is None:
-            return
-        if self.metrics_file is None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.metrics_file = open(path, "a", buffering=1)
-        self.metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
-
-    def _trim_metrics(self, step: int) -> None:
-        """Drop records of steps after ``step`` (logged by a run that died before
-        checkpointing them): they are about to be redone, the file stays one line per step."""
-        path = self.cfg.output.metrics_path
-        if not self.is_metrics_rank or path is None or not Path(path).exists():
-            return
-        keep = []
-        for line in Path(path).read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                pass  # a line torn by a kill
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in keep))
-        tmp.replace(path)
 
     def memory_report(self) -> dict[str, int]:
         params = [p for m in self.parts for p in m.parameters()]
@@ -367,7 +304,7 @@ class Trainer(Stateful):
         cfg = self.cfg
         t, c = cfg.train, cfg.checkpoint
         ckpt, resumed_from = self.restore()
-        self._trim_metrics(resumed_from or 0)
+        self.metrics.trim(resumed_from or 0)
         self.session.set_phase("TRAINING")
         tokens_per_step = t.global_batch * cfg.data.seq_len
         last_saved = resumed_from
@@ -390,7 +327,7 @@ class Trainer(Stateful):
                 val = self.validate()
                 record["val_loss"] = val
                 record["val_ppl"] = math.exp(min(val, 50.0))
-            self._emit(record)
+            self.metrics.emit(record)
             extra = {"val_loss": record["val_loss"]} if "val_loss" in record else {}
             if self.device.type == "cuda":
                 extra["memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
@@ -409,7 +346,7 @@ class Trainer(Stateful):
             if cfg.debug.stall_after_step == step and ckpt is not None:
                 ckpt.wait()
                 log.warning("trainer.stalled step=%d (debug.stall_after_step)", step)
-                self._emit({"event": "stalled", "step": step})
+                self.metrics.emit({"event": "stalled", "step": step})
                 while True:
                     time.sleep(3600)
         if ckpt is not None:
@@ -451,8 +388,7 @@ class Trainer(Stateful):
         self.session.set_phase("TRAINING")
 
     def close(self) -> None:
-        if self.metrics_file is not None:
-            self.metrics_file.close()
+        self.metrics.close()
         self.session.close()
         if self.distributed:
             dist.destroy_process_group()

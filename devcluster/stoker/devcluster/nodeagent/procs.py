@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 
+from stoker.devcluster.procs import descendants, find_processes, stat_fields
+
 _PR_SET_PDEATHSIG = 1
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -32,40 +34,10 @@ def spawn(argv: list[str], *, env: dict[str, str], cwd: str, log_path: str) -> s
 
 def process_identity(pid: int) -> str | None:
     """'pid:starttime' from /proc (guards against pid reuse), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    if fields[0] == "Z":
+    fields = stat_fields(pid)
+    if fields is None or fields[0] == "Z":
         return None
     return f"{pid}:{fields[19]}"
-
-
-def _children_map() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
-        out.setdefault(ppid, []).append(int(name))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    children = _children_map()
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -90,19 +62,7 @@ def marked_processes(marker: bytes) -> list[int]:
     """Pids whose environment contains ``marker`` (an exact ``NAME=value``).
     Every pod process inherits the agent's STOKER_NODEAGENT_HOSTS, so this finds
     them even after they left their process group or session."""
-    out = []
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if marker in env.split(b"\0"):
-            out.append(int(name))
-    return out
+    return find_processes(env_has=(marker,))
 
 
 def kill_marked(marker: bytes, sig: int = signal.SIGKILL) -> int:

@@ -79,21 +79,20 @@ def _install():
             out.extend(orig_getaddrinfo(ip, port, family, type, proto, flags | _socket.AI_NUMERICHOST))
         return out
 
-    def gethostbyname(name):
+    def known(name):
+        """The cluster name's IPs; None: not a cluster name (ask the system)."""
         ips = lookup(name)
-        if ips is None:
-            return orig_gethostbyname(name)
-        if not ips:
+        if ips is not None and not ips:
             raise _socket.gaierror(_socket.EAI_NONAME, "Name or service not known")
-        return ips[0]
+        return ips
+
+    def gethostbyname(name):
+        ips = known(name)
+        return orig_gethostbyname(name) if ips is None else ips[0]
 
     def gethostbyname_ex(name):
-        ips = lookup(name)
-        if ips is None:
-            return orig_gethostbyname_ex(name)
-        if not ips:
-            raise _socket.gaierror(_socket.EAI_NONAME, "Name or service not known")
-        return (name.rstrip("."), [], ips)
+        ips = known(name)
+        return orig_gethostbyname_ex(name) if ips is None else (name.rstrip("."), [], ips)
 
     _socket.getaddrinfo = getaddrinfo
     _socket.gethostbyname = gethostbyname
