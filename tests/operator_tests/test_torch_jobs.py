@@ -115,14 +115,14 @@ ENV_SCRIPT = str(pathlib.Path(__file__).with_name("scripts") / "env_dump.py")
 
 
 def test_workers_get_the_env_contract_with_credentials_from_the_secret(cluster, kube, namespace, process_pool,
-                                                                       start_operator, tmp_path):
+                                                                       start_operator, tmp_path, bucket):
     op = start_operator(rendezvous=True)
     secret = cluster.create_s3_secret(namespace)
     out = tmp_path / "out"
     out.mkdir()
     body = job_manifest("env", [sys.executable, ENV_SCRIPT], replicas=1, node_selector=process_pool,
                         env={"OUT_DIR": str(out)},
-                        checkpoint={"uri": "s3://ckpt-bucket/env", "intervalSteps": 5, "keep": 2,
+                        checkpoint={"uri": f"s3://{bucket}/env", "intervalSteps": 5, "keep": 2,
                                     "credentialsSecretRef": {"name": secret}})
     create_job(kube, namespace, body)
     wait_for("job Succeeded", lambda: phase(kube, namespace, "env") == "Succeeded", timeout=120,
@@ -131,7 +131,7 @@ def test_workers_get_the_env_contract_with_credentials_from_the_secret(cluster, 
     s3 = cluster.s3_env()
     assert env["AWS_ACCESS_KEY_ID"] == s3["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"] == s3["AWS_SECRET_ACCESS_KEY"]
     assert env["AWS_ENDPOINT_URL_S3"] == s3["AWS_ENDPOINT_URL_S3"]
-    assert env["STOKER_CHECKPOINT_URI"] == "s3://ckpt-bucket/env" and env["STOKER_CHECKPOINT_INTERVAL_STEPS"] == "5"
+    assert env["STOKER_CHECKPOINT_URI"] == f"s3://{bucket}/env" and env["STOKER_CHECKPOINT_INTERVAL_STEPS"] == "5"
     assert env["STOKER_CHECKPOINT_KEEP"] == "2"
     assert env["STOKER_JOB_NAME"] == "env" and env["STOKER_JOB_NAMESPACE"] == namespace
     assert env["STOKER_POD_NAME"] == "env-worker-0-0" and env["STOKER_REPLICA_INDEX"] == "0"
