@@ -203,3 +203,29 @@ def test_a_failed_trainer_tells_what_it_said_and_a_missing_executable_says_so(cl
     assert "cannot run 'no-such-trainer'" in st["message"] and "containers[0].command" in st["message"], st
     assert st["incidents"][-1]["exitCode"] == 127
     _no_traceback(op)
+
+
+def test_a_failing_init_container_fails_the_job_with_its_own_words(cluster, kube, namespace, process_pool,
+                                                                   start_operator):
+    """Repeated init failures are the user's crash: each one is an incident carrying what the init
+    container printed, and the job that spends its budget says it in its message and describe."""
+    op = start_operator()
+    said = "import sys; print('cannot fetch the tokenizer: /data/tok.json missing', flush=True); sys.exit(3)"
+    body = job_manifest("initfail", [sys.executable, "-c", "print('never runs')"], replicas=1,
+                        node_selector=process_pool)
+    body["spec"]["template"]["spec"]["initContainers"] = [
+        {"name": "fetch", "image": "local/python", "command": [sys.executable, "-c", said]}]
+    body["spec"]["failurePolicy"] = {"maxRestarts": 1, "backoffSeconds": 0}
+    create_job(kube, namespace, body)
+    wait_for("initfail Failed", lambda: _status(kube, namespace, "initfail").get("phase") == "Failed", timeout=120,
+             on_timeout=lambda: op.tail(30))
+    st = _status(kube, namespace, "initfail")
+    words = "cannot fetch the tokenizer: /data/tok.json missing"
+    assert words in st["message"], st["message"]
+    assert st["restarts"]["userError"] == 1, st["restarts"]
+    errors = [i.get("error") or "" for i in st["incidents"]]
+    assert len(st["incidents"]) == 2 and all(words in e for e in errors), st["incidents"]
+    assert st["incidents"][-1]["kind"] == "JobFailed" and st["incidents"][-1]["exitCode"] == 3
+    describe = _cli(cluster, namespace, "describe", "initfail")
+    assert "Last error" in describe and words in describe, describe
+    _no_traceback(op)

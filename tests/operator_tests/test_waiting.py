@@ -173,6 +173,10 @@ def test_the_trainer_container_falls_back_to_its_logs_unless_the_user_chose():
     body["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "File"
     pod = render_pod(job_view(body), 0, 0, RenderConfig())
     assert pod["spec"]["containers"][0]["terminationMessagePolicy"] == "File"
+    body["spec"]["template"]["spec"]["initContainers"] = [{"name": "fetch", "image": "x"},
+                                                         {"name": "own", "image": "x", "terminationMessagePolicy": "File"}]
+    pod = render_pod(job_view(body), 0, 0, RenderConfig())
+    assert [c["terminationMessagePolicy"] for c in pod["spec"]["initContainers"]] == ["FallbackToLogsOnError", "File"]
 
 
 def test_what_the_trainer_said_without_the_launchers_lines():

@@ -204,8 +204,10 @@ def render_pod(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
     user_cmd = list(trainer.get("command") or []) + list(trainer.get("args") or [])
     trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg), cfg.launcher)
     trainer.pop("args", None)
-    # A failed trainer's last log lines become its termination message (incidents, the job's message).
-    trainer.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
+    # A failed trainer's (or init container's) last log lines become its termination message
+    # (incidents, the job's message).
+    for c in (trainer, *(spec.get("initContainers") or [])):
+        c.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     ours = worker_env(job, index, incarnation, cfg)
     spec.setdefault("terminationGracePeriodSeconds", cfg.termination_grace_s)
     ours.append({"name": E.TERMINATION_GRACE, "value": str(spec["terminationGracePeriodSeconds"])})
