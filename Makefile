@@ -22,6 +22,7 @@ install: $(VENV)/.installed
 
 tools:
 	@devcluster/stoker/devcluster/build-tools.sh >/dev/null
+	@$(PYTHON) tests/tools/build_promcheck.py >/dev/null
 
 # pytest exits 5 when it collected no test; that is not a failure of the suite.
 test: install tools

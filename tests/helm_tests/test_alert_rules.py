@@ -5,36 +5,21 @@ every expr through the PromQL parser, every label and annotation as a Go templat
 built from the pinned Go module on first use and cached like the cluster's tools."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import subprocess
 
 import pytest
 import yaml
 
-from .conftest import ROOT
-
-PROMCHECK = ROOT / "tests" / "tools" / "promcheck"
 
 
 @pytest.fixture(scope="session")
 def promcheck() -> str:
-    gov = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
-    h = hashlib.sha256(gov.encode())
-    for name in ("go.mod", "go.sum", "main.go"):
-        h.update((PROMCHECK / name).read_bytes())
-    cache = os.path.join(os.environ.get("STOKER_CACHE", os.path.expanduser("~/.cache/stoker")), "bin",
-                         f"promcheck-{h.hexdigest()[:12]}")
-    exe = os.path.join(cache, "promcheck")
-    if not os.access(exe, os.X_OK):
-        env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
-        out = subprocess.run(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", exe + ".tmp", "."],
-                             cwd=PROMCHECK, env=env, capture_output=True, text=True, timeout=3600)
-        assert out.returncode == 0, f"building promcheck failed:\n{out.stderr[-3000:]}"
-        os.replace(exe + ".tmp", exe)
-    return exe
+    # built by `make tools` (tests/tools/build_promcheck.py); a no-op when cached
+    from tests.tools.build_promcheck import promcheck_path
+
+    return promcheck_path()
 
 
 def check(promcheck: str, path) -> subprocess.CompletedProcess:
