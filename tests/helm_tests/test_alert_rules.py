@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 
-
 @pytest.fixture(scope="session")
 def promcheck() -> str:
     # built by `make tools` (tests/tools/build_promcheck.py); a no-op when cached
