@@ -31,10 +31,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 
 def _dependency_dirs() -> list[str]:
-    """The site directories this test runs with (where torch, kopf, ... live), not the checkout."""
+    """The site directories this test runs with (where torch, kopf, ... live), never a source
+    folder of the checkout. A site-packages inside the checkout (`make test`'s .venv) counts:
+    the editable stoker's .pth in it is not read when the folder comes in through a .pth line."""
     dirs = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
-    dirs += [p for p in site.getsitepackages() if p not in dirs]
-    return [d for d in dirs if not Path(d).resolve().is_relative_to(REPO)]
+    return dirs + [p for p in site.getsitepackages() if p not in dirs]
 
 
 def _run(cmd: list[str], *, env: dict, cwd: Path, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
@@ -98,7 +99,14 @@ def test_wheel_cluster_up_runs_an_example_job_to_success(installed, tmp_path):
         nodes = k("get", "nodes", "-o", "name").stdout.split()
         assert len(nodes) >= 2, f"`stoker cluster up` with no flags started nodes {nodes}"
         k("apply", "--server-side", "-f", str(CRD))
-        k("wait", "--for", "condition=established", "--timeout=60s", "crd/trainingjobs.stoker.dev")
+        # polled: `kubectl wait --for condition=established` fails at once ("accessor error") when
+        # it looks before the apiserver wrote any condition
+        established = '{.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + 60
+        while k("get", "crd", "trainingjobs.stoker.dev", "-o", f"jsonpath={established}",
+                check=False).stdout.strip() != "True":
+            assert time.monotonic() < deadline, "the CRD never became Established"
+            time.sleep(0.5)
         log = open(tmp_path / "operator.log", "wb")
         operator = subprocess.Popen(
             [str(stoker), "operator", "run", "--rendezvous-port", str(free_port()),
