@@ -269,7 +269,9 @@ def table(jobs: list[dict]) -> list[dict]:
         def stats(v: list[float]) -> str:
             return "-" if not v else f"{statistics.median(v):.1f}/{pct(v, 0.95):.1f}/{max(v):.1f}"
 
-        rows.append({"kind": kind, "injected": len(ss), "jobs Succeeded": frac("succeeded"),
+        both = sum(1 for s in ss if s.get("second_landed"))
+        rows.append({"kind": kind, "injected": len(ss) if kind != "double" else f"{len(ss)} ({both} both landed)",
+                     "jobs Succeeded": frac("succeeded"),
                      "identical": frac("identical"), "resumed from newest commit": frac("newest_commit"),
                      "detect p50/p95/max s": stats(det), "recover p50/p95/max s": stats(rec)})
     return rows

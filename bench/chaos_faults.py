@@ -153,7 +153,13 @@ def kill_during_save(c: Ctx, interval: int = 5) -> dict:
 
 def double(c: Ctx) -> dict:
     """Two faults close together (0-2 s apart) on the two workers (trainer SIGKILL,
-    launcher SIGKILL or SIGSTOP each)."""
+    launcher SIGKILL or SIGSTOP each). The first fault often takes the second worker's
+    trainer down with it (its all-reduce fails) before the gap is over; then the second
+    fault hits that pod's other live process (the launcher, re-rendezvousing, or the
+    trainer) and says so (``fallback``): still a second fault at a random moment of the
+    first one's fallout. When nothing of that pod is alive any more (the operator already
+    deleted it for the restart) the sample says ``second_landed: False``: the fault is
+    the first one, and the table counts how many doubles were really double."""
     m = c.moment()
     inc = m["incarnation"]
     kinds = [c.rng.choice(["trainer", "launcher", "stop"]) for _ in range(2)]
@@ -161,15 +167,25 @@ def double(c: Ctx) -> dict:
     out = []
     for i, k in enumerate(kinds):
         pod = f"{c.job}-worker-{i % c.replicas}-{inc}"
-        pid = F.launcher_pid(pod) if k == "launcher" else F.trainer_pid(pod)
-        t = time.time()
-        ok = F.signal_pid(pid, signal.SIGSTOP if k == "stop" else signal.SIGKILL)
-        if ok and k == "stop":
-            c.stopped.append(pid)
-        out.append({"kind": k, "pod": pod, "t": t, "hit": ok})
+        out.append(_hit_pod(c, pod, k, fallback=i > 0))
         if i == 0:
             time.sleep(gap)
-    return {"t0": out[0]["t"], "gap_s": gap, "hit": all(o["hit"] for o in out), "parts": out, **m}
+    return {"t0": out[0]["t"], "gap_s": gap, "hit": out[0]["hit"], "second_landed": out[1]["hit"], "parts": out, **m}
+
+
+def _hit_pod(c: Ctx, pod: str, kind: str, *, fallback: bool) -> dict:
+    order = [F.launcher_pid, F.trainer_pid] if kind == "launcher" else [F.trainer_pid, F.launcher_pid]
+    sig = signal.SIGSTOP if kind == "stop" else signal.SIGKILL
+    t = time.time()
+    used = None
+    for n, find in enumerate(order[:2 if fallback else 1]):
+        pid = find(pod)
+        if F.signal_pid(pid, sig):
+            if sig == signal.SIGSTOP:
+                c.stopped.append(pid)
+            used = None if n == 0 else ("trainer" if kind == "launcher" else "launcher")
+            return {"kind": kind, "pod": pod, "t": t, "hit": True, "fallback": used}
+    return {"kind": kind, "pod": pod, "t": t, "hit": False, "fallback": used}
 
 
 def during_recovery(c: Ctx) -> dict:

@@ -298,3 +298,31 @@ def test_the_startup_allowance_is_set_per_job():
     assert S.Settings(startup_timeout_s=600).timeouts(job).startup_s == 45
     job = job_view({"metadata": {"name": "j", "namespace": "ns", "uid": "u"}, "spec": {**spec, "failurePolicy": {}}})
     assert S.Settings(startup_timeout_s=600).timeouts(job).startup_s == 600
+
+
+def test_an_elastic_ranks_relaunch_is_given_the_startup_allowance_not_the_heartbeat_timeout():
+    """Found in CI (test_e2e_elastic, a loaded 2-core machine): when the pool grew back,
+    torchrun restarted the survivors' trainers for the new membership, the new trainers took
+    longer than heartbeatTimeoutSeconds (30 s) to import torch and send a first message, and
+    the operator replaced a healthy survivor (restarts.infrastructure 2, not 1). A rank whose
+    stream ended while its pod runs on, on the node it spoke from, is relaunching: silence
+    and a still step are judged against startup_s. Fixed-size jobs (no in-place restarts),
+    a rank still connected (SIGSTOP: the socket stays open) and a pod that is gone are not."""
+    import dataclasses as dc
+    ranks = [dc.replace(rp(0, last_seen=100, node_name="n1"), connected=False),
+             rp(1, last_seen=140, advanced_at=100, node_name="n1")]
+    pods = [pod(0), pod(1)]
+    to = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)
+
+    def at(now, ranks=ranks, pods=pods, elastic=True):
+        return D.detect(pods, {"n1": node(), "n9": node("n9")}, ranks, to, now, NOW, incarnation=0,
+                        in_place_restarts=elastic)
+
+    assert at(140.0) is None and at(159.0) is None                 # 40 s, 59 s of silence: relaunching
+    f = at(161.0)
+    assert (f.cause, f.rank) == (D.HEARTBEAT_LOST, 0) and "startup allowance 60s" in f.message
+    assert at(140.0, elastic=False).cause == D.HEARTBEAT_LOST      # fixed size: torchrun does not relaunch
+    still_open = [dc.replace(ranks[0], connected=True), ranks[1]]
+    assert at(140.0, ranks=still_open).cause == D.HEARTBEAT_LOST   # SIGSTOPped: no allowance
+    elsewhere = [pod(0, node="n9"), pod(1)]
+    assert at(140.0, pods=elsewhere).cause == D.HEARTBEAT_LOST     # the pod it spoke from is gone

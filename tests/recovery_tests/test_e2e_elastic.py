@@ -197,8 +197,8 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
         assert have[s] == pytest.approx(want[s], rel=LOSS_RTOL), s
     st = status(kube, namespace, "el")
     assert st["incarnation"] == 0
-    assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}
     assert failures(st) == ["Replace"], st["incidents"]
+    assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}, st["incidents"]
     assert st["lastCheckpoint"]["step"] == STEPS and st["lastCheckpoint"]["worldSize"] == 3
 
 

@@ -197,3 +197,35 @@ def test_registry_delivers_once_per_rank_and_incarnation_and_retires_answered_co
     assert reg.take_commands(job, 1, 7) == []                       # answered by all ranks: retired
     with pytest.raises(ValueError, match="CHECKPOINT_NOW"):
         reg.queue_command("ns", "job-a", 99)
+
+
+def test_the_end_of_a_stream_is_heard_and_only_the_stream_that_spoke_last_disconnects_its_rank():
+    """A trainer that exits ends its stream: the listener (the operator's progress tracker)
+    hears ``connected=False`` with last_seen unchanged. When a new trainer of the rank
+    (restarted in place by torchrun) already speaks on a newer stream, the old stream's end
+    does not mark it disconnected."""
+    heard = []
+    srv = HeartbeatServer(lookup, "127.0.0.1:0")
+    srv.registry._on_update = heard.append
+    srv.start()
+    try:
+        old = session_for(srv)
+        old.__enter__()
+        old.step(3)
+        eventually(lambda: any(w.step == 3 and w.connected for w in heard))
+        old.__exit__(None, None, None)   # its final heartbeat, then the stream ends
+        w = eventually(lambda: [w for w in heard if not w.connected])[-1]
+        last = [v for v in heard if v.connected][-1]
+        assert (w.rank, w.step, w.last_seen_monotonic) == (0, 3, last.last_seen_monotonic)
+        assert not srv.workers("ns", "job-a")[0].connected
+
+        heard.clear()
+        with session_for(srv) as new:
+            new.step(4)
+            eventually(lambda: any(w.step == 4 and w.connected for w in heard))
+            stream = srv.workers("ns", "job-a")[0].stream
+            srv.registry.disconnected(auth.JobKey("ns", "job-a"), 0, stream - 1)   # an older stream ends late
+            assert srv.workers("ns", "job-a")[0].connected
+            assert all(w.connected for w in heard)
+    finally:
+        srv.stop(grace=0)

@@ -13,6 +13,7 @@ identity against the token's job, records it and streams queued commands.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -54,9 +55,13 @@ class WorkerStatus:
     last_seen_monotonic: float = 0.0  # for age computations in this process
     connected: bool = False
     messages: int = 0
+    stream: int = 0                   # which stream spoke last (only that one's end disconnects)
 
     def age_s(self, now_monotonic: float | None = None) -> float:
         return (now_monotonic if now_monotonic is not None else time.monotonic()) - self.last_seen_monotonic
+
+
+_STREAMS = itertools.count(1)  # stream ids (0: none)
 
 
 @dataclass
@@ -90,7 +95,7 @@ class HeartbeatRegistry:
         self._clock = clock
 
     # ---- worker side
-    def observe(self, job: JobKey, msg: pb.WorkerMessage) -> WorkerStatus:
+    def observe(self, job: JobKey, msg: pb.WorkerMessage, stream: int = 0) -> WorkerStatus:
         ident = msg.identity
         key = (job.namespace, job.name, ident.rank)
         with self._lock:
@@ -101,7 +106,7 @@ class HeartbeatRegistry:
                 replica_index=ident.replica_index, pod_name=ident.pod_name, node_name=ident.node_name,
                 step=msg.step, phase=pb.Phase.Name(msg.phase), metrics=_metrics_dict(msg.metrics),
                 error=msg.error, last_seen=time.time(), last_seen_monotonic=self._clock(),
-                connected=True, messages=prev.messages + 1,
+                connected=True, messages=prev.messages + 1, stream=stream,
             )
             self._workers[key] = status
             for ack in msg.acks:
@@ -115,11 +120,21 @@ class HeartbeatRegistry:
                 log.exception("heartbeat.on_update_failed job=%s rank=%d", job, ident.rank)
         return status
 
-    def disconnected(self, job: JobKey, rank: int) -> None:
+    def disconnected(self, job: JobKey, rank: int, stream: int = 0) -> None:
+        """The stream that last spoke for ``rank`` ended: its process exited or lost the
+        operator. A newer stream for the rank (the process restarted, the rank moved to
+        another pod) is not touched. Listeners hear of it (last_seen unchanged)."""
         with self._lock:
             key = (job.namespace, job.name, rank)
-            if key in self._workers:
-                self._workers[key] = replace(self._workers[key], connected=False)
+            status = self._workers.get(key)
+            if status is None or status.stream != stream:
+                return
+            status = self._workers[key] = replace(status, connected=False)
+        if self._on_update is not None:
+            try:
+                self._on_update(status)
+            except Exception:  # noqa: BLE001
+                log.exception("heartbeat.on_update_failed job=%s rank=%d", job, rank)
 
     def take_commands(self, job: JobKey, rank: int, incarnation: int) -> list[pb.OperatorCommand]:
         """Commands for this job not yet delivered to this (rank, incarnation).
@@ -194,6 +209,7 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
         seen: dict = {}
         problem: list[str] = []
         ended = threading.Event()
+        stream = next(_STREAMS)
 
         def read() -> None:
             try:
@@ -207,7 +223,7 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
                         problem.append(f"rank changed within one stream ({seen['rank']} -> {ident.rank})")
                         break
                     seen["rank"], seen["incarnation"] = ident.rank, ident.incarnation
-                    self.registry.observe(job, msg)
+                    self.registry.observe(job, msg, stream=stream)
             except grpc.RpcError:
                 pass  # client went away
             except Exception as exc:  # noqa: BLE001
@@ -229,7 +245,7 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, problem[0])
         finally:
             if "rank" in seen:
-                self.registry.disconnected(job, seen["rank"])
+                self.registry.disconnected(job, seen["rank"], stream)
 
 
 class HeartbeatServer:

@@ -231,7 +231,6 @@ def force_delete(pods: Iterable[PodView], nodes: Mapping[str, NodeView]) -> list
 @dataclasses.dataclass(frozen=True)
 class Timeouts:
     """Detection timeouts (seconds). ``progress_s`` None means "derive it"."""
-
     heartbeat_s: float = 60.0      # a rank silent this long is dead or partitioned
     progress_s: float | None = None  # explicit spec.failurePolicy.progressTimeoutSeconds
     startup_s: float = 600.0       # allowance for the first step of an incarnation (restore, compile)
@@ -263,23 +262,25 @@ def _onset(now_wall: dt.datetime, now_mono: float, mono: float) -> dt.datetime:
 
 
 def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float, now_wall: dt.datetime,
-                     incarnation_started: float | None = None) -> Finding | None:
-    """Silence or a stalled step across the ranks of the current incarnation.
-
-    ``incarnation_started`` (monotonic) gives ranks that have not sent a first
-    message ``startup_s`` before they count as silent; before the first step,
-    the progress allowance is ``startup_s`` too.
-    """
+                     relaunching: frozenset[int] = frozenset()) -> Finding | None:
+    """Silence or a stalled step across the ranks of the current incarnation. Before the
+    first step, and while a rank starts, restores or is ``relaunching`` (see ``relaunching``),
+    the progress allowance is ``startup_s``; so is a relaunching rank's silence allowance."""
     live = [r for r in ranks if r.phase not in ("FINISHED", "FAILED")]
     if not live:
         return None
-    # 1) silence: the rank heard from longest ago, past the heartbeat timeout
-    silent = sorted((r for r in live if now_mono - r.last_seen > t.heartbeat_s), key=lambda r: r.last_seen)
+    def allowed(r: RankProgress) -> float:
+        return max(t.heartbeat_s, t.startup_s) if r.rank in relaunching else t.heartbeat_s
+
+    # 1) silence: the rank heard from longest ago, past its allowance
+    silent = sorted((r for r in live if now_mono - r.last_seen > allowed(r)), key=lambda r: r.last_seen)
     if silent:
         r = silent[0]
+        why = f"heartbeat timeout {t.heartbeat_s:g}s" if r.rank not in relaunching else \
+            f"its trainer exited and was not started again within the startup allowance {allowed(r):g}s"
         return Finding(HEARTBEAT_LOST,
                        f"rank {r.rank} ({r.pod_name or 'pod ?'}) sent no heartbeat for "
-                       f"{now_mono - r.last_seen:.0f}s (heartbeat timeout {t.heartbeat_s:g}s)",
+                       f"{now_mono - r.last_seen:.0f}s ({why})",
                        pod=r.pod_name or None, rank=r.rank, node=r.node_name or None, step=r.step,
                        onset=_onset(now_wall, now_mono, r.last_seen))
     # 2) hang: the job's step has not advanced within the progress timeout
@@ -288,7 +289,7 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
     latest_advance = max(r.advanced_at for r in live)
     before_first = all(r.step < 0 for r in live)
     limit = t.startup_s if before_first else progress_timeout(t, all_times, ck or None)
-    if any(r.phase in ("STARTING", "RESTORING") for r in live):
+    if any(r.phase in ("STARTING", "RESTORING") or r.rank in relaunching for r in live):
         limit = max(limit, t.startup_s)
     # A rank clearly quieter than the rest (missed 3 beats: SIGSTOPped, wedged) is the culprit.
     newest_seen = max(r.last_seen for r in live)
@@ -342,11 +343,13 @@ def never_heard(pods: Sequence[PodView], ranks: Sequence[RankProgress], t: Timeo
 
 def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequence[RankProgress],
            t: Timeouts, now_mono: float, now_wall: dt.datetime, *, incarnation: int,
-           nodes_listed: bool = True, expect_heartbeats: bool = False) -> Finding | None:
+           nodes_listed: bool = True, expect_heartbeats: bool = False,
+           in_place_restarts: bool = False) -> Finding | None:
     """The root cause of a failure in the current ``incarnation``, or None if healthy.
 
     ``nodes`` maps node name -> view; with ``nodes_listed`` a node missing from
     it is deleted (otherwise unknown, and not held against the pod).
+    ``in_place_restarts``: torchrun restarts trainers inside their pods (elastic jobs).
     """
     current = [p for p in pods if p.incarnation == incarnation]
     findings = []
@@ -367,8 +370,18 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
         f = never_heard(current, [r for r in ranks if r.incarnation == incarnation], t, now_wall)
         if f is not None:
             return f
-    f = check_heartbeats([r for r in ranks if r.incarnation == incarnation], t, now_mono, now_wall)
+    mine = [r for r in ranks if r.incarnation == incarnation]
+    f = check_heartbeats(mine, t, now_mono, now_wall,
+                         relaunching=relaunching(mine, current) if in_place_restarts else frozenset())
     return _with_error(f, ranks) if f else None
+
+
+def relaunching(ranks: Sequence[RankProgress], pods: Sequence[PodView]) -> frozenset[int]:
+    """Ranks whose stream ended while their pod runs on, on the node the rank spoke from: the
+    trainer exited and torchrun starts it again (an elastic membership change; the new
+    trainer imports torch and the user's modules before its first message)."""
+    running = {(p.name, p.node) for p in pods if p.phase == "Running" and not p.deleting}
+    return frozenset(r.rank for r in ranks if not r.connected and (r.pod_name, r.node_name or None) in running)
 
 
 def _with_rank(f: Finding, ranks: Sequence[RankProgress]) -> Finding:

@@ -83,7 +83,8 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
                            error=err)
             return Decision("fail", "ExitCodeRule", msg, f.budget, False, (), f, inc)
     finding = D.detect(facts, obs.nodes, ranks, t, obs.mono_now, now, incarnation=incarnation,
-                       nodes_listed=obs.nodes_listed, expect_heartbeats=expect_heartbeats and obs.heartbeats)
+                       nodes_listed=obs.nodes_listed, expect_heartbeats=expect_heartbeats and obs.heartbeats,
+                       in_place_restarts=policy.elastic)
     if finding is None:
         return None
     failed = tuple(sorted({finding.pod} | {p.name for p in facts if p.phase == "Failed"} - {None}))  # type: ignore[operator]
