@@ -301,10 +301,10 @@ def test_the_startup_allowance_is_set_per_job():
 
 
 def test_an_elastic_ranks_relaunch_is_given_the_startup_allowance_not_the_heartbeat_timeout():
-    """Found in CI (test_e2e_elastic, a loaded 2-core machine): when the pool grew back,
-    torchrun restarted the survivors' trainers for the new membership, the new trainers took
-    longer than heartbeatTimeoutSeconds (30 s) to import torch and send a first message, and
-    the operator replaced a healthy survivor (restarts.infrastructure 2, not 1). A rank whose
+    """When an elastic job's membership changes, torchrun restarts every trainer in its pod;
+    new trainers that take longer than heartbeatTimeoutSeconds to import torch and send a
+    first message would have a healthy survivor replaced (reasoned while chasing a CI flake
+    that turned out to be a node-list race, test_recovery_shell; not seen in a run). A rank whose
     stream ended while its pod runs on, on the node it spoke from, is relaunching: silence
     and a still step are judged against startup_s. Fixed-size jobs (no in-place restarts),
     a rank still connected (SIGSTOP: the socket stays open) and a pod that is gone are not."""

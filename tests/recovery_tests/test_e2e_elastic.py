@@ -197,8 +197,9 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
         assert have[s] == pytest.approx(want[s], rel=LOSS_RTOL), s
     st = status(kube, namespace, "el")
     assert st["incarnation"] == 0
-    assert failures(st) == ["Replace"], st["incidents"]
-    assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}, st["incidents"]
+    said = "\n".join(f"{i['kind']} {i.get('detectedCause')} {i.get('pod')}: {i.get('message')}" for i in st["incidents"])
+    assert failures(st) == ["Replace"], said
+    assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}, said
     assert st["lastCheckpoint"]["step"] == STEPS and st["lastCheckpoint"]["worldSize"] == 3
 
 

@@ -103,6 +103,10 @@ class KubeApi:
     def list_nodes(self) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/nodes")[1].get("items") or []
 
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        status, body = self.request("GET", f"/api/v1/nodes/{quote(name)}", ok=(200, 404))
+        return body if status == 200 else None
+
     def cordon_node(self, name: str) -> None:
         self.request("PATCH", f"/api/v1/nodes/{quote(name)}", {"spec": {"unschedulable": True}},
                      content_type="application/merge-patch+json")

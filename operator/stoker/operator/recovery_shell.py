@@ -27,7 +27,6 @@ from .podview import PodView
 log = logging.getLogger("stoker.operator.recovery")
 
 NODES_TTL_S = 1.0
-NODES_RECHECK_S = 0.2
 
 
 class RecoveryShell:
@@ -48,20 +47,29 @@ class RecoveryShell:
 
     # ------------------------------------------------------------------ observe
     def nodes(self, need: Iterable[str] = ()) -> tuple[dict[str, D.NodeView], bool]:
-        """All nodes (cached for a second); (views, listed). Without RBAC on nodes,
-        node loss is seen only through the pods.
+        """All nodes (the list cached for a second); (views, listed). Without RBAC on
+        nodes, node loss is seen only through the pods.
 
-        ``need``: the nodes the caller's pods run on. A cached list that lacks one of
-        them or shows it lost is re-read first (at most every ``NODES_RECHECK_S``): a
-        node that registered a moment ago is not a deleted node, and one whose
-        not-ready taint was just lifted (the scheduler placed a pod there) is not lost.
+        ``need``: the nodes the caller's pods run on. One that the cached list lacks or
+        shows lost is read again (a GET) before anything is concluded, every time: the
+        pods were observed after the list was taken, so a node that registered a moment
+        ago, or whose not-ready taint was just lifted (the scheduler placed a pod there),
+        would otherwise read as deleted or lost. (CI: a replacement scheduled on a node
+        that joined 0.3 s before was replaced again as NodeLost.)
         """
         with self._lock:
             at, views, listed = self._nodes
-            age = self.mono() - at
-            suspect = listed and any(n not in views or views[n].lost for n in need)
-            if self._nodes_forbidden or age < (NODES_RECHECK_S if suspect else NODES_TTL_S):
-                return views, listed
+            fresh = self._nodes_forbidden or self.mono() - at < NODES_TTL_S
+        if not fresh:
+            views, listed = self._list_nodes()
+        suspects = [n for n in need if listed and (n not in views or views[n].lost)]
+        if suspects:
+            views = dict(views)
+            for name in suspects:
+                self._reread(views, name)
+        return views, listed
+
+    def _list_nodes(self) -> tuple[dict[str, D.NodeView], bool]:
         try:
             views = {v.name: v for v in (D.node_view(n) for n in self.kube.list_nodes())}
             listed = True
@@ -73,6 +81,16 @@ class RecoveryShell:
         with self._lock:
             self._nodes = (self.mono(), views, listed)
         return views, listed
+
+    def _reread(self, views: dict[str, D.NodeView], name: str) -> None:
+        try:
+            body = self.kube.get_node(name)
+        except KubeError:
+            return  # the list's word stands
+        if body is None:
+            views.pop(name, None)
+        else:
+            views[name] = D.node_view(body)
 
     def observe(self, namespace: str, name: str, pods: Iterable[PodView]) -> S.Observed:
         facts = tuple(pods)
