@@ -1,14 +1,18 @@
-"""Goodput of a Stoker job with a failure injected every few minutes.
+"""Goodput of a Stoker job with failures at random moments, repeated.
 
 The job is the demo model (``examples/train-tiny.yaml``: the tiny GPT, DDP over 2
 workers, gloo on CPU) run as a TrainingJob by the operator on process nodes of a
-local control plane, checkpointing every ``--ckpt-every`` steps (async) to MinIO.
+local control plane, checkpointing every ``--ckpt-every`` steps (async) to MinIO,
+with the failure policy a user gets by default (nothing tuned).
 
-Runs, one after the other in the same process and cluster:
+Settings, each run ``--repeat`` times (>= 3), interleaved (undisturbed, every F1,
+every F2, then again) so that the machine's load drifts over all of them alike:
 
   undisturbed       the job with no failure (the baseline: same job, same machine)
-  kill every F s    the same job with one worker's trainer SIGKILLed every F seconds
-                    (one run per ``--kill-every`` value)
+  kill every F s    a random worker's trainer SIGKILLed at random moments, on average
+                    every F seconds: each gap is drawn from [F/2, 3F/2] (seeded:
+                    ``--seed N`` replays the choices), so a fault lands anywhere in a
+                    step, an all-reduce or an async save
 
 Per run:
 
@@ -19,24 +23,25 @@ Per run:
               exactly the final model's lineage: steps computed twice count once,
               startup, checkpoint stalls, detection and restarts count zero.
   goodput     productive / wall (the issue's definition)
-  vs baseline goodput / goodput of the undisturbed run
-  per failure (wall - undisturbed wall) / kills: what one failure costs, detection,
-              restart and recomputation together
+  per failure (not training - the undisturbed runs' median not training) / kills
 
-and, derived from those (labelled as derived, not measured): the shortest failure
-interval at which goodput stays >= 95% on this machine,
-``F = cost / (1 - 0.95 / undisturbed goodput)``.
+Per setting: goodput median [min, max] over the repetitions, and the same for the
+cost of one failure; and, derived from those (labelled as derived, not measured):
+the shortest failure interval at which goodput stays >= 95% on this machine.
 
-    .venv/bin/python bench/bench_goodput.py [--steps 12000] [--kill-every 150,300] [--ckpt-every 100]
+    .venv/bin/python bench/bench_goodput.py [--steps 30000] [--kill-every 120,300] [--repeat 3] [--seed N]
 
-Writes bench/results/bench_goodput.json and prints a table.
+Writes bench/results/bench_goodput.json (raw runs, seed, commit, machine, load,
+command line) after every run, and prints a table.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import Bench, trainer_pid, wait  # noqa: E402
-from bench.common import machine_info, print_table, write_results  # noqa: E402
+from bench.common import print_table, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 
 DEMO_CONFIG = ROOT / "examples" / "train-tiny.yaml"
@@ -82,15 +87,16 @@ def productive_seconds(metrics: Path, tokens_per_step: int) -> tuple[float, int]
     return sum(by_step.values()), len(by_step)
 
 
-def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float | None) -> dict:
+def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float | None,
+            rng: random.Random) -> dict:
     name = f"gp-{label}-{uuid.uuid4().hex[:4]}"
     cfg = demo_cfg(b.tmp / name, steps, ckpt_every)
     tokens_per_step = cfg["train"]["global_batch"] * cfg["data"]["seq_len"]
     t0 = time.time()
-    out = b.create(name, cfg, {"progressTimeoutSeconds": 60, "heartbeatTimeoutSeconds": 60, "maxRestarts": 3},
-                   ckpt_every=ckpt_every)
-    kills: list[float] = []
-    next_kill = t0 + kill_every if kill_every else None
+    out = b.create(name, cfg, {}, ckpt_every=ckpt_every)  # the default failure policy
+    kills: list[dict] = []
+    gap = (lambda: rng.uniform(0.5 * kill_every, 1.5 * kill_every)) if kill_every else None
+    next_kill = t0 + gap() if gap else None
     last_report = t0
     while True:
         st = b.status(name)
@@ -99,14 +105,15 @@ def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float
             break
         now = time.time()
         if next_kill is not None and now >= next_kill:
-            inc = st.get("incarnation", 0)
-            pid = trainer_pid(pod_name=f"{name}-worker-1-{inc}")
+            inc, worker = st.get("incarnation", 0), rng.randrange(2)
+            pid = trainer_pid(pod_name=f"{name}-worker-{worker}-{inc}")
             if pid:  # none while a restart is under way: try again in a moment
                 os.kill(pid, signal.SIGKILL)
-                kills.append(now - t0)
-                next_kill = now + kill_every
-                print(f"[{label}] t={now - t0:6.1f}s SIGKILL worker 1 (incarnation {inc}, step "
-                      f"{(st.get('metrics') or {}).get('step')})", flush=True)
+                step = (st.get("metrics") or {}).get("step")
+                kills.append({"t_s": round(now - t0, 2), "worker": worker, "incarnation": inc, "step": step})
+                next_kill = now + gap()  # type: ignore[misc]
+                print(f"[{label}] t={now - t0:6.1f}s SIGKILL worker {worker} (incarnation {inc}, step {step})",
+                      flush=True)
         if now - last_report >= 30:
             last_report = now
             print(f"[{label}] t={now - t0:6.1f}s phase={phase} step={(st.get('metrics') or {}).get('step')} "
@@ -120,18 +127,23 @@ def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float
         raise RuntimeError(f"{name}: metrics hold {n} steps, expected {steps}")
     incidents = [i for i in st.get("incidents") or [] if i.get("kind") in ("Restart", "Replace")]
     summary = json.loads((out / "summary.json").read_text())
-    return {"run": "undisturbed" if kill_every is None else f"kill every {kill_every:g}s",
-            "kill_every_s": kill_every, "kills": len(kills), "kill_times_s": [round(k, 1) for k in kills],
+    return {"run": setting(kill_every), "kill_every_s": kill_every, "kills": len(kills), "kill_log": kills,
             "incidents": len(incidents), "causes": sorted({i.get("detectedCause") for i in incidents}),
             "wall_s": wall, "productive_s": productive, "goodput": productive / wall,
             "checksum": summary["checksum"], "restarts": st.get("restarts")}
 
 
+def setting(kill_every: float | None) -> str:
+    return "undisturbed" if kill_every is None else f"kill every {kill_every:g}s (random gaps)"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=12000)
+    ap.add_argument("--steps", type=int, default=30000)
     ap.add_argument("--ckpt-every", type=int, default=100)
-    ap.add_argument("--kill-every", default="150,300", help="comma-separated failure intervals in seconds")
+    ap.add_argument("--kill-every", default="120,300", help="comma-separated mean failure intervals in seconds")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per setting (interleaved)")
+    ap.add_argument("--seed", type=int, default=None, help="the fault moments' seed (printed; replays a run)")
     ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
     ap.add_argument("--report", metavar="JSON", help="print the table of earlier results and exit")
     args = ap.parse_args()
@@ -140,61 +152,80 @@ def main() -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     intervals = [float(x) for x in args.kill_every.split(",") if x]
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    print(f"fault seed {seed} (replay: --seed {seed})", flush=True)
+    rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="bench-goodput-"))
     cluster = LocalCluster(args.cluster_dir or tmp / "cluster", die_with_parent=not args.cluster_dir)
     cluster.up()
     b = Bench(cluster, tmp)
-    results: dict = {"machine": machine_info(), "steps": args.steps, "ckpt_every": args.ckpt_every,
-                     "model": str(DEMO_CONFIG.relative_to(ROOT)), "workers": 2, "runs": []}
+    results: dict = {"steps": args.steps, "ckpt_every": args.ckpt_every, "repeat": args.repeat, "seed": seed,
+                     "failure_policy": "defaults", "model": str(DEMO_CONFIG.relative_to(ROOT)), "workers": 2,
+                     "runs": []}
     try:
         b.setup(nodes=3)
-        for kill_every in [None, *intervals]:
-            r = run_job(b, "base" if kill_every is None else f"k{kill_every:g}", args.steps, args.ckpt_every,
-                        kill_every)
-            print(json.dumps(r), flush=True)
-            results["runs"].append(r)
-            write_results("bench_goodput", results)  # partial results survive an interrupted run
+        for rep in range(args.repeat):
+            for kill_every in [None, *intervals]:
+                label = ("base" if kill_every is None else f"k{kill_every:g}") + f"-{rep}"
+                r = run_job(b, label, args.steps, args.ckpt_every, kill_every, rng)
+                print(json.dumps(r), flush=True)
+                results["runs"].append({"repetition": rep, "loadavg_end": os.getloadavg(), **r})
+                write_results("bench_goodput", results)  # partial results survive an interrupted run
     finally:
         b.teardown()
         if not args.cluster_dir:
             cluster.down()
 
     report(results)
-    path = write_results("bench_goodput", results)
-    print(f"wrote {path}")
+    write_results("bench_goodput", results)
     return 0
 
 
-def report(results: dict) -> None:
-    """Add the table and the derived figures to ``results`` and print them.
+def _spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not values:
+        return "-"
+    v = [x * scale for x in values]
+    return f"{statistics.median(v):.{digits}f} [{min(v):.{digits}f}, {max(v):.{digits}f}]"
 
-    A failure's cost is the time it adds that is not training: (wall - productive) of
-    the disturbed run less that of the undisturbed one, per kill. (Wall times alone
+
+def report(results: dict) -> None:
+    """Add the per-setting table and the derived figure to ``results`` and print them.
+
+    A failure's cost is the time it adds that is not training: the run's (wall -
+    productive) less the undisturbed runs' median of it, per kill. (Wall times alone
     would also carry the runs' different step speeds on a shared machine.)"""
-    base = results["runs"][0]
-    base_idle = base["wall_s"] - base["productive_s"]
+    runs = results["runs"]
+    base = [r for r in runs if r["kill_every_s"] is None]
+    base_idle = statistics.median(r["wall_s"] - r["productive_s"] for r in base)
+    base_goodput = statistics.median(r["goodput"] for r in base)
+    checksum = base[0]["checksum"]
     rows = []
-    for r in results["runs"]:
-        row = {"run": r["run"], "kills": r["kills"], "wall s": r["wall_s"], "productive s": r["productive_s"],
-               "not training s": r["wall_s"] - r["productive_s"], "goodput": r["goodput"],
-               "vs undisturbed": r["goodput"] / base["goodput"], "same checksum": r["checksum"] == base["checksum"]}
-        if r["kills"]:
-            cost = ((r["wall_s"] - r["productive_s"]) - base_idle) / r["kills"]
-            r["cost_per_failure_s"] = cost
-            row["s per failure"] = cost
-            row["goal 95%"] = "met" if r["goodput"] >= GOAL else "missed"
+    for name in dict.fromkeys(r["run"] for r in runs):
+        rs = [r for r in runs if r["run"] == name]
+        for r in rs:
+            if r["kills"]:
+                r["cost_per_failure_s"] = ((r["wall_s"] - r["productive_s"]) - base_idle) / r["kills"]
+        row = {"setting": name, "runs": len(rs), "kills": "/".join(str(r["kills"]) for r in rs),
+               "wall s": _spread([r["wall_s"] for r in rs], digits=0),
+               "goodput %": _spread([r["goodput"] for r in rs], 100.0),
+               "vs undisturbed %": _spread([r["goodput"] / base_goodput for r in rs], 100.0),
+               "s per failure": _spread([r["cost_per_failure_s"] for r in rs if "cost_per_failure_s" in r]),
+               "same checksum": all(r["checksum"] == checksum for r in rs)}
+        if rs[0]["kill_every_s"]:
+            row["goal 95%"] = "met" if statistics.median(r["goodput"] for r in rs) >= GOAL else "missed"
         rows.append(row)
     results["table"] = rows
-    costs = [r["cost_per_failure_s"] for r in results["runs"] if r.get("cost_per_failure_s")]
+    costs = [r["cost_per_failure_s"] for r in runs if "cost_per_failure_s" in r]
     # goodput = 1 / (1 + o + c / F): o = the undisturbed job's idle share per productive second,
     # c = cost per failure, F = productive seconds between failures
-    o = base_idle / base["productive_s"]
+    o = base_idle / statistics.median(r["productive_s"] for r in base)
     headroom = 1 / GOAL - 1 - o
     results.pop("derived_min_interval_for_95pct_s", None)
     if costs and headroom > 0:
-        results["derived_min_interval_for_95pct_s"] = (sum(costs) / len(costs)) / headroom
+        results["derived_min_interval_for_95pct_s"] = statistics.median(costs) / headroom
     print_table(f"Goodput, demo model, {results['steps']} steps, 2 workers, checkpoint every "
-                f"{results['ckpt_every']} steps (load {results['machine'].get('loadavg_1m') or 0:.1f} at start)", rows,
+                f"{results['ckpt_every']} steps, default failure policy, median [min, max] of "
+                f"{results.get('repeat', 1)} runs (seed {results.get('seed')})", rows,
                 columns=list(dict.fromkeys(k for row in rows for k in row)))
     if "derived_min_interval_for_95pct_s" in results:
         print(f"derived (not measured): goodput stays >= 95% with a failure at most every "
