@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from bench import chaos_faults as K  # noqa: E402
 from bench.bench_recovery import Bench  # noqa: E402
 from bench.common import print_table, write_results  # noqa: E402
+from stoker.common.layout import COMMIT_MARKER, parse_step_dir  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 from stoker.worker import journal  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
@@ -145,7 +146,7 @@ class Suite:
         st = self.b.status(name)
         summary = _json(self.tmp / name / "summary.json")
         recs = journal.read(jdir)
-        facts = F.recovery_facts(recs)
+        facts = F.recovery_facts(recs, stored=mon.stored)
         time.sleep(3)  # the pods' processes exit with them
         leftovers = K.leftover_processes(name)
         for pid in leftovers:
@@ -170,14 +171,17 @@ class Suite:
 
 
 class Monitor(threading.Thread):
-    """Polls the job while faults are injected: when each incident appeared (wall clock)
-    and whether two live pods ever held one worker index."""
+    """Polls the job while faults are injected: when each incident appeared (wall clock),
+    whether two live pods ever held one worker index, and the checkpoints committed in the
+    bucket (step -> its COMMITTED marker's LastModified): the storage witness of a commit
+    whose outcome a killed trainer never journalled."""
 
     def __init__(self, bench: Bench, name: str) -> None:
         super().__init__(daemon=True)
         self.b, self.name = bench, name
         self.incident_times: list[float] = []
         self.duplicates: list[str] = []
+        self.stored: dict[int, float] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -191,6 +195,7 @@ class Monitor(threading.Thread):
             n += 1
             if n % 5 == 0:
                 self.check_pods()
+                self.check_storage()
 
     def check_pods(self) -> None:
         live: dict[str, list[str]] = {}
@@ -201,9 +206,22 @@ class Monitor(threading.Thread):
             live.setdefault(meta["labels"].get("stoker.dev/replica-index", "?"), []).append(meta["name"])
         self.duplicates += [",".join(v) for v in live.values() if len(v) > 1]
 
+    def check_storage(self) -> None:
+        try:
+            pages = self.b.s3.get_paginator("list_objects_v2").paginate(Bucket=self.b.bucket, Prefix=f"{self.name}/")
+            objs = [o for page in pages for o in page.get("Contents") or []]
+        except Exception:  # noqa: BLE001 - S3 may be down on purpose (s3_outage)
+            return
+        for o in objs:
+            parts = o["Key"].split("/")
+            step = parse_step_dir(parts[1]) if len(parts) == 3 and parts[2] == COMMIT_MARKER else None
+            if step is not None:
+                self.stored.setdefault(step, o["LastModified"].timestamp())
+
     def stop(self) -> None:
         self._halt.set()
         self.join(5)
+        self.check_storage()
 
 
 def attach_latency(s: dict, incident_times: list[float], recs: list[dict]) -> None:

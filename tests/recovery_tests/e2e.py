@@ -127,3 +127,13 @@ def start_trainer_job(*, cluster, kube, namespace: str, bucket: str, operator, t
         edit(body)
     create_job(kube, namespace, body)
     return Run(kube, namespace, name, op, out)
+
+
+def acting_incidents(st: dict, resumed: int) -> list[dict]:
+    """The incidents that acted on the job (Restart, Replace, JobFailed). A fault at a
+    random moment may hit a save in flight: that save does not commit and is recorded as
+    a CheckpointFailed incident, which must name a step the job never resumed from
+    (newer than ``resumed``)."""
+    failed = [i for i in st.get("incidents") or [] if i["kind"] == "CheckpointFailed"]
+    assert all(i["step"] > resumed for i in failed), (resumed, failed)
+    return [i for i in st.get("incidents") or [] if i["kind"] != "CheckpointFailed"]

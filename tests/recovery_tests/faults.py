@@ -149,9 +149,10 @@ def incarnation_summary(records: list[dict]) -> list[dict]:
     out: dict[int, dict] = {}
     for r in records:
         inc = out.setdefault(r["incarnation"], {"incarnation": r["incarnation"], "resumed": None, "steps": set(),
-                                                "commits": set(), "first_t": r["t"]})
+                                                "commits": set(), "first_t": r["t"], "resumed_t": None})
         if r["event"] == "resumed":
             inc["resumed"] = r["step"] if inc["resumed"] is None else inc["resumed"]
+            inc["resumed_t"] = r["t"] if inc["resumed_t"] is None else min(inc["resumed_t"], r["t"])
         elif r["event"] == "step":
             inc["steps"].add(r["step"])
         elif r["event"] == "checkpoint" and r.get("ok"):
@@ -159,24 +160,36 @@ def incarnation_summary(records: list[dict]) -> list[dict]:
     return [out[k] for k in sorted(out)]
 
 
-def recovery_facts(records: list[dict]) -> list[dict]:
+def recovery_facts(records: list[dict], stored: dict[int, float] | None = None) -> list[dict]:
     """For every restart (an incarnation after the first): where it resumed, the newest
-    step committed (per the journal) before it started, the steps the previous
-    incarnations computed past its resume point (recomputed now), and the steps they
-    computed after their newest commit (the bound on what a restart may recompute)."""
+    step committed before it resumed, the steps the previous incarnations computed past
+    its resume point (recomputed now), and the steps they computed after that commit
+    (the bound on what a restart may recompute).
+
+    A commit is known from the journal (a save's outcome, recorded after its COMMITTED
+    marker is written) or, with ``stored`` (step -> the marker's LastModified, seen in
+    the bucket while the job ran), from storage: a process killed between writing the
+    marker and journalling the outcome leaves a commit only storage knows of. A stored
+    commit counts for a restart only if its marker was written before the restart
+    resumed (``witness`` says which source vouched for the resume step)."""
     incs = incarnation_summary(records)
     facts = []
     committed: set[int] = set()
     computed: set[int] = set()
     for i, inc in enumerate(incs):
         if i > 0:
-            newest = max(committed, default=None)
+            at = inc["resumed_t"] if inc["resumed_t"] is not None else inc["first_t"]
+            from_storage = {s for s, t in (stored or {}).items() if t <= at}
+            known = committed | from_storage
+            newest = max(known, default=None)
             resumed = inc["resumed"] or 0
             last = max(computed, default=0)
             facts.append({"incarnation": inc["incarnation"], "resumed": inc["resumed"], "newest_commit": newest,
                           "recomputed": len({s for s in computed if s > resumed}),
                           "since_commit": max(0, last - (newest or 0)),
-                          "resumed_committed": inc["resumed"] is None or inc["resumed"] in committed})
+                          "resumed_committed": inc["resumed"] is None or inc["resumed"] in known,
+                          "witness": "journal" if inc["resumed"] in committed else
+                          "storage" if inc["resumed"] in from_storage else None})
         committed |= {c for c in inc["commits"]}
         computed |= inc["steps"]
     return facts

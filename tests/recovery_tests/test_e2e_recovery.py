@@ -20,7 +20,8 @@ from tests.operator_tests.conftest import create_job, get_job, patch_job, wait_f
 
 from . import faults as F
 from .conftest import reference_run, reference_summary, trainer_config
-from tests.recovery_tests.e2e import diagnostics, last_step, metrics_rows, pod_node, status, summary_of, trainer_pid
+from tests.recovery_tests.e2e import (acting_incidents, diagnostics, last_step, metrics_rows, pod_node, status,
+                                      summary_of, trainer_pid)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -71,7 +72,7 @@ def test_sigkilled_worker_is_restarted_from_the_checkpoint_and_ends_identical(
     st = status(kube, namespace, "kill")
     assert st["incarnation"] == 1
     assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}
-    [inc] = st["incidents"]
+    [inc] = acting_incidents(st, fact["resumed"])  # (a save the kill caught is recorded, never used)
     assert inc["kind"] == "Restart" and inc["detectedCause"] == "WorkerKilled" and inc["cause"] == "infrastructure"
     # torchrun hands out ranks in rendezvous order: the rank is whatever that pod's heartbeats said
     assert inc["pod"] == "kill-worker-1-0" and inc["rank"] in (0, 1) and inc["exitCode"] == 137
@@ -129,10 +130,10 @@ def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
     wait_for("job Succeeded", lambda: status(kube, namespace, "lose").get("phase") == "Succeeded",
              timeout=300, on_timeout=diag)
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
-    assert_resumed_from_newest_commit(jdir, summary)
+    [fact] = assert_resumed_from_newest_commit(jdir, summary)
     assert summary["step"] == 150 and summary["checksum"] == ref["checksum"]
     st = status(kube, namespace, "lose")
-    [inc] = st["incidents"]
+    [inc] = acting_incidents(st, fact["resumed"])
     assert inc["detectedCause"] == "NodeLost" and inc["cause"] == "infrastructure" and inc["node"] == lost
     assert st["restarts"]["userError"] == 0 and st["incarnation"] == 1
     pods = worker_pods(kube, namespace, "lose")

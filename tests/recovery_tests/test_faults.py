@@ -27,7 +27,7 @@ def test_a_restart_from_the_newest_commit_recomputes_only_the_steps_after_it():
     recs = run(0, 1, 13, 0, commits=(5, 10)) + run(1, 11, 20, 100, resumed=10, commits=(15, 20))
     [f] = F.recovery_facts(recs)
     assert f == {"incarnation": 1, "resumed": 10, "newest_commit": 10, "recomputed": 3, "since_commit": 3,
-                 "resumed_committed": True}
+                 "resumed_committed": True, "witness": "journal"}
 
 
 def test_resuming_from_an_older_commit_or_a_failed_save_is_visible():
@@ -37,6 +37,26 @@ def test_resuming_from_an_older_commit_or_a_failed_save_is_visible():
     uncommitted = run(0, 1, 13, 0, commits=(5,), failed=(10,)) + run(1, 11, 20, 100, resumed=10)
     [f] = F.recovery_facts(uncommitted)
     assert not f["resumed_committed"] and f["newest_commit"] == 5
+
+
+def test_a_commit_only_storage_saw_vouches_for_a_resume_if_its_marker_came_before_the_resume():
+    """Found by the short chaos profile in CI (seed 803745250, pipeline job): the operator was
+    killed at step 10 and the restart resumed from 10, whose COMMITTED marker was written but
+    whose outcome the killed trainers never journalled; the journal-only witness called that
+    an uncommitted resume. The bucket's markers (LastModified, watched during the run) vouch
+    for it; a marker written after the resume, or none, still fails."""
+    recs = run(0, 1, 13, 0, commits=(5,)) + run(1, 11, 20, 100, resumed=10)
+    [f] = F.recovery_facts(recs, stored={5: 5.6, 10: 10.7})
+    assert f["resumed_committed"] and f["newest_commit"] == 10 and f["witness"] == "storage"
+    assert f["recomputed"] == 3 == f["since_commit"]
+    [f] = F.recovery_facts(recs, stored={5: 5.6, 10: 100.5})           # marker after the resume record
+    assert not f["resumed_committed"] and f["newest_commit"] == 5 and f["witness"] is None
+    [f] = F.recovery_facts(recs)                                        # no storage view: journal only
+    assert not f["resumed_committed"]
+    # a newer commit only storage saw, skipped by the resume, is caught too
+    older = run(0, 1, 13, 0, commits=(5,)) + run(1, 6, 20, 100, resumed=5)
+    [f] = F.recovery_facts(older, stored={5: 5.6, 10: 10.7})
+    assert f["resumed_committed"] and f["newest_commit"] == 10 != f["resumed"]
 
 
 def test_a_restart_before_any_commit_starts_from_scratch_and_may_redo_everything():
