@@ -129,11 +129,11 @@ def start_trainer_job(*, cluster, kube, namespace: str, bucket: str, operator, t
     return Run(kube, namespace, name, op, out)
 
 
-def acting_incidents(st: dict, resumed: int) -> list[dict]:
+def acting_incidents(st: dict, resumed: int | None) -> list[dict]:
     """The incidents that acted on the job (Restart, Replace, JobFailed). A fault at a
     random moment may hit a save in flight: that save does not commit and is recorded as
     a CheckpointFailed incident, which must name a step the job never resumed from
-    (newer than ``resumed``)."""
+    (newer than ``resumed``; None: it restarted from scratch)."""
     failed = [i for i in st.get("incidents") or [] if i["kind"] == "CheckpointFailed"]
-    assert all(i["step"] > resumed for i in failed), (resumed, failed)
+    assert all(i["step"] > (resumed if resumed is not None else -1) for i in failed), (resumed, failed)
     return [i for i in st.get("incidents") or [] if i["kind"] != "CheckpointFailed"]

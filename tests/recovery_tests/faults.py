@@ -155,7 +155,7 @@ def incarnation_summary(records: list[dict]) -> list[dict]:
             inc["resumed_t"] = r["t"] if inc["resumed_t"] is None else min(inc["resumed_t"], r["t"])
         elif r["event"] == "step":
             inc["steps"].add(r["step"])
-        elif r["event"] == "checkpoint" and r.get("ok"):
+        elif (r["event"] == "checkpoint" and r.get("ok")) or r["event"] == "committed":
             inc["commits"].add(r["step"])
     return [out[k] for k in sorted(out)]
 

@@ -53,6 +53,9 @@ def test_a_commit_only_storage_saw_vouches_for_a_resume_if_its_marker_came_befor
     assert not f["resumed_committed"] and f["newest_commit"] == 5 and f["witness"] is None
     [f] = F.recovery_facts(recs)                                        # no storage view: journal only
     assert not f["resumed_committed"]
+    # the coordinator journals the commit as its marker is stored (before telling the others)
+    [f] = F.recovery_facts(recs + [rec(0, "committed", 10, 10.8)])
+    assert f["resumed_committed"] and f["witness"] == "journal"
     # a newer commit only storage saw, skipped by the resume, is caught too
     older = run(0, 1, 13, 0, commits=(5,)) + run(1, 6, 20, 100, resumed=5)
     [f] = F.recovery_facts(older, stored={5: 5.6, 10: 10.7})

@@ -42,3 +42,20 @@ def test_a_failing_hook_does_not_fail_the_save(tmp_path):
     with CheckpointManager(str(tmp_path), async_mode="disabled", before_commit=hook) as mgr:
         mgr.save(3, {"train": {"step": 3}})
         assert mgr.last_result.ok and mgr.latest_step() == 3
+
+
+@pytest.mark.parametrize("async_mode", ["async", "disabled"])
+def test_on_committed_runs_on_the_coordinator_once_the_marker_is_stored_before_the_outcome(tmp_path, async_mode):
+    """The step journal's witness of a commit (``on_committed``): called after COMMITTED is
+    stored and before ``on_result`` (which a kill while the outcome is passed to the other
+    ranks would never reach); not called for a save that did not commit."""
+    events = []
+
+    def committed(step):
+        events.append(("committed", step, (tmp_path / layout.step_dir(step) / layout.COMMIT_MARKER).exists()))
+
+    with CheckpointManager(str(tmp_path), async_mode=async_mode, on_committed=committed,
+                           on_result=lambda r: events.append(("result", r.step, r.ok))) as mgr:
+        mgr.save(4, {"model": torch.nn.Linear(4, 4), "train": {"step": 4}})
+        mgr.wait()
+    assert events == [("committed", 4, True), ("result", 4, True)]

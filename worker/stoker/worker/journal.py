@@ -8,6 +8,7 @@ never truncated, never reopened) and appends one JSON line per report:
     {"event": "step", "step": 12, "t": ...}          every session.step()
     {"event": "resumed", "step": 10, "t": ...}       set_last_committed_step() after a restore
     {"event": "checkpoint", "step": 15, "ok": true, "t": ...}   every save outcome
+    {"event": "committed", "step": 15, "t": ...}     the coordinator, as COMMITTED is stored
 
 Each line is one ``os.write`` on an O_APPEND descriptor, so it is in the file as soon
 as the call returns, even if the process is SIGKILLed right after. The trainer's own

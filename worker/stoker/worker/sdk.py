@@ -207,6 +207,12 @@ class Session:
                 self._phase = pb.TRAINING
         self._wake()
 
+    def journal_commit(self, step: int) -> None:
+        """The step journal's record of a commit, made by the checkpoint coordinator as its
+        ``COMMITTED`` marker is stored (only with ``STOKER_STEP_JOURNAL_DIR``)."""
+        if self._journal is not None:
+            self._journal.record("committed", int(step))
+
     def set_last_committed_step(self, step: int | None) -> None:
         """E.g. after a restore, so the operator knows where the job resumed."""
         if step is None:

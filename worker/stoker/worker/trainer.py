@@ -277,7 +277,8 @@ class Trainer(Stateful):
         ckpt, resumed_from = None, None
         if c.uri:
             ckpt = CheckpointManager(c.uri, keep=c.keep, async_mode=c.async_mode,
-                                     on_result=self.session.report_checkpoint, before_commit=self._before_commit)
+                                     on_result=self.session.report_checkpoint, before_commit=self._before_commit,
+                                     on_committed=self.session.journal_commit)
             self.session.set_phase("RESTORING")
             resumed_from = self.resumed_from = ckpt.load(self.checkpoint_state)
             self.session.set_last_committed_step(resumed_from)

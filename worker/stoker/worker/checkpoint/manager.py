@@ -109,6 +109,10 @@ class CheckpointManager:
             DCP's ``.metadata`` of that save are stored and before anything is
             committed (for async saves on the checkpoint thread): a fault-injection
             point for tests (the trainer's ``debug.slow_checkpoint_at_step``).
+        on_committed: called with the step on the coordinator the moment its
+            ``COMMITTED`` marker is stored, before the other ranks are told (a
+            witness for tests: the step journal records it there, so a kill while
+            the outcome is passed around does not hide a commit that happened).
 
     ``save``, ``load`` and ``close`` must be called by every rank of the group,
     in the same order; ``latest_step`` and ``wait`` may be called by any rank.
@@ -125,6 +129,7 @@ class CheckpointManager:
         on_result: Callable[[SaveResult], None] | None = None,
         store: Store | None = None,
         before_commit: Callable[[int], None] | None = None,
+        on_committed: Callable[[int], None] | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (got {keep}): the newest checkpoint is always kept")
@@ -136,6 +141,7 @@ class CheckpointManager:
         self.async_mode = async_mode
         self.on_result = on_result
         self.before_commit = before_commit
+        self.on_committed = on_committed
         self.last_result: SaveResult | None = None
         self._distributed = dist.is_available() and dist.is_initialized()
         self._pg: dist.ProcessGroup | None = None
@@ -273,6 +279,11 @@ class CheckpointManager:
                 outcome = (True, nbytes, None)
             except Exception as exc:  # noqa: BLE001
                 outcome = (False, 0, repr(exc))
+            if outcome[0] and self.on_committed is not None:
+                try:
+                    self.on_committed(step)
+                except Exception:  # noqa: BLE001 - a witness must not break the save
+                    log.exception("checkpoint.on_committed_failed step=%d", step)
         ok, nbytes, error = self._from_coordinator(outcome)
         if not ok:
             log.error("checkpoint.failed step=%d phase=commit error=%s", step, error)
