@@ -278,7 +278,7 @@ class Trainer(Stateful):
         if c.uri:
             ckpt = CheckpointManager(c.uri, keep=c.keep, async_mode=c.async_mode,
                                      on_result=self.session.report_checkpoint, before_commit=self._before_commit,
-                                     on_committed=self.session.journal_commit)
+                                     on_committed=getattr(self.session, "journal_commit", None))
             self.session.set_phase("RESTORING")
             resumed_from = self.resumed_from = ckpt.load(self.checkpoint_state)
             self.session.set_last_committed_step(resumed_from)
