@@ -113,11 +113,7 @@ class HeartbeatRegistry:
                 cmd = self._commands.get(ack.request_id)
                 if cmd is not None and cmd.job == job:
                     cmd.acks[ident.rank] = (pb.AckState.Name(ack.state), ack.message, ack.step)
-        if self._on_update is not None:
-            try:
-                self._on_update(status)
-            except Exception:  # noqa: BLE001 - a listener must not kill the stream
-                log.exception("heartbeat.on_update_failed job=%s rank=%d", job, ident.rank)
+        self._notify(status)
         return status
 
     def disconnected(self, job: JobKey, rank: int, stream: int = 0) -> None:
@@ -130,11 +126,16 @@ class HeartbeatRegistry:
             if status is None or status.stream != stream:
                 return
             status = self._workers[key] = replace(status, connected=False)
-        if self._on_update is not None:
-            try:
-                self._on_update(status)
-            except Exception:  # noqa: BLE001
-                log.exception("heartbeat.on_update_failed job=%s rank=%d", job, rank)
+        self._notify(status)
+
+    def _notify(self, status: WorkerStatus) -> None:
+        """Tell the listener (outside the lock); a listener must not kill the stream."""
+        if self._on_update is None:
+            return
+        try:
+            self._on_update(status)
+        except Exception:  # noqa: BLE001
+            log.exception("heartbeat.on_update_failed job=%s/%s rank=%d", status.namespace, status.job_name, status.rank)
 
     def take_commands(self, job: JobKey, rank: int, incarnation: int) -> list[pb.OperatorCommand]:
         """Commands for this job not yet delivered to this (rank, incarnation).
