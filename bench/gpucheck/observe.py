@@ -33,6 +33,9 @@ class RecordingSession:
     def report_checkpoint(self, result: Any) -> None:  # on the checkpoint thread for async saves
         self.saves.append({**result.as_dict(), "reported_at": time.monotonic()})
 
+    def journal_commit(self, step: int) -> None:
+        pass
+
     def checkpoint_requested(self) -> bool:
         return False
 

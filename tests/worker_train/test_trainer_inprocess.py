@@ -54,6 +54,9 @@ class ScriptedSession:
         self.reports.append(result)
         self.pending = False
 
+    def journal_commit(self, step):
+        pass
+
     def close(self):
         pass
 

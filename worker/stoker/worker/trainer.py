@@ -38,6 +38,7 @@ from stoker.worker.config import (
 from stoker.worker.checkpoint_hooks import SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, slow_checkpoint_due
 from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
 from stoker.worker.metrics_file import MetricsFile
+from stoker.worker.session_api import check_session
 from stoker.worker.model import model_args
 from stoker.worker.state import (
     DATALOADER, LR_SCHEDULER, MODEL, OPTIMIZER, TRAIN_STATE, LRSchedule, ModelState, OptimizerState, TrainState,
@@ -82,7 +83,7 @@ class Trainer(Stateful):
             from stoker.worker.sdk import Session
 
             session = Session.from_env()
-        self.session = session.start()
+        self.session = check_session(session).start()
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
         self.resumed_from: int | None = None  # set by restore()
         self.resumed_world_size: int | None = None  # the world size that wrote that checkpoint
@@ -278,7 +279,7 @@ class Trainer(Stateful):
         if c.uri:
             ckpt = CheckpointManager(c.uri, keep=c.keep, async_mode=c.async_mode,
                                      on_result=self.session.report_checkpoint, before_commit=self._before_commit,
-                                     on_committed=getattr(self.session, "journal_commit", None))
+                                     on_committed=self.session.journal_commit)
             self.session.set_phase("RESTORING")
             resumed_from = self.resumed_from = ckpt.load(self.checkpoint_state)
             self.session.set_last_committed_step(resumed_from)
