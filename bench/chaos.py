@@ -78,17 +78,17 @@ def job_config(kind: str, steps: int) -> dict:
 class Suite:
     def __init__(self, bench: Bench, rng: random.Random, profile: dict, tmp: Path) -> None:
         self.b, self.rng, self.p, self.tmp = bench, rng, profile, tmp
-        self.refs: dict[str, str] = {}
+        self.refs: dict[tuple[str, int], str] = {}
         self.lost_nodes: list[str] = []
 
     # ------------------------------------------------------------------ plumbing
-    def reference(self, cfg_kind: str) -> str:
-        if cfg_kind not in self.refs:
-            cfg = job_config(cfg_kind, self.p["steps"])
+    def reference(self, cfg_kind: str, steps: int) -> str:
+        if (cfg_kind, steps) not in self.refs:
+            cfg = job_config(cfg_kind, steps)
             cfg["checkpoint"]["uri"] = "unused"
-            out = reference_run(self.tmp / f"ref-{cfg_kind}", cfg, 2)
-            self.refs[cfg_kind] = json.loads((out / "summary.json").read_text())["checksum"]
-        return self.refs[cfg_kind]
+            out = reference_run(self.tmp / f"ref-{cfg_kind}-{steps}", cfg, 2)
+            self.refs[cfg_kind, steps] = json.loads((out / "summary.json").read_text())["checksum"]
+        return self.refs[cfg_kind, steps]
 
     def lose_node(self, node: str) -> None:
         self.b.c.stop_process_node(node, sig=signal.SIGKILL)
@@ -110,9 +110,10 @@ class Suite:
     # ------------------------------------------------------------------ one job
     def run_job(self, n: int, kinds: list[str]) -> dict:
         cfg_kind = CONFIGS[n % len(CONFIGS)]
-        ref = self.reference(cfg_kind)
+        steps = self.p["steps"] + K.extra_steps(kinds)
+        ref = self.reference(cfg_kind, steps)
         name = f"chaos-{n}-{uuid.uuid4().hex[:4]}"
-        jdir = self.create(name, job_config(cfg_kind, self.p["steps"]))
+        jdir = self.create(name, job_config(cfg_kind, steps))
         mon = Monitor(self.b, name)
         mon.start()
         ctx = K.Ctx(rng=self.rng, job=name, replicas=2, journal_dir=jdir,
@@ -129,8 +130,10 @@ class Suite:
                 try:
                     s = {"kind": kind, "expect": expect, **fn(ctx)}
                 except TimeoutError as e:
-                    samples.append({"kind": kind, "error": str(e)})
+                    samples.append({"kind": kind, "error": str(e), "job_ended": ctx.finished()})
                     break
+                if not s.get("hit"):
+                    s["job_ended"] = ctx.finished()
                 print(json.dumps({"job": name, **s}, default=str), flush=True)
                 samples.append(s)
                 ctx.after_t = time.time()
@@ -139,9 +142,9 @@ class Suite:
         finally:
             K.kill_stopped(ctx.stopped)
             mon.stop()
-        return self.check(name, cfg_kind, ref, jdir, samples, phase, mon)
+        return self.check(name, cfg_kind, steps, ref, jdir, samples, phase, mon)
 
-    def check(self, name: str, cfg_kind: str, ref: str, jdir: Path, samples: list[dict], phase: str,
+    def check(self, name: str, cfg_kind: str, steps: int, ref: str, jdir: Path, samples: list[dict], phase: str,
               mon: "Monitor") -> dict:
         st = self.b.status(name)
         summary = _json(self.tmp / name / "summary.json")
@@ -156,9 +159,9 @@ class Suite:
         for s in samples:
             attach_latency(s, mon.incident_times, recs)
         return {
-            "job": name, "config": cfg_kind, "phase": phase, "samples": samples, "recoveries": facts,
+            "job": name, "config": cfg_kind, "steps": steps, "phase": phase, "samples": samples, "recoveries": facts,
             "succeeded": phase == "Succeeded",
-            "identical": bool(summary) and summary.get("checksum") == ref and summary.get("step") == self.p["steps"],
+            "identical": bool(summary) and summary.get("checksum") == ref and summary.get("step") == steps,
             "newest_commit": all(f["resumed_committed"] and f["resumed"] == f["newest_commit"] for f in facts),
             "recompute_bounded": all(f["recomputed"] <= f["since_commit"] for f in facts),
             "pods_ok": not mon.duplicates and not leftovers, "duplicates": mon.duplicates, "leftovers": leftovers,
@@ -287,12 +290,20 @@ def table(jobs: list[dict]) -> list[dict]:
         def stats(v: list[float]) -> str:
             return "-" if not v else f"{statistics.median(v):.1f}/{pct(v, 0.95):.1f}/{max(v):.1f}"
 
-        both = sum(1 for s in ss if s.get("second_landed"))
-        rows.append({"kind": kind, "injected": len(ss) if kind != "double" else f"{len(ss)} ({both} both landed)",
+        rows.append({"kind": kind, "injected": injected(kind, ss),
                      "jobs Succeeded": frac("succeeded"),
                      "identical": frac("identical"), "resumed from newest commit": frac("newest_commit"),
                      "detect p50/p95/max s": stats(det), "recover p50/p95/max s": stats(rec)})
     return rows
+
+
+def injected(kind: str, ss: list[dict]) -> str | int:
+    """How many; for the kinds that may land off target, how many landed on it."""
+    if kind == "double":
+        return f"{len(ss)} ({sum(1 for s in ss if s.get('second_landed'))} both landed)"
+    if kind == "kill_during_save":
+        return f"{len(ss)} ({sum(1 for s in ss if s.get('mid_save'))} mid-save)"
+    return len(ss)
 
 
 def failures(jobs: list[dict]) -> list[str]:
@@ -300,6 +311,7 @@ def failures(jobs: list[dict]) -> list[str]:
     return [f"{j['job']} ({j['config']}): " + ", ".join(k for k in keys if not j[k]) for j in jobs
             if not all(j[k] for k in keys)] + [
         f"{j['job']}: fault {s['kind']} not injected: {s.get('error') or 'nothing to hit'}"
+        + (" (the job had ended)" if s.get("job_ended") else "")
         for j in jobs for s in j["samples"] if s.get("error") or not s.get("hit")]
 
 

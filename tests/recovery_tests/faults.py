@@ -115,6 +115,8 @@ def at_random_moment(rng: random.Random, journal_dir: pathlib.Path, incarnation:
             return {"incarnation": inc, "step": steps[-1], "steps_into_incarnation": len(steps),
                     "step_time_s": dt, "fraction_of_step": frac}
         time.sleep(0.02)
+    if not alive():
+        raise TimeoutError(f"the job ended before {want} training steps of a new moment were seen")
     raise TimeoutError(f"no {want} training steps seen within {timeout}s")
 
 

@@ -1,0 +1,24 @@
+"""Pure parts of the chaos suite's fault kinds (bench/chaos_faults.py)."""
+from __future__ import annotations
+
+from bench import chaos_faults as K
+
+
+def _save(pid: int, step: int, t: float, took: float) -> list[dict]:
+    return [{"event": "step", "pid": pid, "step": step, "t": t},
+            {"event": "checkpoint", "pid": pid, "step": step, "t": t + took, "ok": True}]
+
+
+def test_save_time_ignores_saves_that_waited_out_an_s3_outage():
+    # seed 837048268: two saves slowed by a 10 s outage made the median 17 s, so the
+    # "kill during a save" came 145 steps after its save and the job ended first
+    recs = _save(1, 5, 100.0, 0.2) + _save(1, 10, 101.0, 17.0) + _save(1, 15, 118.5, 17.2) + _save(1, 20, 136.0, 0.3)
+    assert K._save_seconds(recs) > 8.0
+    assert abs(K._save_seconds(recs, since=135.0) - 0.3) < 1e-9   # only the save begun after the outage ended
+    assert K._save_seconds(recs, since=200.0) == 0.3       # none known: the default
+
+
+def test_a_job_gets_room_for_the_steps_it_trains_while_the_operator_is_down():
+    assert K.extra_steps(["sigkill_trainer", "operator_killed"]) == 0      # nothing follows it
+    assert K.extra_steps(["operator_killed", "sigstop"]) == K.RUNS_AHEAD["operator_killed"]
+    assert K.extra_steps(["s3_outage", "double", "node_lost"]) == 0
