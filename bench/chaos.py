@@ -156,8 +156,8 @@ class Suite:
             F.signal_pid(pid, signal.SIGKILL)
         restarts = st.get("restarts") or {}
         incs = [i for i in st.get("incidents") or [] if i.get("kind") in ("Restart", "Replace")]
-        for s in samples:
-            attach_latency(s, mon.incident_times, recs)
+        for s, nxt in zip(samples, samples[1:] + [{}]):
+            attach_latency(s, mon.incident_times, recs, until=nxt.get("t0") or float("inf"))
         return {
             "job": name, "config": cfg_kind, "steps": steps, "phase": phase, "samples": samples, "recoveries": facts,
             "succeeded": phase == "Succeeded",
@@ -227,11 +227,14 @@ class Monitor(threading.Thread):
         self.check_storage()
 
 
-def attach_latency(s: dict, incident_times: list[float], recs: list[dict]) -> None:
+def attach_latency(s: dict, incident_times: list[float], recs: list[dict], until: float = float("inf")) -> None:
+    """detect_s / recover_s of one fault, from incidents recorded before the next fault's
+    injection (``until``): the restart a later fault caused is not this one's (a short
+    run credited an S3 outage with the next fault's kill, 42 s later)."""
     t0 = s.get("t0")
     if t0 is None:
         return
-    det = [t for t in incident_times if t >= t0]
+    det = [t for t in incident_times if t0 <= t < until]
     s["detect_s"] = det[0] - t0 if det and (s["expect"] == K.RESTARTS or det[0] - t0 < 120) else None
     inc = s.get("incarnation", -1)
     new = [r["t"] for r in recs if r["event"] == "step" and r["incarnation"] > inc and r["t"] > t0]

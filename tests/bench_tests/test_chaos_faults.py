@@ -22,3 +22,15 @@ def test_a_job_gets_room_for_the_steps_it_trains_while_the_operator_is_down():
     assert K.extra_steps(["sigkill_trainer", "operator_killed"]) == 0      # nothing follows it
     assert K.extra_steps(["operator_killed", "sigstop"]) == K.RUNS_AHEAD["operator_killed"]
     assert K.extra_steps(["s3_outage", "double", "node_lost"]) == 0
+
+
+def test_a_fault_is_not_credited_with_the_restart_the_next_fault_caused():
+    from bench.chaos import attach_latency
+
+    recs = [{"event": "step", "incarnation": 1, "t": 150.0, "step": 30}]
+    outage = {"t0": 100.0, "expect": K.NO_RESTART}
+    attach_latency(outage, [143.0], recs, until=141.7)         # the next fault's kill at 141.7
+    assert outage["detect_s"] is None and outage["recover_s"] is None
+    kill = {"t0": 141.7, "expect": K.RESTARTS, "incarnation": 0}
+    attach_latency(kill, [143.0], recs)
+    assert round(kill["detect_s"], 1) == 1.3 and round(kill["recover_s"], 1) == 8.3
