@@ -80,6 +80,15 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
     return text
 
 
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The same rows as a Markdown table: what the README shows, checked against the
+    results file by tests/test_readme.py."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def write_results(name: str, results: dict[str, Any], directory: Path | None = None) -> Path:
     """Write ``bench/results/<name>.json`` (or ``directory/<name>.json``) with machine info
     (load average, commit), the command line and a timestamp."""

@@ -102,3 +102,18 @@ def test_runbook_waiting_rows_match_the_operator_and_the_cli():
     reasons = {"Unschedulable", "InitContainerFailing", *waiting._CONFIG, "ImagePullBackOff", *waiting.REFUSALS,
                *preflight.REASONS, refusals.INVALID_POD_TEMPLATE}
     assert [r for r in sorted(reasons) if f"`{r}`" not in section] == []
+
+
+def test_the_readme_chaos_table_is_the_one_bench_chaos_wrote():
+    """README numbers come from bench/results: the chaos table is the default run's, cell
+    for cell, with its seed and fault count (regenerate with bench.common.markdown_table)."""
+    import json
+
+    from bench.common import markdown_table
+
+    data = json.loads((REPO / "bench" / "results" / "chaos.json").read_text())
+    section = README.split("### Chaos", 1)[1].split("\n## ", 1)[0]
+    for line in markdown_table(data["table"]).splitlines():
+        assert line in section, f"README's chaos table lacks (or changed) {line!r}"
+    assert f"seed {data['seed']}" in section and f"{data['faults_injected']} faults" in section
+

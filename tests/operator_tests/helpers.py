@@ -38,7 +38,8 @@ def job_body(name: str = "demo", replicas: int = 2, status: dict | None = None, 
 
 def observed(body: dict[str, Any], index: int, incarnation: int = 0, phase: str = "Running", ready: bool = True,
              exit_code: int | None = None, reason: str = "", deleting: bool = False,
-             disruption: str | None = None, stale_hash: bool = False):
+             disruption: str | None = None, stale_hash: bool = False, message: str = "",
+             finished_at: str | None = None):
     job = job_view(body)
     pod = copy.deepcopy(render_pod(job, index, incarnation, RenderConfig()))
     st: dict[str, Any] = {"phase": phase, "conditions": []}
@@ -49,7 +50,9 @@ def observed(body: dict[str, Any], index: int, incarnation: int = 0, phase: str 
     if reason:
         st["reason"] = reason
     if exit_code is not None:
-        st["containerStatuses"] = [{"name": "trainer", "state": {"terminated": {"exitCode": exit_code}}}]
+        term = {"exitCode": exit_code, **({"message": message} if message else {}),
+                **({"finishedAt": finished_at} if finished_at else {})}
+        st["containerStatuses"] = [{"name": "trainer", "state": {"terminated": term}}]
     pod["status"] = st
     if deleting:
         pod["metadata"]["deletionTimestamp"] = "2026-01-01T11:59:00Z"

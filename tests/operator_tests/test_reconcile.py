@@ -260,3 +260,25 @@ def test_losing_the_rendezvous_store_restarts_without_spending_the_budget():
     assert p.status["phase"] == "Restarting" and p.status["restarts"]["userError"] == 3
     assert p.status["restarts"]["infrastructure"] == 1 and p.status["reason"] == "RendezvousLost"
     assert p.status["restarts"]["total"] == 4
+
+
+def test_a_rank_that_failed_on_a_broken_collective_waits_for_its_peers_cause_then_restarts_as_infrastructure():
+    """PeerLost (a gloo read error, its peer's node died unseen) is not acted on until
+    PEER_SETTLE_S after it: the pass asks to look again, then restarts on the
+    infrastructure budget (bench/chaos.py charged it to the user before)."""
+    from stoker.operator.detection import PEER_SETTLE_S
+
+    gloo = "RuntimeError: [../gloo/transport/tcp/pair.cc:545] Read error [10.0.0.2]:41234: Connection reset by peer"
+    body = job_body(status=running_status())
+
+    def echo(ago: float):
+        return observed(body, 1, phase="Failed", exit_code=1, message=gloo,
+                        finished_at=fmt_time(NOW - dt.timedelta(seconds=ago)))
+
+    early = run(body, [observed(body, 0), echo(1)])
+    assert early.status["phase"] == "Running" and early.status["incarnation"] == 0
+    assert early.requeue_after is not None and early.requeue_after <= PEER_SETTLE_S - 1 + 0.01
+    late = run(body, [observed(body, 0), echo(PEER_SETTLE_S + 1)])
+    assert late.status["phase"] == "Restarting" and late.restart_cause == "infrastructure"
+    assert late.status["restarts"]["userError"] == 0 and late.status["incidents"][-1]["detectedCause"] == "PeerLost"
+

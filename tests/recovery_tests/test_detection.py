@@ -326,3 +326,31 @@ def test_an_elastic_ranks_relaunch_is_given_the_startup_allowance_not_the_heartb
     assert at(140.0, ranks=still_open).cause == D.HEARTBEAT_LOST   # SIGSTOPped: no allowance
     elsewhere = [pod(0, node="n9"), pod(1)]
     assert at(140.0, pods=elsewhere).cause == D.HEARTBEAT_LOST     # the pod it spoke from is gone
+
+
+GLOO_READ_ERROR = ("[rank1]:     w.wait()\n[rank1]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/"
+                   "transport/tcp/pair.cc:545] Read error [10.0.0.2]:41234: Connection reset by peer")
+
+
+def test_a_peer_whose_node_died_unseen_is_infrastructure_and_its_node_the_suspect():
+    """bench/chaos.py (seed 682991080, job chaos-4): a node was lost; before it turned
+    NotReady the surviving rank exited 1 with a gloo read error, and the restart was
+    charged to the user (WorkerCrashed). Now: PeerLost, infrastructure, the silent peer's
+    node is the one replacements avoid; acted on once PEER_SETTLE_S passed."""
+    pods = [pod(0, node="dying"), pod(1, node="n1", phase="Failed", exit_code=1, finished_ago=1,
+                                       message=GLOO_READ_ERROR)]
+    ranks = [rp(0, last_seen=90.0, pod_name="j-worker-0-0"), rp(1, last_seen=99.0, pod_name="j-worker-1-0")]
+    nodes = {"dying": node("dying"), "n1": node("n1")}          # the dying node still reads Ready
+    f = D.detect(pods, nodes, ranks, D.Timeouts(), 100.0, NOW, incarnation=0)
+    assert (f.cause, f.budget, f.pod, f.node) == (D.PEER_LOST, "infrastructure", "j-worker-1-0", "dying")
+    assert f.settle_s == pytest.approx(D.PEER_SETTLE_S - 1) and "suspect: j-worker-0-0 on node dying" in f.message
+    later = D.detect([pods[0], pod(1, node="n1", phase="Failed", exit_code=1, finished_ago=6, message=GLOO_READ_ERROR)],
+                     nodes, ranks, D.Timeouts(), 100.0, NOW, incarnation=0)
+    assert later.cause == D.PEER_LOST and later.settle_s == 0
+
+
+def test_a_peers_own_failure_is_the_root_even_when_it_ended_after_the_echo():
+    pods = [pod(0, phase="Failed", exit_code=1, finished_ago=3, message=GLOO_READ_ERROR),
+            pod(1, phase="Failed", exit_code=1, finished_ago=2, message="ValueError: loss is NaN at step 3")]
+    f = D.detect(pods, {"n1": node()}, [], D.Timeouts(), 100.0, NOW, incarnation=0)
+    assert (f.cause, f.pod, f.budget, f.settle_s) == (D.WORKER_CRASHED, "j-worker-1-0", "userError", 0.0)

@@ -22,6 +22,9 @@ Inputs are plain facts the shell gathers each pass:
   HeartbeatLost  a rank stopped heartbeating (dead or partitioned)     infrastructure
   Hang           the step did not advance within the progress timeout  infrastructure
   RendezvousLost the launcher lost the rendezvous store (exit 86)       infrastructure
+  PeerLost       trainer exited non-zero as a collective with another  infrastructure
+                 rank broke (peer_errors.py); judged only when no
+                 other pod shows a cause, after PEER_SETTLE_S
   ============== ===================================================== ============
 
 A failure that repeats with the same signature (cause, exit code, step) is
@@ -41,6 +44,7 @@ from typing import Iterable, Mapping, Sequence
 
 from stoker.common.timefmt import parse_time
 
+from .peer_errors import peer_transport_error
 from .podview import PodView
 
 # ---------------------------------------------------------------------------- causes
@@ -54,6 +58,7 @@ WORKER_CRASHED = "WorkerCrashed"
 HEARTBEAT_LOST = "HeartbeatLost"
 HANG = "Hang"
 RENDEZVOUS_LOST = "RendezvousLost"  # the launcher lost the operator's rendezvous store (exit 86)
+PEER_LOST = "PeerLost"  # a collective with another rank broke (that rank's failure is the root, if seen)
 USER_ERROR = "UserError"  # assigned by recovery.py for repeated identical failures
 
 BUDGET_OF = {
@@ -66,11 +71,14 @@ BUDGET_OF = {
     HEARTBEAT_LOST: "infrastructure",
     HANG: "infrastructure",
     RENDEZVOUS_LOST: "infrastructure",
+    PEER_LOST: "infrastructure",
     USER_ERROR: "userError",
 }
 # Lower wins when two pods finished at the same time.
 _PRIORITY = {PREEMPTED: 0, NODE_LOST: 1, EVICTED: 2, OOM_KILLED: 3, WORKER_KILLED: 4, WORKER_CRASHED: 5,
-             HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8}
+             HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8, PEER_LOST: 9}
+# A PeerLost failure waits this long (from its pod's end) for the peer's own failure to show.
+PEER_SETTLE_S = 5.0
 
 PREEMPTION_REASONS = frozenset({"PreemptionByScheduler", "PreemptionByKubeScheduler", "Preempted", "Preempting"})
 EVICTION_REASONS = frozenset({"Evicted", "EvictionByEvictionAPI", "DeletionByTaintManager", "TerminationByKubelet",
@@ -127,6 +135,7 @@ class Finding:
     step: int | None = None
     onset: dt.datetime | None = None     # best estimate of when the failure began
     error: str = ""                      # last error lines (termination message / heartbeat error)
+    settle_s: float = 0.0                # > 0: other evidence may still come; look again this much later
 
     @property
     def budget(self) -> str:
@@ -208,6 +217,11 @@ def classify_pod(pod: PodView, node: NodeView | None, node_known: bool = True) -
     if sig is not None:
         return Finding(WORKER_KILLED, f"worker pod {pod.name} was killed by {_signal_name(sig)} "
                        f"(exit code {pod.exit_code})", onset=pod.finished_at, **base)
+    broke = peer_transport_error(pod.message)
+    if broke:
+        return Finding(PEER_LOST, f"worker pod {pod.name} failed with exit code {pod.exit_code} as a collective "
+                       f"with another rank broke ({broke}): a peer died or the network failed",
+                       onset=pod.finished_at, **base)
     return Finding(WORKER_CRASHED, f"worker pod {pod.name} failed with exit code {pod.exit_code}",
                    onset=pod.finished_at, **base)
 
@@ -361,9 +375,10 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
             findings.append(f)
     if findings:
         far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
-        findings.sort(key=lambda f: (f.onset or far, _PRIORITY.get(f.cause, 99), f.pod or ""))
-        root = findings[0]
-        return _with_rank(root, ranks)
+        # A broken collective is the echo of a peer's failure: any other cause is the root.
+        findings.sort(key=lambda f: (f.cause == PEER_LOST, f.onset or far, _PRIORITY.get(f.cause, 99), f.pod or ""))
+        root = _with_rank(findings[0], ranks)
+        return _peer_suspect(root, current, ranks, now_wall) if root.cause == PEER_LOST else root
     if any(p.phase == "Succeeded" for p in current):
         return None  # finishing: some ranks stop heartbeating on purpose
     if expect_heartbeats:
@@ -374,6 +389,22 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
     f = check_heartbeats(mine, t, now_mono, now_wall,
                          relaunching=relaunching(mine, current) if in_place_restarts else frozenset())
     return _with_error(f, ranks) if f else None
+
+
+def _peer_suspect(f: Finding, pods: Sequence[PodView], ranks: Sequence[RankProgress],
+                  now_wall: dt.datetime) -> Finding:
+    """A PeerLost finding names, as its node, the node of the peer heard from longest ago
+    (a lost node's rank falls silent first; replacements prefer to avoid it), and waits
+    ``PEER_SETTLE_S`` from its onset for that peer's own failure to show."""
+    heard = {r.pod_name: r.last_seen for r in ranks if r.pod_name}
+    peers = sorted((p for p in pods if p.name != f.pod and p.phase != "Succeeded" and p.node),
+                   key=lambda p: (heard.get(p.name, float("-inf")), p.index))
+    settle = PEER_SETTLE_S - (now_wall - f.onset).total_seconds() if f.onset else 0.0
+    if not peers:
+        return dataclasses.replace(f, settle_s=max(0.0, settle))
+    p = peers[0]
+    return dataclasses.replace(f, node=p.node, settle_s=max(0.0, settle),
+                               message=f"{f.message}; suspect: {p.name} on node {p.node}")
 
 
 def relaunching(ranks: Sequence[RankProgress], pods: Sequence[PodView]) -> frozenset[int]:

@@ -148,6 +148,9 @@ def failure(ps: Pass) -> Plan | None:
         incidents=old.get("incidents"), policy=ps.settings.policy(job), rules=job.exit_code_rules,
         t=ps.settings.timeouts(job), now=ps.now,
         expect_heartbeats=bool(old.get("metrics") or old.get("workerHeartbeats")))
+    if sv is not None and sv.finding.settle_s > 0:   # a peer's own failure may still show: look again soon
+        ps.p.requeue(sv.finding.settle_s)
+        sv = None
     ps.decision = sv
     if sv is not None and sv.action == "fail":
         ps.finish("Failed", sv.reason, sv.message)
