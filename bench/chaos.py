@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import chaos_faults as K  # noqa: E402
 from bench.bench_recovery import Bench  # noqa: E402
-from bench.common import print_table, write_results  # noqa: E402
+from bench.common import code_version, print_table, write_results  # noqa: E402
 from stoker.common.layout import COMMIT_MARKER, parse_step_dir  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 from stoker.worker import journal  # noqa: E402
@@ -339,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs: list[dict] = []
     started = time.time()
     name = "chaos" if args.profile == "default" else f"chaos-{args.profile}"
+    # The code the run uses is read when each process starts (trainers per job, the operator
+    # after each kill): the version at the start is the run's, "machine" says the one at the end.
     results = {"profile": args.profile, "seed": seed, "command": [sys.executable, *sys.argv],
+               "code_at_start": code_version(),
                "settings": {k: v for k, v in profile.items()}, "jobs": jobs}
     try:
         b.setup(nodes=2)

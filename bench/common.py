@@ -48,10 +48,20 @@ def machine_info() -> dict[str, Any]:
 
         info["torch"] = torch.__version__
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    with contextlib.suppress(Exception):
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                            capture_output=True, text=True, timeout=5).stdout.strip()
+    info.update(code_version())
     return info
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the code came from, and whether the tracked files differed from it."""
+    out: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        git = ["git", "-C", str(ROOT)]
+        out["git_commit"] = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                           text=True, timeout=5).stdout.strip()
+        out["git_dirty"] = bool(subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                               capture_output=True, text=True, timeout=5).stdout.strip())
+    return out
 
 
 def fmt(value: Any) -> str:
