@@ -50,10 +50,23 @@ class Ctx:
         return f"{self.job}-worker-{self.rng.randrange(self.replicas)}-{inc}"
 
 
-def _signal_trainer(c: Ctx, sig: int, moment: dict | None = None) -> dict:
-    m = moment or c.moment()
-    pod = c.pod(m["incarnation"])
-    pid = F.trainer_pid(pod)
+def _process_at_moment(c: Ctx, find: Callable[[str], int | None], tries: int = 3) -> tuple[dict, str, int | None]:
+    """A random moment and the pid ``find`` gives for a random pod of its incarnation. When
+    the process is gone, the incarnation is ending (an earlier fault without a restart of
+    its own, e.g. the rendezvous store killed, restarted the job after all: the default
+    run's chaos-7): take the moment in the next incarnation instead."""
+    for n in range(tries):
+        m = c.moment()
+        pod = c.pod(m["incarnation"])
+        pid = find(pod)
+        if pid or c.finished():
+            break
+        c.after_incarnation = m["incarnation"]
+    return {**m, "retried": n}, pod, pid
+
+
+def _signal_trainer(c: Ctx, sig: int) -> dict:
+    m, pod, pid = _process_at_moment(c, F.trainer_pid)
     t0 = time.time()
     ok = F.signal_pid(pid, sig)
     if ok and sig == signal.SIGSTOP:
@@ -70,9 +83,7 @@ def sigstop(c: Ctx) -> dict:
 
 
 def sigkill_launcher(c: Ctx) -> dict:
-    m = c.moment()
-    pod = c.pod(m["incarnation"])
-    pid = F.launcher_pid(pod)
+    m, pod, pid = _process_at_moment(c, F.launcher_pid)
     t0 = time.time()
     return {"t0": t0, "pod": pod, "hit": F.signal_pid(pid, signal.SIGKILL), **m}
 

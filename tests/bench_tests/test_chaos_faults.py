@@ -34,3 +34,27 @@ def test_a_fault_is_not_credited_with_the_restart_the_next_fault_caused():
     kill = {"t0": 141.7, "expect": K.RESTARTS, "incarnation": 0}
     attach_latency(kill, [143.0], recs)
     assert round(kill["detect_s"], 1) == 1.3 and round(kill["recover_s"], 1) == 8.3
+
+
+def test_a_during_recovery_fault_began_at_its_first_kill():
+    # the default run credited an S3 outage with a during_recovery's first kill (t0 is its second)
+    from bench.chaos import injected_at
+
+    assert injected_at({"t0": 110.0, "first": {"t0": 102.0}}) == 102.0
+    assert injected_at({"t0": 110.0}) == 110.0 and injected_at({}) == float("inf")
+
+
+def test_a_fault_whose_process_is_gone_waits_for_the_next_incarnation():
+    """chaos-7 of the default run: the process of the moment's incarnation was gone (the
+    job was restarting), and the fault was counted as not injected."""
+    import random
+
+    moments = iter([{"incarnation": 2}, {"incarnation": 3}])
+    ctx = K.Ctx(rng=random.Random(1), job="j", replicas=2, journal_dir=None, incarnation=lambda: 3,
+                finished=lambda: False, pod_node=None, lose_node=None, kill_operator=None, start_operator=None,
+                operator_pid=None, stop_s3=None, start_s3=None, s3_outage_s=(1, 2))
+    ctx.moment = lambda: next(moments)
+    pids = {"j-worker-0-3": 42, "j-worker-1-3": 43}
+    m, pod, pid = K._process_at_moment(ctx, pids.get)
+    assert m == {"incarnation": 3, "retried": 1} and pid in (42, 43) and ctx.after_incarnation == 2
+
