@@ -54,4 +54,5 @@ def test_only_the_leader_acts_and_the_follower_takes_over(cluster, kube, namespa
              timeout=60, on_timeout=follower.tail)
     wait_for("3 workers", lambda: len(worker_pods(kube, namespace, "peer")) == 3)
     # (the killed leader's pod keeps its label here; a real one restarts and says "false" first)
-    assert active_label(kube, namespace, "op-follower") == "true"
+    wait_for("the follower's pod labelled active", lambda: active_label(kube, namespace, "op-follower") == "true",
+             timeout=30, on_timeout=follower.tail)   # its 2 s check may come after kopf resumed it

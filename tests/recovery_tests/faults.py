@@ -130,13 +130,18 @@ def computed_steps(journal_dir: pathlib.Path, rank: int = 0) -> list[int]:
     return sorted(r["step"] for r in journal.read(journal_dir) if r["event"] == "step" and r["rank"] == rank)
 
 
-def saves_overlapping(records: list[dict], start: float, end: float, interval: int, rank: int = 0) -> list[int]:
+def saves_overlapping(records: list[dict], start: float, end: float, interval: int, rank: int = 0,
+                      *, finished_only: bool = False) -> list[int]:
     """Checkpoint steps (every ``interval``) whose save was in flight at some moment of
     [start, end]: the step was computed (its save began) before ``end`` and its outcome
-    came after ``start``, or never."""
+    came after ``start``, or never. With ``finished_only`` a save must have an outcome (ok
+    or failed) in the journal: once the job has ended, "never" means no save happened at
+    that step at all (a deliberate break, saves turned off, passed without it)."""
     begun = {r["step"]: r["t"] for r in records if r["event"] == "step" and r["rank"] == rank
              and r["step"] % interval == 0}
     done = {r["step"]: r["t"] for r in records if r["event"] == "checkpoint" and r["rank"] == rank}
+    if finished_only:
+        begun = {s: t for s, t in begun.items() if s in done}
     return sorted(s for s, t in begun.items() if t <= end and done.get(s, float("inf")) >= start)
 
 

@@ -86,3 +86,4 @@ def test_a_save_overlaps_an_outage_when_it_was_in_flight_during_it():
     assert F.saves_overlapping(recs, 11.0, 14.0, interval=5) == []          # between saves
     assert F.saves_overlapping(recs, 16.0, 17.0, interval=5) == [15]        # 15 never committed
     assert F.saves_overlapping(recs, 26.0, 27.0, interval=5) == [15, 20]
+    assert F.saves_overlapping(recs, 16.0, 17.0, interval=5, finished_only=True) == []   # 15: no outcome
