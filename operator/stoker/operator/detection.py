@@ -8,24 +8,9 @@ Inputs are plain facts the shell gathers each pass:
     last step and when it last advanced, recent step times), kept by
     ``heartbeats.ProgressTracker``.
 
-``detect()`` returns at most one ``Finding`` -- the root cause -- or None. Causes:
-
-  ============== ===================================================== ============
-  cause          evidence                                              budget
-  ============== ===================================================== ============
-  Preempted      DisruptionTarget PreemptionByScheduler / Preempted    preemption
-  Evicted        pod reason Evicted, DisruptionTarget (taint manager…) infrastructure
-  NodeLost       node NotReady/Unknown/unreachable/deleted under a pod infrastructure
-  OOMKilled      trainer terminated with reason OOMKilled              userError
-  WorkerKilled   trainer exited by a signal (128+N) without OOM        infrastructure
-  WorkerCrashed  trainer exited non-zero on its own                    userError
-  HeartbeatLost  a rank stopped heartbeating (dead or partitioned)     infrastructure
-  Hang           the step did not advance within the progress timeout  infrastructure
-  RendezvousLost the launcher lost the rendezvous store (exit 86)       infrastructure
-  PeerLost       trainer exited non-zero as a collective with another  infrastructure
-                 rank broke (peer_errors.py); judged only when no
-                 other pod shows a cause, after PEER_SETTLE_S
-  ============== ===================================================== ============
+``detect()`` returns at most one ``Finding`` -- the root cause -- or None: one of the
+causes below, each with its budget in ``BUDGET_OF`` (the evidence for each is the table
+in docs/recovery.md).
 
 A failure that repeats with the same signature (cause, exit code, step) is
 re-labelled ``UserError`` by recovery.py: that is the "same failure at the same
@@ -33,7 +18,8 @@ step again and again" case, whatever it looked like the first time.
 
 Which cause wins when several show up in one pass: pod-level evidence is more
 specific than heartbeat silence, and among failed pods the one that finished
-first is the root (the others usually died in the collective after it).
+first is the root (the others usually died in the collective after it); a PeerLost
+pod (a broken collective, peer_errors.py) is the root only when no other pod shows why.
 """
 from __future__ import annotations
 
@@ -44,7 +30,7 @@ from typing import Iterable, Mapping, Sequence
 
 from stoker.common.timefmt import parse_time
 
-from .peer_errors import peer_transport_error
+from .peer_errors import PEER_SETTLE_S, peer_transport_error, with_suspect  # noqa: F401 (PEER_SETTLE_S)
 from .podview import PodView
 
 # ---------------------------------------------------------------------------- causes
@@ -77,8 +63,6 @@ BUDGET_OF = {
 # Lower wins when two pods finished at the same time.
 _PRIORITY = {PREEMPTED: 0, NODE_LOST: 1, EVICTED: 2, OOM_KILLED: 3, WORKER_KILLED: 4, WORKER_CRASHED: 5,
              HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8, PEER_LOST: 9}
-# A PeerLost failure waits this long (from its pod's end) for the peer's own failure to show.
-PEER_SETTLE_S = 5.0
 
 PREEMPTION_REASONS = frozenset({"PreemptionByScheduler", "PreemptionByKubeScheduler", "Preempted", "Preempting"})
 EVICTION_REASONS = frozenset({"Evicted", "EvictionByEvictionAPI", "DeletionByTaintManager", "TerminationByKubelet",
@@ -378,7 +362,7 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
         # A broken collective is the echo of a peer's failure: any other cause is the root.
         findings.sort(key=lambda f: (f.cause == PEER_LOST, f.onset or far, _PRIORITY.get(f.cause, 99), f.pod or ""))
         root = _with_rank(findings[0], ranks)
-        return _peer_suspect(root, current, ranks, now_wall) if root.cause == PEER_LOST else root
+        return with_suspect(root, current, ranks, now_wall) if root.cause == PEER_LOST else root
     if any(p.phase == "Succeeded" for p in current):
         return None  # finishing: some ranks stop heartbeating on purpose
     if expect_heartbeats:
@@ -389,22 +373,6 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
     f = check_heartbeats(mine, t, now_mono, now_wall,
                          relaunching=relaunching(mine, current) if in_place_restarts else frozenset())
     return _with_error(f, ranks) if f else None
-
-
-def _peer_suspect(f: Finding, pods: Sequence[PodView], ranks: Sequence[RankProgress],
-                  now_wall: dt.datetime) -> Finding:
-    """A PeerLost finding names, as its node, the node of the peer heard from longest ago
-    (a lost node's rank falls silent first; replacements prefer to avoid it), and waits
-    ``PEER_SETTLE_S`` from its onset for that peer's own failure to show."""
-    heard = {r.pod_name: r.last_seen for r in ranks if r.pod_name}
-    peers = sorted((p for p in pods if p.name != f.pod and p.phase != "Succeeded" and p.node),
-                   key=lambda p: (heard.get(p.name, float("-inf")), p.index))
-    settle = PEER_SETTLE_S - (now_wall - f.onset).total_seconds() if f.onset else 0.0
-    if not peers:
-        return dataclasses.replace(f, settle_s=max(0.0, settle))
-    p = peers[0]
-    return dataclasses.replace(f, node=p.node, settle_s=max(0.0, settle),
-                               message=f"{f.message}; suspect: {p.name} on node {p.node}")
 
 
 def relaunching(ranks: Sequence[RankProgress], pods: Sequence[PodView]) -> frozenset[int]:
