@@ -76,10 +76,15 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def _cells(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None) -> tuple[list[str], list[list[str]]]:
+    """The columns (default: the first row's keys) and each row's formatted cells."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    return columns, [[fmt(r.get(c, "")) for c in columns] for r in rows]
+
+
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """Print rows as an aligned table (columns default to the first row's keys)."""
-    columns = list(columns or (rows[0].keys() if rows else []))
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    columns, cells = _cells(rows, columns)
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
@@ -93,9 +98,9 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """The same rows as a Markdown table: what the README shows, checked against the
     results file by tests/test_readme.py."""
-    columns = list(columns or (rows[0].keys() if rows else []))
+    columns, cells = _cells(rows, columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
 
 

@@ -31,10 +31,9 @@ PATTERNS = (
 
 def peer_transport_error(text: str | None) -> str | None:
     """The first pattern found in a failed trainer's last lines, or None."""
-    for p in PATTERNS:
-        if text and p in text:
-            return p
-    return None
+    if not text:
+        return None
+    return next((p for p in PATTERNS if p in text), None)
 
 
 def with_suspect(f: "Finding", pods: Sequence["PodView"], ranks: Sequence["RankProgress"],
