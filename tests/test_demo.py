@@ -35,9 +35,15 @@ def test_make_demo_end_to_end(tmp_path):
     # The operator detected the killed worker, restarted the job once from the last complete
     # checkpoint, and the result is bit-identical to an undisturbed run of the same training.
     assert training["restarts"]["total"] == 1 and training["restarts"]["userError"] == 0
-    [incident] = training["incidents"]
+    [incident] = [i for i in training["incidents"] if i["kind"] == "Restart"]
     assert incident["detectedCause"] == "WorkerKilled" and incident["exitCode"] == 137
     assert 0 < training["resumed_from_step"] <= training["failure_injected_at_step"]
+    # The one other incident the demo can record (seen in CI on a loaded machine): the kill cut
+    # a save still uploading, so the survivor reported that step's checkpoint did not commit;
+    # then the job resumed from an older one, never from the failed save.
+    for other in (i for i in training["incidents"] if i["kind"] != "Restart"):
+        assert other["kind"] == "CheckpointFailed", other
+        assert training["resumed_from_step"] < other["step"] <= training["failure_injected_at_step"], other
     assert len(training["final_checksum"]) == 64
     assert training["final_checksum"] == training["reference_checksum"]
     assert training["identical_to_undisturbed_run"] is True

@@ -191,6 +191,11 @@ def test_drain_waits_for_every_rank_or_the_grace_period(acks, now, done):
 def test_last_error_lines():
     assert R.last_error_lines("a\n\n b \nc\n", lines=2) == " b\nc"
     assert R.last_error_lines("") == ""
+    # A killed trainer's last lines are info notices, not an error (seen in `make demo`'s incident).
+    info = '{"level": "info", "msg": "checkpoint.staged step=20"}'
+    assert R.last_error_lines(' "level": "info", "msg": "Found credentials"}\n' + info) == ""
+    assert R.last_error_lines(info + '\n{"level": "error", "msg": "boom"}\nTraceback (most recent call last):') == \
+        '{"level": "error", "msg": "boom"}\nTraceback (most recent call last):'
 
 
 def test_a_replaced_pods_last_heartbeats_do_not_speak_for_its_replacement():

@@ -37,3 +37,8 @@ S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 # (each step, where it resumed, each checkpoint outcome) to a file of its own that
 # nothing ever rewrites (stoker.worker.journal). Unset in production.
 STEP_JOURNAL_DIR = "STOKER_STEP_JOURNAL_DIR"
+
+# Set by the launcher (stoker.operator.launch) for its trainers: a private folder where each
+# trainer's Session keeps its last completed step (stoker.common.last_step), so the launcher
+# can say at which step a worker died, even of SIGKILL.
+LAST_STEP_DIR = "STOKER_LAST_STEP_DIR"

@@ -34,7 +34,6 @@ from .peer_errors import PEER_SETTLE_S, peer_transport_error, with_suspect  # no
 from .podview import PodView
 
 # ---------------------------------------------------------------------------- causes
-
 PREEMPTED = "Preempted"
 EVICTED = "Evicted"
 NODE_LOST = "NodeLost"
@@ -74,7 +73,6 @@ NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 
 # ---------------------------------------------------------------------------- facts
-
 
 @dataclasses.dataclass(frozen=True)
 class NodeView:
@@ -120,6 +118,7 @@ class Finding:
     onset: dt.datetime | None = None     # best estimate of when the failure began
     error: str = ""                      # last error lines (termination message / heartbeat error)
     settle_s: float = 0.0                # > 0: other evidence may still come; look again this much later
+    step_exact: bool = True              # False: ``step`` is a heartbeat's, up to an interval old
 
     @property
     def budget(self) -> str:
@@ -127,7 +126,6 @@ class Finding:
 
 
 # ---------------------------------------------------------------------------- parsing
-
 
 def node_view(node: Mapping) -> NodeView:
     meta = node.get("metadata") or {}
@@ -160,14 +158,13 @@ def _signal_name(n: int) -> str:
 
 # ---------------------------------------------------------------------------- pods and nodes
 
-
 def classify_pod(pod: PodView, node: NodeView | None, node_known: bool = True) -> Finding | None:
     """The cause for one pod, or None if it is healthy (or succeeded).
 
     ``node`` is the pod's node; None with ``node_known`` means the Node object is gone.
     """
     reasons = {pod.reason, pod.disruption or ""}
-    base = dict(pod=pod.name, node=pod.node, exit_code=pod.exit_code, error=pod.message)
+    base = dict(pod=pod.name, node=pod.node, exit_code=pod.exit_code, error=pod.message, step=pod.last_step)
     if reasons & PREEMPTION_REASONS:
         return Finding(PREEMPTED, f"worker pod {pod.name} was preempted ({pod.disruption or pod.reason})",
                        onset=pod.finished_at, **base)
@@ -225,7 +222,6 @@ def force_delete(pods: Iterable[PodView], nodes: Mapping[str, NodeView]) -> list
 
 # ---------------------------------------------------------------------------- heartbeats
 
-
 @dataclasses.dataclass(frozen=True)
 class Timeouts:
     """Detection timeouts (seconds). ``progress_s`` None means "derive it"."""
@@ -280,7 +276,7 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
                        f"rank {r.rank} ({r.pod_name or 'pod ?'}) sent no heartbeat for "
                        f"{now_mono - r.last_seen:.0f}s ({why})",
                        pod=r.pod_name or None, rank=r.rank, node=r.node_name or None, step=r.step,
-                       onset=_onset(now_wall, now_mono, r.last_seen))
+                       step_exact=False, onset=_onset(now_wall, now_mono, r.last_seen))
     # 2) hang: the job's step has not advanced within the progress timeout
     all_times = [s for r in live for s in r.step_times]
     ck = max((r.checkpoint_s or 0.0) for r in live)
@@ -338,7 +334,6 @@ def never_heard(pods: Sequence[PodView], ranks: Sequence[RankProgress], t: Timeo
 
 # ---------------------------------------------------------------------------- the root cause
 
-
 def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequence[RankProgress],
            t: Timeouts, now_mono: float, now_wall: dt.datetime, *, incarnation: int,
            nodes_listed: bool = True, expect_heartbeats: bool = False,
@@ -391,6 +386,7 @@ def _with_rank(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
     r = min(mine, key=lambda r: r.rank)
     return dataclasses.replace(f, rank=r.rank if f.rank is None else f.rank,
                                step=r.step if f.step is None else f.step,
+                               step_exact=f.step_exact and f.step is not None,
                                error=f.error or r.error)
 
 

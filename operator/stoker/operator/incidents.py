@@ -46,6 +46,8 @@ def record(finding: D.Finding, *, kind: str, budget: str, incarnation: int, now:
                      ("exitCode", finding.exit_code), ("step", finding.step)):
         if val is not None:
             inc[key] = val
+    if finding.step is not None and not finding.step_exact:
+        inc["stepApproximate"] = True   # a heartbeat's step: the repeat rule does not count it
     if error:
         inc["error"] = error[:1000]
     if finding.onset is not None:

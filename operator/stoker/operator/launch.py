@@ -26,13 +26,16 @@ Runs inside the worker pod (needs torch); the operator only names it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Mapping
 
 from stoker.common import env as E
+from stoker.common import last_step
 
 # The agent lost the rendezvous store (e.g. the operator restarted): not the
 # user's fault: detection names it RendezvousLost (infrastructure).
@@ -124,6 +127,17 @@ def missing_program(e: OSError) -> int:
     return 126 if found else 127
 
 
+def _step_dir() -> str | None:
+    """A private folder for the trainers' last steps (``stoker.common.last_step``), named to
+    them in the environment they inherit; None where no temporary folder can be made."""
+    try:
+        path = tempfile.mkdtemp(prefix="stoker-steps-")
+    except OSError:
+        return None
+    os.environ[E.LAST_STEP_DIR] = path
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException, _terminate_process_handler
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -137,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     if window > 0:
         hold = SigtermHold(window, _terminate_process_handler)
         args = hold.install(args, "--signals-to-handle" in get_args_parser()._option_string_actions)
+    steps = _step_dir()
     try:
         torchrun_main(args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = exit_code_of(int(failure.exitcode))
-        print(f"stoker launch: worker rank {rank} exited with {failure.exitcode}; exiting {code}",
+        print(last_step.exit_line(rank, failure.exitcode, code, last_step.read(steps, rank)),
               file=sys.stderr, flush=True)
         return code
     except SignalException as e:
@@ -157,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if hold is not None:
             hold.cancel()
+        if steps:
+            shutil.rmtree(steps, ignore_errors=True)
     if hold is not None and hold.held_at is not None:
         print(f"stoker launch: the workers stopped {time.monotonic() - hold.held_at:.1f}s after SIGTERM",
               file=sys.stderr, flush=True)

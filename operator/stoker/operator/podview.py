@@ -11,6 +11,7 @@ import re
 from typing import Any, Mapping
 
 from stoker.common import labels as L
+from stoker.common import last_step
 from stoker.common.timefmt import parse_time
 
 from .waiting import Waiting, pod_waiting
@@ -38,6 +39,7 @@ class PodView:
     deletion_grace_s: int | None = None     # metadata.deletionGracePeriodSeconds
     started_at: dt.datetime | None = None   # the trainer container started running
     waiting: Waiting | None = None   # why this Pending pod cannot start (waiting.py)
+    last_step: int | None = None     # the failed rank's last completed step, as its launcher said
 
     @property
     def finished(self) -> bool:
@@ -142,4 +144,5 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         deletion_grace_s=meta.get("deletionGracePeriodSeconds"),
         started_at=parse_time(trainer_started_at(pod)),
         waiting=pod_waiting(pod),
+        last_step=last_step.step_of(term.get("message")),
     )

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -56,6 +57,9 @@ REPEATABLE = frozenset({D.WORKER_CRASHED, D.OOM_KILLED, D.WORKER_KILLED, D.HANG,
                         D.USER_ERROR})
 ERROR_LINES = 5
 ERROR_CHARS = 800
+# A structured log line at debug/info level is not an error (a SIGKILLed trainer's last lines
+# are its checkpoint notices); the line may be cut at its start, so the level is matched as text.
+_QUIET = re.compile(r'"level":\s*"(debug|info)"', re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +112,11 @@ REASON_OF = {
 # ---------------------------------------------------------------------------- repetition
 
 
-def signature(cause: str, exit_code: int | None, step: int | None) -> tuple | None:
+def signature(cause: str, exit_code: int | None, step: int | None, exact: bool = True) -> tuple | None:
     """What makes two failures "the same": cause, exit code and step. None when
-    the step is unknown (then nothing can be said to repeat at the same step)."""
-    if step is None or step < 0:
+    the step is unknown or only a heartbeat's (up to an interval old: kills at steps 9, 10
+    and 15 all read "step 10"), so nothing can be said to repeat at the same step."""
+    if step is None or step < 0 or not exact:
         return None
     return (cause, exit_code, int(step))
 
@@ -122,7 +127,7 @@ def repeats(history: Sequence[Mapping[str, Any]], finding: D.Finding) -> int:
     ``history`` is status.incidents (oldest first); an incident's signature uses
     its ``reason``-independent detection cause (``detectedCause``, else ``cause``).
     """
-    sig = signature(finding.cause, finding.exit_code, finding.step)
+    sig = signature(finding.cause, finding.exit_code, finding.step, finding.step_exact)
     if sig is None:
         return 1
     n = 1
@@ -132,14 +137,14 @@ def repeats(history: Sequence[Mapping[str, Any]], finding: D.Finding) -> int:
         cause = inc.get("detectedCause")
         if cause == D.USER_ERROR:
             cause = inc.get("originalCause", cause)
-        if signature(cause or "", inc.get("exitCode"), inc.get("step")) != sig:
+        if signature(cause or "", inc.get("exitCode"), inc.get("step"), not inc.get("stepApproximate")) != sig:
             break
         n += 1
     return n
 
 
 def last_error_lines(text: str, lines: int = ERROR_LINES, chars: int = ERROR_CHARS) -> str:
-    tail = [ln.rstrip() for ln in (text or "").strip().splitlines() if ln.strip()][-lines:]
+    tail = [ln.rstrip() for ln in (text or "").strip().splitlines() if ln.strip() and not _QUIET.search(ln)][-lines:]
     out = "\n".join(tail)
     return out[-chars:]
 

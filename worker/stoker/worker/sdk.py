@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from stoker.common import env
+from stoker.common import env, last_step
 from stoker.common.proto import stoker_pb2 as pb
 
 log = logging.getLogger("stoker.worker.sdk")
@@ -68,6 +68,7 @@ class Session:
         node_name: str = "",
         interval_s: float = 5.0,
         journal_dir: str | None = None,
+        last_step_dir: str | None = None,
     ) -> None:
         self.identity = pb.JobIdentity(
             namespace=namespace, job_name=job_name, job_uid=job_uid, incarnation=incarnation, rank=rank,
@@ -98,6 +99,7 @@ class Session:
         self._stop_request: str | None = None
         self._reporter = None
         self._journal = None
+        self._last_step = last_step.open_writer(last_step_dir, rank)
         if journal_dir:
             from .journal import StepJournal
 
@@ -126,7 +128,7 @@ class Session:
             rank=num("RANK", 0), world_size=num("WORLD_SIZE", 1),
             replica_index=num(env.REPLICA_INDEX, 0), pod_name=e.get(env.POD_NAME, ""),
             node_name=e.get(env.NODE_NAME, ""), interval_s=num(env.HEARTBEAT_INTERVAL, 5.0, float),
-            journal_dir=e.get(env.STEP_JOURNAL_DIR) or None,
+            journal_dir=e.get(env.STEP_JOURNAL_DIR) or None, last_step_dir=e.get(env.LAST_STEP_DIR) or None,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -167,6 +169,8 @@ class Session:
                 self._metrics.update(metrics)
             if self._phase in (pb.STARTING, pb.RESTORING):
                 self._phase = pb.TRAINING
+        if self._last_step is not None:
+            self._last_step.write(step)
         if self._journal is not None:
             self._journal.record("step", step)
 
