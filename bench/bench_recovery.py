@@ -229,9 +229,11 @@ class Bench:
             pid = wait("trainer pid", lambda: trainer_pid(pod_name=pod), 30)
             t0 = time.time()
             os.kill(pid, signal.SIGKILL if kind == "crash" else signal.SIGSTOP)
-        st = wait("incident", lambda: (s := self.status(name)).get("incidents") and s, 600, 0.1)
+        # The restart's incident: a save the fault cut records a CheckpointFailed first
+        # (a survivor's), which is not the detection of the fault.
+        inc = wait("incident", lambda: next((i for i in self.status(name).get("incidents") or []
+                                             if i.get("kind") in ("Restart", "Replace")), None), 600, 0.1)
         t_detect = time.time()
-        inc = st["incidents"][-1]
         first = wait("recovery", lambda: [r["t"] for r in F.steps_of(jdir, 1)], 600)
         if kind == "hang":
             try:
