@@ -42,3 +42,7 @@ STEP_JOURNAL_DIR = "STOKER_STEP_JOURNAL_DIR"
 # trainer's Session keeps its last completed step (stoker.common.last_step), so the launcher
 # can say at which step a worker died, even of SIGKILL.
 LAST_STEP_DIR = "STOKER_LAST_STEP_DIR"
+
+# Set by the operator when it hosts the locked rendezvous (stoker.common.rdzv_lock): the
+# launcher then reaches it through a local forwarder that presents the job's token.
+RENDEZVOUS_LOCKED = "STOKER_RENDEZVOUS_LOCKED"

@@ -35,7 +35,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from stoker.common import env as E
-from stoker.common import last_step
+from stoker.common import last_step, rdzv_lock
 
 # The agent lost the rendezvous store (e.g. the operator restarted): not the
 # user's fault: detection names it RendezvousLost (infrastructure).
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         hold = SigtermHold(window, _terminate_process_handler)
         args = hold.install(args, "--signals-to-handle" in get_args_parser()._option_string_actions)
     steps = _step_dir()
+    args, forwarder = rdzv_lock.lock_args(args, os.environ)
     try:
         torchrun_main(args)
     except ChildFailedError as e:
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             hold.cancel()
         if steps:
             shutil.rmtree(steps, ignore_errors=True)
+        if forwarder is not None:
+            forwarder.close()
     if hold is not None and hold.held_at is not None:
         print(f"stoker launch: the workers stopped {time.monotonic() - hold.held_at:.1f}s after SIGTERM",
               file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ from .kube import Kube, authorization_header
 from .pods import RenderConfig
 from .recovery import NodeHealth
 from .recovery_shell import RecoveryShell
+from .rdzv_gateway import Gateway
 from .rendezvous import NO_TORCH, StoreProcess, endpoint
 from .rendezvous import torch_installed as rendezvous_torch_installed
 from .supervision import Settings
@@ -82,20 +83,6 @@ def startup(memo: kopf.Memo, **_: object) -> None:
     """Operator-wide state, built once and kept in the memo (kopf's settings come from
     ``operator_settings``, given to kopf.run)."""
     cfg: Config = memo.config
-    store_port = cfg.rendezvous_port
-    if store_port > 0:
-        memo.store = StoreProcess(store_port)
-        memo.store.start()
-        memo.store.watch()
-    metrics.serve(cfg.metrics_port)
-    render = RenderConfig(
-        rendezvous_endpoint=endpoint(cfg.rendezvous_advertise_address, store_port or 29400),
-        operator_addr=cfg.heartbeat_address,
-        last_call_timeout_s=cfg.last_call_timeout_seconds,
-        torchrun_max_restarts=cfg.torchrun_max_restarts,
-        s3_endpoint=cfg.s3_endpoint,
-        launcher=cfg.launcher,
-    )
     kube = Kube(cfg.kubeconfig)
     if cfg.peering:
         kube.ensure_peering(cfg.peering, list(cfg.namespaces))
@@ -106,6 +93,18 @@ def startup(memo: kopf.Memo, **_: object) -> None:
             kube, listen, on_change=lambda ns, n: memo.controller.trigger_soon(ns, n, cfg.pod_event_delay_seconds))
         heartbeats.start()
         memo.heartbeats = heartbeats
+    store_port = cfg.rendezvous_port
+    locked = store_port > 0 and start_rendezvous(memo, cfg, heartbeats)
+    metrics.serve(cfg.metrics_port)
+    render = RenderConfig(
+        rendezvous_endpoint=endpoint(cfg.rendezvous_advertise_address, store_port or 29400),
+        rendezvous_locked=locked,
+        operator_addr=cfg.heartbeat_address,
+        last_call_timeout_s=cfg.last_call_timeout_seconds,
+        torchrun_max_restarts=cfg.torchrun_max_restarts,
+        s3_endpoint=cfg.s3_endpoint,
+        launcher=cfg.launcher,
+    )
     recovery = RecoveryShell(
         kube, heartbeats,
         settings=Settings(max_infra_restarts=cfg.max_infra_restarts,
@@ -119,13 +118,32 @@ def startup(memo: kopf.Memo, **_: object) -> None:
                                         "metrics_port": cfg.metrics_port, "peering": cfg.peering or "standalone"})
 
 
+def start_rendezvous(memo: kopf.Memo, cfg: Config, heartbeats: OperatorHeartbeats | None) -> bool:
+    """Host the rendezvous; True when it is locked (per-job stores behind the gateway, which
+    needs the job tokens of the heartbeat service and Stoker's launcher in the pods)."""
+    if heartbeats is None or cfg.launcher != "stoker":
+        log.warning("the rendezvous store is shared and unlocked: any pod that reaches it can read or change "
+                    "another job's rendezvous; it is locked when the heartbeat service is on "
+                    "(--heartbeat-address) and --launcher is stoker")
+        memo.store = StoreProcess(cfg.rendezvous_port)
+        memo.store.start()
+        memo.store.watch()
+        return False
+    memo.store = StoreProcess(0, per_job=True)
+    memo.store.start()
+    memo.store.watch()
+    memo.gateway = Gateway(cfg.rendezvous_port, heartbeats.lookup, memo.store).start()
+    return True
+
+
 def cleanup(memo: kopf.Memo, **_: object) -> None:
     heartbeats = memo.pop("heartbeats", None)
     if heartbeats is not None:
         heartbeats.stop()
-    store = memo.pop("store", None)
-    if store is not None:
-        store.stop()
+    for name in ("gateway", "store"):
+        part = memo.pop(name, None)
+        if part is not None:
+            part.stop()
 
 
 def on_job_event(type: str | None, name: str, namespace: str, meta: dict, memo: kopf.Memo, **_: object) -> None:
@@ -133,6 +151,8 @@ def on_job_event(type: str | None, name: str, namespace: str, meta: dict, memo: 
     if type == "DELETED":
         metrics.observe_phase(namespace, name, None)
         ctl.forget(namespace, name)
+        if memo.get("gateway") is not None:
+            memo.gateway.forget(namespace, name)
         return
     if ctl.is_own_write(namespace, name, meta.get("resourceVersion")):
         return

@@ -46,6 +46,7 @@ class RenderConfig:
     """Operator-wide settings that shape every worker pod."""
 
     rendezvous_endpoint: str = "127.0.0.1:29400"  # an IP literal: no DNS needed
+    rendezvous_locked: bool = False                # the gateway: the launcher presents the job's token
     operator_addr: str | None = None               # gRPC heartbeat service (later issue)
     last_call_timeout_s: int = 2                    # how long a round waits for more than MIN nodes
     join_timeout_s: int = 600
@@ -170,6 +171,8 @@ def worker_env(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
     ]
     if cfg.operator_addr:
         env.append({"name": E.OPERATOR_ADDR, "value": cfg.operator_addr})
+    if cfg.rendezvous_locked:
+        env.append({"name": E.RENDEZVOUS_LOCKED, "value": "1"})
     ck = job.checkpoint
     if ck:
         env.append({"name": E.CHECKPOINT_URI, "value": str(ck["uri"])})

@@ -18,6 +18,7 @@ import argparse
 import ctypes
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -65,12 +66,14 @@ def require_torch(port: int = 29400) -> None:
 class StoreProcess:
     """Starts the store child and waits until it accepts connections."""
 
-    def __init__(self, port: int, bind_host: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, bind_host: str = "0.0.0.0", per_job: bool = False) -> None:
         self.port = port
         self.bind_host = bind_host
+        self.per_job = per_job           # the locked mode: per-job stores, asked for with ``request``
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self._stopping = threading.Event()
+        self._pipe = threading.Lock()
 
     def watch(self, interval_s: float = 0.5) -> threading.Thread:
         """Restart the store whenever it exits, until stop(); returns the thread."""
@@ -91,6 +94,12 @@ class StoreProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         require_torch(self.port)
+        if self.per_job:
+            self.proc = subprocess.Popen([sys.executable, "-m", "stoker.operator.rendezvous", "--per-job"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.request("PING", timeout)   # answered once torch is imported
+            log.info("rendezvous stores ready (per job, behind the gateway)", extra={"pid": self.proc.pid})
+            return
         probe = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stoker.operator.rendezvous", "--port", str(self.port)],
@@ -106,6 +115,31 @@ class StoreProcess:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"rendezvous store did not listen on port {self.port} within {timeout:.0f}s")
+
+    def request(self, line: str, timeout: float = 30.0) -> str:
+        """One request to the per-job store process and its answer; ConnectionError when it is
+        down (the watchdog starts it again)."""
+        with self._pipe:
+            proc = self.proc
+            if proc is None or proc.poll() is not None or proc.stdin is None or proc.stdout is None:
+                raise ConnectionError("the rendezvous store process is not running")
+            try:
+                proc.stdin.write(line.encode() + b"\n")
+                proc.stdin.flush()
+                ready, _, _ = select.select([proc.stdout], [], [], timeout)
+                answer = proc.stdout.readline().decode().strip() if ready else ""
+            except OSError as e:
+                raise ConnectionError(f"the rendezvous store process: {e}") from None
+            if not answer:
+                raise ConnectionError(f"the rendezvous store process did not answer {line.split()[0]}")
+            return answer
+
+    def open(self, key: str) -> int:
+        """The loopback port of ``key``'s store, made on first use."""
+        verb, _, port = self.request(f"OPEN {key}").partition(" ")
+        if verb != "PORT":
+            raise ConnectionError(f"the rendezvous store process refused OPEN {key}: {verb} {port}")
+        return int(port)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -127,7 +161,7 @@ def _die_with_parent() -> None:
 
 
 def serve(port: int) -> None:
-    """Host the store until SIGTERM (runs in the child process)."""
+    """Host the shared store until SIGTERM (runs in the child process; the unlocked mode)."""
     _die_with_parent()
     parent = os.getppid()
     from datetime import timedelta
@@ -144,16 +178,49 @@ def serve(port: int) -> None:
     del store
 
 
+def serve_per_job(requests=sys.stdin, answers=sys.stdout) -> None:
+    """The locked mode's store process: one loopback-only TCPStore per job, made on the
+    gateway's first request for it. Requests, one line each: ``OPEN <ns>/<job>`` (answer
+    ``PORT <n>``) and ``CLOSE <ns>/<job>`` (``OK``). Ends when the operator closes the pipe."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    stores: dict[str, TCPStore] = {}
+    for line in requests:
+        verb, _, key = line.strip().partition(" ")
+        if verb == "OPEN":
+            if key not in stores:
+                stores[key] = TCPStore("127.0.0.1", 0, is_master=True, multi_tenant=True,
+                                       wait_for_workers=False, timeout=timedelta(seconds=60))
+            answers.write(f"PORT {stores[key].port}\n")
+        elif verb == "PING":
+            answers.write("PONG\n")
+        elif verb == "CLOSE":
+            stores.pop(key, None)
+            answers.write("OK\n")
+        else:
+            answers.write(f"ERR unknown request {verb!r}\n")
+        answers.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Stoker's shared c10d rendezvous store")
     ap.add_argument("--port", type=int, default=29400)
+    ap.add_argument("--per-job", action="store_true",
+                    help="the locked mode: per-job stores on loopback, asked for on stdin by the operator's gateway")
     args = ap.parse_args(argv)
     try:
         require_torch(args.port)
     except RuntimeError as e:
         print(f"stoker operator rendezvous: {e}", file=sys.stderr)
         return 1
-    serve(args.port)
+    if args.per_job:
+        serve_per_job()
+    else:
+        serve(args.port)
     return 0
 
 
