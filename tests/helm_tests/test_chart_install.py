@@ -17,8 +17,8 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.operator_tests.conftest import (OperatorProcess, create_job, free_port, get_job, job_manifest,
-                                           process_pool, wait_for, worker_pods)
+from tests.operator_tests.conftest import (OperatorProcess, active_label, create_job, free_port, get_job, job_manifest,
+                                           process_pool, stand_in_pod, wait_for, worker_pods)
 
 from .conftest import CHART, run_helm
 
@@ -309,7 +309,7 @@ def test_two_replicas_sharing_the_charts_peering_object_exactly_one_acts(cluster
         for i in range(2):
             ports = {k: free_port() for k in ("metrics", "health", "rendezvous", "heartbeat")}
             env = {**chart_env(release.manifest(), ports), "STOKER_OPERATOR_KUBECONFIG": kubeconfig,
-                   "STOKER_OPERATOR_RESYNC_SECONDS": "1"}
+                   "STOKER_OPERATOR_RESYNC_SECONDS": "1", **stand_in_pod(kube, namespace, f"op-{i}")}
             assert env["STOKER_OPERATOR_PEERING"] == "stoker" and env["STOKER_OPERATOR_RENDEZVOUS_PORT"] == "0"
             op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / f"operator-{i}.log", extra_env=env)
             op.metrics_port = ports["metrics"]
@@ -322,6 +322,12 @@ def test_two_replicas_sharing_the_charts_peering_object_exactly_one_acts(cluster
                  on_timeout=lambda: "\n---\n".join(op.tail(15) for op in ops))
         actors = [i for i, op in enumerate(ops) if "created worker pod" in op.log_path.read_text()]
         assert len(actors) == 1, f"replicas that created pods: {actors}"
+        # With the chart's grants, the replica that acts labels its pod for the Service (heartbeats
+        # go there alone) and the other says "false".
+        want = ["true" if i in actors else "false" for i in range(2)]
+        wait_for("the acting replica's pod labelled active", lambda: [
+            active_label(kube, namespace, f"op-{i}") for i in range(2)] == want, timeout=30,
+            on_timeout=lambda: "\n---\n".join(op.tail(15) for op in ops))
         # The operator created the peering object with the chart's grants.
         assert cluster.kubectl("get", "kopfpeering", "stoker", "-n", namespace).returncode == 0
     finally:

@@ -197,6 +197,24 @@ def test_two_replicas_share_a_peering_object_and_a_separate_store(render, mode, 
     assert objs.one("Service", "stoker-rendezvous")
     assert "rendezvous" not in {p["name"] for p in objs.one("Service", "stoker")["spec"]["ports"]}
     assert objs.one("Deployment", "stoker")["spec"]["strategy"]["type"] == "RollingUpdate"
+    # Heartbeats reach only the replica that acts: it labels its own pod (active_replica.py).
+    assert objs.one("Service", "stoker")["spec"]["selector"]["stoker.dev/operator-active"] == "true"
+    refs = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            for e in operator_container(objs)["env"]}
+    assert refs["STOKER_OPERATOR_POD_NAME"] == "metadata.name"
+    assert refs["STOKER_OPERATOR_POD_NAMESPACE"] == "metadata.namespace"
+    own = objs.one("Role", "stoker-self")
+    assert own["metadata"]["namespace"] == "stoker-system" and own["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+    assert objs.one("RoleBinding", "stoker-self")["roleRef"]["name"] == "stoker-self"
+    get_rule = next(r for r in rbac_rules(objs) if "get" in r["verbs"] and r["resources"] == [resource])
+    assert get_rule["resourceNames"] == ["stoker"]
+
+
+def test_with_one_replica_the_service_selects_the_operator_whatever_its_labels(render):
+    objs = render({})
+    assert "stoker.dev/operator-active" not in objs.one("Service", "stoker")["spec"]["selector"]
+    assert not [o for o in objs.of("Role") if o["metadata"]["name"].endswith("-self")]
 
 
 def test_a_pinned_cluster_ip_is_advertised_as_is(render):
@@ -315,8 +333,9 @@ def test_every_operator_setting_the_chart_passes_is_one_the_operator_reads(rende
     from stoker.operator import config
 
     e = env(operator_container(render(COMBINATIONS[name] | {"operator": {"s3Endpoint": "http://s3:9000"}})))
-    settings = {k: v.replace("$(STOKER_SERVICE_HOST)", "10.96.0.5").replace("$(STOKER_RENDEZVOUS_SERVICE_HOST)",
-                                                                               "10.96.0.6")
+    downward = "set-by-the-downward-api"   # valueFrom: fieldRef (the pod's own name and namespace)
+    settings = {k: (downward if v is None else v).replace("$(STOKER_SERVICE_HOST)", "10.96.0.5").replace(
+                "$(STOKER_RENDEZVOUS_SERVICE_HOST)", "10.96.0.6")
                 for k, v in e.items() if k.startswith(config.PREFIX)}
     baseline = config.load({})
     for key, value in settings.items():

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from stoker.common import labels as L
 from stoker.devcluster.procs import free_port
 from tests.nodepool import POOL_LABEL, session_pool  # noqa: F401 (POOL_LABEL re-exported)
 
@@ -196,3 +197,16 @@ def job_manifest(name: str, command: list[str], *, replicas: int = 2, node_selec
     if node_selector:
         body["spec"]["template"]["spec"]["nodeSelector"] = node_selector
     return body
+
+
+def stand_in_pod(kube, namespace: str, name: str) -> dict:
+    """An operator's own pod as the API sees it (never scheduled: the operator is a local
+    process here); the replica that acts labels it, as the chart's Service expects."""
+    kube.core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeSelector": {"stoker.dev/test": "never"}, "containers": [{"name": "op", "image": "none"}]}})
+    return {"STOKER_OPERATOR_POD_NAME": name, "STOKER_OPERATOR_POD_NAMESPACE": namespace}
+
+
+def active_label(kube, namespace: str, name: str) -> str | None:
+    return (kube.core.read_namespaced_pod(name, namespace).metadata.labels or {}).get(L.OPERATOR_ACTIVE)

@@ -19,6 +19,7 @@ COMPONENT_WORKER = "worker"
 JOB_NAME = f"{GROUP}/job-name"            # the TrainingJob's name
 REPLICA_INDEX = f"{GROUP}/replica-index"  # 0..replicas-1, stable across restarts
 INCARNATION = f"{GROUP}/incarnation"      # bumps on every coordinated whole-job restart
+OPERATOR_ACTIVE = f"{GROUP}/operator-active"  # on operator pods (peering): "true" on the one that acts
 
 # Annotations.
 RDZV_ID = f"{GROUP}/rendezvous-id"

@@ -64,6 +64,11 @@ class Config:
     peering_priority: int = setting(0, "the highest live priority acts, the others wait (0: a random priority)")
     peering_lifetime_seconds: int = setting(60, "seconds after which a silent peer is considered gone",
                                             flag="--peering-lifetime")
+    pod_name: str | None = setting(
+        None, "this operator's pod (downward API): with peering, the replica that acts labels its pod "
+        "stoker.dev/operator-active=true, and the Service sends heartbeats only there", flag=None, chart=COMPUTED)
+    pod_namespace: str | None = setting(None, "the namespace of --pod-name's pod (downward API)", flag=None,
+                                        chart=COMPUTED)
     s3_endpoint: str | None = setting(None, "AWS_ENDPOINT_URL_S3 for workers whose Secret has none",
                                       chart="operator.s3Endpoint")
     heartbeat_address: str | None = setting(

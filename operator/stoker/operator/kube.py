@@ -107,6 +107,17 @@ class KubeApi:
         status, body = self.request("GET", f"/api/v1/nodes/{quote(name)}", ok=(200, 404))
         return body if status == 200 else None
 
+    def get_peering(self, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """The kopf peering object (KopfPeering in ``namespace``, else ClusterKopfPeering)."""
+        path = (f"/apis/kopf.dev/v1/namespaces/{quote(namespace)}/kopfpeerings/{quote(name)}" if namespace
+                else f"/apis/kopf.dev/v1/clusterkopfpeerings/{quote(name)}")
+        status, body = self.request("GET", path, ok=(200, 404))
+        return body if status == 200 else None
+
+    def label_pod(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        self.request("PATCH", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}",
+                     {"metadata": {"labels": dict(labels)}}, content_type="application/merge-patch+json")
+
     def cordon_node(self, name: str) -> None:
         self.request("PATCH", f"/api/v1/nodes/{quote(name)}", {"spec": {"unschedulable": True}},
                      content_type="application/merge-patch+json")

@@ -19,6 +19,7 @@ import kopf
 from stoker.common import labels as L
 
 from . import logs, metrics
+from .active_replica import ActiveLabel
 from .config import Config, load
 from .controller import Controller
 from .heartbeats import OperatorHeartbeats
@@ -86,6 +87,10 @@ def startup(memo: kopf.Memo, **_: object) -> None:
     kube = Kube(cfg.kubeconfig)
     if cfg.peering:
         kube.ensure_peering(cfg.peering, list(cfg.namespaces))
+        if cfg.pod_name and cfg.pod_namespace:
+            memo.active_label = ActiveLabel(
+                kube, peering=cfg.peering, peering_namespace=cfg.namespaces[0] if cfg.namespaces else None,
+                priority=memo.peering_priority, pod=cfg.pod_name, pod_namespace=cfg.pod_namespace).start()
     heartbeats = None
     if cfg.heartbeat_address:
         listen = cfg.heartbeat_listen or f"0.0.0.0:{cfg.heartbeat_address.rsplit(':', 1)[-1]}"
@@ -137,6 +142,9 @@ def start_rendezvous(memo: kopf.Memo, cfg: Config, heartbeats: OperatorHeartbeat
 
 
 def cleanup(memo: kopf.Memo, **_: object) -> None:
+    active_label = memo.pop("active_label", None)
+    if active_label is not None:
+        active_label.stop()
     heartbeats = memo.pop("heartbeats", None)
     if heartbeats is not None:
         heartbeats.stop()
@@ -200,10 +208,11 @@ def run(cfg: Config | None = None) -> int:
     if cfg.rendezvous_port > 0 and not rendezvous_torch_installed():
         log.error(NO_TORCH.format(port=cfg.rendezvous_port))
         return 1
+    settings = operator_settings(cfg)
     kopf.run(
         registry=registry(cfg),
-        settings=operator_settings(cfg),
-        memo=kopf.Memo(config=cfg),
+        settings=settings,
+        memo=kopf.Memo(config=cfg, peering_priority=settings.peering.priority),
         standalone=cfg.peering is None,
         peering_name=cfg.peering,
         namespaces=list(cfg.namespaces),
