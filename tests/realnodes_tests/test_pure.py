@@ -91,3 +91,17 @@ def test_allocate_gives_each_container_its_devices_in_nvidia_visible_devices():
     resp = allocate_response(req)
     assert [dict(r.envs) for r in resp.container_responses] == [
         {"NVIDIA_VISIBLE_DEVICES": "n0-gpu-0"}, {"NVIDIA_VISIBLE_DEVICES": "n0-gpu-2,n0-gpu-3"}]
+
+
+def test_a_gpu_node_s_kubelet_gets_the_gpu_labels_of_the_other_node_kinds():
+    # Caught by `make test-realnodes` only: an import left behind by a refactor broke every
+    # real-node test at setup; this runs in `make test`.
+    from types import SimpleNamespace
+
+    from stoker.devcluster.clusterdefs import DEFAULT_GPU_PRODUCT, GPU_COUNT_LABEL, GPU_PRODUCT_LABEL
+    from stoker.devcluster.realnodes.node import RealNodes
+
+    rn = RealNodes(SimpleNamespace(state_dir=Path("/tmp/state"), config={}))
+    argv = rn._kubelet_argv(nodes(1)[0], "/bin/kubelet", gpus=2)
+    labels = dict(kv.split("=") for kv in argv[argv.index("--node-labels") + 1].split(","))
+    assert labels[GPU_PRODUCT_LABEL] == DEFAULT_GPU_PRODUCT and labels[GPU_COUNT_LABEL] == "2"

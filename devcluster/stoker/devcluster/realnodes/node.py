@@ -105,7 +105,7 @@ class RealNodes:
     def _kubelet_argv(self, node: Node, kubelet: str, gpus: int) -> list[str]:
         labels = {REAL_NODE_LABEL: "true"}
         if gpus:
-            from stoker.devcluster.local import DEFAULT_GPU_PRODUCT, GPU_COUNT_LABEL, GPU_PRODUCT_LABEL
+            from stoker.devcluster.clusterdefs import DEFAULT_GPU_PRODUCT, GPU_COUNT_LABEL, GPU_PRODUCT_LABEL
             labels.update({GPU_PRODUCT_LABEL: DEFAULT_GPU_PRODUCT, GPU_COUNT_LABEL: str(gpus)})
         return [kubelet, "--config", str(node.dir / "kubelet.yaml"),
                 "--kubeconfig", str(node.dir / "kubelet.kubeconfig"),
