@@ -64,6 +64,9 @@ def manifests(image: str) -> list[dict]:
     ]
 
 
-def deploy(cluster, image: str) -> None:
+def deploy(cluster, image: str, timeout_s: int = 180) -> None:
+    """Apply CoreDNS and wait until it answers (its readiness probe): before that the kube-dns
+    Service has no endpoints and kube-proxy refuses port 53 (a test that came first saw it)."""
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                           "items": manifests(image)}))
+    cluster.kubectl("rollout", "status", "-n", "kube-system", "deployment/coredns", f"--timeout={timeout_s}s")

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from stoker.devcluster import pki
+from stoker.devcluster.clusterdefs import GPU_RESOURCE
 from stoker.devcluster.procs import ClusterError, processes_mentioning, read_pid, spawn, stop_group, wait_ready
 from stoker.devcluster.realnodes import cleanup, configs, images, mountns, network
 from stoker.devcluster.realnodes.layout import Net, Node, cluster_id
@@ -71,7 +72,7 @@ class RealNodes:
         for node in nodes:
             network.add_routes(node, nodes)
         for node in nodes:
-            self.wait_ready(node)
+            self.wait_ready(node, gpus=gpus)
         from stoker.devcluster.realnodes import dns
         dns.deploy(self.c, images.coredns_image(tools["coredns"]).ref())
         return [node.name for node in nodes]
@@ -140,11 +141,14 @@ class RealNodes:
             (node.dir / rel).write_text(text)
             (node.dir / rel).chmod(0o600)
 
-    def wait_ready(self, node: Node, timeout: float = 120) -> None:
+    def wait_ready(self, node: Node, timeout: float = 120, gpus: int = 0) -> None:
+        """Ready, and (``gpus``) its GPUs allocatable: the device plugin registers after the
+        kubelet turns Ready (a test that came first saw no nvidia.com/gpu)."""
         def ready() -> bool:
             status, obj = self.c.api("GET", f"/api/v1/nodes/{node.name}", ok=None)
-            conds = obj.get("status", {}).get("conditions", []) if status == 200 else []
-            return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            st = obj.get("status", {}) if status == 200 else {}
+            return any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions", [])) \
+                and (not gpus or st.get("allocatable", {}).get(GPU_RESOURCE) == str(gpus))
         proc = self._procs.get((node.name, "kubelet"))
         if proc is None:        # started by an earlier `up`
             return
