@@ -84,6 +84,20 @@ def splice(a: socket.socket, b: socket.socket) -> None:
     b.close()
 
 
+def accept_forever(listener: socket.socket, handle, name: str) -> None:
+    """Hand each accepted connection to ``handle(conn, peer)`` on a thread of its own, in a
+    daemon thread, until ``listener`` is closed."""
+    def loop() -> None:
+        while True:
+            try:
+                conn, peer = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn, peer), name=f"{name}-conn", daemon=True).start()
+
+    threading.Thread(target=loop, name=name, daemon=True).start()
+
+
 class Forwarder:
     """The pod's end: listens on 127.0.0.1, and for each connection torchrun makes, opens
     one to the gateway, presents the job's token and splices the two."""
@@ -95,17 +109,9 @@ class Forwarder:
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
         self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, name="rdzv-forwarder", daemon=True).start()
+        accept_forever(self._listener, self._serve, "rdzv-forwarder")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, _peer: tuple) -> None:
         try:
             up = socket.create_connection(self.upstream, timeout=HANDSHAKE_TIMEOUT_S)
             up.sendall(self._hello)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 
 from stoker.common.auth import AUTH_HEADER, BEARER, JOB_HEADER, AuthError, TokenLookup, authenticate
-from stoker.common.rdzv_lock import HANDSHAKE_TIMEOUT_S, parse_preamble, read_line, splice
+from stoker.common.rdzv_lock import HANDSHAKE_TIMEOUT_S, accept_forever, parse_preamble, read_line, splice
 
 from .rendezvous import StoreProcess
 
@@ -28,7 +27,7 @@ class Gateway:
         self.port = self._listener.getsockname()[1]
 
     def start(self) -> "Gateway":
-        threading.Thread(target=self._accept, name="rdzv-gateway", daemon=True).start()
+        accept_forever(self._listener, self._serve, "rdzv-gateway")
         log.info("rendezvous gateway listening (locked: per-job stores, job tokens)", extra={"port": self.port})
         return self
 
@@ -41,14 +40,6 @@ class Gateway:
             self.stores.request(f"CLOSE {namespace}/{name}")
         except ConnectionError:
             pass
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, peer = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn, peer), name="rdzv-conn", daemon=True).start()
 
     def _serve(self, conn: socket.socket, peer: tuple) -> None:
         conn.settimeout(HANDSHAKE_TIMEOUT_S)
