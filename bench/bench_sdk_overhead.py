@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 import timeit
 from pathlib import Path
@@ -56,8 +57,10 @@ def main() -> int:
 
     server = HeartbeatServer(lambda ns, name: "bench-token" if (ns, name) == ("bench", "job") else None)
     port = server.start()
+    # As under Stoker's launcher: the session also keeps its last step in a file (stoker.common.last_step).
+    steps_dir = tempfile.mkdtemp(prefix="stoker-steps-")
     session = Session(f"127.0.0.1:{port}", "bench-token", namespace="bench", job_name="job",
-                      interval_s=args.interval).start()
+                      interval_s=args.interval, last_step_dir=steps_dir).start()
     run = make_loop()
     run(50, None, 0)  # warm up
     run(50, session, 0)
