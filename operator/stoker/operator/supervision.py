@@ -125,8 +125,10 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
         if any(i.get("kind") == CHECKPOINT_FAILED and i.get("step") == step for i in items):
             continue
         last = (out.get("lastCheckpoint") or status.get("lastCheckpoint") or {}).get("step")
-        f = D.Finding(CHECKPOINT_FAILED, f"the checkpoint of step {step} did not commit (rank {w.rank}); training "
-                      f"continues, the newest committed checkpoint is step {last if last is not None else 'none'}",
+        # Not "training continues": the save may have failed because a peer died (a restart follows).
+        f = D.Finding(CHECKPOINT_FAILED, f"the checkpoint of step {step} did not commit (rank {w.rank}); the newest "
+                      f"committed checkpoint is still step {last if last is not None else 'none'}, where a restart "
+                      "would resume",
                       pod=w.pod_name or None, rank=int(w.rank), node=w.node_name or None, step=step)
         items = I.append(items, I.record(f, kind=CHECKPOINT_FAILED, budget="none", incarnation=incarnation, now=now))
         out["incidents"] = items
