@@ -39,10 +39,12 @@ def test_a_pod_of_another_namespace_cannot_reach_a_running_job_s_rendezvous(
     try:
         op = heartbeat_operator(STOKER_OPERATOR_NAMESPACES=f"{namespace},{other}")
         create_job(kube, namespace, _job("victim", "steps.py", {"STEPS": "120", "STEP_S": "0.5"}, recovery_pool))
-        wait_for("the victim training", lambda: (status(kube, namespace, "victim").get("metrics") or {}).get("step", -1) >= 1,
+        wait_for("the victim training",
+                 lambda: (status(kube, namespace, "victim").get("metrics") or {}).get("step", -1) >= 1,
                  timeout=180, on_timeout=diagnostics(kube, namespace, "victim", op))
         [pod] = worker_pods(kube, namespace, "victim")
-        rdzv_id = next(a.split("=", 1)[1] for a in pod["spec"]["containers"][0]["command"] if a.startswith("--rdzv-id="))
+        rdzv_id = next(a.split("=", 1)[1] for a in pod["spec"]["containers"][0]["command"]
+                       if a.startswith("--rdzv-id="))
         key = f"torch.rendezvous.{rdzv_id}"
         gateway = f"127.0.0.1:{op.rendezvous_port}"
 
@@ -57,7 +59,8 @@ def test_a_pod_of_another_namespace_cannot_reach_a_running_job_s_rendezvous(
         create_job(kube, other, _job("attacker", "rdzv_attack.py", {
             "GATEWAY": gateway, "VICTIM_KEY": key, "VICTIM_NAMESPACE": namespace, "VICTIM_JOB": "victim",
             "RESULT_PATH": str(result_path)}, recovery_pool))
-        wait_for("the attacker's result", lambda: status(kube, other, "attacker").get("phase") in ("Succeeded", "Failed"),
+        wait_for("the attacker's result",
+                 lambda: status(kube, other, "attacker").get("phase") in ("Succeeded", "Failed"),
                  timeout=180, on_timeout=diagnostics(kube, other, "attacker", op))
         result = json.loads(result_path.read_text())
         assert result["raw"].startswith("refused"), result

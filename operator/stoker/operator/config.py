@@ -46,7 +46,8 @@ class Config:
     metrics_port: int = setting(9090, "Prometheus endpoint; 0 disables", chart="ports.metrics")
     health_port: int = setting(0, "liveness endpoint /healthz; 0 disables (the chart turns it on for its probes)",
                                chart="ports.health", chart_default=8080)
-    rendezvous_port: int = setting(29400, "port of the shared c10d store the operator hosts; 0: host none",
+    rendezvous_port: int = setting(29400, "port of the c10d rendezvous the operator hosts (locked per job: a "
+                                   "gateway to one store per job, when the heartbeat service is on); 0: host none",
                                    chart="ports.rendezvous")
     rendezvous_advertise_address: str = setting(
         "127.0.0.1", "IP literal workers use to reach the store (in a cluster: the operator Service's ClusterIP)",
