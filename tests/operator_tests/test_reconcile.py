@@ -266,7 +266,7 @@ def test_a_rank_that_failed_on_a_broken_collective_waits_for_its_peers_cause_the
     """PeerLost (a gloo read error, its peer's node died unseen) is not acted on until
     PEER_SETTLE_S after it: the pass asks to look again, then restarts on the
     infrastructure budget (bench/chaos.py charged it to the user before)."""
-    from stoker.operator.detection import PEER_SETTLE_S
+    from stoker.operator.peer_errors import PEER_SETTLE_S
 
     gloo = "RuntimeError: [../gloo/transport/tcp/pair.cc:545] Read error [10.0.0.2]:41234: Connection reset by peer"
     body = job_body(status=running_status())

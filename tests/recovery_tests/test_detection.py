@@ -8,6 +8,7 @@ import pytest
 from stoker.common import labels as L
 from stoker.operator import detection as D
 from stoker.operator import heartbeats as H
+from stoker.operator.peer_errors import PEER_SETTLE_S
 from stoker.operator.podview import pod_view
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -343,7 +344,7 @@ def test_a_peer_whose_node_died_unseen_is_infrastructure_and_its_node_the_suspec
     nodes = {"dying": node("dying"), "n1": node("n1")}          # the dying node still reads Ready
     f = D.detect(pods, nodes, ranks, D.Timeouts(), 100.0, NOW, incarnation=0)
     assert (f.cause, f.budget, f.pod, f.node) == (D.PEER_LOST, "infrastructure", "j-worker-1-0", "dying")
-    assert f.settle_s == pytest.approx(D.PEER_SETTLE_S - 1) and "suspect: j-worker-0-0 on node dying" in f.message
+    assert f.settle_s == pytest.approx(PEER_SETTLE_S - 1) and "suspect: j-worker-0-0 on node dying" in f.message
     later = D.detect([pods[0], pod(1, node="n1", phase="Failed", exit_code=1, finished_ago=6, message=GLOO_READ_ERROR)],
                      nodes, ranks, D.Timeouts(), 100.0, NOW, incarnation=0)
     assert later.cause == D.PEER_LOST and later.settle_s == 0

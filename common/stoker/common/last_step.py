@@ -15,11 +15,12 @@ import re
 from pathlib import Path
 
 _WIDTH = 20
-# The launcher's exit line; podview parses the step out of the termination message.
+# The launcher's exit line; podview parses the step out of the termination message and
+# leaves the line out of what the trainer said (LINE_START).
 LINE = "stoker launch: worker rank {rank} exited with {exitcode}; exiting {code}"
+LINE_START = r"^stoker launch: worker rank \d+ exited"
 STEP_SUFFIX = "; its last completed step was {step}"
-STEP_RE = re.compile(r"^stoker launch: worker rank \d+ exited with .*; its last completed step was (\d+)\s*$",
-                     re.MULTILINE)
+STEP_RE = re.compile(LINE_START + r" with .*; its last completed step was (\d+)\s*$", re.MULTILINE)
 
 
 def _path(directory: str | os.PathLike, rank: int) -> Path:
@@ -34,9 +35,6 @@ class StepFile:
 
     def write(self, step: int) -> None:
         os.pwrite(self._fd, f"{int(step):<{_WIDTH}d}\n".encode(), 0)
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 def open_writer(directory: str | None, rank: int) -> StepFile | None:

@@ -17,7 +17,6 @@ connection without a valid preamble never reaches a store. Torch-free: both ends
 sockets and threads."""
 from __future__ import annotations
 
-import logging
 import socket
 import sys
 import threading
@@ -25,8 +24,6 @@ from typing import Mapping
 
 from . import env as E
 from .auth import AuthError, JobKey
-
-log = logging.getLogger("stoker.rendezvous")
 
 MAGIC = "STOKER-RDZV/1"
 MAX_LINE = 1024
@@ -105,9 +102,7 @@ class Forwarder:
     def __init__(self, upstream: tuple[str, int], namespace: str, job: str, token: str) -> None:
         self.upstream = upstream
         self._hello = preamble(namespace, job, token)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         self.port = self._listener.getsockname()[1]
         accept_forever(self._listener, self._serve, "rdzv-forwarder")
 

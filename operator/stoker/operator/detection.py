@@ -30,7 +30,7 @@ from typing import Iterable, Mapping, Sequence
 
 from stoker.common.timefmt import parse_time
 
-from .peer_errors import PEER_SETTLE_S, peer_transport_error, with_suspect  # noqa: F401 (PEER_SETTLE_S)
+from .peer_errors import peer_transport_error, with_suspect
 from .podview import PodView
 
 # ---------------------------------------------------------------------------- causes

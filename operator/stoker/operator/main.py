@@ -126,19 +126,17 @@ def startup(memo: kopf.Memo, **_: object) -> None:
 def start_rendezvous(memo: kopf.Memo, cfg: Config, heartbeats: OperatorHeartbeats | None) -> bool:
     """Host the rendezvous; True when it is locked (per-job stores behind the gateway, which
     needs the job tokens of the heartbeat service and Stoker's launcher in the pods)."""
-    if heartbeats is None or cfg.launcher != "stoker":
+    locked = heartbeats is not None and cfg.launcher == "stoker"
+    if not locked:
         log.warning("the rendezvous store is shared and unlocked: any pod that reaches it can read or change "
                     "another job's rendezvous; it is locked when the heartbeat service is on "
                     "(--heartbeat-address) and --launcher is stoker")
-        memo.store = StoreProcess(cfg.rendezvous_port)
-        memo.store.start()
-        memo.store.watch()
-        return False
-    memo.store = StoreProcess(0, per_job=True)
+    memo.store = StoreProcess(0 if locked else cfg.rendezvous_port, per_job=locked)
     memo.store.start()
     memo.store.watch()
-    memo.gateway = Gateway(cfg.rendezvous_port, heartbeats.lookup, memo.store).start()
-    return True
+    if locked:
+        memo.gateway = Gateway(cfg.rendezvous_port, heartbeats.lookup, memo.store).start()
+    return locked
 
 
 def cleanup(memo: kopf.Memo, **_: object) -> None:
