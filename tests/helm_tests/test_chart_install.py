@@ -111,6 +111,9 @@ def chart_env(manifest: list[dict], ports: dict[str, int]) -> dict[str, str]:
     if env["STOKER_OPERATOR_RENDEZVOUS_PORT"] != "0":  # "0": the store runs in its own Deployment
         env["STOKER_OPERATOR_RENDEZVOUS_PORT"] = str(ports["rendezvous"])
     env.pop("HOME", None)  # the test process's home, not the image's /tmp
+    # Process nodes mount no volumes: their pods take the launcher from this environment,
+    # not from the launcher volume (real nodes: tests/realnodes_tests).
+    env["STOKER_OPERATOR_LAUNCHER_IMAGE"] = ""
     return env
 
 

@@ -92,6 +92,10 @@ class Config:
     launcher: str = setting(
         "stoker", "stoker: torchrun that exits with the failing worker's exit code (needs the stoker package in the "
         "image); torchrun: plain torchrun", choices=("stoker", "torchrun"), chart="operator.launcher")
+    launcher_image: str = setting(
+        "", "image (with the stoker package) an init container copies the launcher from into each worker pod, so "
+        "worker images need only Python and torch; empty: the launcher must be in the worker image (the chart: "
+        "the operator's own image)", chart="operator.launcherImage")
     max_workers: int = setting(16, "concurrent handler threads in kopf", chart="operator.maxWorkers")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", chart="operator.logLevel")
 

@@ -109,6 +109,7 @@ def startup(memo: kopf.Memo, **_: object) -> None:
         torchrun_max_restarts=cfg.torchrun_max_restarts,
         s3_endpoint=cfg.s3_endpoint,
         launcher=cfg.launcher,
+        launcher_image=cfg.launcher_image,
     )
     recovery = RecoveryShell(
         kube, heartbeats,

@@ -11,8 +11,10 @@ of ``spec.template``; its ``command`` + ``args`` form the user command):
 `stoker.operator.launch` is torchrun (same flags, run in-process) that exits with
 the failing worker's own exit code, so spec.failurePolicy.exitCodeRules see the
 user's code rather than torchrun's constant 1. For images without the stoker
-package, RenderConfig.launcher="torchrun" uses plain ``python -m
-torch.distributed.run`` / ``torchrun`` (exit-code rules then see 1).
+package, RenderConfig.launcher_image adds an init container that copies the launcher
+into the pod, which then runs ``python /stoker-launcher/stoker_launch.py`` instead of
+``python -m stoker.operator.launch`` (``launcher_bundle``); RenderConfig.launcher="torchrun"
+uses plain ``python -m torch.distributed.run`` / ``torchrun`` (exit-code rules then see 1).
 
 A python interpreter in the user's command (``python``, ``python3``,
 ``python3.11``, ``/opt/venv/bin/python``) is reused to run the launcher, so
@@ -31,6 +33,7 @@ from typing import Any
 from stoker.common import env as E
 from stoker.common import labels as L
 
+from . import launcher_bundle as B
 from .jobspec import JobView
 from .podview import SPEC_HASH
 
@@ -55,6 +58,7 @@ class RenderConfig:
     monitor_interval_s: float = 1.0
     s3_endpoint: str | None = None                  # default AWS_ENDPOINT_URL_S3 if the secret has none
     launcher: str = "stoker"                        # "stoker" (exit codes preserved) | "torchrun"
+    launcher_image: str = ""                        # copy the launcher in from this image (launcher_bundle)
     # terminationGracePeriodSeconds when the template sets none: room for a drain (checkpoint
     # and stop) when a worker pod is preempted or evicted. The launcher exits as soon as the
     # trainer has stopped, so a long grace costs nothing when there is nothing to drain.
@@ -101,21 +105,40 @@ def job_labels(job_name: str) -> dict[str, str]:
 LAUNCHERS = {"stoker": "stoker.operator.launch", "torchrun": "torch.distributed.run"}
 
 
-def launcher_command(user_cmd: list[str], flags: list[str], launcher: str = "stoker") -> list[str]:
-    """Wrap the user's command in torchrun (see the module docstring)."""
+def launcher_command(user_cmd: list[str], flags: list[str], launcher: str = "stoker",
+                     bundled: bool = False) -> list[str]:
+    """Wrap the user's command in torchrun (see the module docstring); ``bundled``: the
+    launcher comes from the pod's launcher volume, not from the image."""
     if not user_cmd:
         raise ValueError("spec.template.spec.containers[0].command is empty: set it to your training program")
-    module = LAUNCHERS[launcher]
+    run = [f"{B.MOUNT}/{B.ENTRY}"] if bundled and launcher == "stoker" else ["-m", LAUNCHERS[launcher]]
     exe, rest = user_cmd[0], list(user_cmd[1:])
     if _PYTHON_RE.match(os.path.basename(exe)):
-        head = [exe, "-m", module, *flags]
+        head = [exe, *run, *flags]
         if len(rest) >= 2 and rest[0] == "-m":
             return [*head, "-m", *rest[1:]]
         if rest and not rest[0].startswith("-"):
             return [*head, *rest]
         return [*head, "--no-python", exe, *rest]
-    head = ["torchrun"] if launcher == "torchrun" else ["python3", "-m", module]
+    head = ["torchrun"] if launcher == "torchrun" else ["python3", *run]
     return [*head, *flags, "--no-python", exe, *rest]
+
+
+def add_launcher_bundle(spec: dict[str, Any], trainer: dict[str, Any], image: str) -> None:
+    """The init container that copies the launcher into an emptyDir the trainer mounts
+    read-only (``launcher_bundle``): worker images need Python and torch only."""
+    spec["volumes"] = [*(spec.get("volumes") or []), {"name": B.VOLUME, "emptyDir": {"sizeLimit": "16Mi"}}]
+    trainer["volumeMounts"] = [*(trainer.get("volumeMounts") or []),
+                               {"name": B.VOLUME, "mountPath": B.MOUNT, "readOnly": True}]
+    init = {
+        "name": B.CONTAINER, "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "stoker.operator.launcher_bundle", B.MOUNT],
+        "volumeMounts": [{"name": B.VOLUME, "mountPath": B.MOUNT}],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+    }
+    spec["initContainers"] = [init, *(spec.get("initContainers") or [])]
 
 
 def torchrun_flags(job: JobView, incarnation: int, cfg: RenderConfig) -> list[str]:
@@ -205,8 +228,11 @@ def render_pod(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
         raise ValueError("spec.template.spec.containers is empty: add the trainer container")
     trainer = containers[0]
     user_cmd = list(trainer.get("command") or []) + list(trainer.get("args") or [])
-    trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg), cfg.launcher)
+    bundled = bool(cfg.launcher_image) and cfg.launcher == "stoker"
+    trainer["command"] = launcher_command(user_cmd, torchrun_flags(job, incarnation, cfg), cfg.launcher, bundled)
     trainer.pop("args", None)
+    if bundled:
+        add_launcher_bundle(spec, trainer, cfg.launcher_image)
     # A failed trainer's (or init container's) last log lines become its termination message
     # (incidents, the job's message).
     for c in (trainer, *(spec.get("initContainers") or [])):

@@ -1,0 +1,96 @@
+"""Bring your own image: the launcher copied into the pod by an init container
+(``stoker.operator.launcher_bundle``) runs without the stoker package installed, and the
+trainers it starts do not see the copy."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stoker.operator import launcher_bundle as B
+from stoker.operator.jobspec import job_view
+from stoker.operator.pods import RenderConfig, launcher_command, render_pod
+
+from .helpers import job_body
+
+FLAGS = ["--nnodes=1:2"]
+ENTRY = f"{B.MOUNT}/{B.ENTRY}"
+
+
+@pytest.mark.parametrize("cmd, expected", [
+    (["python", "train.py"], ["python", ENTRY, *FLAGS, "train.py"]),
+    (["python3", "-m", "pkg.train"], ["python3", ENTRY, *FLAGS, "-m", "pkg.train"]),
+    (["/usr/bin/train"], ["python3", ENTRY, *FLAGS, "--no-python", "/usr/bin/train"]),
+])
+def test_a_bundled_launcher_runs_from_the_pods_launcher_volume(cmd, expected):
+    assert launcher_command(cmd, FLAGS, "stoker", bundled=True) == expected
+
+
+def test_plain_torchrun_needs_no_bundle():
+    assert launcher_command(["python", "t.py"], FLAGS, "torchrun", bundled=True)[:3] == \
+        ["python", "-m", "torch.distributed.run"]
+
+
+def test_with_a_launcher_image_the_pod_copies_the_launcher_in_before_the_trainer_starts():
+    body = job_body()
+    body["spec"]["template"]["spec"]["initContainers"] = [{"name": "user-init", "image": "busybox"}]
+    body["spec"]["template"]["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    pod = render_pod(job_view(body), 0, 0, RenderConfig(launcher_image="stoker-operator:1"))
+    spec = pod["spec"]
+    init = spec["initContainers"]
+    assert [c["name"] for c in init] == [B.CONTAINER, "user-init"]      # ours first: the user's may need it
+    assert init[0]["image"] == "stoker-operator:1"
+    assert init[0]["command"] == ["python", "-m", "stoker.operator.launcher_bundle", B.MOUNT]
+    assert init[0]["securityContext"]["runAsNonRoot"] and init[0]["securityContext"]["readOnlyRootFilesystem"]
+    assert [v["name"] for v in spec["volumes"]] == ["data", B.VOLUME]
+    trainer = spec["containers"][0]
+    assert {"name": B.VOLUME, "mountPath": B.MOUNT, "readOnly": True} in trainer["volumeMounts"]
+    assert trainer["command"][1] == ENTRY
+    assert not any(e["name"] == "PYTHONPATH" for e in trainer["env"])
+
+
+def test_without_a_launcher_image_the_pod_is_unchanged():
+    pod = render_pod(job_view(job_body()), 0, 0, RenderConfig())
+    assert "initContainers" not in pod["spec"]
+    assert pod["spec"]["containers"][0]["command"][1:3] == ["-m", "stoker.operator.launch"]
+
+
+def _isolated_env() -> dict[str, str]:
+    """An interpreter that sees torch's site-packages but not the stoker sources: with -S
+    the editable install's .pth is never read, and PYTHONPATH adds no .pth files."""
+    from stoker.devcluster.realnodes.pyimages import site_packages
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "PYTHON"))}
+    return {**env, "PYTHONPATH": str(site_packages()), "OMP_NUM_THREADS": "1"}
+
+
+TRAINER = """
+import importlib.util, sys
+import torch.distributed as dist
+dist.init_process_group("gloo")
+world = dist.get_world_size()
+print("sees stoker:", importlib.util.find_spec("stoker") is not None, "world:", world, flush=True)
+dist.destroy_process_group()
+sys.exit(7 if world == 2 else 0)
+"""
+
+
+@pytest.mark.torch
+def test_the_copied_launcher_runs_torchrun_without_stoker_installed_and_keeps_exit_codes(tmp_path):
+    files = B.copy_to(tmp_path / "bundle")
+    assert {p.name for p in files} >= {B.ENTRY, "launch.py", "rdzv_lock.py"}
+    env = _isolated_env()
+    probe = subprocess.run([sys.executable, "-S", "-c", "import stoker"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0, "the isolated interpreter must not find the stoker package"
+    script = tmp_path / "train.py"
+    script.write_text(TRAINER)
+    r = subprocess.run([sys.executable, "-S", str(tmp_path / "bundle" / B.ENTRY), "--standalone",
+                        "--nproc-per-node=2", "--no-python", sys.executable, "-S", str(script)],
+                       env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert r.stdout.count("sees stoker: False world: 2") == 2, r.stdout + r.stderr[-3000:]
+    assert r.returncode == 7, r.stderr[-3000:]       # the worker's own exit code, as with the installed launcher
+
+
+def test_the_bundle_command_says_how_to_call_it():
+    assert B.main([]) == 2
