@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 from stoker.common import labels
@@ -22,11 +25,12 @@ dist.destroy_process_group()
 """
 
 
-def helm_install(cluster, namespace: str, image_ref: str, tmp: Path, cuda: tuple[dict, dict]) -> None:
+def helm_install(cluster, namespace: str, image_ref: str, tmp: Path, cuda: tuple[dict, dict],
+                 node_selector: dict | None = None, **extra) -> None:
     repo, tag = image_ref.rsplit(":", 1)
     values = {"image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-              "nodeSelector": {"stoker.dev/real-node": "true"},
-              "extraVolumes": [cuda[0]], "extraVolumeMounts": [cuda[1]]}
+              "nodeSelector": node_selector or {"stoker.dev/real-node": "true"},
+              "extraVolumes": [cuda[0]], "extraVolumeMounts": [cuda[1]], **extra}
     f = tmp / "values.json"
     f.write_text(json.dumps(values))
     r = subprocess.run([cluster.tool("helm"), "install", "stoker", str(CHART), "-n", namespace,
@@ -69,3 +73,113 @@ def wait_phase(cluster, namespace: str, name: str, phases: tuple[str, ...], time
             raise AssertionError(f"TrainingJob {name} not {phases} in {timeout}s: "
                                  f"{json.dumps(obj.get('status'), indent=1)}\n{pods}")
         time.sleep(1)
+
+
+# --- recovery on real nodes (test_recovery_real) ---------------------------------------
+
+NON_ROOT = {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}
+SPREAD = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+    "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchExpressions": [
+        {"key": labels.JOB_NAME, "operator": "Exists"}]}}}]}}
+
+
+def host_volume(name: str, path: Path, mount: str | None = None) -> tuple[dict, dict]:
+    """A host folder mounted at the same path (or ``mount``) in the pod."""
+    return ({"name": name, "hostPath": {"path": str(path), "type": "Directory"}},
+            {"name": name, "mountPath": mount or str(path)})
+
+
+def apply_config_map(cluster, namespace: str, name: str, data: dict[str, str]) -> None:
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}, "data": data}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(cm))
+
+
+def cuda_libs(site: str) -> tuple[dict, dict]:
+    """(volume, mount) of the CUDA runtime libraries torch loads at import, from the host
+    (the images leave them out: ~3 GB), into an image's site-packages ``site``."""
+    from stoker.devcluster.realnodes import pyimages
+    return ({"name": "cuda-libs", "hostPath": {"path": str(pyimages.site_packages() / "nvidia"), "type": "Directory"}},
+            {"name": "cuda-libs", "mountPath": f"{site}/nvidia", "readOnly": True})
+
+
+def _job(name: str, container: dict, volumes: list[dict], spec: dict, site: str) -> dict:
+    """A 2-worker job on the real nodes, one worker per node while both are up (preferred,
+    so a lost node's replacement may join the other), non-root."""
+    cuda = cuda_libs(site)
+    container = {**container, "volumeMounts": [*container["volumeMounts"], cuda[1]]}
+    volumes = [*volumes, cuda[0]]
+    return {"apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+            "spec": {"replicas": 2, "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 0}, **spec,
+                     "template": {"spec": {
+                         "nodeSelector": {"stoker.dev/real-node": "true"}, "affinity": SPREAD,
+                         "securityContext": NON_ROOT, "terminationGracePeriodSeconds": 5,
+                         "volumes": volumes, "containers": [container]}}}}
+
+
+def byo_job(name: str, image: str, steps: int, ckpt: Path, progress: Path) -> dict:
+    """The user's own script (ConfigMap ``byo-script``) in an image without Stoker."""
+    vols = [host_volume("ckpt", ckpt), host_volume("progress", progress)]
+    script = ({"name": "script", "configMap": {"name": "byo-script"}}, {"name": "script", "mountPath": "/script"})
+    container = {"name": "trainer", "image": image, "imagePullPolicy": "Never",
+                 "command": ["python3", "/script/train.py"],
+                 "env": [{"name": "STEPS", "value": str(steps)}, {"name": "CKPT_DIR", "value": str(ckpt)},
+                         {"name": "PROGRESS_DIR", "value": str(progress)}, {"name": "OMP_NUM_THREADS", "value": "1"}],
+                 "volumeMounts": [m for _, m in (*vols, script)]}
+    from stoker.devcluster.realnodes.pyimages import TORCH_SITE
+    return _job(name, container, [v for v, _ in (*vols, script)], {}, TORCH_SITE)
+
+
+def byo_reference(out: Path, script: Path, steps: int) -> str:
+    """The script's checksum from an undisturbed local torchrun run of the same world size."""
+    (out / "ckpt").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_")}
+    env.update(STEPS=str(steps), CKPT_DIR=str(out / "ckpt"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(script)], env=env, capture_output=True, text=True, timeout=600, cwd=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout.split("checksum ")[1].split()[0]
+
+
+def wait_progress(progress: Path, step: int, timeout: float, diag) -> None:
+    """Until every rank of the script has recorded ``step``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [int(f.read_text().split()[-2]) for f in progress.glob("rank*") if f.read_text().strip()]
+        if len(done) == 2 and min(done) >= step:
+            return
+        assert time.monotonic() < deadline, f"no step {step} in {timeout}s: {done}\n{diag()}"
+        time.sleep(0.02)
+
+
+def make_bucket(cluster) -> str:
+    import boto3
+    from stoker.common import env as E
+    e = cluster.s3_env()
+    s3 = boto3.client("s3", endpoint_url=e[E.S3_ENDPOINT], aws_access_key_id=e[E.S3_ACCESS_KEY],
+                      aws_secret_access_key=e[E.S3_SECRET_KEY], region_name=e[E.S3_REGION])
+    name = f"rec-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+CONFIG_PATH = "/etc/train/config.json"
+
+
+def in_pod_config(cfg: dict) -> dict:
+    return {**cfg, "output": {"metrics_path": "/tmp/out/metrics.jsonl", "summary_path": "/tmp/out/summary.json"}}
+
+
+def trainer_job(name: str, image: str, bucket: str, journal: Path) -> dict:
+    """The built-in trainer (config from ConfigMap ``<name>-config``), checkpoints in MinIO,
+    its step journal in a host folder (the test's witness)."""
+    vol, mount = host_volume("journal", journal)
+    container = {"name": "trainer", "image": image, "imagePullPolicy": "Never",
+                 "command": ["python", "-m", "stoker.worker.train", CONFIG_PATH],
+                 "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
+                         {"name": "STOKER_STEP_JOURNAL_DIR", "value": str(journal)}],
+                 "volumeMounts": [mount, {"name": "config", "mountPath": "/etc/train"}]}
+    volumes = [vol, {"name": "config", "configMap": {"name": f"{name}-config"}}]
+    from stoker.devcluster.realnodes.pyimages import SITE
+    return _job(name, container, volumes, {
+        "checkpoint": {"uri": f"s3://{bucket}/{name}", "intervalSteps": 5, "keep": 3,
+                       "credentialsSecretRef": {"name": "stoker-s3"}}}, SITE)

@@ -105,3 +105,11 @@ def test_a_gpu_node_s_kubelet_gets_the_gpu_labels_of_the_other_node_kinds():
     argv = rn._kubelet_argv(nodes(1)[0], "/bin/kubelet", gpus=2)
     labels = dict(kv.split("=") for kv in argv[argv.index("--node-labels") + 1].split(","))
     assert labels[GPU_PRODUCT_LABEL] == DEFAULT_GPU_PRODUCT and labels[GPU_COUNT_LABEL] == "2"
+
+
+def test_the_users_own_image_holds_torch_and_what_it_requires_but_nothing_of_stoker():
+    """pyimages.torch_image (bring your own image): torch's requirement closure only."""
+    from stoker.devcluster.realnodes import pyimages
+    tops = pyimages.torch_closure()
+    assert {"torch", "sympy", "filelock", "typing_extensions.py"} <= tops
+    assert not [t for t in tops if t.lower().startswith(("nvidia", "triton", "grpc", "boto", "stoker", "kopf"))]

@@ -29,7 +29,8 @@ def processes(marker: bytes, *, launcher: bool) -> list[tuple[int, list[bytes], 
             cmd = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             if marker not in cmd:
                 continue
-            is_launcher = b"stoker.operator.launch" in cmd
+            # the installed launcher, or the copy an init container put in the pod (launcher_bundle)
+            is_launcher = b"stoker.operator.launch" in cmd or any(c.endswith(b"/stoker_launch.py") for c in cmd)
             if is_launcher != launcher or (not launcher and b"torch.distributed.run" in cmd):
                 continue
             env = pathlib.Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
@@ -39,10 +40,11 @@ def processes(marker: bytes, *, launcher: bool) -> list[tuple[int, list[bytes], 
     return out
 
 
-def trainer_pid(pod_name: str) -> int | None:
-    """The trainer process (not the launcher) of a pod running on a process node."""
+def trainer_pid(pod_name: str, marker: bytes = b"stoker.worker.train") -> int | None:
+    """The trainer process (not the launcher) of a pod, on a process node or inside a real
+    node's container (the host sees those processes too); ``marker``: an argument of its command."""
     want = f"STOKER_POD_NAME={pod_name}".encode()
-    return next((pid for pid, _, env in processes(b"stoker.worker.train", launcher=False) if want in env), None)
+    return next((pid for pid, _, env in processes(marker, launcher=False) if want in env), None)
 
 
 def launcher_pid(pod_name: str) -> int | None:

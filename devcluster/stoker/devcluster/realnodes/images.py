@@ -77,7 +77,7 @@ def _copy_files(files: dict[str, Path], rootfs: Path) -> None:
 
 
 def pack(ref: str, out: Path, fill: Callable[[Path], None], entrypoint: list[str],
-         env: list[str] = ()) -> None:
+         env: list[str] = (), user: str = "") -> None:
     """One-layer OCI image ``ref`` whose root filesystem ``fill(rootfs)`` writes, as the OCI
     archive ``out`` (umoci: init, new, unpack, fill, repack, config)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -89,6 +89,7 @@ def pack(ref: str, out: Path, fill: Callable[[Path], None], entrypoint: list[str
         _run("umoci", "repack", "--image", f"{layout}:{tag}", bundle)
         args = [a for e in entrypoint for a in ("--config.entrypoint", e)]
         args += [a for e in env for a in ("--config.env", e)]
+        args += ["--config.user", user] if user else []
         _run("umoci", "config", "--image", f"{layout}:{tag}", *args)
         _name_index(Path(layout) / "index.json", ref)
         _run("tar", "-C", layout, "-cf", f"{out}.tmp", ".")

@@ -1,0 +1,184 @@
+"""Recovery on real nodes, with the Helm-installed operator (its own 2-node cluster, the
+operator pinned to real-node-0):
+
+- the built-in trainer (checkpoints in MinIO) has its trainer process SIGKILLed inside its
+  container at a random step, then the node of one of its workers is stopped (kubelet,
+  containerd and containers gone) at a random step of the next incarnation: both are
+  detected and recovered, the replacement runs on the other node, and the final parameters
+  are bit-identical to an undisturbed run;
+- a user's image with Python and torch only (no Stoker: the launcher comes in through the
+  chart's init container) runs its own torchrun script, which keeps its own checkpoints on a
+  shared volume; its SIGKILLed trainer is restarted the same way and ends bit-identical.
+
+Faults come at random steps (seeded; the seed is printed). What the tests time faults by
+(the step journal, the script's progress files) lives on host folders mounted into the pods:
+an observation channel for the test, not something the system uses."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.realnodes_tests import operator_helm as H
+from tests.recovery_tests import faults as F
+from tests.recovery_tests.conftest import reference_summary
+from tests.recovery_tests.test_e2e_recovery import assert_resumed_from_newest_commit, fault_rng
+from tests.recovery_tests.trainer_configs import trainer_config
+
+pytestmark = [pytest.mark.realnodes, pytest.mark.cluster, pytest.mark.slow, pytest.mark.torch]
+
+NODES = ["real-node-0", "real-node-1"]
+BYO_SCRIPT = pathlib.Path(__file__).with_name("scripts") / "byo_train.py"
+
+
+@pytest.fixture(scope="module")
+def installed(real_cluster, tmp_path_factory):
+    """Both images imported into the nodes; the chart installed in a namespace of its own."""
+    from tests.realnodes_tests.test_real_nodes import cuda_libs, python_image
+    from stoker.devcluster.local import cache_dir
+    from stoker.devcluster.realnodes import pyimages
+    ref = python_image(real_cluster)
+    byo_ref, archive = pyimages.torch_image(cache_dir() / "images", log=print)
+    real_cluster.real_nodes().import_image(archive)
+    ns = f"rec-{uuid.uuid4().hex[:6]}"
+    real_cluster.kubectl("create", "namespace", ns)
+    H.helm_install(real_cluster, ns, ref, tmp_path_factory.mktemp("helm"), cuda_libs(),
+                   node_selector={"kubernetes.io/hostname": NODES[0]})
+    real_cluster.kubectl("rollout", "status", "deployment/stoker", "-n", ns, "--timeout=180s", timeout=200)
+    real_cluster.create_s3_secret(ns)
+    return {"ns": ns, "ref": ref, "byo": byo_ref}
+
+
+def shared_dir(path: pathlib.Path) -> pathlib.Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o777)          # the pods run as uid 10001
+    return path
+
+
+def job_status(c, ns: str, name: str) -> dict:
+    r = c.kubectl("get", "trainingjob", name, "-n", ns, "-o", "json", check=False)
+    return (json.loads(r.stdout).get("status") or {}) if r.returncode == 0 else {}
+
+
+def describe(c, ns: str, name: str, what: str = "describe") -> str:
+    """`stoker describe` / `stoker logs` (which hands over to kubectl: run as a program)."""
+    stoker = pathlib.Path(sys.executable).with_name("stoker")
+    r = subprocess.run([str(stoker), what, name, "--kubeconfig", str(c.kubeconfig), "-n", ns],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def worker_pods(c, ns: str, name: str) -> list[dict]:
+    return json.loads(c.kubectl("get", "pods", "-n", ns, "-l", f"stoker.dev/job-name={name}",
+                                "-o", "json").stdout)["items"]
+
+
+def wait_succeeded(c, ns: str, name: str, timeout: float = 600) -> dict:
+    return H.wait_phase(c, ns, name, ("Succeeded",), timeout=timeout)
+
+
+def test_a_users_image_without_stoker_runs_and_recovers_from_a_killed_trainer(real_cluster, installed, tmp_path):
+    c, ns = real_cluster, installed["ns"]
+    rng = fault_rng()
+    steps = 120
+    ref = H.byo_reference(tmp_path / "ref", BYO_SCRIPT, steps)
+    ckpt, progress = shared_dir(tmp_path / "ckpt"), shared_dir(tmp_path / "progress")
+    H.apply_config_map(c, ns, "byo-script", {"train.py": BYO_SCRIPT.read_text()})
+    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(
+        H.byo_job("byo", installed["byo"], steps, ckpt, progress)))
+    want = rng.randint(8, 50)
+    H.wait_progress(progress, want, timeout=300, diag=lambda: json.dumps(job_status(c, ns, "byo"), indent=1))
+    time.sleep(rng.random() * 0.1)
+    pid = F.trainer_pid("byo-worker-1-0", b"/script/train.py")
+    print(f"fault: SIGKILL the trainer of byo-worker-1-0 (pid {pid}) at step {want}")
+    assert F.signal_pid(pid, signal.SIGKILL)
+    wait_succeeded(c, ns, "byo")
+    st = job_status(c, ns, "byo")
+    [inc] = [i for i in st["incidents"] if i["kind"] != "CheckpointFailed"]
+    assert inc["kind"] == "Restart" and inc["detectedCause"] == "WorkerKilled" and inc["exitCode"] == 137, inc
+    assert st["incarnation"] == 1 and st["restarts"]["infrastructure"] == 1
+    logs = "".join(c.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout for p in worker_pods(c, ns, "byo")
+                   if p["metadata"]["labels"]["stoker.dev/incarnation"] == "1")
+    assert "resumed from step" in logs, logs
+    assert f"final step {steps} checksum {ref}" in logs, logs
+    pod = next(p for p in worker_pods(c, ns, "byo") if p["metadata"]["name"] == "byo-worker-0-1")
+    assert [i["name"] for i in pod["spec"]["initContainers"]] == ["stoker-launcher"]
+
+
+def test_a_gpu_job_beyond_capacity_waits_and_stoker_describe_gives_the_schedulers_reason(real_cluster, installed):
+    """The fake GPUs are the kubelet's (device plugin): more per pod than a node has stays Pending."""
+    from tests.realnodes_tests.conftest import GPUS_PER_NODE
+    c, ns = real_cluster, installed["ns"]
+    body = {"apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "greedy"},
+            "spec": {"replicas": 1, "template": {"spec": {
+                "nodeSelector": {"stoker.dev/real-node": "true"}, "securityContext": H.NON_ROOT,
+                "containers": [{"name": "trainer", "image": installed["ref"], "imagePullPolicy": "Never",
+                                "command": ["python", "-c", "print(1)"],
+                                "resources": {"limits": {"nvidia.com/gpu": GPUS_PER_NODE + 1}}}]}}}}
+    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
+    try:
+        deadline = time.monotonic() + 120
+        while "Insufficient nvidia.com/gpu" not in json.dumps(job_status(c, ns, "greedy").get("conditions")):
+            assert time.monotonic() < deadline, job_status(c, ns, "greedy")
+            time.sleep(1)
+        assert job_status(c, ns, "greedy")["phase"] != "Running"
+        text = describe(c, ns, "greedy")
+        assert "Unschedulable" in text and "Insufficient nvidia.com/gpu" in text, text
+    finally:
+        c.kubectl("delete", "trainingjob", "greedy", "-n", ns, "--wait=false", check=False)
+
+
+def test_a_killed_trainer_and_a_stopped_node_are_recovered_bit_identical_on_real_nodes(
+        real_cluster, installed, tmp_path):
+    c, ns = real_cluster, installed["ns"]
+    rng = fault_rng()
+    cfg = trainer_config(150)
+    ref = reference_summary(tmp_path, cfg, 2)
+    jdir = shared_dir(tmp_path / "journal")
+    bucket = H.make_bucket(c)
+    H.apply_config_map(c, ns, "rec-config", {"config.json": json.dumps(H.in_pod_config(cfg))})
+    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(H.trainer_job("rec", installed["ref"], bucket, jdir)))
+
+    def incarnation() -> int:
+        return int(job_status(c, ns, "rec").get("incarnation", 0))
+
+    def diag() -> str:
+        return json.dumps(job_status(c, ns, "rec"), indent=1) + c.kubectl("get", "pods", "-n", ns, "-o", "wide").stdout
+
+    moment = F.at_random_moment(rng, jdir, incarnation, min_steps=8, max_steps=40, timeout=300)
+    pid = F.trainer_pid("rec-worker-1-0")
+    print("fault 1: SIGKILL the trainer of rec-worker-1-0 at", moment)
+    assert F.signal_pid(pid, signal.SIGKILL), diag()
+
+    moment = F.at_random_moment(rng, jdir, incarnation, min_steps=8, max_steps=40, after_incarnation=0,
+                                timeout=300)
+    on_lost = [p["metadata"]["name"] for p in worker_pods(c, ns, "rec")
+               if p["spec"].get("nodeName") == NODES[1] and p["metadata"]["labels"]["stoker.dev/incarnation"] == "1"]
+    assert on_lost, diag()
+    print(f"fault 2: stop {NODES[1]} (running {on_lost}) at", moment)
+    c.real_nodes().stop_node(c.real_nodes().node(1))
+    wait_succeeded(c, ns, "rec")
+
+    logs = "".join(c.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout for p in worker_pods(c, ns, "rec"))
+    summary = next(json.loads(line) for line in logs.splitlines() if '"checksum"' in line)
+    facts = assert_resumed_from_newest_commit(jdir, summary)
+    assert summary["step"] == 150 and summary["checksum"] == ref["checksum"], (summary, ref)
+    st = job_status(c, ns, "rec")
+    acting = [i for i in st["incidents"] if i["kind"] != "CheckpointFailed"]
+    assert [i["detectedCause"] for i in acting] == ["WorkerKilled", "NodeLost"], acting
+    assert acting[0]["exitCode"] == 137 and acting[1]["node"] == NODES[1], acting
+    assert st["restarts"] == {"userError": 0, "infrastructure": 2, "preemption": 0, "total": 2}
+    assert len(facts) == 2 and st["incarnation"] == 2
+    final = [p for p in worker_pods(c, ns, "rec") if p["metadata"]["labels"]["stoker.dev/incarnation"] == "2"]
+    assert sorted(p["spec"]["nodeName"] for p in final) == [NODES[0], NODES[0]], "the replacement runs on the other node"
+    text = describe(c, ns, "rec")
+    assert "WorkerKilled" in text and "NodeLost" in text, text
+    assert '"checksum"' in describe(c, ns, "rec", "logs"), "stoker logs shows the workers' output"
