@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install tools test test-fast test-realnodes node-packages demo bench chaos clean cluster-up cluster-down proto crd crd-check
+.PHONY: all install tools test test-fast test-realnodes node-packages demo demo-fast bench chaos clean cluster-up cluster-down proto crd crd-check
 
 all: test
 
@@ -43,8 +43,13 @@ test-realnodes: install tools node-packages
 	@devcluster/stoker/devcluster/build-tools.sh kubelet kube-proxy coredns >/dev/null
 	STOKER_REALNODES=1 $(PY) -m pytest -m realnodes tests/realnodes_tests $(PYTEST_ARGS)
 
-demo: install tools
+demo: install tools node-packages
+	@devcluster/stoker/devcluster/build-tools.sh kubelet kube-proxy coredns >/dev/null
 	$(PY) -m tests.demo
+
+# The same story on process nodes with the operator as a local process (no root, no images).
+demo-fast: install tools
+	$(PY) -m tests.demo --process-nodes
 
 bench: install tools
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

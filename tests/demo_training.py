@@ -53,7 +53,8 @@ def _metrics(path: Path) -> list[dict]:
 def _trainer_pids(pod: str) -> list[int]:
     """The training processes (torchrun's children) of one worker pod, found by the
     pod name the node agent put in their environment."""
-    return find_processes(argv_has=b"stoker.worker.train", argv_lacks=(b"stoker.operator.launch",),
+    return find_processes(argv_has=b"stoker.worker.train",
+                          argv_lacks=(b"stoker.operator.launch", b"/stoker-launcher/stoker_launch.py"),
                           env_has=(f"STOKER_POD_NAME={pod}".encode(),))
 
 
@@ -73,7 +74,50 @@ def _reference(work: Path, summary_args: list[str]) -> dict:
     return json.loads((ref / "summary.json").read_text())
 
 
-def run(c, ns: str, *, say) -> dict:
+class ProcessNodes:
+    """The operator as a local process; the trainer reads the repository through PYTHONPATH
+    and writes its metrics and summary into the demo folder (process nodes share the host's)."""
+
+    def __init__(self, c, ns: str, work: Path, say) -> None:
+        self.c, self.ns, self.work, self.say = c, ns, work, say
+        self.metrics, self.summary_path = work / "metrics.jsonl", work / "summary.json"
+
+    def start_operator(self) -> None:
+        self.say("starting the operator (kopf) for the demo namespace")
+        c, env = self.c, dict(os.environ)
+        env.update({
+            "STOKER_OPERATOR_KUBECONFIG": str(c.kubeconfig),
+            "STOKER_OPERATOR_NAMESPACES": self.ns,
+            "STOKER_OPERATOR_METRICS_PORT": str(free_port()),
+            "STOKER_OPERATOR_HEALTH_PORT": "0",
+            "STOKER_OPERATOR_RENDEZVOUS_PORT": str(free_port()),
+            "STOKER_OPERATOR_RESYNC_SECONDS": "1",
+            "STOKER_OPERATOR_HEARTBEAT_ADDRESS": f"127.0.0.1:{free_port()}",
+            "STOKER_OPERATOR_HEARTBEAT_INTERVAL_SECONDS": "1",
+            "STOKER_OPERATOR_S3_ENDPOINT": c.s3_endpoint,
+            "PYTHONPATH": str(REPO),
+        })
+        with open(self.work / "operator.log", "ab") as out:
+            self.op = subprocess.Popen([sys.executable, "-m", "stoker.operator.main"], env=env, cwd=REPO,
+                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop_operator(self) -> None:
+        os.killpg(self.op.pid, signal.SIGKILL)
+        self.op.wait()
+
+    def pod_spec(self, args: list[str]) -> dict:
+        return {"terminationGracePeriodSeconds": 5, "containers": [{
+            "name": "trainer", "image": "stoker-worker:dev",
+            "command": [sys.executable, "-m", "stoker.worker.train", str(REPO / "examples" / "train-tiny.yaml")],
+            "args": [*args, "--set", f"output.summary_path={self.summary_path}"],
+            "env": [{"name": "STOKER_METRICS_PATH", "value": str(self.metrics)},
+                    {"name": "OMP_NUM_THREADS", "value": "1"}, {"name": "PYTHONPATH", "value": str(REPO)}]}]}
+
+    def result(self, name: str) -> dict:
+        return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
+
+
+def run(c, ns: str, *, say, platform=None) -> dict:
     import boto3
 
     from stoker.common import env as E
@@ -88,46 +132,16 @@ def run(c, ns: str, *, say) -> dict:
     c.create_s3_secret(ns)
     c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     c.wait_crd_established("trainingjobs.stoker.dev")
-
-    say("starting the operator (kopf) for the demo namespace")
-    op_log = work / "operator.log"
-    env = dict(os.environ)
-    env.update({
-        "STOKER_OPERATOR_KUBECONFIG": str(c.kubeconfig),
-        "STOKER_OPERATOR_NAMESPACES": ns,
-        "STOKER_OPERATOR_METRICS_PORT": str(free_port()),
-        "STOKER_OPERATOR_HEALTH_PORT": "0",
-        "STOKER_OPERATOR_RENDEZVOUS_PORT": str(free_port()),
-        "STOKER_OPERATOR_RESYNC_SECONDS": "1",
-        "STOKER_OPERATOR_HEARTBEAT_ADDRESS": f"127.0.0.1:{free_port()}",
-        "STOKER_OPERATOR_HEARTBEAT_INTERVAL_SECONDS": "1",
-        "STOKER_OPERATOR_S3_ENDPOINT": c.s3_endpoint,
-        "PYTHONPATH": str(REPO),
-    })
-    with open(op_log, "ab") as out:
-        op = subprocess.Popen([sys.executable, "-m", "stoker.operator.main"], env=env, cwd=REPO,
-                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    metrics = work / "metrics.jsonl"
-    summary = work / "summary.json"
+    platform = (platform or ProcessNodes)(c, ns, work, say)
+    platform.start_operator()
+    metrics = platform.metrics
     name = "demo"
     job = {
         "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": ns},
         "spec": {
             "replicas": 2,
-            "template": {"spec": {
-                "terminationGracePeriodSeconds": 5,
-                "containers": [{
-                    "name": "trainer", "image": "stoker-worker:dev",
-                    "command": [sys.executable, "-m", "stoker.worker.train",
-                                str(REPO / "examples" / "train-tiny.yaml")],
-                    "args": ["--steps", str(STEPS), "--set", "parallel.mode=ddp",
-                             "--set", f"output.summary_path={summary}"],
-                    "env": [{"name": "STOKER_METRICS_PATH", "value": str(metrics)},
-                            {"name": "OMP_NUM_THREADS", "value": "1"},
-                            {"name": "PYTHONPATH", "value": str(REPO)}],
-                }],
-            }},
+            "template": {"spec": platform.pod_spec(["--steps", str(STEPS), "--set", "parallel.mode=ddp"])},
             "checkpoint": {"uri": f"s3://{bucket}/{name}", "intervalSteps": CKPT_EVERY, "keep": 3,
                            "credentialsSecretRef": {"name": "stoker-s3"}},
             "failurePolicy": {"maxRestarts": 3, "backoffSeconds": 1},
@@ -156,7 +170,7 @@ def run(c, ns: str, *, say) -> dict:
                       in ("Succeeded", "Failed") and j, 600)
         status = final["status"]
         rows = _metrics(metrics)
-        result = json.loads(summary.read_text()) if summary.exists() else {}
+        result = platform.result(name)
         incidents = status.get("incidents") or []
         out = {
             "ok": status["phase"] == "Succeeded",  # and (below) identical to the undisturbed run
@@ -191,5 +205,4 @@ def run(c, ns: str, *, say) -> dict:
             say("events of the job:\n" + "\n".join("    " + ln for ln in ev.splitlines()))
         return out
     finally:
-        os.killpg(op.pid, signal.SIGKILL)
-        op.wait()
+        platform.stop_operator()

@@ -16,15 +16,26 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
 
-def test_make_demo_end_to_end(tmp_path):
+def run_demo(tmp_path, *args: str) -> dict:
     summary_file = tmp_path / "summary.json"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.demo", "--dir", str(tmp_path / "demo"),
-         "--summary-json", str(summary_file)],
+         "--summary-json", str(summary_file), *args],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    summary = json.loads(summary_file.read_text())
+    return json.loads(summary_file.read_text())
+
+
+def test_make_demo_end_to_end_on_process_nodes(tmp_path):
+    """The fast option (`make demo-fast`); the default, on real nodes, is
+    tests/realnodes_tests/test_demo_real.py (`make test-realnodes`)."""
+    summary = run_demo(tmp_path, "--process-nodes")
+    assert summary["nodes"] == "process"
+    check_summary(summary, tmp_path)
+
+
+def check_summary(summary: dict, tmp_path) -> None:
     pod = summary["pod"]
     assert pod["phase"] == "Succeeded"
     # The pod printed the name and IP it read from the downward API; they are the API's.
