@@ -5,11 +5,13 @@ package index, constrained to the versions this test environment runs):
 - `stoker` (base): the on-call CLI and the kubectl plugin; no torch, under 50 MB, and
   `kubectl stoker get` works against the local cluster through kubectl's plugin lookup;
 - `stoker[operator]`: the operator reconciles a TrainingJob with torch not installed
-  (so nothing on its path imports torch); without the `rendezvous` extra it refuses to
-  host the c10d store with an error that names the extra.
+  (so nothing on its path imports torch), and the c10d rendezvous store it hosts serves
+  that job's torch TCPStore clients through the locked gateway.
 """
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import importlib.metadata as md
 import json
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from stoker.common import rdzv_lock
 from tests.operator_tests.conftest import (crd, free_port, job_manifest, kwok_pool,  # noqa: F401
                                            wait_for)
 
@@ -133,23 +136,19 @@ def test_base_install_is_small_torch_free_and_runs_the_kubectl_plugin(
     assert out.returncode == 1 and "stoker[operator]" in out.stderr, out.stderr
 
 
-def test_operator_extra_runs_the_operator_without_torch(
+@pytest.mark.torch      # the test's own TCPStore client
+def test_operator_extra_runs_the_operator_and_its_rendezvous_without_torch(
         tmp_path, wheel, constraints, cluster, crd, namespace, kwok_pool):  # noqa: F811
     env = CleanVenv(tmp_path / "operator")
     env.install(f"{wheel}[operator]", constraints)
     dists = env.distributions()
     assert "kopf" in dists and "torch" not in dists, sorted(dists)
 
-    common = ["--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "--health-port", "0"]
-    # Hosting the c10d store needs torch: a clear refusal that names the extra.
-    refused = env.run(str(env.bin / "stoker"), "operator", "run", *common, "--metrics-port", "0",
-                      "--rendezvous-port", str(free_port()), timeout=120, check=False)
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "stoker[operator,rendezvous]" in refused.stdout + refused.stderr
-
+    rdzv = free_port()
     log = open(tmp_path / "operator.log", "wb")
-    proc = subprocess.Popen([str(env.bin / "stoker"), "operator", "run", *common, "--metrics-port", str(free_port()),
-                             "--rendezvous-port", "0", "--rendezvous-advertise-address", "127.0.0.1"],
+    proc = subprocess.Popen([str(env.bin / "stoker"), "operator", "run", "--kubeconfig", str(cluster.kubeconfig),
+                             "-n", namespace, "--health-port", "0", "--metrics-port", str(free_port()),
+                             "--rendezvous-port", str(rdzv), "--heartbeat-address", f"127.0.0.1:{free_port()}"],
                             cwd=env.root, env=env.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         job = job_manifest("no-torch-op", ["python", "train.py"], replicas=2, node_selector=kwok_pool)
@@ -163,6 +162,15 @@ def test_operator_extra_runs_the_operator_without_torch(
         wait_for("the torch-free operator to run the job", phase, timeout=120,
                  on_timeout=lambda: (tmp_path / "operator.log").read_text(errors="replace")[-3000:])
         assert proc.poll() is None
+        # The job's own store, through the gateway with the job's token, as its launcher reaches it.
+        token = cluster.kubectl("get", "secret", "stoker-no-torch-op-token", "-n", namespace,
+                                "-o", "jsonpath={.data}").stdout
+        token = base64.b64decode(next(iter(json.loads(token).values()))).decode()
+        fwd = rdzv_lock.Forwarder(("127.0.0.1", rdzv), namespace, "no-torch-op", token)
+        from torch.distributed import TCPStore
+        store = TCPStore("127.0.0.1", fwd.port, is_master=False, timeout=dt.timedelta(seconds=20))
+        store.set("torch.rendezvous.probe", "served without torch")
+        assert store.get("torch.rendezvous.probe") == b"served without torch"
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()

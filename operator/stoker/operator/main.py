@@ -28,8 +28,7 @@ from .pods import RenderConfig
 from .recovery import NodeHealth
 from .recovery_shell import RecoveryShell
 from .rdzv_gateway import Gateway
-from .rendezvous import NO_TORCH, StoreProcess, endpoint
-from .rendezvous import torch_installed as rendezvous_torch_installed
+from .rendezvous import StoreProcess, endpoint
 from .supervision import Settings
 
 log = logging.getLogger("stoker.operator")
@@ -204,9 +203,6 @@ def _timers_without_finalizers(reg: kopf.OperatorRegistry) -> None:
 def run(cfg: Config | None = None) -> int:
     cfg = cfg or load()
     logs.setup(cfg.log_level)
-    if cfg.rendezvous_port > 0 and not rendezvous_torch_installed():
-        log.error(NO_TORCH.format(port=cfg.rendezvous_port))
-        return 1
     settings = operator_settings(cfg)
     kopf.run(
         registry=registry(cfg),

@@ -1,20 +1,24 @@
-"""The shared c10d rendezvous store the operator hosts for every job.
+"""The c10d rendezvous stores the operator hosts for its jobs.
 
-One `torch.distributed.TCPStore` server (multi-tenant: torchrun's c10d backend
-prefixes every key with `torch.rendezvous.<rdzv-id>`) listens on
---rendezvous-port. Workers reach it at --rendezvous-advertise-address, an IP
-literal (127.0.0.1 locally; the operator Service's ClusterIP in a cluster), so
-no worker hosts it and nothing waits for DNS. See operator/README-rendezvous.md.
+The store speaks torch.distributed.TCPStore's protocol without torch (c10d_store.py). In the
+locked mode (the default with heartbeats) each job has its own store on loopback behind the
+gateway (rdzv_gateway.py); otherwise one shared store (torchrun's c10d backend prefixes every
+key with `torch.rendezvous.<rdzv-id>`) listens on --rendezvous-port. Workers reach it at
+--rendezvous-advertise-address, an IP literal (127.0.0.1 locally; the operator Service's
+ClusterIP in a cluster), so no worker hosts it and nothing waits for DNS. See
+operator/README-rendezvous.md.
 
-The store runs in a child process (`python -m stoker.operator.rendezvous`) so the
-operator itself never imports torch; the child asks the kernel to kill it when
-the operator dies (PR_SET_PDEATHSIG), so a SIGKILLed operator leaves nothing behind.
+The stores run in a child process (`python -m stoker.operator.rendezvous`), so a busy operator
+never slows a rendezvous; the child asks the kernel to kill it when the operator dies
+(PR_SET_PDEATHSIG), so a SIGKILLed operator leaves nothing behind.
 If the store itself dies (killed, OOM), a watchdog thread starts it again on the same
 port: the jobs whose rendezvous it broke restart (RendezvousLost) and need it back.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -25,6 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from .c10d_store import StoreServer
 
 log = logging.getLogger("stoker.operator.rendezvous")
 
@@ -44,23 +50,6 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-NO_TORCH = ("the rendezvous store (--rendezvous-port {port}) is torch.distributed.TCPStore and torch is not "
-            "installed here: pip install 'stoker[operator,rendezvous]' (CPU wheels suffice), or run the store "
-            "apart (`stoker operator rendezvous` where torch is installed, e.g. the worker image) and start the "
-            "operator with --rendezvous-port 0 and --rendezvous-advertise-address <the store's IP>")
-
-
-def torch_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torch") is not None
-
-
-def require_torch(port: int = 29400) -> None:
-    if not torch_installed():
-        raise RuntimeError(NO_TORCH.format(port=port))
 
 
 class StoreProcess:
@@ -93,11 +82,10 @@ class StoreProcess:
         return t
 
     def start(self, timeout: float = 60.0) -> None:
-        require_torch(self.port)
         if self.per_job:
             self.proc = subprocess.Popen([sys.executable, "-m", "stoker.operator.rendezvous", "--per-job"],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            self.request("PING", timeout)   # answered once torch is imported
+            self.request("PING", timeout)
             log.info("rendezvous stores ready (per job, behind the gateway)", extra={"pid": self.proc.pid})
             return
         probe = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
@@ -164,42 +152,45 @@ def serve(port: int) -> None:
     """Host the shared store until SIGTERM (runs in the child process; the unlocked mode)."""
     _die_with_parent()
     parent = os.getppid()
-    from datetime import timedelta
 
-    from torch.distributed import TCPStore
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = await StoreServer.start("0.0.0.0", port)
+        while not stop.is_set() and os.getppid() == parent:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        await server.close()
 
-    store = TCPStore("0.0.0.0", port, is_master=True, multi_tenant=True,
-                     wait_for_workers=False, timeout=timedelta(seconds=60))
-    stop = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
-    while not stop["flag"] and os.getppid() == parent:
-        time.sleep(0.5)
-    del store
+    asyncio.run(run())
 
 
 def serve_per_job(requests=sys.stdin, answers=sys.stdout) -> None:
-    """The locked mode's store process: one loopback-only TCPStore per job, made on the
+    """The locked mode's store process: one loopback-only store per job, made on the
     gateway's first request for it. Requests, one line each: ``OPEN <ns>/<job>`` (answer
     ``PORT <n>``) and ``CLOSE <ns>/<job>`` (``OK``). Ends when the operator closes the pipe."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from datetime import timedelta
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="c10d-stores", daemon=True).start()
 
-    from torch.distributed import TCPStore
+    def call(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-    stores: dict[str, TCPStore] = {}
+    stores: dict[str, StoreServer] = {}
     for line in requests:
         verb, _, key = line.strip().partition(" ")
         if verb == "OPEN":
             if key not in stores:
-                stores[key] = TCPStore("127.0.0.1", 0, is_master=True, multi_tenant=True,
-                                       wait_for_workers=False, timeout=timedelta(seconds=60))
+                stores[key] = call(StoreServer.start("127.0.0.1", 0))
             answers.write(f"PORT {stores[key].port}\n")
         elif verb == "PING":
             answers.write("PONG\n")
         elif verb == "CLOSE":
-            stores.pop(key, None)
+            if key in stores:
+                call(stores.pop(key).close())
             answers.write("OK\n")
         else:
             answers.write(f"ERR unknown request {verb!r}\n")
@@ -212,11 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-job", action="store_true",
                     help="the locked mode: per-job stores on loopback, asked for on stdin by the operator's gateway")
     args = ap.parse_args(argv)
-    try:
-        require_torch(args.port)
-    except RuntimeError as e:
-        print(f"stoker operator rendezvous: {e}", file=sys.stderr)
-        return 1
     if args.per_job:
         serve_per_job()
     else:
