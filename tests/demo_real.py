@@ -43,8 +43,10 @@ class RealNodes:
         self.ref, archive = pyimages.stoker_image(cache_dir() / "images", log=lambda m: say(m.strip()))
         c.real_nodes().import_image(archive)
         self.cuda = H.cuda_libs(pyimages.SITE)
-        say(f"helm install stoker charts/stoker -n {self.ns} (image {self.ref})")
-        H.helm_install(c, self.ns, self.ref, self.work, self.cuda, operator={"heartbeatIntervalSeconds": 1})
+        say(f"helm install stoker charts/stoker -n {self.ns} (the operator's own image: no torch)")
+        op = H.helm_install(c, self.ns, self.work, log=lambda m: say(m.strip()),
+                            operator={"heartbeatIntervalSeconds": 1})
+        say(f"operator image {op}; trainer image {self.ref}")
         c.kubectl("rollout", "status", "deployment/stoker", "-n", self.ns, "--timeout=180s", timeout=200)
         pod = json.loads(c.kubectl("get", "pods", "-n", self.ns, "-l", "app.kubernetes.io/component=operator",
                                    "-o", "json").stdout)["items"]

@@ -25,18 +25,30 @@ dist.destroy_process_group()
 """
 
 
-def helm_install(cluster, namespace: str, image_ref: str, tmp: Path, cuda: tuple[dict, dict],
-                 node_selector: dict | None = None, **extra) -> None:
+def operator_image(cluster, log=print) -> str:
+    """The operator's image, built from operator/Dockerfile (buildah) once per content, imported
+    into the nodes."""
+    from stoker.devcluster.local import cache_dir
+    from stoker.devcluster.realnodes import dockerbuild
+    ref, archive = dockerbuild.operator_image(cache_dir() / "images", log=log)
+    cluster.real_nodes().import_image(archive)
+    return ref
+
+
+def helm_install(cluster, namespace: str, tmp: Path, node_selector: dict | None = None, log=print,
+                 **extra) -> str:
+    """`helm install` of the chart with the operator image built here; returns the image."""
+    image_ref = operator_image(cluster, log)
     repo, tag = image_ref.rsplit(":", 1)
     values = {"image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-              "nodeSelector": node_selector or {"stoker.dev/real-node": "true"},
-              "extraVolumes": [cuda[0]], "extraVolumeMounts": [cuda[1]], **extra}
+              "nodeSelector": node_selector or {"stoker.dev/real-node": "true"}, **extra}
     f = tmp / "values.json"
     f.write_text(json.dumps(values))
     r = subprocess.run([cluster.tool("helm"), "install", "stoker", str(CHART), "-n", namespace,
                         "-f", str(f), "--kubeconfig", str(cluster.kubeconfig)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    return image_ref
 
 
 def job(name: str, image_ref: str, cuda: tuple[dict, dict]) -> dict:

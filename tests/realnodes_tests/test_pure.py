@@ -113,3 +113,28 @@ def test_the_users_own_image_holds_torch_and_what_it_requires_but_nothing_of_sto
     tops = pyimages.torch_closure()
     assert {"torch", "sympy", "filelock", "typing_extensions.py"} <= tops
     assert not [t for t in tops if t.lower().startswith(("nvidia", "triton", "grpc", "boto", "stoker", "kopf"))]
+
+
+def test_a_dockerfile_image_is_rebuilt_when_its_dockerfile_or_a_copied_source_changes(tmp_path, monkeypatch):
+    """dockerbuild.content_key: the Dockerfile, every file the Dockerfiles COPY and the base
+    are in the key; bytecode caches are not."""
+    from stoker.devcluster.realnodes import dockerbuild
+    repo = tmp_path / "repo"
+    for f in ("pyproject.toml", "README.md", "common/stoker/x.py", "operator/stoker/y.py", "worker/stoker/z.py",
+              "operator/Dockerfile", "tests/t.py"):
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).write_text(f)
+    monkeypatch.setattr(dockerbuild, "REPO", repo)
+    key = lambda base="b1": dockerbuild.content_key(repo / "operator/Dockerfile", base)  # noqa: E731
+    first = key()
+    (repo / "common/stoker/__pycache__").mkdir()
+    (repo / "common/stoker/__pycache__/x.pyc").write_text("bytecode")
+    (repo / "tests/t.py").write_text("not copied by the Dockerfiles")
+    assert key() == first
+    assert key("b2") != first
+    for f in ("operator/Dockerfile", "common/stoker/x.py", "worker/stoker/z.py", "pyproject.toml"):
+        before = (repo / f).read_text()
+        (repo / f).write_text(before + " changed")
+        assert key() != first, f
+        (repo / f).write_text(before)
+    assert key() == first

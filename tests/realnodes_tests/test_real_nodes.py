@@ -137,9 +137,8 @@ def python_image(real_cluster):
 def cuda_libs() -> tuple[dict, dict]:
     """(volume, mount) of the CUDA runtime libraries torch loads at import, from the host."""
     from stoker.devcluster.realnodes import pyimages
-    volume = {"name": "cuda-libs", "hostPath": {"path": str(pyimages.site_packages() / "nvidia"),
-                                                "type": "Directory"}}
-    return volume, {"name": "cuda-libs", "mountPath": f"{pyimages.SITE}/nvidia", "readOnly": True}
+    from tests.realnodes_tests import operator_helm
+    return operator_helm.cuda_libs(pyimages.SITE)
 
 
 def test_torch_gloo_allreduce_across_the_two_nodes_in_the_python_image(real_cluster, kube_ns):
@@ -168,16 +167,20 @@ def test_torch_gloo_allreduce_across_the_two_nodes_in_the_python_image(real_clus
 
 
 def test_the_helm_installed_operator_runs_a_two_node_gloo_job_to_succeeded(real_cluster, kube_ns, tmp_path):
-    """`helm install charts/stoker` with the image built here: the operator runs as the
-    chart's Deployment (in-cluster config, its ServiceAccount and RBAC) on a real node; a
+    """`helm install charts/stoker` with the images built here (the operator's has no torch):
+    the operator runs as the chart's Deployment (in-cluster config, its ServiceAccount and RBAC) on a real node; a
     2-worker gloo TrainingJob, one worker per node, reaches Succeeded through rendezvous
     and heartbeats over the operator's Service."""
     import json
     from tests.realnodes_tests import operator_helm
     ref = python_image(real_cluster)
-    operator_helm.helm_install(real_cluster, kube_ns.ns, ref, tmp_path, cuda_libs())
+    operator_helm.helm_install(real_cluster, kube_ns.ns, tmp_path)
     real_cluster.kubectl("rollout", "status", "deployment/stoker", "-n", kube_ns.ns, "--timeout=180s",
                          timeout=200)
+    # The operator's image has no torch: the rendezvous store it hosts is torch-free.
+    r = real_cluster.kubectl("exec", "-n", kube_ns.ns, "deploy/stoker", "--", "python", "-c",
+                             "import importlib.util as u; print('torch' if u.find_spec('torch') else 'no torch')")
+    assert r.stdout.strip() == "no torch", r.stdout + r.stderr
     real_cluster.create_s3_secret(kube_ns.ns)
     kube_ns.apply(operator_helm.job("ring", ref, cuda_libs()))
     operator_helm.wait_phase(real_cluster, kube_ns.ns, "ring", ("Succeeded",), timeout=300)

@@ -26,6 +26,7 @@ import uuid
 
 import pytest
 
+from stoker.devcluster.realnodes import pyimages
 from tests.realnodes_tests import operator_helm as H
 from tests.recovery_tests import faults as F
 from tests.recovery_tests.conftest import reference_summary
@@ -41,15 +42,14 @@ BYO_SCRIPT = pathlib.Path(__file__).with_name("scripts") / "byo_train.py"
 @pytest.fixture(scope="module")
 def installed(real_cluster, tmp_path_factory):
     """Both images imported into the nodes; the chart installed in a namespace of its own."""
-    from tests.realnodes_tests.test_real_nodes import cuda_libs, python_image
+    from tests.realnodes_tests.test_real_nodes import python_image
     from stoker.devcluster.local import cache_dir
-    from stoker.devcluster.realnodes import pyimages
     ref = python_image(real_cluster)
     byo_ref, archive = pyimages.torch_image(cache_dir() / "images", log=print)
     real_cluster.real_nodes().import_image(archive)
     ns = f"rec-{uuid.uuid4().hex[:6]}"
     real_cluster.kubectl("create", "namespace", ns)
-    H.helm_install(real_cluster, ns, ref, tmp_path_factory.mktemp("helm"), cuda_libs(),
+    H.helm_install(real_cluster, ns, tmp_path_factory.mktemp("helm"),
                    node_selector={"kubernetes.io/hostname": NODES[0]})
     real_cluster.kubectl("rollout", "status", "deployment/stoker", "-n", ns, "--timeout=180s", timeout=200)
     real_cluster.create_s3_secret(ns)
@@ -181,7 +181,8 @@ def test_a_killed_trainer_and_a_stopped_node_are_recovered_bit_identical_on_real
     assert st["restarts"] == {"userError": 0, "infrastructure": 2, "preemption": 0, "total": 2}
     assert len(facts) == 2 and st["incarnation"] == 2
     final = [p for p in worker_pods(c, ns, "rec") if p["metadata"]["labels"]["stoker.dev/incarnation"] == "2"]
-    assert sorted(p["spec"]["nodeName"] for p in final) == [NODES[0], NODES[0]], "the replacement runs on the other node"
+    assert sorted(p["spec"]["nodeName"] for p in final) == [NODES[0], NODES[0]], \
+        "the replacement runs on the other node"
     text = describe(c, ns, "rec")
     assert "WorkerKilled" in text and acting[1]["detectedCause"] in text, text
     assert '"checksum"' in describe(c, ns, "rec", "logs"), "stoker logs shows the workers' output"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install what real nodes (`stoker cluster up --real-nodes N`) and the image builds need from
 # Debian 12: containerd, runc, the CNI plugins, iptables, conntrack, and the image tools
-# (mmdebstrap, umoci, busybox-static). Idempotent: installs only what is missing. Needs root
+# (mmdebstrap, umoci, buildah, busybox-static). Idempotent: installs only what is missing. Needs root
 # and apt; starts no service (a policy-rc.d keeps Debian from starting containerd: the test bed
 # starts its own containerd per node).
 set -euo pipefail
 pkgs=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux
-      mmdebstrap umoci busybox-static)
+      mmdebstrap umoci buildah busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

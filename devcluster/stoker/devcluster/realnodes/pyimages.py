@@ -7,9 +7,9 @@ gloo needs none) and the stoker sources. Cached by content hash like the Go tool
 and what torch requires, in the interpreter's own dist-packages; no stoker, no gRPC, no S3
 client.
 
-This stands in for ``docker build -f worker/Dockerfile``: those Dockerfiles install torch
-from download.pytorch.org or PyPI's CUDA wheels (several GB), which this machine cannot
-reach or afford; the image holds the same packages as the dev environment instead."""
+This stands in for ``docker build -f worker/Dockerfile`` (the operator's image is built from
+its own Dockerfile: dockerbuild.py): that Dockerfile installs torch with its CUDA wheels from
+PyPI (several GB per build); the image holds the same packages as the dev environment instead."""
 from __future__ import annotations
 
 import fcntl
@@ -66,12 +66,12 @@ def _keep_all(name: str) -> bool:
     return not _excluded(name) and not name.startswith("stoker")
 
 
-def torch_closure() -> set[str]:
-    """The site-packages entries of torch and of what it requires, transitively (the
-    CUDA and triton packages left out as everywhere here)."""
+def requirement_closure(roots: list[str]) -> set[str]:
+    """The site-packages entries of the distributions ``roots`` and of what they require,
+    transitively (the CUDA and triton packages left out as everywhere here)."""
     from importlib import metadata
     seen: set[str] = set()
-    todo, tops = ["torch"], set()
+    todo, tops = list(roots), set()
     while todo:
         name = todo.pop()
         key = re.sub(r"[-_.]+", "-", name).lower()
@@ -83,8 +83,16 @@ def torch_closure() -> set[str]:
         except metadata.PackageNotFoundError:       # a requirement whose marker excludes this platform
             continue
         tops.update(f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__"))
-        todo += [re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0] for r in dist.requires or [] if "extra ==" not in r]
+        todo += [_name(r) for r in dist.requires or [] if "extra ==" not in r]
     return tops
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0]
+
+
+def torch_closure() -> set[str]:
+    return requirement_closure(["torch"])
 
 
 def content_key(base: Path, keep: Callable[[str], bool], site: str, sources: list[Path]) -> str:
