@@ -206,6 +206,8 @@ class RealNodes:
             return
         for node in self.known():
             self.stop_node(node)
+            # Its images unpacked (GBs per node with torch): the archives stay in the image cache.
+            shutil.rmtree(node.dir / "containerd" / "root", ignore_errors=True)
         network.delete_bridge(net)
         run = Path(f"/run/stoker-{self.cid}")
         if run.exists():
