@@ -8,7 +8,8 @@ operator pinned to real-node-0):
   are bit-identical to an undisturbed run;
 - a user's image with Python and torch only (no Stoker: the launcher comes in through the
   chart's init container) runs its own torchrun script, which keeps its own checkpoints on a
-  shared volume; its SIGKILLed trainer is restarted the same way and ends bit-identical.
+  shared volume; its SIGKILLed trainer is restarted the same way and ends bit-identical;
+- examples/minimal.yaml runs from the image it names.
 
 Faults come at random steps (seeded; the seed is printed). What the tests time faults by
 (the step journal, the script's progress files) lives on host folders mounted into the pods:
@@ -25,6 +26,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 from stoker.devcluster.realnodes import pyimages
 from tests.realnodes_tests import operator_helm as H
@@ -37,6 +39,7 @@ pytestmark = [pytest.mark.realnodes, pytest.mark.cluster, pytest.mark.slow, pyte
 
 NODES = ["real-node-0", "real-node-1"]
 BYO_SCRIPT = pathlib.Path(__file__).with_name("scripts") / "byo_train.py"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +137,26 @@ def test_a_gpu_job_beyond_capacity_waits_and_stoker_describe_gives_the_scheduler
         assert "Unschedulable" in text and "Insufficient nvidia.com/gpu" in text, text
     finally:
         c.kubectl("delete", "trainingjob", "greedy", "-n", ns, "--wait=false", check=False)
+
+
+def test_the_minimal_example_runs_on_real_nodes_from_the_image_it_names(real_cluster, installed):
+    """examples/minimal.yaml as NOTES.txt applies it, its image (stoker-worker:0.1.0) served
+    by the nodes as a registry would (the trainers' image, tagged with that name). Added by
+    the test: the CUDA libraries this stand-in image leaves out, and real-node placement."""
+    c, ns = real_cluster, installed["ns"]
+    job = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == "stoker-worker:0.1.0"
+    c.real_nodes().tag_image(installed["ref"], f"docker.io/library/{container['image']}")
+    volume, mount = H.cuda_libs(pyimages.SITE)
+    pod.update(nodeSelector={"stoker.dev/real-node": "true"}, volumes=[volume])
+    container["volumeMounts"] = [mount]
+    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(job))
+    wait_succeeded(c, ns, "minimal", timeout=300)
+    logs = "".join(c.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout for p in worker_pods(c, ns, "minimal"))
+    summary = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"checksum"' in line]
+    assert [(s["step"], s["world_size"]) for s in summary] == [(100, 2)], logs[-3000:]
 
 
 def test_a_killed_trainer_and_a_stopped_node_are_recovered_bit_identical_on_real_nodes(

@@ -163,6 +163,14 @@ class RealNodes:
         with ThreadPoolExecutor(max_workers=max(1, len(socks))) as pool:
             list(pool.map(lambda sock: images.import_image(archive, sock), socks))
 
+    def tag_image(self, ref: str, name: str) -> None:
+        """Give an imported image another name in every running node (as a registry would
+        serve it under that name): ``name`` fully qualified, as the kubelet asks for it."""
+        for node in self.known():
+            if self.running(node):
+                images._run("ctr", "--address", str(node.containerd_sock), "--namespace", "k8s.io",
+                            "images", "tag", "--force", ref, name)
+
     # ------------------------------------------------------------------ state
     def pid(self, node: Node, comp: str) -> int | None:
         from stoker.devcluster.procs import owned_alive
