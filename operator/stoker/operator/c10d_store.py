@@ -202,7 +202,8 @@ async def command(code: int, store: Store, read: Reader, client: Client) -> None
 
 
 class StoreServer:
-    """One store listening on ``host:port`` (port 0: any free port) in the running loop."""
+    """One store listening on ``host:port`` in the running loop (host None: every address of
+    both families; port 0: a free port, with one host only)."""
 
     def __init__(self) -> None:
         self.store = Store()
@@ -211,7 +212,7 @@ class StoreServer:
         self.port = 0
 
     @classmethod
-    async def start(cls, host: str, port: int) -> StoreServer:
+    async def start(cls, host: str | None, port: int) -> StoreServer:
         self = cls()
         self.server = await asyncio.start_server(self.session, host, port, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -228,8 +229,8 @@ class StoreServer:
                 await command((await reader.readexactly(1))[0], self.store, read, client)
                 if writer.transport.get_write_buffer_size() > MAX_VALUE_LEN:
                     await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ProtocolError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, asyncio.CancelledError):
+            pass        # cancelled: the store is closing (asyncio.run cancels the sessions left)
         finally:
             self.store.forget(client)
             self.clients.discard(writer)

@@ -158,7 +158,7 @@ def serve(port: int) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        server = await StoreServer.start("0.0.0.0", port)
+        server = await StoreServer.start(None, port)     # every address, IPv4 and IPv6, as torch's server
         while not stop.is_set() and os.getppid() == parent:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
