@@ -64,3 +64,41 @@ def test_last_checkpoint_comes_from_the_newest_committed_step_any_rank_reports()
     prev = {"step": 30, "time": "2026-01-01T11:00:00Z", "uri": "u", "worldSize": 3}
     assert I.last_checkpoint(ws, "s3://b/run", NOW, prev) == prev
     assert I.last_checkpoint([W({})], "s3://b", NOW) is None
+
+
+def _peer_lost(seconds_ago: float, node: str | None = "n2", kind: str = "Restart") -> dict:
+    f = D.Finding(D.PEER_LOST, "rank 0 failed in a collective: gloo/transport/tcp; suspect: j-worker-1-0 on node n2",
+                  pod="j-worker-0-0", rank=0, node=node)
+    return I.record(f, kind=kind, budget="infrastructure", incarnation=1,
+                    now=NOW - dt.timedelta(seconds=seconds_ago))
+
+
+LOST = {"n2": D.NodeView("n2", ready="Unknown", unreachable=True)}
+READY = {"n2": D.NodeView("n2")}
+
+
+def test_a_peer_lost_whose_suspects_node_is_then_lost_becomes_node_lost():
+    """A stopped node's survivor fails first (PeerLost naming that node); NotReady comes after
+    the control plane's grace period, and the incident then says what happened."""
+    hist = [_peer_lost(12)]
+    out = I.confirm_peer_lost(hist, LOST, True, NOW)
+    assert out is not None and out[-1]["detectedCause"] == D.NODE_LOST
+    assert out[-1]["message"].endswith("then node n2 was lost: the root cause")
+    assert hist[-1]["detectedCause"] == D.PEER_LOST                 # the input is not changed
+    gone = I.confirm_peer_lost(hist, {}, True, NOW)                  # the node object deleted
+    assert gone is not None and gone[-1]["detectedCause"] == D.NODE_LOST
+    replace = I.confirm_peer_lost([_peer_lost(12, kind="Replace")], LOST, True, NOW)
+    assert replace is not None and replace[-1]["detectedCause"] == D.NODE_LOST
+    assert I.confirm_peer_lost(out, LOST, True, NOW) is None        # once
+
+
+def test_a_peer_lost_stays_when_the_node_is_ready_unknown_or_the_news_too_late():
+    assert I.confirm_peer_lost([_peer_lost(12)], READY, True, NOW) is None
+    assert I.confirm_peer_lost([_peer_lost(12)], {}, False, NOW) is None        # nodes not listed: unknown
+    assert I.confirm_peer_lost([_peer_lost(I.PEER_NODE_WINDOW_S + 1)], LOST, True, NOW) is None
+    assert I.confirm_peer_lost([_peer_lost(12, node=None)], LOST, True, NOW) is None
+    # Only the newest failure: a later one (here a crash) is what the job acts on now.
+    later = I.record(D.Finding(D.WORKER_CRASHED, "exit 1", node="n1"), kind="Restart", budget="userError",
+                     incarnation=2, now=NOW)
+    assert I.confirm_peer_lost([_peer_lost(12), later], LOST, True, NOW) is None
+    assert I.confirm_peer_lost([], LOST, True, NOW) is None

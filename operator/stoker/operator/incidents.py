@@ -133,3 +133,27 @@ def last_checkpoint(workers: Sequence[Any], uri: str | None, now: dt.datetime,
     if world:
         out["worldSize"] = world
     return out
+
+
+# A PeerLost incident is rewritten as NodeLost when its suspect's node is found lost this soon
+# after it: the survivor's collective error comes first, and NotReady only after the control
+# plane's grace period (40 s by default).
+PEER_NODE_WINDOW_S = 180.0
+
+
+def confirm_peer_lost(incidents: Sequence[Mapping[str, Any]] | None, nodes: Mapping[str, D.NodeView],
+                      nodes_listed: bool, now: dt.datetime) -> list[dict[str, Any]] | None:
+    """The newest Restart/Replace, if it is a PeerLost whose suspect's node (its ``node``) is now
+    lost or gone, as NodeLost; None if nothing changes."""
+    items = [dict(x) for x in incidents or []]
+    i = next((k for k in range(len(items) - 1, -1, -1) if items[k].get("kind") in ("Restart", "Replace")), None)
+    if i is None or items[i].get("detectedCause") != D.PEER_LOST or not items[i].get("node"):
+        return None
+    inc, detected = items[i], parse_time(items[i].get("time"))
+    view = nodes.get(inc["node"])
+    lost = view.lost if view is not None else nodes_listed
+    if not lost or detected is None or (now - detected).total_seconds() > PEER_NODE_WINDOW_S:
+        return None
+    inc["detectedCause"] = D.NODE_LOST
+    inc["message"] = f"{inc.get('message', '')}; then node {inc['node']} was lost: the root cause".lstrip("; ")
+    return items

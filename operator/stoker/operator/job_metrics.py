@@ -178,7 +178,9 @@ def step_rate(history: Sequence[tuple[float, int]], now: float, window_s: float 
 
 
 def incident_key(inc: Mapping[str, Any]) -> str:
-    return f"{inc.get('time')}|{inc.get('kind')}|{inc.get('detectedCause')}|{inc.get('incarnation')}"
+    """An incident's identity: not its detectedCause, which a later pass may correct
+    (PeerLost to NodeLost, incidents.confirm_peer_lost)."""
+    return f"{inc.get('time')}|{inc.get('kind')}|{inc.get('pod')}|{inc.get('incarnation')}"
 
 
 def recovered_incidents(incidents: Iterable[Mapping[str, Any]], seen: Iterable[str],

@@ -20,7 +20,7 @@ import datetime as dt
 from typing import Callable, Sequence
 
 from . import drain, on_call, policy_deadline, policy_failure, policy_success, policy_suspend, policy_ttl
-from . import policy_pending, replicas, supervision
+from . import incidents, policy_pending, replicas, supervision
 from .jobspec import JobView
 from .pass_state import Buckets, Event, Pass, Plan, bucket
 from .pods import pod_name
@@ -46,9 +46,18 @@ def progress(ps: Pass) -> Plan | None:
     return None
 
 
+def peer_lost_node(ps: Pass) -> Plan | None:
+    """A PeerLost whose suspect's node turned out lost is recorded as NodeLost."""
+    confirmed = incidents.confirm_peer_lost(ps.st.get("incidents"), ps.obs.nodes, ps.obs.nodes_listed, ps.now)
+    if confirmed is not None:
+        ps.st["incidents"] = confirmed
+    return None
+
+
 STEPS: tuple[Callable[[Pass], Plan | None], ...] = (
     created,
     progress,
+    peer_lost_node,
     policy_ttl.finished,          # finished: cleanPodPolicy, ttlSecondsAfterFinished
     policy_deadline.deadline,     # activeDeadlineSeconds
     drain.drain,                  # planned stops checkpoint first
