@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, write_results  # noqa: E402
 from stoker.devcluster.procs import free_port  # noqa: E402
+from stoker.operator.rendezvous import port_open  # noqa: E402
 
 SERVERS = {
     # the operator's store process, shared mode, with torch made unimportable there
@@ -74,11 +74,9 @@ def start_server(kind: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-c", SERVERS[kind], str(port)])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        if port_open("127.0.0.1", port):
             return proc, port
-        except OSError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     raise RuntimeError(f"the {kind} store did not listen")
 
 

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from stoker.devcluster.realnodes.images import _name_index, _run
+from stoker.devcluster.realnodes import pyimages
+from stoker.devcluster.realnodes.images import _run, archive
 
 REPO = Path(__file__).resolve().parents[4]
-SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 # What python:3.11-slim-bookworm has that the Dockerfiles use: python (with venv), groupadd/useradd.
 BASE_PACKAGES = ["python3", "python3-venv", "python-is-python3", "ca-certificates", "passwd"]
 BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -43,22 +43,18 @@ def _buildah(cache: Path, *argv: str, check: bool = True) -> subprocess.Complete
 
 def base_image(cache: Path, log=print) -> str:
     """The stand-in for python:3.11-slim-bookworm in buildah's storage (mmdebstrap, cached)."""
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {BASE_PACKAGES} {BASE_PATH}".encode()).hexdigest()[:12]
+    tar = pyimages.base_rootfs(cache, log, BASE_PACKAGES, "docker-base")
+    key = hashlib.sha256(f"{tar.name} {BASE_PATH}".encode()).hexdigest()[:12]
     ref = f"localhost/stoker-docker-base:{key}"
     if _buildah(cache, "inspect", ref, check=False).returncode == 0:
         return ref
     t0 = time.monotonic()
-    tar = cache / f"docker-base-{key}.tar"
-    if not tar.exists():
-        _run("mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "--quiet",
-             SUITE, f"{tar}.tmp.tar", MIRROR)
-        Path(f"{tar}.tmp.tar").replace(tar)
     ctr = _buildah(cache, "from", "scratch").stdout.strip()
     mount = _buildah(cache, "mount", ctr).stdout.strip()
     _run("tar", "-C", mount, "-xf", str(tar))
     _buildah(cache, "config", "--env", BASE_PATH, "--cmd", "python3", ctr)
     _buildah(cache, "commit", "--rm", "-q", ctr, ref)
-    log(f"[images] Docker base {ref} in {time.monotonic() - t0:.0f}s")
+    log(f"[images] Docker base {ref} imported into buildah in {time.monotonic() - t0:.0f}s")
     return ref
 
 
@@ -91,9 +87,7 @@ def dockerfile_image(cache: Path, dockerfile: str, name: str, log=print) -> tupl
         built = time.monotonic() - t0
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             _buildah(cache, "push", ref, f"oci:{tmp}/oci:{ref}")
-            _name_index(Path(tmp) / "oci" / "index.json", ref)
-            _run("tar", "-C", f"{tmp}/oci", "-cf", f"{out}.tmp", ".")
-            Path(f"{out}.tmp").replace(out)
+            archive(Path(tmp) / "oci", ref, out)
         _buildah(cache, "rmi", ref)
         log(f"[images] built {ref} from {dockerfile} in {built:.0f}s (+{time.monotonic() - t0 - built:.0f}s "
             f"to export; {out.stat().st_size / 2**20:.0f} MiB)")

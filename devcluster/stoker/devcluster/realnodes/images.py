@@ -91,9 +91,14 @@ def pack(ref: str, out: Path, fill: Callable[[Path], None], entrypoint: list[str
         args += [a for e in env for a in ("--config.env", e)]
         args += ["--config.user", user] if user else []
         _run("umoci", "config", "--image", f"{layout}:{tag}", *args)
-        _name_index(Path(layout) / "index.json", ref)
-        _run("tar", "-C", layout, "-cf", f"{out}.tmp", ".")
-        Path(f"{out}.tmp").replace(out)
+        archive(Path(layout), ref, out)
+
+
+def archive(layout: Path, ref: str, out: Path) -> None:
+    """The OCI layout ``layout`` as the archive ``out``, named ``ref`` for containerd."""
+    _name_index(layout / "index.json", ref)
+    _run("tar", "-C", str(layout), "-cf", f"{out}.tmp", ".")
+    Path(f"{out}.tmp").replace(out)
 
 
 def _name_index(index_json: Path, ref: str) -> None:

@@ -48,14 +48,14 @@ def site_packages() -> Path:
     return Path(importlib.util.find_spec("torch").origin).parents[1]
 
 
-def base_rootfs(cache: Path, log=print) -> Path:
-    """Debian minbase + python3, as a tarball (mmdebstrap; ~2.5 min the first time)."""
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {BASE_PACKAGES}".encode()).hexdigest()[:12]
-    out = cache / f"debian-python-{key}.tar"
+def base_rootfs(cache: Path, log=print, packages: list[str] = BASE_PACKAGES, name: str = "debian-python") -> Path:
+    """Debian minbase + ``packages``, as a tarball (mmdebstrap; ~2.5 min the first time)."""
+    key = hashlib.sha256(f"{SUITE} {MIRROR} {packages}".encode()).hexdigest()[:12]
+    out = cache / f"{name}-{key}.tar"
     if not out.exists():
         t0 = time.monotonic()
         tmp = out.with_suffix(".tmp.tar")       # mmdebstrap picks the format by the extension
-        _run("mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "--quiet",
+        _run("mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}", "--quiet",
              SUITE, str(tmp), MIRROR)
         tmp.replace(out)
         log(f"[images] Debian base {out.name} in {time.monotonic() - t0:.0f}s")
@@ -66,12 +66,12 @@ def _keep_all(name: str) -> bool:
     return not _excluded(name) and not name.startswith("stoker")
 
 
-def requirement_closure(roots: list[str]) -> set[str]:
-    """The site-packages entries of the distributions ``roots`` and of what they require,
-    transitively (the CUDA and triton packages left out as everywhere here)."""
+def torch_closure() -> set[str]:
+    """The site-packages entries of torch and of what it requires, transitively (the
+    CUDA and triton packages left out as everywhere here)."""
     from importlib import metadata
     seen: set[str] = set()
-    todo, tops = list(roots), set()
+    todo, tops = ["torch"], set()
     while todo:
         name = todo.pop()
         key = re.sub(r"[-_.]+", "-", name).lower()
@@ -83,16 +83,8 @@ def requirement_closure(roots: list[str]) -> set[str]:
         except metadata.PackageNotFoundError:       # a requirement whose marker excludes this platform
             continue
         tops.update(f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__"))
-        todo += [_name(r) for r in dist.requires or [] if "extra ==" not in r]
+        todo += [re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0] for r in dist.requires or [] if "extra ==" not in r]
     return tops
-
-
-def _name(requirement: str) -> str:
-    return re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0]
-
-
-def torch_closure() -> set[str]:
-    return requirement_closure(["torch"])
 
 
 def content_key(base: Path, keep: Callable[[str], bool], site: str, sources: list[Path]) -> str:
