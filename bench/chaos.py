@@ -34,18 +34,19 @@ import json
 import os
 import random
 import signal
-import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import chaos_faults as K  # noqa: E402
+from bench.chaos_report import failures, landed, table  # noqa: E402
 from bench.bench_recovery import Bench  # noqa: E402
 from bench.common import code_version, print_table, write_results  # noqa: E402
 from stoker.common.layout import COMMIT_MARKER, parse_step_dir  # noqa: E402
@@ -122,18 +123,21 @@ class Suite:
                     pod_node=self.b.pod_node, lose_node=self.lose_node, kill_operator=self.kill_operator,
                     start_operator=self.b.start_operator, operator_pid=lambda: self.b.op.pid,
                     stop_s3=self.b.c.stop_s3, start_s3=self.b.c.start_s3, s3_outage_s=self.p["s3_outage_s"])
-        samples = []
+        samples: list[dict] = []
+        missed: list[int] = []  # the kinds the job ended before (by index)
         try:
-            for kind in kinds:
+            for i, kind in enumerate(kinds):
                 fn, expect = K.KINDS[kind]
                 before = ctx.incarnation()
                 try:
                     s = {"kind": kind, "expect": expect, **fn(ctx)}
                 except TimeoutError as e:
                     samples.append({"kind": kind, "error": str(e), "job_ended": ctx.finished()})
+                    missed += range(i, len(kinds)) if samples[-1]["job_ended"] else []
                     break
                 if not s.get("hit"):
                     s["job_ended"] = ctx.finished()
+                    missed += [i] if s["job_ended"] else []
                 print(json.dumps({"job": name, **s}, default=str), flush=True)
                 samples.append(s)
                 ctx.after_t = time.time()
@@ -142,7 +146,26 @@ class Suite:
         finally:
             K.kill_stopped(ctx.stopped)
             mon.stop()
-        return self.check(name, cfg_kind, steps, ref, jdir, samples, phase, mon)
+        return {**self.check(name, cfg_kind, steps, ref, jdir, samples, phase, mon), "missed": missed}
+
+    def run_all(self, plans: list[list[str]], report: Callable[[dict], None]) -> list[dict]:
+        """The planned jobs in turn. A fault whose job ended before it could land (the
+        faults before it left too few steps: a chaos run saw a launcher kill's orphaned
+        trainers finish the job) moves to the next job, or to one more job, once: the
+        profile counts faults injected, and a second miss stays a failure."""
+        jobs: list[dict] = []
+        queue, carry = list(plans), []
+        while queue or carry:
+            kinds = carry + (queue.pop(0) if queue else [])
+            job = self.run_job(len(jobs), kinds)
+            moved = [i for i in job["missed"] if i >= len(carry)]
+            for i in moved:
+                if i < len(job["samples"]):  # samples[i] is kinds[i]'s; the job ended before those after
+                    job["samples"][i]["moved_to_next_job"] = True
+            carry = [kinds[i] for i in moved]
+            jobs.append(job)
+            report(job)
+        return jobs
 
     def check(self, name: str, cfg_kind: str, steps: int, ref: str, jdir: Path, samples: list[dict], phase: str,
               mon: "Monitor") -> dict:
@@ -277,53 +300,6 @@ def plan(rng: random.Random, profile: dict) -> list[list[str]]:
     return [kinds[i:i + k] for i in range(0, len(kinds), k)]
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
-
-
-def table(jobs: list[dict]) -> list[dict]:
-    rows = []
-    kinds = sorted({s["kind"] for j in jobs for s in j["samples"]})
-    for kind in kinds:
-        js = [j for j in jobs if any(s["kind"] == kind for s in j["samples"])]
-        ss = [s for j in js for s in j["samples"] if s["kind"] == kind]
-        det = [s["detect_s"] for s in ss if s.get("detect_s") is not None]
-        rec = [s["recover_s"] for s in ss if s.get("recover_s") is not None]
-
-        def frac(key: str) -> str:
-            return f"{sum(1 for j in js if j[key])}/{len(js)}"
-
-        def stats(v: list[float]) -> str:
-            return "-" if not v else f"{statistics.median(v):.1f}/{pct(v, 0.95):.1f}/{max(v):.1f}"
-
-        rows.append({"kind": kind, "injected": injected(kind, ss),
-                     "jobs Succeeded": frac("succeeded"),
-                     "identical": frac("identical"), "resumed from newest commit": frac("newest_commit"),
-                     "detect p50/p95/max s": stats(det), "recover p50/p95/max s": stats(rec)})
-    return rows
-
-
-def injected(kind: str, ss: list[dict]) -> str | int:
-    """How many; for the kinds that may land off target, how many landed on it."""
-    if kind == "double":
-        return f"{len(ss)} ({sum(1 for s in ss if s.get('second_landed'))} both landed)"
-    if kind == "kill_during_save":
-        return f"{len(ss)} ({sum(1 for s in ss if s.get('mid_save'))} mid-save)"
-    return len(ss)
-
-
-def failures(jobs: list[dict]) -> list[str]:
-    keys = ("succeeded", "identical", "newest_commit", "recompute_bounded", "pods_ok", "budget_ok")
-    return [f"{j['job']} ({j['config']}): " + ", ".join(k for k in keys if not j[k]) for j in jobs
-            if not all(j[k] for k in keys)] + [
-        f"{j['job']}: fault {s['kind']} not injected: {s.get('error') or 'nothing to hit'}"
-        + (" (the job had ended)" if s.get("job_ended") else "")
-        for j in jobs for s in j["samples"] if s.get("error") or not s.get("hit")]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="default")
@@ -352,10 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                "settings": {k: v for k, v in profile.items()}, "jobs": jobs}
     try:
         b.setup(nodes=2)
-        for n, kinds in enumerate(plan(rng, profile)):
-            jobs.append(suite.run_job(n, kinds))
-            print(json.dumps({k: v for k, v in jobs[-1].items() if k not in ("samples", "incidents")}, default=str),
-                  flush=True)
+        jobs += suite.run_all(plan(rng, profile), lambda job: print(json.dumps(
+            {k: v for k, v in job.items() if k not in ("samples", "incidents")}, default=str), flush=True))
     finally:
         b.teardown()
         cluster.delete_nodes(suite.lost_nodes)
@@ -364,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(jobs)
     bad = failures(jobs)
     results.update(table=rows, failures=bad, wall_s=time.time() - started,
-                   faults_injected=sum(len(j["samples"]) for j in jobs), loadavg_end=os.getloadavg())
+                   faults_injected=sum(1 for j in jobs for s in landed(j)), loadavg_end=os.getloadavg())
     print_table(f"Chaos ({args.profile}, seed {seed}, {results['faults_injected']} faults, "
                 f"{len(jobs)} jobs, {results['wall_s'] / 60:.1f} min, load {os.getloadavg()[0]:.1f})", rows)
     write_results(name, results, Path(args.out) if args.out else None)

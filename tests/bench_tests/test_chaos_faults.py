@@ -58,3 +58,32 @@ def test_a_fault_whose_process_is_gone_waits_for_the_next_incarnation():
     m, pod, pid = K._process_at_moment(ctx, pids.get)
     assert m == {"incarnation": 3, "retried": 1} and pid in (42, 43) and ctx.after_incarnation == 2
 
+
+
+def test_a_fault_its_job_ended_before_moves_to_the_next_job_once():
+    """Short run, seed 1044582412: a launcher kill's orphaned trainers finished the demo job,
+    and the node loss planned after it could not land: 9 of the profile's 10 faults."""
+    from bench.chaos import Suite
+    from bench.chaos_report import failures, landed
+
+    def sample(kind: str, hit: bool) -> dict:
+        return {"kind": kind, "hit": hit, **({} if hit else {"job_ended": True})}
+
+    runs = iter([
+        (["a", "b", "c"], [sample("a", True), sample("b", False)], [1, 2]),   # b missed, c never tried
+        (["b", "c", "d"], [sample("b", False), sample("c", True), sample("d", False)], [0, 2]),
+        (["d"], [sample("d", True)], []),                                    # one more job for d
+    ])
+    suite, seen = Suite(None, None, {}, None), []
+
+    def run_job(n: int, kinds: list[str]) -> dict:
+        want, samples, missed = next(runs)
+        assert kinds == want
+        return {"job": f"j{n}", "samples": samples, "missed": missed, **dict.fromkeys(
+            ("succeeded", "identical", "newest_commit", "recompute_bounded", "pods_ok", "budget_ok"), True)}
+
+    suite.run_job = run_job
+    jobs = suite.run_all([["a", "b", "c"], ["d"]], seen.append)
+    assert [j["job"] for j in jobs] == [j["job"] for j in seen] == ["j0", "j1", "j2"]
+    assert sum(len(landed(j)) for j in jobs) == 3                          # a, c, d
+    assert failures(jobs) == ["j1: fault b not injected: nothing to hit (the job had ended)"]   # missed twice

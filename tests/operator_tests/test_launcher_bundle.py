@@ -94,3 +94,51 @@ def test_the_copied_launcher_runs_torchrun_without_stoker_installed_and_keeps_ex
 
 def test_the_bundle_command_says_how_to_call_it():
     assert B.main([]) == 2
+
+
+SLEEPER = """
+import os, sys, time
+open(sys.argv[1] + f".{os.environ['LOCAL_RANK']}", "w").write(str(os.getpid()))
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.torch
+def test_a_sigkilled_launcher_takes_its_workers_with_it(tmp_path):
+    """torchrun starts workers in sessions of their own: without the launcher's tie they
+    trained on (and wrote checkpoints) after it was SIGKILLed, until something else killed them."""
+    import signal
+    import time
+    B.copy_to(tmp_path / "bundle")
+    (tmp_path / "sleep.py").write_text(SLEEPER)
+    pids = tmp_path / "pid"
+    launcher = subprocess.Popen([sys.executable, "-S", str(tmp_path / "bundle" / B.ENTRY), "--standalone",
+                                 "--nproc-per-node=2", "--no-python", sys.executable, "-S",
+                                 str(tmp_path / "sleep.py"), str(pids)], env=_isolated_env(), cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not all(pids.with_suffix(f".{r}").exists() for r in (0, 1)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(pids.with_suffix(f".{r}").read_text()) for r in (0, 1)]
+        assert all(_alive(p) for p in workers)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in workers), "a worker outlived its SIGKILLed launcher"
+    finally:
+        for r in (0, 1):
+            if pids.with_suffix(f".{r}").exists():
+                try:
+                    os.kill(int(pids.with_suffix(f".{r}").read_text()), 9)
+                except ProcessLookupError:
+                    pass

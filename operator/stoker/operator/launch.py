@@ -21,10 +21,14 @@ and the pod's grace period is known (``STOKER_TERMINATION_GRACE_SECONDS``). The
 operator deletes its own pods with a short grace period, so those are not held
 in practice (the kubelet kills them when it ends).
 
+Its workers die with it (``tie_workers``): a SIGKILLed launcher takes its trainers along
+instead of leaving them training, and writing checkpoints, beside the next incarnation.
+
 Runs inside the worker pod (needs torch); the operator only names it.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -48,6 +52,37 @@ SAFETY_MARGIN_S = 5.0
 MIN_DRAIN_GRACE_S = 10.0
 _TORCHELASTIC_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 _DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
+PR_SET_PDEATHSIG = 1
+
+
+def tie_workers() -> bool:
+    """Start torchrun's workers with PR_SET_PDEATHSIG=SIGKILL. torchrun starts them in new
+    sessions, so a launcher killed by SIGKILL (the OOM killer, a fault) left them running:
+    where the launcher is the container's PID 1 the kernel ends them anyway, but not where
+    it is not (an init wrapper, a shared process namespace, process nodes), and a chaos run
+    saw orphaned trainers finish a job beside its next incarnation. Patches the ``Popen``
+    torchrun's SubprocessHandler calls; False (nothing changed) where there is none."""
+    try:
+        from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler as handler
+    except ImportError:
+        return False
+    popen = getattr(handler, "Popen", None)
+    if popen is None or not sys.platform.startswith("linux"):
+        return False
+    launcher = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def die_with_launcher() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != launcher:  # it died before the line above
+            os._exit(128 + signal.SIGKILL)
+
+    def tied(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("preexec_fn", die_with_launcher)
+        return popen(*args, **kwargs)
+
+    handler.Popen = tied
+    return True
 
 
 def exit_code_of(exitcode: int) -> int:
@@ -153,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         args = hold.install(args, "--signals-to-handle" in get_args_parser()._option_string_actions)
     steps = _step_dir()
     args, forwarder = rdzv_lock.lock_args(args, os.environ)
+    tie_workers()
     try:
         torchrun_main(args)
     except ChildFailedError as e:
