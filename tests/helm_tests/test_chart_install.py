@@ -7,6 +7,7 @@ The operator Deployment itself cannot run here (no container runtime, no images)
 pinned to a node label no node has, so its pod stays Pending and never acts."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -17,6 +18,7 @@ import urllib.request
 import pytest
 import yaml
 
+from stoker.common.auth import key_id
 from tests.operator_tests.conftest import (OperatorProcess, active_label, create_job, free_port, get_job, job_manifest,
                                            process_pool, stand_in_pod, wait_for, worker_pods)
 
@@ -108,7 +110,7 @@ def chart_env(manifest: list[dict], ports: dict[str, int]) -> dict[str, str]:
     env["STOKER_OPERATOR_HEARTBEAT_ADDRESS"] = f"{host}:{ports['heartbeat']}"
     env["STOKER_OPERATOR_METRICS_PORT"] = str(ports["metrics"])
     env["STOKER_OPERATOR_HEALTH_PORT"] = str(ports["health"])
-    if env["STOKER_OPERATOR_RENDEZVOUS_PORT"] != "0":  # "0": the store runs in its own Deployment
+    if env["STOKER_OPERATOR_RENDEZVOUS_PORT"] != "0":
         env["STOKER_OPERATOR_RENDEZVOUS_PORT"] = str(ports["rendezvous"])
     env.pop("HOME", None)  # the test process's home, not the image's /tmp
     # Process nodes mount no volumes: their pods take the launcher from this environment,
@@ -307,13 +309,15 @@ def test_two_replicas_sharing_the_charts_peering_object_exactly_one_acts(cluster
     release.install({"replicaCount": 2})
     cluster.wait_crd_established("kopfpeerings.kopf.dev")
     kubeconfig = token_kubeconfig(cluster, namespace, "stoker", tmp_path / "sa.kubeconfig")
+    install_key = kube.core.read_namespaced_secret("stoker-rendezvous-key", namespace).data["key"]
     ops = []
     try:
         for i in range(2):
             ports = {k: free_port() for k in ("metrics", "health", "rendezvous", "heartbeat")}
             env = {**chart_env(release.manifest(), ports), "STOKER_OPERATOR_KUBECONFIG": kubeconfig,
-                   "STOKER_OPERATOR_RESYNC_SECONDS": "1", **stand_in_pod(kube, namespace, f"op-{i}")}
-            assert env["STOKER_OPERATOR_PEERING"] == "stoker" and env["STOKER_OPERATOR_RENDEZVOUS_PORT"] == "0"
+                   "STOKER_OPERATOR_RESYNC_SECONDS": "1", **stand_in_pod(kube, namespace, f"op-{i}"),
+                   "STOKER_OPERATOR_RENDEZVOUS_KEY": base64.b64decode(install_key).decode()}
+            assert env["STOKER_OPERATOR_PEERING"] == "stoker" and env["STOKER_OPERATOR_RENDEZVOUS_STORE"] == "separate"
             op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / f"operator-{i}.log", extra_env=env)
             op.metrics_port = ports["metrics"]
             ops.append(op.start())
@@ -337,6 +341,12 @@ def test_two_replicas_sharing_the_charts_peering_object_exactly_one_acts(cluster
         assert labels()[active] == "true"
         # The operator created the peering object with the chart's grants.
         assert cluster.kubectl("get", "kopfpeering", "stoker", "-n", namespace).returncode == 0
+        # The job's token Secret is the one named for the install key (the separate store checks it).
+        assert kube.core.read_namespaced_secret(f"stoker-peer-token-{key_id(base64.b64decode(install_key).decode())}",
+                                                namespace)
+        # An upgrade keeps the install key: a new one would refuse every running job's token.
+        release.upgrade({"replicaCount": 2, "operator": {"logLevel": "DEBUG"}})
+        assert kube.core.read_namespaced_secret("stoker-rendezvous-key", namespace).data["key"] == install_key
     finally:
         for op in ops:
             op.stop()

@@ -3,6 +3,7 @@ security posture, RBAC per watch mode (only the verbs the operator uses, no wild
 peering for more than one replica, and the optional monitoring objects."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -190,9 +191,14 @@ def test_two_replicas_share_a_peering_object_and_a_separate_store(render, mode, 
     store = objs.one("Deployment", "stoker-rendezvous")
     assert store["spec"]["replicas"] == 1
     assert store["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    assert store["spec"]["template"]["spec"]["containers"][0]["command"][:3] == ["python", "-m",
-                                                                               "stoker.operator.rendezvous"]
-    assert e["STOKER_OPERATOR_RENDEZVOUS_PORT"] == "0"
+    # ...locked: the gateway checks tokens derived from the install key both Deployments read
+    store_c = store["spec"]["template"]["spec"]["containers"][0]
+    assert store_c["command"][:3] == ["python", "-m", "stoker.operator.rdzv_gateway"]
+    key_ref = {"secretKeyRef": {"name": "stoker-rendezvous-key", "key": "key"}}
+    assert {"name": "STOKER_OPERATOR_RENDEZVOUS_KEY", "valueFrom": key_ref} in store_c["env"]
+    assert {"name": "STOKER_OPERATOR_RENDEZVOUS_KEY", "valueFrom": key_ref} in operator_container(objs)["env"]
+    assert len(base64.b64decode(objs.one("Secret", "stoker-rendezvous-key")["data"]["key"])) >= 32
+    assert e["STOKER_OPERATOR_RENDEZVOUS_PORT"] == "29400" and e["STOKER_OPERATOR_RENDEZVOUS_STORE"] == "separate"
     assert e["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "$(STOKER_RENDEZVOUS_SERVICE_HOST)"
     assert objs.one("Service", "stoker-rendezvous")
     assert "rendezvous" not in {p["name"] for p in objs.one("Service", "stoker")["spec"]["ports"]}

@@ -107,3 +107,55 @@ def test_a_killed_store_process_comes_back_and_the_gateway_serves_again():
     finally:
         gw.stop()
         stores.stop()
+
+
+def test_a_derived_token_is_the_job_s_own_and_needs_the_key():
+    from stoker.common.auth import derive_token, derived_lookup, key_id
+
+    key = "k" * 40
+    token = derive_token(key, "team-a", "llm")
+    assert token == derived_lookup(key)("team-a", "llm")
+    others = {derive_token(key, "team-b", "llm"), derive_token(key, "team-a", "llm2"),
+              derive_token(key, "team-a/l", "lm"), derive_token("x" * 40, "team-a", "llm")}
+    assert token not in others and len(others) == 4
+    assert key_id(key) != key_id("x" * 40) and key[:8] not in key_id(key)
+    with pytest.raises(ValueError, match="32"):
+        derived_lookup("short")
+
+
+def test_the_separate_store_closes_a_job_s_store_only_after_it_has_had_no_connection_for_a_while():
+    """The HA install's store never hears of deleted jobs: an idle store is closed (a live
+    torchrun agent keeps a connection open, so a running job's store is never idle)."""
+    import time
+
+    stores = StoreProcess(0, per_job=True)
+    stores.start()
+    gw = Gateway(0, lambda ns, job: TOKENS.get((ns, job)), stores, bind_host="127.0.0.1").start()
+    try:
+        agent = client(through(gw, "team-a", "llm", "token-a").port)   # held open, as torchrun's agent does
+        agent.set("k", "v")
+        gone = client(through(gw, "team-b", "llm", "token-b").port)
+        gone.set("k", "b")
+        del gone                                                       # the job's last agent exits
+        deadline = time.monotonic() + 10
+        while gw._open.get("team-b/llm") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gw.reap(idle_s=60) == []                                # not idle for long enough
+        assert gw.reap(idle_s=60, now=time.monotonic() + 61) == ["team-b/llm"]
+        assert not client(through(gw, "team-b", "llm", "token-b").port).check(["k"])   # a fresh store
+        assert agent.get("k") == b"v"                                  # the live job's store untouched
+    finally:
+        gw.stop()
+        stores.stop()
+
+
+def test_the_separate_store_will_not_start_without_the_install_key():
+    import subprocess
+    import sys
+
+    from stoker.operator.config import env_for
+
+    env = {"PATH": "/usr/bin:/bin", env_for("rendezvous_key"): "short"}
+    r = subprocess.run([sys.executable, "-m", "stoker.operator.rdzv_gateway", "--port", "0"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and env_for("rendezvous_key") in r.stderr and "at least 32" in r.stderr

@@ -109,3 +109,21 @@ def test_forget_drops_the_jobs_state(hb):
         eventually(lambda: hb.ranks("ns", "j"))
     hb.forget("ns", "j")
     assert hb.ranks("ns", "j") == [] and hb.workers("ns", "j") == []
+
+
+def test_with_an_install_key_tokens_are_derived_and_their_secret_is_named_for_the_key():
+    """HA installs: the separate rendezvous store checks tokens with the key alone. A job's
+    Secret with a random token (made before the key) is another Secret, never reused."""
+    from stoker.common.auth import derive_token, key_id
+
+    key = "k" * 40
+    kube = FakeSecrets()
+    old = H.OperatorHeartbeats(kube)
+    random_token = old.ensure_secret("ns", "j", OWNER)
+    svc = H.OperatorHeartbeats(kube, key=key)
+    token = svc.ensure_secret("ns", "j", OWNER)
+    assert token == derive_token(key, "ns", "j") != random_token
+    assert f"/api/v1/namespaces/ns/secrets/stoker-j-token-{key_id(key)}" in kube.items
+    assert svc.lookup("ns", "j") == token and svc.lookup("ns", "other") == derive_token(key, "ns", "other")
+    assert H.token_env("j", svc.secret_suffix)["valueFrom"]["secretKeyRef"]["name"] == f"stoker-j-token-{key_id(key)}"
+    assert H.OperatorHeartbeats(kube, key=key).ensure_secret("ns", "j", OWNER) == token   # a restarted operator

@@ -11,6 +11,8 @@ token cannot speak for another job.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -47,6 +49,27 @@ class JobKey:
 def new_token() -> str:
     """A fresh random job token (for the job's Secret)."""
     return secrets.token_urlsafe(32)
+
+
+def derive_token(key: str, namespace: str, job_name: str) -> str:
+    """The job's token derived from an install-wide key: a party holding the key (the
+    separate rendezvous store of an HA install) checks any job's token without reading its
+    Secret, and without the key nobody can make one. A job recreated under the same name gets
+    the same token; its old pods went with the old job."""
+    mac = hmac.new(key.encode(), f"stoker-job-token/v1\0{namespace}/{job_name}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def key_id(key: str) -> str:
+    """A short public name of a key (names the Secrets of tokens derived from it)."""
+    return hashlib.sha256(b"stoker-key-id\0" + key.encode()).hexdigest()[:8]
+
+
+def derived_lookup(key: str) -> TokenLookup:
+    """TokenLookup for ``derive_token``: every job has one (which jobs exist is not known here)."""
+    if len(key) < 32:
+        raise ValueError("the rendezvous key must be at least 32 characters")
+    return lambda namespace, job_name: derive_token(key, namespace, job_name)
 
 
 def client_metadata(namespace: str, job_name: str, token: str) -> tuple[tuple[str, str], ...]:

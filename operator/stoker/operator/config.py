@@ -32,8 +32,9 @@ class Setting:
     fallback_env: str = ""           # read when the STOKER_OPERATOR_ variable is unset (KUBECONFIG)
 
 
-def setting(default: Any, help: str, **kw: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"setting": Setting(help, **kw)})
+def setting(default: Any, help: str, *, secret: bool = False, **kw: Any) -> Any:
+    """A Config field; ``secret``: left out of the Config's repr (and so of any log of it)."""
+    return dataclasses.field(default=default, repr=not secret, metadata={"setting": Setting(help, **kw)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,14 @@ class Config:
     rendezvous_port: int = setting(29400, "port of the c10d rendezvous the operator hosts (locked per job: a "
                                    "gateway to one store per job, when the heartbeat service is on); 0: host none",
                                    chart="ports.rendezvous")
+    rendezvous_store: str = setting(
+        "local", "local: this operator hosts the rendezvous on --rendezvous-port; separate: a store Deployment "
+        "(python -m stoker.operator.rdzv_gateway) does, at the advertise address and that port (the chart, "
+        "replicaCount > 1)", choices=("local", "separate"), chart=COMPUTED)
+    rendezvous_key: str | None = setting(
+        None, "install-wide secret (32+ characters) each job's token is derived from (HMAC), so the separate store "
+        "checks tokens without reading Secrets; the chart sets it from its rendezvous-key Secret (replicaCount > 1)",
+        flag=None, chart=COMPUTED, secret=True)
     rendezvous_advertise_address: str = setting(
         "127.0.0.1", "IP literal workers use to reach the store (in a cluster: the operator Service's ClusterIP)",
         chart=COMPUTED)
@@ -110,6 +119,11 @@ def settings() -> list[tuple[dataclasses.Field, Setting]]:
 
 def env_name(f: dataclasses.Field) -> str:
     return PREFIX + f.name.upper()
+
+
+def env_for(name: str) -> str:
+    """The environment variable of the setting named ``name`` (a Config field)."""
+    return env_name(next(f for f in dataclasses.fields(Config) if f.name == name))
 
 
 def flag_of(f: dataclasses.Field, s: Setting) -> str | None:

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from stoker.common import env as E
-from stoker.common.auth import new_token
+from stoker.common.auth import derived_lookup, key_id, new_token
 from stoker.common.heartbeat_server import (CHECKPOINT_NOW, STOP_AFTER_CHECKPOINT, HeartbeatRegistry,
                                             HeartbeatServer, WorkerStatus)
 
@@ -39,22 +39,23 @@ TOKEN_KEY = "token"
 LOOKUP_RETRY_S = 5.0   # an unknown job's Secret is re-read at most this often
 
 
-def secret_name(job_name: str) -> str:
-    return f"stoker-{job_name}-token"
+def secret_name(job_name: str, suffix: str = "") -> str:
+    return f"stoker-{job_name}-token{suffix}"
 
 
-def token_env(job_name: str) -> dict[str, Any]:
+def token_env(job_name: str, suffix: str = "") -> dict[str, Any]:
     """The pod env entry that carries the job's token (never the literal)."""
-    return {"name": E.JOB_TOKEN, "valueFrom": {"secretKeyRef": {"name": secret_name(job_name), "key": TOKEN_KEY}}}
+    return {"name": E.JOB_TOKEN, "valueFrom": {"secretKeyRef": {"name": secret_name(job_name, suffix),
+                                                                "key": TOKEN_KEY}}}
 
 
 def secret_manifest(namespace: str, job_name: str, owner: dict[str, Any], token: str,
-                    labels: dict[str, str] | None = None) -> dict[str, Any]:
+                    labels: dict[str, str] | None = None, suffix: str = "") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {"name": secret_name(job_name), "namespace": namespace, "labels": dict(labels or {}),
+        "metadata": {"name": secret_name(job_name, suffix), "namespace": namespace, "labels": dict(labels or {}),
                      "ownerReferences": [owner]},
         "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
     }
@@ -63,9 +64,14 @@ def secret_manifest(namespace: str, job_name: str, owner: dict[str, Any], token:
 class OperatorHeartbeats:
     def __init__(self, kube: KubeApi, address: str = "0.0.0.0:0", *,
                  on_change: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, key: str | None = None) -> None:
         self.kube = kube
         self.clock = clock
+        # With an install key (HA installs) tokens are derived from it, so the separate
+        # rendezvous store can check them; their Secrets are named for the key, so a job's
+        # Secret with a random token (made before the key) is never mistaken for one.
+        self._derive = derived_lookup(key) if key else None
+        self.secret_suffix = f"-{key_id(key)}" if key else ""
         self.tracker = ProgressTracker()
         self._lock = threading.Lock()
         self._tokens: dict[tuple[str, str], str] = {}
@@ -91,7 +97,7 @@ class OperatorHeartbeats:
 
     # ------------------------------------------------------------------ tokens
     def _read_token(self, namespace: str, job_name: str) -> str | None:
-        body = self.kube.get_secret(namespace, secret_name(job_name))
+        body = self.kube.get_secret(namespace, secret_name(job_name, self.secret_suffix))
         if body is None:
             return None
         raw = (body.get("data") or {}).get(TOKEN_KEY)
@@ -99,6 +105,8 @@ class OperatorHeartbeats:
 
     def lookup(self, namespace: str, job_name: str) -> str | None:
         """TokenLookup for the gRPC server: cached; unknown jobs re-read at most every few seconds."""
+        if self._derive is not None:
+            return self._derive(namespace, job_name)
         key = (namespace, job_name)
         with self._lock:
             if key in self._tokens:
@@ -127,13 +135,13 @@ class OperatorHeartbeats:
                 return self._tokens[(namespace, job_name)]
         token = self._read_token(namespace, job_name)
         if token is None:
-            token = new_token()
-            created = self.kube.create_secret(namespace, secret_manifest(namespace, job_name, owner, token, labels))
-            if not created:  # created concurrently: use theirs
+            token = self._derive(namespace, job_name) if self._derive else new_token()
+            manifest = secret_manifest(namespace, job_name, owner, token, labels, self.secret_suffix)
+            if not self.kube.create_secret(namespace, manifest):  # created concurrently: use theirs
                 token = self._read_token(namespace, job_name) or token
             else:
                 log.info("created heartbeat token secret", extra={"job": job_name, "namespace": namespace,
-                                                                  "secret": secret_name(job_name)})
+                                                                  "secret": manifest["metadata"]["name"]})
         with self._lock:
             self._tokens[(namespace, job_name)] = token
             self._misses.pop((namespace, job_name), None)

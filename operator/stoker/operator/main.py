@@ -94,7 +94,8 @@ def startup(memo: kopf.Memo, **_: object) -> None:
     if cfg.heartbeat_address:
         listen = cfg.heartbeat_listen or f"0.0.0.0:{cfg.heartbeat_address.rsplit(':', 1)[-1]}"
         heartbeats = OperatorHeartbeats(
-            kube, listen, on_change=lambda ns, n: memo.controller.trigger_soon(ns, n, cfg.pod_event_delay_seconds))
+            kube, listen, on_change=lambda ns, n: memo.controller.trigger_soon(ns, n, cfg.pod_event_delay_seconds),
+            key=cfg.rendezvous_key)
         heartbeats.start()
         memo.heartbeats = heartbeats
     store_port = cfg.rendezvous_port
@@ -124,9 +125,15 @@ def startup(memo: kopf.Memo, **_: object) -> None:
 
 
 def start_rendezvous(memo: kopf.Memo, cfg: Config, heartbeats: OperatorHeartbeats | None) -> bool:
-    """Host the rendezvous; True when it is locked (per-job stores behind the gateway, which
-    needs the job tokens of the heartbeat service and Stoker's launcher in the pods)."""
+    """Host the rendezvous (or leave it to the separate store); True when it is locked (per-job
+    stores behind the gateway, which needs the job tokens of the heartbeat service and
+    Stoker's launcher in the pods; the separate store also needs the install key)."""
     locked = heartbeats is not None and cfg.launcher == "stoker"
+    if cfg.rendezvous_store == "separate":
+        if not (locked and cfg.rendezvous_key):
+            log.warning("the separate rendezvous store is unlocked: it is locked when the heartbeat service is on, "
+                        "--launcher is stoker and the install key is set (the chart does all three)")
+        return locked and bool(cfg.rendezvous_key)
     if not locked:
         log.warning("the rendezvous store is shared and unlocked: any pod that reaches it can read or change "
                     "another job's rendezvous; it is locked when the heartbeat service is on "

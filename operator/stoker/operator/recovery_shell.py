@@ -116,7 +116,7 @@ class RecoveryShell:
         if self.heartbeats is not None:
             trainer = manifest["spec"]["containers"][0]
             env = [e for e in trainer.get("env") or [] if e.get("name") not in (E.JOB_TOKEN, E.HEARTBEAT_INTERVAL)]
-            env.append(token_env(job_name))
+            env.append(token_env(job_name, self.heartbeats.secret_suffix))
             if self.heartbeat_interval_s:
                 env.append({"name": E.HEARTBEAT_INTERVAL, "value": f"{self.heartbeat_interval_s:g}"})
             trainer["env"] = env
