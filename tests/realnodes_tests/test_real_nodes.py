@@ -190,6 +190,64 @@ def test_the_helm_installed_operator_runs_a_two_node_gloo_job_to_succeeded(real_
     logs = "".join(real_cluster.kubectl("logs", "-n", kube_ns.ns, p["metadata"]["name"]).stdout for p in pods)
     assert logs.count("world 2 sum 3.0") == 2, logs
 
+PROBE = """
+import datetime as dt, socket, sys
+host, port, victim = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=10)
+s.sendall(f"STOKER-RDZV/1 {victim} forged-token\\n".encode())
+print("preamble:", s.recv(200).decode().strip(), flush=True)
+from torch.distributed import TCPStore
+try:
+    TCPStore(host, port, is_master=False, timeout=dt.timedelta(seconds=5)).set("torch.rendezvous.x", "forged")
+    print("raw: reached", flush=True)
+except Exception as e:
+    print("raw: refused", type(e).__name__, flush=True)
+"""
+
+
+def test_an_ha_install_runs_a_job_through_its_locked_separate_store(real_cluster, kube_ns, tmp_path):
+    """replicaCount 2: two operator replicas (kopf peering) and the separate rendezvous store,
+    all from the operator's image, on real nodes. A 2-worker job reaches Succeeded through the
+    store's gateway (tokens derived from the chart's install key); a pod of another namespace
+    that names the job with a forged token, or speaks TCPStore without a preamble, is refused."""
+    import json
+    from tests.realnodes_tests import operator_helm
+    ref = python_image(real_cluster)
+    operator_helm.helm_install(real_cluster, kube_ns.ns, tmp_path, replicaCount=2)
+    for deploy in ("stoker", "stoker-rendezvous"):
+        real_cluster.kubectl("rollout", "status", f"deployment/{deploy}", "-n", kube_ns.ns, "--timeout=240s",
+                             timeout=260)
+    real_cluster.create_s3_secret(kube_ns.ns)
+    kube_ns.apply(operator_helm.job("ring-ha", ref, cuda_libs()))
+    operator_helm.wait_phase(real_cluster, kube_ns.ns, "ring-ha", ("Succeeded",), timeout=300)
+    pods = json.loads(real_cluster.kubectl("get", "pods", "-n", kube_ns.ns, "-l", "stoker.dev/job-name=ring-ha",
+                                           "-o", "json").stdout)["items"]
+    logs = "".join(real_cluster.kubectl("logs", "-n", kube_ns.ns, p["metadata"]["name"]).stdout for p in pods)
+    assert logs.count("world 2 sum 3.0") == 2, logs
+    store = kube_ns.get("service", "stoker-rendezvous")["spec"]["clusterIP"]
+    other = f"{kube_ns.ns}-x"
+    real_cluster.kubectl("create", "namespace", other)
+    try:
+        volume, mount = cuda_libs()
+        probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "namespace": other},
+                 "spec": {"restartPolicy": "Never", "nodeName": NODES[1], "volumes": [volume],
+                          "containers": [{"name": "main", "image": ref, "imagePullPolicy": "Never",
+                                          "volumeMounts": [mount],
+                                          "command": ["python", "-c", PROBE, store, "29400",
+                                                      f"{kube_ns.ns}/ring-ha"]}]}}
+        real_cluster.kubectl("apply", "-f", "-", input=json.dumps(probe))
+        deadline = time.monotonic() + 180
+        while real_cluster.kubectl("get", "pod", "probe", "-n", other, "-o", "jsonpath={.status.phase}",
+                                   check=False).stdout not in ("Succeeded", "Failed"):
+            assert time.monotonic() < deadline, "the probe pod did not finish"
+            time.sleep(1)
+        out = real_cluster.kubectl("logs", "probe", "-n", other).stdout
+        assert f"preamble: ERR invalid token for job {kube_ns.ns}/ring-ha" in out, out
+        assert "raw: refused" in out, out
+    finally:
+        real_cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
 def test_a_stopped_node_goes_unknown_and_its_pods_are_replaced_on_the_other_node(real_cluster, kube_ns):
     """Stopping a node (kubelet, kube-proxy, containerd and every container gone) is a lost
     machine: the control plane marks it Unknown, and a Deployment's pod that does not wait

@@ -85,6 +85,9 @@ class Gateway:
         try:
             job, token = parse_preamble(read_line(conn))
             authenticate({AUTH_HEADER: BEARER + token, JOB_HEADER: str(job)}, self.lookup)
+        except ConnectionError:   # hung up before a whole preamble: a TCP probe (the chart's), a scan
+            conn.close()
+            return
         except (AuthError, OSError) as e:
             self.refused += 1
             log.warning("rendezvous connection refused", extra={"peer": peer[0], "error": str(e)})
