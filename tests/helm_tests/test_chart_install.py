@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
 
 from stoker.common.auth import key_id
+from stoker.operator.rendezvous import port_open
 from tests.operator_tests.conftest import (OperatorProcess, active_label, create_job, free_port, get_job, job_manifest,
                                            process_pool, stand_in_pod, wait_for, worker_pods)
 
@@ -117,6 +120,26 @@ def chart_env(manifest: list[dict], ports: dict[str, int]) -> dict[str, str]:
     # not from the launcher volume (real nodes: tests/realnodes_tests).
     env["STOKER_OPERATOR_LAUNCHER_IMAGE"] = ""
     return env
+
+
+def start_chart_store(manifest: list[dict], kube, namespace: str, port: int, log: Path):
+    """The chart's separate rendezvous store as its Deployment runs it (the command from the
+    manifest, the install key from the release's Secret) on a local port. Returns (process,
+    the environment the operator needs for it); (None, {}) when the operator hosts the store."""
+    dep = next((o for o in manifest if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-rendezvous")),
+               None)
+    if dep is None:
+        return None, {}
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    secret = kube.core.read_namespaced_secret(f"{dep['metadata']['name']}-key", namespace)
+    key = {"STOKER_OPERATOR_RENDEZVOUS_KEY": base64.b64decode(secret.data["key"]).decode()}
+    argv = [sys.executable if a == "python" else a for a in container["command"]]
+    argv[argv.index("--port") + 1] = str(port)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, env={**os.environ, **key}, stdout=out, stderr=subprocess.STDOUT)
+    wait_for("the chart's rendezvous store", lambda: port_open("127.0.0.1", port), timeout=60,
+             on_timeout=lambda: log.read_text(errors="replace"))
+    return proc, key
 
 
 def http_status(url: str) -> int:
@@ -218,8 +241,10 @@ def test_install_then_operator_under_the_chart_identity_runs_a_job_and_nothing_m
     ports = {k: free_port() for k in ("metrics", "health", "rendezvous", "heartbeat")}
     env = chart_env(release.manifest(), ports)
     assert env["STOKER_OPERATOR_NAMESPACES"] == namespace
+    store, key = start_chart_store(release.manifest(), kube, namespace, ports["rendezvous"], tmp_path / "store.log")
+    assert store is not None, "the chart runs the store apart from the operator by default"
     op = OperatorProcess(tmp_path / "sa.kubeconfig", namespace, tmp_path / "operator.log", rendezvous=True,
-                         extra_env=env)
+                         extra_env={**env, **key})
     op.metrics_port, op.rendezvous_port = ports["metrics"], ports["rendezvous"]
     op.env.update({"STOKER_OPERATOR_KUBECONFIG": kubeconfig, "STOKER_OPERATOR_RESYNC_SECONDS": "1"})
     try:
@@ -242,10 +267,13 @@ def test_install_then_operator_under_the_chart_identity_runs_a_job_and_nothing_m
         # created with the chart's secrets get/create grant.
         from stoker.operator.heartbeats import secret_name
 
-        token_secret = kube.core.read_namespaced_secret(secret_name("rbac"), namespace)
+        token_secret = kube.core.read_namespaced_secret(
+            secret_name("rbac", f"-{key_id(key['STOKER_OPERATOR_RENDEZVOUS_KEY'])}"), namespace)
         assert token_secret.metadata.owner_references[0].name == "rbac"
     finally:
         op.stop()
+        store.terminate()
+        store.wait(10)
     log = (tmp_path / "operator.log").read_text(errors="replace")
     # Any refusal (kopf's own scans included) means the chart's RBAC misses a grant.
     refusals = [line for line in log.splitlines()

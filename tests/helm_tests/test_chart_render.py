@@ -18,6 +18,7 @@ COMBINATIONS = {
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
     "prometheus-rule": {"metrics": {"prometheusRule": {"enabled": True}}},
     "dashboard": {"metrics": {"dashboard": {"enabled": True}}},
+    "store-inside": {"rendezvousStore": {"separate": False}},
     "two-replicas": {"replicaCount": 2},
     "two-replicas-cluster": {"replicaCount": 2, "watch": {"mode": "cluster"}},
     "minimal-rbac": {"rbac": {"readNodes": False, "heartbeatTokens": False, "kopfClusterScan": False,
@@ -159,8 +160,23 @@ def test_cluster_mode_uses_one_cluster_role_and_watches_every_namespace(render):
     assert ("", "namespaces", "list") not in g  # cluster-wide kopf lists no namespaces
 
 
-def test_one_replica_runs_standalone_with_the_store_inside_and_recreates_on_update(render):
+def test_one_replica_runs_standalone_with_the_locked_store_apart_by_default(render):
+    """The store outlives the operator: restarting or upgrading it restarts no running job."""
     objs = render({})
+    e = env(operator_container(objs))
+    assert "STOKER_OPERATOR_PEERING" not in e
+    assert objs.one("Deployment", "stoker")["spec"]["strategy"] == {"type": "Recreate"}
+    assert e["STOKER_OPERATOR_RENDEZVOUS_STORE"] == "separate"
+    assert e["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "$(STOKER_RENDEZVOUS_SERVICE_HOST)"
+    store = objs.one("Deployment", "stoker-rendezvous")["spec"]["template"]["spec"]["containers"][0]
+    assert store["command"][:3] == ["python", "-m", "stoker.operator.rdzv_gateway"]
+    assert objs.one("Secret", "stoker-rendezvous-key")
+    assert "rendezvous" not in {p["name"] for p in objs.one("Service", "stoker")["spec"]["ports"]}
+
+
+def test_one_replica_may_host_the_store_inside_and_recreates_on_update(render):
+    objs = render({"rendezvousStore": {"separate": False}})
+    assert not objs.of("Secret") and len(objs.of("Deployment")) == 1
     e = env(operator_container(objs))
     assert "STOKER_OPERATOR_PEERING" not in e
     assert objs.one("Deployment", "stoker")["spec"]["strategy"] == {"type": "Recreate"}
@@ -224,9 +240,14 @@ def test_with_one_replica_the_service_selects_the_operator_whatever_its_labels(r
 
 
 def test_a_pinned_cluster_ip_is_advertised_as_is(render):
-    objs = render({"service": {"clusterIP": "10.96.0.77"}})
+    objs = render({"service": {"clusterIP": "10.96.0.77"}, "rendezvousStore": {"clusterIP": "10.96.0.78"}})
     assert objs.one("Service", "stoker")["spec"]["clusterIP"] == "10.96.0.77"
-    assert env(operator_container(objs))["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "10.96.0.77"
+    assert objs.one("Service", "stoker-rendezvous")["spec"]["clusterIP"] == "10.96.0.78"
+    e = env(operator_container(objs))
+    assert e["STOKER_OPERATOR_HEARTBEAT_ADDRESS"] == "10.96.0.77:50051"
+    assert e["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "10.96.0.78"
+    inside = render({"service": {"clusterIP": "10.96.0.77"}, "rendezvousStore": {"separate": False}})
+    assert env(operator_container(inside))["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "10.96.0.77"
 
 
 def test_nodes_are_read_only_unless_the_cordon_policy_is_granted(render):

@@ -36,7 +36,7 @@ def client(port: int, timeout_s: float = 10.0):
 
 
 def through(gw: Gateway, ns: str, job: str, token: str) -> rdzv_lock.Forwarder:
-    return rdzv_lock.Forwarder(("127.0.0.1", gw.port), ns, job, token)
+    return through_port(gw.port, ns, job, token)
 
 
 def test_each_job_reaches_its_own_store_only(gateway):
@@ -159,3 +159,33 @@ def test_the_separate_store_will_not_start_without_the_install_key():
     r = subprocess.run([sys.executable, "-m", "stoker.operator.rdzv_gateway", "--port", "0"], env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and env_for("rendezvous_key") in r.stderr and "at least 32" in r.stderr
+
+
+def test_the_forwarder_waits_for_a_gateway_that_is_still_starting():
+    """A job made right after an install: the store's pod may not listen yet. torch's client
+    does not retry a connection the forwarder accepted, so the forwarder retries upstream."""
+    import threading
+    import time
+
+    from stoker.devcluster.procs import free_port
+
+    port = free_port()
+    stores = StoreProcess(0, per_job=True)
+    stores.start()
+    started: list[Gateway] = []
+    timer = threading.Timer(2.0, lambda: started.append(
+        Gateway(port, lambda ns, job: TOKENS.get((ns, job)), stores, bind_host="127.0.0.1").start()))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        client(through_port(port, "team-a", "llm", "token-a").port, timeout_s=30).set("k", "v")
+        assert time.monotonic() - t0 >= 1.5 and started
+    finally:
+        timer.join()
+        for gw in started:
+            gw.stop()
+        stores.stop()
+
+
+def through_port(port: int, ns: str, job: str, token: str) -> rdzv_lock.Forwarder:
+    return rdzv_lock.Forwarder(("127.0.0.1", port), ns, job, token)

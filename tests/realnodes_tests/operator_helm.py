@@ -44,9 +44,11 @@ def helm_install(cluster, namespace: str, tmp: Path, node_selector: dict | None 
               "nodeSelector": node_selector or {"stoker.dev/real-node": "true"}, **extra}
     f = tmp / "values.json"
     f.write_text(json.dumps(values))
-    r = subprocess.run([cluster.tool("helm"), "install", "stoker", str(CHART), "-n", namespace,
-                        "-f", str(f), "--kubeconfig", str(cluster.kubeconfig)],
-                       capture_output=True, text=True, timeout=300)
+    # --wait: the operator and the rendezvous store Deployments are ready (a job made before
+    # the store is up would lose its first incarnation to an unreachable rendezvous).
+    r = subprocess.run([cluster.tool("helm"), "install", "stoker", str(CHART), "-n", namespace, "--wait",
+                        "--timeout", "5m", "-f", str(f), "--kubeconfig", str(cluster.kubeconfig)],
+                       capture_output=True, text=True, timeout=330)
     assert r.returncode == 0, r.stderr
     return image_ref
 

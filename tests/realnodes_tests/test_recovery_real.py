@@ -214,3 +214,73 @@ def test_a_killed_trainer_and_a_stopped_node_are_recovered_bit_identical_on_real
     text = describe(c, ns, "rec")
     assert "WorkerKilled" in text and "NodeLost" in text, text
     assert '"checksum"' in describe(c, ns, "rec", "logs"), "stoker logs shows the workers' output"
+
+
+def operator_pod(c, ns: str) -> dict:
+    [pod] = [p for p in json.loads(c.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator",
+                                             "-o", "json").stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
+    return pod
+
+
+def operator_pid(ns: str) -> int | None:
+    """The chart's operator process in its container (the host sees it): the one watching ``ns``."""
+    want = f"STOKER_OPERATOR_NAMESPACES={ns}".encode()
+    return next((pid for pid, _, env in F.processes(b"stoker.operator.main", launcher=False) if want in env), None)
+
+
+def ready(pod: dict) -> bool:
+    return any(cond["type"] == "Ready" and cond["status"] == "True" for cond in pod["status"].get("conditions", []))
+
+
+def test_the_operator_killed_then_upgraded_while_a_job_trains_restarts_no_job(real_cluster, installed, tmp_path):
+    """Issue 12: the rendezvous stores run apart from the operator (the chart's default), so
+    the operator's process SIGKILLed at a random step (the kubelet restarts its container) and
+    then a `helm upgrade` that changes only the operator (a new pod) leave the job training:
+    one incarnation, no restart, no step computed twice, final parameters bit-identical."""
+    c, ns = real_cluster, installed["ns"]
+    rng = fault_rng()
+    steps = 2500            # ~0.08 s a step here: outlasts the kill, the restart and the upgrade
+    cfg = trainer_config(steps)
+    ref = reference_summary(tmp_path, cfg, 2)
+    jdir = shared_dir(tmp_path / "journal")
+    bucket = H.make_bucket(c)
+    H.apply_config_map(c, ns, "calm-config", {"config.json": json.dumps(H.in_pod_config(cfg))})
+    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(H.trainer_job("calm", installed["ref"], bucket, jdir)))
+    store = json.loads(c.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=rendezvous",
+                                 "-o", "json").stdout)["items"]
+    incarnation = lambda: int(job_status(c, ns, "calm").get("incarnation", 0))  # noqa: E731
+    diag = lambda: json.dumps(job_status(c, ns, "calm"), indent=1)  # noqa: E731
+
+    moment = F.at_random_moment(rng, jdir, incarnation, min_steps=20, max_steps=300, timeout=300)
+    before = operator_pod(c, ns)
+    print("fault 1: SIGKILL the operator at", moment)
+    assert F.signal_pid(operator_pid(ns), signal.SIGKILL), diag()
+    deadline = time.monotonic() + 120
+    while not (ready(pod := operator_pod(c, ns)) and pod["status"]["containerStatuses"][0]["restartCount"] >= 1):
+        assert time.monotonic() < deadline, "the operator's container was not restarted"
+        time.sleep(1)
+    moment = F.at_random_moment(rng, jdir, incarnation, min_steps=10, max_steps=300, after_t=time.time(),
+                                timeout=300)
+    print("fault 2: helm upgrade (operator.logLevel) at", moment)
+    r = subprocess.run([c.tool("helm"), "upgrade", "stoker", str(H.CHART), "-n", ns, "--reuse-values", "--wait",
+                        "--set", "operator.logLevel=DEBUG", "--kubeconfig", str(c.kubeconfig)],
+                       capture_output=True, text=True, timeout=330)
+    assert r.returncode == 0, r.stderr
+    after = operator_pod(c, ns)
+    assert after["metadata"]["uid"] != before["metadata"]["uid"]
+    upgraded_at = max(F.computed_steps(jdir), default=0)
+    print(f"upgraded: the operator's pod replaced by step {upgraded_at} of {steps}")
+    assert job_status(c, ns, "calm").get("phase") == "Running" and upgraded_at < steps - 50, \
+        "the job ended before the upgrade was over: it proves nothing; give it more steps"
+    wait_succeeded(c, ns, "calm", timeout=900)
+
+    st = job_status(c, ns, "calm")
+    assert st.get("incarnation", 0) == 0 and (st.get("restarts") or {}).get("total", 0) == 0, st
+    assert not [i for i in st.get("incidents") or [] if i["kind"] in ("Restart", "Replace")], st["incidents"]
+    assert F.computed_steps(jdir) == list(range(1, steps + 1)), "a step was computed twice or never"
+    logs = "".join(c.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout for p in worker_pods(c, ns, "calm"))
+    summary = next(json.loads(line) for line in logs.splitlines() if '"checksum"' in line)
+    assert summary["step"] == steps and summary["checksum"] == ref["checksum"], (summary, ref)
+    now = json.loads(c.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=rendezvous",
+                               "-o", "json").stdout)["items"]
+    assert [p["metadata"]["uid"] for p in now] == [p["metadata"]["uid"] for p in store], "the store was restarted"

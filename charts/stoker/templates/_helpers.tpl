@@ -64,9 +64,9 @@ app.kubernetes.io/part-of: stoker
 {{- default (include "stoker.fullname" .) .Values.peering.name }}
 {{- end }}
 
-{{/* "true" when the rendezvous store runs in its own Deployment (more than one operator replica). */}}
+{{/* "true" when the rendezvous store runs in its own Deployment (the default; always with more than one operator replica). */}}
 {{- define "stoker.separateStore" -}}
-{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- if or (gt (int .Values.replicaCount) 1) .Values.rendezvousStore.separate }}true{{ end }}
 {{- end }}
 
 {{/* A Service's address as the operator container sees it: the pinned ClusterIP, or the

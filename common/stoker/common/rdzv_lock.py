@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from typing import Mapping
 
 from . import env as E
@@ -28,6 +29,7 @@ from .auth import AuthError, JobKey
 MAGIC = "STOKER-RDZV/1"
 MAX_LINE = 1024
 HANDSHAKE_TIMEOUT_S = 10.0
+UPSTREAM_RETRY_S = 30.0
 ENDPOINT_FLAG = "--rdzv-endpoint"
 
 
@@ -108,7 +110,7 @@ class Forwarder:
 
     def _serve(self, conn: socket.socket, _peer: tuple) -> None:
         try:
-            up = socket.create_connection(self.upstream, timeout=HANDSHAKE_TIMEOUT_S)
+            up = self._connect()
             up.sendall(self._hello)
             answer = read_line(up).decode(errors="replace").strip()
             up.settimeout(None)
@@ -123,6 +125,21 @@ class Forwarder:
             conn.close()
             return
         splice(conn, up)
+
+    def _connect(self) -> socket.socket:
+        """The gateway, retried for up to UPSTREAM_RETRY_S while it refuses connections (its
+        pod starting, e.g. the store Deployment after an install): torch's client would not
+        retry a connection that was accepted here and then closed."""
+        deadline = time.monotonic() + UPSTREAM_RETRY_S
+        delay = 0.1
+        while True:
+            try:
+                return socket.create_connection(self.upstream, timeout=HANDSHAKE_TIMEOUT_S)
+            except OSError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     def close(self) -> None:
         self._listener.close()
