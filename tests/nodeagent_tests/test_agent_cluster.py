@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.nodeagent_tests.helpers import pod_manifest
+from tests.recovery_tests.faults import alive
 
 pytestmark = pytest.mark.cluster
 
@@ -183,13 +184,6 @@ def test_stopping_the_agent_makes_the_node_not_ready_and_kills_its_pods(cluster,
         cluster.delete_nodes([node])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 def test_killed_agent_takes_its_processes_and_a_restarted_one_resumes_the_pod(cluster, pods, tmp_path):
     import signal
@@ -212,7 +206,7 @@ def test_killed_agent_takes_its_processes_and_a_restarted_one_resumes_the_pod(cl
         first = [int(x) for x in pidfile.read_text().split()]
         assert cluster.stop_process_node(node, sig=signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in first):
+        while any(alive(p) for p in first):
             assert time.monotonic() < deadline, f"pod processes {first} outlived the SIGKILLed agent"
             time.sleep(0.1)
 

@@ -13,6 +13,8 @@ from stoker.operator import launcher_bundle as B
 from stoker.operator.jobspec import job_view
 from stoker.operator.pods import RenderConfig, launcher_command, render_pod
 
+from tests.recovery_tests.faults import alive
+
 from .helpers import job_body
 
 FLAGS = ["--nnodes=1:2"]
@@ -103,13 +105,6 @@ time.sleep(120)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 @pytest.mark.torch
 def test_a_sigkilled_launcher_takes_its_workers_with_it(tmp_path):
@@ -128,13 +123,13 @@ def test_a_sigkilled_launcher_takes_its_workers_with_it(tmp_path):
         while not all(pids.with_suffix(f".{r}").exists() for r in (0, 1)) and time.monotonic() < deadline:
             time.sleep(0.2)
         workers = [int(pids.with_suffix(f".{r}").read_text()) for r in (0, 1)]
-        assert all(_alive(p) for p in workers)
+        assert all(alive(p) for p in workers)
         launcher.send_signal(signal.SIGKILL)
         launcher.wait(10)
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(p) for p in workers), "a worker outlived its SIGKILLed launcher"
+        assert not any(alive(p) for p in workers), "a worker outlived its SIGKILLed launcher"
     finally:
         for r in (0, 1):
             if pids.with_suffix(f".{r}").exists():

@@ -79,6 +79,15 @@ def signal_pid(pid: int | None, sig: int) -> bool:
         return False
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def steps_of(journal_dir: pathlib.Path, incarnation: int) -> list[dict]:
     return [r for r in journal.read(journal_dir) if r["event"] == "step" and r["incarnation"] == incarnation]
 
