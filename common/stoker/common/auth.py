@@ -53,7 +53,7 @@ def new_token() -> str:
 
 def derive_token(key: str, namespace: str, job_name: str) -> str:
     """The job's token derived from an install-wide key: a party holding the key (the
-    separate rendezvous store of an HA install) checks any job's token without reading its
+    separate rendezvous store of a chart install) checks any job's token without reading its
     Secret, and without the key nobody can make one. A job recreated under the same name gets
     the same token; its old pods went with the old job."""
     mac = hmac.new(key.encode(), f"stoker-job-token/v1\0{namespace}/{job_name}".encode(), hashlib.sha256)

@@ -52,11 +52,11 @@ class Config:
                                    chart="ports.rendezvous")
     rendezvous_store: str = setting(
         "local", "local: this operator hosts the rendezvous on --rendezvous-port; separate: a store Deployment "
-        "(python -m stoker.operator.rdzv_gateway) does, at the advertise address and that port (the chart, "
-        "replicaCount > 1)", choices=("local", "separate"), chart=COMPUTED)
+        "(python -m stoker.operator.rdzv_gateway) does, at the advertise address and that port (the chart's "
+        "default)", choices=("local", "separate"), chart=COMPUTED)
     rendezvous_key: str | None = setting(
         None, "install-wide secret (32+ characters) each job's token is derived from (HMAC), so the separate store "
-        "checks tokens without reading Secrets; the chart sets it from its rendezvous-key Secret (replicaCount > 1)",
+        "checks tokens without reading Secrets; the chart sets it from its rendezvous-key Secret",
         flag=None, chart=COMPUTED, secret=True)
     rendezvous_advertise_address: str = setting(
         "127.0.0.1", "IP literal workers use to reach the store (in a cluster: the operator Service's ClusterIP)",

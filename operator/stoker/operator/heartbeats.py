@@ -67,7 +67,7 @@ class OperatorHeartbeats:
                  clock: Callable[[], float] = time.monotonic, key: str | None = None) -> None:
         self.kube = kube
         self.clock = clock
-        # With an install key (HA installs) tokens are derived from it, so the separate
+        # With an install key (chart installs) tokens are derived from it, so the separate
         # rendezvous store can check them; their Secrets are named for the key, so a job's
         # Secret with a random token (made before the key) is never mistaken for one.
         self._derive = derived_lookup(key) if key else None

@@ -3,8 +3,8 @@
 Secret and lookup as the heartbeat stream) and splices it to that job's own store. Torch-free:
 the stores live in the store process (``rendezvous.StoreProcess(per_job=True)``).
 
-``python -m stoker.operator.rdzv_gateway`` is the same gateway as the separate store of an
-HA install (the chart's ``<release>-rendezvous`` Deployment, replicaCount > 1): it reads no
+``python -m stoker.operator.rdzv_gateway`` is the same gateway as the separate store of a
+chart install (its ``<release>-rendezvous`` Deployment, the default): it reads no
 Secrets (no API access at all) and checks tokens derived from the install key
 (``auth.derive_token``); a job's store closes after it has had no connection for a while.
 
@@ -130,10 +130,10 @@ class Gateway:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The separate store of an HA install: gateway + per-job stores, until SIGTERM."""
+    """The separate store of a chart install: gateway + per-job stores, until SIGTERM."""
     from .config import env_for, load
 
-    ap = argparse.ArgumentParser(description="Stoker's separate rendezvous store (HA installs): the locked "
+    ap = argparse.ArgumentParser(description="Stoker's separate rendezvous store (chart installs): the locked "
                                              "gateway and one c10d store per job")
     ap.add_argument("--port", type=int, default=29400)
     ap.add_argument("--idle-close-seconds", type=float, default=IDLE_CLOSE_S)
