@@ -7,7 +7,6 @@ recycled pid is never mistaken for a component (nor killed).
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-PR_SET_PDEATHSIG = 1
+from stoker.common.parent_death import die_with_parent
 
 
 class ClusterError(RuntimeError):
@@ -153,8 +152,7 @@ def processes_mentioning(marker: str) -> list[int]:
 
 
 def _pdeathsig() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
 
 
 def spawn(

@@ -28,7 +28,6 @@ Runs inside the worker pod (needs torch); the operator only names it.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -40,6 +39,7 @@ from typing import Any, Callable, Mapping
 
 from stoker.common import env as E
 from stoker.common import last_step, rdzv_lock
+from stoker.common.parent_death import die_with_parent
 
 # The agent lost the rendezvous store (e.g. the operator restarted): not the
 # user's fault: detection names it RendezvousLost (infrastructure).
@@ -52,7 +52,6 @@ SAFETY_MARGIN_S = 5.0
 MIN_DRAIN_GRACE_S = 10.0
 _TORCHELASTIC_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 _DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
-PR_SET_PDEATHSIG = 1
 
 
 def tie_workers() -> bool:
@@ -70,10 +69,9 @@ def tie_workers() -> bool:
     if popen is None or not sys.platform.startswith("linux"):
         return False
     launcher = os.getpid()
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def die_with_launcher() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent(signal.SIGKILL)
         if os.getppid() != launcher:  # it died before the line above
             os._exit(128 + signal.SIGKILL)
 

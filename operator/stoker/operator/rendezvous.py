@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import select
@@ -30,11 +29,11 @@ import sys
 import threading
 import time
 
+from stoker.common.parent_death import die_with_parent
+
 from .c10d_store import StoreServer
 
 log = logging.getLogger("stoker.operator.rendezvous")
-
-PR_SET_PDEATHSIG = 1
 
 
 def endpoint(advertise_address: str, port: int) -> str:
@@ -140,17 +139,9 @@ class StoreProcess:
                 self.proc.wait()
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
 def serve(port: int) -> None:
     """Host the shared store until SIGTERM (runs in the child process; the unlocked mode)."""
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)
     parent = os.getppid()
 
     async def run() -> None:
@@ -171,7 +162,7 @@ def serve_per_job(requests=sys.stdin, answers=sys.stdout) -> None:
     """The locked mode's store process: one loopback-only store per job, made on the
     gateway's first request for it. Requests, one line each: ``OPEN <ns>/<job>`` (answer
     ``PORT <n>``) and ``CLOSE <ns>/<job>`` (``OK``). Ends when the operator closes the pipe."""
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="c10d-stores", daemon=True).start()
