@@ -13,6 +13,7 @@ class RecordingSession:
         self.phases: list[tuple[str, float]] = []
         self.saves: list[dict[str, Any]] = []
         self.resumed_step: int | None = None
+        self.anomalies: list[dict[str, Any]] = []
 
     # the Session interface the trainer uses
     def start(self) -> "RecordingSession":
@@ -41,6 +42,9 @@ class RecordingSession:
 
     def stop_requested(self) -> bool:
         return False
+
+    def report_anomaly(self, **anomaly: Any) -> None:
+        self.anomalies.append(anomaly)
 
     # what the GPU check reads back
     def blocked_spans(self) -> list[tuple[float, float]]:

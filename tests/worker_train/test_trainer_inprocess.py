@@ -28,6 +28,7 @@ class ScriptedSession:
         self.steps: list[tuple[int, dict]] = []
         self.reports: list = []
         self.pending = False
+        self.anomalies: list[dict] = []
 
     def start(self):
         return self
@@ -56,6 +57,9 @@ class ScriptedSession:
 
     def journal_commit(self, step):
         pass
+
+    def report_anomaly(self, **anomaly):
+        self.anomalies.append(anomaly)
 
     def close(self):
         pass

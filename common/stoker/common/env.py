@@ -27,6 +27,10 @@ CHECKPOINT_INTERVAL_STEPS = "STOKER_CHECKPOINT_INTERVAL_STEPS"
 CHECKPOINT_INTERVAL_SECONDS = "STOKER_CHECKPOINT_INTERVAL_SECONDS"
 CHECKPOINT_KEEP = "STOKER_CHECKPOINT_KEEP"
 
+# spec.health as a JSON object of the trainer's health.* fields (stoker.worker.config.HealthConfig),
+# and the sample ranges earlier incarnations' rollbacks skipped ("START:END,...").
+HEALTH = "STOKER_HEALTH"
+
 # S3 endpoint and credentials (credentials come from a Secret via secretKeyRef).
 S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"
 S3_REGION = "AWS_DEFAULT_REGION"

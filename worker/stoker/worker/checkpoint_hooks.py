@@ -11,15 +11,23 @@ log = logging.getLogger("stoker.worker.trainer")
 SLOW_CHECKPOINT_DEFAULT_S = 3600.0  # debug.slow_checkpoint_seconds unset: until the test kills us
 
 
-def checkpoint_world_size(ckpt, step: int) -> int | None:
-    """The world size that wrote checkpoint ``step`` (from its manifest); None if unreadable."""
+def read_manifest(ckpt, step: int) -> dict | None:
+    """The commit manifest of checkpoint ``step`` (stoker.json); None if unreadable."""
     from stoker.common import layout
     from stoker.worker.checkpoint.store import read_json
 
     try:
-        return int(read_json(ckpt.store, step, layout.MANIFEST)["world_size"])
-    except Exception:  # noqa: BLE001 - informational only: the load itself already succeeded
+        return read_json(ckpt.store, step, layout.MANIFEST)
+    except Exception:  # noqa: BLE001 - the load itself already succeeded; callers say what is missing
         log.warning("trainer.manifest_unreadable step=%d", step)
+        return None
+
+
+def checkpoint_world_size(manifest: dict | None) -> int | None:
+    """The world size that wrote a checkpoint, from its manifest."""
+    try:
+        return int(manifest["world_size"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
         return None
 
 

@@ -86,6 +86,27 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass
+class HealthConfig:
+    """Anomalies caught at the step they happen (stoker.worker.health). Actions: ignore,
+    report (log, metrics record, the operator's incident), rollback (reload the newest
+    committed checkpoint before the anomaly and skip ``skip_batches`` batches from the one
+    that made it), fail (exit 87: the operator fails the job with the reason)."""
+    on_non_finite: str = "rollback"   # NaN/Inf loss or gradient norm
+    on_spike: str = "report"          # loss / gradient-norm spikes
+    loss_spike_z: float = 0.0         # robust z-score over `window` steps; 0: off
+    grad_norm_spike_z: float = 0.0
+    window: int = 50
+    min_history: int = 10
+    stall_fraction: float = 0.0       # report tokens/s below this fraction of the window median; 0: off
+    stall_steps: int = 5
+    skip_batches: int = 1
+    max_rollbacks: int = 3            # one more anomaly to roll back fails the job (exit 87)
+    # Sample ranges never trained on, "START:END,..." (global sample positions, half-open):
+    # an undisturbed run that skips what a rollback skipped.
+    skip: str = ""
+
+
+@dataclasses.dataclass
 class OutputConfig:
     metrics_path: str | None = None
     summary_path: str | None = None
@@ -103,6 +124,11 @@ class DebugConfig:
     # resume from a checkpoint: the incarnation that recovers saves this step normally.
     slow_checkpoint_at_step: int | None = None
     slow_checkpoint_seconds: float | None = None
+    # Poisoned data for health tests: a batch that starts in one of these global sample
+    # ranges ("START:END,...") gets its loss multiplied by NaN (poison_kind nan) or by 1000
+    # (spike). Not in pipeline modes.
+    poison_samples: str = ""
+    poison_kind: str = "nan"
 
 
 @dataclasses.dataclass
@@ -114,6 +140,7 @@ class Config:
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
     debug: DebugConfig = dataclasses.field(default_factory=DebugConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,7 +249,31 @@ def validate(cfg: Config) -> Config:
     s = cfg.debug.stall_after_step
     _require(s is None or c.uri is not None, "debug.stall_after_step: needs checkpoint.uri (it stalls after that step's checkpoint)")
     _validate_slow_checkpoint(cfg)
+    _validate_health(cfg)
     return cfg
+
+
+def _validate_health(cfg: Config) -> None:
+    from stoker.worker import health
+
+    h, d = cfg.health, cfg.debug
+    for name in ("on_non_finite", "on_spike"):
+        v = getattr(h, name)
+        _require(v in health.ACTIONS, f"health.{name}: unknown action {v!r} (choose one of {', '.join(health.ACTIONS)})")
+    for name in ("loss_spike_z", "grad_norm_spike_z", "stall_fraction"):
+        _require(getattr(h, name) >= 0, f"health.{name}: must be >= 0 (0 turns it off), got {getattr(h, name)}")
+    _require(h.stall_fraction < 1, f"health.stall_fraction: must be < 1, got {h.stall_fraction}")
+    for name in ("window", "min_history", "stall_steps", "skip_batches"):
+        _require(getattr(h, name) >= 1, f"health.{name}: must be >= 1, got {getattr(h, name)}")
+    _require(h.max_rollbacks >= 0, f"health.max_rollbacks: must be >= 0, got {h.max_rollbacks}")
+    for field, text in (("health.skip", h.skip), ("debug.poison_samples", d.poison_samples)):
+        try:
+            health.parse_ranges(text, field)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    _require(d.poison_kind in ("nan", "spike"), f"debug.poison_kind: unknown {d.poison_kind!r} (choose nan or spike)")
+    _require(not d.poison_samples or cfg.parallel.mode not in PIPELINE_MODES,
+             f"debug.poison_samples: not supported with parallel.mode {cfg.parallel.mode}; use ddp or zero*")
 
 
 def _validate_slow_checkpoint(cfg: Config) -> None:
@@ -284,8 +335,8 @@ def validate_for_device(cfg: Config, device_type: str) -> None:
 
 
 def from_dict(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    cfg = _build(Config, raw, "")
     environ = os.environ if environ is None else environ
+    cfg = _build(Config, _with_health_env(raw, environ), "")
     if environ.get(stoker_env.CHECKPOINT_URI):
         cfg.checkpoint.uri = environ[stoker_env.CHECKPOINT_URI]
     for env_name, attr in ((stoker_env.CHECKPOINT_INTERVAL_STEPS, "interval"), (stoker_env.CHECKPOINT_KEEP, "keep")):
@@ -297,6 +348,26 @@ def from_dict(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     if environ.get(METRICS_PATH_ENV):
         cfg.output.metrics_path = environ[METRICS_PATH_ENV]
     return validate(cfg)
+
+
+def _with_health_env(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Mapping[str, Any]:
+    """The operator's spec.health (``STOKER_HEALTH``, a JSON object of health.* fields) over the file's."""
+    text = environ.get(stoker_env.HEALTH)
+    if not text:
+        return raw
+    try:
+        over = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{stoker_env.HEALTH}: not JSON ({exc})") from None
+    if not isinstance(over, dict):
+        raise ConfigError(f"{stoker_env.HEALTH}: expected a JSON object of health.* fields, got {text!r}")
+    base = raw.get("health") or {}
+    if not isinstance(base, Mapping):
+        raise ConfigError(f"health: expected a mapping, got {type(base).__name__}")
+    merged = {**base, **over}
+    if base.get("skip") and over.get("skip"):  # ranges the file skips and ranges rollbacks skipped
+        merged["skip"] = f"{base['skip']},{over['skip']}"
+    return {**raw, "health": merged}
 
 
 def read_raw(path: str | Path | None) -> dict[str, Any]:

@@ -123,6 +123,10 @@ class DistributedBatcher:
         self.order_seed = order_seed
         self.accum = grad_accum_steps(global_batch, dp_degree, micro_batch)
         self.position = 0  # global samples consumed so far
+        # Half-open global sample ranges never trained on (health rollbacks skip a poisoned
+        # window): a batch that would start inside one starts at its end instead.
+        self.skips: list[tuple[int, int]] = []
+        self.last_batch_start = 0
 
     def local_ids(self, position: int) -> np.ndarray:
         ids = global_sample_ids(self.order_seed, self.data.size(TRAIN), position, self.global_batch)
@@ -130,6 +134,10 @@ class DistributedBatcher:
         return ids[lo:hi]
 
     def next_batch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        for lo, hi in self.skips:  # sorted and merged (health.merge_ranges)
+            if lo <= self.position < hi:
+                self.position = hi
+        self.last_batch_start = self.position
         tokens = self.data.samples(TRAIN, self.local_ids(self.position))
         self.position += self.global_batch
         return [(mb[:, :-1], mb[:, 1:]) for mb in tokens.split(self.micro_batch)]

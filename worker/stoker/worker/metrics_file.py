@@ -26,6 +26,7 @@ class MetricsFile:
         checkpointing them): they are about to be redone, the file stays one line per step."""
         if not self.enabled or not self.path.exists():  # type: ignore[union-attr]
             return
+        self.close()  # the next emit reopens the rewritten file, not the replaced one
         keep = []
         for line in self.path.read_text().splitlines():  # type: ignore[union-attr]
             try:

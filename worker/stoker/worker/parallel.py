@@ -200,3 +200,17 @@ def local_and_full_bytes(tensors) -> tuple[int, int]:
             local += t.numel() * size
         full += t.numel() * size
     return local, full
+
+
+def memory_report(parts: list[nn.Module], optimizers: list[torch.optim.Optimizer]) -> dict[str, int]:
+    """Bytes of parameters and Adam moments held by this rank, and in the whole model."""
+    params = [p for m in parts for p in m.parameters()]
+    p_local, p_full = local_and_full_bytes(params)
+    moments = []
+    for opt in optimizers:
+        inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer keeps its local optimizer here
+        for st in inner.state.values():
+            moments += [v for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")]
+    o_local, _ = local_and_full_bytes(moments)
+    return {"param_bytes_local": p_local, "param_bytes_full": p_full,
+            "optim_bytes_local": o_local, "optim_bytes_full": 2 * p_full}

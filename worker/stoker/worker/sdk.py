@@ -39,6 +39,7 @@ _METRIC_FIELDS = {
     "step_time_seconds": float,
 }
 _PHASES = {name: pb.Phase.Value(name) for name in pb.Phase.keys()}
+KEEP_ANOMALIES = 8
 
 
 def _ts(msg, t: float) -> None:
@@ -97,6 +98,7 @@ class Session:
         self._acks: list[pb.CommandAck] = []
         self._ckpt_requests: dict[str, int] = {}  # request id -> step when it arrived
         self._stop_request: str | None = None
+        self._anomalies: list[pb.Anomaly] = []  # the latest few, sent in every message
         self._reporter = None
         self._journal = None
         self._last_step = last_step.open_writer(last_step_dir, rank)
@@ -226,6 +228,20 @@ class Session:
         with self._lock:
             self._ckpt_metrics["last_committed_step"] = int(step)
 
+    def report_anomaly(self, *, step: int, kind: str, statistic: str, action: str, rolled_back_to: int = -1,
+                       skip_from: int = 0, skip_to: int = 0, batches_skipped: int = 0, rollbacks: int = 0) -> None:
+        """A training anomaly and what was done about it (stoker.worker.health); the operator
+        records it as an incident. Kept in every message while among the latest ``KEEP_ANOMALIES``."""
+        with self._lock:
+            seq = (self._anomalies[-1].seq if self._anomalies else 0) + 1
+            self._anomalies.append(pb.Anomaly(seq=seq, step=step, kind=kind, statistic=statistic, action=action,
+                                              rolled_back_to=rolled_back_to, skip_from=skip_from, skip_to=skip_to,
+                                              batches_skipped=batches_skipped, rollbacks=rollbacks))
+            del self._anomalies[:-KEEP_ANOMALIES]
+        if self._journal is not None:
+            self._journal.record("anomaly", int(step), kind=kind, action=action, rolled_back_to=rolled_back_to)
+        self._wake()
+
     # -------------------------------------------------------------- commands
     def checkpoint_requested(self) -> bool:
         """True while a CHECKPOINT_NOW (or STOP_AFTER_CHECKPOINT) awaits a save."""
@@ -261,7 +277,9 @@ class Session:
             metrics = dict(self._metrics)
             metrics.update(self._ckpt_metrics)
             acks, self._acks = self._acks, []
-        msg = pb.WorkerMessage(identity=self.identity, seq=seq, step=step, phase=phase, error=error, acks=acks)
+            anomalies = list(self._anomalies)
+        msg = pb.WorkerMessage(identity=self.identity, seq=seq, step=step, phase=phase, error=error, acks=acks,
+                               anomalies=anomalies)
         now = time.time()
         _ts(msg.sent_at, now)
         _ts(msg.started_at, self._started_at)

@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:  # world-size / device dependent checks
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    from stoker.worker.health_guard import EXIT_TRAINING_DIVERGED, TrainingDiverged
+
     try:
         summary = trainer.run()
+    except TrainingDiverged as exc:  # the job cannot train on: say why, exit so the operator fails it
+        trainer.session.set_phase("FAILED", error=f"TrainingDiverged: {exc}")
+        print(f"training diverged: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_DIVERGED
     except BaseException as exc:
         trainer.session.set_phase("FAILED", error=f"{type(exc).__name__}: {exc}")
         raise

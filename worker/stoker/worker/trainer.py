@@ -35,8 +35,11 @@ from stoker.worker.checksum import model_checksum
 from stoker.worker.config import (
     FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
 )
-from stoker.worker.checkpoint_hooks import SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, slow_checkpoint_due
+from stoker.worker.checkpoint_hooks import (
+    SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, read_manifest, slow_checkpoint_due,
+)
 from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
+from stoker.worker.health_guard import HealthGuard
 from stoker.worker.metrics_file import MetricsFile
 from stoker.worker.session_api import check_session
 from stoker.worker.model import model_args
@@ -115,6 +118,7 @@ class Trainer(Stateful):
                                               noise=d.noise))
         self.batcher = DistributedBatcher(self.data, global_batch=t.global_batch, micro_batch=t.micro_batch,
                                           dp_degree=self.dp, dp_rank=self.dp_rank, order_seed=t.seed)
+        self.guard = HealthGuard(cfg, self.batcher)
         self.val = (validation_batches(self.data, n_samples=cfg.validation.samples, batch=t.micro_batch,
                                        dp_degree=self.dp, dp_rank=self.dp_rank)
                     if cfg.validation.every else [])
@@ -199,6 +203,7 @@ class Trainer(Stateful):
     def train_step(self) -> tuple[float, float]:
         """Returns (this rank's share of the loss, global grad norm)."""
         micro = self.batcher.next_batch()
+        poison = self.guard.poison_factor()  # tests' poisoned data (debug.poison_samples)
         for m in self.parts:
             m.train()
         if self.schedule is not None:
@@ -218,6 +223,8 @@ class Trainer(Stateful):
                 sync = model.no_sync() if (hasattr(model, "no_sync") and not last) else contextlib.nullcontext()
                 with sync, self._autocast():
                     loss = loss_fn(model(x), y) / n
+                    if poison is not None:
+                        loss = loss * poison
                 loss.backward()
                 total += loss.detach()
             local_loss = total.item()
@@ -255,16 +262,7 @@ class Trainer(Stateful):
         return total / max(count, 1.0)
 
     def memory_report(self) -> dict[str, int]:
-        params = [p for m in self.parts for p in m.parameters()]
-        p_local, p_full = parallel.local_and_full_bytes(params)
-        moments = []
-        for opt in self.optimizers:
-            inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer keeps its local optimizer here
-            for st in inner.state.values():
-                moments += [v for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")]
-        o_local, _ = parallel.local_and_full_bytes(moments)
-        return {"param_bytes_local": p_local, "param_bytes_full": p_full,
-                "optim_bytes_local": o_local, "optim_bytes_full": 2 * p_full}
+        return parallel.memory_report(self.parts, self.optimizers)
 
     # -- the loop
     def restore(self):
@@ -284,7 +282,9 @@ class Trainer(Stateful):
             resumed_from = self.resumed_from = ckpt.load(self.checkpoint_state)
             self.session.set_last_committed_step(resumed_from)
         if resumed_from is not None:
-            self.resumed_world_size = checkpoint_world_size(ckpt, resumed_from)
+            manifest = read_manifest(ckpt, resumed_from)
+            self.resumed_world_size = checkpoint_world_size(manifest)
+            self.guard.adopt(manifest)
             # resharded=True: DCP redistributed state saved by another number of ranks
             log.info("trainer.resumed step=%d uri=%s checkpoint_world_size=%s world_size=%d resharded=%s",
                      resumed_from, c.uri, self.resumed_world_size, self.world,
@@ -319,9 +319,12 @@ class Trainer(Stateful):
             step = self.train_state.step
             ask_ckpt = 1.0 if self.session.checkpoint_requested() else 0.0
             ask_stop = 1.0 if self.session.stop_requested() else 0.0
-            loss_sum, ckpt_votes, stop_votes = self._sum_world([local_loss, ask_ckpt, ask_stop])
+            loss_sum, ckpt_votes, stop_votes, norm_vote = self._sum_world([local_loss, ask_ckpt, ask_stop, norm])
             loss = loss_sum / self.dp
             dt = time.perf_counter() - t0
+            if self.guard.check(self, ckpt, step, loss, norm_vote, tokens_per_step / dt if dt > 0 else None):
+                last_saved = self.train_state.step  # rolled back to a committed checkpoint
+                continue
             record = {"step": step, "loss": loss, "grad_norm": norm, "lr": self.lr_schedule.base_lr *
                       lr_factor(step, **self.lr_schedule.kw), "tokens_seen": self.train_state.tokens_seen,
                       "tokens_per_s": tokens_per_step / dt if dt > 0 else None, "world_size": self.world}
@@ -386,7 +389,7 @@ class Trainer(Stateful):
     def save(self, ckpt, step: int) -> None:
         self.train_state.capture()
         self.session.set_phase("CHECKPOINTING")
-        ckpt.save(step, self.checkpoint_state)  # async: returns once staged; on_result reports the commit
+        ckpt.save(step, self.checkpoint_state, manifest_extra=self.guard.manifest())  # async: returns once staged; on_result reports the commit
         self.session.set_phase("TRAINING")
 
     def close(self) -> None:

@@ -117,7 +117,7 @@ class CommandAck(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., type: _Optional[_Union[CommandType, str]] = ..., state: _Optional[_Union[AckState, str]] = ..., message: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("identity", "seq", "step", "phase", "sent_at", "step_at", "started_at", "metrics", "acks", "error")
+    __slots__ = ("identity", "seq", "step", "phase", "sent_at", "step_at", "started_at", "metrics", "acks", "error", "anomalies")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,7 @@ class WorkerMessage(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ANOMALIES_FIELD_NUMBER: _ClassVar[int]
     identity: JobIdentity
     seq: int
     step: int
@@ -138,7 +139,32 @@ class WorkerMessage(_message.Message):
     metrics: Metrics
     acks: _containers.RepeatedCompositeFieldContainer[CommandAck]
     error: str
-    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+    anomalies: _containers.RepeatedCompositeFieldContainer[Anomaly]
+    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ...) -> None: ...
+
+class Anomaly(_message.Message):
+    __slots__ = ("seq", "step", "kind", "statistic", "action", "rolled_back_to", "skip_from", "skip_to", "batches_skipped", "rollbacks")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_TO_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FROM_FIELD_NUMBER: _ClassVar[int]
+    SKIP_TO_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    step: int
+    kind: str
+    statistic: str
+    action: str
+    rolled_back_to: int
+    skip_from: int
+    skip_to: int
+    batches_skipped: int
+    rollbacks: int
+    def __init__(self, seq: _Optional[int] = ..., step: _Optional[int] = ..., kind: _Optional[str] = ..., statistic: _Optional[str] = ..., action: _Optional[str] = ..., rolled_back_to: _Optional[int] = ..., skip_from: _Optional[int] = ..., skip_to: _Optional[int] = ..., batches_skipped: _Optional[int] = ..., rollbacks: _Optional[int] = ...) -> None: ...
 
 class OperatorCommand(_message.Message):
     __slots__ = ("type", "request_id", "issued_at", "reason")

@@ -166,17 +166,19 @@ class CheckpointManager:
         return committed_steps(self.store)
 
     # ------------------------------------------------------------------- save
-    def save(self, step: int, state: dict[str, Any]) -> None:
+    def save(self, step: int, state: dict[str, Any], manifest_extra: dict[str, Any] | None = None) -> None:
         """Checkpoint ``state`` (a dict of ``Stateful`` objects and/or plain state
         dicts) as ``step``. Waits for the previous async save first. In async mode
-        returns once the state is copied to CPU; otherwise once committed."""
+        returns once the state is copied to CPU; otherwise once committed.
+        ``manifest_extra``: small JSON fields the commit manifest carries (read back
+        with ``store.read_json(step, MANIFEST)``), as of this call."""
         self._check_open()
         layout.step_dir(step)  # validates step >= 0
         self.wait()
         t0 = time.monotonic()
         state_dict = {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
         if self._executor is None:
-            self._finish(self._save_blocking(step, state_dict, t0, blocked_s=None))
+            self._finish(self._save_blocking(step, state_dict, t0, None, manifest_extra))
             return
         staged, stage_error = None, None
         # A fresh stager per save: a DefaultStager caches its CPU storages between stage() calls
@@ -195,7 +197,8 @@ class CheckpointManager:
             self._finish(SaveResult(step, False, took, took, error=f"staging: {stage_error or 'failed on another rank'}"))
             return
         blocked = time.monotonic() - t0
-        self._pending = self._executor.submit(self._save_and_report, step, staged, t0, blocked)
+        self._pending = self._executor.submit(self._save_and_report, step, staged, t0, blocked,
+                                             dict(manifest_extra or {}))
         log.info("checkpoint.staged step=%d blocked_s=%.3f", step, blocked)
 
     def in_flight(self) -> bool:
@@ -209,8 +212,9 @@ class CheckpointManager:
             return None
         return pending.result()  # _save_and_report never raises
 
-    def _save_and_report(self, step: int, state_dict: dict, t0: float, blocked_s: float) -> SaveResult:
-        result = self._save_blocking(step, state_dict, t0, blocked_s)
+    def _save_and_report(self, step: int, state_dict: dict, t0: float, blocked_s: float,
+                         extra: dict[str, Any]) -> SaveResult:
+        result = self._save_blocking(step, state_dict, t0, blocked_s, extra)
         self._finish(result)  # on the checkpoint thread, as soon as the save is done
         return result
 
@@ -236,7 +240,8 @@ class CheckpointManager:
         dist.broadcast_object_list(box, src=dist.get_global_rank(self._pg, 0), group=self._pg)
         return box[0]
 
-    def _save_blocking(self, step: int, state_dict: dict, t0: float, blocked_s: float | None) -> SaveResult:
+    def _save_blocking(self, step: int, state_dict: dict, t0: float, blocked_s: float | None,
+                       extra: dict[str, Any] | None = None) -> SaveResult:
         def result(ok: bool, nbytes: int = 0, error: str | None = None) -> SaveResult:
             took = time.monotonic() - t0
             return SaveResult(step, ok, took, took if blocked_s is None else blocked_s, nbytes, error)
@@ -275,7 +280,7 @@ class CheckpointManager:
         outcome: tuple[bool, int, str | None] = (False, 0, None)
         if self.is_coordinator:
             try:
-                nbytes = self._commit(step, metadata)
+                nbytes = self._commit(step, metadata, extra)
                 outcome = (True, nbytes, None)
             except Exception as exc:  # noqa: BLE001
                 outcome = (False, 0, repr(exc))
@@ -294,7 +299,7 @@ class CheckpointManager:
             self._retain()
         return res
 
-    def _commit(self, step: int, metadata) -> int:
+    def _commit(self, step: int, metadata, extra: dict[str, Any] | None = None) -> int:
         files = self.store.list_files(step)
         needed: dict[str, int] = {}
         for info in metadata.storage_data.values():
@@ -314,6 +319,7 @@ class CheckpointManager:
             created_at=time.time(),
             writer_host=socket.gethostname(),
             torch_version=torch.__version__,
+            **(extra or {}),
         )
         self.store.write_bytes(step, layout.MANIFEST, manifest)
         self.store.write_bytes(step, layout.COMMIT_MARKER, manifest_bytes(step=step, committed_at=time.time()))
