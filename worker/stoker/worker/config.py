@@ -41,6 +41,13 @@ class DataConfig:
     train_samples: int = 4096
     val_samples: int = 64
     noise: float = 0.1
+    # A sharded token dataset (s3://BUCKET/PREFIX or a directory; docs/datasets.md) instead of the
+    # synthetic one: train_samples, val_samples and noise are then unused, seq_len must equal the
+    # index's and vocab_size must be >= the index's (checked when the trainer opens it).
+    uri: str | None = None
+    cache_dir: str | None = None      # local shard cache (default ~/.cache/stoker/datasets)
+    prefetch_shards: int = 2          # background shard downloads at once; 0: fetch when first read
+    sample_log: str | None = None     # debug: a directory; each rank logs the samples it reads
 
 
 @dataclasses.dataclass
@@ -224,8 +231,9 @@ def validate(cfg: Config) -> Config:
     _require(t.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 disables), got {t.grad_clip}")
     _require(d.vocab_size >= 2, f"data.vocab_size: must be >= 2, got {d.vocab_size}")
     _require(d.seq_len >= 1, f"data.seq_len: must be >= 1, got {d.seq_len}")
-    _require(d.train_samples >= t.global_batch,
+    _require(d.uri is not None or d.train_samples >= t.global_batch,
              f"data.train_samples ({d.train_samples}) must be >= train.global_batch ({t.global_batch})")
+    _validate_data_uri(d)
     _require(0 <= d.noise <= 1, f"data.noise: must be in [0, 1], got {d.noise}")
     _require(p.pp >= 1, f"parallel.pp: must be >= 1, got {p.pp}")
     _require(p.dp is None or p.dp >= 1, f"parallel.dp: must be >= 1 or omitted, got {p.dp}")
@@ -244,7 +252,7 @@ def validate(cfg: Config) -> Config:
     _require(cfg.validation.every >= 0, f"validation.every: must be >= 0 (0 = never), got {cfg.validation.every}")
     _require(cfg.validation.every == 0 or cfg.validation.samples >= 1,
              f"validation.samples: must be >= 1 when validation.every > 0")
-    _require(cfg.validation.samples <= d.val_samples or cfg.validation.every == 0,
+    _require(cfg.validation.samples <= d.val_samples or cfg.validation.every == 0 or d.uri is not None,
              f"validation.samples ({cfg.validation.samples}) must be <= data.val_samples ({d.val_samples})")
     s = cfg.debug.stall_after_step
     _require(s is None or c.uri is not None, "debug.stall_after_step: needs checkpoint.uri (it stalls after that step's checkpoint)")
@@ -274,6 +282,22 @@ def _validate_health(cfg: Config) -> None:
     _require(d.poison_kind in ("nan", "spike"), f"debug.poison_kind: unknown {d.poison_kind!r} (choose nan or spike)")
     _require(not d.poison_samples or cfg.parallel.mode not in PIPELINE_MODES,
              f"debug.poison_samples: not supported with parallel.mode {cfg.parallel.mode}; use ddp or zero*")
+
+
+def _validate_data_uri(d: DataConfig) -> None:
+    _require(d.prefetch_shards >= 0,
+             f"data.prefetch_shards: must be >= 0 (0 = no background fetch), got {d.prefetch_shards}")
+    if d.uri is None:
+        _require(d.sample_log is None,
+                 "data.sample_log: only sharded datasets log their samples; set data.uri or drop it")
+        return
+    _require(bool(d.uri.strip()),
+             "data.uri: empty; give s3://BUCKET/PREFIX or a directory, or omit it for synthetic data")
+    _require(d.uri.startswith("s3://") or "://" not in d.uri,
+             f"data.uri: unsupported {d.uri!r}; use s3://BUCKET/PREFIX or a local directory")
+    if d.uri.startswith("s3://"):
+        _require(len(d.uri) > len("s3://") and not d.uri[len("s3://"):].startswith("/"),
+                 f"data.uri: no bucket in {d.uri!r}; use s3://BUCKET/PREFIX")
 
 
 def _validate_slow_checkpoint(cfg: Config) -> None:

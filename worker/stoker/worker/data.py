@@ -140,6 +140,7 @@ class DistributedBatcher:
         self.last_batch_start = self.position
         tokens = self.data.samples(TRAIN, self.local_ids(self.position))
         self.position += self.global_batch
+        getattr(self.data, "prefetch", lambda ids: None)(self.local_ids(self.position))  # sharded datasets
         return [(mb[:, :-1], mb[:, 1:]) for mb in tokens.split(self.micro_batch)]
 
     def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:

@@ -38,10 +38,11 @@ from stoker.worker.config import (
 from stoker.worker.checkpoint_hooks import (
     SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, read_manifest, slow_checkpoint_due,
 )
-from stoker.worker.data import DistributedBatcher, SyntheticLM, SyntheticSpec, validation_batches
+from stoker.worker.data import DistributedBatcher, validation_batches
 from stoker.worker.health_guard import HealthGuard
 from stoker.worker.metrics_file import MetricsFile
 from stoker.worker.session_api import check_session
+from stoker.worker.shards import dataset_for
 from stoker.worker.model import model_args
 from stoker.worker.state import (
     DATALOADER, LR_SCHEDULER, MODEL, OPTIMIZER, TRAIN_STATE, LRSchedule, ModelState, OptimizerState, TrainState,
@@ -113,9 +114,7 @@ class Trainer(Stateful):
         t, p, d = cfg.train, cfg.parallel, cfg.data
         self.args = model_args(cfg.model.size, vocab_size=d.vocab_size, max_seq_len=d.seq_len,
                                tie_embeddings=cfg.model.tie_embeddings)
-        self.data = SyntheticLM(SyntheticSpec(seed=t.seed, vocab_size=d.vocab_size, seq_len=d.seq_len,
-                                              train_samples=d.train_samples, val_samples=d.val_samples,
-                                              noise=d.noise))
+        self.data = dataset_for(cfg)  # SyntheticLM, or the sharded dataset at data.uri
         self.batcher = DistributedBatcher(self.data, global_batch=t.global_batch, micro_batch=t.micro_batch,
                                           dp_degree=self.dp, dp_rank=self.dp_rank, order_seed=t.seed)
         self.guard = HealthGuard(cfg, self.batcher)

@@ -1,0 +1,73 @@
+"""The sharded dataset in a real S3 (the test cluster's MinIO): the writer's CLI uploads it,
+the reader streams it through the cache, and S3-side damage is caught."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from stoker.worker.data import TRAIN, VAL  # noqa: E402
+from stoker.worker.shards import index as fmt  # noqa: E402
+from stoker.worker.shards.__main__ import main as cli  # noqa: E402
+from stoker.worker.shards.cache import ShardCorrupt  # noqa: E402
+from stoker.worker.shards.reader import DatasetNotFound, ShardedTokens  # noqa: E402
+from stoker.worker.shards.writer import WriteError, write_dataset  # noqa: E402
+
+pytestmark = [pytest.mark.torch, pytest.mark.cluster]
+
+
+@pytest.fixture
+def s3_dataset(s3_env, bucket, corpus) -> str:
+    uri = f"s3://{bucket}/datasets/corpus-v1"
+    assert cli(["write", "--tokenizer", "bytes", "--seq-len", "16", "--shard-samples", "40", "--val-samples", "8",
+                *map(str, corpus), uri]) == 0
+    return uri
+
+
+def test_s3_dataset_reads_like_the_same_dataset_written_locally(s3_dataset, corpus, tmp_path):
+    write_dataset(corpus, str(tmp_path / "local"), seq_len=16, shard_samples=40, val_samples=8)
+    local = ShardedTokens(str(tmp_path / "local"), cache_dir=tmp_path / "c1")
+    remote = ShardedTokens(s3_dataset, cache_dir=tmp_path / "c2", prefetch_shards=3)
+    assert remote.index == local.index  # same shards, sizes and sha256s
+    ids = np.random.default_rng(0).permutation(local.size(TRAIN))
+    assert torch.equal(remote.samples(TRAIN, ids), local.samples(TRAIN, ids))
+    assert torch.equal(remote.samples(VAL, np.arange(8)), local.samples(VAL, np.arange(8)))
+    assert remote.stats.fetched == len(remote.index.splits["train"]) + 1
+
+
+def test_a_warm_cache_reads_nothing_but_the_index_from_s3(s3_dataset, tmp_path):
+    cold = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache")
+    ids = np.arange(cold.size(TRAIN))
+    want = cold.samples(TRAIN, ids)
+    warm = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache")
+    assert torch.equal(warm.samples(TRAIN, ids), want)
+    assert cold.stats.fetched == len(cold.index.splits["train"]) and warm.stats.fetched == 0
+
+
+def test_prefetch_downloads_from_s3_in_the_background(s3_dataset, tmp_path):
+    data = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache", prefetch_shards=2)
+    data.prefetch(np.arange(data.size(TRAIN)))
+    data.wait_prefetched()
+    assert all(data.cache.has(s) for s in data.index.splits["train"])
+    data.samples(TRAIN, np.arange(data.size(TRAIN)))
+    assert data.stats.fetched == len(data.index.splits["train"])
+
+
+def test_a_shard_replaced_in_s3_is_refused(s3_dataset, s3, bucket, tmp_path):
+    key = "datasets/corpus-v1/shard-00001.bin"
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[0] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    data = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache")
+    with pytest.raises(ShardCorrupt, match=f"{s3_dataset}/shard-00001.bin: sha256"):
+        data.samples(TRAIN, [40])
+
+
+def test_an_uncommitted_s3_dataset_is_not_read_and_a_committed_one_not_overwritten(s3_dataset, s3, bucket, corpus,
+                                                                                  tmp_path):
+    with pytest.raises(WriteError, match="already holds a dataset"):
+        write_dataset(corpus, s3_dataset, seq_len=16, shard_samples=40)
+    s3.delete_object(Bucket=bucket, Key=f"datasets/corpus-v1/{fmt.INDEX}")
+    with pytest.raises(DatasetNotFound, match="no index.json"):
+        ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache")

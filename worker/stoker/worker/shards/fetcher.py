@@ -1,0 +1,86 @@
+"""Background shard downloads with priorities: what a read needs now (fetched in the
+reader's own thread if no worker has started it yet), then what the next step needs
+(``prefetch``), then the rest of the split (cache fill)."""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Callable
+
+from .index import Shard
+
+NOW, NEXT, FILL = 0, 1, 2
+_STOP = -1
+
+
+class Fetcher:
+    def __init__(self, fetch: Callable[[Shard], Path], threads: int):
+        self._fetch = fetch
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._futures: dict[str, Future] = {}
+        self._started: set[str] = set()
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._threads = [threading.Thread(target=self._work, name=f"stoker-shards-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def want(self, shard: Shard, priority: int) -> Future:
+        """The shard's download, queued at ``priority`` unless a worker has it already."""
+        with self._lock:
+            fut = self._futures.get(shard.sha256)
+            if fut is None or (fut.done() and fut.exception() is not None):  # new, or retry a failure
+                fut = self._futures[shard.sha256] = Future()
+                self._started.discard(shard.sha256)
+            if shard.sha256 not in self._started and self._threads:
+                self._queue.put((priority, next(self._seq), shard))
+        return fut
+
+    def get(self, shard: Shard) -> Path:
+        """The shard's cached path: fetched here unless a worker is already on it."""
+        fut = self.want(shard, NOW)
+        if self._claim(shard):
+            self._run(shard, fut)
+        return fut.result()
+
+    def wait(self) -> None:
+        """Until every download asked for so far is done (raises the first error)."""
+        with self._lock:
+            futures = list(self._futures.values())
+        for fut in futures:
+            fut.result()
+
+    def close(self) -> None:
+        """Workers finish the download in hand; queued ones are dropped."""
+        for _ in self._threads:
+            self._queue.put((_STOP, next(self._seq), None))
+        for t in self._threads:
+            t.join()
+        self._threads = []
+
+    def _claim(self, shard: Shard) -> bool:
+        with self._lock:
+            if shard.sha256 in self._started:
+                return False
+            self._started.add(shard.sha256)
+            return True
+
+    def _run(self, shard: Shard, fut: Future) -> None:
+        try:
+            fut.set_result(self._fetch(shard))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+            fut.set_exception(exc)
+
+    def _work(self) -> None:
+        while True:
+            priority, _, shard = self._queue.get()
+            if priority == _STOP:
+                return
+            with self._lock:
+                fut = self._futures[shard.sha256]
+            if self._claim(shard):
+                self._run(shard, fut)

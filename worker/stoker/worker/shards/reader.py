@@ -1,0 +1,166 @@
+"""``ShardedTokens``: a sharded token dataset (see ``index.py``) read like ``SyntheticLM``.
+
+``size(split)`` and ``samples(split, ids)`` behave as the synthetic dataset's, so the
+``DistributedBatcher`` (the global sample order, its position as checkpointed state,
+resume at any world size) is unchanged. Shards come from a local cache (``cache.py``),
+filled on demand and ahead of time: ``prefetch(ids)``, which the batcher calls with the
+next step's sample ids, starts background downloads (``prefetch_shards`` at once) of the
+shards those ids live in, so the next ``samples`` call finds them on disk. Cached shards
+are memory-mapped; a batch is a gather of rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import mmap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stoker.worker.data import TRAIN, VAL
+
+from . import index as fmt
+from .cache import ShardCache
+from .fetcher import FILL, NEXT, NOW, Fetcher
+from .storage import open_prefix
+
+log = logging.getLogger("stoker.worker.shards")
+
+SPLIT_NAMES = {TRAIN: "train", VAL: "val"}
+
+
+class DatasetNotFound(FileNotFoundError):
+    """No committed dataset (index.json) at the location."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedSpec:
+    uri: str
+    vocab_size: int
+    seq_len: int
+    train_samples: int
+    val_samples: int
+
+
+@dataclasses.dataclass
+class ReadStats:
+    fetched: int = 0          # shards this process downloaded into the cache
+    wait_s: float = 0.0       # time samples() spent waiting for shards
+
+
+class ShardedTokens:
+    """Token samples of length seq_len + 1 from a sharded dataset (local directory or S3).
+
+    With ``prefetch_shards > 0`` that many threads download in the background: first the
+    shards the next step needs (``prefetch``), then, with ``fill_cache``, the rest of the
+    train split in order (the global shuffle reads every shard within the first epoch)."""
+
+    def __init__(self, uri: str, *, cache_dir: str | os.PathLike | None = None, prefetch_shards: int = 2,
+                 sample_log: str | os.PathLike | None = None, fill_cache: bool = True):
+        self.source = open_prefix(uri)
+        raw = self.source.read_bytes(fmt.INDEX)
+        if raw is None:
+            raise DatasetNotFound(f"{uri}: no {fmt.INDEX}: not a dataset, or its writer has not finished "
+                                  f"(the index is written last); check data.uri or run the writer")
+        self.index = fmt.parse(raw, where=f"{uri}/{fmt.INDEX}")
+        self.spec = ShardedSpec(uri, self.index.vocab_size, self.index.seq_len,
+                                self.index.samples("train"), self.index.samples("val"))
+        self.vocab_size, self.seq_len = self.spec.vocab_size, self.spec.seq_len
+        self.cache = ShardCache(cache_dir)
+        self._shards = {s: self.index.splits.get(name, ()) for s, name in SPLIT_NAMES.items()}
+        self._offsets = {s: fmt.offsets_of(shards) for s, shards in self._shards.items()}
+        self._maps: dict[str, np.ndarray] = {}
+        self._train_keys = {s.sha256 for s in self._shards[TRAIN]}
+        self._train_mapped = 0  # how many distinct train shards are mapped (prefetch stops at all)
+        self._log = SampleLog(sample_log) if sample_log else None
+        self.stats = ReadStats()
+        self._fetcher = Fetcher(self._fetch, prefetch_shards)
+        self._prefetching = prefetch_shards > 0
+        if self._prefetching and fill_cache:
+            for shard in self._shards[TRAIN]:
+                if not self.cache.has(shard):
+                    self._fetcher.want(shard, FILL)
+
+    # -- the SyntheticLM interface
+    def size(self, split: int) -> int:
+        return self.spec.train_samples if split == TRAIN else self.spec.val_samples
+
+    def samples(self, split: int, ids: list[int] | np.ndarray) -> torch.Tensor:
+        """(len(ids), seq_len + 1) int64 tokens."""
+        shards = self._shards[split]
+        which, rows = fmt.locate(self._offsets[split], np.asarray(ids, dtype=np.int64))
+        order = np.argsort(which, kind="stable")
+        starts = np.flatnonzero(np.diff(which[order], prepend=-1))
+        groups = np.split(order, starts[1:])
+        for g in groups:  # queue every missing shard before waiting for the first
+            if shards[which[g[0]]].sha256 not in self._maps:
+                self._fetcher.want(shards[which[g[0]]], NOW)
+        out = np.empty((len(which), self.seq_len + 1), dtype=np.int64)
+        for g in groups:
+            out[g] = self._array(shards[which[g[0]]])[rows[g]]
+        if self._log is not None:
+            self._log.write(split, ids, out)
+        return torch.from_numpy(out)
+
+    def prefetch(self, ids: list[int] | np.ndarray) -> None:
+        """Start fetching (in the background, ahead of the cache fill) the train shards of ``ids``."""
+        if not self._prefetching or self._train_mapped == len(self._train_keys):
+            return
+        which, _ = fmt.locate(self._offsets[TRAIN], np.asarray(ids, dtype=np.int64))
+        for s in np.unique(which):
+            shard = self._shards[TRAIN][s]
+            if shard.sha256 not in self._maps and not self.cache.has(shard):
+                self._fetcher.want(shard, NEXT)
+
+    def wait_prefetched(self) -> None:
+        """Block until every download started so far has finished (raising the first error)."""
+        self._fetcher.wait()
+
+    def close(self) -> None:
+        """Stop the downloads: the ones in flight finish, queued ones are dropped."""
+        self._fetcher.close()
+
+    # -- shards
+    def _fetch(self, shard: fmt.Shard) -> Path:
+        if self.cache.has(shard):
+            return self.cache.path(shard)
+        path = self.cache.fetch(self.source, shard)
+        self.stats.fetched += 1
+        return path
+
+    def _array(self, shard: fmt.Shard) -> np.ndarray:
+        arr = self._maps.get(shard.sha256)
+        if arr is not None:
+            return arr
+        t0 = time.perf_counter()
+        path = self._fetcher.get(shard)
+        self.stats.wait_s += time.perf_counter() - t0
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if shard.bytes else b""
+        arr = np.frombuffer(mapped, dtype=fmt.DTYPES[self.index.dtype]).reshape(shard.samples, self.seq_len + 1)
+        self._maps[shard.sha256] = arr
+        self._train_mapped += shard.sha256 in self._train_keys
+        return arr
+
+
+class SampleLog:
+    """Debug: one JSON line per ``samples`` call of the train split, per process
+    (``<dir>/rank-<RANK>.jsonl``): the sample ids and a short sha256 of each sample's tokens,
+    so a test can compare the exact sample sequence of two runs at any world sizes."""
+
+    def __init__(self, directory: str | os.PathLike):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.path = Path(directory) / f"rank-{os.environ.get('RANK', '0')}.jsonl"
+
+    def write(self, split: int, ids, tokens: np.ndarray) -> None:
+        if split != TRAIN:
+            return
+        hashes = [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in tokens]
+        line = json.dumps({"ids": [int(i) for i in ids], "sha256": hashes})
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
