@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Build the control-plane tools (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm, minio) and the real-node tools (kubelet, kube-proxy,
-# coredns) from their pinned Go modules under
+# kube-scheduler, kubectl, kwok, helm, minio), the real-node tools (kubelet, kube-proxy,
+# coredns) and Kueue from their pinned Go modules under
 # devcluster/stoker/devcluster/go/, into a cache directory keyed by the module's content and the
 # Go version, so that a second run builds nothing.
 #
 #   devcluster/stoker/devcluster/build-tools.sh [TOOL...]     prints "name=/path/to/binary" lines
-#   (no TOOL: the control-plane tools only; the real-node tools are built when named)
+#   (no TOOL: the control-plane tools only; the real-node tools and kueue are built when named)
 #
 # Cache: ${STOKER_CACHE:-$HOME/.cache/stoker}/bin/<module>-<key>/
 set -euo pipefail
@@ -39,6 +39,8 @@ node_targets=(
   "kubelet:kubelet:k8s.io/kubernetes/cmd/kubelet"
   "kubelet:kube-proxy:k8s.io/kubernetes/cmd/kube-proxy"
   "coredns:coredns:github.com/coredns/coredns"
+  # Kueue's controller-manager (`build-tools.sh kueue`): only clusters started with Kueue need it.
+  "kueue:kueue:sigs.k8s.io/kueue/cmd/kueue"
 )
 want=("$@")
 [ ${#want[@]} -gt 0 ] && targets+=("${node_targets[@]}")

@@ -134,6 +134,11 @@ class LocalCluster(Components, Client, Nodes):
         from stoker.devcluster.realnodes.node import RealNodes
         return RealNodes(self)
 
+    def kueue(self):
+        """Kueue's controller-manager and webhooks, started on demand: kueue.py."""
+        from stoker.devcluster.kueue import KueueProcess
+        return KueueProcess(self)
+
     def _write_kubeconfigs(self) -> None:
         server = self.apiserver_url
         files = {
@@ -279,6 +284,10 @@ class LocalCluster(Components, Client, Nodes):
             for name in self.process_nodes(include_dead=True):
                 if self.stop_process_node(name):
                     stopped.append(f"node/{name}")
+            kueue = read_pid(self.pidfile("kueue"))   # started on demand (kueue.py), before the apiserver goes
+            if kueue and stop_group(kueue, self.marker):
+                stopped.append("kueue")
+            self.pidfile("kueue").unlink(missing_ok=True)
             for name in reversed(COMPONENTS):
                 pid = read_pid(self.pidfile(name))
                 if pid and stop_group(pid, self.marker):
