@@ -25,7 +25,7 @@ class RecordingSession:
     def step(self, step: int, **metrics: float) -> None:
         self.steps.append({"step": step, "t": time.monotonic(), **metrics})
 
-    def set_phase(self, phase: str, error: str = "") -> None:
+    def set_phase(self, phase: str, error: str = "", reason: str = "") -> None:
         self.phases.append((phase, time.monotonic()))
 
     def set_last_committed_step(self, step: int | None) -> None:

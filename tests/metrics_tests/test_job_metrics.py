@@ -140,7 +140,9 @@ def test_a_succeeded_job_keeps_its_totals_but_no_heartbeats_or_rates():
 def test_a_created_job_has_no_goodput_and_no_checkpoint_yet():
     st = {"phase": "Created", "incarnation": 0, "readyReplicas": 0, "desiredReplicas": 2}
     s = by_name(J.job_samples("ns", "j", J.facts_from_status(st), at(100)))
-    assert set(s) == {"stoker_job_phase", "stoker_job_workers", "stoker_trainingjob_restarts"}
+    assert set(s) == {"stoker_job_phase", "stoker_job_workers", "stoker_trainingjob_restarts",
+                      "stoker_job_health_anomalies", "stoker_job_health_rollbacks"}
+    assert s["stoker_job_health_anomalies"] == {(("namespace", "ns"), ("trainingjob", "j")): 0.0}
 
 
 # --------------------------------------------------------------------------- goodput, step rate

@@ -74,6 +74,8 @@ MALFORMED = [
     ("negative-ttl", _set("spec.runPolicy.ttlSecondsAfterFinished", -1), "spec.runPolicy.ttlSecondsAfterFinished"),
     ("bad-clean-pod-policy", _set("spec.runPolicy.cleanPodPolicy", "Sometimes"), "spec.runPolicy.cleanPodPolicy"),
     ("suspend-not-bool", _set("spec.runPolicy.suspend", "yes"), "spec.runPolicy.suspend"),
+    ("bad-health-action", _set("spec.health.onNonFinite", "Panic"), "spec.health.onNonFinite"),
+    ("health-stall-fraction-one", _set("spec.health.throughputStallFraction", 1), "spec.health.throughputStallFraction"),
     ("bad-exit-code-action", _set("spec.failurePolicy.exitCodeRules", [{"exitCodes": [1], "action": "Retry"}]),
      "spec.failurePolicy.exitCodeRules[0].action"),
     ("exit-code-zero", _set("spec.failurePolicy.exitCodeRules", [{"exitCodes": [0], "action": "FailJob"}]),

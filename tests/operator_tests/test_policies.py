@@ -64,3 +64,16 @@ def test_crd_names_and_subresources_match_the_shared_contract():
     assert "x-kubernetes-preserve-unknown-fields" not in schema
     assert "x-kubernetes-preserve-unknown-fields" not in schema["properties"]["spec"]
     assert "x-kubernetes-preserve-unknown-fields" not in schema["properties"]["status"]
+
+
+def test_a_job_its_trainers_ended_early_on_purpose_succeeds_with_their_reason():
+    from types import SimpleNamespace
+
+    from stoker.operator.policy_success import ended_early
+
+    said = "TokenBudgetReached: trained on 1920 tokens (train.max_tokens=1900)"
+    workers = [SimpleNamespace(incarnation=1, finish_reason=""), SimpleNamespace(incarnation=1, finish_reason=said)]
+    assert ended_early(workers, 1) == ("TokenBudgetReached", said)
+    assert ended_early(workers, 2) is None   # another incarnation's words
+    assert ended_early([SimpleNamespace(incarnation=0, finish_reason="done early")], 0) == \
+        ("EndedEarly", "done early")

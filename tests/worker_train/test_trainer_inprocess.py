@@ -39,8 +39,9 @@ class ScriptedSession:
         if step in self.checkpoint_at or step == self.stop_at:
             self.pending = True
 
-    def set_phase(self, phase, error=""):
+    def set_phase(self, phase, error="", reason=""):
         self.phases.append(phase)
+        self.reason = reason
 
     def set_last_committed_step(self, step):
         pass

@@ -56,6 +56,8 @@ class WorkerStatus:
     connected: bool = False
     messages: int = 0
     stream: int = 0                   # which stream spoke last (only that one's end disconnects)
+    anomalies: tuple = ()             # the process's latest training anomalies (dicts, proto field names)
+    finish_reason: str = ""           # FINISHED before the last step: why ("EarlyStopped: ...")
 
     def age_s(self, now_monotonic: float | None = None) -> float:
         return (now_monotonic if now_monotonic is not None else time.monotonic()) - self.last_seen_monotonic
@@ -83,6 +85,10 @@ def _metrics_dict(m: pb.Metrics) -> dict:
     return out
 
 
+def _anomaly_dict(a: pb.Anomaly) -> dict:
+    return {f.name: v for f, v in a.ListFields()} | {"rollbacks": a.rollbacks, "rolled_back_to": a.rolled_back_to}
+
+
 class HeartbeatRegistry:
     """Per-worker last heartbeat and per-job command queue. Thread-safe."""
 
@@ -107,6 +113,7 @@ class HeartbeatRegistry:
                 step=msg.step, phase=pb.Phase.Name(msg.phase), metrics=_metrics_dict(msg.metrics),
                 error=msg.error, last_seen=time.time(), last_seen_monotonic=self._clock(),
                 connected=True, messages=prev.messages + 1, stream=stream,
+                anomalies=tuple(_anomaly_dict(a) for a in msg.anomalies), finish_reason=msg.finish_reason,
             )
             self._workers[key] = status
             for ack in msg.acks:

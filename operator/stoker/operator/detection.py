@@ -45,6 +45,7 @@ HANG = "Hang"
 RENDEZVOUS_LOST = "RendezvousLost"  # the launcher lost the operator's rendezvous store (exit 86)
 PEER_LOST = "PeerLost"  # a collective with another rank broke (that rank's failure is the root, if seen)
 USER_ERROR = "UserError"  # assigned by recovery.py for repeated identical failures
+TRAINING_DIVERGED = "TrainingDiverged"  # the trainer gave up: spec.health's budget spent, or its action Fail (exit 87)
 
 BUDGET_OF = {
     PREEMPTED: "preemption",
@@ -58,16 +59,18 @@ BUDGET_OF = {
     RENDEZVOUS_LOST: "infrastructure",
     PEER_LOST: "infrastructure",
     USER_ERROR: "userError",
+    TRAINING_DIVERGED: "userError",
 }
 # Lower wins when two pods finished at the same time.
-_PRIORITY = {PREEMPTED: 0, NODE_LOST: 1, EVICTED: 2, OOM_KILLED: 3, WORKER_KILLED: 4, WORKER_CRASHED: 5,
-             HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8, PEER_LOST: 9}
+_PRIORITY = {PREEMPTED: 0, NODE_LOST: 1, EVICTED: 2, OOM_KILLED: 3, WORKER_KILLED: 4, TRAINING_DIVERGED: 5,
+             WORKER_CRASHED: 5, HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8, PEER_LOST: 9}
 
 PREEMPTION_REASONS = frozenset({"PreemptionByScheduler", "PreemptionByKubeScheduler", "Preempted", "Preempting"})
 EVICTION_REASONS = frozenset({"Evicted", "EvictionByEvictionAPI", "DeletionByTaintManager", "TerminationByKubelet",
                               "DeletionByPodGC", "NodeShutdown", "Shutdown", "Terminated", "UnexpectedAdmissionError"})
 NODE_LOST_REASONS = frozenset({"NodeLost"})
 EXIT_RENDEZVOUS_LOST = 86  # stoker.operator.launch
+EXIT_TRAINING_DIVERGED = 87  # stoker.worker.health_guard
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
@@ -194,6 +197,8 @@ def classify_pod(pod: PodView, node: NodeView | None, node_known: bool = True) -
     if pod.exit_code == EXIT_RENDEZVOUS_LOST:
         return Finding(RENDEZVOUS_LOST, f"worker pod {pod.name} lost the rendezvous store (exit code "
                        f"{pod.exit_code}; the operator restarted?)", onset=pod.finished_at, **base)
+    if pod.exit_code == EXIT_TRAINING_DIVERGED:
+        return Finding(TRAINING_DIVERGED, f"worker pod {pod.name}: training diverged", onset=pod.finished_at, **base)
     sig = signal_of(pod.exit_code)
     if sig is not None:
         return Finding(WORKER_KILLED, f"worker pod {pod.name} was killed by {_signal_name(sig)} "

@@ -82,6 +82,8 @@ class JobFacts:
     incidents: tuple[Mapping[str, Any], ...] = ()
     heartbeats: tuple[tuple[int, float], ...] = ()  # (rank, last heartbeat time) from status
     restarts: tuple[tuple[str, int], ...] = ()      # (cause, whole-job restarts) from status.restarts
+    anomalies: int = 0                               # status.health: training anomalies, rollbacks taken
+    rollbacks: int = 0
 
 
 def current_workers(workers: Iterable[Any], incarnation: int) -> list[Any]:
@@ -127,6 +129,8 @@ def facts_from_status(status: Mapping[str, Any], workers: Iterable[Any] = ()) ->
         incidents=tuple(dict(i) for i in status.get("incidents") or ()),
         heartbeats=tuple(sorted(beats)),
         restarts=tuple((c, int((status.get("restarts") or {}).get(c) or 0)) for c in RESTART_CAUSES),
+        anomalies=int((status.get("health") or {}).get("anomalies") or 0),
+        rollbacks=int((status.get("health") or {}).get("rollbacks") or 0),
     )
 
 
@@ -215,6 +219,8 @@ def job_samples(namespace: str, job: str, facts: JobFacts, now: float, *,
         ("stoker_job_workers", {**lab, "state": "desired"}, float(facts.desired)),
     ]
     out += [("stoker_trainingjob_restarts", {**lab, "cause": c}, float(n)) for c, n in facts.restarts]
+    out += [("stoker_job_health_anomalies", lab, float(facts.anomalies)),
+            ("stoker_job_health_rollbacks", lab, float(facts.rollbacks))]
     running = facts.phase == "Running"
     if running:
         beats = live_heartbeats if live_heartbeats is not None else facts.heartbeats
@@ -246,6 +252,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stoker_job_workers": ("Workers of a TrainingJob: ready pods and desired replicas", (*_J, "state")),
     "stoker_trainingjob_restarts": ("Whole-job restarts of a TrainingJob so far, by cause (status.restarts)",
                                     (*_J, "cause")),
+    "stoker_job_health_anomalies": ("Training anomalies (NaN/Inf, spikes, stalls) the job's workers reported "
+                                    "(status.health, docs/health.md)", _J),
+    "stoker_job_health_rollbacks": ("Rollbacks the job's workers took for anomalies (status.health.rollbacks)", _J),
     "stoker_worker_last_heartbeat_timestamp_seconds": ("Unix time of the last heartbeat of each rank of a "
                                                        "running job", (*_J, "rank")),
     "stoker_job_step": ("Newest training step the job's workers reported", _J),
@@ -257,7 +266,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stoker_checkpoint_bytes": ("Size of the newest committed checkpoint", _J),
     "stoker_job_goodput_ratio": ("1 - failure downtime / wall time since the job started (docs/metrics.md)", _J),
 }
-COUNTERS = {"stoker_trainingjob_restarts"}   # monotonic per job: exported as *_total
+COUNTERS = {"stoker_trainingjob_restarts", "stoker_job_health_anomalies", "stoker_job_health_rollbacks"}   # monotonic per job: exported as *_total
 
 
 @dataclasses.dataclass

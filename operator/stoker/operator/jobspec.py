@@ -43,6 +43,7 @@ class JobView:
     status: Mapping[str, Any]
     labels: Mapping[str, str]
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    health: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # spec.health
 
     @property
     def elastic(self) -> bool:
@@ -92,4 +93,5 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         status=body.get("status") or {},
         labels=meta.get("labels") or {},
         annotations=meta.get("annotations") or {},
+        health=spec.get("health") or {},
     )

@@ -34,6 +34,7 @@ from stoker.common import env as E
 from stoker.common import labels as L
 
 from . import launcher_bundle as B
+from . import policy_health
 from .jobspec import JobView
 from .podview import SPEC_HASH
 
@@ -215,6 +216,9 @@ def worker_env(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
                 env.append(_secret_env(E.S3_ENDPOINT, secret, optional=True))
         elif cfg.s3_endpoint:
             env.append({"name": E.S3_ENDPOINT, "value": cfg.s3_endpoint})
+    health = policy_health.worker_env(job.health, job.status)
+    if health:
+        env.append({"name": E.HEALTH, "value": health})
     return env
 
 

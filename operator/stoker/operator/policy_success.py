@@ -7,7 +7,7 @@ failed, and at least spec.minReplicas of them succeeded.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from .jobspec import JobView
 from .pass_state import Pass, Plan
@@ -26,10 +26,23 @@ def finishing(succeeded: Sequence[PodView]) -> bool:
     return bool(succeeded)
 
 
+def ended_early(workers: Sequence[Any], incarnation: int) -> tuple[str, str] | None:
+    """(reason, message) when the trainers ended before their last step on purpose: a token
+    budget or early stopping (stoker.worker.stopping; the first word of the message is the reason)."""
+    for w in workers:
+        said = getattr(w, "finish_reason", "") or ""
+        if said and int(getattr(w, "incarnation", incarnation)) == incarnation:
+            word = said.split(":", 1)[0].strip()
+            return (word if word.isidentifier() and word[:1].isupper() else "EndedEarly"), said
+    return None
+
+
 def success(ps: Pass) -> Plan | None:
     b = ps.b
     if not succeeded(ps.job, b.active, b.succeeded, b.failed):
         return None
-    ps.finish("Succeeded", "AllWorkersSucceeded", f"all {len(b.succeeded)} workers finished training")
+    reason, message = ended_early(ps.obs.workers, ps.incarnation) or (
+        "AllWorkersSucceeded", f"all {len(b.succeeded)} workers finished training")
+    ps.finish("Succeeded", reason, message)
     ps.delete(ps.cleanup())
     return ps.done()

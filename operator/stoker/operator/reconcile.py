@@ -20,7 +20,7 @@ import datetime as dt
 from typing import Callable, Sequence
 
 from . import drain, on_call, policy_deadline, policy_failure, policy_success, policy_suspend, policy_ttl
-from . import incidents, policy_pending, replicas, supervision
+from . import incidents, policy_health, policy_pending, replicas, supervision
 from .jobspec import JobView
 from .pass_state import Buckets, Event, Pass, Plan, bucket
 from .pods import pod_name
@@ -58,6 +58,7 @@ STEPS: tuple[Callable[[Pass], Plan | None], ...] = (
     created,
     progress,
     peer_lost_node,
+    policy_health.anomalies,      # spec.health: what the workers caught, recorded once each
     policy_ttl.finished,          # finished: cleanPodPolicy, ttlSecondsAfterFinished
     policy_deadline.deadline,     # activeDeadlineSeconds
     drain.drain,                  # planned stops checkpoint first

@@ -174,6 +174,8 @@ def decide(finding: D.Finding, restarts: Mapping[str, int], history: Sequence[Ma
     errors = last_error_lines(finding.error)
     err_part = f"; last error: {errors}" if errors else ""
 
+    if finding.cause == D.TRAINING_DIVERGED:  # a restart would meet the same divergence: say why and stop
+        return Fail(finding, budget, "TrainingDiverged", f"{finding.message}{err_part}")
     user_used = int(restarts.get("userError", 0))
     infra_used = int(restarts.get("infrastructure", 0))
     if budget == "userError" and user_used >= policy.max_restarts:

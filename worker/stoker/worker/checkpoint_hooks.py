@@ -11,6 +11,20 @@ log = logging.getLogger("stoker.worker.trainer")
 SLOW_CHECKPOINT_DEFAULT_S = 3600.0  # debug.slow_checkpoint_seconds unset: until the test kills us
 
 
+def load_init_from(uri: str, state: dict) -> None:
+    """``checkpoint.init_from``: only the weights of the newest committed checkpoint under ``uri``."""
+    from stoker.worker.checkpoint import CheckpointManager
+
+    src = CheckpointManager(uri, keep=1, async_mode="disabled")
+    try:
+        got = src.load(state)
+    finally:
+        src.close()
+    if got is None:
+        raise FileNotFoundError(f"checkpoint.init_from: no committed checkpoint under {uri!r}")
+    log.info("trainer.init_from uri=%s step=%d", uri, got)
+
+
 def read_manifest(ckpt, step: int) -> dict | None:
     """The commit manifest of checkpoint ``step`` (stoker.json); None if unreadable."""
     from stoker.common import layout

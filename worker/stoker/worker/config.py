@@ -65,6 +65,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     deterministic: bool = True
     num_threads: int | None = None
+    max_tokens: int | None = None  # stop (Succeeded, TokenBudgetReached) once this many tokens are trained on
 
 
 @dataclasses.dataclass
@@ -81,6 +82,8 @@ class ParallelConfig:
 class ValidationConfig:
     every: int = 0  # steps between validations (and at the last step); 0 = never
     samples: int = 16
+    patience: int = 0       # stop (EarlyStopped) after this many validations without improvement; 0: never
+    min_delta: float = 0.0  # what counts as an improvement of the validation loss
 
 
 @dataclasses.dataclass
@@ -250,6 +253,10 @@ def validate(cfg: Config) -> Config:
     _require(c.interval >= 0, f"checkpoint.interval: must be >= 0 (0 = only at the end), got {c.interval}")
     _require(c.keep >= 1, f"checkpoint.keep: must be >= 1, got {c.keep}")
     _require(cfg.validation.every >= 0, f"validation.every: must be >= 0 (0 = never), got {cfg.validation.every}")
+    v = cfg.validation
+    _require(v.patience >= 0 and v.min_delta >= 0, "validation.patience and validation.min_delta: must be >= 0")
+    _require(not v.patience or v.every, "validation.patience: early stopping needs validation.every > 0")
+    _require(t.max_tokens is None or t.max_tokens >= 1, f"train.max_tokens: must be >= 1, got {t.max_tokens}")
     _require(cfg.validation.every == 0 or cfg.validation.samples >= 1,
              f"validation.samples: must be >= 1 when validation.every > 0")
     _require(cfg.validation.samples <= d.val_samples or cfg.validation.every == 0 or d.uri is not None,
@@ -257,31 +264,11 @@ def validate(cfg: Config) -> Config:
     s = cfg.debug.stall_after_step
     _require(s is None or c.uri is not None, "debug.stall_after_step: needs checkpoint.uri (it stalls after that step's checkpoint)")
     _validate_slow_checkpoint(cfg)
-    _validate_health(cfg)
+    from stoker.worker.config_health import validate_health
+
+    validate_health(cfg)
     return cfg
 
-
-def _validate_health(cfg: Config) -> None:
-    from stoker.worker import health
-
-    h, d = cfg.health, cfg.debug
-    for name in ("on_non_finite", "on_spike"):
-        v = getattr(h, name)
-        _require(v in health.ACTIONS, f"health.{name}: unknown action {v!r} (choose one of {', '.join(health.ACTIONS)})")
-    for name in ("loss_spike_z", "grad_norm_spike_z", "stall_fraction"):
-        _require(getattr(h, name) >= 0, f"health.{name}: must be >= 0 (0 turns it off), got {getattr(h, name)}")
-    _require(h.stall_fraction < 1, f"health.stall_fraction: must be < 1, got {h.stall_fraction}")
-    for name in ("window", "min_history", "stall_steps", "skip_batches"):
-        _require(getattr(h, name) >= 1, f"health.{name}: must be >= 1, got {getattr(h, name)}")
-    _require(h.max_rollbacks >= 0, f"health.max_rollbacks: must be >= 0, got {h.max_rollbacks}")
-    for field, text in (("health.skip", h.skip), ("debug.poison_samples", d.poison_samples)):
-        try:
-            health.parse_ranges(text, field)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    _require(d.poison_kind in ("nan", "spike"), f"debug.poison_kind: unknown {d.poison_kind!r} (choose nan or spike)")
-    _require(not d.poison_samples or cfg.parallel.mode not in PIPELINE_MODES,
-             f"debug.poison_samples: not supported with parallel.mode {cfg.parallel.mode}; use ddp or zero*")
 
 
 def _validate_data_uri(d: DataConfig) -> None:
@@ -360,7 +347,9 @@ def validate_for_device(cfg: Config, device_type: str) -> None:
 
 def from_dict(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
-    cfg = _build(Config, _with_health_env(raw, environ), "")
+    from stoker.worker.config_health import with_health_env
+
+    cfg = _build(Config, with_health_env(raw, environ), "")
     if environ.get(stoker_env.CHECKPOINT_URI):
         cfg.checkpoint.uri = environ[stoker_env.CHECKPOINT_URI]
     for env_name, attr in ((stoker_env.CHECKPOINT_INTERVAL_STEPS, "interval"), (stoker_env.CHECKPOINT_KEEP, "keep")):
@@ -372,26 +361,6 @@ def from_dict(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     if environ.get(METRICS_PATH_ENV):
         cfg.output.metrics_path = environ[METRICS_PATH_ENV]
     return validate(cfg)
-
-
-def _with_health_env(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Mapping[str, Any]:
-    """The operator's spec.health (``STOKER_HEALTH``, a JSON object of health.* fields) over the file's."""
-    text = environ.get(stoker_env.HEALTH)
-    if not text:
-        return raw
-    try:
-        over = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{stoker_env.HEALTH}: not JSON ({exc})") from None
-    if not isinstance(over, dict):
-        raise ConfigError(f"{stoker_env.HEALTH}: expected a JSON object of health.* fields, got {text!r}")
-    base = raw.get("health") or {}
-    if not isinstance(base, Mapping):
-        raise ConfigError(f"health: expected a mapping, got {type(base).__name__}")
-    merged = {**base, **over}
-    if base.get("skip") and over.get("skip"):  # ranges the file skips and ranges rollbacks skipped
-        merged["skip"] = f"{base['skip']},{over['skip']}"
-    return {**raw, "health": merged}
 
 
 def read_raw(path: str | Path | None) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class HealthGuard:
         skips = H.merge_ranges(list(self.batcher.skips) + [window])
         trainer.session.set_phase("RESTORING")
         target = ckpt.load(trainer.checkpoint_state, step=max(before))
-        self.adopt(read_manifest(ckpt, target))
+        trainer.adopt_manifest(read_manifest(ckpt, target))
         self.batcher.skips = H.merge_ranges(list(self.batcher.skips) + skips)
         self.monitor.forget_after(target)
         trainer.metrics.trim(target)

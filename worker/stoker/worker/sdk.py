@@ -99,6 +99,7 @@ class Session:
         self._ckpt_requests: dict[str, int] = {}  # request id -> step when it arrived
         self._stop_request: str | None = None
         self._anomalies: list[pb.Anomaly] = []  # the latest few, sent in every message
+        self._finish_reason = ""
         self._reporter = None
         self._journal = None
         self._last_step = last_step.open_writer(last_step_dir, rank)
@@ -176,14 +177,16 @@ class Session:
         if self._journal is not None:
             self._journal.record("step", step)
 
-    def set_phase(self, phase: str | int, error: str = "") -> None:
+    def set_phase(self, phase: str | int, error: str = "", reason: str = "") -> None:
         """STARTING, RESTORING, TRAINING, CHECKPOINTING, FINISHED or FAILED;
-        sent at once."""
+        sent at once. ``reason``: with FINISHED before the last step, why (the
+        operator's Succeeded reason is its first word, e.g. "EarlyStopped: ...")."""
         value = _PHASES.get(phase) if isinstance(phase, str) else phase
         if value is None or value == pb.PHASE_UNSPECIFIED:
             raise ValueError(f"unknown phase {phase!r}; use one of {sorted(set(_PHASES) - {'PHASE_UNSPECIFIED'})}")
         with self._lock:
             self._phase, self._error = value, error
+            self._finish_reason = reason if value == pb.FINISHED else ""
         self._wake()
 
     def report_checkpoint(self, result: Any) -> None:
@@ -277,9 +280,9 @@ class Session:
             metrics = dict(self._metrics)
             metrics.update(self._ckpt_metrics)
             acks, self._acks = self._acks, []
-            anomalies = list(self._anomalies)
+            anomalies, finish_reason = list(self._anomalies), self._finish_reason
         msg = pb.WorkerMessage(identity=self.identity, seq=seq, step=step, phase=phase, error=error, acks=acks,
-                               anomalies=anomalies)
+                               anomalies=anomalies, finish_reason=finish_reason)
         now = time.time()
         _ts(msg.sent_at, now)
         _ts(msg.started_at, self._started_at)

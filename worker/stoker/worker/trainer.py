@@ -36,8 +36,9 @@ from stoker.worker.config import (
     FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
 )
 from stoker.worker.checkpoint_hooks import (
-    SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, read_manifest, slow_checkpoint_due,
+    SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, load_init_from, read_manifest, slow_checkpoint_due,
 )
+from stoker.worker.stopping import Stopper
 from stoker.worker.data import DistributedBatcher, validation_batches
 from stoker.worker.health_guard import HealthGuard
 from stoker.worker.metrics_file import MetricsFile
@@ -118,6 +119,7 @@ class Trainer(Stateful):
         self.batcher = DistributedBatcher(self.data, global_batch=t.global_batch, micro_batch=t.micro_batch,
                                           dp_degree=self.dp, dp_rank=self.dp_rank, order_seed=t.seed)
         self.guard = HealthGuard(cfg, self.batcher)
+        self.stopper = Stopper(t.max_tokens, cfg.validation.patience, cfg.validation.min_delta)
         self.val = (validation_batches(self.data, n_samples=cfg.validation.samples, batch=t.micro_batch,
                                        dp_degree=self.dp, dp_rank=self.dp_rank)
                     if cfg.validation.every else [])
@@ -283,7 +285,7 @@ class Trainer(Stateful):
         if resumed_from is not None:
             manifest = read_manifest(ckpt, resumed_from)
             self.resumed_world_size = checkpoint_world_size(manifest)
-            self.guard.adopt(manifest)
+            self.adopt_manifest(manifest)
             # resharded=True: DCP redistributed state saved by another number of ranks
             log.info("trainer.resumed step=%d uri=%s checkpoint_world_size=%s world_size=%d resharded=%s",
                      resumed_from, c.uri, self.resumed_world_size, self.world,
@@ -291,15 +293,13 @@ class Trainer(Stateful):
             if self.train_state.step != resumed_from:
                 raise RuntimeError(f"checkpoint step {resumed_from} holds train_state.step={self.train_state.step}")
         elif c.init_from:
-            src = CheckpointManager(c.init_from, keep=1, async_mode="disabled")
-            try:
-                got = src.load({MODEL: self.checkpoint_state[MODEL]})
-            finally:
-                src.close()
-            if got is None:
-                raise FileNotFoundError(f"checkpoint.init_from: no committed checkpoint under {c.init_from!r}")
-            log.info("trainer.init_from uri=%s step=%d", c.init_from, got)
+            load_init_from(c.init_from, {MODEL: self.checkpoint_state[MODEL]})
         return ckpt, resumed_from
+
+    def adopt_manifest(self, manifest: dict | None) -> None:
+        """After any load (a resume, a health rollback): what the checkpoint's manifest carried."""
+        self.guard.adopt(manifest)
+        self.stopper.adopt(manifest)
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -309,8 +309,8 @@ class Trainer(Stateful):
         self.session.set_phase("TRAINING")
         tokens_per_step = t.global_batch * cfg.data.seq_len
         last_saved = resumed_from
-        stop = False
-        while self.train_state.step < t.steps and not stop:
+        stop, ended = False, None  # ended: why training stops before train.steps (stopping.py)
+        while self.train_state.step < t.steps and not stop and not ended:
             t0 = time.perf_counter()
             local_loss, norm = self.train_step()
             self.train_state.step += 1
@@ -338,6 +338,7 @@ class Trainer(Stateful):
             self.session.step(step, loss=loss, grad_norm=norm, tokens_per_second=record["tokens_per_s"] or 0.0,
                               step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen), **extra)
             stop = stop_votes > 0
+            ended = self.stopper.after_step(step, self.train_state.tokens_seen, record.get("val_loss"))
             requested = ckpt_votes > 0 or stop  # any rank's operator command: all ranks act at this step
             due = c.interval and step % c.interval == 0
             if ckpt is not None and (due or requested or step == t.steps):
@@ -361,7 +362,7 @@ class Trainer(Stateful):
         summary = {"step": self.train_state.step, "tokens_seen": self.train_state.tokens_seen,
                    "checksum": checksum, "world_size": self.world, "mode": cfg.parallel.mode,
                    "resumed_from": resumed_from, "resumed_world_size": self.resumed_world_size,
-                   "stopped_early": stop}
+                   "stopped_early": stop, "ended": ended}
         mem = self.memory_report()
         if self.distributed:
             everyone: list = [None] * self.world
@@ -373,7 +374,7 @@ class Trainer(Stateful):
             Path(cfg.output.summary_path).parent.mkdir(parents=True, exist_ok=True)
             Path(cfg.output.summary_path).write_text(json.dumps(summary, indent=2, sort_keys=True))
         if not stop:  # a STOP_AFTER_CHECKPOINT drain is not the end of the job
-            self.session.set_phase("FINISHED")
+            self.session.set_phase("FINISHED", reason=ended or "")
         return summary
 
     def _before_commit(self, step: int) -> None:
@@ -388,7 +389,8 @@ class Trainer(Stateful):
     def save(self, ckpt, step: int) -> None:
         self.train_state.capture()
         self.session.set_phase("CHECKPOINTING")
-        ckpt.save(step, self.checkpoint_state, manifest_extra=self.guard.manifest())  # async: returns once staged; on_result reports the commit
+        # async: returns once staged; on_result reports the commit
+        ckpt.save(step, self.checkpoint_state, manifest_extra={**self.guard.manifest(), **self.stopper.manifest()})
         self.session.set_phase("TRAINING")
 
     def close(self) -> None:

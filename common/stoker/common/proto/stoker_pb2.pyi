@@ -117,7 +117,7 @@ class CommandAck(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., type: _Optional[_Union[CommandType, str]] = ..., state: _Optional[_Union[AckState, str]] = ..., message: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("identity", "seq", "step", "phase", "sent_at", "step_at", "started_at", "metrics", "acks", "error", "anomalies")
+    __slots__ = ("identity", "seq", "step", "phase", "sent_at", "step_at", "started_at", "metrics", "acks", "error", "anomalies", "finish_reason")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class WorkerMessage(_message.Message):
     ACKS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ANOMALIES_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     identity: JobIdentity
     seq: int
     step: int
@@ -140,7 +141,8 @@ class WorkerMessage(_message.Message):
     acks: _containers.RepeatedCompositeFieldContainer[CommandAck]
     error: str
     anomalies: _containers.RepeatedCompositeFieldContainer[Anomaly]
-    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ...) -> None: ...
+    finish_reason: str
+    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., finish_reason: _Optional[str] = ...) -> None: ...
 
 class Anomaly(_message.Message):
     __slots__ = ("seq", "step", "kind", "statistic", "action", "rolled_back_to", "skip_from", "skip_to", "batches_skipped", "rollbacks")
