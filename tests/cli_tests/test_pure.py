@@ -356,3 +356,12 @@ def test_get_selector_name_output_and_request_timeout_parse():
         build_parser().parse_args(["get", "--request-timeout", "soon"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["describe", "j", "-o", "name"])  # names only where they make sense
+
+
+def test_top_shows_the_training_picture_and_anomalies_when_known():
+    from stoker.cli.jobs import training_line
+
+    s = {"loss": 3.912, "training": {"gradNorm": 0.5812, "learningRate": 0.0003, "valLoss": None,
+                                     "dataWaitFraction": 0.021}, "anomalies": 2, "rollbacks": 1}
+    assert training_line(s) == "loss 3.912  grad-norm 0.581  lr 0.0003  data-wait 2%  anomalies 2 (rollbacks 1)"
+    assert training_line({"loss": None, "training": {}}) == ""

@@ -253,3 +253,15 @@ def test_a_broken_heartbeat_source_does_not_break_the_scrape():
 def test_every_family_is_described_even_without_jobs():
     names = {f.name for f in J.JobMetricsCollector().collect()}
     assert set(J.FAMILIES) | {"stoker_recovery_seconds"} <= names
+
+
+def test_the_training_picture_in_status_is_exported_as_gauges():
+    st = {"phase": "Running", "incarnation": 0, "metrics": {"step": 7, "loss": 3.9, "gradNorm": 0.58,
+                                                            "learningRate": 3e-4, "dataWaitFraction": 0.02},
+          "health": {"anomalies": 2, "rollbacks": 1}}
+    s = by_name(J.job_samples("ns", "j", J.facts_from_status(st), at(100)))
+    lab = (("namespace", "ns"), ("trainingjob", "j"))
+    assert s["stoker_job_loss"] == {lab: 3.9} and s["stoker_job_grad_norm"] == {lab: 0.58}
+    assert s["stoker_job_learning_rate"] == {lab: 3e-4} and s["stoker_job_data_wait_ratio"] == {lab: 0.02}
+    assert "stoker_job_validation_loss" not in s   # not validated yet: no series, not a 0
+    assert s["stoker_job_health_anomalies"] == {lab: 2.0} and s["stoker_job_health_rollbacks"] == {lab: 1.0}

@@ -10,6 +10,8 @@ spec.health.maxRollbacks, without a restart.
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .conftest import reference_summary, trainer_config
@@ -26,8 +28,16 @@ def anomalies(st: dict) -> list[dict]:
     return [i for i in st.get("incidents") or [] if i["kind"] == "Anomaly"]
 
 
+def stoker_top(cluster, namespace: str, capsys) -> str:
+    from stoker.cli.main import main
+
+    capsys.readouterr()
+    assert main(["top", "--once", "--kubeconfig", str(cluster.kubeconfig), "-n", namespace]) == 0
+    return capsys.readouterr().out
+
+
 def test_a_poisoned_window_is_rolled_back_skipped_and_the_job_ends_identical_to_a_run_that_skipped_it(
-        cluster, kube, namespace, recovery_pool, trainer_run, tmp_path):
+        cluster, kube, namespace, recovery_pool, trainer_run, tmp_path, capsys):
     cfg = trainer_config(60, poison_samples=WINDOW)
     run = trainer_run(name="poison", cfg=cfg, node_selector=recovery_pool)
     run.wait_phase("Succeeded", timeout=400)
@@ -42,6 +52,11 @@ def test_a_poisoned_window_is_rolled_back_skipped_and_the_job_ends_identical_to_
     assert st["restarts"]["total"] == 0 and st["incarnation"] == 0   # handled inside the workers
     events = cluster.kubectl("describe", "tj", "poison", "-n", namespace).stdout.split("Events:")[-1]
     assert "TrainingRolledBack" in events, events
+    # the training picture the workers sent is in status, and `stoker top` shows it
+    assert {"loss", "gradNorm", "learningRate", "dataWaitFraction"} <= set(st["metrics"]), st["metrics"]
+    top = stoker_top(cluster, namespace, capsys)
+    assert re.search(r"loss [0-9.]+  grad-norm [0-9.]+  lr [0-9.e-]+  data-wait \d+%  anomalies 1 \(rollbacks 1\)",
+                     top), top
 
     final = summary_of(run.out)
     assert final is not None and final["step"] == 60

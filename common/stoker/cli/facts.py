@@ -185,6 +185,9 @@ def job_summary(job: Mapping, pods: Iterable[Mapping] | None, now: dt.datetime) 
         "step": _int(metrics.get("step")),
         "tokensPerSecond": _num(metrics.get("tokensPerSecond")),
         "loss": _num(metrics.get("loss")),
+        "training": {k: _num(metrics.get(k)) for k in ("gradNorm", "learningRate", "valLoss", "dataWaitFraction")},
+        "anomalies": _int((st.get("health") or {}).get("anomalies")) or 0,
+        "rollbacks": _int((st.get("health") or {}).get("rollbacks")) or 0,
         "lastCheckpoint": {
             "step": _int(ckpt.get("step")),
             "time": ckpt.get("time"),

@@ -231,6 +231,8 @@ def render_top(doc: dict, all_ns: bool, colour: bool) -> str:
     lines.append(body[0])
     for s, line in zip(doc["items"], body[1:]):
         lines.append(line)
+        if training_line(s):
+            lines.append("    " + training_line(s))
         for w in s["workerDetails"]:
             hb = f"hb {human_duration(w['heartbeatAgeSeconds'])} ago" if w["heartbeatAgeSeconds"] is not None else ""
             step = f"step {w['step']}" if w["step"] is not None else ""
@@ -238,6 +240,18 @@ def render_top(doc: dict, all_ns: bool, colour: bool) -> str:
                 f"rank {dash(w['rank'])}", w["pod"], f"on {dash(w['node'])}", paint_state(w["phase"], colour),
                 "ready" if w["ready"] else "not ready", f"restarts {w['restarts']}", step, hb) if x))
     return "\n".join(lines)
+
+
+def training_line(s: dict) -> str:
+    """loss, validation loss, gradient norm, learning rate, data wait, anomalies: what is known."""
+    t = s.get("training") or {}
+    parts = [f"{name} {fmt(v)}" for name, v, fmt in (
+        ("loss", s.get("loss"), "{:.4g}".format), ("val", t.get("valLoss"), "{:.4g}".format),
+        ("grad-norm", t.get("gradNorm"), "{:.3g}".format), ("lr", t.get("learningRate"), "{:.3g}".format),
+        ("data-wait", t.get("dataWaitFraction"), "{:.0%}".format)) if v is not None]
+    if s.get("anomalies"):
+        parts.append(f"anomalies {s['anomalies']} (rollbacks {s.get('rollbacks', 0)})")
+    return "  ".join(parts)
 
 
 def cmd_top(args, kube: Kube) -> int:

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from .detection import parse_time
 
 JOB_LABEL = "trainingjob"                               # never "job": Prometheus owns that label
-PHASES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+PHASES = ("Created", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 RESTART_CAUSES = ("userError", "infrastructure", "preemption")
 RECOVERY_KINDS = ("Restart", "Replace")                 # incidents that stop training
 RATE_WINDOW_S = 60.0                                    # steps/s: progress over the last minute
@@ -62,6 +62,12 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+# status.metrics field -> gauge (the training picture; exported while status has them)
+TRAINING_GAUGES = {"loss": "stoker_job_loss", "gradNorm": "stoker_job_grad_norm",
+                   "learningRate": "stoker_job_learning_rate", "valLoss": "stoker_job_validation_loss",
+                   "dataWaitFraction": "stoker_job_data_wait_ratio"}
+
+
 @dataclasses.dataclass(frozen=True)
 class JobFacts:
     """What one job's status (and its workers' heartbeats) says, frozen at observe time.
@@ -82,6 +88,7 @@ class JobFacts:
     incidents: tuple[Mapping[str, Any], ...] = ()
     heartbeats: tuple[tuple[int, float], ...] = ()  # (rank, last heartbeat time) from status
     restarts: tuple[tuple[str, int], ...] = ()      # (cause, whole-job restarts) from status.restarts
+    training: tuple[tuple[str, float], ...] = ()    # (status.metrics field, value): loss, gradNorm, ...
     anomalies: int = 0                               # status.health: training anomalies, rollbacks taken
     rollbacks: int = 0
 
@@ -129,6 +136,7 @@ def facts_from_status(status: Mapping[str, Any], workers: Iterable[Any] = ()) ->
         incidents=tuple(dict(i) for i in status.get("incidents") or ()),
         heartbeats=tuple(sorted(beats)),
         restarts=tuple((c, int((status.get("restarts") or {}).get(c) or 0)) for c in RESTART_CAUSES),
+        training=tuple((k, float(m[k])) for k in TRAINING_GAUGES if _num(m.get(k)) is not None),
         anomalies=int((status.get("health") or {}).get("anomalies") or 0),
         rollbacks=int((status.get("health") or {}).get("rollbacks") or 0),
     )
@@ -232,6 +240,7 @@ def job_samples(namespace: str, job: str, facts: JobFacts, now: float, *,
         out.append(("stoker_job_steps_per_second", lab, steps_per_second))
     if running and facts.tokens_per_second is not None:
         out.append(("stoker_job_tokens_per_second", lab, facts.tokens_per_second))
+    out += [(TRAINING_GAUGES[k], lab, v) for k, v in facts.training]
     if facts.checkpoint_step is not None:
         out.append(("stoker_checkpoint_step", lab, float(facts.checkpoint_step)))
         if facts.checkpoint_time is not None:
@@ -252,6 +261,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stoker_job_workers": ("Workers of a TrainingJob: ready pods and desired replicas", (*_J, "state")),
     "stoker_trainingjob_restarts": ("Whole-job restarts of a TrainingJob so far, by cause (status.restarts)",
                                     (*_J, "cause")),
+    "stoker_job_loss": ("Training loss of the lead rank's last step (status.metrics.loss)", _J),
+    "stoker_job_grad_norm": ("Global gradient norm of the last step, before clipping (status.metrics.gradNorm)", _J),
+    "stoker_job_learning_rate": ("Learning rate of the last step (status.metrics.learningRate)", _J),
+    "stoker_job_validation_loss": ("Latest validation loss (status.metrics.valLoss)", _J),
+    "stoker_job_data_wait_ratio": ("Share of the last step spent waiting for data (status.metrics.dataWaitFraction)",
+                                   _J),
     "stoker_job_health_anomalies": ("Training anomalies (NaN/Inf, spikes, stalls) the job's workers reported "
                                     "(status.health, docs/health.md)", _J),
     "stoker_job_health_rollbacks": ("Rollbacks the job's workers took for anomalies (status.health.rollbacks)", _J),

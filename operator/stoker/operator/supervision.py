@@ -93,10 +93,11 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
         lead = min(current, key=lambda w: w.rank)
         m = dict(getattr(lead, "metrics", None) or {})
         metrics: dict[str, Any] = {"step": int(max(w.step for w in current))}
-        if m.get("loss") is not None:
+        if _finite(m.get("loss")):  # a NaN would make the status patch invalid JSON
             metrics["loss"] = round(float(m["loss"]), 6)
-        if m.get("tokens_per_second") is not None:
+        if _finite(m.get("tokens_per_second")):
             metrics["tokensPerSecond"] = round(float(m["tokens_per_second"]), 3)
+        metrics.update(training_metrics(m))
         old = dict(status.get("metrics") or {})
         if {k: v for k, v in old.items() if k != "updateTime"} != metrics:
             metrics["updateTime"] = fmt_time(now)
@@ -136,6 +137,21 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
 
 
 CHECKPOINT_FAILED = "CheckpointFailed"
+# status.metrics field <- the lead rank's heartbeat metric (the built-in trainer sends them all; SDK scripts may)
+TRAINING_METRICS = (("gradNorm", "grad_norm"), ("learningRate", "learning_rate"), ("valLoss", "val_loss"))
+
+
+def training_metrics(m: Mapping[str, Any]) -> dict[str, float]:
+    """The compact training picture for status.metrics (what `stoker top` and the metrics show)."""
+    out = {key: float(f"{float(m[name]):.6g}") for key, name in TRAINING_METRICS if _finite(m.get(name))}
+    wait, step = m.get("data_wait_seconds"), m.get("step_time_seconds")
+    if _finite(wait) and _finite(step) and step > 0:
+        out["dataWaitFraction"] = round(min(1.0, float(wait) / float(step)), 4)
+    return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def _incident_mono(incidents: Sequence[Mapping[str, Any]] | None, now: dt.datetime,

@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.stateful import Stateful
 
-from stoker.worker import parallel
+from stoker.worker import evaluation, parallel
+from stoker.worker.evaluation import loss_fn
 from stoker.worker.checksum import model_checksum
 from stoker.worker.config import (
     FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
@@ -51,10 +51,6 @@ from stoker.worker.state import (
 )
 
 log = logging.getLogger("stoker.worker.trainer")
-
-
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 class Trainer(Stateful):
@@ -203,7 +199,9 @@ class Trainer(Stateful):
 
     def train_step(self) -> tuple[float, float]:
         """Returns (this rank's share of the loss, global grad norm)."""
+        t0 = time.perf_counter()
         micro = self.batcher.next_batch()
+        self.data_wait_s = time.perf_counter() - t0  # the step's wait for its batch (S3 shards, synthesis)
         poison = self.guard.poison_factor()  # tests' poisoned data (debug.poison_samples)
         for m in self.parts:
             m.train()
@@ -236,31 +234,9 @@ class Trainer(Stateful):
         self.lr_schedule.step()
         return local_loss, float(norm)
 
-    @torch.no_grad()
     def validate(self) -> float:
         """Mean validation loss over the held-out set (all ranks get it)."""
-        for m in self.parts:
-            m.eval()
-        local_sum, local_n = 0.0, 0
-        if self.schedule is not None:
-            k = self.batcher.accum
-            for i in range(0, len(self.val), k):
-                chunk = self.val[i:i + k]
-                if len(chunk) < k:
-                    break
-                x = torch.cat([c[0] for c in chunk]).to(self.device)
-                y = torch.cat([c[1] for c in chunk]).to(self.device)
-                losses = self._pipeline_pass(self.schedule.eval, x, y)
-                local_sum += sum(float(v) for v in losses)
-                local_n += len(losses)
-        else:
-            model = self.parts[0]
-            for x, y in self.val:
-                with self._autocast():
-                    local_sum += float(loss_fn(model(x.to(self.device)), y.to(self.device)))
-                local_n += 1
-        total, count = self._sum_world([local_sum, float(local_n)])
-        return total / max(count, 1.0)
+        return evaluation.validation_loss(self)
 
     def memory_report(self) -> dict[str, int]:
         return parallel.memory_report(self.parts, self.optimizers)
@@ -332,11 +308,13 @@ class Trainer(Stateful):
                 record["val_loss"] = val
                 record["val_ppl"] = math.exp(min(val, 50.0))
             self.metrics.emit(record)
-            extra = {"val_loss": record["val_loss"]} if "val_loss" in record else {}
+            record["data_wait_s"] = self.data_wait_s
+            extra = {"val_loss": record["val_loss"], "val_ppl": record["val_ppl"]} if "val_loss" in record else {}
             if self.device.type == "cuda":
                 extra["memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
             self.session.step(step, loss=loss, grad_norm=norm, tokens_per_second=record["tokens_per_s"] or 0.0,
-                              step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen), **extra)
+                              step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen),
+                              learning_rate=record["lr"], data_wait_seconds=self.data_wait_s, **extra)
             stop = stop_votes > 0
             ended = self.stopper.after_step(step, self.train_state.tokens_seen, record.get("val_loss"))
             requested = ckpt_votes > 0 or stop  # any rank's operator command: all ranks act at this step
