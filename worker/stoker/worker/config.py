@@ -74,6 +74,9 @@ class ParallelConfig:
     pp: int = 1
     dp: int | None = None  # default: world_size // pp
     bf16: bool = False
+    fp16: bool = False                     # float16 autocast with dynamic loss scaling (precision.py)
+    loss_scale: float = 65536.0            # fp16: the initial scale
+    loss_scale_growth_interval: int = 2000  # fp16: clean steps before the scale doubles
     activation_checkpointing: bool = False
     cpu_offload: bool = False
 
@@ -263,10 +266,11 @@ def validate(cfg: Config) -> Config:
              f"validation.samples ({cfg.validation.samples}) must be <= data.val_samples ({d.val_samples})")
     s = cfg.debug.stall_after_step
     _require(s is None or c.uri is not None, "debug.stall_after_step: needs checkpoint.uri (it stalls after that step's checkpoint)")
-    _validate_slow_checkpoint(cfg)
-    from stoker.worker.config_health import validate_health
+    from stoker.worker.config_checks import validate_health, validate_precision, validate_slow_checkpoint
 
+    validate_slow_checkpoint(cfg)
     validate_health(cfg)
+    validate_precision(cfg)
     return cfg
 
 
@@ -286,19 +290,6 @@ def _validate_data_uri(d: DataConfig) -> None:
         _require(len(d.uri) > len("s3://") and not d.uri[len("s3://"):].startswith("/"),
                  f"data.uri: no bucket in {d.uri!r}; use s3://BUCKET/PREFIX")
 
-
-def _validate_slow_checkpoint(cfg: Config) -> None:
-    at, secs, c, steps = cfg.debug.slow_checkpoint_at_step, cfg.debug.slow_checkpoint_seconds, cfg.checkpoint, cfg.train.steps
-    _require(secs is None or at is not None,
-             "debug.slow_checkpoint_seconds: only used with debug.slow_checkpoint_at_step; set that too or drop it")
-    _require(secs is None or secs > 0, f"debug.slow_checkpoint_seconds: must be > 0, got {secs}")
-    if at is None:
-        return
-    _require(c.uri is not None, "debug.slow_checkpoint_at_step: needs checkpoint.uri (it slows that step's checkpoint)")
-    _require(1 <= at <= steps, f"debug.slow_checkpoint_at_step: must be in [1, train.steps={steps}], got {at}")
-    _require((c.interval and at % c.interval == 0) or at == steps,
-             f"debug.slow_checkpoint_at_step: step {at} is not a checkpoint step (checkpoint.interval={c.interval}, "
-             f"train.steps={steps}); use a multiple of checkpoint.interval or train.steps")
 
 
 def resolve_mode(mode: str, world_size: int) -> str:
@@ -347,7 +338,7 @@ def validate_for_device(cfg: Config, device_type: str) -> None:
 
 def from_dict(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
-    from stoker.worker.config_health import with_health_env
+    from stoker.worker.config_checks import with_health_env
 
     cfg = _build(Config, with_health_env(raw, environ), "")
     if environ.get(stoker_env.CHECKPOINT_URI):

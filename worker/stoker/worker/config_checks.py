@@ -1,5 +1,5 @@
-"""The trainer config's ``health`` section: its checks, and the operator's spec.health over it
-(``STOKER_HEALTH``). Split from config.py, which calls these."""
+"""Checks of the trainer config split from config.py, which calls them: the ``health``
+section and the operator's spec.health over it (``STOKER_HEALTH``), and fp16."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from stoker.common import env as stoker_env
 from stoker.worker import health
-from stoker.worker.config import PIPELINE_MODES, Config, ConfigError, _require
+from stoker.worker.config import FSDP_MODES, PIPELINE_MODES, Config, ConfigError, _require
 
 
 def validate_health(cfg: Config) -> None:
@@ -50,3 +50,27 @@ def with_health_env(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Mappi
     if base.get("skip") and over.get("skip"):  # ranges the file skips and ranges rollbacks skipped
         merged["skip"] = f"{base['skip']},{over['skip']}"
     return {**raw, "health": merged}
+
+
+def validate_precision(cfg: Config) -> None:
+    p = cfg.parallel
+    _require(not (p.fp16 and p.bf16), "parallel.fp16 and parallel.bf16: pick one (bf16 needs no loss scaling)")
+    _require(not p.fp16 or p.mode not in (*FSDP_MODES, *PIPELINE_MODES, "zero1"),
+             f"parallel.fp16: loss scaling runs with modes single and ddp, not {p.mode}; use parallel.bf16 there")
+    _require(p.loss_scale > 0, f"parallel.loss_scale: must be > 0, got {p.loss_scale}")
+    _require(p.loss_scale_growth_interval >= 1,
+             f"parallel.loss_scale_growth_interval: must be >= 1, got {p.loss_scale_growth_interval}")
+
+
+def validate_slow_checkpoint(cfg: Config) -> None:
+    at, secs, c, steps = cfg.debug.slow_checkpoint_at_step, cfg.debug.slow_checkpoint_seconds, cfg.checkpoint, cfg.train.steps
+    _require(secs is None or at is not None,
+             "debug.slow_checkpoint_seconds: only used with debug.slow_checkpoint_at_step; set that too or drop it")
+    _require(secs is None or secs > 0, f"debug.slow_checkpoint_seconds: must be > 0, got {secs}")
+    if at is None:
+        return
+    _require(c.uri is not None, "debug.slow_checkpoint_at_step: needs checkpoint.uri (it slows that step's checkpoint)")
+    _require(1 <= at <= steps, f"debug.slow_checkpoint_at_step: must be in [1, train.steps={steps}], got {at}")
+    _require((c.interval and at % c.interval == 0) or at == steps,
+             f"debug.slow_checkpoint_at_step: step {at} is not a checkpoint step (checkpoint.interval={c.interval}, "
+             f"train.steps={steps}); use a multiple of checkpoint.interval or train.steps")

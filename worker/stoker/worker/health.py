@@ -79,11 +79,14 @@ class Monitor:
             return REPORT
         return self.rules.on_spike
 
-    def observe(self, step: int, loss: float, grad_norm: float, tokens_per_s: float | None = None) -> Anomaly | None:
+    def observe(self, step: int, loss: float, grad_norm: float | None,
+                tokens_per_s: float | None = None) -> Anomaly | None:
+        """``grad_norm`` None: not to be judged (an fp16 overflow, which loss scaling skips)."""
         found = self._non_finite(step, loss, grad_norm) or self._spike(step, loss, grad_norm)
         if found is None:
             self._loss.append((step, loss))
-            self._norm.append((step, grad_norm))
+            if grad_norm is not None:
+                self._norm.append((step, grad_norm))
             return self._stall(step, tokens_per_s)
         return found
 
@@ -96,17 +99,17 @@ class Monitor:
         self._slow = 0
 
     # -- the checks
-    def _non_finite(self, step: int, loss: float, grad_norm: float) -> Anomaly | None:
+    def _non_finite(self, step: int, loss: float, grad_norm: float | None) -> Anomaly | None:
         for name, v in (("loss", loss), ("grad_norm", grad_norm)):
-            if not math.isfinite(v):
+            if v is not None and not math.isfinite(v):
                 return Anomaly(step, NON_FINITE, f"{name}={v}", v, math.inf)
         return None
 
-    def _spike(self, step: int, loss: float, grad_norm: float) -> Anomaly | None:
+    def _spike(self, step: int, loss: float, grad_norm: float | None) -> Anomaly | None:
         r = self.rules
         for name, v, z_max, hist in (("loss", loss, r.loss_spike_z, self._loss),
                                      ("grad_norm", grad_norm, r.grad_norm_spike_z, self._norm)):
-            if z_max <= 0 or len(hist) < max(2, r.min_history):
+            if v is None or z_max <= 0 or len(hist) < max(2, r.min_history):
                 continue
             z = robust_z(v, [h for _, h in hist])
             if z > z_max:

@@ -71,7 +71,7 @@ class HealthGuard:
         return self._poison_factor if hit else None
 
     # -- each step
-    def check(self, trainer: Any, ckpt: Any, step: int, loss: float, norm_vote: float,
+    def check(self, trainer: Any, ckpt: Any, step: int, loss: float, norm_vote: float | None,
               tokens_per_s: float | None) -> bool:
         """Judge the step just taken and act. True: it was rolled back (do not save or report it)."""
         anomaly = self.monitor.observe(step, loss, norm_vote, tokens_per_s)

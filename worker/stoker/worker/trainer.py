@@ -38,6 +38,7 @@ from stoker.worker.config import (
 from stoker.worker.checkpoint_hooks import (
     SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, load_init_from, read_manifest, slow_checkpoint_due,
 )
+from stoker.worker.precision import LOSS_SCALER, loss_scaling
 from stoker.worker.stopping import Stopper
 from stoker.worker.data import DistributedBatcher, validation_batches
 from stoker.worker.health_guard import HealthGuard
@@ -145,6 +146,7 @@ class Trainer(Stateful):
             else:
                 opt = torch.optim.AdamW(parallel.param_groups(model, t.weight_decay), **adamw)
             self.parts, self.optimizers = [model], [opt]
+        self.scaling = loss_scaling(cfg, self.device.type)
         self.lr_schedule = LRSchedule(self.optimizers, t.lr, warmup=t.warmup_steps, total=t.steps,
                                       min_ratio=t.min_lr_ratio)
         self.checkpoint_state = {
@@ -154,6 +156,8 @@ class Trainer(Stateful):
             DATALOADER: self.batcher,
             TRAIN_STATE: self,  # the trainer is Stateful: its state is the train state
         }
+        if self.scaling.enabled:
+            self.checkpoint_state[LOSS_SCALER] = self.scaling
         # Who writes metrics: the first rank (dp rank 0) of the last pipeline stage.
         last_stage = self.schedule is None or self.schedule.is_last
         self.is_metrics_rank = last_stage and self.dp_rank == 0
@@ -169,6 +173,8 @@ class Trainer(Stateful):
     def _autocast(self):
         if self.cfg.parallel.bf16 and self.cfg.parallel.mode not in FSDP_MODES:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.cfg.parallel.fp16:
+            return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
     def _all_params(self) -> list[nn.Parameter]:
@@ -224,12 +230,13 @@ class Trainer(Stateful):
                     loss = loss_fn(model(x), y) / n
                     if poison is not None:
                         loss = loss * poison
-                loss.backward()
+                self.scaling.scale(loss).backward()
                 total += loss.detach()
             local_loss = total.item()
+            self.scaling.unscale(self.optimizers)
             norm = parallel.clip_grad_norm_(self._all_params(), self.cfg.train.grad_clip)
+        self.scaling.step(self.optimizers)  # fp16: skipped when the gradients overflowed
         for opt in self.optimizers:
-            opt.step()
             opt.zero_grad(set_to_none=True)
         self.lr_schedule.step()
         return local_loss, float(norm)
@@ -297,7 +304,8 @@ class Trainer(Stateful):
             loss_sum, ckpt_votes, stop_votes, norm_vote = self._sum_world([local_loss, ask_ckpt, ask_stop, norm])
             loss = loss_sum / self.dp
             dt = time.perf_counter() - t0
-            if self.guard.check(self, ckpt, step, loss, norm_vote, tokens_per_step / dt if dt > 0 else None):
+            norm_seen = None if self.scaling.overflowed else norm_vote  # fp16 overflow: skipped, no anomaly
+            if self.guard.check(self, ckpt, step, loss, norm_seen, tokens_per_step / dt if dt > 0 else None):
                 last_saved = self.train_state.step  # rolled back to a committed checkpoint
                 continue
             record = {"step": step, "loss": loss, "grad_norm": norm, "lr": self.lr_schedule.base_lr *
@@ -307,14 +315,16 @@ class Trainer(Stateful):
                 val = self.validate()
                 record["val_loss"] = val
                 record["val_ppl"] = math.exp(min(val, 50.0))
-            self.metrics.emit(record)
             record["data_wait_s"] = self.data_wait_s
+            record.update(self.scaling.metrics())
+            self.metrics.emit(record)
             extra = {"val_loss": record["val_loss"], "val_ppl": record["val_ppl"]} if "val_loss" in record else {}
             if self.device.type == "cuda":
                 extra["memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
             self.session.step(step, loss=loss, grad_norm=norm, tokens_per_second=record["tokens_per_s"] or 0.0,
                               step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen),
-                              learning_rate=record["lr"], data_wait_seconds=self.data_wait_s, **extra)
+                              learning_rate=record["lr"], data_wait_seconds=self.data_wait_s,
+                              **self.scaling.metrics(), **extra)
             stop = stop_votes > 0
             ended = self.stopper.after_step(step, self.train_state.tokens_seen, record.get("val_loss"))
             requested = ckpt_votes > 0 or stop  # any rank's operator command: all ranks act at this step
