@@ -61,6 +61,8 @@ def test_every_rank_reports_the_anomaly_and_it_is_recorded_once():
     assert "rollback 1 of spec.health.maxRollbacks=3" in inc["message"]
     assert ps.st["health"]["skip"] == "176:184" and ps.st["health"]["anomalies"] == 1
     assert [e.reason for e in ps.p.events] == ["TrainingRolledBack"]
+    [cond] = [c for c in ps.conds if c["type"] == "TrainingAnomaly"]
+    assert cond["status"] == "True" and cond["reason"] == "NonFinite" and "step 23" in cond["message"]
     # the next pass sees the same reports again: nothing new is recorded
     ps2 = begin(job({"maxRollbacks": 3}, status=ps.st), [], NOW, obs, None)
     P.anomalies(ps2)

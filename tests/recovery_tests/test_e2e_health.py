@@ -50,6 +50,8 @@ def test_a_poisoned_window_is_rolled_back_skipped_and_the_job_ends_identical_to_
     assert "rolled back to the checkpoint of step 20 and skipped 1 batch(es)" in inc["message"]
     assert st["health"]["skip"] == WINDOW and st["health"]["rollbacks"] == 1 and st["health"]["anomalies"] == 1
     assert st["restarts"]["total"] == 0 and st["incarnation"] == 0   # handled inside the workers
+    [cond] = [c for c in st["conditions"] if c["type"] == "TrainingAnomaly"]
+    assert cond["status"] == "True" and cond["reason"] == "NonFinite", cond
     events = cluster.kubectl("describe", "tj", "poison", "-n", namespace).stdout.split("Events:")[-1]
     assert "TrainingRolledBack" in events, events
     # the training picture the workers sent is in status, and `stoker top` shows it

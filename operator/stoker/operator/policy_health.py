@@ -113,6 +113,8 @@ def anomalies(ps: "Pass") -> "Plan | None":
         st["rollbacks"] = max(int(st.get("rollbacks", 0)), int(a.get("rollbacks", 0)))
         st["lastStep"] = int(a.get("step", 0))
         st["skip"] = merge_skip(st.get("skip", ""), a)
+        # True for as long as the job lives: it met an anomaly (the message is the latest)
+        ps.condition("TrainingAnomaly", True, str(a.get("kind") or "Anomaly"), inc["message"])
     if not st.get("skip"):
         st.pop("skip", None)
     st["seen"] = seen[-SEEN_MAX:]
