@@ -76,3 +76,20 @@ def test_a_loss_spike_is_caught_by_its_robust_z_score_and_rolled_back(tmp_path):
     assert [(e["anomaly_step"], e["kind"], e["step"]) for e in events] == [(8, "LossSpike", 6)], events
     skipped = h.run(tmp_path, "skipped", job(tmp_path, "skipped", health={"skip": window}), 2)
     assert got["summary"]["checksum"] == skipped["summary"]["checksum"]
+
+
+def test_layer_group_gradient_norms_add_up_to_the_global_norm_and_agree_across_layouts(tmp_path):
+    """health.grad_norm_groups: sqrt(sum of squares) of the groups is the global (pre-clip) norm,
+    and a ZeRO-3 run (sharded DTensor gradients) reports the same groups as DDP (whole gradients)."""
+    got = {}
+    for mode in ("ddp", "zero3"):
+        cfg = h.base_config(tmp_path, mode, parallel={"mode": mode}, train={"steps": 2},
+                            health={"grad_norm_groups": True})
+        got[mode] = [m for m in h.run(tmp_path, mode, cfg, 2)["metrics"] if "loss" in m]
+    first = got["ddp"][0]
+    groups = {k: v for k, v in first.items() if k.startswith("grad_norm.")}
+    assert {"grad_norm.tok_emb", "grad_norm.pos_emb", "grad_norm.layers.0"} <= set(groups), sorted(groups)
+    assert sum(v * v for v in groups.values()) ** 0.5 == pytest.approx(first["grad_norm"], rel=1e-5)
+    sharded = {k: v for k, v in got["zero3"][0].items() if k.startswith("grad_norm.")}
+    assert sharded.keys() == groups.keys()
+    assert all(sharded[k] == pytest.approx(v, rel=1e-4) for k, v in groups.items()), (groups, sharded)

@@ -117,6 +117,7 @@ class HealthConfig:
     # Sample ranges never trained on, "START:END,..." (global sample positions, half-open):
     # an undisturbed run that skips what a rollback skipped.
     skip: str = ""
+    grad_norm_groups: bool = False    # also report each layer group's gradient norm (not in pipeline modes)
 
 
 @dataclasses.dataclass

@@ -214,3 +214,30 @@ def memory_report(parts: list[nn.Module], optimizers: list[torch.optim.Optimizer
     o_local, _ = local_and_full_bytes(moments)
     return {"param_bytes_local": p_local, "param_bytes_full": p_full,
             "optim_bytes_local": o_local, "optim_bytes_full": 2 * p_full}
+
+
+_WRAPPERS = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def layer_group(name: str) -> str:
+    """The layer group of a parameter's FQN: ``layers.3`` for a block's, else its top module (``tok_emb``)."""
+    for w in _WRAPPERS:
+        name = name.replace(w, "")
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "layers" and len(parts) > 2 else parts[0]
+
+
+def grad_norms_by_group(parts: list[nn.Module]) -> dict[str, float]:
+    """The gradient norm of each layer group (health.grad_norm_groups), over the whole model:
+    DTensor (FSDP) gradients are reduced over their shards; DDP gradients are already whole.
+    Every rank must call it (FSDP reduces). Not for pipelines (a stage holds some groups only)."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    for m in parts:
+        for name, p in m.named_parameters():
+            if p.grad is not None:
+                groups.setdefault(layer_group(name), []).append(p.grad)
+    out = {}
+    for g, grads in sorted(groups.items()):
+        norm = torch.nn.utils.get_total_norm(grads, foreach=False)
+        out[g] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return out

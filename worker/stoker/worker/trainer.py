@@ -147,6 +147,7 @@ class Trainer(Stateful):
                 opt = torch.optim.AdamW(parallel.param_groups(model, t.weight_decay), **adamw)
             self.parts, self.optimizers = [model], [opt]
         self.scaling = loss_scaling(cfg, self.device.type)
+        self.group_norms: dict[str, float] = {}  # health.grad_norm_groups: per layer group, last step
         self.lr_schedule = LRSchedule(self.optimizers, t.lr, warmup=t.warmup_steps, total=t.steps,
                                       min_ratio=t.min_lr_ratio)
         self.checkpoint_state = {
@@ -234,6 +235,8 @@ class Trainer(Stateful):
                 total += loss.detach()
             local_loss = total.item()
             self.scaling.unscale(self.optimizers)
+            if self.cfg.health.grad_norm_groups:  # before clipping, like the global norm
+                self.group_norms = parallel.grad_norms_by_group(self.parts)
             norm = parallel.clip_grad_norm_(self._all_params(), self.cfg.train.grad_clip)
         self.scaling.step(self.optimizers)  # fp16: skipped when the gradients overflowed
         for opt in self.optimizers:
@@ -317,6 +320,7 @@ class Trainer(Stateful):
                 record["val_ppl"] = math.exp(min(val, 50.0))
             record["data_wait_s"] = self.data_wait_s
             record.update(self.scaling.metrics())
+            record.update({f"grad_norm.{g}": v for g, v in self.group_norms.items()})
             self.metrics.emit(record)
             extra = {"val_loss": record["val_loss"], "val_ppl": record["val_ppl"]} if "val_loss" in record else {}
             if self.device.type == "cuda":
@@ -324,7 +328,8 @@ class Trainer(Stateful):
             self.session.step(step, loss=loss, grad_norm=norm, tokens_per_second=record["tokens_per_s"] or 0.0,
                               step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen),
                               learning_rate=record["lr"], data_wait_seconds=self.data_wait_s,
-                              **self.scaling.metrics(), **extra)
+                              **self.scaling.metrics(), **{f"grad_norm.{g}": v for g, v in self.group_norms.items()},
+                              **extra)
             stop = stop_votes > 0
             ended = self.stopper.after_step(step, self.train_state.tokens_seen, record.get("val_loss"))
             requested = ckpt_votes > 0 or stop  # any rank's operator command: all ranks act at this step
