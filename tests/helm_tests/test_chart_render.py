@@ -25,6 +25,7 @@ COMBINATIONS = {
                               "userRoles": False}},
     "pdb-netpol": {"podDisruptionBudget": {"enabled": True}, "networkPolicy": {"enabled": True}},
     "cordon-nodes": {"operator": {"cordonAfter": 3}},
+    "kueue": {"kueue": {"enabled": True}},
 }
 
 
@@ -248,6 +249,23 @@ def test_a_pinned_cluster_ip_is_advertised_as_is(render):
     assert e["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "10.96.0.78"
     inside = render({"service": {"clusterIP": "10.96.0.77"}, "rendezvousStore": {"separate": False}})
     assert env(operator_container(inside))["STOKER_OPERATOR_RENDEZVOUS_ADVERTISE_ADDRESS"] == "10.96.0.77"
+
+
+def test_kueue_grants_only_what_a_queued_job_needs_and_only_when_enabled(render):
+    assert not {g for g in grants(render({})) if g[0] == "kueue.x-k8s.io" or g[1] == "priorityclasses"}
+    assert env(operator_container(render({})))["STOKER_OPERATOR_KUEUE"] == "off"
+    for mode in ("namespaced", "cluster"):
+        objs = render({"kueue": {"enabled": True}, "watch": {"mode": mode}})
+        assert env(operator_container(objs))["STOKER_OPERATOR_KUEUE"] == "on"
+        kueue = {(g, res, v) for g, res, v in grants(objs) if g == "kueue.x-k8s.io" or res == "priorityclasses"}
+        assert kueue == {("kueue.x-k8s.io", "workloads", v) for v in ("get", "list", "watch", "create", "patch",
+                                                                      "delete")} | {
+            ("kueue.x-k8s.io", "workloads/status", "patch"), ("kueue.x-k8s.io", "workloadpriorityclasses", "get"),
+            ("scheduling.k8s.io", "priorityclasses", "get")}
+        # The cluster-scoped classes are read through a ClusterRole of their own, even in namespaced mode.
+        classes = objs.one("ClusterRole", "stoker-stoker-system-kueue")
+        assert {r for rule in classes["rules"] for r in rule["resources"]} == {"priorityclasses",
+                                                                               "workloadpriorityclasses"}
 
 
 def test_nodes_are_read_only_unless_the_cordon_policy_is_granted(render):

@@ -80,7 +80,8 @@ MALFORMED = [
      "spec.failurePolicy.exitCodeRules[0].action"),
     ("exit-code-zero", _set("spec.failurePolicy.exitCodeRules", [{"exitCodes": [0], "action": "FailJob"}]),
      "spec.failurePolicy.exitCodeRules[0].exitCodes[0]"),
-    ("gang-larger-than-job", _set("spec.scheduling.minAvailable", 3), "spec.scheduling.minAvailable"),
+    # minAvailable was removed (no scheduler read it; gang admission is Kueue's, docs/kueue.md): refused, not ignored.
+    ("min-available-is-gone", _set("spec.scheduling.minAvailable", 2), 'unknown field "spec.scheduling.minAvailable"'),
     ("nproc-zero", _set("spec.nprocPerNode", 0), "spec.nprocPerNode"),
     ("unknown-spec-field", _set("spec.replica", 2), 'unknown field "spec.replica"'),
     ("unknown-nested-field", _set("spec.checkpoint.bucket", "x"), 'unknown field "spec.checkpoint.bucket"'),

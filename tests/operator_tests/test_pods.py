@@ -105,10 +105,15 @@ def test_user_env_is_kept_and_cannot_shadow_the_contract():
 
 
 def test_scheduling_passes_through():
-    body, pod = _pod(scheduling={"queueName": "team-a", "priorityClassName": "high", "schedulerName": "volcano",
-                                 "minAvailable": 2})
-    assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    body, pod = _pod(scheduling={"queueName": "team-a", "priorityClassName": "high", "schedulerName": "volcano"})
     assert pod["spec"]["priorityClassName"] == "high" and pod["spec"]["schedulerName"] == "volcano"
+
+
+def test_a_queued_job_puts_no_queue_label_on_its_pods():
+    """Kueue admits the job's one Workload; a queue label would make Kueue's pod integration queue each pod."""
+    body, pod = _pod(scheduling={"queueName": "team-a"})
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in pod["metadata"]["labels"])
+    assert not any(k.startswith("kueue.x-k8s.io/") or "min-available" in k for k in pod["metadata"]["annotations"])
 
 
 def test_spec_hash_ignores_replicas_but_not_the_template():

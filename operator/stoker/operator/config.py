@@ -107,6 +107,10 @@ class Config:
         "the operator's own image)", chart="operator.launcherImage")
     max_workers: int = setting(16, "concurrent handler threads in kopf", chart="operator.maxWorkers")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", chart="operator.logLevel")
+    kueue: str = setting(
+        "off", "on: watch the Kueue Workloads of queued jobs (spec.scheduling.queueName) so an admission or an "
+        "eviction is acted on at once (needs Kueue's CRDs; the chart's kueue.enabled grants the RBAC); off: the "
+        "resync timer notices them", choices=("off", "on"), chart=COMPUTED)
 
     @property
     def clusterwide(self) -> bool:

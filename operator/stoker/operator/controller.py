@@ -15,6 +15,7 @@ from typing import Any, Callable
 from . import job_metrics, metrics, refusals, waiting
 from .jobspec import job_view
 from .kube import Conflict, Kube, KubeError
+from .kueue_shell import KueueShell
 from .pods import RenderConfig, render_pod
 from .podview import pod_view
 from .preflight_shell import Preflight
@@ -48,6 +49,7 @@ class Controller:
         self.recovery = recovery or RecoveryShell(kube, watch_nodes=False)
         self.render = render
         self.preflight = Preflight(kube, render.s3_endpoint)
+        self.kueue = KueueShell(kube)
         self.clock = clock
         # Plans that ask to be looked at again within this horizon get a one-shot
         # delayed pass (the step after a restart decision, a backoff or deadline
@@ -180,8 +182,9 @@ class Controller:
         raw_pods = self.kube.list_pods(namespace, name)
         pods = [v for v in (pod_view(p) for p in raw_pods) if v is not None]
         obs = self.recovery.observe(namespace, name, pods)
+        workload = self.kueue.observe(job)
         now = self.clock()
-        pl = plan(job, pods, now, obs, self.recovery.settings)
+        pl = plan(job, pods, now, obs, self.recovery.settings, workload)
         fields = {**fields, "uid": job.uid, "incarnation": pl.incarnation}
 
         for pod in pl.force_delete:
@@ -196,6 +199,7 @@ class Controller:
             if self.kube.delete_pod(namespace, pod, grace_s=self.recovery.settings.delete_grace_s):
                 metrics.PODS_DELETED.inc()
                 log.info("deleted worker pod", extra={**fields, "pod": pod})
+        self.kueue.act(job, workload, pl, now)   # after the deletes: a release needs the workers gone
         self._preflight(job, pl, now, fields)
         if pl.create:
             self.recovery.before_create(job)

@@ -17,6 +17,7 @@ from .supervision import Observed
 from .podview import PodView
 
 PREEMPTION = "Preemption"
+KUEUE_EVICTION = "KueueEviction"   # a queued job's Workload was evicted (policy_kueue): stop like a suspend
 DRAINED_FOR_PREEMPTION = "DrainedForPreemption"   # restart reason after a preemption drain
 _DRAIN_PHASES = ("TRAINING", "CHECKPOINTING")
 # A preempted incarnation may still be restoring: the trainer looks at the stop request after its first step.
@@ -52,12 +53,14 @@ def outside_deletions(current_pods: Sequence[PodView], *, incarnation: int, exce
 
 def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, checkpointing: bool,
                suspend: bool, excess: Sequence[str], current_pods: Sequence[PodView], now: dt.datetime,
-               grace_s: float, min_grace_s: float = 10.0, margin_s: float = 5.0) -> DrainStep:
+               grace_s: float, min_grace_s: float = 10.0, margin_s: float = 5.0,
+               suspend_reason: str = "Suspend") -> DrainStep:
     """Before a planned stop the workers checkpoint and stop (STOP_AFTER_CHECKPOINT),
     so the next incarnation resumes exactly where they stopped (no step computed twice).
 
     start: a stop is wanted, the job checkpoints and its ranks heartbeat -> send the command.
-           Suspend and ScaleDown are the operator's own; Preemption is a running worker pod
+           Suspend and ScaleDown are the operator's own (``suspend_reason`` names a suspend that
+           is not spec.runPolicy.suspend: KueueEviction); Preemption is a running worker pod
            being deleted by someone else (``outside_deletions``): its launcher holds the
            kubelet's SIGTERM while the trainer drains, and the drain must end ``margin_s``
            before the pod's deletionTimestamp (when the kubelet SIGKILLs it);
@@ -90,13 +93,13 @@ def drain_step(*, status: Mapping[str, Any], obs: Observed, incarnation: int, ch
         return DrainStep("none")
     mine = [r for r in obs.ranks if r.incarnation == incarnation]
     if suspend or excess:
-        reason = "Suspend" if suspend else "ScaleDown"
+        reason = suspend_reason if suspend else "ScaleDown"
         ranks = [r for r in mine if r.phase in _DRAIN_PHASES]
         if not ranks:
             return DrainStep("none")
         after = max(r.step for r in ranks)
-        msg = (f"{'suspending' if suspend else 'scaling down'}: asking every worker to checkpoint and stop "
-               f"(from step {after})")
+        doing = {"Suspend": "suspending", "ScaleDown": "scaling down", KUEUE_EVICTION: "evicted by Kueue"}
+        msg = f"{doing.get(reason, reason)}: asking every worker to checkpoint and stop (from step {after})"
         return DrainStep("start", reason, msg, {"reason": reason, "requestedAt": fmt_time(now), "afterStep": after})
     going = outside_deletions(current_pods, incarnation=incarnation, excess=excess, now=now, min_grace_s=min_grace_s)
     ranks = [r for r in mine if r.phase in _PREEMPTION_PHASES]
@@ -142,8 +145,11 @@ def drain(ps: Pass) -> Plan | None:
     """Start, wait for or finish a planned stop (suspend, scale-down, a worker pod
     preempted with a grace period)."""
     job, b, s = ps.job, ps.b, ps.settings
+    evicted = ps.admission is not None and ps.admission.held   # Kueue: not (or no longer) admitted
     ds = drain_step(status=ps.old, obs=ps.obs, incarnation=ps.incarnation, checkpointing=bool(job.checkpoint),
-                    suspend=job.suspend and ps.phase != "Suspended", excess=[x.name for x in b.excess],
+                    suspend=(job.suspend and ps.phase != "Suspended") or (evicted and ps.phase != "Queued"),
+                    suspend_reason="Suspend" if job.suspend else KUEUE_EVICTION,
+                    excess=[] if evicted else [x.name for x in b.excess],
                     current_pods=[f for f in ps.obs.facts if f.incarnation == ps.incarnation], now=ps.now,
                     grace_s=s.drain_grace_s, min_grace_s=s.preemption_min_grace_s, margin_s=s.preemption_margin_s)
     if ds.kind in ("start", "wait"):

@@ -52,6 +52,11 @@ def _job_path(namespace: str, name: str = "") -> str:
     return f"{base}/{quote(name)}" if name else base
 
 
+def _workload_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{quote(namespace)}/workloads"
+    return f"{base}/{quote(name)}" if name else base
+
+
 class KubeApi:
     """Every call the operator makes, by name; ``request`` is the one transport
     (``Kube``: the API server; unit tests: a recording stand-in). No other module
@@ -138,6 +143,32 @@ class KubeApi:
         status, _ = self.request("POST", f"/api/v1/namespaces/{quote(namespace)}/secrets", secret,
                                  ok=(200, 201, 409))
         return status != 409
+
+    # ---- Kueue (a queued job's Workload, kueue_shell.py)
+    def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, body = self.request("GET", _workload_path(namespace, name), ok=(200, 404))
+        return body if status == 200 else None
+
+    def create_workload(self, namespace: str, workload: dict[str, Any]) -> bool:
+        """True if created, False if it already existed."""
+        status, _ = self.request("POST", _workload_path(namespace), workload, ok=(200, 201, 409))
+        return status != 409
+
+    def patch_workload(self, namespace: str, name: str, patch: dict[str, Any], *, status: bool = False) -> None:
+        """Merge-patch the Workload (``status``: its status subresource; a resourceVersion in the patch
+        guards it, 409 -> Conflict)."""
+        self.request("PATCH", _workload_path(namespace, name) + ("/status" if status else ""), patch,
+                     content_type="application/merge-patch+json")
+
+    def delete_workload(self, namespace: str, name: str) -> None:
+        self.request("DELETE", _workload_path(namespace, name), ok=(200, 202, 404))
+
+    def priority_value(self, group: str, kind: str, name: str) -> int | None:
+        """The value of a PriorityClass or a Kueue WorkloadPriorityClass (None: not found)."""
+        plural = "priorityclasses" if kind == "PriorityClass" else "workloadpriorityclasses"
+        version = "v1" if group == "scheduling.k8s.io" else "v1beta2"
+        status, body = self.request("GET", f"/apis/{group}/{version}/{plural}/{quote(name)}", ok=(200, 404))
+        return int(body.get("value", 0)) if status == 200 else None
 
     # ---- kopf peering
     def ensure_peering(self, name: str, namespaces: list[str]) -> None:

@@ -179,6 +179,11 @@ def on_pod_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object) -> 
 def resync(name: str, namespace: str, memo: kopf.Memo, **_: object) -> None:
     """Time-driven transitions (deadline, TTL, restart backoff) and a safety net."""
     memo.controller.trigger(namespace, name)
+def on_workload_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object) -> None:
+    """A queued job's Kueue Workload changed (admitted, evicted, finished): a pass for its job."""
+    memo.controller.trigger_soon(namespace, labels[L.JOB_NAME], memo.config.pod_event_delay_seconds)
+
+
 
 
 def registry(cfg: Config) -> kopf.OperatorRegistry:
@@ -193,6 +198,10 @@ def registry(cfg: Config) -> kopf.OperatorRegistry:
     kopf.timer(L.GROUP, L.VERSION, L.PLURAL, interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds,
                registry=reg)(resync)
     _timers_without_finalizers(reg)
+    if cfg.kueue == "on":
+        kopf.on.event("kueue.x-k8s.io", "v1beta2", "workloads",
+                      labels={L.APP_MANAGED_BY: L.MANAGED_BY_VALUE, L.JOB_NAME: kopf.PRESENT},
+                      registry=reg)(on_workload_event)
     return reg
 
 

@@ -56,6 +56,7 @@ class Plan:
     drain_reason: str | None = None   # the drain in progress (new or not) ...
     drain_id: str = ""                # ... and its id (status.drain.requestedAt): the shell sends its command
                                       # once per drain and operator process, so a restarted operator asks again
+    workload: tuple[str, ...] | None = None  # Kueue Workload action (policy_kueue): create|resize|release|finish|delete
 
     def requeue(self, seconds: float | None) -> None:
         if seconds is None:
@@ -104,6 +105,7 @@ class Pass:
     drained: Any = None    # policy_failure.Decision: the restart a finished preemption drain asks for
     decision: Any = None   # policy_failure.Decision: this pass's failure decision (or an on-call restart)
     missing: list[int] = dataclasses.field(default_factory=list)   # replica indexes with no pod
+    admission: Any = None  # kueue_workload.Admission: where a queued job's admission stands (OFF: no queue)
 
     def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
         self.conds = set_condition(self.conds, type_, status, reason, message, self.now)

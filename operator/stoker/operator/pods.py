@@ -38,8 +38,6 @@ from . import policy_health
 from .jobspec import JobView
 from .podview import SPEC_HASH
 
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-POD_GROUP_MIN = f"{L.GROUP}/min-available"
 CHECKPOINT_INTERVAL_SECONDS = E.CHECKPOINT_INTERVAL_SECONDS
 
 _PYTHON_RE = re.compile(r"^python[0-9.]*$")
@@ -261,13 +259,11 @@ def render_pod(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
     labels.update(job_labels(job.name))
     labels[L.REPLICA_INDEX] = str(index)
     labels[L.INCARNATION] = str(incarnation)
-    if sched.get("queueName"):
-        labels[QUEUE_LABEL] = sched["queueName"]
+    # scheduling.queueName is no pod label: Kueue admits the job's one Workload (policy_kueue.py), and
+    # its queue label on pods would make Kueue's pod integration, where enabled, queue each pod alone.
     annotations = dict(tmeta.get("annotations") or {})
     annotations[L.RDZV_ID] = rendezvous_id(job, incarnation)
     annotations[SPEC_HASH] = spec_hash(job)
-    if sched.get("minAvailable"):
-        annotations[POD_GROUP_MIN] = str(sched["minAvailable"])
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -17,11 +17,12 @@ step can be repeated and nothing is created twice.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from . import drain, on_call, policy_deadline, policy_failure, policy_success, policy_suspend, policy_ttl
-from . import incidents, policy_health, policy_pending, replicas, supervision
+from . import incidents, policy_health, policy_kueue, policy_pending, replicas, supervision
 from .jobspec import JobView
+from .kueue_workload import admission as kueue_admission
 from .pass_state import Buckets, Event, Pass, Plan, bucket
 from .pods import pod_name
 from .podview import PodView
@@ -59,10 +60,12 @@ STEPS: tuple[Callable[[Pass], Plan | None], ...] = (
     progress,
     peer_lost_node,
     policy_health.anomalies,      # spec.health: what the workers caught, recorded once each
+    policy_kueue.admission,       # scheduling.queueName: keep the Kueue Workload in step with the job
     policy_ttl.finished,          # finished: cleanPodPolicy, ttlSecondsAfterFinished
     policy_deadline.deadline,     # activeDeadlineSeconds
     drain.drain,                  # planned stops checkpoint first
     policy_suspend.suspend,       # suspend / resume
+    policy_kueue.queued,          # no workers until Kueue admits the job; an eviction re-queues it
     replicas.delete_previous,     # previous incarnations, scaled-away workers
     policy_failure.failure,       # fail / replace
     on_call.requests,             # stoker restart / stoker checkpoint
@@ -76,23 +79,27 @@ STEPS: tuple[Callable[[Pass], Plan | None], ...] = (
 
 
 def begin(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervision.Observed | None,
-          settings: supervision.Settings | None) -> Pass:
+          settings: supervision.Settings | None, workload: Mapping[str, Any] | None = None) -> Pass:
     old = dict(job.status)
     incarnation = int(old.get("incarnation", 0))
-    desired = 0 if job.suspend else job.replicas
+    adm = kueue_admission(job, workload)
+    # A queued job runs the workers Kueue admitted (all of spec.replicas, docs/kueue.md), none while held.
+    desired = 0 if job.suspend or adm.held else min(job.replicas, adm.count) if adm.state == "admitted" \
+        else job.replicas
     return Pass(job=job, now=now, obs=obs or supervision.Observed(facts=tuple(pods)),
                 settings=settings or supervision.Settings(), old=old, b=bucket(job, pods, incarnation, desired),
                 desired=desired, st=dict(old), conds=list(old.get("conditions") or []), phase=old.get("phase"),
-                incarnation=incarnation, restarts=restarts_of(old), p=Plan(incarnation=incarnation))
+                incarnation=incarnation, restarts=restarts_of(old), p=Plan(incarnation=incarnation), admission=adm)
 
 
 def plan(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervision.Observed | None = None,
-         settings: supervision.Settings | None = None) -> Plan:
+         settings: supervision.Settings | None = None, workload: Mapping[str, Any] | None = None) -> Plan:
     """`obs`: raw pod facts, nodes and heartbeats (the shell's observations);
-    without it the pass decides from the pod views alone."""
+    without it the pass decides from the pod views alone. `workload`: a queued job's Kueue
+    Workload as read by the shell (None: none yet)."""
     if job.deleting:
         return Plan(incarnation=int(job.status.get("incarnation", 0)))
-    ps = begin(job, pods, now, obs, settings)
+    ps = begin(job, pods, now, obs, settings, workload)
     for step in STEPS:
         done = step(ps)
         if done is not None:

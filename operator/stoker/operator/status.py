@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping
 
 from stoker.common.timefmt import fmt_time, parse_time  # noqa: F401 (parse_time: re-exported for the policies)
 
-PHASES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+PHASES = ("Created", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 FINISHED = ("Succeeded", "Failed")
 CONDITION_TYPES = PHASES
 
