@@ -127,6 +127,11 @@ class DistributedBatcher:
         # window): a batch that would start inside one starts at its end instead.
         self.skips: list[tuple[int, int]] = []
         self.last_batch_start = 0
+        self._prefetch(0)  # a sharded dataset starts fetching the first step's shards now, before the model is built
+
+    def _prefetch(self, position: int) -> None:
+        """Sharded datasets: start fetching the shards of this rank's batch at ``position``."""
+        getattr(self.data, "prefetch", lambda ids: None)(self.local_ids(position))
 
     def local_ids(self, position: int) -> np.ndarray:
         ids = global_sample_ids(self.order_seed, self.data.size(TRAIN), position, self.global_batch)
@@ -138,9 +143,10 @@ class DistributedBatcher:
             if lo <= self.position < hi:
                 self.position = hi
         self.last_batch_start = self.position
+        getattr(self.data, "at_position", lambda p: None)(self.position)  # sharded datasets' sample log
         tokens = self.data.samples(TRAIN, self.local_ids(self.position))
         self.position += self.global_batch
-        getattr(self.data, "prefetch", lambda ids: None)(self.local_ids(self.position))  # sharded datasets
+        self._prefetch(self.position)
         return [(mb[:, :-1], mb[:, 1:]) for mb in tokens.split(self.micro_batch)]
 
     def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -152,6 +158,7 @@ class DistributedBatcher:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state["sample_index"])
+        self._prefetch(self.position)  # the resumed step's shards, while the rest of the checkpoint loads
 
 
 def validation_batches(data: SyntheticLM, *, n_samples: int, batch: int, dp_degree: int,

@@ -27,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--shard-samples", type=int, default=65536, help="samples per shard file (default 65536)")
     w.add_argument("--val-samples", type=int, default=0,
                    help="the first N samples form the val split under val/ (default 0: no val split)")
+    w.add_argument("--block-samples", type=int, default=None,
+                   help="rows per hashed block (checks ranged reads; default: about 16 KiB, at most 256 per shard)")
     w.add_argument("paths", nargs="+", metavar="INPUT... TARGET",
                    help="text files, then the target: s3://BUCKET/PREFIX or a local directory")
     i = sub.add_parser("info", help="print a dataset's index")
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     *inputs, target = args.paths
     try:
         idx = write_dataset(inputs, target, seq_len=args.seq_len, shard_samples=args.shard_samples,
-                            tokenizer=args.tokenizer, val_samples=args.val_samples)
+                            tokenizer=args.tokenizer, val_samples=args.val_samples,
+                            block_samples=args.block_samples)
     except WriteError as exc:
         print(f"write: {exc}", file=sys.stderr)
         return 2

@@ -8,12 +8,16 @@ A dataset is a directory or an S3 prefix holding::
 
 Every sample is ``seq_len + 1`` tokens (inputs ``[:-1]``, targets ``[1:]``), stored as
 ``uint16`` when the vocabulary fits (<= 65536) else ``uint32``; sample ``i`` of a shard
-starts at byte ``i * (seq_len + 1) * itemsize``. See docs/datasets.md.
+starts at byte ``i * (seq_len + 1) * itemsize``. Optionally (``block_samples`` > 0) each
+shard also lists a hash per block of ``block_samples`` rows, so a reader can check a ranged
+read of a few rows without the whole shard. See docs/datasets.md.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,7 @@ INDEX = "index.json"
 SPLITS = ("train", "val")
 SPLIT_DIRS = {"train": "", "val": "val/"}
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+BLOCK_HASH_HEX = 32  # a block's hash: the first 128 bits of its sha256, in hex
 
 
 class FormatError(ValueError):
@@ -41,12 +46,24 @@ def shard_name(split: str, number: int) -> str:
     return f"{SPLIT_DIRS[split]}shard-{number:05d}.bin"
 
 
+def block_hash(data: bytes | memoryview) -> str:
+    """A block's hash as the index lists it (the first 128 bits of its sha256, hex)."""
+    return hashlib.sha256(data).hexdigest()[:BLOCK_HASH_HEX]
+
+
+def block_hashes(data: bytes, block_bytes: int) -> tuple[str, ...]:
+    """The hashes of consecutive ``block_bytes`` blocks of a shard (the last may be shorter)."""
+    view = memoryview(data)
+    return tuple(block_hash(view[i:i + block_bytes]) for i in range(0, len(data), block_bytes))
+
+
 @dataclasses.dataclass(frozen=True)
 class Shard:
     name: str  # relative to the dataset prefix
     samples: int
     bytes: int
     sha256: str
+    blocks: tuple[str, ...] = ()  # block hashes (index.block_samples rows each); () in an index without them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +73,7 @@ class Index:
     dtype: str
     splits: dict[str, tuple[Shard, ...]]
     tokenizer: str = ""
+    block_samples: int = 0  # rows per hashed block; 0: the shards list no block hashes
 
     @property
     def itemsize(self) -> int:
@@ -69,10 +87,17 @@ class Index:
         return sum(s.samples for s in self.splits.get(split, ()))
 
     def to_json(self) -> str:
+        def shard(s: Shard) -> dict[str, Any]:
+            d = dataclasses.asdict(s)
+            if not s.blocks:
+                del d["blocks"]
+            return d
+
         body: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "tokenizer": self.tokenizer, "dtype": self.dtype,
             "vocab_size": self.vocab_size, "seq_len": self.seq_len,
-            "splits": {name: {"samples": self.samples(name), "shards": [dataclasses.asdict(s) for s in shards]}
+            **({"block_samples": self.block_samples} if self.block_samples else {}),
+            "splits": {name: {"samples": self.samples(name), "shards": [shard(s) for s in shards]}
                        for name, shards in self.splits.items()},
         }
         return json.dumps(body, indent=1) + "\n"
@@ -100,14 +125,32 @@ def parse(text: str | bytes, where: str = INDEX) -> Index:
     splits = raw.get("splits")
     _need(isinstance(splits, dict) and "train" in splits, where, "no 'train' split")
     _need(set(splits) <= set(SPLITS), where, f"unknown split(s) {sorted(set(splits) - set(SPLITS))}")
+    block_samples = raw.get("block_samples", 0)
+    _need(isinstance(block_samples, int) and block_samples >= 0, where,
+          f"block_samples {block_samples!r} must be an integer >= 0")
     sample_bytes = (seq_len + 1) * DTYPES[raw["dtype"]].itemsize
-    parsed = {name: _parse_split(body, f"{where} splits.{name}", sample_bytes) for name, body in splits.items()}
+    parsed = {name: _parse_split(body, f"{where} splits.{name}", sample_bytes, block_samples)
+              for name, body in splits.items()}
     _need(sum(s.samples for s in parsed["train"]) >= 1, where, "the train split has no samples")
     return Index(vocab_size=vocab, seq_len=seq_len, dtype=raw["dtype"], splits=parsed,
-                 tokenizer=str(raw.get("tokenizer", "")))
+                 tokenizer=str(raw.get("tokenizer", "")), block_samples=block_samples)
 
 
-def _parse_split(body: Any, where: str, sample_bytes: int) -> tuple[Shard, ...]:
+def _parse_blocks(s: dict, where: str, samples: int, block_samples: int) -> tuple[str, ...]:
+    blocks = s.get("blocks", [])
+    if not block_samples:
+        _need(not blocks, where, "lists blocks but the index has no block_samples")
+        return ()
+    want = math.ceil(samples / block_samples)
+    _need(isinstance(blocks, list) and len(blocks) == want, where,
+          f"expected {want} block hashes (samples {samples} / block_samples {block_samples}), "
+          f"got {len(blocks) if isinstance(blocks, list) else blocks!r}")
+    _need(all(isinstance(b, str) and len(b) == BLOCK_HASH_HEX for b in blocks), where,
+          f"block hashes must be {BLOCK_HASH_HEX} hex digits")
+    return tuple(blocks)
+
+
+def _parse_split(body: Any, where: str, sample_bytes: int, block_samples: int = 0) -> tuple[Shard, ...]:
     _need(isinstance(body, dict) and isinstance(body.get("shards"), list), where, "expected {samples, shards: [...]}")
     shards = []
     for i, s in enumerate(body["shards"]):
@@ -116,6 +159,8 @@ def _parse_split(body: Any, where: str, sample_bytes: int) -> tuple[Shard, ...]:
                           sha256=str(s["sha256"]))
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{where}.shards[{i}]: expected name, samples, bytes, sha256") from None
+        shard = dataclasses.replace(shard, blocks=_parse_blocks(s, f"{where}.shards[{i}]", shard.samples,
+                                                                block_samples))
         _need(shard.bytes == shard.samples * sample_bytes, f"{where}.shards[{i}]",
               f"{shard.bytes} bytes is not samples ({shard.samples}) x {sample_bytes} bytes per sample")
         _need(len(shard.sha256) == 64, f"{where}.shards[{i}]", "sha256 must be 64 hex digits")

@@ -6,7 +6,9 @@ resume at any world size) is unchanged. Shards come from a local cache (``cache.
 filled on demand and ahead of time: ``prefetch(ids)``, which the batcher calls with the
 next step's sample ids, starts background downloads (``prefetch_shards`` at once) of the
 shards those ids live in, so the next ``samples`` call finds them on disk. Cached shards
-are memory-mapped; a batch is a gather of rows.
+are memory-mapped; a batch is a gather of rows. A shard a read needs that is not on disk yet
+is downloaded in the background while just the needed rows come with ranged GETs
+(``rows.py``), so a cold reader does not wait for whole shards.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stoker.common import env as E
 from stoker.worker.data import TRAIN, VAL
 
 from . import index as fmt
 from .cache import ShardCache
 from .fetcher import FILL, NEXT, NOW, Fetcher
+from .rows import RowReader
 from .storage import open_prefix
 
 log = logging.getLogger("stoker.worker.shards")
@@ -50,7 +54,8 @@ class ShardedSpec:
 @dataclasses.dataclass
 class ReadStats:
     fetched: int = 0          # shards this process downloaded into the cache
-    wait_s: float = 0.0       # time samples() spent waiting for shards
+    wait_s: float = 0.0       # time samples() spent waiting for shards (or their rows)
+    ranged: int = 0           # (shard, read) pairs served by ranged reads instead of the whole shard
 
 
 class ShardedTokens:
@@ -58,10 +63,12 @@ class ShardedTokens:
 
     With ``prefetch_shards > 0`` that many threads download in the background: first the
     shards the next step needs (``prefetch``), then, with ``fill_cache``, the rest of the
-    train split in order (the global shuffle reads every shard within the first epoch)."""
+    train split in order (the global shuffle reads every shard within the first epoch).
+    With ``ranged_reads`` (and prefetch on) a read that needs a few rows of a shard not on
+    disk yet gets those rows with ranged GETs instead of waiting for the whole shard."""
 
     def __init__(self, uri: str, *, cache_dir: str | os.PathLike | None = None, prefetch_shards: int = 2,
-                 sample_log: str | os.PathLike | None = None, fill_cache: bool = True):
+                 sample_log: str | os.PathLike | None = None, fill_cache: bool = True, ranged_reads: bool = True):
         self.source = open_prefix(uri)
         raw = self.source.read_bytes(fmt.INDEX)
         if raw is None:
@@ -78,9 +85,11 @@ class ShardedTokens:
         self._train_keys = {s.sha256 for s in self._shards[TRAIN]}
         self._train_mapped = 0  # how many distinct train shards are mapped (prefetch stops at all)
         self._log = SampleLog(sample_log) if sample_log else None
+        self._position: int | None = None
         self.stats = ReadStats()
         self._fetcher = Fetcher(self._fetch, prefetch_shards)
         self._prefetching = prefetch_shards > 0
+        self._rows = RowReader(self.source, self.index) if self._prefetching and ranged_reads else None
         if self._prefetching and fill_cache:
             for shard in self._shards[TRAIN]:
                 if not self.cache.has(shard):
@@ -97,15 +106,30 @@ class ShardedTokens:
         order = np.argsort(which, kind="stable")
         starts = np.flatnonzero(np.diff(which[order], prepend=-1))
         groups = np.split(order, starts[1:])
-        for g in groups:  # queue every missing shard before waiting for the first
-            if shards[which[g[0]]].sha256 not in self._maps:
-                self._fetcher.want(shards[which[g[0]]], NOW)
+        ranged = {}
+        for i, g in enumerate(groups):  # queue every missing shard, start ranged reads, before waiting for any
+            shard = shards[which[g[0]]]
+            if shard.sha256 in self._maps or self.cache.has(shard):
+                continue
+            self._fetcher.want(shard, NOW)
+            if self._rows is not None and self._rows.worth_it(shard, rows[g]):
+                ranged[i] = self._rows.start(shard, rows[g])
         out = np.empty((len(which), self.seq_len + 1), dtype=np.int64)
-        for g in groups:
-            out[g] = self._array(shards[which[g[0]]])[rows[g]]
+        for i, g in enumerate(groups):
+            if i in ranged:
+                t0 = time.perf_counter()
+                out[g] = ranged[i]()
+                self.stats.wait_s += time.perf_counter() - t0
+                self.stats.ranged += 1
+            else:
+                out[g] = self._array(shards[which[g[0]]])[rows[g]]
         if self._log is not None:
-            self._log.write(split, ids, out)
+            self._log.write(split, ids, out, self._position)
         return torch.from_numpy(out)
+
+    def at_position(self, position: int) -> None:
+        """The batcher's global sample position of the batch it reads next (for the sample log)."""
+        self._position = position
 
     def prefetch(self, ids: list[int] | np.ndarray) -> None:
         """Start fetching (in the background, ahead of the cache fill) the train shards of ``ids``."""
@@ -124,6 +148,8 @@ class ShardedTokens:
     def close(self) -> None:
         """Stop the downloads: the ones in flight finish, queued ones are dropped."""
         self._fetcher.close()
+        if self._rows is not None:
+            self._rows.close()
 
     # -- shards
     def _fetch(self, shard: fmt.Shard) -> Path:
@@ -151,16 +177,24 @@ class ShardedTokens:
 class SampleLog:
     """Debug: one JSON line per ``samples`` call of the train split, per process
     (``<dir>/rank-<RANK>.jsonl``): the sample ids and a short sha256 of each sample's tokens,
-    so a test can compare the exact sample sequence of two runs at any world sizes."""
+    so a test can compare the exact sample sequence of two runs at any world sizes. Each line
+    also says where it came from: the batch's global position (``at_position``), the rank,
+    world size, job incarnation (STOKER_INCARNATION), torchrun restart count, pid and time,
+    so the records of a step recomputed after a restart can be told apart."""
 
     def __init__(self, directory: str | os.PathLike):
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.path = Path(directory) / f"rank-{os.environ.get('RANK', '0')}.jsonl"
+        e = os.environ
+        self.origin = {"rank": int(e.get("RANK", "0")), "world": int(e.get("WORLD_SIZE", "1")),
+                       "incarnation": int(e.get(E.INCARNATION) or 0),
+                       "restart": int(e.get("TORCHELASTIC_RESTART_COUNT", "0")), "pid": os.getpid()}
 
-    def write(self, split: int, ids, tokens: np.ndarray) -> None:
+    def write(self, split: int, ids, tokens: np.ndarray, position: int | None = None) -> None:
         if split != TRAIN:
             return
         hashes = [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in tokens]
-        line = json.dumps({"ids": [int(i) for i in ids], "sha256": hashes})
+        line = json.dumps({"ids": [int(i) for i in ids], "sha256": hashes, "position": position, **self.origin,
+                           "t": time.time()})
         with open(self.path, "a") as f:
             f.write(line + "\n")

@@ -42,6 +42,12 @@ class LocalPrefix:
         with open(self.root / name, "rb") as f:
             shutil.copyfileobj(f, out, CHUNK)
 
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer if the file is shorter: the caller checks)."""
+        with open(self.root / name, "rb") as f:
+            f.seek(start)
+            return f.read(length)
+
     def upload(self, path: Path, name: str) -> None:
         dest = self.root / name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +96,14 @@ class S3Prefix:
                 out.write(chunk)
 
         call_with_retry(get, what=f"download s3://{self.bucket}/{key}", timeout_s=self.retry_timeout_s)
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start``, one ranged GET (retried like every call here);
+        fewer if the object is shorter: the caller checks."""
+        key = self._key(name)
+        rng = f"bytes={start}-{start + length - 1}"
+        return call_with_retry(lambda: self.client.get_object(Bucket=self.bucket, Key=key, Range=rng)["Body"].read(),
+                               what=f"read {rng} of s3://{self.bucket}/{key}", timeout_s=self.retry_timeout_s)
 
     def upload(self, path: Path, name: str) -> None:
         key = self._key(name)

@@ -21,6 +21,8 @@ from .storage import LocalPrefix, S3Prefix, open_prefix
 log = logging.getLogger("stoker.worker.shards")
 
 READ_CHUNK = 4 << 20
+BLOCK_TARGET_BYTES = 16 << 10  # a hashed block holds at least this many bytes of rows ...
+MAX_BLOCKS_PER_SHARD = 256     # ... and a shard at most this many blocks (the index stays small)
 DOC_SEPARATOR = 0  # the byte tokenizer's end-of-document token, written after every file
 
 
@@ -43,6 +45,13 @@ class WriteError(ValueError):
     """A problem with the writer's inputs; the message names the flag and the fix."""
 
 
+def default_block_samples(sample_bytes: int, shard_samples: int) -> int:
+    """Rows per hashed block: about 16 KiB (what a reader fetches at least to check one row),
+    more when a shard would otherwise list over 256 block hashes."""
+    by_size = -(-BLOCK_TARGET_BYTES // sample_bytes)
+    return max(1, min(shard_samples, max(by_size, -(-shard_samples // MAX_BLOCKS_PER_SHARD))))
+
+
 def token_stream(paths: Iterable[Path], tok: Tokenizer) -> Iterator[np.ndarray]:
     """Each file's tokens in chunks, followed by the end-of-document token."""
     for path in paths:
@@ -56,8 +65,9 @@ class _ShardSink:
     """Collects samples of one split and uploads a shard whenever ``shard_samples`` are in."""
 
     def __init__(self, target: LocalPrefix | S3Prefix, split: str, *, shard_samples: int, sample_len: int,
-                 dtype: np.dtype, scratch: Path):
+                 dtype: np.dtype, scratch: Path, block_samples: int):
         self.target, self.split, self.scratch = target, split, scratch
+        self.block_bytes = block_samples * sample_len * dtype.itemsize
         self.buf = np.empty((shard_samples, sample_len), dtype=dtype)
         self.filled = 0
         self.shards: list[fmt.Shard] = []
@@ -80,15 +90,17 @@ class _ShardSink:
         path.write_bytes(data)
         self.target.upload(path, name)
         self.shards.append(fmt.Shard(name=name, samples=self.filled, bytes=len(data),
-                                     sha256=hashlib.sha256(data).hexdigest()))
+                                     sha256=hashlib.sha256(data).hexdigest(),
+                                     blocks=fmt.block_hashes(data, self.block_bytes)))
         log.info("shards.wrote name=%s samples=%d bytes=%d", name, self.filled, len(data))
         self.filled = 0
 
 
 def write_dataset(inputs: list[str | Path], target_uri: str, *, seq_len: int, shard_samples: int,
-                  tokenizer: str = "bytes", val_samples: int = 0) -> fmt.Index:
+                  tokenizer: str = "bytes", val_samples: int = 0, block_samples: int | None = None) -> fmt.Index:
     """Tokenize ``inputs`` into a dataset at ``target_uri``; the first ``val_samples``
-    samples form the val split. Returns the index it wrote."""
+    samples form the val split; each shard lists a hash per ``block_samples`` rows (default:
+    ``default_block_samples``). Returns the index it wrote."""
     tok = _check_args(inputs, seq_len=seq_len, shard_samples=shard_samples, tokenizer=tokenizer,
                       val_samples=val_samples)
     target = open_prefix(target_uri)
@@ -96,15 +108,20 @@ def write_dataset(inputs: list[str | Path], target_uri: str, *, seq_len: int, sh
         raise WriteError(f"{target_uri} already holds a dataset ({fmt.INDEX}); write to a new prefix "
                          f"(a dataset is never rewritten in place: readers may be using it)")
     dtype = fmt.DTYPES[fmt.dtype_for(tok.vocab_size)]
+    if block_samples is None:
+        block_samples = default_block_samples((seq_len + 1) * dtype.itemsize, shard_samples)
+    if block_samples < 1:
+        raise WriteError(f"--block-samples: must be >= 1, got {block_samples}")
     with tempfile.TemporaryDirectory(prefix="stoker-shards-") as scratch:
         sinks = {split: _ShardSink(target, split, shard_samples=shard_samples, sample_len=seq_len + 1,
-                                   dtype=dtype, scratch=Path(scratch)) for split in fmt.SPLITS}
+                                   dtype=dtype, scratch=Path(scratch), block_samples=block_samples)
+                 for split in fmt.SPLITS}
         dropped = _fill(sinks, token_stream([Path(p) for p in inputs], tok), seq_len + 1, val_samples)
         for sink in sinks.values():
             sink.flush()
     splits = {split: tuple(sink.shards) for split, sink in sinks.items() if sink.shards or split == "train"}
     idx = fmt.Index(vocab_size=tok.vocab_size, seq_len=seq_len, dtype=fmt.dtype_for(tok.vocab_size),
-                    splits=splits, tokenizer=tok.name)
+                    splits=splits, tokenizer=tok.name, block_samples=block_samples)
     if idx.samples("val") < val_samples or idx.samples("train") < 1:
         raise WriteError(f"the inputs make {idx.samples('val') + idx.samples('train')} samples of --seq-len+1 = "
                          f"{seq_len + 1} tokens, fewer than --val-samples ({val_samples}) + 1 train sample; "
