@@ -32,6 +32,12 @@ def dataset(tmp_path, corpus) -> Path:
     return tmp_path / "ds"
 
 
+@pytest.fixture(autouse=True)
+def small_shards_read_ranged(monkeypatch):
+    """The test shards are 1.7 KB; ranged reads start at 1 MiB shards otherwise."""
+    monkeypatch.setattr("stoker.worker.shards.rows.MIN_SHARD_BYTES", 0)
+
+
 @pytest.fixture
 def slow_downloads(monkeypatch):
     """Whole-shard downloads block until ``release`` is set (ranged reads do not)."""
@@ -91,6 +97,14 @@ def test_a_cold_read_gets_its_rows_without_waiting_for_the_whole_shards(dataset,
     data.close()
 
 
+def test_a_small_shard_is_fetched_whole_not_ranged(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr("stoker.worker.shards.rows.MIN_SHARD_BYTES", 1 << 20)
+    data = ShardedTokens(str(dataset), cache_dir=tmp_path / "cache", prefetch_shards=2, fill_cache=False)
+    assert torch.equal(data.samples(TRAIN, [3]), expected(dataset, [3]))
+    assert data.stats.ranged == 0 and data.stats.fetched == 1
+    data.close()
+
+
 def test_a_read_of_most_of_a_shard_waits_for_the_whole_shard(dataset, tmp_path):
     data = ShardedTokens(str(dataset), cache_dir=tmp_path / "cache", prefetch_shards=2, fill_cache=False)
     ids = np.arange(0, 40)  # 8 of the shard's 10 blocks: more than half
@@ -139,16 +153,21 @@ def test_a_wrong_number_of_block_hashes_is_refused(dataset):
         fmt.parse(json.dumps(raw))
 
 
-def test_the_batcher_starts_fetching_the_first_step_when_built_and_the_resumed_step_on_restore(dataset, tmp_path):
+def test_the_batcher_starts_fetching_the_first_steps_when_built_and_the_resumed_steps_on_restore(dataset, tmp_path):
+    from stoker.worker.data import PREFETCH_STEPS
+
     data = ShardedTokens(str(dataset), cache_dir=tmp_path / "cache", prefetch_shards=2, fill_cache=False)
     batcher = DistributedBatcher(data, global_batch=8, micro_batch=2, dp_degree=1, dp_rank=0, order_seed=5)
+
+    def shards_of_steps(position: int) -> set[int]:
+        ids = np.concatenate([batcher.local_ids(position + 8 * k) for k in range(PREFETCH_STEPS)])
+        return {int(s) for s in fmt.locate(data._offsets[TRAIN], ids)[0]}
+
     data.wait_prefetched()
-    first = {int(s) for s in fmt.locate(data._offsets[TRAIN], batcher.local_ids(0))[0]}
-    assert {i for i, s in enumerate(data.index.splits["train"]) if data.cache.has(s)} == first
+    assert {i for i, s in enumerate(data.index.splits["train"]) if data.cache.has(s)} == shards_of_steps(0)
     batcher.load_state_dict({"sample_index": 40})
     data.wait_prefetched()
-    resumed = {int(s) for s in fmt.locate(data._offsets[TRAIN], batcher.local_ids(40))[0]}
-    assert all(data.cache.has(data.index.splits["train"][s]) for s in resumed)
+    assert all(data.cache.has(data.index.splits["train"][s]) for s in shards_of_steps(40))
     data.close()
 
 

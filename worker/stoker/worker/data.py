@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 TRAIN, VAL = 0, 1
+PREFETCH_STEPS = 4  # a sharded dataset starts fetching this many steps' shards on open and on restore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,11 +128,14 @@ class DistributedBatcher:
         # window): a batch that would start inside one starts at its end instead.
         self.skips: list[tuple[int, int]] = []
         self.last_batch_start = 0
-        self._prefetch(0)  # a sharded dataset starts fetching the first step's shards now, before the model is built
+        self._prefetch(0, PREFETCH_STEPS)  # a sharded dataset starts on the first steps now, before the model is built
 
-    def _prefetch(self, position: int) -> None:
-        """Sharded datasets: start fetching the shards of this rank's batch at ``position``."""
-        getattr(self.data, "prefetch", lambda ids: None)(self.local_ids(position))
+    def _prefetch(self, position: int, steps: int = 1) -> None:
+        """Sharded datasets: start fetching the shards of this rank's batches of ``steps`` steps
+        from ``position`` on, in the order they are read."""
+        hook = getattr(self.data, "prefetch", None)
+        if hook is not None:
+            hook(np.concatenate([self.local_ids(position + k * self.global_batch) for k in range(steps)]))
 
     def local_ids(self, position: int) -> np.ndarray:
         ids = global_sample_ids(self.order_seed, self.data.size(TRAIN), position, self.global_batch)
@@ -158,7 +162,7 @@ class DistributedBatcher:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state["sample_index"])
-        self._prefetch(self.position)  # the resumed step's shards, while the rest of the checkpoint loads
+        self._prefetch(self.position, PREFETCH_STEPS)  # the resumed steps' shards, while the rest of it loads
 
 
 def validation_batches(data: SyntheticLM, *, n_samples: int, batch: int, dp_degree: int,

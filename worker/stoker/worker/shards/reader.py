@@ -132,11 +132,13 @@ class ShardedTokens:
         self._position = position
 
     def prefetch(self, ids: list[int] | np.ndarray) -> None:
-        """Start fetching (in the background, ahead of the cache fill) the train shards of ``ids``."""
+        """Start fetching (in the background, ahead of the cache fill) the train shards of ``ids``,
+        in the order the ids need them."""
         if not self._prefetching or self._train_mapped == len(self._train_keys):
             return
         which, _ = fmt.locate(self._offsets[TRAIN], np.asarray(ids, dtype=np.int64))
-        for s in np.unique(which):
+        _, first = np.unique(which, return_index=True)
+        for s in which[np.sort(first)]:
             shard = self._shards[TRAIN][s]
             if shard.sha256 not in self._maps and not self.cache.has(shard):
                 self._fetcher.want(shard, NEXT)

@@ -20,8 +20,11 @@ from . import index as fmt
 from .cache import ShardCorrupt
 from .storage import LocalPrefix, S3Prefix
 
-# A ranged read is worth it while it needs at most this fraction of the shard's bytes;
-# past that the reader waits for the whole shard (which it caches) instead.
+# A ranged read is worth it for a shard of at least MIN_SHARD_BYTES (below that one whole GET,
+# which also fills the cache, costs about what a ranged one does: the request dominates), and
+# while it needs at most MAX_FRACTION of the shard's bytes; otherwise the reader waits for
+# the whole shard (which it caches) instead.
+MIN_SHARD_BYTES = 1 << 20
 MAX_FRACTION = 0.5
 THREADS = 8
 
@@ -47,6 +50,8 @@ class RowReader:
         return self.index.block_samples if shard.blocks else 1
 
     def worth_it(self, shard: fmt.Shard, rows: np.ndarray) -> bool:
+        if shard.bytes < MIN_SHARD_BYTES:
+            return False
         per = self.unit_rows(shard)
         units = len(np.unique(rows // per))
         return units * per * self._row_bytes <= MAX_FRACTION * shard.bytes
