@@ -159,8 +159,9 @@ TO = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)
     ([rp(0, last_seen=140), rp(1, last_seen=100)], 140.0, D.HEARTBEAT_LOST, 1),
     # all talking, step stuck past the progress timeout: a hang (stuck collective)
     ([rp(0, last_seen=120, step=9), rp(1, last_seen=120)], 120.0, D.HANG, 0),
-    # SIGSTOPped rank: others still beat, its beats stopped a while ago -> hang, culprit is the quiet one
-    ([rp(0, last_seen=115), rp(1, last_seen=103), rp(2, last_seen=115)], 115.0, D.HANG, 1),
+    # SIGSTOPped rank: others still beat, its beats stopped 3+ intervals ago -> frozen, caught before
+    # the progress timeout
+    ([rp(0, last_seen=115), rp(1, last_seen=103), rp(2, last_seen=115)], 115.0, D.HEARTBEAT_LOST, 1),
     # before the first step the startup allowance applies, not the progress timeout
     ([rp(0, step=-1, last_seen=150), rp(1, step=-1, last_seen=150)], 150.0, None, None),
     ([rp(0, step=-1, last_seen=165), rp(1, step=-1, last_seen=165)], 165.0, D.HANG, 0),
@@ -168,8 +169,8 @@ TO = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)
     ([rp(0, phase="RESTORING", last_seen=150)], 150.0, None, None),
     # a rank blocked in a save (storage retrying) holds the step legitimately...
     ([rp(0, phase="CHECKPOINTING", last_seen=150), rp(1, last_seen=150)], 150.0, None, None),
-    # ...unless a rank went quiet: then the others are stuck in the save's collective with it
-    ([rp(0, phase="CHECKPOINTING", last_seen=120), rp(1, last_seen=105)], 120.0, D.HANG, 1),
+    # ...unless a rank went quiet: then the others are stuck in the save's collective with it (frozen)
+    ([rp(0, phase="CHECKPOINTING", last_seen=120), rp(1, last_seen=105)], 120.0, D.HEARTBEAT_LOST, 1),
     # ...and not forever
     ([rp(0, phase="CHECKPOINTING", last_seen=420), rp(1, last_seen=420)], 420.0, D.HANG, 0),
     # finished ranks are not hung
@@ -355,3 +356,18 @@ def test_a_peers_own_failure_is_the_root_even_when_it_ended_after_the_echo():
             pod(1, phase="Failed", exit_code=1, finished_ago=2, message="ValueError: loss is NaN at step 3")]
     f = D.detect(pods, {"n1": node()}, [], D.Timeouts(), 100.0, NOW, incarnation=0)
     assert (f.cause, f.pod, f.budget, f.settle_s) == (D.WORKER_CRASHED, "j-worker-1-0", "userError", 0.0)
+
+
+
+def test_frozen_is_measured_against_the_newest_heartbeat_anywhere_not_the_wall_clock():
+    # 2.5 s of silence: not yet (3 intervals of 1 s)
+    assert D.check_heartbeats([rp(0, last_seen=104), rp(1, last_seen=101.5)], TO, 104.0, NOW) is None
+    # the operator itself stalled 8 s: nobody was heard since, nobody is frozen
+    assert D.check_heartbeats([rp(0, last_seen=100), rp(1, last_seen=100)], TO, 108.0, NOW,
+                              newest_heard=100.0) is None
+    # a one-rank job goes silent while another job's workers keep beating: frozen
+    f = D.check_heartbeats([rp(0, last_seen=100)], TO, 104.0, NOW, newest_heard=104.0)
+    assert (f.cause, f.rank) == (D.HEARTBEAT_LOST, 0) and f.onset == NOW - dt.timedelta(seconds=4)
+    # a rank that is restarting in place (its stream ended) has the startup allowance instead
+    assert D.check_heartbeats([rp(0, last_seen=110), rp(1, last_seen=100)], TO, 110.0, NOW,
+                              relaunching=frozenset({1})) is None

@@ -127,3 +127,21 @@ def test_with_an_install_key_tokens_are_derived_and_their_secret_is_named_for_th
     assert svc.lookup("ns", "j") == token and svc.lookup("ns", "other") == derive_token(key, "ns", "other")
     assert H.token_env("j", svc.secret_suffix)["valueFrom"]["secretKeyRef"]["name"] == f"stoker-j-token-{key_id(key)}"
     assert H.OperatorHeartbeats(kube, key=key).ensure_secret("ns", "j", OWNER) == token   # a restarted operator
+
+
+def test_the_watchdog_asks_for_a_pass_once_when_a_ranks_silence_crosses_the_frozen_threshold():
+    hb = H.OperatorHeartbeats(None, on_change=lambda ns, n: None, frozen_after_s=3.0)  # type: ignore[arg-type]
+    beat = dict(incarnation=0, step=5, pod_name="p", node_name="n")
+    hb.tracker.observe("ns", "j", rank=0, now=100.0, **beat)
+    hb.tracker.observe("ns", "j", rank=1, now=100.0, **beat)
+    hb.registry.newest_seen = 102.0
+    assert hb.silent_now() == []                       # 2 s: not yet
+    hb.tracker.observe("ns", "j", rank=0, now=104.0, **beat)
+    hb.registry.newest_seen = 104.0
+    assert hb.silent_now() == [("ns", "j")]            # rank 1 silent 4 s while rank 0 beats
+    assert hb.silent_now() == []                       # once per crossing
+    hb.tracker.observe("ns", "j", rank=1, now=105.0, **beat)   # it speaks again...
+    hb.tracker.observe("ns", "j", rank=0, now=109.0, **beat)
+    hb.registry.newest_seen = 109.0
+    assert hb.silent_now() == [("ns", "j")]            # ...and goes silent again: a new crossing
+    hb.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import pytest
+
 from stoker.operator import detection as D
 from stoker.operator import recovery as R
 from stoker.operator import supervision as S
@@ -41,12 +43,23 @@ def test_sigkilled_worker_restarts_for_free_and_records_the_cause():
 
 
 def test_hang_is_detected_from_heartbeats_only_when_the_service_runs():
-    ranks = (rp(0, last_seen=130, advanced_at=100), rp(1, last_seen=115, advanced_at=100))
+    # both ranks keep beating (nobody is frozen), rank 1 is a step behind: the step is stuck
+    ranks = (rp(0, last_seen=130, advanced_at=100), rp(1, step=9, last_seen=130, advanced_at=100))
     obs = S.Observed(facts=(pod(0), pod(1)), nodes={"n1": node()}, nodes_listed=True, ranks=ranks,
                      mono_now=130.0, heartbeats=True)
     d = decide(obs)
     assert d.action == "restart" and d.finding.cause == D.HANG and d.incident["rank"] == 1
     assert decide(dataclasses.replace(obs, heartbeats=False)) is None
+
+
+def test_a_rank_silent_while_its_peers_beat_is_frozen_within_seconds():
+    quiet = (rp(0, last_seen=104, advanced_at=100), rp(1, last_seen=100.5, advanced_at=100))
+    obs = S.Observed(facts=(pod(0), pod(1)), nodes={"n1": node()}, nodes_listed=True, ranks=quiet,
+                     mono_now=104.0, heartbeats=True)
+    d = decide(obs)   # 3.5 s of silence, heartbeat interval 1 s: frozen after 3 s
+    assert d.action == "restart" and d.finding.cause == D.HEARTBEAT_LOST and d.incident["rank"] == 1
+    assert "went silent 3.5s ago while heartbeats kept arriving" in d.finding.message
+    assert d.incident["detectionLatencySeconds"] == pytest.approx(3.5)
 
 
 def test_scaled_away_and_terminating_pods_are_not_failures():

@@ -99,6 +99,7 @@ class HeartbeatRegistry:
         self._commands: dict[str, _Command] = {}
         self._on_update = on_update
         self._clock = clock
+        self.newest_seen = 0.0  # clock time of the newest message from any worker (the frozen rule's reference)
 
     # ---- worker side
     def observe(self, job: JobKey, msg: pb.WorkerMessage, stream: int = 0) -> WorkerStatus:
@@ -116,6 +117,7 @@ class HeartbeatRegistry:
                 anomalies=tuple(_anomaly_dict(a) for a in msg.anomalies), finish_reason=msg.finish_reason,
             )
             self._workers[key] = status
+            self.newest_seen = max(self.newest_seen, status.last_seen_monotonic)
             for ack in msg.acks:
                 cmd = self._commands.get(ack.request_id)
                 if cmd is not None and cmd.job == job:

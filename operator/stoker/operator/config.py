@@ -86,7 +86,7 @@ class Config:
         chart=COMPUTED)
     heartbeat_listen: str | None = setting(
         None, "where the heartbeat service binds (default 0.0.0.0:<port of --heartbeat-address>)")
-    heartbeat_interval_seconds: float = setting(5.0, "seconds between a worker's heartbeats",
+    heartbeat_interval_seconds: float = setting(1.0, "seconds between a worker's heartbeats",
                                                 flag="--heartbeat-interval", chart="operator.heartbeatIntervalSeconds")
     startup_timeout_seconds: int = setting(
         600, "seconds an incarnation may take to its first step before it counts as hung", flag="--startup-timeout",

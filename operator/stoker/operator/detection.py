@@ -236,105 +236,9 @@ class Timeouts:
     floor_s: float = 30.0          # derived timeouts are never shorter
     factor: float = 10.0           # derived = factor x the slowest recent step
     ceiling_s: float = 3600.0      # ... and never longer
-    interval_s: float = 5.0        # the workers' heartbeat interval
+    interval_s: float = 1.0        # the workers' heartbeat interval
+    frozen_beats: float = 3.0      # a rank silent this many intervals while others beat is frozen
     checkpoint_s: float = 300.0    # a rank blocked in a save (storage retries) may hold the step this long
-
-
-def progress_timeout(t: Timeouts, step_times: Sequence[float] = (), checkpoint_s: float | None = None) -> float:
-    """How long the step may stay put before the job counts as hung.
-
-    Explicit timeouts are honoured but never below 2x the slowest step seen (a
-    slow step is not a hang); derived ones are ``factor`` x the slowest recent
-    step, clamped to [floor, ceiling]. A checkpoint's duration is added, since a
-    blocking save legitimately holds the step still.
-    """
-    slowest = max(step_times) if step_times else 0.0
-    if t.progress_s is not None:
-        base = max(float(t.progress_s), 2.0 * slowest)
-    else:
-        base = min(t.ceiling_s, max(t.floor_s, t.factor * slowest))
-    return base + (checkpoint_s or 0.0)
-
-
-def _onset(now_wall: dt.datetime, now_mono: float, mono: float) -> dt.datetime:
-    return now_wall - dt.timedelta(seconds=max(0.0, now_mono - mono))
-
-
-def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float, now_wall: dt.datetime,
-                     relaunching: frozenset[int] = frozenset()) -> Finding | None:
-    """Silence or a stalled step across the ranks of the current incarnation. Before the
-    first step, and while a rank starts, restores or is ``relaunching`` (see ``relaunching``),
-    the progress allowance is ``startup_s``; so is a relaunching rank's silence allowance."""
-    live = [r for r in ranks if r.phase not in ("FINISHED", "FAILED")]
-    if not live:
-        return None
-    def allowed(r: RankProgress) -> float:
-        return max(t.heartbeat_s, t.startup_s) if r.rank in relaunching else t.heartbeat_s
-
-    # 1) silence: the rank heard from longest ago, past its allowance
-    silent = sorted((r for r in live if now_mono - r.last_seen > allowed(r)), key=lambda r: r.last_seen)
-    if silent:
-        r = silent[0]
-        why = f"heartbeat timeout {t.heartbeat_s:g}s" if r.rank not in relaunching else \
-            f"its trainer exited and was not started again within the startup allowance {allowed(r):g}s"
-        return Finding(HEARTBEAT_LOST,
-                       f"rank {r.rank} ({r.pod_name or 'pod ?'}) sent no heartbeat for "
-                       f"{now_mono - r.last_seen:.0f}s ({why})",
-                       pod=r.pod_name or None, rank=r.rank, node=r.node_name or None, step=r.step,
-                       step_exact=False, onset=_onset(now_wall, now_mono, r.last_seen))
-    # 2) hang: the job's step has not advanced within the progress timeout
-    all_times = [s for r in live for s in r.step_times]
-    ck = max((r.checkpoint_s or 0.0) for r in live)
-    latest_advance = max(r.advanced_at for r in live)
-    before_first = all(r.step < 0 for r in live)
-    limit = t.startup_s if before_first else progress_timeout(t, all_times, ck or None)
-    if any(r.phase in ("STARTING", "RESTORING") or r.rank in relaunching for r in live):
-        limit = max(limit, t.startup_s)
-    # A rank clearly quieter than the rest (missed 3 beats: SIGSTOPped, wedged) is the culprit.
-    newest_seen = max(r.last_seen for r in live)
-    quiet = [r for r in live if newest_seen - r.last_seen > max(2.0, 3 * t.interval_s)]
-    if any(r.phase == "CHECKPOINTING" for r in live) and not quiet:
-        # e.g. storage down: the save retries and the step waits. Not when a rank went quiet:
-        # then the others are stuck in the save's collective with it.
-        limit = max(limit, t.checkpoint_s)
-    stalled_for = now_mono - latest_advance
-    if stalled_for <= limit:
-        return None
-    culprit = min(quiet, key=lambda r: r.last_seen) if quiet else min(live, key=lambda r: (r.step, r.rank))
-    extra = " and stopped heartbeating" if quiet else ""
-    return Finding(HANG,
-                   f"step stuck at {culprit.step} for {stalled_for:.0f}s (progress timeout {limit:.0f}s); "
-                   f"rank {culprit.rank} ({culprit.pod_name or 'pod ?'}) is behind{extra}",
-                   pod=culprit.pod_name or None, rank=culprit.rank, node=culprit.node_name or None,
-                   step=culprit.step, onset=_onset(now_wall, now_mono, latest_advance))
-
-
-def never_heard(pods: Sequence[PodView], ranks: Sequence[RankProgress], t: Timeouts,
-                now_wall: dt.datetime) -> Finding | None:
-    """A worker pod that has sent no heartbeat ``startup_s`` after the last of the
-    incarnation's trainers started (the rendezvous cannot complete before): stuck
-    before its first message (an import, the rendezvous, a process group that never
-    forms) or it lost the heartbeat address. Only asked of jobs known to heartbeat
-    (an earlier message from any rank): a script without the SDK never sends one,
-    and that is allowed. Nothing is said while a pod still waits to be scheduled or
-    started: its peers wait for it in the rendezvous on purpose."""
-    if not pods or any(p.phase != "Running" or p.started_at is None for p in pods):
-        return None
-    heard = {r.pod_name for r in ranks}
-    silent = sorted((p for p in pods if p.name not in heard), key=lambda p: (p.index, p.name))
-    if not silent:
-        return None
-    last_start = max(p.started_at for p in pods if p.started_at is not None)
-    waited = (now_wall - last_start).total_seconds()
-    if waited <= t.startup_s:
-        return None
-    p = silent[0]
-    others = f" (and {len(silent) - 1} more)" if len(silent) > 1 else ""
-    return Finding(HEARTBEAT_LOST,
-                   f"worker pod {p.name}{others} sent no heartbeat in the {waited:.0f}s since every worker started "
-                   f"(startup allowance {t.startup_s:g}s, failurePolicy.startupTimeoutSeconds): its trainer is stuck "
-                   f"before its first message", pod=p.name, node=p.node,
-                   onset=last_start + dt.timedelta(seconds=t.startup_s))
 
 
 # ---------------------------------------------------------------------------- the root cause
@@ -342,12 +246,13 @@ def never_heard(pods: Sequence[PodView], ranks: Sequence[RankProgress], t: Timeo
 def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequence[RankProgress],
            t: Timeouts, now_mono: float, now_wall: dt.datetime, *, incarnation: int,
            nodes_listed: bool = True, expect_heartbeats: bool = False,
-           in_place_restarts: bool = False) -> Finding | None:
+           in_place_restarts: bool = False, newest_heard: float | None = None) -> Finding | None:
     """The root cause of a failure in the current ``incarnation``, or None if healthy.
 
     ``nodes`` maps node name -> view; with ``nodes_listed`` a node missing from
     it is deleted (otherwise unknown, and not held against the pod).
     ``in_place_restarts``: torchrun restarts trainers inside their pods (elastic jobs).
+    ``newest_heard``: the operator's newest heartbeat from any job (heartbeat clock), for the frozen rule.
     """
     current = [p for p in pods if p.incarnation == incarnation]
     findings = []
@@ -370,7 +275,7 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
         if f is not None:
             return f
     mine = [r for r in ranks if r.incarnation == incarnation]
-    f = check_heartbeats(mine, t, now_mono, now_wall,
+    f = check_heartbeats(mine, t, now_mono, now_wall, newest_heard=newest_heard,
                          relaunching=relaunching(mine, current) if in_place_restarts else frozenset())
     return _with_error(f, ranks) if f else None
 
@@ -398,3 +303,6 @@ def _with_rank(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
 def _with_error(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
     errs = [r.error for r in ranks if r.error]
     return dataclasses.replace(f, error=f.error or (errs[0] if errs else ""))
+
+
+from .heartbeat_checks import check_heartbeats, never_heard, progress_timeout  # noqa: E402 (they use the above)

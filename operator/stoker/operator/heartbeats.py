@@ -64,7 +64,8 @@ def secret_manifest(namespace: str, job_name: str, owner: dict[str, Any], token:
 class OperatorHeartbeats:
     def __init__(self, kube: KubeApi, address: str = "0.0.0.0:0", *,
                  on_change: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, key: str | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, key: str | None = None,
+                 frozen_after_s: float | None = None) -> None:
         self.kube = kube
         self.clock = clock
         # With an install key (chart installs) tokens are derived from it, so the separate
@@ -81,12 +82,20 @@ class OperatorHeartbeats:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hb-trigger") if on_change else None
         self.registry = HeartbeatRegistry(on_update=self._observe, clock=clock)
         self.server = HeartbeatServer(self.lookup, address, registry=self.registry)
+        # A rank going silent sends nothing that would start a pass: the watchdog notices the
+        # moment its silence crosses the frozen threshold and asks for one (heartbeat_checks).
+        self.frozen_after_s = frozen_after_s
+        self._halt = threading.Event()
+        self._flagged: set[tuple[str, str, int, float]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> int:
+        if self.frozen_after_s and self._pool is not None:
+            threading.Thread(target=self._watch, name="hb-watchdog", daemon=True).start()
         return self.server.start()
 
     def stop(self) -> None:
+        self._halt.set()
         self.server.stop(grace=0.5)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -163,6 +172,31 @@ class OperatorHeartbeats:
         # A phase change (FAILED, FINISHED) or a new checkpoint: reconcile soon.
         if changed and self._pool is not None:
             self._pool.submit(self._notify, w.namespace, w.job_name)
+
+    def newest_heard(self) -> float | None:
+        return self.registry.newest_seen or None
+
+    def silent_now(self) -> list[tuple[str, str]]:
+        """Jobs with a rank whose silence just crossed the frozen threshold (each crossing once)."""
+        ref, limit = self.registry.newest_seen, self.frozen_after_s or 0.0
+        out: set[tuple[str, str]] = set()
+        with self._lock:
+            tracks = [(k, t.progress) for k, t in self.tracker.items()]
+        live = set()
+        for (ns, job, rank), r in tracks:
+            key = (ns, job, rank, r.last_seen)
+            live.add(key)
+            if r.connected and r.phase not in ("FINISHED", "FAILED") and ref - r.last_seen > limit \
+                    and key not in self._flagged:
+                self._flagged.add(key)
+                out.add((ns, job))
+        self._flagged &= live
+        return sorted(out)
+
+    def _watch(self, every_s: float = 0.25) -> None:
+        while not self._halt.wait(every_s):
+            for ns, job in self.silent_now():
+                self._pool.submit(self._notify, ns, job)  # type: ignore[union-attr]
 
     def _notify(self, namespace: str, name: str) -> None:
         try:
@@ -245,6 +279,9 @@ class ProgressTracker:
                             step_times=times, checkpoint_s=checkpoint_s)
         self._t[key] = _Track(prog, step_at)
         return prog
+
+    def items(self) -> list[tuple[tuple[str, str, int], _Track]]:
+        return list(self._t.items())
 
     def ranks(self, namespace: str, job: str, incarnation: int | None = None) -> list[D.RankProgress]:
         out = [t.progress for (ns, j, _), t in self._t.items() if ns == namespace and j == job]

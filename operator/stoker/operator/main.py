@@ -22,6 +22,8 @@ from . import logs, metrics
 from .active_replica import ActiveLabel
 from .config import Config, load
 from .controller import Controller
+from .detection import Timeouts
+from .heartbeat_checks import frozen_after
 from .heartbeats import OperatorHeartbeats
 from .kube import Kube, authorization_header
 from .pods import RenderConfig
@@ -95,7 +97,8 @@ def startup(memo: kopf.Memo, **_: object) -> None:
         listen = cfg.heartbeat_listen or f"0.0.0.0:{cfg.heartbeat_address.rsplit(':', 1)[-1]}"
         heartbeats = OperatorHeartbeats(
             kube, listen, on_change=lambda ns, n: memo.controller.trigger_soon(ns, n, cfg.pod_event_delay_seconds),
-            key=cfg.rendezvous_key)
+            key=cfg.rendezvous_key,
+            frozen_after_s=frozen_after(Timeouts(interval_s=cfg.heartbeat_interval_seconds)))
         heartbeats.start()
         memo.heartbeats = heartbeats
     store_port = cfg.rendezvous_port
@@ -176,14 +179,14 @@ def on_pod_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object) -> 
     memo.controller.trigger_soon(namespace, labels[L.JOB_NAME], memo.config.pod_event_delay_seconds)
 
 
-def resync(name: str, namespace: str, memo: kopf.Memo, **_: object) -> None:
-    """Time-driven transitions (deadline, TTL, restart backoff) and a safety net."""
-    memo.controller.trigger(namespace, name)
 def on_workload_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object) -> None:
     """A queued job's Kueue Workload changed (admitted, evicted, finished): a pass for its job."""
     memo.controller.trigger_soon(namespace, labels[L.JOB_NAME], memo.config.pod_event_delay_seconds)
 
 
+def resync(name: str, namespace: str, memo: kopf.Memo, **_: object) -> None:
+    """Time-driven transitions (deadline, TTL, restart backoff) and a safety net."""
+    memo.controller.trigger(namespace, name)
 
 
 def registry(cfg: Config) -> kopf.OperatorRegistry:
@@ -195,13 +198,13 @@ def registry(cfg: Config) -> kopf.OperatorRegistry:
     kopf.on.event(L.GROUP, L.VERSION, L.PLURAL, registry=reg)(on_job_event)
     kopf.on.event("", "v1", "pods", labels={L.APP_MANAGED_BY: L.MANAGED_BY_VALUE, L.JOB_NAME: kopf.PRESENT},
                   registry=reg)(on_pod_event)
-    kopf.timer(L.GROUP, L.VERSION, L.PLURAL, interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds,
-               registry=reg)(resync)
-    _timers_without_finalizers(reg)
     if cfg.kueue == "on":
         kopf.on.event("kueue.x-k8s.io", "v1beta2", "workloads",
                       labels={L.APP_MANAGED_BY: L.MANAGED_BY_VALUE, L.JOB_NAME: kopf.PRESENT},
                       registry=reg)(on_workload_event)
+    kopf.timer(L.GROUP, L.VERSION, L.PLURAL, interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds,
+               registry=reg)(resync)
+    _timers_without_finalizers(reg)
     return reg
 
 

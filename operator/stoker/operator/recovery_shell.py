@@ -102,7 +102,7 @@ class RecoveryShell:
         return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed,
                           ranks=tuple(R.current_records(hb.ranks(namespace, name), facts)),
                           workers=tuple(R.current_records(hb.workers(namespace, name), facts)),
-                          mono_now=self.mono(), heartbeats=True)
+                          mono_now=self.mono(), heartbeats=True, newest_heard=hb.newest_heard())
 
     # ------------------------------------------------------------------ act
     def before_create(self, job: Any) -> None:

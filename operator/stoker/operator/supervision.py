@@ -36,6 +36,7 @@ class Observed:
     workers: tuple[Any, ...] = ()       # heartbeat snapshots (metrics, world_size, step)
     mono_now: float = 0.0               # the heartbeat clock's "now"
     heartbeats: bool = False            # the heartbeat service runs: silence/hang checks apply
+    newest_heard: float | None = None   # the newest heartbeat from any job (heartbeat clock)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Settings:
     repeat_limit: int = 3
     startup_timeout_s: float = 600.0
     avoid_max: int = 3
-    heartbeat_interval_s: float = 5.0
+    heartbeat_interval_s: float = 1.0
     drain_grace_s: float = 120.0         # how long a planned stop waits for the workers' checkpoint
     # The operator deletes its own pods with this grace period (SIGKILL after it): they are
     # either done already (after a drain) or being thrown away (a failed incarnation), and

@@ -143,6 +143,9 @@ class DebugConfig:
     # (spike). Not in pipeline modes.
     poison_samples: str = ""
     poison_kind: str = "nan"
+    # Data-loader pauses for false-alarm drills, "STEP:SECONDS,...": before drawing the batch of
+    # STEP the trainer sleeps SECONDS (heartbeats go on; step 1: a long first step).
+    data_pauses: str = ""
 
 
 @dataclasses.dataclass

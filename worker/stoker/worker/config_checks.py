@@ -29,6 +29,10 @@ def validate_health(cfg: Config) -> None:
             raise ConfigError(str(exc)) from None
     _require(not h.grad_norm_groups or cfg.parallel.mode not in PIPELINE_MODES,
              f"health.grad_norm_groups: not in pipeline modes ({cfg.parallel.mode}: a stage holds some layers only)")
+    try:
+        health.parse_pauses(d.data_pauses)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     _require(d.poison_kind in ("nan", "spike"), f"debug.poison_kind: unknown {d.poison_kind!r} (choose nan or spike)")
     _require(not d.poison_samples or cfg.parallel.mode not in PIPELINE_MODES,
              f"debug.poison_samples: not supported with parallel.mode {cfg.parallel.mode}; use ddp or zero*")

@@ -167,3 +167,17 @@ def merge_ranges(ranges: list[tuple[int, int]] | list[list[int]]) -> list[tuple[
 
 def format_ranges(ranges: list[tuple[int, int]]) -> str:
     return ",".join(f"{a}:{b}" for a, b in ranges)
+
+
+def parse_pauses(text: str, field: str = "debug.data_pauses") -> dict[int, float]:
+    """``"7:8,20:15"`` -> {7: 8.0, 20: 15.0} (step -> seconds)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        step, sep, secs = part.partition(":")
+        try:
+            out[int(step)] = float(secs)
+        except ValueError:
+            raise ValueError(f"{field}: {part!r} is not STEP:SECONDS (e.g. 7:8)") from None
+        if not sep or int(step) < 1 or float(secs) < 0:
+            raise ValueError(f"{field}: {part!r} must be STEP:SECONDS with STEP >= 1 and SECONDS >= 0")
+    return out

@@ -44,6 +44,7 @@ class HealthGuard:
         self.rollbacks = 0
         self._poison = H.parse_ranges(cfg.debug.poison_samples, "debug.poison_samples")
         self._poison_factor = math.nan if cfg.debug.poison_kind == "nan" else SPIKE_FACTOR
+        self._pauses = H.parse_pauses(cfg.debug.data_pauses)
 
     # -- what checkpoints carry
     def manifest(self) -> dict[str, Any]:
@@ -69,6 +70,10 @@ class HealthGuard:
         i = bisect.bisect_right(self._poison, (lo, math.inf)) - 1
         hit = any(a < hi and lo < b for a, b in self._poison[max(0, i):i + 2])
         return self._poison_factor if hit else None
+
+    def data_pause_s(self, step: int) -> float:
+        """debug.data_pauses: how long the batch of ``step`` keeps the trainer waiting (a false-alarm drill)."""
+        return self._pauses.get(step, 0.0)
 
     # -- each step
     def check(self, trainer: Any, ckpt: Any, step: int, loss: float, norm_vote: float | None,

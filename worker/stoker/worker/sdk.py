@@ -67,7 +67,7 @@ class Session:
         replica_index: int = 0,
         pod_name: str = "",
         node_name: str = "",
-        interval_s: float = 5.0,
+        interval_s: float = 1.0,
         journal_dir: str | None = None,
         last_step_dir: str | None = None,
     ) -> None:
@@ -130,7 +130,7 @@ class Session:
             job_uid=e.get(env.JOB_UID, ""), incarnation=num(env.INCARNATION, 0),
             rank=num("RANK", 0), world_size=num("WORLD_SIZE", 1),
             replica_index=num(env.REPLICA_INDEX, 0), pod_name=e.get(env.POD_NAME, ""),
-            node_name=e.get(env.NODE_NAME, ""), interval_s=num(env.HEARTBEAT_INTERVAL, 5.0, float),
+            node_name=e.get(env.NODE_NAME, ""), interval_s=num(env.HEARTBEAT_INTERVAL, 1.0, float),
             journal_dir=e.get(env.STEP_JOURNAL_DIR) or None, last_step_dir=e.get(env.LAST_STEP_DIR) or None,
         )
         kwargs.update(overrides)
