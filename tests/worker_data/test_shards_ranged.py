@@ -34,7 +34,7 @@ def dataset(tmp_path, corpus) -> Path:
 
 @pytest.fixture(autouse=True)
 def small_shards_read_ranged(monkeypatch):
-    """The test shards are 1.7 KB; ranged reads start at 1 MiB shards otherwise."""
+    """The test shards are 1.7 KB; ranged reads start at 16 MiB shards otherwise."""
     monkeypatch.setattr("stoker.worker.shards.rows.MIN_SHARD_BYTES", 0)
 
 
@@ -98,7 +98,7 @@ def test_a_cold_read_gets_its_rows_without_waiting_for_the_whole_shards(dataset,
 
 
 def test_a_small_shard_is_fetched_whole_not_ranged(dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr("stoker.worker.shards.rows.MIN_SHARD_BYTES", 1 << 20)
+    monkeypatch.setattr("stoker.worker.shards.rows.MIN_SHARD_BYTES", 16 << 20)
     data = ShardedTokens(str(dataset), cache_dir=tmp_path / "cache", prefetch_shards=2, fill_cache=False)
     assert torch.equal(data.samples(TRAIN, [3]), expected(dataset, [3]))
     assert data.stats.ranged == 0 and data.stats.fetched == 1
