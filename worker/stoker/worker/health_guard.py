@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import time
 from typing import Any
 
 from stoker.worker import health as H
@@ -71,9 +72,11 @@ class HealthGuard:
         hit = any(a < hi and lo < b for a, b in self._poison[max(0, i):i + 2])
         return self._poison_factor if hit else None
 
-    def data_pause_s(self, step: int) -> float:
-        """debug.data_pauses: how long the batch of ``step`` keeps the trainer waiting (a false-alarm drill)."""
-        return self._pauses.get(step, 0.0)
+    def data_pause(self, step: int) -> None:
+        """debug.data_pauses: the batch of ``step`` keeps the trainer waiting (a false-alarm drill)."""
+        if self._pauses.get(step):
+            log.warning("health.data_pause step=%d seconds=%g (debug.data_pauses)", step, self._pauses[step])
+            time.sleep(self._pauses[step])
 
     # -- each step
     def check(self, trainer: Any, ckpt: Any, step: int, loss: float, norm_vote: float | None,
