@@ -144,11 +144,11 @@ def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
     assert {"key": "metadata.name", "operator": "NotIn", "values": [lost]} in term["preference"]["matchFields"]
 
 
-def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
+def test_sigstopped_worker_is_caught_as_frozen_with_the_default_policy(
         cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
     cfg = trainer_config(300)
     ref = reference_summary(tmp_path, cfg, 2)
-    run = trainer_run(name="hang", cfg=cfg, node_selector=recovery_pool, failure_policy={"progressTimeoutSeconds": 5, "heartbeatTimeoutSeconds": 300})
+    run = trainer_run(name="hang", cfg=cfg, node_selector=recovery_pool)
     diag = run.diag
     wait_for("training past step 15", lambda: last_step(tmp_path / "job" / "metrics.jsonl") >= 15, timeout=240,
              interval=0.05, on_timeout=diag)
@@ -168,10 +168,27 @@ def test_sigstopped_worker_is_a_hang_caught_by_the_progress_timeout(
     assert summary["step"] == 300 and summary["checksum"] == ref["checksum"]
     st = status(kube, namespace, "hang")
     [inc] = st["incidents"]
-    assert inc["detectedCause"] == "Hang" and inc["cause"] == "infrastructure"
+    assert inc["detectedCause"] == "HeartbeatLost" and inc["cause"] == "infrastructure"
+    assert "while heartbeats kept arriving" in inc["message"], inc   # frozen, not the 60 s silence timeout
     assert inc["pod"] == "hang-worker-1-0"  # the stopped one, told apart by its silence
     assert st["restarts"]["userError"] == 0 and st["incarnation"] == 1
     assert stopped_at > 0
+
+
+def test_a_step_stuck_while_every_rank_heartbeats_is_a_hang_caught_by_the_progress_timeout(
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
+    # both ranks wait 10 min for the batch of step 20 (debug.data_pauses; a fresh run only) while
+    # their heartbeats go on: nobody is frozen, the step is stuck
+    cfg = trainer_config(60, data_pauses="20:600")
+    ref = reference_summary(tmp_path, cfg, 2)
+    run = trainer_run(name="stuck", cfg=cfg, node_selector=recovery_pool, failure_policy={"progressTimeoutSeconds": 5})
+    run.wait_phase("Succeeded", timeout=400)
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["step"] == 60 and summary["checksum"] == ref["checksum"] and summary["resumed_from"] == 15
+    st = status(kube, namespace, "stuck")
+    [inc] = st["incidents"]
+    assert inc["detectedCause"] == "Hang" and "progress timeout" in inc["message"], inc
+    assert st["incarnation"] == 1
 
 
 def test_operator_killed_twice_during_the_job_still_ends_identical(

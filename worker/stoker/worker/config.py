@@ -144,7 +144,8 @@ class DebugConfig:
     poison_samples: str = ""
     poison_kind: str = "nan"
     # Data-loader pauses for false-alarm drills, "STEP:SECONDS,...": before drawing the batch of
-    # STEP the trainer sleeps SECONDS (heartbeats go on; step 1: a long first step).
+    # STEP the trainer sleeps SECONDS (heartbeats go on; step 1: a long first step). Only in a run
+    # that did not resume from a checkpoint.
     data_pauses: str = ""
 
 

@@ -207,7 +207,8 @@ class Trainer(Stateful):
     def train_step(self) -> tuple[float, float]:
         """Returns (this rank's share of the loss, global grad norm)."""
         t0 = time.perf_counter()
-        self.guard.data_pause(self.train_state.step + 1)  # debug.data_pauses (drills only)
+        if self.resumed_from is None:  # debug.data_pauses (drills): in a fresh run only, like slow checkpoints
+            self.guard.data_pause(self.train_state.step + 1)
         micro = self.batcher.next_batch()
         self.data_wait_s = time.perf_counter() - t0  # the step's wait for its batch (S3 shards, synthesis)
         poison = self.guard.poison_factor()  # tests' poisoned data (debug.poison_samples)
