@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import pytest
 
@@ -59,17 +60,9 @@ def write_s3_dataset(cluster, bucket: str, tmp: pathlib.Path) -> str:
     from stoker.worker.shards.writer import write_dataset
 
     uri = f"s3://{bucket}/datasets/corpus-v1"
-    saved = {k: os.environ.get(k) for k in cluster.s3_env()}
-    os.environ.update(cluster.s3_env())
-    try:
+    with mock.patch.dict(os.environ, cluster.s3_env()):   # the writer reads the standard AWS variables
         idx = write_dataset(write_corpus(tmp / "corpus", files=4, words=20_000), uri, seq_len=16,
                             shard_samples=SHARD_SAMPLES)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     assert len(idx.splits["train"]) >= 3
     return uri
 
