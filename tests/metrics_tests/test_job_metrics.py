@@ -92,7 +92,7 @@ def test_a_running_job_exports_workers_step_checkpoint_and_goodput():
     assert one(s, "stoker_checkpoint_step") == 40 and one(s, "stoker_checkpoint_timestamp_seconds") == at(90)
     # one phase series per phase, 1 for the current one
     assert {dict(k)["phase"]: v for k, v in got["stoker_job_phase"].items()} == {
-        "Created": 0, "Running": 1, "Restarting": 0, "Suspended": 0, "Succeeded": 0, "Failed": 0}
+        "Created": 0, "Queued": 0, "Running": 1, "Restarting": 0, "Suspended": 0, "Succeeded": 0, "Failed": 0}
     assert {dict(k)["cause"]: v for k, v in got["stoker_trainingjob_restarts"].items()} == {
         "userError": 0, "infrastructure": 1, "preemption": 0}
     # 100 s since start, 2 s undetected + 8 s recovering
