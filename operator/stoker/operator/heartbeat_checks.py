@@ -48,11 +48,15 @@ def frozen_after(t: Timeouts) -> float:
 
 
 def frozen(live: Sequence[RankProgress], t: Timeouts, newest_heard: float | None,
-           relaunching: frozenset[int]) -> RankProgress | None:
-    """The rank silent longest while heartbeats kept arriving from elsewhere, if past ``frozen_after``."""
+           relaunching: frozenset[int]) -> tuple[RankProgress, float] | None:
+    """(the rank silent longest while heartbeats kept arriving from elsewhere, its silence), if past
+    ``frozen_after``."""
     ref = max([r.last_seen for r in live] + ([newest_heard] if newest_heard is not None else []))
     quiet = [r for r in live if r.rank not in relaunching and r.connected and ref - r.last_seen > frozen_after(t)]
-    return min(quiet, key=lambda r: r.last_seen) if quiet else None
+    if not quiet:
+        return None
+    r = min(quiet, key=lambda r: r.last_seen)
+    return r, ref - r.last_seen
 
 
 def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float, now_wall: dt.datetime,
@@ -78,11 +82,11 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
                        pod=r.pod_name or None, rank=r.rank, node=r.node_name or None, step=r.step,
                        step_exact=False, onset=_onset(now_wall, now_mono, r.last_seen))
     # 2) frozen: silent while others (this job's ranks or any job's) kept beating
-    r = frozen(live, t, newest_heard, relaunching)
-    if r is not None:
-        ref = max([x.last_seen for x in live] + ([newest_heard] if newest_heard is not None else []))
+    found = frozen(live, t, newest_heard, relaunching)
+    if found is not None:
+        r, silence = found
         return Finding(HEARTBEAT_LOST,
-                       f"rank {r.rank} ({r.pod_name or 'pod ?'}) went silent {ref - r.last_seen:.1f}s ago while "
+                       f"rank {r.rank} ({r.pod_name or 'pod ?'}) went silent {silence:.1f}s ago while "
                        f"heartbeats kept arriving (frozen after {frozen_after(t):g}s: a stopped process or a stuck "
                        "or partitioned node)", pod=r.pod_name or None, rank=r.rank, node=r.node_name or None,
                        step=r.step, step_exact=False, onset=_onset(now_wall, now_mono, r.last_seen))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from stoker.common.ranges import format_ranges, merge_ranges, parse_ranges
 from stoker.common.timefmt import fmt_time
 
 if TYPE_CHECKING:  # pods.py imports this module, and pass_state imports pods
@@ -82,16 +83,11 @@ def incident(w: Any, a: Mapping[str, Any], now, max_rollbacks: Any) -> dict[str,
 
 
 def merge_skip(old: str, a: Mapping[str, Any]) -> str:
-    ranges = [tuple(int(x) for x in part.split(":")) for part in filter(None, (old or "").split(","))]
+    """status.health.skip with a rollback's skipped range added."""
+    ranges = parse_ranges(old or "", "status.health.skip")
     if a.get("action") == "rollback" and int(a.get("skip_to", 0)) > int(a.get("skip_from", 0)):
         ranges.append((int(a["skip_from"]), int(a["skip_to"])))
-    merged: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):  # type: ignore[misc]
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
-    return ",".join(f"{lo}:{hi}" for lo, hi in merged)
+    return format_ranges(merge_ranges(ranges))
 
 
 def anomalies(ps: "Pass") -> "Plan | None":

@@ -118,11 +118,10 @@ class HealthGuard:
                                    f"(checkpoint.interval={self.cfg.checkpoint.interval}; a shorter one helps)")
         window = H.skip_window(self.batcher.last_batch_start, self.batcher.global_batch, h.skip_batches)
         self.rollbacks += 1
-        skips = H.merge_ranges(list(self.batcher.skips) + [window])
+        self.batcher.skips = H.merge_ranges(list(self.batcher.skips) + [window])  # a load keeps them
         trainer.session.set_phase("RESTORING")
         target = ckpt.load(trainer.checkpoint_state, step=max(before))
         trainer.adopt_manifest(read_manifest(ckpt, target))
-        self.batcher.skips = H.merge_ranges(list(self.batcher.skips) + skips)
         self.monitor.forget_after(target)
         trainer.metrics.trim(target)
         trainer.metrics.emit({"event": "rollback", "step": target, "anomaly_step": s, "kind": anomaly.kind,

@@ -309,29 +309,28 @@ class Trainer(Stateful):
             loss_sum, ckpt_votes, stop_votes, norm_vote = self._sum_world([local_loss, ask_ckpt, ask_stop, norm])
             loss = loss_sum / self.dp
             dt = time.perf_counter() - t0
+            tps = tokens_per_step / dt if dt > 0 else None
             norm_seen = None if self.scaling.overflowed else norm_vote  # fp16 overflow: skipped, no anomaly
-            if self.guard.check(self, ckpt, step, loss, norm_seen, tokens_per_step / dt if dt > 0 else None):
+            if self.guard.check(self, ckpt, step, loss, norm_seen, tps):
                 last_saved = self.train_state.step  # rolled back to a committed checkpoint
                 continue
             record = {"step": step, "loss": loss, "grad_norm": norm, "lr": self.lr_schedule.base_lr *
                       lr_factor(step, **self.lr_schedule.kw), "tokens_seen": self.train_state.tokens_seen,
-                      "tokens_per_s": tokens_per_step / dt if dt > 0 else None, "world_size": self.world}
+                      "tokens_per_s": tps, "world_size": self.world}
             if cfg.validation.every and (step % cfg.validation.every == 0 or step == t.steps):
                 val = self.validate()
                 record["val_loss"] = val
                 record["val_ppl"] = math.exp(min(val, 50.0))
             record["data_wait_s"] = self.data_wait_s
-            record.update(self.scaling.metrics())
-            record.update({f"grad_norm.{g}": v for g, v in self.group_norms.items()})
+            more = {**self.scaling.metrics(), **{f"grad_norm.{g}": v for g, v in self.group_norms.items()}}
+            record.update(more)
             self.metrics.emit(record)
             extra = {"val_loss": record["val_loss"], "val_ppl": record["val_ppl"]} if "val_loss" in record else {}
             if self.device.type == "cuda":
                 extra["memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
-            self.session.step(step, loss=loss, grad_norm=norm, tokens_per_second=record["tokens_per_s"] or 0.0,
+            self.session.step(step, loss=loss, grad_norm=norm, tokens_per_second=tps or 0.0,
                               step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen),
-                              learning_rate=record["lr"], data_wait_seconds=self.data_wait_s,
-                              **self.scaling.metrics(), **{f"grad_norm.{g}": v for g, v in self.group_norms.items()},
-                              **extra)
+                              learning_rate=record["lr"], data_wait_seconds=self.data_wait_s, **more, **extra)
             stop = stop_votes > 0
             ended = self.stopper.after_step(step, self.train_state.tokens_seen, record.get("val_loss"))
             requested = ckpt_votes > 0 or stop  # any rank's operator command: all ranks act at this step
