@@ -83,5 +83,8 @@ else:
 
         compare(full, expected, "state")
         print(f"RESHARD_OK world_size={dist.get_world_size()}", flush=True)
+# every rank waits for rank 0's comparison: a rank that destroys its gloo group while a peer still
+# uses it can abort in gloo's teardown ("terminate called without an active exception", CI 2026-12-03)
+dist.barrier()
 ckpt.close()
 dist.destroy_process_group()
