@@ -54,7 +54,7 @@ demo-fast: install tools
 bench: install tools
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Faults at random moments (>= 100 across 10 kinds, 75 min on 2 cores); CHAOS_ARGS="--seed N" replays.
+# Faults at random moments (>= 100 across 10 kinds; goal: within an hour on 2 cores); CHAOS_ARGS="--seed N" replays.
 CHAOS_ARGS ?=
 chaos: install tools
 	$(PY) bench/chaos.py --profile default $(CHAOS_ARGS)

@@ -18,6 +18,7 @@ from tests.recovery_tests import faults as F
 
 RESTARTS = "restart"   # the fault must end the incarnation (detect/recover measured)
 NO_RESTART = "none"    # training may go on (operator, store, S3): a restart is not expected
+EITHER = "either"      # it may or may not end the incarnation (a network cut): the sample says which
 
 
 @dataclasses.dataclass
@@ -127,7 +128,8 @@ def s3_outage(c: Ctx) -> dict:
     recs = journal.read(c.journal_dir)
     overlapped = F.saves_overlapping(recs, t0, t1, interval=5)
     failed = sorted({r["step"] for r in recs if r["event"] == "checkpoint" and not r.get("ok") and r["t"] >= t0})
-    return {"t0": t0, "down_s": down_s, "hit": bool(overlapped), "saves_overlapping": overlapped, "failed_saves": failed,
+    return {"t0": t0, "down_s": down_s, "hit": bool(overlapped), "saves_overlapping": overlapped,
+            "failed_saves": failed,
             "steps_during_outage": len({r["step"] for r in recs if r["event"] == "step" and t0 <= r["t"] <= t1}), **m}
 
 
@@ -224,17 +226,6 @@ def during_recovery(c: Ctx) -> dict:
                         "steps_of_new_incarnation_at_kill": trained}
         time.sleep(0.05)
     raise TimeoutError("no replacement trainer within 300 s")
-
-
-# Steps a job may train while a fault lasts (training goes on without the operator: 5 s
-# at 0.013 s a step is ~400 steps). A job gets them on top of its steps when another fault
-# follows this one, so the job cannot end before that fault's moment.
-RUNS_AHEAD = {"operator_killed": 600}
-
-
-def extra_steps(kinds: list[str]) -> int:
-    """Steps to add to a job that gets ``kinds`` in this order (the last one needs none)."""
-    return sum(RUNS_AHEAD.get(k, 0) for k in kinds[:-1])
 
 
 KINDS: dict[str, tuple[Callable[[Ctx], dict], str]] = {

@@ -18,14 +18,31 @@ def test_save_time_ignores_saves_that_waited_out_an_s3_outage():
     assert K._save_seconds(recs, since=200.0) == 0.3       # none known: the default
 
 
-def test_a_job_gets_room_for_the_steps_it_trains_while_the_operator_is_down():
-    assert K.extra_steps(["sigkill_trainer", "operator_killed"]) == 0      # nothing follows it
-    assert K.extra_steps(["operator_killed", "sigstop"]) == K.RUNS_AHEAD["operator_killed"]
-    assert K.extra_steps(["s3_outage", "double", "node_lost"]) == 0
+def test_references_run_once_per_config_and_come_back_from_the_disk_cache(tmp_path):
+    import json
+
+    from bench.chaos_refs import References
+
+    runs = []
+
+    def run(tmp, cfg, nproc):
+        runs.append(cfg["steps"])
+        tmp.mkdir(parents=True)
+        (tmp / "summary.json").write_text(json.dumps({"checksum": f"c{cfg['steps']}", "step": cfg["steps"]}))
+        return tmp
+
+    refs = References(run, tmp_path / "a", cache=tmp_path / "cache")
+    refs.want("x", {"steps": 5})
+    assert refs.checksum("x", {"steps": 5}) == "c5" and refs.checksum("y", {"steps": 6}) == "c6"
+    assert refs.checksum("x", {"steps": 5}) == "c5" and runs == [5, 6]      # once per key in a run
+    again = References(run, tmp_path / "b", cache=tmp_path / "cache")
+    assert again.checksum("x", {"steps": 5}) == "c5" and runs == [5, 6]     # the next run: from disk
+    assert [s["cached"] for s in again.samples] == [True]
+    assert again.checksum("z", {"steps": 5, "debug": {"a": 1}}) == "c5" and runs == [5, 6]  # debug is not the run's
 
 
 def test_a_fault_is_not_credited_with_the_restart_the_next_fault_caused():
-    from bench.chaos import attach_latency
+    from bench.chaos_monitor import attach_latency
 
     recs = [{"event": "step", "incarnation": 1, "t": 150.0, "step": 30}]
     outage = {"t0": 100.0, "expect": K.NO_RESTART}
@@ -38,7 +55,7 @@ def test_a_fault_is_not_credited_with_the_restart_the_next_fault_caused():
 
 def test_a_during_recovery_fault_began_at_its_first_kill():
     # the default run credited an S3 outage with a during_recovery's first kill (t0 is its second)
-    from bench.chaos import injected_at
+    from bench.chaos_monitor import injected_at
 
     assert injected_at({"t0": 110.0, "first": {"t0": 102.0}}) == 102.0
     assert injected_at({"t0": 110.0}) == 110.0 and injected_at({}) == float("inf")
@@ -74,7 +91,7 @@ def test_a_fault_its_job_ended_before_moves_to_the_next_job_once():
         (["b", "c", "d"], [sample("b", False), sample("c", True), sample("d", False)], [0, 2]),
         (["d"], [sample("d", True)], []),                                    # one more job for d
     ])
-    suite, seen = Suite(None, None, {}, None), []
+    suite, seen = Suite(None, None, {}, None, None), []
 
     def run_job(n: int, kinds: list[str]) -> dict:
         want, samples, missed = next(runs)

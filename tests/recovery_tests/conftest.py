@@ -76,17 +76,17 @@ def trainer_run(cluster, kube, namespace, bucket, heartbeat_operator, tmp_path):
 _REFERENCE: dict[tuple, dict] = {}
 
 
-def reference_run(tmp: pathlib.Path, cfg: dict, nproc: int) -> pathlib.Path:
+def reference_run(tmp: pathlib.Path, cfg: dict, nproc: int, prefix: tuple[str, ...] = ()) -> pathlib.Path:
     """The undisturbed run: torchrun --standalone with the same config (no debug hooks)
     and world size, no operator, local checkpoints. Returns its output folder
-    (metrics.jsonl, summary.json)."""
+    (metrics.jsonl, summary.json). ``prefix``: a command it runs under (``nice -n 19``)."""
     ref = {k: v for k, v in cfg.items() if k != "debug"}
     ref["checkpoint"] = {**ref["checkpoint"], "uri": str(tmp / "ref-ckpt")}
     out = tmp / "ref"
     path = write_config(out / "config.json", ref, out)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+    proc = subprocess.run([*prefix, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                            str(nproc), "-m", "stoker.worker.train", str(path)], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
