@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build the control-plane tools (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok, helm, minio), the real-node tools (kubelet, kube-proxy,
-# coredns) and Kueue from their pinned Go modules under
+# coredns), Kueue and Kubeflow's training-operator from their pinned Go modules under
 # devcluster/stoker/devcluster/go/, into a cache directory keyed by the module's content and the
 # Go version, so that a second run builds nothing.
 #
 #   devcluster/stoker/devcluster/build-tools.sh [TOOL...]     prints "name=/path/to/binary" lines
-#   (no TOOL: the control-plane tools only; the real-node tools and kueue are built when named)
+#   (no TOOL: the control-plane tools only; the real-node tools, kueue and training-operator are
+#   built when named)
 #
 # Cache: ${STOKER_CACHE:-$HOME/.cache/stoker}/bin/<module>-<key>/
 set -euo pipefail
@@ -41,6 +42,9 @@ node_targets=(
   "coredns:coredns:github.com/coredns/coredns"
   # Kueue's controller-manager (`build-tools.sh kueue`): only clusters started with Kueue need it.
   "kueue:kueue:sigs.k8s.io/kueue/cmd/kueue"
+  # Kubeflow training-operator v1.8.1 (`build-tools.sh training-operator`): only the side-by-side
+  # scale benchmark (bench/bench_operator_scale.py) runs it.
+  "training-operator:training-operator:github.com/kubeflow/training-operator/cmd/training-operator.v1"
 )
 want=("$@")
 [ ${#want[@]} -gt 0 ] && targets+=("${node_targets[@]}")

@@ -87,6 +87,16 @@ class Components:
         return [self._tools[name], f"--kubeconfig={sd}/kubeconfigs/{short}.kubeconfig", "--bind-address=127.0.0.1",
                 f"--secure-port={self.port(name)}", f"--cert-dir={sd}/run/{short}-certs"]
 
+    def _audit_args(self) -> list[str]:
+        """Opt-in audit log: when ``<state>/audit-policy.yaml`` exists (a benchmark writes it
+        before ``up``), the apiserver logs what that policy selects to ``<state>/logs/audit.log``
+        (JSON lines). Nothing is audited otherwise."""
+        policy = self.state_dir / "audit-policy.yaml"
+        if not policy.exists():
+            return []
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.logs_dir / 'audit.log'}",
+                "--audit-log-format=json", "--audit-log-maxsize=0"]
+
     def argv(self, name: str) -> tuple[list[str], dict[str, str]]:
         """Command line and environment of one component."""
         p, sd = self.pki_dir, self.state_dir
@@ -126,6 +136,7 @@ class Components:
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--event-ttl=1h",
+                *self._audit_args(),
             ], env
         if name == "kube-controller-manager":
             return [
