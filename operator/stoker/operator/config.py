@@ -63,6 +63,10 @@ class Config:
         chart=COMPUTED)
     resync_seconds: float = setting(10.0, "re-check every job this often (deadlines, TTL, backoff)",
                                     chart="operator.resyncSeconds")
+    status_heartbeat_interval_seconds: float = setting(
+        5.0, "write heartbeat-refreshed status (status.metrics, status.workerHeartbeats) at most this often per "
+        "job; phase, conditions, failures and checkpoints are written at once (0: on every pass that changes them)",
+        flag="--status-heartbeat-interval")
     pod_event_delay_seconds: float = setting(0.25, "pod events within this window fold into one pass", flag=None)
     last_call_timeout_seconds: int = setting(2, "seconds a rendezvous round waits for more than minReplicas workers",
                                              flag="--last-call-timeout", chart="operator.lastCallTimeoutSeconds")

@@ -21,7 +21,7 @@ from .podview import pod_view
 from .preflight_shell import Preflight
 from .reconcile import Event, Plan, plan
 from .recovery_shell import RecoveryShell
-from .status import status_changed, with_observed_generation
+from .status import with_observed_generation, write_due
 
 log = logging.getLogger("stoker.operator")
 
@@ -44,7 +44,8 @@ class Controller:
     def __init__(self, kube: Kube, render: RenderConfig,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
                  requeue_horizon_s: float = 0.0,
-                 recovery: RecoveryShell | None = None) -> None:
+                 recovery: RecoveryShell | None = None, status_heartbeat_interval_s: float = 0.0,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
         self.recovery = recovery or RecoveryShell(kube, watch_nodes=False)
         self.render = render
@@ -55,11 +56,15 @@ class Controller:
         # delayed pass (the step after a restart decision, a backoff or deadline
         # ending soon); later ones are left to the resync timer.
         self.requeue_horizon_s = requeue_horizon_s
+        # Heartbeat-refreshed status fields are written at most this often per job (status.write_due).
+        self.status_heartbeat_interval_s = status_heartbeat_interval_s
+        self.mono = mono
         self._lock = threading.Lock()
         self._running: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
         self._pending: set[tuple[str, str]] = set()
         self._written: dict[tuple[str, str], str] = {}  # resourceVersion of our last status write
+        self._written_at: dict[tuple[str, str], float] = {}  # and when (self.mono)
 
     def is_own_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
         """True for the watch event of our own last status write: nothing new to see."""
@@ -67,6 +72,7 @@ class Controller:
 
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)
+        self._written_at.pop((namespace, name), None)
         self.recovery.forget(namespace, name)
 
     # ------------------------------------------------------------------ coalescing trigger
@@ -171,6 +177,14 @@ class Controller:
                 metrics.PODS_CREATED.inc()
                 log.info("created worker pod", extra={**fields, "pod": pod})
 
+    def _write_due(self, namespace: str, name: str, old: dict[str, Any], pl: Plan) -> bool:
+        """One status write per pass at most; heartbeat-only changes are throttled (status.write_due)."""
+        at = self._written_at.get((namespace, name))
+        urgent = bool(pl.events or pl.incident or pl.restart_cause or pl.checkpoint_request or pl.annotate
+                      or pl.drain_reason or pl.delete_job)
+        return write_due(old, pl.status, since_write_s=None if at is None else self.mono() - at,
+                         min_interval_s=self.status_heartbeat_interval_s, urgent=urgent)
+
     def _pass(self, namespace: str, name: str, fields: dict[str, Any]) -> Plan | None:
         body = self.kube.get_job(namespace, name)
         if body is None:
@@ -209,11 +223,12 @@ class Controller:
         if "conditions" in pl.status:
             pl.status["conditions"] = with_observed_generation(pl.status["conditions"],
                                                                body["metadata"].get("generation"))
-        if status_changed(old, pl.status) or any(k not in pl.status for k in old):
+        if self._write_due(namespace, name, old, pl):
             patch = status_patch(old, pl.status)
             try:
                 written = self.kube.patch_job_status(namespace, name, body["metadata"]["resourceVersion"], patch)
                 self._written[(namespace, name)] = written.get("metadata", {}).get("resourceVersion", "")
+                self._written_at[(namespace, name)] = self.mono()
             except KubeError as e:
                 if e.status != 404:
                     raise

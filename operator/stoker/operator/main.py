@@ -121,7 +121,8 @@ def startup(memo: kopf.Memo, **_: object) -> None:
                           heartbeat_interval_s=cfg.heartbeat_interval_seconds),
         node_health=NodeHealth(report_after=cfg.node_report_after, cordon_after=cfg.cordon_after),
         heartbeat_interval_s=cfg.heartbeat_interval_seconds)
-    memo.controller = Controller(kube, render, recovery=recovery, requeue_horizon_s=cfg.resync_seconds)
+    memo.controller = Controller(kube, render, recovery=recovery, requeue_horizon_s=cfg.resync_seconds,
+                                 status_heartbeat_interval_s=cfg.status_heartbeat_interval_seconds)
     log.info("operator started", extra={"namespaces": ",".join(cfg.namespaces) or "*",
                                         "rendezvous": render.rendezvous_endpoint,
                                         "metrics_port": cfg.metrics_port, "peering": cfg.peering or "standalone"})

@@ -70,5 +70,30 @@ def restarts_of(status: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    return any(old.get(k) != v for k, v in new.items())
+
+# Status fields that heartbeats refresh: the lead rank's training metrics and each rank's last
+# heartbeat. They change on nearly every heartbeat, so writing them on every pass would make the
+# status write rate follow the heartbeat rate (and the passes heartbeats trigger).
+HEARTBEAT_FIELDS = frozenset({"metrics", "workerHeartbeats"})
+
+
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    """Top-level status fields that differ (a key missing from ``new`` is a removal)."""
+    return {k for k, v in new.items() if old.get(k) != v} | {k for k in old if k not in new}
+
+
+def write_due(old: Mapping[str, Any], new: Mapping[str, Any], *, since_write_s: float | None,
+              min_interval_s: float, urgent: bool = False) -> bool:
+    """Whether a pass writes ``new`` over ``old`` (at most one write per pass either way).
+
+    Anything but heartbeat-refreshed fields (phase, conditions, incidents, restarts, replicas,
+    lastCheckpoint, ...) is written at once, and so is a pass with side effects that follow the
+    write (``urgent``: Events, an incident, a drain). A change of heartbeat fields only waits until
+    ``min_interval_s`` has passed since this job's last write (``since_write_s``; None: none yet by
+    this operator), except the first time such a field appears; the pass after that writes it."""
+    changed = changed_fields(old, new)
+    if not changed:
+        return False
+    if urgent or changed - HEARTBEAT_FIELDS or any(k not in old for k in changed):
+        return True
+    return since_write_s is None or since_write_s >= min_interval_s
