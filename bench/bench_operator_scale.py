@@ -1,185 +1,231 @@
-"""Operator at scale: 50 TrainingJobs created at once on kwok GPU nodes.
+"""Operator at scale, side by side: the same jobs as Stoker TrainingJobs, as Kubeflow
+training-operator v1.8.1 PyTorchJobs (1 master + N-1 workers, built from its Go module), and as
+bare pods (no operator: the floor), on the same kwok GPU nodes in the same run.
 
-Measures the wall time until every job is Running with all its workers ready,
-and the operator's peak RSS. Baseline, measured in the same run on the same
-control plane: the same number of bare pods created directly (no operator),
-until all are Running. The ratio is the operator's overhead on top of what the
-API server, scheduler and kwok need anyway.
+Per repetition each system runs once (order rotated per repetition), in a fresh namespace, with a
+fresh operator process watching only that namespace. Measured per system and repetition:
 
-    .venv/bin/python bench/bench_operator_scale.py [--jobs 50] [--workers 2] [--cluster-dir DIR]
+- time from the first create until every worker pod is Running (a watch on the namespace's pods);
+- per job: create -> all its pods Running, p50 and p99 over the jobs;
+- API requests per job: the operator's own requests (the apiserver's audit log, by the
+  operator's client-certificate user) from the first create until all are Running, plus the
+  benchmark's creates; every client's requests (apiserver_request_total) as a cross-check;
+- operator CPU seconds (/proc/<pid>/stat utime+stime) and peak RSS (VmHWM);
+- status writes (PUT/PATCH on the status subresource) per job per minute during a hold window
+  after all are Running (kwok pods run no code: no heartbeats reach Stoker here).
 
-Writes bench/results/bench_operator_scale.json and prints a table.
+    .venv/bin/python bench/bench_operator_scale.py                        # 500 jobs x 4 workers, 3 reps
+    .venv/bin/python bench/bench_operator_scale.py --jobs 20 --reps 1 --nodes 20 --hold 10 --out /tmp/x
+
+Writes bench/results/bench_operator_scale.json (``--out DIR``: elsewhere) and prints the table.
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
+import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, machine_info, print_table, write_results  # noqa: E402
+from bench import scale_observe as O  # noqa: E402
+from bench import scale_systems as S  # noqa: E402
+from bench.common import print_table, write_results  # noqa: E402
+from bench.scale_report import goals, summary_rows, summarize_system  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
-POOL = {"stoker.dev/bench-pool": "operator-scale"}
-
-
-def kwok_pod(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "baseline"}},
-            "spec": {"nodeSelector": POOL, "restartPolicy": "Never",
-                     "containers": [{"name": "trainer", "image": "local/python", "command": ["python", "train.py"],
-                                     "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}
-
-
-def job(name: str, workers: int) -> dict:
-    return {"apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
-            "spec": {"replicas": workers, "minReplicas": 1, "maxReplicas": workers * 2,
-                     "template": {"spec": {"nodeSelector": POOL, "containers": [
-                         {"name": "trainer", "image": "local/python", "command": ["python", "train.py"],
-                          "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}}}
-
-
-def rss_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def create_ns(c: LocalCluster, name: str) -> None:
     c.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
           ok=(201, 409))
-    deadline = time.monotonic() + 30
-    while c.api("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default", ok=None)[0] != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("default ServiceAccount never appeared")
-        time.sleep(0.05)
+    S.wait_until("the default ServiceAccount", lambda: c.api(
+        "GET", f"/api/v1/namespaces/{name}/serviceaccounts/default", ok=None)[0] == 200, 30, 0.05)
 
 
-def baseline(c: LocalCluster, ns: str, n: int) -> float:
+def pods_left(c: LocalCluster, ns: str) -> int:
+    status, body = c.api("GET", f"/api/v1/namespaces/{ns}/pods?limit=1", ok=None)
+    return 0 if status == 404 else len(body.get("items", [])) + int(body["metadata"].get("remainingItemCount") or 0)
+
+
+def clean_up(c: LocalCluster, system: str, ns: str, timeout: float) -> float:
+    """Delete the jobs and pods at once (grace 0) and the namespace; wait until no pod is left
+    (their GPUs are free for the next system). Returns the seconds it took."""
     t0 = time.monotonic()
-    with cf.ThreadPoolExecutor(8) as ex:
-        list(ex.map(lambda i: c.api("POST", f"/api/v1/namespaces/{ns}/pods", kwok_pod(f"p{i}"), ok=(201,)), range(n)))
-    while True:
-        _, pods = c.api("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=bench%3Dbaseline", ok=(200,))
-        if sum(p.get("status", {}).get("phase") == "Running" for p in pods["items"]) == n:
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > 600:
-            raise RuntimeError("baseline pods never all Running")
-        time.sleep(0.1)
+    if system in S.PLURALS:
+        group = "stoker.dev/v1alpha1" if system == "stoker" else "kubeflow.org/v1"
+        c.api("DELETE", f"/apis/{group}/namespaces/{ns}/{S.PLURALS[system]}", ok=None)
+    c.api("DELETE", f"/api/v1/namespaces/{ns}/pods?gracePeriodSeconds=0", ok=None)
+    c.api("DELETE", f"/api/v1/namespaces/{ns}", ok=None)
+    S.wait_until(f"the pods of {ns} to go", lambda: pods_left(c, ns) == 0, timeout, 1.0)
+    return time.monotonic() - t0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", type=int, default=50)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--resync-seconds", type=float, default=10)
-    ap.add_argument("--cluster-dir", default=None, help="reuse (and leave running) the cluster in this dir")
-    args = ap.parse_args()
+def per_job_seconds(watch: O.PodWatch, created: dict[str, float], workers: int) -> list[float]:
+    """create -> all its pods Running, for every job whose pods all ran."""
+    out = []
+    for job, times in watch.per_job().items():
+        if job in created and len(times) >= workers:
+            out.append(max(times) - created[job])
+    return sorted(out)
 
-    tmp = tempfile.TemporaryDirectory(prefix="bench-operator-")
-    c = LocalCluster(args.cluster_dir or Path(tmp.name) / "cluster", die_with_parent=not args.cluster_dir)
-    op = None
+
+def stoker_reconciles(op: S.StokerOperator) -> dict[str, float]:
+    m = op.metrics()
+    n = m.get("stoker_reconcile_duration_seconds_count", 0.0)
+    mean_ms = 1000 * m.get("stoker_reconcile_duration_seconds_sum", 0) / max(1, n)
+    return {"passes": int(n), "mean_pass_ms": round(mean_ms, 2),
+            "pods_created": int(m.get("stoker_worker_pods_created_total", 0))}
+
+
+def measure(c: LocalCluster, system: str, rep: int, args: argparse.Namespace, workdir: Path,
+            audit: O.AuditLog) -> dict:
+    ns = f"scale-{system}-{'profiled' if rep < 0 else rep}-{os.urandom(2).hex()}"
+    create_ns(c, ns)
+    op = S.operator_for(system, c, workdir)
+    try:
+        if op is not None:
+            op.up(ns)
+        return _measure(c, system, rep, args, workdir, audit, ns, op)
+    finally:
+        if op is not None:
+            op.down()
+
+
+def _measure(c: LocalCluster, system: str, rep: int, args: argparse.Namespace, workdir: Path, audit: O.AuditLog,
+             ns: str, op) -> dict:
+    pods = args.jobs * args.workers
+    watch = O.PodWatch(c, ns, S.JOB_LABEL).start()
+    cpu0 = S.cpu_seconds(op.pid) if op else 0.0
+    off0, all0 = audit.offset(), O.apiserver_requests(c)
+    w0, t0 = time.time(), time.monotonic()
+    profiler = start_profiler(op.pid, workdir / f"py-spy-{ns}.txt", args) if rep < 0 and args.profile else None
+    created = S.create_jobs(c, system, ns, args.jobs, args.workers)
+    create_s = time.monotonic() - t0
+
+    def all_running() -> bool:
+        if watch.error is not None:
+            raise RuntimeError(f"pod watch failed: {watch.error}")
+        if op is not None and system == "stoker" and op.proc.poll() is not None:
+            raise RuntimeError("the Stoker operator exited")
+        return watch.count() >= pods
+
+    S.wait_until(f"{pods} {system} pods Running", all_running, args.timeout, 0.1)
+    running_at = max(t for _, t in watch.running.values())
+    w1, all1 = time.time(), O.apiserver_requests(c)
+    cpu1 = S.cpu_seconds(op.pid) if op else 0.0
+    time.sleep(args.hold)
+    w2 = time.time()
+    out = {"system": system, "rep": rep, "namespace": ns, "create_calls_s": round(create_s, 3),
+           "all_running_s": round(running_at - t0, 3), "job_s": [round(x, 3) for x in
+                                                                   per_job_seconds(watch, created, args.workers)],
+           "client_requests_per_job": S.client_requests_per_job(system, args.workers),
+           "all_clients_requests_per_job": round((all1 - all0) / args.jobs, 2), "hold_s": round(w2 - w1, 1)}
+    watch.stop()
+    if op is not None:
+        out.update(cpu_ramp_s=round(cpu1 - cpu0, 2), cpu_hold_s=round(S.cpu_seconds(op.pid) - cpu1, 2),
+                   peak_rss_mib=round(S.status_kib(op.pid, "VmHWM") / 1024, 1))
+        if system == "stoker":
+            out["reconciles"] = stoker_reconciles(op)
+        if profiler is not None:
+            out["profile"] = stop_profiler(profiler)
+        op.down()
+        time.sleep(1.0)   # the audit log's last lines reach the file
+        events = audit.events(off0)
+        user = S.USERS[system]
+        out["ramp"] = O.summarize(events, user, w0, w1)
+        out["hold"] = O.summarize(events, user, w1, w2)
+    out["cleanup_s"] = round(clean_up(c, system, ns, args.timeout), 1)
+    c.log(f"[bench] rep {rep} {system}: all {pods} Running in {out['all_running_s']:.1f}s"
+          f" (rss {out.get('peak_rss_mib', '-')} MiB, cleanup {out['cleanup_s']}s)")
+    return out
+
+
+def start_profiler(pid: int, path: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, Path] | None:
+    """py-spy (``--profile``: its path) sampling the operator's threads while the jobs start."""
+    proc = subprocess.Popen([args.profile, "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+                             "--nonblocking", "--output", str(path), "--duration", str(int(args.timeout))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return proc, path
+
+
+def stop_profiler(profiler: tuple[subprocess.Popen, Path]) -> dict:
+    from bench.scale_report import top_frames
+
+    proc, path = profiler
+    proc.send_signal(2)   # py-spy writes its output on SIGINT
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return top_frames(path) if path.exists() else {"error": "py-spy wrote no profile"}
+
+
+def run(args: argparse.Namespace) -> dict:
+    tmp = tempfile.TemporaryDirectory(prefix="bench-scale-")
+    workdir = Path(tmp.name)
+    state = Path(args.cluster_dir) if args.cluster_dir else workdir / "cluster"
+    O.write_audit_policy(state, sorted(S.USERS.values()))
+    c = LocalCluster(state, die_with_parent=not args.cluster_dir)
+    samples, profile_run = [], None
     try:
         c.up()
         c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
         c.wait_crd_established("trainingjobs.stoker.dev")
-        pods = args.jobs * args.workers
-        nodes = c.add_kwok_nodes(pods // 8 + 2, gpus=8, prefix="bench-kwok", labels=POOL)
-        suffix = os.urandom(3).hex()
-        base_ns, op_ns = f"bench-base-{suffix}", f"bench-op-{suffix}"
-        create_ns(c, base_ns)
-        create_ns(c, op_ns)
-
-        base_s = baseline(c, base_ns, pods)
-        c.api("DELETE", f"/api/v1/namespaces/{base_ns}", ok=(200, 202))
-
-        metrics_port = free_port()
-        env = dict(os.environ, STOKER_OPERATOR_KUBECONFIG=str(c.kubeconfig), STOKER_OPERATOR_NAMESPACES=op_ns,
-                   STOKER_OPERATOR_METRICS_PORT=str(metrics_port), STOKER_OPERATOR_RENDEZVOUS_PORT="0",
-                   STOKER_OPERATOR_RESYNC_SECONDS=str(args.resync_seconds), STOKER_OPERATOR_LOG_LEVEL="WARNING")
-        log = open(Path(tmp.name) / "operator.log", "wb")
-        op = subprocess.Popen([sys.executable, "-m", "stoker.operator.main"], env=env, cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).read()
-                break
-            except OSError:
-                if op.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("operator did not start: " + (Path(tmp.name) / "operator.log").read_text()[-2000:])
-                time.sleep(0.1)
-        idle_rss = rss_kib(op.pid, "VmRSS")
-
-        t0 = time.monotonic()
-        path = f"/apis/stoker.dev/v1alpha1/namespaces/{op_ns}/trainingjobs"
-        with cf.ThreadPoolExecutor(8) as ex:
-            list(ex.map(lambda i: c.api("POST", path, job(f"j{i}", args.workers), ok=(201,)), range(args.jobs)))
-        created_s = time.monotonic() - t0
-        peak_rss = 0
-        while True:
-            peak_rss = max(peak_rss, rss_kib(op.pid, "VmRSS"))
-            _, jobs = c.api("GET", path, ok=(200,))
-            running = sum(j.get("status", {}).get("phase") == "Running"
-                          and j["status"].get("readyReplicas") == args.workers for j in jobs["items"])
-            if running == args.jobs:
-                break
-            if time.monotonic() - t0 > 600 or op.poll() is not None:
-                raise RuntimeError(f"only {running}/{args.jobs} jobs Running")
-            time.sleep(0.1)
-        op_s = time.monotonic() - t0
-        peak_rss = max(peak_rss, rss_kib(op.pid, "VmHWM"))
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        m = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-             if line and not line.startswith("#") and len(line.split()) == 2}
-        passes = m.get("stoker_reconcile_duration_seconds_count", 0)
-        mean_pass_ms = 1000 * m.get("stoker_reconcile_duration_seconds_sum", 0) / max(1, passes)
-
-        results = {
-            "jobs": args.jobs, "workers_per_job": args.workers, "pods": pods, "kwok_nodes": len(nodes),
-            "baseline_bare_pods_running_s": round(base_s, 3),
-            "operator_all_jobs_running_s": round(op_s, 3),
-            "operator_job_create_calls_s": round(created_s, 3),
-            "ratio_vs_baseline": round(op_s / base_s, 3),
-            "operator_idle_rss_mib": round(idle_rss / 1024, 1),
-            "operator_peak_rss_mib": round(peak_rss / 1024, 1),
-            "reconcile_passes": int(passes),
-            "reconcile_mean_ms": round(mean_pass_ms, 2),
-            "pods_created": int(m.get("stoker_worker_pods_created_total", 0)),
-            "machine": machine_info(),
-        }
-        rows = [
-            {"measure": f"{pods} bare pods Running (baseline)", "value": base_s, "unit": "s", "ratio": 1.0},
-            {"measure": f"{args.jobs} jobs x {args.workers} workers Running", "value": op_s, "unit": "s",
-             "ratio": op_s / base_s},
-            {"measure": "operator RSS idle", "value": idle_rss / 1024, "unit": "MiB", "ratio": ""},
-            {"measure": "operator RSS peak", "value": peak_rss / 1024, "unit": "MiB", "ratio": ""},
-            {"measure": "reconcile passes", "value": int(passes), "unit": "", "ratio": ""},
-            {"measure": "mean reconcile pass", "value": mean_pass_ms, "unit": "ms", "ratio": ""},
-        ]
-        print_table("operator scale (kwok GPU nodes)", rows, ["measure", "value", "unit", "ratio"])
-        write_results("bench_operator_scale", results)
+        S.KubeflowOperator(c).to.install_crd()
+        nodes = c.add_kwok_nodes(args.nodes, gpus=8, prefix="bench-kwok", labels=S.POOL)
+        audit = O.AuditLog(c.logs_dir / "audit.log")
+        for rep in range(args.reps):
+            order = S.SYSTEMS[rep % 3:] + S.SYSTEMS[:rep % 3]
+            for system in order:
+                samples.append(measure(c, system, rep, args, workdir, audit))
+        # Where Stoker's time goes: one more Stoker run (rep -1) under py-spy, not among the samples.
+        profile_run = measure(c, "stoker", -1, args, workdir, audit) if args.profile else None
         if args.cluster_dir:
-            c.api("DELETE", f"/api/v1/namespaces/{op_ns}", ok=(200, 202))
             c.delete_nodes(nodes)
-        return 0
     finally:
-        if op is not None and op.poll() is None:
-            os.killpg(op.pid, signal.SIGKILL)
-            op.wait()
         if not args.cluster_dir:
             c.down()
         tmp.cleanup()
+    return {"jobs": args.jobs, "workers_per_job": args.workers, "pods": args.jobs * args.workers,
+            "kwok_nodes": args.nodes, "gpus_per_node": 8, "reps": args.reps, "hold_s": args.hold, "samples": samples,
+            "profile_run": profile_run}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=500)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--nodes", type=int, default=0, help="kwok nodes, 8 GPUs each (default: max(250, pods/8 + 10))")
+    ap.add_argument("--hold", type=float, default=60.0, help="seconds the jobs are kept Running after all are")
+    ap.add_argument("--timeout", type=float, default=900.0, help="per system and repetition")
+    ap.add_argument("--profile", default="", help="path of py-spy: one more Stoker run, sampled (not in the samples)")
+    ap.add_argument("--cluster-dir", default=None, help="reuse (and leave running) the cluster in this dir")
+    ap.add_argument("--out", default=None, help="write the results file here instead of bench/results")
+    args = ap.parse_args()
+    pods = args.jobs * args.workers
+    args.nodes = args.nodes or max(250, math.ceil(pods / 8) + 10)
+    if args.nodes * 8 < pods:
+        ap.error(f"{args.nodes} nodes x 8 GPUs cannot hold {pods} pods")
+    results = run(args)
+    systems = {s: summarize_system([x for x in results["samples"] if x["system"] == s]) for s in S.SYSTEMS}
+    results["summary"] = systems
+    results["goals"] = goals(systems)
+    results["table"] = summary_rows(systems)
+    print_table(f"operator scale, {args.jobs} jobs x {args.workers} workers ({pods} pods) on {args.nodes} kwok "
+                f"nodes, {args.reps} reps: median [min, max]", results["table"])
+    for g in results["goals"]:
+        print(f"goal: {g['goal']}: {'met' if g['met'] else 'MISSED'} ({g['measured']})")
+    write_results("bench_operator_scale", results, Path(args.out) if args.out else None)
+    return 0
 
 
 if __name__ == "__main__":
