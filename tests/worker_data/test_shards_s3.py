@@ -71,3 +71,36 @@ def test_an_uncommitted_s3_dataset_is_not_read_and_a_committed_one_not_overwritt
     s3.delete_object(Bucket=bucket, Key=f"datasets/corpus-v1/{fmt.INDEX}")
     with pytest.raises(DatasetNotFound, match="no index.json"):
         ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache")
+
+
+def test_s3_downloads_run_in_a_child_process_not_in_the_trainer(s3_dataset, tmp_path):
+    """Downloads in the trainer's threads take its GIL (a cache fill tripled the demo's step time):
+    an S3 dataset's downloads run in fetchd's process, so none may run in this one."""
+    from unittest import mock
+
+    from stoker.worker.shards.cache import ShardCache
+
+    def in_this_process(*_a, **_k):
+        raise AssertionError("a shard was downloaded in the trainer's process")
+
+    with mock.patch.object(ShardCache, "fetch", in_this_process):
+        data = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache", prefetch_shards=2)
+        ids = np.arange(data.size(TRAIN))
+        tokens = data.samples(TRAIN, ids)
+        assert data.stats.fetched == len(data.index.splits["train"])
+        data.close()
+    assert torch.equal(ShardedTokens(s3_dataset, cache_dir=tmp_path / "again").samples(TRAIN, ids), tokens)
+
+
+def test_a_lost_download_process_does_not_stop_reading(s3_dataset, tmp_path, caplog):
+    import os
+    import signal
+
+    data = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache", prefetch_shards=2, fill_cache=False)
+    os.kill(data._process.pid, signal.SIGKILL)
+    data._process._proc.wait()
+    ids = np.arange(data.size(TRAIN))
+    want = ShardedTokens(s3_dataset, cache_dir=tmp_path / "other").samples(TRAIN, ids)
+    assert torch.equal(data.samples(TRAIN, ids), want)  # downloaded in the trainer's own threads instead
+    assert "shard download process is gone" in caplog.text
+    data.close()

@@ -13,7 +13,16 @@
 
 See ``manager.py`` for the commit protocol.
 """
-from .manager import CheckpointManager, SaveResult
-from .store import LocalStore, Store, open_store
+import importlib
 
-__all__ = ["CheckpointManager", "LocalStore", "SaveResult", "Store", "open_store"]
+_EXPORTS = {"CheckpointManager": ".manager", "SaveResult": ".manager", "LocalStore": ".store", "Store": ".store",
+            "open_store": ".store"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The names above, imported on first use: ``stoker.worker.checkpoint.s3client`` and
+    ``.retry`` are used without torch (the shard download process)."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stoker.worker.data import SyntheticLM, SyntheticSpec
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch-free at import: the shard download process (fetchd.py) imports this package
     from stoker.worker.config import Config
+    from stoker.worker.data import SyntheticLM
 
     from .reader import ShardedTokens
 
@@ -18,6 +17,8 @@ if TYPE_CHECKING:
 def dataset_for(cfg: "Config") -> "SyntheticLM | ShardedTokens":
     """The trainer's dataset: synthetic, or the sharded dataset at ``data.uri`` (checked
     against the config: seq_len must match the index, vocab_size must hold its tokens)."""
+    from stoker.worker.data import SyntheticLM, SyntheticSpec
+
     d, t = cfg.data, cfg.train
     if d.uri is None:
         return SyntheticLM(SyntheticSpec(seed=t.seed, vocab_size=d.vocab_size, seq_len=d.seq_len,

@@ -31,7 +31,8 @@ from . import index as fmt
 from .cache import ShardCache
 from .fetcher import FILL, NEXT, NOW, Fetcher
 from .rows import RowReader
-from .storage import open_prefix
+from .fetchd import FetchProcess
+from .storage import S3Prefix, open_prefix
 
 log = logging.getLogger("stoker.worker.shards")
 
@@ -87,8 +88,11 @@ class ShardedTokens:
         self._log = SampleLog(sample_log) if sample_log else None
         self._position: int | None = None
         self.stats = ReadStats()
-        self._fetcher = Fetcher(self._fetch, prefetch_shards)
         self._prefetching = prefetch_shards > 0
+        # an S3 dataset downloads in a child process (fetchd.py: threads here would take the GIL from training)
+        self._process = (FetchProcess(uri, self.cache.root, prefetch_shards, self._download_here)
+                         if self._prefetching and isinstance(self.source, S3Prefix) else None)
+        self._fetcher = Fetcher(self._fetch, prefetch_shards)
         self._rows = RowReader(self.source, self.index) if self._prefetching and ranged_reads else None
         if self._prefetching and fill_cache:
             for shard in self._shards[TRAIN]:
@@ -103,26 +107,25 @@ class ShardedTokens:
         """(len(ids), seq_len + 1) int64 tokens."""
         shards = self._shards[split]
         which, rows = fmt.locate(self._offsets[split], np.asarray(ids, dtype=np.int64))
-        order = np.argsort(which, kind="stable")
-        starts = np.flatnonzero(np.diff(which[order], prepend=-1))
-        groups = np.split(order, starts[1:])
+        needed = np.unique(which).tolist()  # shard numbers in order; a batch touches a few
         ranged = {}
-        for i, g in enumerate(groups):  # queue every missing shard, start ranged reads, before waiting for any
-            shard = shards[which[g[0]]]
+        for s in needed:  # queue every missing shard, start ranged reads, before waiting for any
+            shard = shards[s]
             if shard.sha256 in self._maps or self.cache.has(shard):
                 continue
             self._fetcher.want(shard, NOW)
-            if self._rows is not None and self._rows.worth_it(shard, rows[g]):
-                ranged[i] = self._rows.start(shard, rows[g])
+            if self._rows is not None and self._rows.worth_it(shard, rows[which == s]):
+                ranged[s] = self._rows.start(shard, rows[which == s])
         out = np.empty((len(which), self.seq_len + 1), dtype=np.int64)
-        for i, g in enumerate(groups):
-            if i in ranged:
-                t0 = time.perf_counter()
-                out[g] = ranged[i]()
-                self.stats.wait_s += time.perf_counter() - t0
-                self.stats.ranged += 1
-            else:
-                out[g] = self._array(shards[which[g[0]]])[rows[g]]
+        for s in ranged:
+            t0 = time.perf_counter()
+            out[which == s] = ranged[s]()
+            self.stats.wait_s += time.perf_counter() - t0
+            self.stats.ranged += 1
+        arrays = {s: self._array(shards[s]) for s in needed if s not in ranged}
+        for k, (s, row) in enumerate(zip(which.tolist(), rows.tolist())):  # a row each: cheaper than masks
+            if s in arrays:
+                out[k] = arrays[s][row]
         if self._log is not None:
             self._log.write(split, ids, out, self._position)
         return torch.from_numpy(out)
@@ -150,6 +153,8 @@ class ShardedTokens:
     def close(self) -> None:
         """Stop the downloads: the ones in flight finish, queued ones are dropped."""
         self._fetcher.close()
+        if self._process is not None:
+            self._process.close()
         if self._rows is not None:
             self._rows.close()
 
@@ -157,9 +162,12 @@ class ShardedTokens:
     def _fetch(self, shard: fmt.Shard) -> Path:
         if self.cache.has(shard):
             return self.cache.path(shard)
-        path = self.cache.fetch(self.source, shard)
+        path = self._process.fetch(shard) if self._process is not None else self._download_here(shard)
         self.stats.fetched += 1
         return path
+
+    def _download_here(self, shard: fmt.Shard) -> Path:
+        return self.cache.fetch(self.source, shard)
 
     def _array(self, shard: fmt.Shard) -> np.ndarray:
         arr = self._maps.get(shard.sha256)

@@ -1,6 +1,6 @@
 """Where a dataset lives: a local directory or an S3 prefix, with the few operations the
 writer and the reader need. S3 goes through the checkpoints' client and bounded retries
-(``stoker.worker.checkpoint.s3.make_client``, ``retry.call_with_retry``), so the endpoint and
+(``stoker.worker.checkpoint.s3client.make_client``, ``retry.call_with_retry``), so the endpoint and
 credentials come from the same AWS variables."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from stoker.common import layout
 from stoker.worker.checkpoint.retry import call_with_retry
-from stoker.worker.checkpoint.s3 import TRANSFER, make_client
+from stoker.worker.checkpoint.s3client import TRANSFER, make_client
 
 RETRY_TIMEOUT_S = 120.0
 CHUNK = 1 << 20
