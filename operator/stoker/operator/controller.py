@@ -22,6 +22,7 @@ from .preflight_shell import Preflight
 from .reconcile import Event, Plan, plan
 from .recovery_shell import RecoveryShell
 from .status import with_observed_generation, write_due
+from .watch_cache import WatchCache
 
 log = logging.getLogger("stoker.operator")
 
@@ -45,8 +46,10 @@ class Controller:
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
                  requeue_horizon_s: float = 0.0,
                  recovery: RecoveryShell | None = None, status_heartbeat_interval_s: float = 0.0,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic, cache: WatchCache | None = None) -> None:
         self.kube = kube
+        # The watches' view of jobs and pods (watch_cache.py); None: every pass reads the API server.
+        self.cache = cache
         self.recovery = recovery or RecoveryShell(kube, watch_nodes=False)
         self.render = render
         self.preflight = Preflight(kube, render.s3_endpoint)
@@ -62,6 +65,7 @@ class Controller:
         self._lock = threading.Lock()
         self._running: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
+        self._fresh: set[tuple[str, str]] = set()   # a pending repeat must read the API server
         self._pending: set[tuple[str, str]] = set()
         self._written: dict[tuple[str, str], str] = {}  # resourceVersion of our last status write
         self._written_at: dict[tuple[str, str], float] = {}  # and when (self.mono)
@@ -73,6 +77,8 @@ class Controller:
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)
         self._written_at.pop((namespace, name), None)
+        if self.cache is not None:
+            self.cache.forget(namespace, name)
         self.recovery.forget(namespace, name)
 
     # ------------------------------------------------------------------ coalescing trigger
@@ -97,9 +103,13 @@ class Controller:
         t.daemon = True
         t.start()
 
-    def trigger(self, namespace: str, name: str) -> Plan | None:
+    def trigger(self, namespace: str, name: str, fresh: bool = False) -> Plan | None:
+        """A pass for the job (repeated once if triggered again meanwhile). ``fresh``: read the job and
+        its pods from the API server, not from the watch cache (the resync timer's safety net)."""
         key = (namespace, name)
         with self._lock:
+            if fresh:
+                self._fresh.add(key)
             if key in self._running:
                 self._dirty.add(key)
                 return None
@@ -109,7 +119,9 @@ class Controller:
             for _ in range(10):  # bounded: a hot loop is a bug, the timer retries anyway
                 with self._lock:
                     self._dirty.discard(key)
-                result = self.reconcile_once(namespace, name)
+                    fresh = key in self._fresh
+                    self._fresh.discard(key)
+                result = self.reconcile_once(namespace, name, fresh)
                 with self._lock:
                     if key not in self._dirty:
                         break
@@ -120,13 +132,13 @@ class Controller:
         return result
 
     # ------------------------------------------------------------------ one pass
-    def reconcile_once(self, namespace: str, name: str) -> Plan | None:
+    def reconcile_once(self, namespace: str, name: str, fresh: bool = False) -> Plan | None:
         t0 = time.perf_counter()
         fields = {"job": name, "namespace": namespace}
         try:
             for attempt in range(3):
-                try:
-                    return self._pass(namespace, name, fields)
+                try:   # after a conflict the job is re-read from the API server
+                    return self._pass(namespace, name, fields, fresh or attempt > 0)
                 except Conflict:
                     log.debug("status conflict, re-reading", extra={**fields, "attempt": attempt})
             return None
@@ -173,9 +185,15 @@ class Controller:
                         **fields, "pod": pod, "status": e.status, "error": e.message[:500],
                         "phase": pl.status.get("phase"), "reason": pl.status.get("reason")})
                 return
+            if self.cache is not None:
+                self.cache.created_pod(namespace, job.name, pod)
             if created:
                 metrics.PODS_CREATED.inc()
                 log.info("created worker pod", extra={**fields, "pod": pod})
+
+    def _deleted(self, namespace: str, job: str, pod: str) -> None:
+        if self.cache is not None:
+            self.cache.deleted_pod(namespace, job, pod)
 
     def _write_due(self, namespace: str, name: str, old: dict[str, Any], pl: Plan) -> bool:
         """One status write per pass at most; heartbeat-only changes are throttled (status.write_due)."""
@@ -185,16 +203,33 @@ class Controller:
         return write_due(old, pl.status, since_write_s=None if at is None else self.mono() - at,
                          min_interval_s=self.status_heartbeat_interval_s, urgent=urgent)
 
-    def _pass(self, namespace: str, name: str, fields: dict[str, Any]) -> Plan | None:
-        body = self.kube.get_job(namespace, name)
+    def _read_job(self, namespace: str, name: str, fresh: bool) -> dict[str, Any] | None:
+        body = None if self.cache is None or fresh else self.cache.job(namespace, name)
+        if body is None:
+            body = self.kube.get_job(namespace, name)
+            if self.cache is not None:
+                self.cache.prime_job(namespace, name, body)
+        return body
+
+    def _read_pods(self, namespace: str, name: str, fresh: bool) -> list:
+        """The views of the job's pods: from the watch cache when it is current, else a LIST."""
+        if self.cache is None:
+            return [v for v in (pod_view(p) for p in self.kube.list_pods(namespace, name)) if v is not None]
+        views = None if fresh else self.cache.pods(namespace, name)
+        if views is None:
+            self.cache.prime_pods(namespace, name, *self.kube.list_pods_at(namespace, name))
+            views = self.cache.pods(namespace, name) or []
+        return views
+
+    def _pass(self, namespace: str, name: str, fields: dict[str, Any], fresh: bool = True) -> Plan | None:
+        body = self._read_job(namespace, name, fresh)
         if body is None:
             metrics.observe_phase(namespace, name, None)
             return None
         job = job_view(body)
         if job.deleting:
             return None  # ownerReferences + GC remove the pods
-        raw_pods = self.kube.list_pods(namespace, name)
-        pods = [v for v in (pod_view(p) for p in raw_pods) if v is not None]
+        pods = self._read_pods(namespace, name, fresh)
         obs = self.recovery.observe(namespace, name, pods)
         workload = self.kueue.observe(job)
         now = self.clock()
@@ -203,6 +238,7 @@ class Controller:
 
         for pod in pl.force_delete:
             if self.recovery.force_delete(namespace, pod):
+                self._deleted(namespace, name, pod)
                 metrics.PODS_DELETED.inc()
                 log.warning("force-deleted worker pod stuck on a lost node", extra={**fields, "pod": pod})
         for pod in pl.delete:
@@ -211,6 +247,7 @@ class Controller:
             # A short grace: the launcher holds SIGTERM for a drain only when someone else deletes the
             # pod with its full grace period (preemption); the operator's own deletes need no drain.
             if self.kube.delete_pod(namespace, pod, grace_s=self.recovery.settings.delete_grace_s):
+                self._deleted(namespace, name, pod)
                 metrics.PODS_DELETED.inc()
                 log.info("deleted worker pod", extra={**fields, "pod": pod})
         self.kueue.act(job, workload, pl, now)   # after the deletes: a release needs the workers gone
@@ -229,6 +266,8 @@ class Controller:
                 written = self.kube.patch_job_status(namespace, name, body["metadata"]["resourceVersion"], patch)
                 self._written[(namespace, name)] = written.get("metadata", {}).get("resourceVersion", "")
                 self._written_at[(namespace, name)] = self.mono()
+                if self.cache is not None:
+                    self.cache.wrote_job(written)
             except KubeError as e:
                 if e.status != 404:
                     raise

@@ -84,9 +84,13 @@ class KubeApi:
 
     # ---- pods
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        return self.list_pods_at(namespace, job_name)[0]
+
+    def list_pods_at(self, namespace: str, job_name: str) -> tuple[list[dict[str, Any]], str | None]:
+        """The job's pods and the list's resourceVersion (what the watch cache merges against)."""
         sel = f"{L.JOB_NAME}={job_name},{L.APP_MANAGED_BY}={L.MANAGED_BY_VALUE}"
-        return self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods",
-                            query={"labelSelector": sel})[1].get("items", [])
+        body = self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods", query={"labelSelector": sel})[1]
+        return body.get("items", []), (body.get("metadata") or {}).get("resourceVersion")
 
     def create_pod(self, namespace: str, pod: dict[str, Any]) -> bool:
         """True if created, False if it already existed."""

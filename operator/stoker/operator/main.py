@@ -32,6 +32,7 @@ from .recovery_shell import RecoveryShell
 from .rdzv_gateway import Gateway
 from .rendezvous import StoreProcess, endpoint
 from .supervision import Settings
+from .watch_cache import WatchCache
 
 log = logging.getLogger("stoker.operator")
 
@@ -122,7 +123,8 @@ def startup(memo: kopf.Memo, **_: object) -> None:
         node_health=NodeHealth(report_after=cfg.node_report_after, cordon_after=cfg.cordon_after),
         heartbeat_interval_s=cfg.heartbeat_interval_seconds)
     memo.controller = Controller(kube, render, recovery=recovery, requeue_horizon_s=cfg.resync_seconds,
-                                 status_heartbeat_interval_s=cfg.status_heartbeat_interval_seconds)
+                                 status_heartbeat_interval_s=cfg.status_heartbeat_interval_seconds,
+                                 cache=WatchCache())
     log.info("operator started", extra={"namespaces": ",".join(cfg.namespaces) or "*",
                                         "rendezvous": render.rendezvous_endpoint,
                                         "metrics_port": cfg.metrics_port, "peering": cfg.peering or "standalone"})
@@ -163,8 +165,11 @@ def cleanup(memo: kopf.Memo, **_: object) -> None:
             part.stop()
 
 
-def on_job_event(type: str | None, name: str, namespace: str, meta: dict, memo: kopf.Memo, **_: object) -> None:
+def on_job_event(type: str | None, name: str, namespace: str, meta: dict, event: dict, memo: kopf.Memo,
+                 **_: object) -> None:
     ctl: Controller = memo.controller
+    if ctl.cache is not None and event.get("object"):
+        ctl.cache.job_event(type, event["object"])
     if type == "DELETED":
         metrics.observe_phase(namespace, name, None)
         ctl.forget(namespace, name)
@@ -176,7 +181,10 @@ def on_job_event(type: str | None, name: str, namespace: str, meta: dict, memo: 
     ctl.trigger(namespace, name)
 
 
-def on_pod_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object) -> None:
+def on_pod_event(type: str | None, labels: dict, namespace: str, event: dict, memo: kopf.Memo,
+                 **_: object) -> None:
+    if memo.controller.cache is not None and event.get("object"):
+        memo.controller.cache.pod_event(type, event["object"])
     memo.controller.trigger_soon(namespace, labels[L.JOB_NAME], memo.config.pod_event_delay_seconds)
 
 
@@ -186,8 +194,9 @@ def on_workload_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object
 
 
 def resync(name: str, namespace: str, memo: kopf.Memo, **_: object) -> None:
-    """Time-driven transitions (deadline, TTL, restart backoff) and a safety net."""
-    memo.controller.trigger(namespace, name)
+    """Time-driven transitions (deadline, TTL, restart backoff) and a safety net: this pass reads
+    the job and its pods from the API server (a missed watch event is repaired here)."""
+    memo.controller.trigger(namespace, name, fresh=True)
 
 
 def registry(cfg: Config) -> kopf.OperatorRegistry:

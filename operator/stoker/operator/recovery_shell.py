@@ -43,6 +43,7 @@ class RecoveryShell:
         self._lock = threading.Lock()
         self._nodes: tuple[float, dict[str, D.NodeView], bool] = (-1e9, {}, False)
         self._nodes_forbidden = not watch_nodes  # without nodes, loss shows through pods and heartbeats
+        self._listing = False
         self._drains_sent: dict[tuple[str, str], str] = {}  # (namespace, job) -> drain id asked for
 
     # ------------------------------------------------------------------ observe
@@ -60,8 +61,17 @@ class RecoveryShell:
         with self._lock:
             at, views, listed = self._nodes
             fresh = self._nodes_forbidden or self.mono() - at < NODES_TTL_S
-        if not fresh:
-            views, listed = self._list_nodes()
+            # One LIST at a time: passes that find it under way use the list they have (at scale every
+            # pass of a burst used to list all nodes at the same moment). The first one waits for it.
+            lister = not fresh and (not self._listing or at < 0)
+            if lister:
+                self._listing = True
+        if lister:
+            try:
+                views, listed = self._list_nodes()
+            finally:
+                with self._lock:
+                    self._listing = False
         suspects = [n for n in need if listed and (n not in views or views[n].lost)]
         if suspects:
             views = dict(views)
