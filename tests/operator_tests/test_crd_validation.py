@@ -75,6 +75,7 @@ MALFORMED = [
     ("bad-clean-pod-policy", _set("spec.runPolicy.cleanPodPolicy", "Sometimes"), "spec.runPolicy.cleanPodPolicy"),
     ("suspend-not-bool", _set("spec.runPolicy.suspend", "yes"), "spec.runPolicy.suspend"),
     ("bad-health-action", _set("spec.health.onNonFinite", "Panic"), "spec.health.onNonFinite"),
+    ("bad-health-skip", _set("spec.health.skip", "176-184"), "spec.health.skip"),
     ("health-stall-fraction-one", _set("spec.health.throughputStallFraction", 1), "spec.health.throughputStallFraction"),
     ("bad-exit-code-action", _set("spec.failurePolicy.exitCodeRules", [{"exitCodes": [1], "action": "Retry"}]),
      "spec.failurePolicy.exitCodeRules[0].action"),

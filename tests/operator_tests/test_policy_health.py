@@ -41,6 +41,10 @@ def test_the_workers_get_spec_health_in_the_trainers_terms_and_the_ranges_skippe
     assert json.loads(env) == {"on_non_finite": "rollback", "on_spike": "fail", "loss_spike_z": 6,
                                "max_rollbacks": 2, "skip": "176:184"}
     assert P.worker_env({}, {}) is None
+    # a person's ranges (spec.health.skip, e.g. a paused job's window) join the rolled-back ones
+    assert json.loads(P.worker_env({"onNonFinite": "Pause", "skip": "180:200,8:16"},
+                                   {"health": {"skip": "176:184"}})) == {"on_non_finite": "pause",
+                                                                        "skip": "8:16,176:200"}
 
 
 def test_the_pod_env_carries_stoker_health():

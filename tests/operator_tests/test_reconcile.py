@@ -282,3 +282,46 @@ def test_a_rank_that_failed_on_a_broken_collective_waits_for_its_peers_cause_the
     assert late.status["phase"] == "Restarting" and late.restart_cause == "infrastructure"
     assert late.status["restarts"]["userError"] == 0 and late.status["incidents"][-1]["detectedCause"] == "PeerLost"
 
+
+
+def test_a_training_paused_by_spec_health_holds_without_pods_until_a_restart_request_resumes_it():
+    """Exit 88 (health Pause): phase Suspended, reason TrainingPaused, pods deleted, an incident of kind Paused,
+    no budget spent; later passes create nothing; a restart request resumes as the next incarnation, once."""
+    from stoker.common import labels as L
+
+    body = job_body(status=running_status())
+    stopped = observed(body, 1, phase="Failed", exit_code=88, message="training paused: NonFinite at step 5")
+    paused = run(body, [observed(body, 0), stopped])
+    st = paused.status
+    assert (st["phase"], st["reason"]) == ("Suspended", "TrainingPaused")
+    assert "kubectl stoker resume demo" in st["message"]
+    assert paused.delete == ["demo-worker-0-0"] and paused.create == []  # the paused one stays for its logs
+    assert st["incidents"][-1]["kind"] == "Paused" and st["restarts"]["total"] == 0
+    assert [e.reason for e in paused.events] == ["TrainingPaused"]
+
+    body = advance(body, paused)
+    held = run(body, [observed(body, 1, phase="Failed", exit_code=88)])
+    assert held.create == [] and held.delete == []
+    assert held.status["phase"] == "Suspended" and held.status["incarnation"] == 0
+
+    body["metadata"]["annotations"] = {L.RESTART_REQUEST: "r1"}
+    resumed = run(body, [observed(body, 1, phase="Failed", exit_code=88)])
+    assert resumed.status["phase"] == "Restarting" and resumed.status["incarnation"] == 1
+    assert resumed.annotate == {L.RESTART_REQUEST_HANDLED: "r1"}
+    body = advance(body, resumed)
+    body["metadata"]["annotations"][L.RESTART_REQUEST_HANDLED] = "r1"
+    after = run(body)
+    assert after.create == [0, 1] and after.status["incarnation"] == 1  # the request was taken once
+
+
+def test_a_paused_job_that_is_then_suspended_resumes_by_its_spec_like_any_suspended_job():
+    body = job_body(status=running_status())
+    paused = run(body, [observed(body, 0, phase="Failed", exit_code=88), observed(body, 1)])
+    body = advance(body, paused)
+    body["spec"]["runPolicy"]["suspend"] = True
+    suspended = run(body)
+    assert (suspended.status["phase"], suspended.status["reason"]) == ("Suspended", "JobSuspended")
+    body = advance(body, suspended)
+    body["spec"]["runPolicy"]["suspend"] = False
+    resumed = run(body)
+    assert resumed.status["phase"] == "Restarting" and resumed.status["incarnation"] == 1

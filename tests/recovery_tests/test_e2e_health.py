@@ -14,6 +14,8 @@ import re
 
 import pytest
 
+from tests.operator_tests.conftest import patch_job, wait_for, worker_pods
+
 from .conftest import reference_summary, trainer_config
 from .e2e import status, summary_of
 
@@ -84,6 +86,45 @@ def test_a_job_that_diverges_every_time_fails_with_the_reason_after_its_budget(
     assert st["restarts"]["total"] == 0   # no restart: it would diverge again
     got = [(i["anomaly"]["action"], i["anomaly"]["rollbacks"], i["step"]) for i in anomalies(st)]
     assert got == [("rollback", 1, POISON_STEP), ("rollback", 2, POISON_STEP), ("fail", 2, POISON_STEP)], got
+
+
+def test_a_paused_job_holds_without_pods_and_resumes_past_the_window_identical_to_a_run_that_skipped_it(
+        cluster, kube, namespace, recovery_pool, trainer_run, tmp_path, capsys):
+    """spec.health.onNonFinite: Pause. The job stops at the NaN, holds (Suspended, TrainingPaused, no running
+    pod, nothing spent) and names the window; a person adds it to spec.health.skip and runs `stoker resume`;
+    the job resumes from the checkpoint before the anomaly and ends as a run that skipped the window."""
+    from stoker.cli.main import main
+
+    cfg = trainer_config(60, poison_samples=WINDOW)
+
+    def pause(body: dict) -> None:
+        body["spec"]["health"] = {"onNonFinite": "Pause"}
+
+    run = trainer_run(name="pause", cfg=cfg, node_selector=recovery_pool, edit=pause)
+    run.wait_phase("Suspended", timeout=400)
+    st = run.status()
+    assert st["reason"] == "TrainingPaused" and "kubectl stoker resume pause" in st["message"], st["message"]
+    [inc] = anomalies(st)
+    assert inc["anomaly"] == {"kind": "NonFinite", "statistic": "loss=nan", "action": "pause", "rollbacks": 0,
+                              "rolledBackTo": 20, "batchesSkipped": 0, "skipFrom": (POISON_STEP - 1) * BATCH,
+                              "skipTo": POISON_STEP * BATCH}, inc
+    assert f"add {WINDOW} to spec.health.skip" in inc["message"], inc["message"]
+    assert [i["kind"] for i in st["incidents"]].count("Paused") == 1
+    assert st["restarts"]["total"] == 0 and st["incarnation"] == 0
+    wait_for("no running worker", lambda: not [p for p in worker_pods(kube, namespace, "pause")
+                                               if p["status"].get("phase") in ("Pending", "Running")], timeout=120)
+
+    patch_job(kube, namespace, "pause", {"spec": {"health": {"skip": WINDOW}}})
+    capsys.readouterr()
+    assert main(["resume", "pause", "--kubeconfig", str(cluster.kubeconfig), "-n", namespace]) == 0
+    assert "paused by spec.health: resume requested" in capsys.readouterr().out
+    run.wait_phase("Succeeded", timeout=400)
+    st = run.status()
+    assert st["incarnation"] == 1 and st["restarts"]["total"] == 0
+    final = summary_of(run.out)
+    assert final is not None and final["step"] == 60 and final["resumed_from"] == 20
+    skipped = {**{k: v for k, v in cfg.items() if k != "debug"}, "health": {"skip": WINDOW}}
+    assert final["checksum"] == reference_summary(tmp_path, skipped, 2)["checksum"]
 
 
 def test_a_token_budget_ends_the_job_succeeded_with_the_reason(

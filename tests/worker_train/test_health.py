@@ -67,6 +67,28 @@ def test_a_job_that_diverges_every_time_stops_after_its_budget_with_the_reason(t
     assert [(e["step"], e["skip_from"]) for e in events] == [(4, 4 * BATCH), (4, 5 * BATCH)]
 
 
+def test_pause_stops_with_only_earlier_checkpoints_and_a_resume_that_skips_the_window_is_bit_identical(tmp_path):
+    """health.on_non_finite=pause: exit 88 naming the resume step and the window; the NaN state is never
+    saved; resumed with the window in health.skip, the job ends as a run that skipped it from the start."""
+    cfg = job(tmp_path, "paused", debug={"poison_samples": WINDOW}, health={"on_non_finite": "pause"})
+    path = h.write_config(tmp_path, "paused", cfg)
+    proc = subprocess.run(h.command(path, 2), cwd=tmp_path / "paused", env=h._env(), capture_output=True,
+                          text=True, timeout=h.TORCHRUN_TIMEOUT_S)
+    assert proc.returncode != 0
+    assert (f"training paused: NonFinite at step 5 (loss=nan): paused (health.on_non_finite=pause); a restart "
+            f"resumes from step 4; to skip the batches that made it, add {WINDOW} to health.skip first") \
+        in proc.stderr, proc.stderr[-3000:]
+    assert "exitcode  : 88" in proc.stderr, proc.stderr[-3000:]
+    ckpt = Path(cfg["checkpoint"]["uri"])
+    assert sorted(p.name for p in ckpt.glob("step-*")) == [layout.step_dir(2), layout.step_dir(4)]
+
+    cfg["health"]["skip"] = WINDOW  # what a person does before `kubectl stoker restart`
+    resumed = h.run(tmp_path, "paused", cfg, 2)
+    assert resumed["summary"]["resumed_from"] == 4
+    skipped = h.run(tmp_path, "skipped", job(tmp_path, "skipped", health={"skip": WINDOW}), 2)
+    assert resumed["summary"]["checksum"] == skipped["summary"]["checksum"]
+
+
 def test_a_loss_spike_is_caught_by_its_robust_z_score_and_rolled_back(tmp_path):
     window = f"{7 * BATCH}:{8 * BATCH}"   # step 8, after min_history steps
     cfg = job(tmp_path, "spike", debug={"poison_samples": window, "poison_kind": "spike"},

@@ -5,7 +5,8 @@
 (stoker.common.labels.CHECKPOINT_REQUEST / RESTART_REQUEST = a fresh request
 id) that the operator acts on; `restart --rank N` (global rank) or `--replica I`
 (replica index) deletes that worker's pod
-(the operator replaces it). `suspend`/`resume` patch spec.runPolicy.suspend;
+(the operator replaces it). `suspend`/`resume` patch spec.runPolicy.suspend (`resume` of a job paused by
+spec.health sets the restart request: nothing in its spec holds it);
 `scale` uses the scale subresource after checking the elastic range."""
 from __future__ import annotations
 
@@ -146,7 +147,22 @@ def cmd_suspend(args, kube: Kube) -> int:
     return _set_suspend(args, kube, True)
 
 
+PAUSED = "TrainingPaused"  # stoker.operator.detection.TRAINING_PAUSED: spec.health paused the job
+
+
 def cmd_resume(args, kube: Kube) -> int:
+    """Unsuspend; a job that spec.health paused (phase Suspended, reason TrainingPaused) resumes through a
+    restart request, since nothing in its spec holds it."""
+    job = kube.get_job(args.namespace, args.job)
+    status = job.get("status") or {}
+    suspended = bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+    if status.get("phase") == "Suspended" and status.get("reason") == PAUSED and not suspended:
+        rid = request_id()
+        annotate(kube, args.namespace, args.job, L.RESTART_REQUEST, rid)
+        doc = {"job": args.job, "namespace": args.namespace, "action": "resume-paused", "requestId": rid}
+        _report(args, doc, f"job {args.job} was paused by spec.health: resume requested (request {rid}); it "
+                           "restarts from the newest checkpoint before the anomaly")
+        return EXIT_OK
     return _set_suspend(args, kube, False)
 
 

@@ -46,6 +46,7 @@ RENDEZVOUS_LOST = "RendezvousLost"  # the launcher lost the operator's rendezvou
 PEER_LOST = "PeerLost"  # a collective with another rank broke (that rank's failure is the root, if seen)
 USER_ERROR = "UserError"  # assigned by recovery.py for repeated identical failures
 TRAINING_DIVERGED = "TrainingDiverged"  # the trainer gave up: spec.health's budget spent, or its action Fail (exit 87)
+TRAINING_PAUSED = "TrainingPaused"  # spec.health's action Pause: held until a restart request (exit 88)
 
 BUDGET_OF = {
     PREEMPTED: "preemption",
@@ -60,10 +61,11 @@ BUDGET_OF = {
     PEER_LOST: "infrastructure",
     USER_ERROR: "userError",
     TRAINING_DIVERGED: "userError",
+    TRAINING_PAUSED: "none",
 }
 # Lower wins when two pods finished at the same time.
 _PRIORITY = {PREEMPTED: 0, NODE_LOST: 1, EVICTED: 2, OOM_KILLED: 3, WORKER_KILLED: 4, TRAINING_DIVERGED: 5,
-             WORKER_CRASHED: 5, HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8, PEER_LOST: 9}
+             TRAINING_PAUSED: 5, WORKER_CRASHED: 5, HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8, PEER_LOST: 9}
 
 PREEMPTION_REASONS = frozenset({"PreemptionByScheduler", "PreemptionByKubeScheduler", "Preempted", "Preempting"})
 EVICTION_REASONS = frozenset({"Evicted", "EvictionByEvictionAPI", "DeletionByTaintManager", "TerminationByKubelet",
@@ -71,6 +73,7 @@ EVICTION_REASONS = frozenset({"Evicted", "EvictionByEvictionAPI", "DeletionByTai
 NODE_LOST_REASONS = frozenset({"NodeLost"})
 EXIT_RENDEZVOUS_LOST = 86  # stoker.operator.launch
 EXIT_TRAINING_DIVERGED = 87  # stoker.worker.health_guard
+EXIT_TRAINING_PAUSED = 88  # stoker.worker.health_guard
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
@@ -199,6 +202,9 @@ def classify_pod(pod: PodView, node: NodeView | None, node_known: bool = True) -
                        f"{pod.exit_code}; the operator restarted?)", onset=pod.finished_at, **base)
     if pod.exit_code == EXIT_TRAINING_DIVERGED:
         return Finding(TRAINING_DIVERGED, f"worker pod {pod.name}: training diverged", onset=pod.finished_at, **base)
+    if pod.exit_code == EXIT_TRAINING_PAUSED:
+        return Finding(TRAINING_PAUSED, f"worker pod {pod.name}: training paused by spec.health",
+                       onset=pod.finished_at, **base)
     sig = signal_of(pod.exit_code)
     if sig is not None:
         return Finding(WORKER_KILLED, f"worker pod {pod.name} was killed by {_signal_name(sig)} "

@@ -8,16 +8,24 @@ from .pass_state import Pass, Plan
 from .policy_failure import manual_restart
 
 
+def take_restart_request(ps: Pass) -> str | None:
+    """A restart request not acted on yet: marked handled (status.requests, the annotation) and returned."""
+    requests = dict(ps.st.get("requests") or ps.old.get("requests") or {})
+    rr = ps.job.annotations.get(L.RESTART_REQUEST)
+    if not rr or rr in (requests.get("restart"), ps.job.annotations.get(L.RESTART_REQUEST_HANDLED)):
+        return None
+    requests["restart"] = rr
+    ps.st["requests"] = requests
+    ps.p.annotate[L.RESTART_REQUEST_HANDLED] = rr
+    return rr
+
+
 def requests(ps: Pass) -> Plan | None:
     job, p = ps.job, ps.p
-    requests = dict(ps.old.get("requests") or {})
-    rr = job.annotations.get(L.RESTART_REQUEST)
-    if rr and rr not in (requests.get("restart"), job.annotations.get(L.RESTART_REQUEST_HANDLED)):
-        requests["restart"] = rr
-        ps.st["requests"] = requests
-        p.annotate[L.RESTART_REQUEST_HANDLED] = rr
-        if ps.decision is None:   # a failure restart already restarts everything
-            ps.decision = manual_restart(rr, ps.incarnation, ps.now)
+    rr = take_restart_request(ps)
+    if rr and ps.decision is None:   # a failure restart already restarts everything
+        ps.decision = manual_restart(rr, ps.incarnation, ps.now)
+    requests = dict(ps.st.get("requests") or ps.old.get("requests") or {})
     cr = job.annotations.get(L.CHECKPOINT_REQUEST)
     if cr and cr not in (requests.get("checkpoint"), job.annotations.get(L.CHECKPOINT_REQUEST_HANDLED)):
         requests["checkpoint"] = cr

@@ -1,6 +1,6 @@
 """spec.failurePolicy: what a failure costs and how the pass carries it out. Pure.
 
-``detection`` names the root cause and ``recovery`` decides restart / replace /
+``detection`` names the root cause and ``recovery`` decides restart / replace / pause /
 fail; ``decide`` applies ``failurePolicy.exitCodeRules`` on top (FailJob fails at
 once, Ignore restarts for free, RestartJob spends the budget); ``backoff_seconds``
 spaces restarts out (``failurePolicy.backoffSeconds`` doubled per restart, capped
@@ -93,6 +93,10 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
     rule = _rule(rules, finding.exit_code)
     err = R.last_error_lines(action.finding.error)
     original = finding.cause
+    if isinstance(action, R.Pause):
+        inc = I.record(action.finding, kind="Paused", budget="none", incarnation=incarnation, now=now,
+                       message=action.message, error=err)
+        return Decision("pause", D.TRAINING_PAUSED, action.message, "none", False, (), action.finding, inc)
     if isinstance(action, R.Fail):
         if rule == "Ignore":  # the user said: restart for free
             action = R.Restart(action.finding, action.budget, False, R.REASON_OF.get(action.finding.cause, "WorkerFailed"),
@@ -157,6 +161,8 @@ def failure(ps: Pass) -> Plan | None:
         ps.delete(ps.cleanup())
         ps.record(sv.incident)
         return ps.done()
+    if sv is not None and sv.action == "pause":
+        return _pause(ps, sv)
     if sv is not None and sv.action == "replace":
         ps.st["restarts"] = bump(ps.restarts, sv.increment)
         ps.record(sv.incident)
@@ -165,6 +171,21 @@ def failure(ps: Pass) -> Plan | None:
         ps.p.force_delete += [n for n in sv.pods if sv.finding.cause == "NodeLost" and n not in ps.p.force_delete]
         ps.event("Warning", sv.reason, I.event_message(sv.incident))
     return None
+
+
+def _pause(ps: Pass, sv: Decision) -> Plan:
+    """spec.health said Pause: no pods, phase Suspended (reason TrainingPaused) until a restart request
+    (``policy_suspend`` holds it); the trainer committed every checkpoint before the anomaly."""
+    hold = (f"{sv.message}; resume with `kubectl stoker resume {ps.job.name}` (to skip the anomaly's window, "
+            "first add it to spec.health.skip: see status.health)")
+    ps.set_phase("Suspended", D.TRAINING_PAUSED, hold)
+    ps.condition("Suspended", True, D.TRAINING_PAUSED, hold)
+    ps.condition("Running", False, D.TRAINING_PAUSED, "training paused by spec.health")
+    ps.st.pop("startTime", None)  # like a suspend: activeDeadlineSeconds counts running time
+    ps.delete(ps.cleanup())
+    ps.record(sv.incident)
+    ps.event("Warning", D.TRAINING_PAUSED, I.event_message(sv.incident))
+    return ps.done()
 
 
 def restart(ps: Pass) -> Plan | None:

@@ -4,7 +4,8 @@ The workers judge and act (stoker.worker.health_guard): the operator tells them 
 through ``STOKER_HEALTH`` (with the data ranges earlier rollbacks skipped, from
 status.health.skip, so a restart never meets a poisoned window again), and records each
 anomaly a worker reports once: an incident of kind Anomaly, an Event, and status.health.
-A job whose trainer gave up (exit 87, TrainingDiverged) is failed by ``recovery.decide``.
+A job whose trainer gave up (exit 87, TrainingDiverged) is failed by ``recovery.decide``; one
+whose trainer paused (exit 88, TrainingPaused) is held without pods until a restart request.
 
 Every rank reports the same anomaly (they judge the same all-reduced numbers), so an
 anomaly is known by what it is (step, kind, action, rollbacks so far), not by who sent it.
@@ -20,7 +21,7 @@ from stoker.common.timefmt import fmt_time
 if TYPE_CHECKING:  # pods.py imports this module, and pass_state imports pods
     from .pass_state import Pass, Plan
 
-ACTIONS = {"Ignore": "ignore", "Report": "report", "Rollback": "rollback", "Fail": "fail"}
+ACTIONS = {"Ignore": "ignore", "Report": "report", "Rollback": "rollback", "Pause": "pause", "Fail": "fail"}
 # spec.health field -> the trainer's health.* field
 FIELDS = (("onNonFinite", "on_non_finite"), ("onSpike", "on_spike"), ("lossSpikeZScore", "loss_spike_z"),
           ("gradNormSpikeZScore", "grad_norm_spike_z"), ("window", "window"), ("minHistory", "min_history"),
@@ -36,9 +37,10 @@ def worker_env(spec: Mapping[str, Any] | None, status: Mapping[str, Any] | None)
         if (spec or {}).get(key) is not None:
             value = spec[key]  # type: ignore[index]
             out[name] = ACTIONS.get(value, value) if name.startswith("on_") else value
-    skip = ((status or {}).get("health") or {}).get("skip")
-    if skip:
-        out["skip"] = skip
+    ranges = parse_ranges(((status or {}).get("health") or {}).get("skip") or "", "status.health.skip")
+    ranges += parse_ranges((spec or {}).get("skip") or "", "spec.health.skip")
+    if ranges:
+        out["skip"] = format_ranges(merge_ranges(ranges))
     return json.dumps(out, sort_keys=True) if out else None
 
 
@@ -63,6 +65,9 @@ def describe(a: Mapping[str, Any], max_rollbacks: Any) -> str:
                  f"(rollback {a.get('rollbacks')} of spec.health.maxRollbacks={max_rollbacks})")
     elif a.get("action") == "fail":
         text += "; the trainer stops the job"
+    elif a.get("action") == "pause":
+        text += (f"; paused: a resume starts from the checkpoint of step {a.get('rolled_back_to')}; to skip the "
+                 f"batch, add {a.get('skip_from')}:{a.get('skip_to')} to spec.health.skip first")
     else:
         text += "; training goes on (spec.health says Report)"
     return text
@@ -71,7 +76,7 @@ def describe(a: Mapping[str, Any], max_rollbacks: Any) -> str:
 def incident(w: Any, a: Mapping[str, Any], now, max_rollbacks: Any) -> dict[str, Any]:
     detail = {"kind": a.get("kind"), "statistic": a.get("statistic"), "action": a.get("action"),
               "rollbacks": int(a.get("rollbacks", 0))}
-    if a.get("action") == "rollback":
+    if a.get("action") in ("rollback", "pause"):
         detail.update(rolledBackTo=int(a["rolled_back_to"]), batchesSkipped=int(a.get("batches_skipped", 0)),
                       skipFrom=int(a.get("skip_from", 0)), skipTo=int(a.get("skip_to", 0)))
     inc = {"time": fmt_time(now), "kind": "Anomaly", "cause": "none", "detectedCause": a.get("kind"),

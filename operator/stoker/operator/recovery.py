@@ -101,6 +101,12 @@ class Fail:
     message: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Pause:
+    finding: D.Finding
+    message: str
+
+
 REASON_OF = {
     D.PREEMPTED: "WorkerPreempted", D.EVICTED: "WorkerEvicted", D.NODE_LOST: "NodeLost",
     D.OOM_KILLED: "WorkerOOMKilled", D.WORKER_KILLED: "WorkerKilled", D.WORKER_CRASHED: "WorkerFailed",
@@ -154,7 +160,7 @@ def last_error_lines(text: str, lines: int = ERROR_LINES, chars: int = ERROR_CHA
 
 def decide(finding: D.Finding, restarts: Mapping[str, int], history: Sequence[Mapping[str, Any]], policy: Policy,
            *, failed_pods: Sequence[str] = (), survivors: int = 0,
-           node_of: Mapping[str, str] | None = None) -> Restart | Replace | Fail:
+           node_of: Mapping[str, str] | None = None) -> Restart | Replace | Fail | Pause:
     """What to do about ``finding``.
 
     ``restarts``: status.restarts counters (userError, infrastructure, preemption, total).
@@ -176,6 +182,8 @@ def decide(finding: D.Finding, restarts: Mapping[str, int], history: Sequence[Ma
 
     if finding.cause == D.TRAINING_DIVERGED:  # a restart would meet the same divergence: say why and stop
         return Fail(finding, budget, "TrainingDiverged", f"{finding.message}{err_part}")
+    if finding.cause == D.TRAINING_PAUSED:  # a person decides: hold the job until a restart request
+        return Pause(finding, f"{finding.message}{err_part}")
     user_used = int(restarts.get("userError", 0))
     infra_used = int(restarts.get("infrastructure", 0))
     if budget == "userError" and user_used >= policy.max_restarts:

@@ -26,8 +26,8 @@ LOSS_SPIKE = "LossSpike"
 GRAD_NORM_SPIKE = "GradNormSpike"
 THROUGHPUT_STALL = "ThroughputStall"
 
-IGNORE, REPORT, ROLLBACK, FAIL = "ignore", "report", "rollback", "fail"
-ACTIONS = (IGNORE, REPORT, ROLLBACK, FAIL)
+IGNORE, REPORT, ROLLBACK, PAUSE, FAIL = "ignore", "report", "rollback", "pause", "fail"
+ACTIONS = (IGNORE, REPORT, ROLLBACK, PAUSE, FAIL)
 MAD_TO_SIGMA = 1.4826
 SPREAD_FLOOR = 1e-3  # of |median|
 

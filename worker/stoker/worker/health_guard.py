@@ -22,11 +22,16 @@ from stoker.worker.config import Config
 log = logging.getLogger("stoker.worker.health")
 
 EXIT_TRAINING_DIVERGED = 87  # the operator fails the job at once (no restart would help)
+EXIT_TRAINING_PAUSED = 88    # the operator holds the job without pods until a restart request
 SPIKE_FACTOR = 1000.0
 
 
 class TrainingDiverged(RuntimeError):
     """The job cannot train on: the message is the reason the operator shows."""
+
+
+class TrainingPaused(RuntimeError):
+    """spec.health says Pause: every checkpoint before the anomaly is committed, the job waits for a person."""
 
 
 def rules_of(cfg: Config) -> H.Rules:
@@ -93,6 +98,8 @@ class HealthGuard:
         if action == H.FAIL:
             self._report(trainer, anomaly, action)
             raise TrainingDiverged(f"{anomaly.describe()}; health.on_{_knob(anomaly)}=fail")
+        if action == H.PAUSE:
+            self._pause(trainer, ckpt, anomaly)
         if action == H.REPORT:
             self._report(trainer, anomaly, action)
             trainer.metrics.emit({"event": "anomaly", "step": step, "kind": anomaly.kind,
@@ -132,6 +139,23 @@ class HealthGuard:
                     s, target, window[0], window[1], self.rollbacks, h.max_rollbacks)
         self._report(trainer, anomaly, H.ROLLBACK, rolled_back_to=target, skip_from=window[0],
                      skip_to=window[1], batches_skipped=h.skip_batches)
+
+    def _pause(self, trainer: Any, ckpt: Any, anomaly: H.Anomaly) -> None:
+        """Stop without saving the anomalous state: the save in flight (of an earlier step) commits, the
+        report names the checkpoint a resume starts from and the window a rollback would skip."""
+        s = anomaly.step
+        if ckpt is None:
+            raise TrainingDiverged(f"{anomaly.describe()}: health.on_{_knob(anomaly)}=pause needs checkpoints to "
+                                   "resume from (set checkpoint.uri)")
+        ckpt.wait()
+        before = [c for c in ckpt.committed_steps() if c < s]
+        window = H.skip_window(self.batcher.last_batch_start, self.batcher.global_batch, self.cfg.health.skip_batches)
+        resume = max(before) if before else 0
+        self._report(trainer, anomaly, H.PAUSE, rolled_back_to=resume, skip_from=window[0], skip_to=window[1],
+                     batches_skipped=0)
+        raise TrainingPaused(f"{anomaly.describe()}: paused (health.on_{_knob(anomaly)}=pause); a restart resumes "
+                             f"from step {resume}; to skip the batches that made it, add {window[0]}:{window[1]} "
+                             "to health.skip first")
 
     def _report(self, trainer: Any, anomaly: H.Anomaly, action: str, **detail: Any) -> None:
         trainer.session.report_anomaly(step=anomaly.step, kind=anomaly.kind, statistic=anomaly.statistic,

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:  # world-size / device dependent checks
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from stoker.worker.health_guard import EXIT_TRAINING_DIVERGED, TrainingDiverged
+    from stoker.worker.health_guard import (EXIT_TRAINING_DIVERGED, EXIT_TRAINING_PAUSED, TrainingDiverged,
+                                            TrainingPaused)
 
     try:
         summary = trainer.run()
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer.session.set_phase("FAILED", error=f"TrainingDiverged: {exc}")
         print(f"training diverged: {exc}", file=sys.stderr)
         return EXIT_TRAINING_DIVERGED
+    except TrainingPaused as exc:  # spec.health says Pause: the operator holds the job until a restart request
+        trainer.session.set_phase("FAILED", error=f"TrainingPaused: {exc}")
+        print(f"training paused: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_PAUSED
     except BaseException as exc:
         trainer.session.set_phase("FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
