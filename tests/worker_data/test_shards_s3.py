@@ -104,3 +104,33 @@ def test_a_lost_download_process_does_not_stop_reading(s3_dataset, tmp_path, cap
     assert torch.equal(data.samples(TRAIN, ids), want)  # downloaded in the trainer's own threads instead
     assert "shard download process is gone" in caplog.text
     data.close()
+
+
+def test_the_download_process_ends_with_a_trainer_killed_by_sigkill(s3_dataset, tmp_path):
+    """No orphan: the child reads its requests from the trainer's pipe and ends when the pipe closes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    trainer = ("import sys, time\nfrom stoker.worker.shards.reader import ShardedTokens\n"
+               "d = ShardedTokens(sys.argv[1], cache_dir=sys.argv[2])\nprint(d._process.pid, flush=True)\n"
+               "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", trainer, s3_dataset, str(tmp_path / "cache")],
+                            stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    deadline = time.monotonic() + 30
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone(), f"the download process {child} outlived its trainer"
