@@ -148,7 +148,7 @@ class Components:
                 f"--root-ca-file={p}/ca.crt",
                 f"--cluster-signing-cert-file={p}/ca.crt", f"--cluster-signing-key-file={p}/ca.key",
                 f"--node-monitor-period={NODE_MONITOR_PERIOD}",
-                f"--node-monitor-grace-period={NODE_MONITOR_GRACE_PERIOD}",
+                f"--node-monitor-grace-period={self.node_monitor_grace_period or NODE_MONITOR_GRACE_PERIOD}",
                 "--enable-garbage-collector=true",
                 "--leader-elect=false",
                 "--cluster-name=stoker-local",

@@ -21,6 +21,7 @@ from .podview import pod_view
 from .preflight_shell import Preflight
 from .reconcile import Event, Plan, plan
 from .recovery_shell import RecoveryShell
+from .soon import Soon
 from .status import with_observed_generation, write_due
 from .watch_cache import WatchCache
 
@@ -46,7 +47,8 @@ class Controller:
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
                  requeue_horizon_s: float = 0.0,
                  recovery: RecoveryShell | None = None, status_heartbeat_interval_s: float = 0.0,
-                 mono: Callable[[], float] = time.monotonic, cache: WatchCache | None = None) -> None:
+                 mono: Callable[[], float] = time.monotonic, cache: WatchCache | None = None,
+                 pass_workers: int = 8) -> None:
         self.kube = kube
         # The watches' view of jobs and pods (watch_cache.py); None: every pass reads the API server.
         self.cache = cache
@@ -66,6 +68,7 @@ class Controller:
         self._running: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
         self._fresh: set[tuple[str, str]] = set()   # a pending repeat must read the API server
+        self._soon = Soon(pass_workers)               # trigger_soon's passes: a bounded pool, not a thread each
         self._pending: set[tuple[str, str]] = set()
         self._written: dict[tuple[str, str], str] = {}  # resourceVersion of our last status write
         self._written_at: dict[tuple[str, str], float] = {}  # and when (self.mono)
@@ -99,9 +102,7 @@ class Controller:
             except Exception:  # logged in reconcile_once; the resync timer retries
                 pass
 
-        t = threading.Timer(delay, fire)
-        t.daemon = True
-        t.start()
+        self._soon.call_later(delay, fire)
 
     def trigger(self, namespace: str, name: str, fresh: bool = False) -> Plan | None:
         """A pass for the job (repeated once if triggered again meanwhile). ``fresh``: read the job and

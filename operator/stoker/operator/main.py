@@ -124,7 +124,7 @@ def startup(memo: kopf.Memo, **_: object) -> None:
         heartbeat_interval_s=cfg.heartbeat_interval_seconds)
     memo.controller = Controller(kube, render, recovery=recovery, requeue_horizon_s=cfg.resync_seconds,
                                  status_heartbeat_interval_s=cfg.status_heartbeat_interval_seconds,
-                                 cache=WatchCache())
+                                 cache=WatchCache(), pass_workers=cfg.max_workers)
     log.info("operator started", extra={"namespaces": ",".join(cfg.namespaces) or "*",
                                         "rendezvous": render.rendezvous_endpoint,
                                         "metrics_port": cfg.metrics_port, "peering": cfg.peering or "standalone"})
