@@ -34,7 +34,14 @@ def manifest(cfg: dict, step: int) -> dict:
     return json.loads((Path(cfg["checkpoint"]["uri"]) / layout.step_dir(step) / layout.MANIFEST).read_text())
 
 
-def test_a_poisoned_window_is_rolled_back_and_skipped_bit_identical_to_a_run_that_skipped_it(tmp_path):
+@pytest.fixture(scope="module")
+def skipped(tmp_path_factory) -> dict:
+    """The undisturbed run given the window in health.skip (the reference of a rollback and of a pause)."""
+    tmp = tmp_path_factory.mktemp("skipped")
+    return h.run(tmp, "skipped", job(tmp, "skipped", health={"skip": WINDOW}), 2)
+
+
+def test_a_poisoned_window_is_rolled_back_and_skipped_bit_identical_to_a_run_that_skipped_it(tmp_path, skipped):
     poisoned = job(tmp_path, "poisoned", debug={"poison_samples": WINDOW})
     got = h.run(tmp_path, "poisoned", poisoned, 2)
     rollbacks = [m for m in got["metrics"] if m.get("event") == "rollback"]
@@ -45,7 +52,6 @@ def test_a_poisoned_window_is_rolled_back_and_skipped_bit_identical_to_a_run_tha
     assert all(m["loss"] == m["loss"] for m in losses), "a NaN step was kept"
     assert manifest(poisoned, STEPS)["health"] == {"rollbacks": 1, "skip": WINDOW}
 
-    skipped = h.run(tmp_path, "skipped", job(tmp_path, "skipped", health={"skip": WINDOW}), 2)
     assert got["summary"]["checksum"] == skipped["summary"]["checksum"]
     assert [m["loss"] for m in losses] == [m["loss"] for m in skipped["metrics"] if "loss" in m]
     # and skipping mattered: an undisturbed run that trains on the window ends elsewhere
@@ -67,7 +73,8 @@ def test_a_job_that_diverges_every_time_stops_after_its_budget_with_the_reason(t
     assert [(e["step"], e["skip_from"]) for e in events] == [(4, 4 * BATCH), (4, 5 * BATCH)]
 
 
-def test_pause_stops_with_only_earlier_checkpoints_and_a_resume_that_skips_the_window_is_bit_identical(tmp_path):
+def test_pause_stops_with_only_earlier_checkpoints_and_a_resume_that_skips_the_window_is_bit_identical(tmp_path,
+                                                                                                       skipped):
     """health.on_non_finite=pause: exit 88 naming the resume step and the window; the NaN state is never
     saved; resumed with the window in health.skip, the job ends as a run that skipped it from the start."""
     cfg = job(tmp_path, "paused", debug={"poison_samples": WINDOW}, health={"on_non_finite": "pause"})
@@ -85,7 +92,6 @@ def test_pause_stops_with_only_earlier_checkpoints_and_a_resume_that_skips_the_w
     cfg["health"]["skip"] = WINDOW  # what a person does before `kubectl stoker restart`
     resumed = h.run(tmp_path, "paused", cfg, 2)
     assert resumed["summary"]["resumed_from"] == 4
-    skipped = h.run(tmp_path, "skipped", job(tmp_path, "skipped", health={"skip": WINDOW}), 2)
     assert resumed["summary"]["checksum"] == skipped["summary"]["checksum"]
 
 
