@@ -87,6 +87,9 @@ class RealNodes:
         network.create_netns(node)
         mountns.create(node)
         cleanup.create_cgroup(node.cgroup_root)
+        # A node stopped by SIGKILL (a lost node) leaves its socket behind: waiting for the file
+        # would then not wait for containerd (bench/chaos_real.py restarting a lost node).
+        node.containerd_sock.unlink(missing_ok=True)
         self._start(node, "containerd", ["containerd", "--config", str(node.dir / "containerd.toml")])
         wait_ready(f"{node.name} containerd", node.containerd_sock.exists,
                    proc=self._procs[node.name, "containerd"],
