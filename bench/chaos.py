@@ -1,7 +1,7 @@
 """Chaos suite: many TrainingJobs, faults at random moments of real training, and for
 every job the checks that matter (issue 11).
 
-    .venv/bin/python bench/chaos.py [--profile default|short] [--seed N] [--cluster-dir DIR]
+    .venv/bin/python bench/chaos.py [--profile default|short] [--seed N] [--cluster-dir DIR] [--nodes real]
     make chaos          # the default profile: 100 faults across 10 kinds (goal: within an hour on 2 cores)
 
 Jobs (2 workers each, one at a time, on a pool of 2 process nodes) cycle through three
@@ -26,7 +26,8 @@ and per fault: detect (until status.incidents records it), recover (until a step
 new incarnation is in the journal), from the moment of injection, and the incident's
 cause. The default profile runs with the failure-policy defaults a user gets; the short
 profile (``make test`` runs it, tests/test_chaos.py) sets progressTimeoutSeconds=5 to stay
-short, and says so in its JSON. Results: bench/results/chaos.json (raw samples, commit, machine,
+short, and says so in its JSON. ``--nodes real``: the real-node profiles
+(bench/chaos_real.py). Results: bench/results/chaos.json (raw samples, commit, machine,
 load average, command line, seed, per job the times of its phases), or chaos-short.json
 for the short profile.
 """
@@ -258,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", type=int, default=None, help="override the profile's number of faults")
     ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
     ap.add_argument("--out", default=None, help="write the JSON here instead of bench/results/")
+    ap.add_argument("--nodes", choices=["process", "real"], default="process",
+                    help="real: kubelet + containerd nodes, root only (bench/chaos_real.py)")
     args = ap.parse_args(argv)
+    if args.nodes == "real":
+        from bench import chaos_real
+        return chaos_real.main(args)
     started = time.time()
     profile = dict(PROFILES[args.profile], **({"faults": args.faults} if args.faults else {}))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
