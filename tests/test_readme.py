@@ -117,3 +117,19 @@ def test_the_readme_chaos_table_is_the_one_bench_chaos_wrote():
         assert line in section, f"README's chaos table lacks (or changed) {line!r}"
     assert f"seed {data['seed']}" in section and f"{data['faults_injected']} faults" in section
 
+
+
+def test_the_readme_scale_table_is_the_one_bench_operator_scale_wrote():
+    """The side-by-side scale table (Stoker, Kubeflow, bare pods) is the results file's, cell for
+    cell, with its scale and goals as measured (regenerate with bench.common.markdown_table)."""
+    import json
+
+    from bench.common import markdown_table
+
+    data = json.loads((REPO / "bench" / "results" / "bench_operator_scale.json").read_text())
+    section = README.split("### Scale, side by side", 1)[1].split("\n## ", 1)[0]
+    for line in markdown_table(data["table"]).splitlines():
+        assert line in section, f"README's scale table lacks (or changed) {line!r}"
+    assert f"{data['jobs']} jobs × {data['workers_per_job']} workers" in section
+    for goal in data["goals"]:
+        assert f"{goal['goal']}: {'met' if goal['met'] else 'missed'}" in section, goal
