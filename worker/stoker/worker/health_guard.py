@@ -117,13 +117,12 @@ class HealthGuard:
         if ckpt is None:
             raise TrainingDiverged(f"{anomaly.describe()}: nothing to roll back to without checkpoints "
                                    "(set checkpoint.uri, or health.on_non_finite/on_spike: report)")
-        ckpt.wait()
-        before = [c for c in ckpt.committed_steps() if c < s]
+        before = _committed_before(ckpt, s)
         if not before:
             self._report(trainer, anomaly, H.FAIL)
             raise TrainingDiverged(f"{anomaly.describe()}: no committed checkpoint before step {s} to roll back to "
                                    f"(checkpoint.interval={self.cfg.checkpoint.interval}; a shorter one helps)")
-        window = H.skip_window(self.batcher.last_batch_start, self.batcher.global_batch, h.skip_batches)
+        window = self._window()
         self.rollbacks += 1
         self.batcher.skips = H.merge_ranges(list(self.batcher.skips) + [window])  # a load keeps them
         trainer.session.set_phase("RESTORING")
@@ -147,9 +146,7 @@ class HealthGuard:
         if ckpt is None:
             raise TrainingDiverged(f"{anomaly.describe()}: health.on_{_knob(anomaly)}=pause needs checkpoints to "
                                    "resume from (set checkpoint.uri)")
-        ckpt.wait()
-        before = [c for c in ckpt.committed_steps() if c < s]
-        window = H.skip_window(self.batcher.last_batch_start, self.batcher.global_batch, self.cfg.health.skip_batches)
+        before, window = _committed_before(ckpt, s), self._window()
         resume = max(before) if before else 0
         self._report(trainer, anomaly, H.PAUSE, rolled_back_to=resume, skip_from=window[0], skip_to=window[1],
                      batches_skipped=0)
@@ -157,9 +154,19 @@ class HealthGuard:
                              f"from step {resume}; to skip the batches that made it, add {window[0]}:{window[1]} "
                              "to health.skip first")
 
+    def _window(self) -> tuple[int, int]:
+        """The sample positions a rollback skips: skip_batches batches from the one just drawn."""
+        return H.skip_window(self.batcher.last_batch_start, self.batcher.global_batch, self.cfg.health.skip_batches)
+
     def _report(self, trainer: Any, anomaly: H.Anomaly, action: str, **detail: Any) -> None:
         trainer.session.report_anomaly(step=anomaly.step, kind=anomaly.kind, statistic=anomaly.statistic,
                                        action=action, rollbacks=self.rollbacks, **detail)
+
+
+def _committed_before(ckpt: Any, step: int) -> list[int]:
+    """The committed checkpoint steps before ``step``, once the save in flight has ended."""
+    ckpt.wait()
+    return [c for c in ckpt.committed_steps() if c < step]
 
 
 def _knob(anomaly: H.Anomaly) -> str:
