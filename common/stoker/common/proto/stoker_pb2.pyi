@@ -117,7 +117,7 @@ class CommandAck(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., type: _Optional[_Union[CommandType, str]] = ..., state: _Optional[_Union[AckState, str]] = ..., message: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("identity", "seq", "step", "phase", "sent_at", "step_at", "started_at", "metrics", "acks", "error", "anomalies", "finish_reason")
+    __slots__ = ("identity", "seq", "step", "phase", "sent_at", "step_at", "started_at", "metrics", "acks", "error", "anomalies", "finish_reason", "launcher")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class WorkerMessage(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ANOMALIES_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHER_FIELD_NUMBER: _ClassVar[int]
     identity: JobIdentity
     seq: int
     step: int
@@ -142,7 +143,24 @@ class WorkerMessage(_message.Message):
     error: str
     anomalies: _containers.RepeatedCompositeFieldContainer[Anomaly]
     finish_reason: str
-    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+    launcher: LauncherReport
+    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., launcher: _Optional[_Union[LauncherReport, _Mapping]] = ...) -> None: ...
+
+class LauncherReport(_message.Message):
+    __slots__ = ("exit_code", "step", "error", "failed_at", "restart", "restarts_left")
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FAILED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    exit_code: int
+    step: int
+    error: str
+    failed_at: _timestamp_pb2.Timestamp
+    restart: int
+    restarts_left: int
+    def __init__(self, exit_code: _Optional[int] = ..., step: _Optional[int] = ..., error: _Optional[str] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restart: _Optional[int] = ..., restarts_left: _Optional[int] = ...) -> None: ...
 
 class Anomaly(_message.Message):
     __slots__ = ("seq", "step", "kind", "statistic", "action", "rolled_back_to", "skip_from", "skip_to", "batches_skipped", "rollbacks")
