@@ -117,7 +117,7 @@ class CommandAck(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., type: _Optional[_Union[CommandType, str]] = ..., state: _Optional[_Union[AckState, str]] = ..., message: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("identity", "seq", "step", "phase", "sent_at", "step_at", "started_at", "metrics", "acks", "error", "anomalies", "finish_reason", "launcher")
+    __slots__ = ("identity", "seq", "step", "phase", "sent_at", "step_at", "started_at", "metrics", "acks", "error", "anomalies", "finish_reason", "launcher", "activity", "activity_seconds")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,8 @@ class WorkerMessage(_message.Message):
     ANOMALIES_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     LAUNCHER_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     identity: JobIdentity
     seq: int
     step: int
@@ -144,7 +146,9 @@ class WorkerMessage(_message.Message):
     anomalies: _containers.RepeatedCompositeFieldContainer[Anomaly]
     finish_reason: str
     launcher: LauncherReport
-    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., launcher: _Optional[_Union[LauncherReport, _Mapping]] = ...) -> None: ...
+    activity: str
+    activity_seconds: float
+    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., launcher: _Optional[_Union[LauncherReport, _Mapping]] = ..., activity: _Optional[str] = ..., activity_seconds: _Optional[float] = ...) -> None: ...
 
 class LauncherReport(_message.Message):
     __slots__ = ("exit_code", "step", "error", "failed_at", "restart", "restarts_left")
