@@ -58,6 +58,8 @@ class WorkerStatus:
     stream: int = 0                   # which stream spoke last (only that one's end disconnects)
     anomalies: tuple = ()             # the process's latest training anomalies (dicts, proto field names)
     finish_reason: str = ""           # FINISHED before the last step: why ("EarlyStopped: ...")
+    activity: str = ""                # data | compute | collective | checkpoint ("": not reported)
+    activity_seconds: float = 0.0     # how long it had been at it when the message was sent
 
     def age_s(self, now_monotonic: float | None = None) -> float:
         return (now_monotonic if now_monotonic is not None else time.monotonic()) - self.last_seen_monotonic
@@ -115,6 +117,7 @@ class HeartbeatRegistry:
                 error=msg.error, last_seen=time.time(), last_seen_monotonic=self._clock(),
                 connected=True, messages=prev.messages + 1, stream=stream,
                 anomalies=tuple(_anomaly_dict(a) for a in msg.anomalies), finish_reason=msg.finish_reason,
+                activity=msg.activity, activity_seconds=msg.activity_seconds,
             )
             self._workers[key] = status
             self.newest_seen = max(self.newest_seen, status.last_seen_monotonic)
