@@ -43,6 +43,9 @@ class RecordingSession:
     def stop_requested(self) -> bool:
         return False
 
+    def set_activity(self, name: str) -> None:
+        pass
+
     def report_anomaly(self, **anomaly: Any) -> None:
         self.anomalies.append(anomaly)
 

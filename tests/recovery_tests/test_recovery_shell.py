@@ -164,6 +164,9 @@ def test_a_replacement_waiting_for_capacity_is_not_blamed_for_the_lost_pods_sile
         def newest_heard(self):
             return 100.0
 
+        def all_ranks(self):
+            return list(records)
+
     def raw(index, node, phase):
         spec = {"containers": [{"name": "trainer"}], **({"nodeName": node} if node else {})}
         return {"metadata": {"name": f"j-worker-{index}-0", "labels": {L.REPLICA_INDEX: str(index),

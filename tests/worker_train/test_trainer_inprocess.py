@@ -59,6 +59,9 @@ class ScriptedSession:
     def journal_commit(self, step):
         pass
 
+    def set_activity(self, name):
+        pass
+
     def report_anomaly(self, **anomaly):
         self.anomalies.append(anomaly)
 

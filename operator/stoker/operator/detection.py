@@ -42,6 +42,7 @@ WORKER_KILLED = "WorkerKilled"
 WORKER_CRASHED = "WorkerCrashed"
 HEARTBEAT_LOST = "HeartbeatLost"
 HANG = "Hang"
+COLLECTIVE_STUCK = "CollectiveStuck"  # every rank alive, beating and waiting in a collective (heartbeat_checks)
 RENDEZVOUS_LOST = "RendezvousLost"  # the launcher lost the operator's rendezvous store (exit 86)
 PEER_LOST = "PeerLost"  # a collective with another rank broke (that rank's failure is the root, if seen)
 USER_ERROR = "UserError"  # assigned by recovery.py for repeated identical failures
@@ -57,6 +58,7 @@ BUDGET_OF = {
     WORKER_CRASHED: "userError",
     HEARTBEAT_LOST: "infrastructure",
     HANG: "infrastructure",
+    COLLECTIVE_STUCK: "infrastructure",
     RENDEZVOUS_LOST: "infrastructure",
     PEER_LOST: "infrastructure",
     USER_ERROR: "userError",
@@ -65,7 +67,8 @@ BUDGET_OF = {
 }
 # Lower wins when two pods finished at the same time.
 _PRIORITY = {PREEMPTED: 0, NODE_LOST: 1, EVICTED: 2, OOM_KILLED: 3, WORKER_KILLED: 4, TRAINING_DIVERGED: 5,
-             TRAINING_PAUSED: 5, WORKER_CRASHED: 5, HEARTBEAT_LOST: 6, HANG: 7, RENDEZVOUS_LOST: 8, PEER_LOST: 9}
+             TRAINING_PAUSED: 5, WORKER_CRASHED: 5, HEARTBEAT_LOST: 6, HANG: 7, COLLECTIVE_STUCK: 7,
+             RENDEZVOUS_LOST: 8, PEER_LOST: 9}
 
 PREEMPTION_REASONS = frozenset({"PreemptionByScheduler", "PreemptionByKubeScheduler", "Preempted", "Preempting"})
 EVICTION_REASONS = frozenset({"Evicted", "EvictionByEvictionAPI", "DeletionByTaintManager", "TerminationByKubelet",
@@ -88,6 +91,8 @@ class NodeView:
     unschedulable: bool = False
     since: dt.datetime | None = None  # when Ready last changed
     last_heartbeat: dt.datetime | None = None
+    address: str | None = None       # InternalIP, and the kubelet's port: what node_probe.py dials
+    kubelet_port: int | None = None
 
     @property
     def lost(self) -> bool:
@@ -110,6 +115,8 @@ class RankProgress:
     error: str = ""
     step_times: tuple[float, ...] = ()   # recent step durations, seconds
     checkpoint_s: float | None = None    # last checkpoint duration
+    activity: str = ""                   # what the trainer is doing: data | compute | collective | checkpoint
+    activity_since: float | None = None  # since when (monotonic, this process's clock)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +150,13 @@ def node_view(node: Mapping) -> NodeView:
             since = parse_time(c.get("lastTransitionTime"))
             beat = parse_time(c.get("lastHeartbeatTime"))
     taints = {t.get("key") for t in spec.get("taints") or []}
+    status = node.get("status") or {}
+    ips = [a.get("address") for a in status.get("addresses") or [] if a.get("type") == "InternalIP"]
+    port = ((status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port")
     return NodeView(name=meta.get("name", ""), ready=ready,
                     unreachable=bool(taints & {UNREACHABLE_TAINT, NOT_READY_TAINT}),
-                    unschedulable=bool(spec.get("unschedulable")), since=since, last_heartbeat=beat)
+                    unschedulable=bool(spec.get("unschedulable")), since=since, last_heartbeat=beat,
+                    address=ips[0] if ips else None, kubelet_port=int(port) if port else None)
 
 
 def signal_of(exit_code: int | None) -> int | None:
@@ -245,6 +256,7 @@ class Timeouts:
     interval_s: float = 1.0        # the workers' heartbeat interval
     frozen_beats: float = 3.0      # a rank silent this many intervals while others beat is frozen
     checkpoint_s: float = 300.0    # a rank blocked in a save (storage retries) may hold the step this long
+    collective_s: float = 6.0      # every rank waiting in a collective this long (and 2x the slowest step) is stuck
 
 
 # ---------------------------------------------------------------------------- the root cause
@@ -252,15 +264,20 @@ class Timeouts:
 def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequence[RankProgress],
            t: Timeouts, now_mono: float, now_wall: dt.datetime, *, incarnation: int,
            nodes_listed: bool = True, expect_heartbeats: bool = False,
-           in_place_restarts: bool = False, newest_heard: float | None = None) -> Finding | None:
+           in_place_restarts: bool = False, newest_heard: float | None = None,
+           lost_nodes: frozenset[str] = frozenset()) -> Finding | None:
     """The root cause of a failure in the current ``incarnation``, or None if healthy.
 
     ``nodes`` maps node name -> view; with ``nodes_listed`` a node missing from
     it is deleted (otherwise unknown, and not held against the pod).
     ``in_place_restarts``: torchrun restarts trainers inside their pods (elastic jobs).
     ``newest_heard``: the operator's newest heartbeat from any job (heartbeat clock), for the frozen rule.
+    ``lost_nodes``: nodes whose every rank went quiet and whose kubelet does not answer (the shell's
+    probe, node_probe.py): a node lost before its NotReady; it outranks the peers' broken collectives.
     """
     current = [p for p in pods if p.incarnation == incarnation]
+    mine = [r for r in ranks if r.incarnation == incarnation]
+    gone = node_lost(mine, lost_nodes, now_mono, now_wall) if lost_nodes else None
     findings = []
     for p in current:
         if p.phase == "Succeeded":
@@ -268,19 +285,20 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
         f = classify_pod(p, nodes.get(p.node) if p.node else None, node_known=nodes_listed)
         if f is not None:
             findings.append(f)
-    if findings:
+    if findings and not (gone and all(f.cause == PEER_LOST for f in findings)):
         far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
         # A broken collective is the echo of a peer's failure: any other cause is the root.
         findings.sort(key=lambda f: (f.cause == PEER_LOST, f.onset or far, _PRIORITY.get(f.cause, 99), f.pod or ""))
         root = _with_rank(findings[0], ranks)
         return with_suspect(root, current, ranks, now_wall) if root.cause == PEER_LOST else root
+    if gone is not None:
+        return gone
     if any(p.phase == "Succeeded" for p in current):
         return None  # finishing: some ranks stop heartbeating on purpose
     if expect_heartbeats:
-        f = never_heard(current, [r for r in ranks if r.incarnation == incarnation], t, now_wall)
+        f = never_heard(current, mine, t, now_wall)
         if f is not None:
             return f
-    mine = [r for r in ranks if r.incarnation == incarnation]
     f = check_heartbeats(mine, t, now_mono, now_wall, newest_heard=newest_heard,
                          relaunching=relaunching(mine, current) if in_place_restarts else frozenset())
     return _with_error(f, ranks) if f else None
@@ -311,4 +329,4 @@ def _with_error(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
     return dataclasses.replace(f, error=f.error or (errs[0] if errs else ""))
 
 
-from .heartbeat_checks import check_heartbeats, never_heard, progress_timeout  # noqa: E402 (they use the above)
+from .heartbeat_checks import check_heartbeats, never_heard, node_lost, progress_timeout  # noqa: E402 (use the above)

@@ -9,17 +9,33 @@ Three rules, each with its allowance:
     checkpoint stalls, data-loader pauses and long first steps never silence it: silence is a frozen
     process (SIGSTOP, a stuck or partitioned node). Measuring against the newest message anywhere,
     not the wall clock, keeps an operator that itself stalled from blaming every worker at once;
+  * **stuck collective**: every rank alive, beating, past its first step and waiting in a collective
+    (the trainer reports what it is doing: data / compute / collective / checkpoint, and since when)
+    for ``collective_after`` (``collective_s``, 6 s, and at least 2x the slowest recent step). A
+    slow step, a data-loader pause or a checkpoint stall keeps some rank out of the collective (in
+    compute, data or checkpoint), so only a collective that nobody can finish counts;
   * **hang**: the job's step has not advanced within the progress timeout.
+
+And the node rule, for the shell (recovery_shell.py) and ``detection.detect``:
+
+  * **node lost**: every rank heard from a node (any job's) went quiet at once -- its stream ended, or
+    it fell silent for ``node_quiet_after`` while heartbeats kept arriving from elsewhere
+    (``quiet_nodes``) -- and the node's kubelet does not answer while other nodes' do
+    (node_probe.py). One crashed process on a node is quiet too, but its kubelet answers; a
+    frozen process likewise: neither is blamed on its node.
 """
 from __future__ import annotations
 
 import datetime as dt
 from typing import Sequence
 
-from .detection import HANG, HEARTBEAT_LOST, Finding, RankProgress, Timeouts
+from .detection import COLLECTIVE_STUCK, HANG, HEARTBEAT_LOST, NODE_LOST, Finding, RankProgress, Timeouts
 from .podview import PodView
 
 FROZEN_MIN_S = 3.0
+NODE_QUIET_BEATS = 2.0   # a node's ranks all silent this many intervals (or their streams ended): probe it
+NODE_QUIET_MIN_S = 1.5
+COLLECTIVE = "collective"
 
 
 def progress_timeout(t: Timeouts, step_times: Sequence[float] = (), checkpoint_s: float | None = None) -> float:
@@ -59,6 +75,69 @@ def frozen(live: Sequence[RankProgress], t: Timeouts, newest_heard: float | None
     return r, ref - r.last_seen
 
 
+def node_quiet_after(t: Timeouts) -> float:
+    """Silence (while others beat) after which a rank counts as quiet for the node rule (seconds)."""
+    return max(NODE_QUIET_MIN_S, NODE_QUIET_BEATS * t.interval_s)
+
+
+def _quiet(r: RankProgress, ref: float, after: float) -> bool:
+    return not r.connected or ref - r.last_seen > after
+
+
+def quiet_nodes(ranks: Sequence[RankProgress], t: Timeouts, newest_heard: float | None) -> frozenset[str]:
+    """Nodes every rank heard from (any job's; finished ranks left out) has gone quiet on: its stream
+    ended, or it has been silent ``node_quiet_after`` while heartbeats kept arriving from elsewhere."""
+    live = [r for r in ranks if r.node_name and r.phase not in ("FINISHED", "FAILED")]
+    ref = max([r.last_seen for r in live] + ([newest_heard] if newest_heard is not None else []), default=0.0)
+    nodes: dict[str, bool] = {}
+    for r in live:
+        nodes[r.node_name] = nodes.get(r.node_name, True) and _quiet(r, ref, node_quiet_after(t))
+    return frozenset(n for n, quiet in nodes.items() if quiet)
+
+
+def node_lost(ranks: Sequence[RankProgress], lost_nodes: frozenset[str], now_mono: float,
+              now_wall: dt.datetime) -> Finding | None:
+    """NodeLost for the first of this job's ranks on a node the shell found lost (``quiet_nodes`` and a
+    kubelet that does not answer), before the control plane marks the node NotReady."""
+    on = sorted((r for r in ranks if r.node_name in lost_nodes), key=lambda r: (r.node_name, r.rank))
+    if not on:
+        return None
+    r = on[0]
+    mates = [x.rank for x in on if x.node_name == r.node_name]
+    how = "their heartbeat streams ended" if not any(x.connected for x in on if x.node_name == r.node_name) \
+        else "they went silent"
+    return Finding(NODE_LOST, f"node {r.node_name} of worker pod {r.pod_name or '?'} is lost: every rank on it "
+                   f"(rank {', '.join(map(str, mates))}) went quiet at once ({how}, last heard "
+                   f"{now_mono - r.last_seen:.1f}s ago) and its kubelet does not answer while other nodes' do",
+                   pod=r.pod_name or None, rank=r.rank, node=r.node_name, step=r.step, step_exact=False,
+                   onset=_onset(now_wall, now_mono, max(x.last_seen for x in on if x.node_name == r.node_name)))
+
+
+def collective_after(t: Timeouts, step_times: Sequence[float] = ()) -> float:
+    """How long every rank may wait in a collective before it counts as stuck (seconds)."""
+    return max(t.collective_s, 2.0 * max(step_times, default=0.0))
+
+
+def stuck_collective(live: Sequence[RankProgress], t: Timeouts, now_mono: float,
+                     now_wall: dt.datetime) -> Finding | None:
+    """Every rank past its first step, training and waiting in a collective for ``collective_after``."""
+    if not live or any(r.step < 0 or not r.connected or r.phase != "TRAINING" or r.activity != COLLECTIVE
+                       or r.activity_since is None for r in live):
+        return None
+    since = max(r.activity_since for r in live)  # type: ignore[type-var]
+    limit = collective_after(t, [s for r in live for s in r.step_times])
+    waited = now_mono - since
+    if waited <= limit:
+        return None
+    last = max(live, key=lambda r: (r.activity_since, r.rank))
+    return Finding(COLLECTIVE_STUCK, f"every rank has waited in a collective for {waited:.1f}s at step "
+                   f"{min(r.step for r in live)} (limit {limit:g}s: failurePolicy defaults, 2x the slowest step "
+                   f"at least) while all kept heartbeating: a stuck collective (a rank's traffic cut, a mismatched "
+                   f"collective); rank {last.rank} ({last.pod_name or 'pod ?'}) entered it last",
+                   pod=last.pod_name or None, rank=last.rank, node=last.node_name or None, step=last.step,
+                   step_exact=False, onset=_onset(now_wall, now_mono, since))
+
+
 def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float, now_wall: dt.datetime,
                      relaunching: frozenset[int] = frozenset(), newest_heard: float | None = None) -> Finding | None:
     """Silence or a stalled step across the ranks of the current incarnation. Before the
@@ -90,7 +169,11 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
                        f"heartbeats kept arriving (frozen after {frozen_after(t):g}s: a stopped process or a stuck "
                        "or partitioned node)", pod=r.pod_name or None, rank=r.rank, node=r.node_name or None,
                        step=r.step, step_exact=False, onset=_onset(now_wall, now_mono, r.last_seen))
-    # 3) hang: the job's step has not advanced within the progress timeout
+    # 3) a stuck collective: all beating, all waiting in a collective nobody can finish
+    found_stuck = stuck_collective(live, t, now_mono, now_wall) if not relaunching else None
+    if found_stuck is not None:
+        return found_stuck
+    # 4) hang: the job's step has not advanced within the progress timeout
     all_times = [s for r in live for s in r.step_times]
     ck = max((r.checkpoint_s or 0.0) for r in live)
     latest_advance = max(r.advanced_at for r in live)

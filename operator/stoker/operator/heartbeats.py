@@ -65,7 +65,8 @@ class OperatorHeartbeats:
     def __init__(self, kube: KubeApi, address: str = "0.0.0.0:0", *,
                  on_change: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, key: str | None = None,
-                 frozen_after_s: float | None = None) -> None:
+                 frozen_after_s: float | None = None, node_quiet_after_s: float | None = None,
+                 collective_after_s: float | None = None) -> None:
         self.kube = kube
         self.clock = clock
         # With an install key (chart installs) tokens are derived from it, so the separate
@@ -85,12 +86,14 @@ class OperatorHeartbeats:
         # A rank going silent sends nothing that would start a pass: the watchdog notices the
         # moment its silence crosses the frozen threshold and asks for one (heartbeat_checks).
         self.frozen_after_s = frozen_after_s
+        self.watch_after_s = tuple(x for x in (node_quiet_after_s, frozen_after_s) if x)
+        self.collective_after_s = collective_after_s
         self._halt = threading.Event()
-        self._flagged: set[tuple[str, str, int, float]] = set()
+        self._flagged: set[tuple] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> int:
-        if self.frozen_after_s and self._pool is not None:
+        if (self.watch_after_s or self.collective_after_s) and self._pool is not None:
             threading.Thread(target=self._watch, name="hb-watchdog", daemon=True).start()
         return self.server.start()
 
@@ -164,32 +167,47 @@ class OperatorHeartbeats:
                                  now=w.last_seen_monotonic, pod_name=w.pod_name, node_name=w.node_name,
                                  phase=w.phase, connected=w.connected, error=w.error,
                                  step_time_s=m.get("step_time_seconds"),
-                                 checkpoint_s=m.get("checkpoint_duration_seconds"))
+                                 checkpoint_s=m.get("checkpoint_duration_seconds"),
+                                 activity=w.activity, activity_s=w.activity_seconds)
             key = (w.namespace, w.job_name, w.rank)
-            now = (w.phase, m.get("last_committed_step"))
+            now = (w.phase, m.get("last_committed_step"), w.connected)
             changed = self._last.get(key) != now
             self._last[key] = now
-        # A phase change (FAILED, FINISHED) or a new checkpoint: reconcile soon.
+        # A phase change (FAILED, FINISHED), a new checkpoint or a stream that ended (a crash, or its
+        # node lost: heartbeat_checks.quiet_nodes): reconcile soon.
         if changed and self._pool is not None:
             self._pool.submit(self._notify, w.namespace, w.job_name)
 
     def newest_heard(self) -> float | None:
         return self.registry.newest_seen or None
 
+    def all_ranks(self) -> list[D.RankProgress]:
+        """Every rank of every job, as last heard (heartbeat_checks.quiet_nodes reads them by node)."""
+        with self._lock:
+            return [t.progress for _, t in self.tracker.items()]
+
     def silent_now(self) -> list[tuple[str, str]]:
-        """Jobs with a rank whose silence just crossed the frozen threshold (each crossing once)."""
-        ref, limit = self.registry.newest_seen, self.frozen_after_s or 0.0
+        """Jobs with a rank whose silence just crossed one of ``watch_after_s`` (the node-quiet and the
+        frozen thresholds), or whose ranks all just passed ``collective_after_s`` waiting in a collective
+        (each crossing once)."""
+        ref = self.registry.newest_seen
         out: set[tuple[str, str]] = set()
         with self._lock:
             tracks = [(k, t.progress) for k, t in self.tracker.items()]
         live = set()
         for (ns, job, rank), r in tracks:
-            key = (ns, job, rank, r.last_seen)
+            for limit in self.watch_after_s:
+                key = (ns, job, rank, r.last_seen, limit)
+                live.add(key)
+                if r.connected and r.phase not in ("FINISHED", "FAILED") and ref - r.last_seen > limit \
+                        and key not in self._flagged:
+                    self._flagged.add(key)
+                    out.add((ns, job))
+        for key in collective_waits(tracks, self.clock(), self.collective_after_s):
             live.add(key)
-            if r.connected and r.phase not in ("FINISHED", "FAILED") and ref - r.last_seen > limit \
-                    and key not in self._flagged:
+            if key not in self._flagged:
                 self._flagged.add(key)
-                out.add((ns, job))
+                out.add(key[:2])
         self._flagged &= live
         return sorted(out)
 
@@ -228,6 +246,24 @@ class OperatorHeartbeats:
                 del self._last[key]
 
 
+def collective_waits(tracks: list[tuple[tuple[str, str, int], D.RankProgress]], now: float,
+                     after_s: float | None) -> list[tuple]:
+    """(namespace, job, "collective", since) for each job whose live ranks have all waited in a
+    collective longer than ``after_s``: the watchdog asks for a pass then (heartbeat_checks decides)."""
+    if not after_s:
+        return []
+    jobs: dict[tuple[str, str, int], list[D.RankProgress]] = {}
+    for (ns, job, _), r in tracks:
+        if r.connected and r.phase not in ("FINISHED", "FAILED"):
+            jobs.setdefault((ns, job, r.incarnation), []).append(r)
+    out = []
+    for (ns, job, _), rs in jobs.items():
+        since = [r.activity_since for r in rs if r.activity == "collective" and r.activity_since is not None]
+        if len(since) == len(rs) and now - max(since) > after_s:
+            out.append((ns, job, "collective", max(since)))
+    return out
+
+
 # ---------------------------------------------------------------------------- per-rank progress
 
 
@@ -249,7 +285,8 @@ class ProgressTracker:
 
     def observe(self, namespace: str, job: str, *, rank: int, incarnation: int, step: int, now: float,
                 pod_name: str = "", node_name: str = "", phase: str = "TRAINING", connected: bool = True,
-                error: str = "", step_time_s: float | None = None, checkpoint_s: float | None = None) -> D.RankProgress:
+                error: str = "", step_time_s: float | None = None, checkpoint_s: float | None = None,
+                activity: str = "", activity_s: float = 0.0) -> D.RankProgress:
         """Record one heartbeat. A step time reported by the worker is preferred;
         otherwise it is measured between heartbeats that saw the step grow."""
         key = (namespace, job, rank)
@@ -276,7 +313,8 @@ class ProgressTracker:
                 advanced = now
         prog = D.RankProgress(rank=rank, incarnation=incarnation, step=step, last_seen=now, advanced_at=advanced,
                             pod_name=pod_name, node_name=node_name, phase=phase, connected=connected, error=error,
-                            step_times=times, checkpoint_s=checkpoint_s)
+                            step_times=times, checkpoint_s=checkpoint_s, activity=activity,
+                            activity_since=now - activity_s if activity else None)
         self._t[key] = _Track(prog, step_at)
         return prog
 

@@ -23,7 +23,7 @@ from .active_replica import ActiveLabel
 from .config import Config, load
 from .controller import Controller
 from .detection import Timeouts
-from .heartbeat_checks import frozen_after
+from .heartbeat_checks import frozen_after, node_quiet_after
 from .heartbeats import OperatorHeartbeats
 from .kube import Kube, authorization_header
 from .pods import RenderConfig
@@ -96,10 +96,11 @@ def startup(memo: kopf.Memo, **_: object) -> None:
     heartbeats = None
     if cfg.heartbeat_address:
         listen = cfg.heartbeat_listen or f"0.0.0.0:{cfg.heartbeat_address.rsplit(':', 1)[-1]}"
+        beat = Timeouts(interval_s=cfg.heartbeat_interval_seconds)
         heartbeats = OperatorHeartbeats(
             kube, listen, on_change=lambda ns, n: memo.controller.trigger_soon(ns, n, cfg.pod_event_delay_seconds),
-            key=cfg.rendezvous_key,
-            frozen_after_s=frozen_after(Timeouts(interval_s=cfg.heartbeat_interval_seconds)))
+            key=cfg.rendezvous_key, frozen_after_s=frozen_after(beat), node_quiet_after_s=node_quiet_after(beat),
+            collective_after_s=beat.collective_s)
         heartbeats.start()
         memo.heartbeats = heartbeats
     store_port = cfg.rendezvous_port

@@ -84,7 +84,7 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
             return Decision("fail", "ExitCodeRule", msg, f.budget, False, (), f, inc)
     finding = D.detect(facts, obs.nodes, ranks, t, obs.mono_now, now, incarnation=incarnation,
                        nodes_listed=obs.nodes_listed, expect_heartbeats=expect_heartbeats and obs.heartbeats,
-                       in_place_restarts=policy.elastic, newest_heard=obs.newest_heard)
+                       lost_nodes=obs.lost_nodes, in_place_restarts=policy.elastic, newest_heard=obs.newest_heard)
     if finding is None:
         return None
     failed = tuple(sorted({finding.pod} | {p.name for p in facts if p.phase == "Failed"} - {None}))  # type: ignore[operator]

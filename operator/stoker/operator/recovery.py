@@ -50,11 +50,11 @@ NODE_CAUSES = frozenset({D.NODE_LOST, D.EVICTED})
 # a lost node is often first seen as a hang or as silence, before its grace period ends
 # and it turns NotReady (found by bench/chaos.py: without this the replacement went back
 # to the dying node and the job restarted a second time).
-AVOID_CAUSES = NODE_CAUSES | {D.HANG, D.HEARTBEAT_LOST, D.PEER_LOST}  # PeerLost: its suspect peer's node
+AVOID_CAUSES = NODE_CAUSES | {D.HANG, D.COLLECTIVE_STUCK, D.HEARTBEAT_LOST, D.PEER_LOST}  # PeerLost: its suspect peer's node
 AVOID_WEIGHT = 100  # preferred-affinity weight (the maximum): other nodes win whenever one fits
 # Causes a repetition can turn into a user error (never external ones).
-REPEATABLE = frozenset({D.WORKER_CRASHED, D.OOM_KILLED, D.WORKER_KILLED, D.HANG, D.HEARTBEAT_LOST, D.PEER_LOST,
-                        D.USER_ERROR})
+REPEATABLE = frozenset({D.WORKER_CRASHED, D.OOM_KILLED, D.WORKER_KILLED, D.HANG, D.COLLECTIVE_STUCK,
+                        D.HEARTBEAT_LOST, D.PEER_LOST, D.USER_ERROR})
 ERROR_LINES = 5
 ERROR_CHARS = 800
 # A structured log line at debug/info level is not an error (a SIGKILLed trainer's last lines
@@ -111,7 +111,7 @@ REASON_OF = {
     D.PREEMPTED: "WorkerPreempted", D.EVICTED: "WorkerEvicted", D.NODE_LOST: "NodeLost",
     D.OOM_KILLED: "WorkerOOMKilled", D.WORKER_KILLED: "WorkerKilled", D.WORKER_CRASHED: "WorkerFailed",
     D.HEARTBEAT_LOST: "HeartbeatLost", D.HANG: "WorkerHung", D.USER_ERROR: "RepeatedUserError",
-    D.RENDEZVOUS_LOST: "RendezvousLost", D.PEER_LOST: "WorkerPeerLost",
+    D.RENDEZVOUS_LOST: "RendezvousLost", D.PEER_LOST: "WorkerPeerLost", D.COLLECTIVE_STUCK: "CollectiveStuck",
 }
 
 

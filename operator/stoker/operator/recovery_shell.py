@@ -19,8 +19,10 @@ from . import detection as D
 from . import metrics
 from . import recovery as R
 from . import supervision as S
+from .heartbeat_checks import quiet_nodes
 from .heartbeats import OperatorHeartbeats, token_env
 from .kube import KubeApi, KubeError
+from .node_probe import NodeProbe
 from .pods import job_labels, owner_reference
 from .podview import PodView
 
@@ -38,6 +40,7 @@ class RecoveryShell:
         self.heartbeats = heartbeats
         self.settings = settings or S.Settings()
         self.node_health = node_health or R.NodeHealth()
+        self.probe = NodeProbe()  # the witness of the heartbeat node rule
         self.heartbeat_interval_s = heartbeat_interval_s
         self.mono = mono
         self._lock = threading.Lock()
@@ -109,10 +112,29 @@ class RecoveryShell:
         if hb is None:
             return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed, mono_now=self.mono())
         # A replaced pod's last records (same pod name, the lost node) are not the replacement's.
+        lost = self.lost_nodes(R.current_records(hb.ranks(namespace, name), facts), facts, nodes)
         return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed,
                           ranks=tuple(R.current_records(hb.ranks(namespace, name), facts)),
                           workers=tuple(R.current_records(hb.workers(namespace, name), facts)),
-                          mono_now=self.mono(), heartbeats=True, newest_heard=hb.newest_heard())
+                          mono_now=self.mono(), heartbeats=True, newest_heard=hb.newest_heard(), lost_nodes=lost)
+
+    def lost_nodes(self, ranks: Iterable[D.RankProgress], facts: tuple[PodView, ...],
+                   nodes: dict[str, D.NodeView]) -> frozenset[str]:
+        """Nodes of the job's running pods that every rank (any job's) went quiet on at once and whose
+        kubelet does not answer while a node still heard from does (heartbeat_checks.quiet_nodes,
+        node_probe.py): a node lost before the control plane marks it NotReady."""
+        running = {(p.name, p.node) for p in facts if p.phase == "Running" and not p.deleting and p.node}
+        mine = {r.node_name for r in ranks if (r.pod_name, r.node_name) in running}
+        if not mine or self.heartbeats is None:
+            return frozenset()
+        t = D.Timeouts(interval_s=self.settings.heartbeat_interval_s)
+        quiet = quiet_nodes(self.heartbeats.all_ranks(), t, self.heartbeats.newest_heard()) & mine
+        suspects = [nodes[n] for n in sorted(quiet) if n in nodes and not nodes[n].lost]
+        if not suspects:
+            return frozenset()
+        heard = [nodes[n] for n in sorted(mine - quiet) if n in nodes and not nodes[n].lost]
+        others = [v for n, v in sorted(nodes.items()) if n not in quiet and not v.lost and v.address]
+        return self.probe.lost(suspects, heard or others)
 
     # ------------------------------------------------------------------ act
     def before_create(self, job: Any) -> None:

@@ -37,6 +37,7 @@ class Observed:
     mono_now: float = 0.0               # the heartbeat clock's "now"
     heartbeats: bool = False            # the heartbeat service runs: silence/hang checks apply
     newest_heard: float | None = None   # the newest heartbeat from any job (heartbeat clock)
+    lost_nodes: frozenset[str] = frozenset()  # every rank on them quiet, their kubelet silent (node_probe.py)
 
 
 @dataclasses.dataclass(frozen=True)

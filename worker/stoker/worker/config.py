@@ -147,6 +147,8 @@ class DebugConfig:
     # STEP the trainer sleeps SECONDS (heartbeats go on; step 1: a long first step). Only in a run
     # that did not resume from a checkpoint.
     data_pauses: str = ""
+    # After SIGUSR1 this rank's next collective never completes (stoker.worker.drills.StuckCollective).
+    stuck_collective_on_signal: bool = False
 
 
 @dataclasses.dataclass

@@ -100,6 +100,7 @@ class Session:
         self._stop_request: str | None = None
         self._anomalies: list[pb.Anomaly] = []  # the latest few, sent in every message
         self._finish_reason = ""
+        self._activity: tuple[str, float] = ("", 0.0)  # (what, since: time.monotonic())
         self._reporter = None
         self._journal = None
         self._last_step = last_step.open_writer(last_step_dir, rank)
@@ -188,6 +189,15 @@ class Session:
             self._phase, self._error = value, error
             self._finish_reason = reason if value == pb.FINISHED else ""
         self._wake()
+
+    def set_activity(self, name: str) -> None:
+        """What the trainer does now: ``data`` (waiting for its batch), ``compute``, ``collective``
+        (waiting in a collective with the other ranks) or ``checkpoint``; ``""``: not saying. Stores
+        only (sent with the next heartbeat, with how long it has lasted). The operator calls a
+        collective stuck when every rank has waited in one for long, while a long compute, data or
+        checkpoint phase on any rank is not (docs/recovery.md)."""
+        if name != self._activity[0]:
+            self._activity = (name, time.monotonic())
 
     def report_checkpoint(self, result: Any) -> None:
         """Report a save outcome (a ``checkpoint.SaveResult`` or anything with
@@ -281,8 +291,10 @@ class Session:
             metrics.update(self._ckpt_metrics)
             acks, self._acks = self._acks, []
             anomalies, finish_reason = list(self._anomalies), self._finish_reason
+        activity, since = self._activity
         msg = pb.WorkerMessage(identity=self.identity, seq=seq, step=step, phase=phase, error=error, acks=acks,
-                               anomalies=anomalies, finish_reason=finish_reason)
+                               anomalies=anomalies, finish_reason=finish_reason, activity=activity,
+                               activity_seconds=time.monotonic() - since if activity else 0.0)
         now = time.time()
         _ts(msg.sent_at, now)
         _ts(msg.started_at, self._started_at)

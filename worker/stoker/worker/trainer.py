@@ -41,6 +41,7 @@ from stoker.worker.checkpoint_hooks import (
 from stoker.worker.precision import LOSS_SCALER, loss_scaling
 from stoker.worker.stopping import Stopper
 from stoker.worker.data import DistributedBatcher, validation_batches
+from stoker.worker.drills import StuckCollective
 from stoker.worker.health_guard import HealthGuard
 from stoker.worker.metrics_file import MetricsFile
 from stoker.worker.session_api import check_session
@@ -86,6 +87,7 @@ class Trainer(Stateful):
 
             session = Session.from_env()
         self.session = check_session(session).start()
+        self.drill = StuckCollective(cfg.debug.stuck_collective_on_signal)
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
         self.resumed_from: int | None = None  # set by restore()
         self.resumed_world_size: int | None = None  # the world size that wrote that checkpoint
@@ -184,7 +186,10 @@ class Trainer(Stateful):
     def _sum_world(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.distributed:
+            self.session.set_activity("collective")  # what the operator's stuck-collective rule reads
+            self.drill.block_if_armed(self.train_state.step)
             dist.all_reduce(t)
+            self.session.set_activity("compute")
         return t.tolist()
 
     # -- one optimizer step
@@ -207,10 +212,12 @@ class Trainer(Stateful):
     def train_step(self) -> tuple[float, float]:
         """Returns (this rank's share of the loss, global grad norm)."""
         t0 = time.perf_counter()
+        self.session.set_activity("data")
         if self.resumed_from is None:  # debug.data_pauses (drills): in a fresh run only, like slow checkpoints
             self.guard.data_pause(self.train_state.step + 1)
         micro = self.batcher.next_batch()
         self.data_wait_s = time.perf_counter() - t0  # the step's wait for its batch (S3 shards, synthesis)
+        self.session.set_activity("compute")
         poison = self.guard.poison_factor()  # tests' poisoned data (debug.poison_samples)
         for m in self.parts:
             m.train()
@@ -383,9 +390,11 @@ class Trainer(Stateful):
     def save(self, ckpt, step: int) -> None:
         self.train_state.capture()
         self.session.set_phase("CHECKPOINTING")
+        self.session.set_activity("checkpoint")
         # async: returns once staged; on_result reports the commit
         ckpt.save(step, self.checkpoint_state, manifest_extra={**self.guard.manifest(), **self.stopper.manifest()})
         self.session.set_phase("TRAINING")
+        self.session.set_activity("compute")
 
     def close(self) -> None:
         self.metrics.close()
