@@ -4,7 +4,10 @@ For each fault kind, ``--runs`` times (median and worst reported):
 
   crash  SIGKILL one worker's trainer process
   hang   SIGSTOP one worker's trainer process (its peers block in the all-reduce)
-  node   SIGKILL one process node's agent (the machine is gone)
+  node   SIGKILL one process node's agent (the machine is gone): seen from the heartbeat stream (every
+         rank on the node quiet at once) and the node's kubelet not answering, before its NotReady
+  collective  SIGUSR1 one worker's trainer (debug.stuck_collective_on_signal): its next collective never
+         completes, every rank waits in it, alive and heartbeating (a stuck collective)
 
 on a 2-worker built-in-trainer job (tiny model, checkpoint every 5 steps to MinIO)
 run by the operator on process nodes of a local control plane. Each fault lands at a
@@ -25,9 +28,10 @@ a lost machine has no single-machine torchrun equivalent (n/a).
 
 Goodput under periodic failures is bench/bench_goodput.py.
 
-    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,hang,node] [--seed N] [--cluster-dir DIR]
+    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,hang,node,collective] [--seed N]
+        [--cluster-dir DIR] [--out DIR]
 
-Writes bench/results/bench_recovery.json and prints a table.
+Writes bench/results/bench_recovery.json (or DIR/bench_recovery.json) and prints a table.
 """
 from __future__ import annotations
 
@@ -214,8 +218,10 @@ class Bench:
         if progress_timeout:
             fp["progressTimeoutSeconds"] = progress_timeout
         jdir = self.tmp / name / "journal"
-        self.create(name, trainer_cfg(self.tmp / name, 400, None), fp,
-                    extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)})
+        cfg = trainer_cfg(self.tmp / name, 400, None)
+        if kind == "collective":
+            cfg["debug"] = {"stuck_collective_on_signal": True}
+        self.create(name, cfg, fp, extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)})
         pod = f"{name}-worker-1-0"
         moment = F.at_random_moment(rng, jdir, lambda: int(self.status(name).get("incarnation", 0)),
                                     min_steps=10, max_steps=60, timeout=300)
@@ -228,7 +234,7 @@ class Bench:
         else:
             pid = wait("trainer pid", lambda: trainer_pid(pod_name=pod), 30)
             t0 = time.time()
-            os.kill(pid, signal.SIGKILL if kind == "crash" else signal.SIGSTOP)
+            os.kill(pid, {"crash": signal.SIGKILL, "collective": signal.SIGUSR1}.get(kind, signal.SIGSTOP))
         # The restart's incident: a save the fault cut records a CheckpointFailed first
         # (a survivor's), which is not the detection of the fault.
         inc = wait("incident", lambda: next((i for i in self.status(name).get("incidents") or []
@@ -326,7 +332,8 @@ def torchrun_hang(tmp: Path, cap: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--kinds", default="crash,hang,node")
+    ap.add_argument("--kinds", default="crash,hang,node,collective")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here instead of bench/results")
     ap.add_argument("--hang-cap", type=float, default=60.0, help="how long the torchrun baseline is watched for a hang")
     ap.add_argument("--crash-cap", type=float, default=120.0, help="how long a torchrun baseline may take to recover")
     ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
@@ -355,7 +362,7 @@ def main() -> int:
                     r = {"kind": kind, "error": str(e)}
                 print(json.dumps(r), flush=True)
                 results["stoker"].append(r)
-                write_results("bench_recovery", results)  # partial results survive an interrupted run
+                write_results("bench_recovery", results, args.out)  # partial results survive an interrupted run
         if "crash" in kinds:
             for i in range(args.runs):
                 r = torchrun_crash(tmp, i, args.crash_cap)
@@ -402,7 +409,7 @@ def main() -> int:
         rows.append(row)
     results["table"] = rows
     print_table(f"Recovery ({args.runs} runs per fault, 2 workers, tiny model; load {os.getloadavg()[0]:.1f})", rows)
-    path = write_results("bench_recovery", results)
+    path = write_results("bench_recovery", results, args.out)
     print(f"wrote {path}")
     return 0
 
