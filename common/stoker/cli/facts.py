@@ -209,6 +209,7 @@ def incident_rows(job: Mapping) -> list[dict[str, Any]]:
         out.append({
             "time": inc.get("time"),
             "kind": inc.get("kind"),
+            "inPlace": bool(inc.get("inPlace")),   # a Restart inside the pods: same incarnation and pods
             "cause": inc.get("cause"),
             "detectedCause": inc.get("detectedCause"),
             "rank": inc.get("rank"), "pod": inc.get("pod"), "node": inc.get("node"),

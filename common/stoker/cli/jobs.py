@@ -178,7 +178,8 @@ def render_describe(d: dict, colour: bool) -> str:
             where = " ".join(f"{k}={i[k]}" for k in ("rank", "pod", "node", "exitCode", "step") if i.get(k) is not None)
             recovered = (f"after {_secs(i['timeToRecoverSeconds'])}" if i.get("recoveredAt") else
                          paint("not yet", "yellow", colour) if i.get("kind") in ("Restart", "Replace") else "-")
-            rows.append([dash(i["time"]), dash(i["kind"]), dash(i["cause"]), dash(i["detectedCause"]),
+            kind = f"{i['kind']} (in place)" if i.get("inPlace") else i["kind"]
+            rows.append([dash(i["time"]), dash(kind), dash(i["cause"]), dash(i["detectedCause"]),
                          dash(where), _secs(i["detectionLatencySeconds"]), recovered, dash(i["message"])[:120]])
         out.append(_indent(table(["TIME", "KIND", "CAUSE", "DETECTED", "WHERE", "DETECT LATENCY", "RECOVERED",
                                   "MESSAGE"], rows)))

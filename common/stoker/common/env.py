@@ -50,3 +50,8 @@ LAST_STEP_DIR = "STOKER_LAST_STEP_DIR"
 # Set by the operator when it hosts the locked rendezvous (stoker.common.rdzv_lock): the
 # launcher then reaches it through a local forwarder that presents the job's token.
 RENDEZVOUS_LOCKED = "STOKER_RENDEZVOUS_LOCKED"
+
+# Set by the operator on a fixed-size job's workers when a trainer that exits with an error is
+# restarted in place (spec.failurePolicy.inPlaceRestarts, rendered as torchrun --max-restarts):
+# the launcher reports each such exit to the operator at once (WorkerMessage.launcher).
+IN_PLACE_RESTARTS = "STOKER_IN_PLACE_RESTARTS"

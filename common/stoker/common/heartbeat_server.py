@@ -66,6 +66,39 @@ class WorkerStatus:
 
 
 _STREAMS = itertools.count(1)  # stream ids (0: none)
+MAX_REPORTS = 20  # launcher reports kept per job (the newest)
+
+
+@dataclass(frozen=True)
+class LauncherReport:
+    """A pod's launcher saw its trainer (``rank``) exit with an error and restarts its workers in
+    place (WorkerMessage.launcher). Times are wall clock (time.time())."""
+
+    namespace: str
+    job_name: str
+    incarnation: int
+    rank: int
+    pod_name: str
+    node_name: str
+    exit_code: int
+    step: int                 # -1: unknown
+    error: str
+    failed_at: float          # when the launcher saw the exit (its clock)
+    restart: int              # the launcher's in-place restart number, from 1
+    restarts_left: int
+    seen_at: float            # when the operator received it
+
+    @property
+    def key(self) -> str:
+        """Names this report in status (an incident's ``workerRestarts``)."""
+        return f"{self.pod_name}#{self.restart}"
+
+
+def launcher_report(job: JobKey, msg: pb.WorkerMessage, seen_at: float) -> LauncherReport:
+    ident, r = msg.identity, msg.launcher
+    failed = r.failed_at.seconds + r.failed_at.nanos / 1e9 if r.HasField("failed_at") else seen_at
+    return LauncherReport(job.namespace, job.name, ident.incarnation, ident.rank, ident.pod_name, ident.node_name,
+                          r.exit_code, r.step, r.error, failed, r.restart, r.restarts_left, seen_at)
 
 
 @dataclass
@@ -95,9 +128,12 @@ class HeartbeatRegistry:
     """Per-worker last heartbeat and per-job command queue. Thread-safe."""
 
     def __init__(self, on_update: Callable[[WorkerStatus], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_report: Callable[[LauncherReport], None] | None = None):
         self._lock = threading.Condition()
         self._workers: dict[tuple[str, str, int], WorkerStatus] = {}
+        self._reports: dict[tuple[str, str], list[LauncherReport]] = {}
+        self._on_report = on_report
         self._commands: dict[str, _Command] = {}
         self._on_update = on_update
         self._clock = clock
@@ -127,6 +163,25 @@ class HeartbeatRegistry:
                     cmd.acks[ident.rank] = (pb.AckState.Name(ack.state), ack.message, ack.step)
         self._notify(status)
         return status
+
+    def report(self, job: JobKey, msg: pb.WorkerMessage) -> LauncherReport:
+        """A launcher's report (``msg.launcher`` set): kept per job, the listener told at once."""
+        rep = launcher_report(job, msg, time.time())
+        with self._lock:
+            kept = self._reports.setdefault((job.namespace, job.name), [])
+            kept[:] = [*kept, rep][-MAX_REPORTS:]
+        log.info("heartbeat.launcher_report job=%s pod=%s rank=%d exit=%d restart=%d left=%d", job, rep.pod_name,
+                 rep.rank, rep.exit_code, rep.restart, rep.restarts_left)
+        if self._on_report is not None:
+            try:
+                self._on_report(rep)
+            except Exception:  # noqa: BLE001
+                log.exception("heartbeat.on_report_failed job=%s", job)
+        return rep
+
+    def reports(self, namespace: str, job_name: str) -> list[LauncherReport]:
+        with self._lock:
+            return list(self._reports.get((namespace, job_name), ()))
 
     def disconnected(self, job: JobKey, rank: int, stream: int = 0) -> None:
         """The stream that last spoke for ``rank`` ended: its process exited or lost the
@@ -203,6 +258,7 @@ class HeartbeatRegistry:
         with self._lock:
             for key in [k for k in self._workers if k[:2] == (namespace, job_name)]:
                 del self._workers[key]
+            self._reports.pop((namespace, job_name), None)
             for rid in [r for r, c in self._commands.items() if c.job == job]:
                 del self._commands[rid]
 
@@ -232,6 +288,9 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
                         problem.append(f"token is for job {job}, message speaks for "
                                        f"{ident.namespace}/{ident.job_name}")
                         break
+                    if msg.HasField("launcher"):  # a launcher's own stream: one report, no commands
+                        self.registry.report(job, msg)
+                        continue
                     if "rank" in seen and seen["rank"] != ident.rank:
                         problem.append(f"rank changed within one stream ({seen['rank']} -> {ident.rank})")
                         break

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from stoker.common import env as E
 from stoker.common.auth import derived_lookup, key_id, new_token
 from stoker.common.heartbeat_server import (CHECKPOINT_NOW, STOP_AFTER_CHECKPOINT, HeartbeatRegistry,
-                                            HeartbeatServer, WorkerStatus)
+                                            HeartbeatServer, LauncherReport, WorkerStatus)
 
 from . import detection as D
 from .kube import KubeApi
@@ -81,7 +81,7 @@ class OperatorHeartbeats:
         self._last: dict[tuple[str, str, int], tuple[str, int | None]] = {}  # phase, committed step
         self._on_change = on_change
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hb-trigger") if on_change else None
-        self.registry = HeartbeatRegistry(on_update=self._observe, clock=clock)
+        self.registry = HeartbeatRegistry(on_update=self._observe, clock=clock, on_report=self._reported)
         self.server = HeartbeatServer(self.lookup, address, registry=self.registry)
         # A rank going silent sends nothing that would start a pass: the watchdog notices the
         # moment its silence crosses the frozen threshold and asks for one (heartbeat_checks).
@@ -177,6 +177,14 @@ class OperatorHeartbeats:
         # node lost: heartbeat_checks.quiet_nodes): reconcile soon.
         if changed and self._pool is not None:
             self._pool.submit(self._notify, w.namespace, w.job_name)
+
+    def _reported(self, r: LauncherReport) -> None:
+        """A launcher restarts a trainer in place: reconcile at once (policy_inplace records it)."""
+        if self._pool is not None:
+            self._pool.submit(self._notify, r.namespace, r.job_name)
+
+    def reports(self, namespace: str, job_name: str) -> list[LauncherReport]:
+        return self.registry.reports(namespace, job_name)
 
     def newest_heard(self) -> float | None:
         return self.registry.newest_seen or None

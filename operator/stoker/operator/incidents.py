@@ -5,6 +5,8 @@ failure the operator acted on:
 
     time                     when it was detected (RFC 3339)
     kind                     Restart | Replace | JobFailed
+    inPlace, workerRestarts  a Restart of the trainers inside their pods (same incarnation) and the
+                             launchers' reports it covers (policy_inplace)
     cause                    budget class: userError | infrastructure | preemption
     detectedCause            what detection saw: NodeLost, Hang, WorkerKilled, ...
     originalCause            for detectedCause UserError: what it looked like
@@ -82,7 +84,7 @@ def mark_recovered(incidents: Sequence[Mapping[str, Any]] | None, *, now: dt.dat
 
     ``training``: a rank of ``incarnation`` reported a completed step since it
     started (the job is past rendezvous and restore). A Restart closes only in a
-    later incarnation than the one that failed; a Replace in the same one.
+    later incarnation than the one that failed; a Replace or an in-place Restart in the same one.
     """
     i = open_incident(incidents)
     if i is None or not training:
@@ -90,7 +92,7 @@ def mark_recovered(incidents: Sequence[Mapping[str, Any]] | None, *, now: dt.dat
     items = [dict(x) for x in incidents or []]
     inc = items[i]
     failed_in = int(inc.get("incarnation", 0))
-    if inc["kind"] == "Restart" and incarnation <= failed_in:
+    if inc["kind"] == "Restart" and not inc.get("inPlace") and incarnation <= failed_in:
         return None
     detected = parse_time(inc.get("time"))
     inc["recoveredAt"] = fmt_time(now)

@@ -9,6 +9,9 @@ import dataclasses
 from typing import Any, Mapping
 
 
+IN_PLACE_RESTARTS = 3  # spec.failurePolicy.inPlaceRestarts' default (the CRD's too)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExitCodeRule:
     exit_codes: frozenset[int]
@@ -29,6 +32,7 @@ class JobView:
     template: Mapping[str, Any]
     checkpoint: Mapping[str, Any] | None
     max_restarts: int
+    in_place_restarts: int                # fixed-size jobs: a failed trainer restarts in its pod this often
     backoff_seconds: int
     heartbeat_timeout_seconds: int
     progress_timeout_seconds: int | None
@@ -79,6 +83,7 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         template=spec.get("template") or {},
         checkpoint=spec.get("checkpoint"),
         max_restarts=int(fp.get("maxRestarts", 3)),
+        in_place_restarts=int(fp.get("inPlaceRestarts", IN_PLACE_RESTARTS)),
         backoff_seconds=int(fp.get("backoffSeconds", 10)),
         heartbeat_timeout_seconds=int(fp.get("heartbeatTimeoutSeconds", 60)),
         progress_timeout_seconds=int(fp["progressTimeoutSeconds"]) if fp.get("progressTimeoutSeconds") else None,

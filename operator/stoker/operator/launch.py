@@ -21,6 +21,9 @@ and the pod's grace period is known (``STOKER_TERMINATION_GRACE_SECONDS``). The
 operator deletes its own pods with a short grace period, so those are not held
 in practice (the kubelet kills them when it ends).
 
+A fixed-size job's trainer that exits with an error is restarted in place, and the operator
+told at once, when the operator asked for it (``launch_inplace``).
+
 Its workers die with it (``tie_workers``): a SIGKILLed launcher takes its trainers along
 instead of leaving them training, and writing checkpoints, beside the next incarnation.
 
@@ -40,6 +43,8 @@ from typing import Any, Callable, Mapping
 from stoker.common import env as E
 from stoker.common import last_step, rdzv_lock
 from stoker.common.parent_death import die_with_parent
+
+from . import launch_inplace
 
 # The agent lost the rendezvous store (e.g. the operator restarted): not the
 # user's fault: detection names it RendezvousLost (infrastructure).
@@ -186,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         args = hold.install(args, "--signals-to-handle" in get_args_parser()._option_string_actions)
     steps = _step_dir()
     args, forwarder = rdzv_lock.lock_args(args, os.environ)
+    args = launch_inplace.install(args, os.environ, lambda rank: last_step.read(steps, rank))
     tie_workers()
     try:
         torchrun_main(args)

@@ -157,12 +157,21 @@ def torchrun_flags(job: JobView, incarnation: int, cfg: RenderConfig) -> list[st
         # Kubernetes expands $(VAR) from the container's env: the pod's own IP,
         # so the process-group store of rank 0 is reachable without DNS.
         f"--local-addr=$({E.POD_IP})",
-        # Fixed-size jobs: every worker failure goes to the operator (incident, budget,
-        # node avoidance, one coordinated restart). Elastic jobs keep in-place restarts:
-        # torchrun needs them to carry on when membership changes.
-        f"--max-restarts={cfg.torchrun_max_restarts if job.elastic else 0}",
+        # Elastic jobs: torchrun needs in-place restarts to carry on when membership changes.
+        # Fixed-size jobs: a failed trainer restarts inside its pod spec.failurePolicy.
+        # inPlaceRestarts times, each reported to the operator by the launcher (incident,
+        # budget; launch_inplace); then the pod fails and the job restarts as a new incarnation.
+        f"--max-restarts={cfg.torchrun_max_restarts if job.elastic else in_place_restarts(job, cfg)}",
         f"--monitor-interval={cfg.monitor_interval_s:g}",
     ]
+
+
+def in_place_restarts(job: JobView, cfg: RenderConfig) -> int:
+    """A fixed-size job's in-place restarts per pod: only with Stoker's launcher, which reports
+    them (plain torchrun would restart silently), and only where there is an operator to tell."""
+    if job.elastic or cfg.launcher != "stoker" or not cfg.operator_addr:
+        return 0
+    return job.in_place_restarts
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
@@ -195,6 +204,8 @@ def worker_env(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
         env.append({"name": E.OPERATOR_ADDR, "value": cfg.operator_addr})
     if cfg.rendezvous_locked:
         env.append({"name": E.RENDEZVOUS_LOCKED, "value": "1"})
+    if in_place_restarts(job, cfg):
+        env.append({"name": E.IN_PLACE_RESTARTS, "value": str(in_place_restarts(job, cfg))})
     ck = job.checkpoint
     if ck:
         env.append({"name": E.CHECKPOINT_URI, "value": str(ck["uri"])})

@@ -84,7 +84,8 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
             return Decision("fail", "ExitCodeRule", msg, f.budget, False, (), f, inc)
     finding = D.detect(facts, obs.nodes, ranks, t, obs.mono_now, now, incarnation=incarnation,
                        nodes_listed=obs.nodes_listed, expect_heartbeats=expect_heartbeats and obs.heartbeats,
-                       lost_nodes=obs.lost_nodes, in_place_restarts=policy.elastic, newest_heard=obs.newest_heard)
+                       lost_nodes=obs.lost_nodes, in_place_restarts=policy.elastic or policy.in_place,
+                       newest_heard=obs.newest_heard)
     if finding is None:
         return None
     failed = tuple(sorted({finding.pod} | {p.name for p in facts if p.phase == "Failed"} - {None}))  # type: ignore[operator]
@@ -141,13 +142,14 @@ def bump(restarts: Mapping[str, int], increment: Sequence[str]) -> dict[str, int
 
 
 
-def failure(ps: Pass) -> Plan | None:
+def failure(ps: Pass, decided: Decision | None = None) -> Plan | None:
     """Fail the job, or replace the failed workers (elastic: the survivors keep training
     and the next passes recreate the replaced indexes). A whole-job restart is carried
-    out by ``restart``, after the on-call requests."""
+    out by ``restart``, after the on-call requests. ``decided``: a decision made elsewhere
+    (an in-place restart's report, policy_inplace) carried out here."""
     job, old = ps.job, ps.old
     ps.p.force_delete = supervision.to_force_delete(ps.obs)
-    sv = ps.drained or decide(
+    sv = decided or ps.drained or decide(
         obs=ps.obs, incarnation=ps.incarnation, desired=ps.desired, restarts=ps.restarts,
         incidents=old.get("incidents"), policy=ps.settings.policy(job), rules=job.exit_code_rules,
         t=ps.settings.timeouts(job), now=ps.now,

@@ -68,6 +68,7 @@ class Policy:
     max_infra_restarts: int = 50     # safety valve for infrastructure restarts
     repeat_limit: int = 3            # identical failures in a row -> UserError
     elastic: bool = False
+    in_place: bool = False           # trainers restart inside their pods (fixed-size jobs, inPlaceRestarts > 0)
     min_replicas: int = 1
     avoid_max: int = 3               # most recent failed nodes a replacement avoids
 

@@ -116,7 +116,8 @@ class RecoveryShell:
         return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed,
                           ranks=tuple(R.current_records(hb.ranks(namespace, name), facts)),
                           workers=tuple(R.current_records(hb.workers(namespace, name), facts)),
-                          mono_now=self.mono(), heartbeats=True, newest_heard=hb.newest_heard(), lost_nodes=lost)
+                          mono_now=self.mono(), heartbeats=True, newest_heard=hb.newest_heard(), lost_nodes=lost,
+                          reports=tuple(hb.reports(namespace, name)))
 
     def lost_nodes(self, ranks: Iterable[D.RankProgress], facts: tuple[PodView, ...],
                    nodes: dict[str, D.NodeView]) -> frozenset[str]:

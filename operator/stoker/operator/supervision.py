@@ -38,6 +38,7 @@ class Observed:
     heartbeats: bool = False            # the heartbeat service runs: silence/hang checks apply
     newest_heard: float | None = None   # the newest heartbeat from any job (heartbeat clock)
     lost_nodes: frozenset[str] = frozenset()  # every rank on them quiet, their kubelet silent (node_probe.py)
+    reports: tuple[Any, ...] = ()       # launchers' reports of trainers restarted in place (LauncherReport)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +59,14 @@ class Settings:
     # this much of its grace period is left, and the drain ends this long before the kill.
     preemption_min_grace_s: float = 10.0
     preemption_margin_s: float = 5.0
+    # An in-place restart that has not trained again this long after it was detected is given
+    # up: the job restarts as a new incarnation (policy_inplace).
+    in_place_deadline_s: float = 120.0
 
     def policy(self, job: Any) -> R.Policy:
         return R.Policy(max_restarts=job.max_restarts, max_infra_restarts=self.max_infra_restarts,
                         repeat_limit=self.repeat_limit, elastic=job.elastic, min_replicas=job.min_replicas,
+                        in_place=not job.elastic and job.in_place_restarts > 0,
                         avoid_max=self.avoid_max)
 
     def timeouts(self, job: Any) -> D.Timeouts:

@@ -1,0 +1,176 @@
+"""In-place restarts, the launcher's part (issue 12): a fixed-size job's trainer that exits
+with an error is started again inside its pod instead of failing the pod.
+
+torchrun's agent does the restart (``--max-restarts=N``, rendered from
+spec.failurePolicy.inPlaceRestarts): it stops the pod's other trainers, joins a new
+rendezvous round, and the agents of the other pods see the waiting node and restart
+theirs too, so every rank starts again from the newest committed checkpoint, in the same
+pods and incarnation. When its restarts are used up the agent gives up, the pod fails
+and the operator restarts the job as a new incarnation (the old path).
+
+What this module adds: the operator must know. ``hook_agent`` wraps the agent's monitor
+so that the moment it sees a failed trainer it will restart, ``Reporter`` sends one
+``WorkerMessage.launcher`` over a heartbeat stream of its own (rank, exit code, last step,
+error, when), in a background thread: the restart does not wait for it. A launcher that
+cannot report (no gRPC in a bring-your-own image, no operator address) must not restart
+silently: ``without_in_place`` turns its restarts off, and the pod fails as before.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from stoker.common import env as E
+
+RESTARTS_FLAG = "--max-restarts"
+# The trainer's own verdicts (stoker.worker.health_guard): training diverged (87), paused by
+# spec.health (88). A restart would meet the same state: the pod fails and the operator decides.
+FINAL_EXIT_CODES = frozenset({87, 88})
+ERROR_CHARS = 2000
+SEND_TIMEOUT_S = 5.0
+
+
+def requested(environ: Mapping[str, str]) -> int:
+    """The in-place restarts the operator asked for (0: none)."""
+    try:
+        return max(0, int(environ.get(E.IN_PLACE_RESTARTS) or 0))
+    except ValueError:
+        return 0
+
+
+def without_in_place(args: list[str]) -> list[str]:
+    """torchrun's arguments with ``--max-restarts=0``: every trainer failure fails the pod."""
+    out = [a for a in args if not a.startswith(RESTARTS_FLAG + "=")]
+    return [f"{RESTARTS_FLAG}=0", *out] if len(out) != len(args) else out
+
+
+def failure_report(rank: int, exitcode: int, message: str, step: int | None, restart: int, left: int,
+                   failed_at: float) -> dict[str, Any]:
+    """What the launcher tells the operator about one failed trainer (the proto's fields)."""
+    code = 128 - exitcode if exitcode < 0 else exitcode if 0 < exitcode < 256 else 1
+    return {"rank": int(rank), "exit_code": code, "step": -1 if step is None else int(step),
+            "error": (message or "")[-ERROR_CHARS:], "restart": restart, "restarts_left": left,
+            "failed_at": failed_at}
+
+
+class Reporter:
+    """Sends launcher reports to the operator's heartbeat service (gRPC, imported here only)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        import grpc
+
+        from stoker.common.auth import client_metadata
+        from stoker.common.proto import stoker_pb2 as pb
+        from stoker.common.proto import stoker_pb2_grpc as pb_grpc
+
+        self._pb = pb
+        self._env = dict(environ)
+        self._metadata = client_metadata(environ[E.JOB_NAMESPACE], environ[E.JOB_NAME], environ[E.JOB_TOKEN])
+        self._channel = grpc.insecure_channel(environ[E.OPERATOR_ADDR])
+        self._stub = pb_grpc.HeartbeatStub(self._channel)
+        self.sent: list[dict[str, Any]] = []
+
+    @classmethod
+    def create(cls, environ: Mapping[str, str]) -> "Reporter | None":
+        """A reporter, or None when this pod cannot report (says why on stderr)."""
+        missing = [k for k in (E.OPERATOR_ADDR, E.JOB_TOKEN, E.JOB_NAMESPACE, E.JOB_NAME) if not environ.get(k)]
+        why = f"{', '.join(missing)} not set" if missing else ""
+        if not why:
+            try:
+                return cls(environ)
+            except ImportError as e:
+                why = f"cannot import the heartbeat client ({e})"
+        print(f"stoker launch: in-place restarts off: {why}; a failed trainer fails the pod",
+              file=sys.stderr, flush=True)
+        return None
+
+    def message(self, report: Mapping[str, Any]) -> Any:
+        pb, env = self._pb, self._env
+        ident = pb.JobIdentity(namespace=env[E.JOB_NAMESPACE], job_name=env[E.JOB_NAME],
+                               job_uid=env.get(E.JOB_UID, ""), incarnation=int(env.get(E.INCARNATION) or 0),
+                               rank=report["rank"], replica_index=int(env.get(E.REPLICA_INDEX) or 0),
+                               pod_name=env.get(E.POD_NAME, ""), node_name=env.get(E.NODE_NAME, ""))
+        msg = pb.WorkerMessage(identity=ident, seq=1, step=report["step"])
+        msg.sent_at.GetCurrentTime()
+        r = msg.launcher
+        r.exit_code, r.step, r.error = report["exit_code"], report["step"], report["error"]
+        r.restart, r.restarts_left = report["restart"], report["restarts_left"]
+        r.failed_at.FromNanoseconds(int(report["failed_at"] * 1e9))
+        return msg
+
+    def send(self, report: Mapping[str, Any]) -> None:
+        """One report on a stream of its own, in a background thread (never blocks the restart)."""
+        def run() -> None:
+            try:
+                for _ in self._stub.Stream(iter([self.message(report)]), metadata=self._metadata,
+                                           timeout=SEND_TIMEOUT_S):
+                    pass
+                self.sent.append(dict(report))
+            except Exception as e:  # noqa: BLE001 - the pod watch still shows a failure that ends the pod
+                print(f"stoker launch: could not report the trainer's exit to the operator: {e}",
+                      file=sys.stderr, flush=True)
+
+        threading.Thread(target=run, name="stoker-inplace-report", daemon=True).start()
+
+
+def hook_agent(on_failure: Callable[[Any, Any], None]) -> bool:
+    """Call ``on_failure(agent, run_result)`` when torchrun's agent sees failed trainers it is about
+    to restart in place (restarts left); a trainer exiting with one of ``FINAL_EXIT_CODES`` ends
+    the agent's restarts instead. False where the agent cannot be wrapped."""
+    try:
+        from torch.distributed.elastic.agent.server.api import WorkerState
+        from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    except ImportError:
+        return False
+    monitor = LocalElasticAgent._monitor_workers
+
+    def watched(self: Any, worker_group: Any) -> Any:
+        result = monitor(self, worker_group)
+        if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and self._remaining_restarts > 0:
+            if any(f.exitcode in FINAL_EXIT_CODES for f in (result.failures or {}).values()):
+                self._remaining_restarts = 0
+            else:
+                on_failure(self, result)
+        return result
+
+    LocalElasticAgent._monitor_workers = watched
+    return True
+
+
+def first_failure(result: Any) -> tuple[int, Any] | None:
+    """(global rank, ProcessFailure) of the failure that came first (as ChildFailedError does)."""
+    if not result.failures:
+        return None
+    return min(result.failures.items(), key=lambda kv: kv[1].timestamp)
+
+
+def install(args: list[str], environ: Mapping[str, str], step_of: Callable[[int], int | None],
+            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[str]:
+    """Arguments for torchrun: unchanged (and the agent hooked to report) when in-place restarts
+    were asked for and can be reported; ``--max-restarts=0`` when they cannot be."""
+    wanted = requested(environ)
+    if wanted <= 0:
+        return args
+    reporter = Reporter.create(environ)
+    if reporter is None:
+        return without_in_place(args)
+
+    def on_failure(agent: Any, result: Any) -> None:
+        first = first_failure(result)
+        if first is None:
+            return
+        rank, failure = first
+        spec = agent._worker_group.spec
+        restart = spec.max_restarts - agent._remaining_restarts + 1
+        report = failure_report(rank, int(failure.exitcode), failure.message if failure.error_file_data else "",
+                                step_of(rank), restart, agent._remaining_restarts - 1, time.time())
+        log(f"stoker launch: worker rank {rank} exited with {failure.exitcode}; restarting the workers in place "
+            f"(restart {restart} of {spec.max_restarts})")
+        reporter.send(report)
+
+    if not hook_agent(on_failure):
+        return without_in_place(args)
+    return args
+

@@ -1,0 +1,118 @@
+"""In-place restarts (issue 12), the pod's part: what the operator renders, what the launcher
+does when it cannot report, how a report reaches the operator, and which exits are not restarted."""
+from __future__ import annotations
+
+import time
+import types
+
+import pytest
+
+from stoker.common import env as E
+from stoker.operator import launch_inplace as LI
+from stoker.operator.jobspec import job_view
+from stoker.operator.pods import RenderConfig, render_pod
+from tests.recovery_tests.test_heartbeats import FakeSecrets, eventually
+
+from .helpers import job_body
+
+CFG = RenderConfig(operator_addr="10.0.0.5:50051")
+
+
+def rendered(cfg=CFG, **spec):
+    trainer = render_pod(job_view(job_body(**spec)), 0, 0, cfg)["spec"]["containers"][0]
+    restarts = next(a for a in trainer["command"] if a.startswith("--max-restarts="))
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    return int(restarts.split("=")[1]), env.get(E.IN_PLACE_RESTARTS)
+
+
+def test_a_fixed_size_job_restarts_trainers_in_place_by_default_and_the_launcher_is_told_to_report():
+    assert rendered() == (3, "3")
+    assert rendered(failurePolicy={"inPlaceRestarts": 1}) == (1, "1")
+
+
+def test_in_place_restarts_off_where_nobody_would_report_them():
+    assert rendered(failurePolicy={"inPlaceRestarts": 0}) == (0, None)
+    assert rendered(RenderConfig(operator_addr="10.0.0.5:50051", launcher="torchrun")) == (0, None)
+    assert rendered(RenderConfig()) == (0, None)   # no heartbeat service: no operator to tell
+
+
+def test_elastic_jobs_keep_torchruns_own_restarts_and_report_nothing():
+    assert rendered(minReplicas=1, maxReplicas=4) == (CFG.torchrun_max_restarts, None)
+
+
+def test_a_launcher_that_cannot_report_turns_its_in_place_restarts_off(capsys):
+    args = ["--nnodes=2:2", "--max-restarts=3", "train.py"]
+    assert LI.install(args, {E.IN_PLACE_RESTARTS: "3"}, lambda r: None) == ["--max-restarts=0", "--nnodes=2:2",
+                                                                             "train.py"]
+    assert "in-place restarts off" in capsys.readouterr().err
+    assert LI.install(args, {}, lambda r: None) == args   # not asked for: torchrun's arguments as rendered
+
+
+def test_a_report_names_the_signal_like_a_shell_and_keeps_the_errors_end():
+    r = LI.failure_report(1, -9, "", 41, restart=1, left=2, failed_at=5.0)
+    assert (r["exit_code"], r["step"], r["restart"], r["restarts_left"]) == (137, 41, 1, 2)
+    r = LI.failure_report(0, 1, "x" * 5000 + "gloo", None, restart=2, left=0, failed_at=5.0)
+    assert r["exit_code"] == 1 and r["step"] == -1 and len(r["error"]) == LI.ERROR_CHARS and r["error"][-4:] == "gloo"
+
+
+@pytest.fixture
+def hb():
+    from stoker.operator import heartbeats as H
+
+    changes: list = []
+    svc = H.OperatorHeartbeats(FakeSecrets(), "127.0.0.1:0", on_change=lambda ns, n: changes.append((ns, n)))
+    svc.start()
+    svc.changes = changes
+    yield svc
+    svc.stop()
+
+
+def test_the_launchers_report_reaches_the_operator_at_once_and_is_no_workers_heartbeat(hb):
+    token = hb.ensure_secret("ns", "j", {"apiVersion": "v1", "kind": "X", "name": "j", "uid": "u"})
+    env = {E.OPERATOR_ADDR: f"127.0.0.1:{hb.port}", E.JOB_TOKEN: token, E.JOB_NAMESPACE: "ns", E.JOB_NAME: "j",
+           E.INCARNATION: "2", E.POD_NAME: "j-worker-1-2", E.NODE_NAME: "n1", E.IN_PLACE_RESTARTS: "3"}
+    reporter = LI.Reporter.create(env)
+    t0 = time.time()
+    reporter.send(LI.failure_report(1, -9, "", 41, restart=1, left=2, failed_at=t0))
+    [r] = eventually(lambda: hb.reports("ns", "j"))
+    assert (r.pod_name, r.node_name, r.incarnation, r.rank, r.exit_code, r.step) == ("j-worker-1-2", "n1", 2, 1, 137, 41)
+    assert r.key == "j-worker-1-2#1" and abs(r.failed_at - t0) < 1e-3 and r.seen_at - t0 < 2.0
+    assert eventually(lambda: ("ns", "j") in hb.changes)   # a reconcile pass is asked for at once
+    assert hb.workers("ns", "j") == [] and hb.ranks("ns", "j") == []
+
+
+def test_a_bad_token_report_is_refused():
+    from stoker.operator import heartbeats as H
+
+    svc = H.OperatorHeartbeats(FakeSecrets(), "127.0.0.1:0")
+    svc.start()
+    try:
+        svc.ensure_secret("ns", "j", {"apiVersion": "v1", "kind": "X", "name": "j", "uid": "u"})
+        env = {E.OPERATOR_ADDR: f"127.0.0.1:{svc.port}", E.JOB_TOKEN: "wrong", E.JOB_NAMESPACE: "ns",
+               E.JOB_NAME: "j"}
+        LI.Reporter(env).send(LI.failure_report(0, 1, "", 3, restart=1, left=2, failed_at=time.time()))
+        time.sleep(1.0)
+        assert svc.reports("ns", "j") == []
+    finally:
+        svc.stop()
+
+
+@pytest.mark.torch
+def test_the_agent_reports_a_failure_it_restarts_and_does_not_restart_the_trainers_own_verdicts(monkeypatch):
+    from torch.distributed.elastic.agent.server.api import RunResult, WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    results: list = []
+    monkeypatch.setattr(LocalElasticAgent, "_monitor_workers", lambda self, wg: results.pop(0))
+    seen: list = []
+    assert LI.hook_agent(lambda agent, result: seen.append(result))
+    agent = types.SimpleNamespace(_remaining_restarts=2)
+
+    def failed(code):
+        return RunResult(WorkerState.FAILED, failures={1: types.SimpleNamespace(exitcode=code, timestamp=1)})
+
+    results[:] = [failed(-9), failed(88)]
+    LocalElasticAgent._monitor_workers(agent, None)
+    assert len(seen) == 1 and agent._remaining_restarts == 2       # reported; torchrun restarts
+    LocalElasticAgent._monitor_workers(agent, None)
+    assert len(seen) == 1 and agent._remaining_restarts == 0       # paused (88): the pod fails, the operator decides
