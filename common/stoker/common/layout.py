@@ -5,6 +5,7 @@
         .metadata                    DCP metadata (written by the coordinator)
         stoker.json                  Stoker's manifest: step, world size, shard list
         COMMITTED                    commit marker, written LAST, after every shard is durable
+    <root>/FENCE                     the newest incarnation that started: older ones change nothing
 
 A checkpoint exists for readers only when COMMITTED exists. Anything else is a
 partial write and is ignored (and eventually garbage-collected).
@@ -18,6 +19,7 @@ STEP_DIGITS = 8
 COMMIT_MARKER = "COMMITTED"
 MANIFEST = "stoker.json"
 DCP_METADATA = ".metadata"
+FENCE = "FENCE"  # at the root: the newest incarnation that started (stoker.worker.checkpoint.fence)
 
 _STEP_RE = re.compile(rf"^{STEP_PREFIX}(\d{{{STEP_DIGITS}}})$")
 

@@ -41,6 +41,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from stoker.common import layout
 
+from . import fence
 from .retention import plan_deletions
 from .store import Store, committed_steps, manifest_bytes, newest_committed, open_store
 
@@ -130,6 +131,7 @@ class CheckpointManager:
         store: Store | None = None,
         before_commit: Callable[[int], None] | None = None,
         on_committed: Callable[[int], None] | None = None,
+        incarnation: int | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (got {keep}): the newest checkpoint is always kept")
@@ -142,6 +144,8 @@ class CheckpointManager:
         self.on_result = on_result
         self.before_commit = before_commit
         self.on_committed = on_committed
+        # fence.py: an older incarnation than the checkpoints' fence changes nothing
+        self.incarnation = incarnation if incarnation is not None else fence.incarnation_from_env()
         self.last_result: SaveResult | None = None
         self._distributed = dist.is_available() and dist.is_initialized()
         self._pg: dist.ProcessGroup | None = None
@@ -250,6 +254,7 @@ class CheckpointManager:
         prep_error = None
         if self.is_coordinator:
             try:
+                fence.check(self.store, self.incarnation)
                 if step in self.store.list_steps():
                     self.store.delete_step(step)
             except Exception as exc:  # noqa: BLE001
@@ -300,6 +305,7 @@ class CheckpointManager:
         return res
 
     def _commit(self, step: int, metadata, extra: dict[str, Any] | None = None) -> int:
+        fence.check(self.store, self.incarnation)
         files = self.store.list_files(step)
         needed: dict[str, int] = {}
         for info in metadata.storage_data.values():
@@ -318,6 +324,7 @@ class CheckpointManager:
             bytes=sum(files.values()),
             created_at=time.time(),
             writer_host=socket.gethostname(),
+            incarnation=self.incarnation,
             torch_version=torch.__version__,
             **(extra or {}),
         )
@@ -327,6 +334,7 @@ class CheckpointManager:
 
     def _retain(self) -> None:
         try:
+            fence.check(self.store, self.incarnation)
             steps = self.store.list_steps()
             doomed = plan_deletions(steps, [s for s in steps if self.store.is_committed(s)], self.keep)
             for s in doomed:
@@ -347,6 +355,7 @@ class CheckpointManager:
         choice: int | str | None = None
         if self.is_coordinator:
             try:
+                fence.claim(self.store, self.incarnation)
                 choice = self._choose(step)
             except Exception as exc:  # noqa: BLE001 - tell the other ranks instead of leaving them waiting
                 choice = f"cannot list checkpoints under {self.uri}: {exc!r}"

@@ -292,6 +292,21 @@ class S3Store:
         key = self._key(layout.step_dir(step), name)
         return self._retry(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(), f"get {key}")
 
+    def read_root(self, name: str) -> bytes | None:
+        key = self._key(name)
+
+        def get() -> bytes | None:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                return None
+
+        return self._retry(get, f"get {key}")
+
+    def write_root(self, name: str, data: bytes) -> None:
+        key = self._key(name)
+        self._retry(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data), f"put {key}")
+
     def delete_step(self, step: int) -> None:
         base = self._key(layout.step_dir(step)) + "/"
         marker = base + layout.COMMIT_MARKER

@@ -30,6 +30,8 @@ class Store(Protocol):
     def write_bytes(self, step: int, name: str, data: bytes) -> None: ...
     def read_bytes(self, step: int, name: str) -> bytes: ...
     def delete_step(self, step: int) -> None: ...
+    def read_root(self, name: str) -> bytes | None: ...   # an object at the root (None: absent)
+    def write_root(self, name: str, data: bytes) -> None: ...
     def writer(self, step: int) -> StorageWriter: ...
     def reader(self, step: int) -> StorageReader: ...
 
@@ -114,6 +116,16 @@ class LocalStore:
 
     def read_bytes(self, step: int, name: str) -> bytes:
         return (self._dir(step) / name).read_bytes()
+
+    def read_root(self, name: str) -> bytes | None:
+        path = self.root / name
+        return path.read_bytes() if path.is_file() else None
+
+    def write_root(self, name: str, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.root / name)
 
     def delete_step(self, step: int) -> None:
         d = self._dir(step)
