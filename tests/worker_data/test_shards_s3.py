@@ -2,6 +2,8 @@
 the reader streams it through the cache, and S3-side damage is caught."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -85,11 +87,41 @@ def test_s3_downloads_run_in_a_child_process_not_in_the_trainer(s3_dataset, tmp_
 
     with mock.patch.object(ShardCache, "fetch", in_this_process):
         data = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache", prefetch_shards=2)
+        assert data._process.ready.wait(60), "the download process never said it was ready"
         ids = np.arange(data.size(TRAIN))
         tokens = data.samples(TRAIN, ids)
         assert data.stats.fetched == len(data.index.splits["train"])
         data.close()
     assert torch.equal(ShardedTokens(s3_dataset, cache_dir=tmp_path / "again").samples(TRAIN, ids), tokens)
+
+
+def test_a_read_does_not_wait_for_the_download_process_to_start(s3_dataset, tmp_path):
+    """Until fetchd answers ready (its start-up takes ~0.5 s), a read that needs a shard now
+    downloads it in the trainer; prefetches still wait for the child."""
+    import os
+    import signal
+    import threading
+
+    data = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache", prefetch_shards=2, fill_cache=False)
+    os.kill(data._process.pid, signal.SIGSTOP)  # a child that never gets ready
+    time.sleep(0.2)
+    data._process.ready.clear()
+    ids = np.arange(40)  # the first shard
+    want = ShardedTokens(s3_dataset, cache_dir=tmp_path / "other", prefetch_shards=0).samples(TRAIN, ids)
+    got: list = []
+    reading = threading.Thread(target=lambda: got.append(data.samples(TRAIN, ids)), daemon=True)
+    reading.start()
+    reading.join(timeout=60)
+    try:
+        assert got and torch.equal(got[0], want), "the read waited for a download process that is not ready"
+        data.prefetch(np.arange(40, 80))  # queued for the child, which is stopped: nothing on disk
+        time.sleep(0.5)
+        assert not data.cache.has(data.index.splits["train"][1])
+    finally:
+        os.kill(data._process.pid, signal.SIGCONT)
+    data.wait_prefetched()
+    assert data.cache.has(data.index.splits["train"][1])
+    data.close()
 
 
 def test_a_lost_download_process_does_not_stop_reading(s3_dataset, tmp_path, caplog):

@@ -10,11 +10,16 @@ dataset's downloads run in ``python -m stoker.worker.shards.fetchd URI CACHE_DIR
 - it downloads into the same content-addressed cache (``cache.py``: verified, renamed into
   place), ``THREADS`` at a time, and answers ``{"id": n, "path": ...}`` or
   ``{"id": n, "error": "ShardCorrupt" | "...", "message": ...}`` on stdout;
+- it answers ``{"ready": true}`` once its S3 client is up (its start, imports included, takes
+  ~0.5 s: longer than a cold cache's first shard takes to download);
 - it exits when its stdin closes (the trainer closed the dataset or died).
 
 ``FetchProcess`` is the trainer's side: ``fetch(shard)`` blocks (releasing the GIL) until
-the answer. If the child dies, waiting calls fail, and later ones fetch in the caller's own
-thread (logged once): a dead helper must never stop training.
+the answer. ``fetch(shard, urgent=True)`` (a read that needs the shard now) downloads in the
+caller's thread while the child is not ready yet: the step waits for that shard either way,
+and the child's start-up would only add to the wait (the cold cache's first step). If the
+child dies, waiting calls fail, and later ones fetch in the caller's own thread (logged
+once): a dead helper must never stop training.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ class FetchProcess:
         self._pending: dict[int, Future] = {}
         self._next_id = 0
         self._dead = False
+        self.ready = threading.Event()
         self._proc = subprocess.Popen([sys.executable, "-m", "stoker.worker.shards.fetchd", uri, str(cache_root),
                                        str(max(1, threads))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, bufsize=1)
@@ -51,7 +57,9 @@ class FetchProcess:
     def pid(self) -> int:
         return self._proc.pid
 
-    def fetch(self, shard: Shard) -> Path:
+    def fetch(self, shard: Shard, urgent: bool = False) -> Path:
+        if urgent and not self.ready.is_set():
+            return self._in_thread(shard)
         fut = self._ask(shard)
         if fut is None:
             return self._in_thread(shard)
@@ -89,6 +97,9 @@ class FetchProcess:
     def _read_answers(self) -> None:
         for line in self._proc.stdout:
             msg = json.loads(line)
+            if msg.get("ready"):
+                self.ready.set()
+                continue
             with self._lock:
                 fut = self._pending.pop(msg["id"], None)
             if fut is not None:
@@ -127,6 +138,8 @@ def serve(uri: str, cache_root: str, threads: int) -> None:
         with out_lock:
             sys.stdout.write(json.dumps(msg) + "\n")
             sys.stdout.flush()
+
+    answer({"ready": True})
 
     def one(n: int, shard: Shard) -> None:
         try:

@@ -1,6 +1,7 @@
 """Background shard downloads with priorities: what a read needs now (fetched in the
 reader's own thread if no worker has started it yet), then what the next step needs
-(``prefetch``), then the rest of the split (cache fill)."""
+(``prefetch``), then the rest of the split (cache fill). ``fetch_now`` (default ``fetch``)
+is what a read that waits runs in its own thread."""
 from __future__ import annotations
 
 import itertools
@@ -17,8 +18,10 @@ _STOP = -1
 
 
 class Fetcher:
-    def __init__(self, fetch: Callable[[Shard], Path], threads: int):
+    def __init__(self, fetch: Callable[[Shard], Path], threads: int,
+                 fetch_now: Callable[[Shard], Path] | None = None):
         self._fetch = fetch
+        self._fetch_now = fetch_now or fetch
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._futures: dict[str, Future] = {}
         self._started: set[str] = set()
@@ -44,7 +47,7 @@ class Fetcher:
         """The shard's cached path: fetched here unless a worker is already on it."""
         fut = self.want(shard, NOW)
         if self._claim(shard):
-            self._run(shard, fut)
+            self._run(shard, fut, self._fetch_now)
         return fut.result()
 
     def wait(self) -> None:
@@ -69,9 +72,9 @@ class Fetcher:
             self._started.add(shard.sha256)
             return True
 
-    def _run(self, shard: Shard, fut: Future) -> None:
+    def _run(self, shard: Shard, fut: Future, fetch: Callable[[Shard], Path] | None = None) -> None:
         try:
-            fut.set_result(self._fetch(shard))
+            fut.set_result((fetch or self._fetch)(shard))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
             fut.set_exception(exc)
 

@@ -13,6 +13,7 @@ is downloaded in the background while just the needed rows come with ranged GETs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -92,7 +93,7 @@ class ShardedTokens:
         # an S3 dataset downloads in a child process (fetchd.py: threads here would take the GIL from training)
         self._process = (FetchProcess(uri, self.cache.root, prefetch_shards, self._download_here)
                          if self._prefetching and isinstance(self.source, S3Prefix) else None)
-        self._fetcher = Fetcher(self._fetch, prefetch_shards)
+        self._fetcher = Fetcher(self._fetch, prefetch_shards, functools.partial(self._fetch, urgent=True))
         self._rows = RowReader(self.source, self.index) if self._prefetching and ranged_reads else None
         if self._prefetching and fill_cache:
             for shard in self._shards[TRAIN]:
@@ -159,10 +160,10 @@ class ShardedTokens:
             self._rows.close()
 
     # -- shards
-    def _fetch(self, shard: fmt.Shard) -> Path:
+    def _fetch(self, shard: fmt.Shard, urgent: bool = False) -> Path:
         if self.cache.has(shard):
             return self.cache.path(shard)
-        path = self._process.fetch(shard) if self._process is not None else self._download_here(shard)
+        path = self._process.fetch(shard, urgent) if self._process is not None else self._download_here(shard)
         self.stats.fetched += 1
         return path
 
