@@ -2,7 +2,9 @@
 
 For each fault kind, ``--runs`` times (median and worst reported):
 
-  crash  SIGKILL one worker's trainer process
+  crash  SIGKILL one worker's trainer process: restarted in place (the default,
+         spec.failurePolicy.inPlaceRestarts), the pods and the incarnation kept
+  crash-incarnation  the same with inPlaceRestarts: 0 (the old path: new pods, a new incarnation)
   hang   SIGSTOP one worker's trainer process (its peers block in the all-reduce)
   node   SIGKILL one process node's agent (the machine is gone): seen from the heartbeat stream (every
          rank on the node quiet at once) and the node's kubelet not answering, before its NotReady
@@ -28,8 +30,8 @@ a lost machine has no single-machine torchrun equivalent (n/a).
 
 Goodput under periodic failures is bench/bench_goodput.py.
 
-    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,hang,node,collective] [--seed N]
-        [--cluster-dir DIR] [--out DIR]
+    .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,crash-incarnation,hang,node,collective]
+        [--seed N] [--cluster-dir DIR] [--out DIR]
 
 Writes bench/results/bench_recovery.json (or DIR/bench_recovery.json) and prints a table.
 """
@@ -54,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import free_port, machine_info, print_table, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 from stoker.devcluster.procs import argv_of, find_processes  # noqa: E402
+from stoker.worker import journal  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
 from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
 
@@ -215,6 +218,8 @@ class Bench:
         a step), never into a trainer parked in a debug stall."""
         name = f"{kind}-{i}-{uuid.uuid4().hex[:4]}"
         fp = {"heartbeatTimeoutSeconds": 300} if kind == "node" else {}
+        if kind == "crash-incarnation":
+            fp["inPlaceRestarts"] = 0
         if progress_timeout:
             fp["progressTimeoutSeconds"] = progress_timeout
         jdir = self.tmp / name / "journal"
@@ -234,22 +239,55 @@ class Bench:
         else:
             pid = wait("trainer pid", lambda: trainer_pid(pod_name=pod), 30)
             t0 = time.time()
-            os.kill(pid, {"crash": signal.SIGKILL, "collective": signal.SIGUSR1}.get(kind, signal.SIGSTOP))
+            os.kill(pid, {"crash": signal.SIGKILL, "crash-incarnation": signal.SIGKILL,
+                          "collective": signal.SIGUSR1}.get(kind, signal.SIGSTOP))
         # The restart's incident: a save the fault cut records a CheckpointFailed first
         # (a survivor's), which is not the detection of the fault.
         inc = wait("incident", lambda: next((i for i in self.status(name).get("incidents") or []
                                              if i.get("kind") in ("Restart", "Replace")), None), 600, 0.1)
         t_detect = time.time()
-        first = wait("recovery", lambda: [r["t"] for r in F.steps_of(jdir, 1)], 600)
+        first = wait("recovery", lambda: restarted_steps(jdir, t0), 600)
         if kind == "hang":
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         wait("job Succeeded", lambda: self.status(name).get("phase") == "Succeeded", 600, 0.2)
+        st = self.status(name)
         return {"kind": kind, "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
                 "recover_s": min(first) - t0, "operator_latency_s": inc.get("detectionLatencySeconds"),
-                "fault_at": moment}
+                "in_place": bool(inc.get("inPlace")), "incarnation": st.get("incarnation"),
+                "phases_s": restart_phases(jdir, t0), "fault_at": moment}
+
+
+def restarted_steps(jdir: Path, t0: float) -> list[float]:
+    """Times of the steps computed after ``t0`` by trainer processes that started after it (an
+    in-place restart keeps the incarnation, so the new processes are told by their pids)."""
+    recs = journal.read(jdir)
+    before = {r["pid"] for r in recs if r["t"] < t0}
+    return [r["t"] for r in recs if r["event"] == "step" and r["t"] > t0 and r["pid"] not in before]
+
+
+def restart_phases(jdir: Path, t0: float) -> dict:
+    """Where the seconds of a restart went, from the fault (seconds after ``t0``, the slowest of the
+    new trainer processes): its journal opened (the Session: torch and the trainer imported, after
+    the launcher noticed, the rendezvous and the process start), resumed (process group and restore
+    from S3), its first step."""
+    recs = journal.read(jdir)
+    before = {r["pid"] for r in recs if r["t"] < t0}
+    opened = [int(p.stem.rsplit("-", 1)[1]) / 1e9 for p in jdir.glob("*.jsonl")
+              if int(p.stem.rsplit("-pid", 1)[1].split("-")[0]) not in before]
+    new = [r for r in recs if r["pid"] not in before and r["t"] > t0]
+
+    def last_first(event: str) -> float | None:
+        firsts: dict[int, float] = {}
+        for r in new:
+            if r["event"] == event:
+                firsts.setdefault(r["pid"], r["t"])
+        return round(max(firsts.values()) - t0, 3) if firsts else None
+
+    return {"session_opened": round(max(opened) - t0, 3) if opened else None,
+            "resumed": last_first("resumed"), "first_step": last_first("step")}
 
 
 # ------------------------------------------------------------------ baseline: plain torchrun
@@ -332,7 +370,7 @@ def torchrun_hang(tmp: Path, cap: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--kinds", default="crash,hang,node,collective")
+    ap.add_argument("--kinds", default="crash,crash-incarnation,hang,node,collective")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here instead of bench/results")
     ap.add_argument("--hang-cap", type=float, default=60.0, help="how long the torchrun baseline is watched for a hang")
     ap.add_argument("--crash-cap", type=float, default=120.0, help="how long a torchrun baseline may take to recover")
@@ -354,20 +392,23 @@ def main() -> int:
                      "progress_timeout_s": args.progress_timeout or "default (unset)", "stoker": [], "torchrun": []}
     try:
         b.setup()
-        for kind in kinds:
-            for i in range(args.runs):
+        # Repetition by repetition, the kinds side by side (and plain torchrun's crash after Stoker's),
+        # every result written as it comes: a run cut short keeps what it measured (the torchrun list
+        # was empty in an earlier run, which ran all of it last and was cut by its timeout).
+        for i in range(args.runs):
+            for kind in kinds:
                 try:
                     r = b.one(kind, i, rng, args.progress_timeout)
                 except TimeoutError as e:
                     r = {"kind": kind, "error": str(e)}
                 print(json.dumps(r), flush=True)
                 results["stoker"].append(r)
-                write_results("bench_recovery", results, args.out)  # partial results survive an interrupted run
-        if "crash" in kinds:
-            for i in range(args.runs):
-                r = torchrun_crash(tmp, i, args.crash_cap)
-                print(json.dumps({"baseline": "torchrun", **r}), flush=True)
-                results["torchrun"].append(r)
+                write_results("bench_recovery", results, args.out)
+                if kind == "crash":
+                    t = torchrun_crash(tmp, i, args.crash_cap)
+                    print(json.dumps({"baseline": "torchrun", **t}), flush=True)
+                    results["torchrun"].append(t)
+                    write_results("bench_recovery", results, args.out)
         if "hang" in kinds:
             r = torchrun_hang(tmp, args.hang_cap)
             print(json.dumps({"baseline": "torchrun", **r}), flush=True)
@@ -383,14 +424,17 @@ def main() -> int:
         if not rs:
             rows.append({"fault": kind, "cause": "no successful run"})
             continue
-        base = [r["recover_s"] for r in results["torchrun"] if r["kind"] == kind and r["recover_s"] is not None]
+        base_kind = "crash" if kind.startswith("crash") else kind   # both crash variants against torchrun's crash
+        base = [r["recover_s"] for r in results["torchrun"] if r["kind"] == base_kind and r["recover_s"] is not None]
         row = {"fault": kind, "cause": rs[0]["cause"], "ok runs": len(rs),
                "detect median s": statistics.median(r["detect_s"] for r in rs),
                "detect worst s": max(r["detect_s"] for r in rs),
                "recover median s": statistics.median(r["recover_s"] for r in rs),
-               "recover worst s": max(r["recover_s"] for r in rs)}
-        failed = sum(1 for r in results["torchrun"] if r["kind"] == kind and r["recover_s"] is None)
-        if kind == "crash" and base:
+               "recover best s": min(r["recover_s"] for r in rs),
+               "recover worst s": max(r["recover_s"] for r in rs),
+               "in place": f"{sum(r.get('in_place', False) for r in rs)}/{len(rs)}"}
+        failed = sum(1 for r in results["torchrun"] if r["kind"] == base_kind and r["recover_s"] is None)
+        if kind.startswith("crash") and base:
             row["torchrun recover median s"] = statistics.median(base)
             row["ratio vs torchrun"] = row["recover median s"] / statistics.median(base)
             if failed:
