@@ -131,8 +131,8 @@ def stuck_collective(live: Sequence[RankProgress], t: Timeouts, now_mono: float,
         return None
     last = max(live, key=lambda r: (r.activity_since, r.rank))
     return Finding(COLLECTIVE_STUCK, f"every rank has waited in a collective for {waited:.1f}s at step "
-                   f"{min(r.step for r in live)} (limit {limit:g}s: failurePolicy defaults, 2x the slowest step "
-                   f"at least) while all kept heartbeating: a stuck collective (a rank's traffic cut, a mismatched "
+                   f"{min(r.step for r in live)} (limit {limit:g}s: {t.collective_s:g}s, and at least 2x the slowest "
+                   f"step) while all kept heartbeating: a stuck collective (a rank's traffic cut, a mismatched "
                    f"collective); rank {last.rank} ({last.pod_name or 'pod ?'}) entered it last",
                    pod=last.pod_name or None, rank=last.rank, node=last.node_name or None, step=last.step,
                    step_exact=False, onset=_onset(now_wall, now_mono, since))

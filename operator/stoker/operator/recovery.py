@@ -50,7 +50,8 @@ NODE_CAUSES = frozenset({D.NODE_LOST, D.EVICTED})
 # a lost node is often first seen as a hang or as silence, before its grace period ends
 # and it turns NotReady (found by bench/chaos.py: without this the replacement went back
 # to the dying node and the job restarted a second time).
-AVOID_CAUSES = NODE_CAUSES | {D.HANG, D.COLLECTIVE_STUCK, D.HEARTBEAT_LOST, D.PEER_LOST}  # PeerLost: its suspect peer's node
+# PeerLost: its suspect peer's node
+AVOID_CAUSES = NODE_CAUSES | {D.HANG, D.COLLECTIVE_STUCK, D.HEARTBEAT_LOST, D.PEER_LOST}
 AVOID_WEIGHT = 100  # preferred-affinity weight (the maximum): other nodes win whenever one fits
 # Causes a repetition can turn into a user error (never external ones).
 REPEATABLE = frozenset({D.WORKER_CRASHED, D.OOM_KILLED, D.WORKER_KILLED, D.HANG, D.COLLECTIVE_STUCK,
