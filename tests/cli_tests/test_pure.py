@@ -365,3 +365,6 @@ def test_top_shows_the_training_picture_and_anomalies_when_known():
                                      "dataWaitFraction": 0.021}, "anomalies": 2, "rollbacks": 1}
     assert training_line(s) == "loss 3.912  grad-norm 0.581  lr 0.0003  data-wait 2%  anomalies 2 (rollbacks 1)"
     assert training_line({"loss": None, "training": {}}) == ""
+    gpu = {"loss": 2.5, "training": {"dataWaitFraction": 0.0, "collectiveWaitFraction": 0.125, "gpuUtilization": 0.93,
+                                     "gpuMemoryBytes": 3 * 2**30}}
+    assert training_line(gpu) == "loss 2.5  data-wait 0%  comm-wait 12%  gpu 93%  gpu-mem 3.0GiB"

@@ -257,11 +257,15 @@ def test_every_family_is_described_even_without_jobs():
 
 def test_the_training_picture_in_status_is_exported_as_gauges():
     st = {"phase": "Running", "incarnation": 0, "metrics": {"step": 7, "loss": 3.9, "gradNorm": 0.58,
-                                                            "learningRate": 3e-4, "dataWaitFraction": 0.02},
+                                                            "learningRate": 3e-4, "dataWaitFraction": 0.02,
+                                                            "collectiveWaitFraction": 0.3, "gpuUtilization": 0.9,
+                                                            "gpuMemoryBytes": 2.0e9},
           "health": {"anomalies": 2, "rollbacks": 1}}
     s = by_name(J.job_samples("ns", "j", J.facts_from_status(st), at(100)))
     lab = (("namespace", "ns"), ("trainingjob", "j"))
     assert s["stoker_job_loss"] == {lab: 3.9} and s["stoker_job_grad_norm"] == {lab: 0.58}
     assert s["stoker_job_learning_rate"] == {lab: 3e-4} and s["stoker_job_data_wait_ratio"] == {lab: 0.02}
+    assert s["stoker_job_collective_wait_ratio"] == {lab: 0.3} and s["stoker_job_gpu_utilization_ratio"] == {lab: 0.9}
+    assert s["stoker_job_gpu_memory_bytes"] == {lab: 2.0e9}
     assert "stoker_job_validation_loss" not in s   # not validated yet: no series, not a 0
     assert s["stoker_job_health_anomalies"] == {lab: 2.0} and s["stoker_job_health_rollbacks"] == {lab: 1.0}

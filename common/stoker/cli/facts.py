@@ -21,6 +21,9 @@ from stoker.common import labels as L
 
 from .output import age_seconds, parse_time
 
+# status.metrics fields of the training picture (the operator's supervision.training_metrics writes them)
+TRAINING_FIELDS = ("gradNorm", "learningRate", "valLoss", "dataWaitFraction", "collectiveWaitFraction", "gpuUtilization",
+                   "gpuMemoryBytes")
 STALL_SECONDS_DEFAULT = 300.0   # metrics older than this while Running: STALLED (unless progressTimeoutSeconds)
 
 
@@ -185,7 +188,7 @@ def job_summary(job: Mapping, pods: Iterable[Mapping] | None, now: dt.datetime) 
         "step": _int(metrics.get("step")),
         "tokensPerSecond": _num(metrics.get("tokensPerSecond")),
         "loss": _num(metrics.get("loss")),
-        "training": {k: _num(metrics.get(k)) for k in ("gradNorm", "learningRate", "valLoss", "dataWaitFraction")},
+        "training": {k: _num(metrics.get(k)) for k in TRAINING_FIELDS},
         "anomalies": _int((st.get("health") or {}).get("anomalies")) or 0,
         "rollbacks": _int((st.get("health") or {}).get("rollbacks")) or 0,
         "lastCheckpoint": {

@@ -244,12 +244,16 @@ def render_top(doc: dict, all_ns: bool, colour: bool) -> str:
 
 
 def training_line(s: dict) -> str:
-    """loss, validation loss, gradient norm, learning rate, data wait, anomalies: what is known."""
+    """loss, validation loss, gradient norm, learning rate, data and collective wait, GPU, anomalies:
+    what is known."""
     t = s.get("training") or {}
     parts = [f"{name} {fmt(v)}" for name, v, fmt in (
         ("loss", s.get("loss"), "{:.4g}".format), ("val", t.get("valLoss"), "{:.4g}".format),
         ("grad-norm", t.get("gradNorm"), "{:.3g}".format), ("lr", t.get("learningRate"), "{:.3g}".format),
-        ("data-wait", t.get("dataWaitFraction"), "{:.0%}".format)) if v is not None]
+        ("data-wait", t.get("dataWaitFraction"), "{:.0%}".format),
+        ("comm-wait", t.get("collectiveWaitFraction"), "{:.0%}".format),
+        ("gpu", t.get("gpuUtilization"), "{:.0%}".format),
+        ("gpu-mem", t.get("gpuMemoryBytes"), lambda b: f"{b / 2**30:.1f}GiB")) if v is not None]
     if s.get("anomalies"):
         parts.append(f"anomalies {s['anomalies']} (rollbacks {s.get('rollbacks', 0)})")
     return "  ".join(parts)

@@ -145,15 +145,21 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
 
 CHECKPOINT_FAILED = "CheckpointFailed"
 # status.metrics field <- the lead rank's heartbeat metric (the built-in trainer sends them all; SDK scripts may)
-TRAINING_METRICS = (("gradNorm", "grad_norm"), ("learningRate", "learning_rate"), ("valLoss", "val_loss"))
+TRAINING_METRICS = (("gradNorm", "grad_norm"), ("learningRate", "learning_rate"), ("valLoss", "val_loss"),
+                    ("gpuMemoryBytes", "memory_bytes"))
+# status.metrics field <- a heartbeat metric in seconds, as a share of the step (step_time_seconds)
+STEP_SHARES = (("dataWaitFraction", "data_wait_seconds"), ("collectiveWaitFraction", "collective_seconds"))
 
 
 def training_metrics(m: Mapping[str, Any]) -> dict[str, float]:
     """The compact training picture for status.metrics (what `stoker top` and the metrics show)."""
     out = {key: float(f"{float(m[name]):.6g}") for key, name in TRAINING_METRICS if _finite(m.get(name))}
-    wait, step = m.get("data_wait_seconds"), m.get("step_time_seconds")
-    if _finite(wait) and _finite(step) and step > 0:
-        out["dataWaitFraction"] = round(min(1.0, float(wait) / float(step)), 4)
+    step = m.get("step_time_seconds")
+    for key, name in STEP_SHARES:
+        if _finite(m.get(name)) and _finite(step) and step > 0:
+            out[key] = round(min(1.0, max(0.0, float(m[name]) / float(step))), 4)
+    if _finite(m.get("gpu_utilization")):
+        out["gpuUtilization"] = round(min(1.0, max(0.0, float(m["gpu_utilization"]) / 100.0)), 4)
     return out
 
 

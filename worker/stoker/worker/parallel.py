@@ -216,6 +216,18 @@ def memory_report(parts: list[nn.Module], optimizers: list[torch.optim.Optimizer
             "optim_bytes_local": o_local, "optim_bytes_full": 2 * p_full}
 
 
+def gpu_metrics(device: torch.device) -> dict[str, float]:
+    """Heartbeat metrics of this rank's GPU: peak memory allocated (bytes) and, where NVML answers
+    (``torch.cuda.utilization`` needs the nvidia-ml-py package), utilisation over the driver's last
+    sample period (percent)."""
+    out = {"memory_bytes": float(torch.cuda.max_memory_allocated(device))}
+    try:
+        out["gpu_utilization"] = float(torch.cuda.utilization(device))
+    except Exception:  # noqa: BLE001 - no NVML here: leave utilisation out rather than guess
+        pass
+    return out
+
+
 _WRAPPERS = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 

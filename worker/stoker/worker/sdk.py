@@ -101,6 +101,7 @@ class Session:
         self._anomalies: list[pb.Anomaly] = []  # the latest few, sent in every message
         self._finish_reason = ""
         self._activity: tuple[str, float] = ("", 0.0)  # (what, since: time.monotonic())
+        self._split = ActivitySplit()  # seconds per activity since the last step()
         self._reporter = None
         self._journal = None
         self._last_step = last_step.open_writer(last_step_dir, rank)
@@ -165,7 +166,11 @@ class Session:
     # ------------------------------------------------------------- reporting
     def step(self, step: int, **metrics: float) -> None:
         """Record a completed step and its metrics (loss, tokens_per_second,
-        grad_norm, memory_bytes, step_time_seconds, or any other number)."""
+        grad_norm, memory_bytes, step_time_seconds, or any other number). Where the script
+        says what it does (``set_activity``), the seconds spent since the previous step in
+        ``data``, ``compute`` and ``collective`` go with them (``data_wait_seconds``,
+        ``compute_seconds``, ``collective_seconds``) unless it passed those itself."""
+        metrics = {**self._split.take(self._activity[0], time.monotonic()), **metrics}
         with self._lock:
             self._step = step
             self._step_at = time.time()
@@ -197,7 +202,9 @@ class Session:
         collective stuck when every rank has waited in one for long, while a long compute, data or
         checkpoint phase on any rank is not (docs/recovery.md)."""
         if name != self._activity[0]:
-            self._activity = (name, time.monotonic())
+            now = time.monotonic()
+            self._split.close(self._activity[0], now)
+            self._activity = (name, now)
 
     def report_checkpoint(self, result: Any) -> None:
         """Report a save outcome (a ``checkpoint.SaveResult`` or anything with
@@ -330,3 +337,30 @@ def any_rank(flag: bool, group=None) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return bool(t.item())
+
+
+class ActivitySplit:
+    """Seconds per activity between two steps, from the ``set_activity`` calls: the step's
+    compute / communication split. ``collective`` is the time a rank waits in collectives it
+    calls outside the backward pass (and so for the slowest rank); gradient all-reduces that
+    DDP or FSDP overlap with the backward pass count as compute."""
+
+    REPORTED = {"data": "data_wait_seconds", "compute": "compute_seconds", "collective": "collective_seconds"}
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._mark: float | None = None  # when the current activity's uncounted part began
+
+    def close(self, activity: str, now: float) -> None:
+        """The current activity ends (or a step is taken) at ``now``."""
+        if activity and self._mark is not None:
+            self._seconds[activity] = self._seconds.get(activity, 0.0) + max(0.0, now - self._mark)
+        self._mark = now
+
+    def take(self, activity: str, now: float) -> dict[str, float]:
+        """The reported activities' seconds since the last take (none if no activity was ever set)."""
+        self.close(activity, now)
+        seconds, self._seconds = self._seconds, {}
+        if not seconds:
+            return {}
+        return {metric: seconds.get(name, 0.0) for name, metric in self.REPORTED.items()}

@@ -226,7 +226,9 @@ class Trainer(Stateful):
             y = torch.cat([mb[1] for mb in micro]).to(self.device)
             losses = self._pipeline_pass(self.schedule.step, x, y)
             local_loss = torch.stack(losses).mean().item() if losses else 0.0
+            self.session.set_activity("collective")
             parallel.allreduce_grads(self._all_params(), self.mesh["dp"].get_group(), self.dp)
+            self.session.set_activity("compute")
             norm = parallel.clip_grad_norm_(self._all_params(), self.cfg.train.grad_clip, pp_group=self.pp_group)
         else:
             model = self.parts[0]
@@ -334,7 +336,7 @@ class Trainer(Stateful):
             self.metrics.emit(record)
             extra = {"val_loss": record["val_loss"], "val_ppl": record["val_ppl"]} if "val_loss" in record else {}
             if self.device.type == "cuda":
-                extra["memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
+                extra.update(parallel.gpu_metrics(self.device))
             self.session.step(step, loss=loss, grad_norm=norm, tokens_per_second=tps or 0.0,
                               step_time_seconds=dt, tokens_seen=float(self.train_state.tokens_seen),
                               learning_rate=record["lr"], data_wait_seconds=self.data_wait_s, **more, **extra)
