@@ -62,12 +62,15 @@ from tests.recovery_tests import faults as F  # noqa: E402
 from tests.recovery_tests.conftest import reference_run  # noqa: E402
 from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
 
+# In-place restarts off (issue 12): the checks here expect every restarting fault to end the incarnation
+# (restarts.total == incarnation); chaos with the in-place path on is not run yet.
+NO_IN_PLACE = {"inPlaceRestarts": 0}
 PROFILES = {
     # faults: how many fault events; per_job: faults per job; kinds: drawn round-robin in a seeded order
     "default": {"faults": 100, "per_job": 5, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 60.0),
-                "failure_policy": {}, "steps": 240},
+                "failure_policy": {**NO_IN_PLACE}, "steps": 240},
     "short": {"faults": 10, "per_job": 4, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 12.0),
-              "failure_policy": {"progressTimeoutSeconds": 5}, "steps": 200},
+              "failure_policy": {"progressTimeoutSeconds": 5, **NO_IN_PLACE}, "steps": 200},
 }
 CONFIGS = ("demo", "pipeline", "zero3")
 

@@ -190,7 +190,7 @@ def run(c, ns: str, *, say, platform=None) -> dict:
             f"{len(incidents)} incident(s) recorded, final loss {out['final_loss']}")
         for inc in incidents:
             say("incident: " + ", ".join(f"{k}={inc[k]}" for k in (
-                "kind", "detectedCause", "cause", "pod", "node", "rank", "exitCode", "step",
+                "kind", "inPlace", "detectedCause", "cause", "pod", "node", "rank", "exitCode", "step",
                 "detectionLatencySeconds", "timeToRecoverSeconds") if k in inc))
         say("running the same training undisturbed (plain torchrun, no operator) for comparison")
         ref = _reference(work, summary_args=["--steps", str(STEPS), "--set", "parallel.mode=ddp"])

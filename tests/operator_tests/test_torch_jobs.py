@@ -83,7 +83,8 @@ def test_failing_workers_restart_the_job_until_the_budget_is_spent(cluster, kube
     op = start_operator(rendezvous=True, extra_env={"STOKER_OPERATOR_TORCHRUN_MAX_RESTARTS": "0"})
     body = job_manifest("fail", [sys.executable, FAIL_SCRIPT], replicas=2, node_selector=process_pool,
                         env={"EXIT_CODE": "3"})
-    body["spec"]["failurePolicy"] = {"maxRestarts": 1, "backoffSeconds": 0}
+    # every failure restarts the job as a new incarnation (not in place: tests/recovery_tests/test_e2e_inplace.py)
+    body["spec"]["failurePolicy"] = {"maxRestarts": 1, "backoffSeconds": 0, "inPlaceRestarts": 0}
     create_job(kube, namespace, body)
     wait_for("job Failed", lambda: phase(kube, namespace, "fail") == "Failed", timeout=120,
              on_timeout=diagnostics(kube, namespace, "fail", op))

@@ -168,7 +168,9 @@ def test_a_killed_trainer_and_a_stopped_node_are_recovered_bit_identical_on_real
     jdir = shared_dir(tmp_path / "journal")
     bucket = H.make_bucket(c)
     H.apply_config_map(c, ns, "rec-config", {"config.json": json.dumps(H.in_pod_config(cfg))})
-    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(H.trainer_job("rec", installed["ref"], bucket, jdir)))
+    job = H.trainer_job("rec", installed["ref"], bucket, jdir)
+    job["spec"]["failurePolicy"]["inPlaceRestarts"] = 0   # each fault a new incarnation (what this test follows)
+    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(job))
 
     def incarnation() -> int:
         return int(job_status(c, ns, "rec").get("incarnation", 0))

@@ -70,7 +70,9 @@ def test_worker_killed_while_a_checkpoint_is_written_resumes_from_the_previous_o
     ref = reference_summary(tmp_path, cfg, 2)
     # The ranks wait at step 15 for as long as the test needs: not a hang.
     jdir = tmp_path / "journal"
-    run = trainer_run(name=JOB, cfg=cfg, node_selector=recovery_pool, journal_dir=jdir, failure_policy={"progressTimeoutSeconds": 3600})
+    run = trainer_run(name=JOB, cfg=cfg, node_selector=recovery_pool, journal_dir=jdir,
+                      # a new incarnation (in-place restarts off): the rewrite of step 10 is the next incarnation's
+                      failure_policy={"progressTimeoutSeconds": 3600, "inPlaceRestarts": 0})
     out, ops_diag = run.out, run.diag
 
     def diag():

@@ -39,7 +39,8 @@ def test_sigstop_sigkill_sigstop_at_random_moments_on_two_nodes_ends_identical(
     out, jdir = tmp_path / "job", tmp_path / "journal"
     path = write_config(out / "config.json", cfg, out)
     create_job(kube, namespace, trainer_job("rnd", path, bucket, node_selector=selector, journal_dir=jdir,
-                                            failure_policy={"progressTimeoutSeconds": 5, "heartbeatTimeoutSeconds": 10}))
+                                            failure_policy={"progressTimeoutSeconds": 5, "heartbeatTimeoutSeconds": 10,
+                                                            "inPlaceRestarts": 0}))  # every fault a new incarnation
     diag = diagnostics(kube, namespace, "rnd", op)
 
     def incarnation() -> int:

@@ -57,7 +57,10 @@ def test_sigkilled_worker_is_restarted_from_the_checkpoint_and_ends_identical(
     cfg = trainer_config(150)
     ref = reference_summary(tmp_path, cfg, 2)
     jdir = tmp_path / "journal"
-    run = trainer_run(name="kill", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
+    # In-place restarts off: this is the path a failure takes when they are off or used up (a new
+    # incarnation); the in-place path is test_e2e_inplace.py.
+    run = trainer_run(name="kill", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir,
+                      failure_policy={"inPlaceRestarts": 0})
     diag = run.diag
     # a random moment inside a step of real training (not a trainer parked in a debug stall)
     moment = F.at_random_moment(rng, jdir, lambda: int(status(kube, namespace, "kill").get("incarnation", 0)),
@@ -92,7 +95,8 @@ def test_the_same_error_at_the_same_step_fails_the_job_after_its_budget_with_the
                                                        "command": [sys.executable, str(SCRIPTS / "fail_at_step.py")],
                                                        "env": [{"name": "FAIL_AT_STEP", "value": "3"}]}],
                                        "terminationGracePeriodSeconds": 5, "nodeSelector": recovery_pool}},
-                 "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 0}},
+                 # each failure restarts the job as a new incarnation (not in place: test_e2e_inplace.py)
+                 "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 0, "inPlaceRestarts": 0}},
     }
     create_job(kube, namespace, body)
     wait_for("job Failed", lambda: status(kube, namespace, "bug").get("phase") == "Failed", timeout=300,

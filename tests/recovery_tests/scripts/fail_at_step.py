@@ -1,5 +1,6 @@
 """A training script with a bug: it reports steps through the SDK and raises the
-same error at the same step every time (FAIL_AT_STEP, default 3)."""
+same error at the same step every time (FAIL_AT_STEP, default 3); with FAIL_IN_INCARNATION
+set, only in that incarnation (the operator's STOKER_INCARNATION)."""
 import os
 import sys
 import time
@@ -9,6 +10,9 @@ from stoker.worker.sdk import Session
 
 def main() -> int:
     fail_at = int(os.environ.get("FAIL_AT_STEP", "3"))
+    only = os.environ.get("FAIL_IN_INCARNATION")
+    if only is not None and only != os.environ.get("STOKER_INCARNATION"):
+        fail_at = -1
     with Session.from_env() as s:
         for step in range(fail_at + 1):
             time.sleep(0.3)

@@ -1,0 +1,98 @@
+"""In-place restarts end to end (issue 12): a trainer SIGKILLed at a random moment of real
+training is started again inside its pod, every rank with it from the newest committed
+checkpoint, without new pods or a new incarnation; the operator records the incident from
+the launcher's report. When a pod's in-place restarts are used up, the job restarts as a new
+incarnation. Process nodes, MinIO, the heartbeat operator."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import pytest
+
+from stoker.worker import journal
+from tests.operator_tests.conftest import create_job, wait_for, worker_pods
+
+from . import faults as F
+from .conftest import reference_summary, trainer_config
+from .e2e import acting_incidents, diagnostics, status
+from .test_e2e_recovery import SCRIPTS, fault_rng
+
+pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
+
+
+def generations(records: list[dict], t_fault: float) -> list[dict]:
+    """The journal with the processes started after the fault as generation 1 (their
+    ``incarnation`` field, which an in-place restart keeps, set to 1), so the per-incarnation
+    recovery facts apply to the restart in place."""
+    before = {r["pid"] for r in records if r["t"] < t_fault}
+    return [dict(r, incarnation=0 if r["pid"] in before else 1) for r in records]
+
+
+def test_a_sigkilled_trainer_restarts_in_place_in_the_same_pods_and_ends_identical(
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
+    rng = fault_rng()
+    cfg = trainer_config(150)
+    ref = reference_summary(tmp_path, cfg, 2)
+    jdir = tmp_path / "journal"
+    run = trainer_run(name="inplace", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
+    diag = run.diag
+    moment = F.at_random_moment(rng, jdir, lambda: int(status(kube, namespace, "inplace").get("incarnation", 0)),
+                                min_steps=8, max_steps=60, timeout=240)
+    print("fault at", moment)
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(kube, namespace, "inplace")}
+    assert sorted(uids) == ["inplace-worker-0-0", "inplace-worker-1-0"], uids
+    pid = F.trainer_pid("inplace-worker-1-0")
+    t0 = time.time()
+    assert F.signal_pid(pid, signal.SIGKILL), diag()
+    wait_for("job Succeeded", lambda: run.status().get("phase") == "Succeeded", timeout=300, on_timeout=diag)
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["step"] == 150 and summary["checksum"] == ref["checksum"]
+    # every rank resumed from the newest checkpoint committed before the kill, redoing at most the steps since
+    [fact] = F.recovery_facts(generations(journal.read(jdir), t0))
+    assert fact["resumed_committed"] and fact["resumed"] == fact["newest_commit"], fact
+    assert fact["recomputed"] <= fact["since_commit"], fact
+    # the same pods (uids), the same incarnation
+    after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(kube, namespace, "inplace")}
+    assert after == uids
+    st = run.status()
+    assert st["incarnation"] == 0
+    assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}
+    [inc] = acting_incidents(st, fact["resumed"])
+    assert inc["kind"] == "Restart" and inc["inPlace"] is True and inc["incarnation"] == 0
+    assert inc["detectedCause"] == "WorkerKilled" and inc["cause"] == "infrastructure" and inc["exitCode"] == 137
+    assert inc["pod"] == "inplace-worker-1-0" and "inplace-worker-1-0#1" in inc["workerRestarts"]
+    assert 0 <= inc["detectionLatencySeconds"] < 5 and inc["timeToRecoverSeconds"] > 0
+    print("in-place incident:", json.dumps(inc))
+
+
+def test_when_a_pods_in_place_restarts_are_used_up_the_job_restarts_as_a_new_incarnation(
+        cluster, kube, namespace, recovery_pool, heartbeat_operator):
+    """A trainer that crashes at step 2 every time in incarnation 0: restarted in place once
+    (inPlaceRestarts: 1), then its pod fails and the operator restarts the job as incarnation 1,
+    where it does not crash."""
+    op = heartbeat_operator()
+    body = {
+        "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "again"},
+        "spec": {"replicas": 1,
+                 "template": {"spec": {"containers": [{"name": "trainer", "image": "local/python",
+                                                       "command": [sys.executable, str(SCRIPTS / "fail_at_step.py")],
+                                                       "env": [{"name": "FAIL_AT_STEP", "value": "3"},
+                                                               {"name": "FAIL_IN_INCARNATION", "value": "0"}]}],
+                                       "terminationGracePeriodSeconds": 5, "nodeSelector": recovery_pool}},
+                 "failurePolicy": {"maxRestarts": 5, "backoffSeconds": 0, "inPlaceRestarts": 1}},
+    }
+    create_job(kube, namespace, body)
+    diag = diagnostics(kube, namespace, "again", op)
+    wait_for("job Succeeded", lambda: status(kube, namespace, "again").get("phase") == "Succeeded", timeout=300,
+             on_timeout=diag)
+    st = status(kube, namespace, "again")
+    incs = [i for i in st["incidents"] if i["kind"] == "Restart"]
+    assert [(i["incarnation"], bool(i.get("inPlace"))) for i in incs] == [(0, True), (0, False)], incs
+    assert [i["detectedCause"] for i in incs] == ["WorkerCrashed", "WorkerCrashed"]
+    assert all(i["exitCode"] == 1 and i["step"] == 2 for i in incs)
+    assert incs[0]["workerRestarts"] == ["again-worker-0-0#1"]
+    assert st["incarnation"] == 1 and st["restarts"]["userError"] == 2 and st["restarts"]["total"] == 2
+    assert [p["metadata"]["name"] for p in worker_pods(kube, namespace, "again")] == ["again-worker-0-1"]
