@@ -152,3 +152,44 @@ def test_the_sdk_sends_what_the_trainer_does_and_for_how_long():
     assert msg.activity == "collective" and 4.0 <= msg.activity_seconds < 5.0
     s.set_activity("collective")                          # the same activity again keeps its start
     assert s._build_message(3).activity_seconds >= 4.0
+
+
+def test_the_shell_probes_a_quiet_node_against_one_still_heard_and_passes_it_on_as_lost():
+    from stoker.operator.recovery_shell import RecoveryShell
+    from tests.recovery_tests.test_recovery_shell import Api
+
+    records = [rank(0, "n0", seen=100.0), rank(1, "n1", seen=99.0, connected=False)]
+
+    class Beats:
+        def ranks(self, ns, name):
+            return list(records)
+
+        def all_ranks(self):
+            return list(records)
+
+        def workers(self, ns, name):
+            return []
+
+        def reports(self, ns, name):
+            return []
+
+        def newest_heard(self):
+            return 100.0
+
+    nodes = [{"metadata": {"name": n}, "status": {
+        "conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": ip}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}} for n, ip in (("n0", "10.0.0.1"), ("n1", "10.0.0.2"))]
+    dialed: list[str] = []
+
+    def connect(addr, port):
+        dialed.append(addr)
+        return addr != "10.0.0.2"
+
+    shell = RecoveryShell(Api(nodes=nodes), Beats(), mono=lambda: 100.0)  # type: ignore[arg-type]
+    shell.probe = NodeProbe(connect=connect, clock=lambda: 0.0)
+    obs = shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")])
+    assert obs.lost_nodes == {"n1"} and sorted(dialed) == ["10.0.0.1", "10.0.0.2"]
+    records[1] = rank(1, "n1", seen=100.0)   # both beat: nothing is dialed
+    dialed.clear()
+    shell.probe = NodeProbe(connect=connect, clock=lambda: 0.0)
+    assert shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")]).lost_nodes == set() and dialed == []

@@ -124,11 +124,15 @@ class RecoveryShell:
         """Nodes of the job's running pods that every rank (any job's) went quiet on at once and whose
         kubelet does not answer while a node still heard from does (heartbeat_checks.quiet_nodes,
         node_probe.py): a node lost before the control plane marks it NotReady."""
+        ranks = list(ranks)
         running = {(p.name, p.node) for p in facts if p.phase == "Running" and not p.deleting and p.node}
         mine = {r.node_name for r in ranks if (r.pod_name, r.node_name) in running}
         if not mine or self.heartbeats is None:
             return frozenset()
         t = D.Timeouts(interval_s=self.settings.heartbeat_interval_s)
+        own = [r for r in ranks if r.node_name in mine]
+        if not quiet_nodes(own, t, self.heartbeats.newest_heard()):
+            return frozenset()  # the usual pass: some rank of the job beats on each of its nodes
         quiet = quiet_nodes(self.heartbeats.all_ranks(), t, self.heartbeats.newest_heard()) & mine
         suspects = [nodes[n] for n in sorted(quiet) if n in nodes and not nodes[n].lost]
         if not suspects:
