@@ -57,9 +57,11 @@ def test_a_poisoned_window_is_rolled_back_skipped_and_the_job_ends_identical_to_
     events = cluster.kubectl("describe", "tj", "poison", "-n", namespace).stdout.split("Events:")[-1]
     assert "TrainingRolledBack" in events, events
     # the training picture the workers sent is in status, and `stoker top` shows it
-    assert {"loss", "gradNorm", "learningRate", "dataWaitFraction"} <= set(st["metrics"]), st["metrics"]
+    assert {"loss", "gradNorm", "learningRate", "dataWaitFraction", "collectiveWaitFraction"} <= set(st["metrics"]), \
+        st["metrics"]
     top = stoker_top(cluster, namespace, capsys)
-    assert re.search(r"loss [0-9.]+  grad-norm [0-9.]+  lr [0-9.e-]+  data-wait \d+%  anomalies 1 \(rollbacks 1\)",
+    assert re.search(r"loss [0-9.]+  grad-norm [0-9.]+  lr [0-9.e-]+  data-wait \d+%  comm-wait \d+%  anomalies 1 "
+                     r"\(rollbacks 1\)",
                      top), top
 
     final = summary_of(run.out)
