@@ -121,7 +121,8 @@ def test_lost_node_is_detected_and_the_job_resumes_on_other_nodes(
     cfg = trainer_config(150)
     ref = reference_summary(tmp_path, cfg, 2)
     jdir = tmp_path / "journal"
-    # Generous heartbeat/progress timeouts: the node's NotReady condition must be what reveals it.
+    # Generous heartbeat/progress timeouts: the node must be what reveals it (its ranks all quiet and its kubelet
+    # silent, test_e2e_fast_detection.py, or its NotReady condition), not a silence timeout.
     run = trainer_run(name="lose", cfg=cfg, node_selector=selector, journal_dir=jdir, failure_policy={"heartbeatTimeoutSeconds": 300, "progressTimeoutSeconds": 300})
     diag = run.diag
     lost = wait_for("worker 1 on a node", lambda: pod_node(kube, namespace, "lose-worker-1-0"), timeout=120,
