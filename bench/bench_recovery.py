@@ -297,11 +297,19 @@ def _torchrun(out: Path, steps: int) -> subprocess.Popen:
     cfg["checkpoint"]["uri"] = str(out / "ckpt")
     (out / "config.json").write_text(json.dumps(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(TORCHRUN_ENV)
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "--max-restarts", "3", "--monitor-interval", "1", "-m", "stoker.worker.train",
                              str(out / "config.json")], cwd=out, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(out / "torchrun.log", "wb"), start_new_session=True)
+
+
+# torchrun with its defaults never recovered a killed rank here: every restart's trainers failed in
+# dist.new_group ("Gloo connectFullMesh failed ... Connection refused" to a port of the previous
+# generation), the restarts were used up and torchrun exited (bench_recovery check run, 3 of 3
+# restarts). With a rendezvous store per round (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, what Stoker's
+# pods run with) it recovered (14.0 s at load 8). The baseline runs with it (recorded in the JSON).
+TORCHRUN_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def _committed(ckpt: Path) -> int:
@@ -389,7 +397,8 @@ def main() -> int:
     cluster.up()
     b = Bench(cluster, tmp)
     results: dict = {"machine": machine_info(), "runs": args.runs, "seed": seed, "command": [sys.executable, *sys.argv],
-                     "progress_timeout_s": args.progress_timeout or "default (unset)", "stoker": [], "torchrun": []}
+                     "progress_timeout_s": args.progress_timeout or "default (unset)", "stoker": [], "torchrun": [],
+                     "torchrun_env": TORCHRUN_ENV}
     try:
         b.setup()
         # Repetition by repetition, the kinds side by side (and plain torchrun's crash after Stoker's),
