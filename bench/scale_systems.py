@@ -65,8 +65,9 @@ def bare_pod(job: str, index: int) -> dict[str, Any]:
             "spec": {**t["spec"], "restartPolicy": "Never"}}
 
 
-def create_jobs(c: Any, system: str, ns: str, jobs: int, workers: int, threads: int = 8) -> dict[str, float]:
-    """Create every job (or a job's bare pods); returns each job's create time (monotonic, just
+def create_jobs(c: Any, system: str, ns: str, jobs: int, workers: int, threads: int = 8,
+                first: int = 0) -> dict[str, float]:
+    """Create jobs j<first>.. (or a job's bare pods); returns each job's create time (monotonic, just
     before its first request)."""
     def one(i: int) -> tuple[str, float]:
         name, t = f"j{i}", time.monotonic()
@@ -81,7 +82,7 @@ def create_jobs(c: Any, system: str, ns: str, jobs: int, workers: int, threads: 
         return name, t
 
     with cf.ThreadPoolExecutor(threads) as ex:
-        return dict(ex.map(one, range(jobs)))
+        return dict(ex.map(one, range(first, first + jobs)))
 
 
 def client_requests_per_job(system: str, workers: int) -> int:
@@ -105,10 +106,13 @@ def status_kib(pid: int, field: str) -> int:
 
 # ---------------------------------------------------------------------------- operators
 class StokerOperator:
-    """``python -m stoker.operator.main`` for one namespace, as user stoker-operator."""
+    """``python -m stoker.operator.main`` (or ``argv``: a probe around it) for one namespace, as user
+    stoker-operator."""
 
-    def __init__(self, c: Any, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, c: Any, workdir: Path, env: dict[str, str] | None = None,
+                 argv: list[str] | None = None) -> None:
         self.c, self.workdir, self.extra_env = c, workdir, env or {}
+        self.argv = argv or [sys.executable, "-m", "stoker.operator.main"]
         self.proc: subprocess.Popen | None = None
         self.metrics_port = 0
         self.kubeconfig = c.state_dir / "kubeconfigs" / "stoker-operator.kubeconfig"
@@ -128,7 +132,7 @@ class StokerOperator:
                    STOKER_OPERATOR_LOG_LEVEL="WARNING", **self.extra_env)
         self.log = self.workdir / f"stoker-operator-{namespace}.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "stoker.operator.main"], env=env, cwd=ROOT,
+            self.proc = subprocess.Popen(self.argv, env=env, cwd=ROOT,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
