@@ -80,6 +80,30 @@ def test_the_job_as_written_by_us_is_not_replaced_by_the_older_event():
     assert c.job("ns", "demo") is None
 
 
+
+def full_job() -> dict:
+    """A job as a watch delivers it: every kind of metadata a pass may read, and managedFields."""
+    body = job_body(status={"phase": "Running", "restarts": 1, "conditions": [{"type": "Ready", "status": "True"}]},
+                    scheduling={"queueName": "q"}, health={"action": "Pause"})
+    body["metadata"].update(
+        labels={"team": "a"}, annotations={"stoker.dev/restart-request": "r1", "other": "x"},
+        finalizers=["f"], ownerReferences=[{"uid": "o"}], creationTimestamp="2026-01-01T00:00:00Z",
+        deletionTimestamp="2026-01-01T00:01:00Z", deletionGracePeriodSeconds=30,
+        managedFields=[{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}])
+    return body
+
+
+def test_the_cache_keeps_every_field_of_a_job_but_its_managed_fields():
+    c = WatchCache()
+    body = full_job()
+    c.job_event("ADDED", body)
+    want = {**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}}
+    assert c.job("ns", "demo") == want
+    c.prime_job("ns", "demo", {**body, "metadata": {**body["metadata"], "resourceVersion": "2"}})
+    assert c.job("ns", "demo") == {**want, "metadata": {**want["metadata"], "resourceVersion": "2"}}
+    assert body["metadata"]["managedFields"]   # the watch's own object is left as it was
+
+
 class ListingKube(FakeKube):
     def list_pods_at(self, ns, name):
         return self.list_pods(ns, name), str(int(self.job["metadata"]["resourceVersion"]) + 100)
@@ -98,3 +122,63 @@ def test_a_pass_after_the_watch_caught_up_reads_nothing_from_the_api_server():
     assert "get" not in kube.calls and "list" not in kube.calls
     c.trigger("ns", "demo", fresh=True)        # the resync's pass reads the API server
     assert kube.calls[-2:] == ["get", "list"]
+
+
+
+def counting(c: Controller) -> list[bool]:
+    """The ``fresh`` flag of every pass ``c`` runs, in order."""
+    passes: list[bool] = []
+    run = c.reconcile_once
+
+    def once(ns: str, name: str, fresh: bool = False):
+        try:
+            return run(ns, name, fresh)
+        finally:
+            passes.append(fresh)
+
+    c.reconcile_once = once
+    return passes
+
+
+def resync_and_wait(c: Controller, passes: list[bool]) -> bool:
+    """One resync (its pass runs on the pool); the ``fresh`` flag of that pass."""
+    import time
+
+    n = len(passes)
+    c.resync("ns", "demo")
+    deadline = time.monotonic() + 5
+    while len(passes) == n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(passes) == n + 1
+    return passes[-1]
+
+
+def test_a_resync_reads_the_api_server_only_when_the_last_direct_read_is_older_than_resync_fresh():
+    now = [1000.0]
+    kube = ListingKube(job_body())
+    cache = WatchCache(mono=lambda: now[0])
+    c = Controller(kube, RenderConfig(), clock=lambda: NOW, cache=cache, resync_fresh_s=60)
+    passes = counting(c)
+    c.trigger("ns", "demo")                    # the first pass lists the pods directly (at 1000)
+    for i, p in enumerate(kube.pods.values()):
+        cache.pod_event("ADDED", {**p, "metadata": {**p["metadata"], "resourceVersion": str(200 + i)}})
+    kube.calls.clear()
+    now[0] += 59
+    assert resync_and_wait(c, passes) is False
+    assert "get" not in kube.calls and "list" not in kube.calls   # a pass from memory
+    now[0] += 2                                # 61 s after the direct read
+    assert resync_and_wait(c, passes) is True
+    assert kube.calls[:2] == ["get", "list"]
+    kube.calls.clear()
+    assert resync_and_wait(c, passes) is False  # that read counts as the last one
+    assert "get" not in kube.calls and "list" not in kube.calls
+
+
+def test_with_resync_fresh_zero_every_resync_reads_the_api_server():
+    kube = ListingKube(job_body())
+    c = Controller(kube, RenderConfig(), clock=lambda: NOW, cache=WatchCache(), resync_fresh_s=0)
+    passes = counting(c)
+    c.trigger("ns", "demo")
+    kube.calls.clear()
+    assert [resync_and_wait(c, passes), resync_and_wait(c, passes)] == [True, True]
+    assert kube.calls.count("get") == 2 and kube.calls.count("list") == 2

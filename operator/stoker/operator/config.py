@@ -63,6 +63,10 @@ class Config:
         chart=COMPUTED)
     resync_seconds: float = setting(10.0, "re-check every job this often (deadlines, TTL, backoff)",
                                     chart="operator.resyncSeconds")
+    resync_fresh_seconds: float = setting(
+        60.0, "a resync pass reads the job and its pods from the API server, not from the watches, when they were "
+        "last read directly longer ago than this (a missed watch event is repaired within it); 0: every resync",
+        flag="--resync-fresh")
     status_heartbeat_interval_seconds: float = setting(
         5.0, "write heartbeat-refreshed status (status.metrics, status.workerHeartbeats) at most this often per "
         "job; phase, conditions, failures and checkpoints are written at once (0: on every pass that changes them)",

@@ -48,7 +48,7 @@ class Controller:
                  requeue_horizon_s: float = 0.0,
                  recovery: RecoveryShell | None = None, status_heartbeat_interval_s: float = 0.0,
                  mono: Callable[[], float] = time.monotonic, cache: WatchCache | None = None,
-                 pass_workers: int = 8) -> None:
+                 pass_workers: int = 8, resync_fresh_s: float = 0.0) -> None:
         self.kube = kube
         # The watches' view of jobs and pods (watch_cache.py); None: every pass reads the API server.
         self.cache = cache
@@ -61,6 +61,8 @@ class Controller:
         # delayed pass (the step after a restart decision, a backoff or deadline
         # ending soon); later ones are left to the resync timer.
         self.requeue_horizon_s = requeue_horizon_s
+        # A resync pass reads the API server when the job's pods were listed directly longer ago than this.
+        self.resync_fresh_s = resync_fresh_s
         # Heartbeat-refreshed status fields are written at most this often per job (status.write_due).
         self.status_heartbeat_interval_s = status_heartbeat_interval_s
         self.mono = mono
@@ -85,11 +87,21 @@ class Controller:
         self.recovery.forget(namespace, name)
 
     # ------------------------------------------------------------------ coalescing trigger
-    def trigger_soon(self, namespace: str, name: str, delay: float = 0.25) -> None:
-        """Run a pass after `delay`; triggers for the same job meanwhile fold into it.
-        Pod events come in bursts (one per pod and phase), this makes them one pass."""
+    def resync(self, namespace: str, name: str) -> None:
+        """The resync timer's pass (on the pass pool): time-driven transitions, and a direct read of the
+        job and its pods when the last one is older than ``resync_fresh_s`` (the safety net for a missed
+        watch event)."""
+        fresh = self.cache is None or not self.cache.listed_within(namespace, name, self.resync_fresh_s)
+        self.trigger_soon(namespace, name, 0.0, fresh=fresh)
+
+    def trigger_soon(self, namespace: str, name: str, delay: float = 0.25, fresh: bool = False) -> None:
+        """Run a pass after `delay` on the pass pool; triggers for the same job meanwhile fold into it.
+        Pod events come in bursts (one per pod and phase), this makes them one pass. ``fresh``: the
+        pass reads the API server (see ``trigger``)."""
         key = (namespace, name)
         with self._lock:
+            if fresh:
+                self._fresh.add(key)
             if key in self._pending:
                 return
             self._pending.add(key)

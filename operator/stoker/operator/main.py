@@ -69,8 +69,7 @@ def operator_settings(cfg: Config) -> kopf.OperatorSettings:
     settings.watching.server_timeout = 300
     settings.watching.reconnect_backoff = 0.5
     settings.networking.request_timeout = 30
-    settings.batching.idle_timeout = 5.0
-    settings.batching.batch_window = 0.05
+    settings.queueing.idle_timeout = 5.0
     settings.peering.standalone = cfg.peering is None
     if cfg.peering:
         settings.peering.name = cfg.peering
@@ -125,7 +124,8 @@ def startup(memo: kopf.Memo, **_: object) -> None:
         heartbeat_interval_s=cfg.heartbeat_interval_seconds)
     memo.controller = Controller(kube, render, recovery=recovery, requeue_horizon_s=cfg.resync_seconds,
                                  status_heartbeat_interval_s=cfg.status_heartbeat_interval_seconds,
-                                 cache=WatchCache(), pass_workers=cfg.max_workers)
+                                 cache=WatchCache(), pass_workers=cfg.max_workers,
+                                 resync_fresh_s=cfg.resync_fresh_seconds)
     log.info("operator started", extra={"namespaces": ",".join(cfg.namespaces) or "*",
                                         "rendezvous": render.rendezvous_endpoint,
                                         "metrics_port": cfg.metrics_port, "peering": cfg.peering or "standalone"})
@@ -166,8 +166,11 @@ def cleanup(memo: kopf.Memo, **_: object) -> None:
             part.stop()
 
 
-def on_job_event(type: str | None, name: str, namespace: str, meta: dict, event: dict, memo: kopf.Memo,
-                 **_: object) -> None:
+# The handlers are coroutines that only record and schedule: a pass runs on the controller's pass pool,
+# never on kopf's handler threads, so kopf's per-object event queues (each event a whole object) drain
+# at once instead of waiting behind passes (bench/scale_memory.py: most of the operator's memory per job).
+async def on_job_event(type: str | None, name: str, namespace: str, meta: dict, event: dict, memo: kopf.Memo,
+                       **_: object) -> None:
     ctl: Controller = memo.controller
     if ctl.cache is not None and event.get("object"):
         ctl.cache.job_event(type, event["object"])
@@ -179,25 +182,25 @@ def on_job_event(type: str | None, name: str, namespace: str, meta: dict, event:
         return
     if ctl.is_own_write(namespace, name, meta.get("resourceVersion")):
         return
-    ctl.trigger(namespace, name)
+    ctl.trigger_soon(namespace, name, 0.0)
 
 
-def on_pod_event(type: str | None, labels: dict, namespace: str, event: dict, memo: kopf.Memo,
-                 **_: object) -> None:
+async def on_pod_event(type: str | None, labels: dict, namespace: str, event: dict, memo: kopf.Memo,
+                       **_: object) -> None:
     if memo.controller.cache is not None and event.get("object"):
         memo.controller.cache.pod_event(type, event["object"])
     memo.controller.trigger_soon(namespace, labels[L.JOB_NAME], memo.config.pod_event_delay_seconds)
 
 
-def on_workload_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object) -> None:
+async def on_workload_event(labels: dict, namespace: str, memo: kopf.Memo, **_: object) -> None:
     """A queued job's Kueue Workload changed (admitted, evicted, finished): a pass for its job."""
     memo.controller.trigger_soon(namespace, labels[L.JOB_NAME], memo.config.pod_event_delay_seconds)
 
 
-def resync(name: str, namespace: str, memo: kopf.Memo, **_: object) -> None:
-    """Time-driven transitions (deadline, TTL, restart backoff) and a safety net: this pass reads
-    the job and its pods from the API server (a missed watch event is repaired here)."""
-    memo.controller.trigger(namespace, name, fresh=True)
+async def resync(name: str, namespace: str, memo: kopf.Memo, **_: object) -> None:
+    """Time-driven transitions (deadline, TTL, restart backoff) and a safety net: now and then this
+    pass reads the job and its pods from the API server (Controller.resync)."""
+    memo.controller.resync(namespace, name)
 
 
 def registry(cfg: Config) -> kopf.OperatorRegistry:

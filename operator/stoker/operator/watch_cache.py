@@ -11,22 +11,36 @@ cache with what it read):
   still be under way, and a pod deleted before it would never send its DELETED event);
 - a job's pods while one of this operator's own creates or deletes has not come back through the
   watch yet (a pass never acts twice on its own write);
-- the resync timer's passes and the retry after a status conflict read directly (``fresh``), so a
-  missed event is repaired within one resync interval.
+- the retry after a status conflict reads directly (``fresh``), and so does a resync timer's pass when
+  the job's pods were last listed directly longer ago than ``resync_fresh_seconds`` (``listed_within``):
+  a missed event is repaired within that time. (Every resync pass read directly before: at 500 jobs
+  those reads were most of the operator's requests, bench_operator_scale.py.)
 
-Newer never loses to older: objects are compared by resourceVersion (etcd's revision).
+Newer never loses to older: objects are compared by resourceVersion (etcd's revision). A job is kept
+without ``metadata.managedFields`` (the server-side-apply bookkeeping: most of a job's metadata, and
+nothing the operator reads); every other field is kept as the API server sent it.
 """
 from __future__ import annotations
 
 import copy
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 from stoker.common import labels as L
 
 from .podview import PodView, pod_view
 
 Key = tuple[str, str]
+
+
+UNREAD_METADATA = ("managedFields",)
+
+
+def kept(obj: dict[str, Any]) -> dict[str, Any]:
+    """A private copy of a job as the cache keeps it: everything but the metadata nothing reads."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in UNREAD_METADATA}
+    return copy.deepcopy({**obj, "metadata": meta})
 
 
 def _rv(obj: dict[str, Any] | None) -> int:
@@ -41,12 +55,13 @@ def _newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
 
 
 class WatchCache:
-    def __init__(self) -> None:
+    def __init__(self, mono: Callable[[], float] = time.monotonic) -> None:
+        self.mono = mono
         self._lock = threading.Lock()
         self._jobs: dict[Key, dict[str, Any]] = {}
         # (ns, job) -> pod name -> (resourceVersion, its view): views, not bodies (a fraction of the memory)
         self._pods: dict[Key, dict[str, tuple[int, PodView | None]]] = {}
-        self._primed: set[Key] = set()                         # pods of these jobs were listed directly
+        self._listed_at: dict[Key, float] = {}                 # pods of these jobs were listed directly (mono)
         self._expect: dict[Key, set[tuple[str, str]]] = {}      # our writes not seen yet: ("add"|"del", pod)
 
     # ------------------------------------------------------------------ fed by the watches
@@ -57,7 +72,7 @@ class WatchCache:
             if type_ == "DELETED":
                 self._forget(key)
             elif _newer(obj, self._jobs.get(key)):
-                self._jobs[key] = copy.deepcopy(obj)
+                self._jobs[key] = kept(obj)
 
     def pod_event(self, type_: str | None, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -103,7 +118,7 @@ class WatchCache:
         """The views of the job's pods, or None when memory may be behind (see the module's docstring)."""
         key = (namespace, job)
         with self._lock:
-            if key not in self._primed or self._expect.get(key):
+            if key not in self._listed_at or self._expect.get(key):
                 return None
             return [v for _, v in self._pods.get(key, {}).values() if v is not None]
 
@@ -112,7 +127,7 @@ class WatchCache:
             if body is None:
                 self._jobs.pop((namespace, name), None)
             elif _newer(body, self._jobs.get((namespace, name))):
-                self._jobs[(namespace, name)] = copy.deepcopy(body)
+                self._jobs[(namespace, name)] = kept(body)
 
     def prime_pods(self, namespace: str, job: str, pods: list[dict[str, Any]], list_rv: str | None) -> None:
         """A direct LIST of the job's pods (at ``list_rv``): what it shows wins unless memory saw a newer
@@ -129,7 +144,13 @@ class WatchCache:
             merged.update({n: e for n, e in old.items() if n not in listed and at >= 0 and e[0] > at})
             self._pods[key] = merged
             self._expect.pop(key, None)
-            self._primed.add(key)
+            self._listed_at[key] = self.mono()
+
+    def listed_within(self, namespace: str, job: str, seconds: float) -> bool:
+        """The job's pods were listed directly less than ``seconds`` ago."""
+        with self._lock:
+            at = self._listed_at.get((namespace, job))
+        return at is not None and self.mono() - at < seconds
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -138,5 +159,5 @@ class WatchCache:
     def _forget(self, key: Key) -> None:
         self._jobs.pop(key, None)
         self._pods.pop(key, None)
-        self._primed.discard(key)
+        self._listed_at.pop(key, None)
         self._expect.pop(key, None)
