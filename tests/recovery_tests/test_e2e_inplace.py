@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 
 import pytest
@@ -16,9 +15,8 @@ from stoker.worker import journal
 from tests.operator_tests.conftest import create_job, wait_for, worker_pods
 
 from . import faults as F
-from .conftest import reference_summary, trainer_config
 from .e2e import acting_incidents, diagnostics, status
-from .test_e2e_recovery import SCRIPTS, fault_rng
+from .test_e2e_recovery import at_a_random_moment, fail_at_step_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 
@@ -33,15 +31,8 @@ def generations(records: list[dict], t_fault: float) -> list[dict]:
 
 def test_a_sigkilled_trainer_restarts_in_place_in_the_same_pods_and_ends_identical(
         cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
-    rng = fault_rng()
-    cfg = trainer_config(150)
-    ref = reference_summary(tmp_path, cfg, 2)
-    jdir = tmp_path / "journal"
-    run = trainer_run(name="inplace", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
+    run, ref, jdir = at_a_random_moment(trainer_run, tmp_path, "inplace", recovery_pool)
     diag = run.diag
-    moment = F.at_random_moment(rng, jdir, lambda: int(status(kube, namespace, "inplace").get("incarnation", 0)),
-                                min_steps=8, max_steps=60, timeout=240)
-    print("fault at", moment)
     uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(kube, namespace, "inplace")}
     assert sorted(uids) == ["inplace-worker-0-0", "inplace-worker-1-0"], uids
     pid = F.trainer_pid("inplace-worker-1-0")
@@ -74,17 +65,8 @@ def test_when_a_pods_in_place_restarts_are_used_up_the_job_restarts_as_a_new_inc
     (inPlaceRestarts: 1), then its pod fails and the operator restarts the job as incarnation 1,
     where it does not crash."""
     op = heartbeat_operator()
-    body = {
-        "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "again"},
-        "spec": {"replicas": 1,
-                 "template": {"spec": {"containers": [{"name": "trainer", "image": "local/python",
-                                                       "command": [sys.executable, str(SCRIPTS / "fail_at_step.py")],
-                                                       "env": [{"name": "FAIL_AT_STEP", "value": "3"},
-                                                               {"name": "FAIL_IN_INCARNATION", "value": "0"}]}],
-                                       "terminationGracePeriodSeconds": 5, "nodeSelector": recovery_pool}},
-                 "failurePolicy": {"maxRestarts": 5, "backoffSeconds": 0, "inPlaceRestarts": 1}},
-    }
-    create_job(kube, namespace, body)
+    create_job(kube, namespace, fail_at_step_job("again", recovery_pool, {"maxRestarts": 5, "inPlaceRestarts": 1},
+                                                 FAIL_IN_INCARNATION="0"))
     diag = diagnostics(kube, namespace, "again", op)
     wait_for("job Succeeded", lambda: status(kube, namespace, "again").get("phase") == "Succeeded", timeout=300,
              on_timeout=diag)

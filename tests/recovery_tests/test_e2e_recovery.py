@@ -51,21 +51,28 @@ def assert_resumed_from_newest_commit(jdir: pathlib.Path, summary: dict) -> list
     return facts
 
 
-def test_sigkilled_worker_is_restarted_from_the_checkpoint_and_ends_identical(
-        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
+def at_a_random_moment(trainer_run, tmp_path: pathlib.Path, name: str, pool: dict, **kw):
+    """A 150-step job of the built-in trainer (2 workers, step journal), waited for until a random
+    moment inside a step of real training (not a trainer parked in a debug stall): (run, the
+    undisturbed run's summary, the journal folder)."""
     rng = fault_rng()
     cfg = trainer_config(150)
     ref = reference_summary(tmp_path, cfg, 2)
     jdir = tmp_path / "journal"
-    # In-place restarts off: this is the path a failure takes when they are off or used up (a new
-    # incarnation); the in-place path is test_e2e_inplace.py.
-    run = trainer_run(name="kill", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir,
-                      failure_policy={"inPlaceRestarts": 0})
-    diag = run.diag
-    # a random moment inside a step of real training (not a trainer parked in a debug stall)
-    moment = F.at_random_moment(rng, jdir, lambda: int(status(kube, namespace, "kill").get("incarnation", 0)),
+    run = trainer_run(name=name, cfg=cfg, node_selector=pool, journal_dir=jdir, **kw)
+    moment = F.at_random_moment(rng, jdir, lambda: int(run.status().get("incarnation", 0)),
                                 min_steps=8, max_steps=60, timeout=240)
     print("fault at", moment)
+    return run, ref, jdir
+
+
+def test_sigkilled_worker_is_restarted_from_the_checkpoint_and_ends_identical(
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
+    # In-place restarts off: this is the path a failure takes when they are off or used up (a new
+    # incarnation); the in-place path is test_e2e_inplace.py.
+    run, ref, jdir = at_a_random_moment(trainer_run, tmp_path, "kill", recovery_pool,
+                                        failure_policy={"inPlaceRestarts": 0})
+    diag = run.diag
     assert F.signal_pid(F.trainer_pid("kill-worker-1-0"), signal.SIGKILL), diag()
     wait_for("job Succeeded", lambda: status(kube, namespace, "kill").get("phase") == "Succeeded",
              timeout=300, on_timeout=diag)
@@ -85,20 +92,25 @@ def test_sigkilled_worker_is_restarted_from_the_checkpoint_and_ends_identical(
     assert lc["step"] == 150 and lc["uri"] == f"s3://{bucket}/kill/step-00000150" and lc["worldSize"] == 2
 
 
-def test_the_same_error_at_the_same_step_fails_the_job_after_its_budget_with_the_reason(
-        cluster, kube, namespace, recovery_pool, heartbeat_operator):
-    op = heartbeat_operator()
-    body = {
-        "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "bug"},
+def fail_at_step_job(name: str, pool: dict, failure_policy: dict, **env: str) -> dict:
+    """A 1-worker job of scripts/fail_at_step.py (FAIL_AT_STEP 3 unless ``env`` says otherwise)."""
+    env = {"FAIL_AT_STEP": "3", **env}
+    return {
+        "apiVersion": "stoker.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
         "spec": {"replicas": 1,
                  "template": {"spec": {"containers": [{"name": "trainer", "image": "local/python",
                                                        "command": [sys.executable, str(SCRIPTS / "fail_at_step.py")],
-                                                       "env": [{"name": "FAIL_AT_STEP", "value": "3"}]}],
-                                       "terminationGracePeriodSeconds": 5, "nodeSelector": recovery_pool}},
-                 # each failure restarts the job as a new incarnation (not in place: test_e2e_inplace.py)
-                 "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 0, "inPlaceRestarts": 0}},
+                                                       "env": [{"name": k, "value": v} for k, v in env.items()]}],
+                                       "terminationGracePeriodSeconds": 5, "nodeSelector": pool}},
+                 "failurePolicy": {"backoffSeconds": 0, **failure_policy}},
     }
-    create_job(kube, namespace, body)
+
+
+def test_the_same_error_at_the_same_step_fails_the_job_after_its_budget_with_the_reason(
+        cluster, kube, namespace, recovery_pool, heartbeat_operator):
+    op = heartbeat_operator()
+    # each failure restarts the job as a new incarnation (not in place: test_e2e_inplace.py)
+    create_job(kube, namespace, fail_at_step_job("bug", recovery_pool, {"maxRestarts": 2, "inPlaceRestarts": 0}))
     wait_for("job Failed", lambda: status(kube, namespace, "bug").get("phase") == "Failed", timeout=300,
              on_timeout=diagnostics(kube, namespace, "bug", op))
     st = status(kube, namespace, "bug")
