@@ -47,3 +47,20 @@ def test_without_an_incarnation_nothing_is_fenced(tmp_path):
     plain = CheckpointManager(str(tmp_path), keep=2, async_mode="disabled", incarnation=None)
     plain.save(1, state(1.0))
     assert plain.last_result.ok and not (tmp_path / layout.FENCE).exists()
+
+
+def test_the_fence_is_raised_never_lowered_and_read_back_on_each_store(uri):
+    from stoker.worker.checkpoint import fence
+    from stoker.worker.checkpoint.store import open_store
+
+    store = open_store(str(uri))
+    assert fence.current(store) is None            # absent: nobody claimed it yet
+    fence.claim(store, 2)
+    fence.claim(store, 2)                          # the same incarnation again: fine
+    assert fence.current(store) == 2
+    fence.check(store, 2)
+    with pytest.raises(fence.Fenced, match="superseded by incarnation 2"):
+        fence.claim(store, 1)
+    with pytest.raises(fence.Fenced, match="fenced: incarnation 1"):
+        fence.check(store, 1)
+    assert fence.current(store) == 2

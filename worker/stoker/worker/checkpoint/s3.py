@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemBase, _FileSystemW
 from stoker.common import env, layout
 
 from .retry import call_with_retry
-from .s3client import TRANSFER, MiB, make_client  # noqa: F401  (re-exported: the client needs no torch)
+from .s3client import TRANSFER, MiB, get_or_none, make_client  # noqa: F401  (re-exported: the client needs no torch)
 
 log = logging.getLogger("stoker.worker.checkpoint")
 
@@ -294,14 +294,7 @@ class S3Store:
 
     def read_root(self, name: str) -> bytes | None:
         key = self._key(name)
-
-        def get() -> bytes | None:
-            try:
-                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            except self.client.exceptions.NoSuchKey:
-                return None
-
-        return self._retry(get, f"get {key}")
+        return self._retry(lambda: get_or_none(self.client, self.bucket, key), f"get {key}")
 
     def write_root(self, name: str, data: bytes) -> None:
         key = self._key(name)

@@ -22,6 +22,14 @@ TRANSFER = TransferConfig(
 )
 
 
+def get_or_none(client, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None when it does not exist (one GET; the caller retries)."""
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+
+
 def make_client(*, connect_timeout: float = 3.0, read_timeout: float = 30.0, max_pool: int = 32):
     """An S3 client for the configured endpoint (path-style, which MinIO and IP
     endpoints need). botocore's own retries are kept short; the outer bounded

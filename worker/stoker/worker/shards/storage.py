@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from stoker.common import layout
 from stoker.worker.checkpoint.retry import call_with_retry
-from stoker.worker.checkpoint.s3client import TRANSFER, make_client
+from stoker.worker.checkpoint.s3client import TRANSFER, get_or_none, make_client
 
 RETRY_TIMEOUT_S = 120.0
 CHUNK = 1 << 20
@@ -75,14 +75,8 @@ class S3Prefix:
 
     def read_bytes(self, name: str) -> bytes | None:
         key = self._key(name)
-
-        def get() -> bytes | None:
-            try:
-                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            except self.client.exceptions.NoSuchKey:
-                return None
-
-        return call_with_retry(get, what=f"read s3://{self.bucket}/{key}", timeout_s=self.retry_timeout_s)
+        return call_with_retry(lambda: get_or_none(self.client, self.bucket, key),
+                               what=f"read s3://{self.bucket}/{key}", timeout_s=self.retry_timeout_s)
 
     def download(self, name: str, out: BinaryIO) -> None:
         """Stream the object into ``out`` (rewound and truncated before each try)."""
