@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +15,9 @@ from .index import Shard
 
 NOW, NEXT, FILL = 0, 1, 2
 _STOP = -1
+# Shards one read fetches at once (``get_many``): with the global shuffle a cold cache's first
+# batch needs a shard per sample (16 of 57 on the demo); one after another they took ~0.6 s.
+URGENT_THREADS = 8
 
 
 class Fetcher:
@@ -49,6 +52,22 @@ class Fetcher:
         if self._claim(shard):
             self._run(shard, fut, self._fetch_now)
         return fut.result()
+
+    def get_many(self, shards: list[Shard]) -> list[Path]:
+        """``get`` for several shards, the ones no worker has started fetched side by side."""
+        futures, mine = [], []
+        for shard in shards:
+            fut = self.want(shard, NOW)
+            futures.append(fut)
+            if self._claim(shard):
+                mine.append((shard, fut))
+        if len(mine) == 1:
+            self._run(*mine[0], self._fetch_now)
+        elif mine:
+            with ThreadPoolExecutor(min(URGENT_THREADS, len(mine)), thread_name_prefix="stoker-shards-now") as pool:
+                for shard, fut in mine:
+                    pool.submit(self._run, shard, fut, self._fetch_now)
+        return [fut.result() for fut in futures]
 
     def wait(self) -> None:
         """Until every download asked for so far is done (raises the first error)."""

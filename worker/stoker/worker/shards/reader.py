@@ -30,7 +30,7 @@ from stoker.worker.data import TRAIN, VAL
 
 from . import index as fmt
 from .cache import ShardCache
-from .fetcher import FILL, NEXT, NOW, Fetcher
+from .fetcher import FILL, NEXT, NOW, URGENT_THREADS, Fetcher
 from .rows import RowReader
 from .fetchd import FetchProcess
 from .storage import S3Prefix, open_prefix
@@ -91,7 +91,7 @@ class ShardedTokens:
         self.stats = ReadStats()
         self._prefetching = prefetch_shards > 0
         # an S3 dataset downloads in a child process (fetchd.py: threads here would take the GIL from training)
-        self._process = (FetchProcess(uri, self.cache.root, prefetch_shards, self._download_here)
+        self._process = (FetchProcess(uri, self.cache.root, prefetch_shards + URGENT_THREADS, self._download_here)
                          if self._prefetching and isinstance(self.source, S3Prefix) else None)
         self._fetcher = Fetcher(self._fetch, prefetch_shards, functools.partial(self._fetch, urgent=True))
         self._rows = RowReader(self.source, self.index) if self._prefetching and ranged_reads else None
@@ -123,6 +123,12 @@ class ShardedTokens:
             out[which == s] = ranged[s]()
             self.stats.wait_s += time.perf_counter() - t0
             self.stats.ranged += 1
+        missing = [shards[s] for s in needed if s not in ranged and shards[s].sha256 not in self._maps
+                   and not self.cache.has(shards[s])]
+        if missing:  # side by side (a cold cache's first batch needs many), then mapped below
+            t0 = time.perf_counter()
+            self._fetcher.get_many(missing)
+            self.stats.wait_s += time.perf_counter() - t0
         arrays = {s: self._array(shards[s]) for s in needed if s not in ranged}
         for k, (s, row) in enumerate(zip(which.tolist(), rows.tolist())):  # a row each: cheaper than masks
             if s in arrays:
