@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from stoker.common import layout  # noqa: E402
 from stoker.worker import config as cfgmod  # noqa: E402
-from stoker.worker import trainer as trainer_mod  # noqa: E402
+from stoker.worker import checkpoint_hooks as hooks_mod  # noqa: E402
 from stoker.worker.checkpoint_hooks import slow_checkpoint_due  # noqa: E402
 from stoker.worker.trainer import Trainer  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_slow_checkpoint_fires_at_its_step_of_a_fresh_run_only():
 
 
 class SleepRecorder:
-    """Stands in for the trainer module's ``time``: records what the checkpoint of
+    """Stands in for the checkpoint hooks' ``time`` (the trainer's before_commit hook): records what the checkpoint of
     step 4 looked like in storage while the trainer held its commit back."""
 
     def __init__(self, ckpt: Path):
@@ -101,7 +101,7 @@ def run_trainer(tmp: Path, name: str, steps: int, ckpt: Path, **debug) -> dict:
 def test_the_commit_is_held_back_after_shards_and_metadata_are_stored_then_done(tmp_path, monkeypatch, caplog):
     ckpt = tmp_path / "ckpt"
     recorder = SleepRecorder(ckpt)
-    monkeypatch.setattr(trainer_mod, "time", recorder)
+    monkeypatch.setattr(hooks_mod, "time", recorder)
     caplog.set_level("WARNING", logger="stoker.worker.trainer")
     summary = run_trainer(tmp_path, "fresh", 6, ckpt, slow_checkpoint_at_step=4, slow_checkpoint_seconds=0.5)
     [call] = recorder.calls
@@ -118,7 +118,7 @@ def test_a_resumed_run_redoing_the_step_commits_it_without_holding_back(tmp_path
     ckpt = tmp_path / "ckpt"
     run_trainer(tmp_path, "first", 2, ckpt)  # commits step 2
     recorder = SleepRecorder(ckpt)
-    monkeypatch.setattr(trainer_mod, "time", recorder)
+    monkeypatch.setattr(hooks_mod, "time", recorder)
     summary = run_trainer(tmp_path, "resumed", 6, ckpt, slow_checkpoint_at_step=4)
     assert summary["resumed_from"] == 2 and summary["step"] == 6
     assert recorder.calls == []

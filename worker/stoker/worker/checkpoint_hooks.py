@@ -3,6 +3,7 @@ for tests (``debug.slow_checkpoint_at_step``)."""
 from __future__ import annotations
 
 import logging
+import time
 
 from stoker.worker.config import DebugConfig
 
@@ -50,3 +51,14 @@ def slow_checkpoint_due(debug: DebugConfig, step: int, resumed_from: int | None)
     Never in a run that resumed from a checkpoint: a recovered incarnation redoing
     that step must commit it."""
     return debug.slow_checkpoint_at_step == step and resumed_from is None
+
+
+def hold_commit(debug: DebugConfig, step: int, resumed_from: int | None) -> None:
+    """The checkpoint manager's ``before_commit`` hook: the save of ``debug.slow_checkpoint_at_step``
+    sleeps ``slow_checkpoint_seconds`` (on the checkpoint thread) between its stored shards and its commit."""
+    if not slow_checkpoint_due(debug, step, resumed_from):
+        return
+    seconds = debug.slow_checkpoint_seconds or SLOW_CHECKPOINT_DEFAULT_S
+    log.warning("checkpoint.slow_write step=%d seconds=%g: shards and metadata stored, commit held back "
+                "(debug.slow_checkpoint_at_step)", step, seconds)
+    time.sleep(seconds)

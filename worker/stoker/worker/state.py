@@ -230,3 +230,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def refuse_fresh_optimizers(state: dict[str, Any]) -> None:
+    """DCP loads in place: a plain optimizer that has not stepped has no state tensors to load
+    into, so its moments and step counts would silently stay empty. Refuse, naming the fix."""
+    fresh = [k for k, v in state.items() if isinstance(v, torch.optim.Optimizer) and not v.state]
+    if fresh:
+        raise ValueError(
+            f"state[{fresh[0]!r}] is a torch.optim.Optimizer that has not stepped yet: it has no state for the "
+            f"checkpoint to load into, and its moments would silently stay empty. Pass "
+            f"stoker.worker.state.OptimizerState([model], [optimizer]) under that key instead (it creates the "
+            f"state first, keyed by parameter name, and works across world sizes)")

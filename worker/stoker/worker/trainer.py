@@ -35,9 +35,7 @@ from stoker.worker.checksum import model_checksum
 from stoker.worker.config import (
     FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
 )
-from stoker.worker.checkpoint_hooks import (
-    SLOW_CHECKPOINT_DEFAULT_S, checkpoint_world_size, load_init_from, read_manifest, slow_checkpoint_due,
-)
+from stoker.worker.checkpoint_hooks import checkpoint_world_size, hold_commit, load_init_from, read_manifest
 from stoker.worker.precision import LOSS_SCALER, loss_scaling
 from stoker.worker.stopping import Stopper
 from stoker.worker.data import DistributedBatcher, validation_batches
@@ -382,12 +380,7 @@ class Trainer(Stateful):
 
     def _before_commit(self, step: int) -> None:
         """The checkpoint manager's hook between stored shards and the commit."""
-        if not slow_checkpoint_due(self.cfg.debug, step, self.resumed_from):
-            return
-        seconds = self.cfg.debug.slow_checkpoint_seconds or SLOW_CHECKPOINT_DEFAULT_S
-        log.warning("checkpoint.slow_write step=%d seconds=%g: shards and metadata stored, commit held back "
-                    "(debug.slow_checkpoint_at_step)", step, seconds)
-        time.sleep(seconds)
+        hold_commit(self.cfg.debug, step, self.resumed_from)
 
     def save(self, ckpt, step: int) -> None:
         self.train_state.capture()

@@ -41,6 +41,8 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from stoker.common import layout
 
+from stoker.worker.state import refuse_fresh_optimizers
+
 from . import fence
 from .retention import plan_deletions
 from .store import Store, committed_steps, manifest_bytes, newest_committed, open_store
@@ -76,18 +78,6 @@ class SaveResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def refuse_fresh_optimizers(state: dict[str, Any]) -> None:
-    """DCP loads in place: a plain optimizer that has not stepped has no state tensors to load
-    into, so its moments and step counts would silently stay empty. Refuse, naming the fix."""
-    fresh = [k for k, v in state.items() if isinstance(v, torch.optim.Optimizer) and not v.state]
-    if fresh:
-        raise ValueError(
-            f"state[{fresh[0]!r}] is a torch.optim.Optimizer that has not stepped yet: it has no state for the "
-            f"checkpoint to load into, and its moments would silently stay empty. Pass "
-            f"stoker.worker.state.OptimizerState([model], [optimizer]) under that key instead (it creates the "
-            f"state first, keyed by parameter name, and works across world sizes)")
 
 
 class CheckpointManager:
