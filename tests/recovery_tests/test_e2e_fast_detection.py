@@ -22,22 +22,29 @@ from .conftest import reference_summary, trainer_config
 from .test_e2e_recovery import assert_resumed_from_newest_commit, fault_rng
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
+GPU = "nvidia.com/gpu"
+
+
+def training(trainer_run, tmp_path, name: str, pool: dict, cfg: dict):
+    """The job started and waited for until a random moment inside a step of real training (seeded):
+    (run, the undisturbed run's summary, the step journal's folder)."""
+    rng = fault_rng()
+    ref = reference_summary(tmp_path, cfg, 2)
+    jdir = tmp_path / "journal"
+    run = trainer_run(name=name, cfg=cfg, node_selector=pool, journal_dir=jdir)
+    moment = F.at_random_moment(rng, jdir, lambda: int(run.status().get("incarnation", 0)),
+                                min_steps=8, max_steps=60, timeout=240)
+    print("fault at", moment)
+    return run, ref, jdir
 
 
 def test_a_lost_node_is_seen_from_the_heartbeat_stream_and_the_job_recovers_elsewhere(
         cluster, kube, namespace, bucket, own_nodes, trainer_run, tmp_path):
-    rng = fault_rng()
-    selector, names = own_nodes(3)
-    cfg = trainer_config(120)
-    ref = reference_summary(tmp_path, cfg, 2)
-    jdir = tmp_path / "journal"
+    selector, _ = own_nodes(3)
     # the default failure policy: the heartbeat timeout (60 s) is not what catches it
-    run = trainer_run(name="gone", cfg=cfg, node_selector=selector, journal_dir=jdir)
-    lost = wait_for("worker 1 on a node", lambda: pod_node(kube, namespace, "gone-worker-1-0"), timeout=120,
-                    on_timeout=run.diag)
-    moment = F.at_random_moment(rng, jdir, lambda: int(status(kube, namespace, "gone").get("incarnation", 0)),
-                                min_steps=8, max_steps=60, timeout=240)
-    print("fault at", moment)
+    run, ref, jdir = training(trainer_run, tmp_path, "gone", selector, trainer_config(120))
+    lost = pod_node(kube, namespace, "gone-worker-1-0")
+    assert lost, run.diag()
     cluster.stop_process_node(lost, sig=signal.SIGKILL)  # the machine is gone (its pods die with it)
     inc = wait_for("the restart's incident", lambda: next(
         (i for i in status(kube, namespace, "gone").get("incidents") or [] if i["kind"] == "Restart"), None),
@@ -56,14 +63,8 @@ def test_a_lost_node_is_seen_from_the_heartbeat_stream_and_the_job_recovers_else
 
 def test_a_stuck_collective_is_caught_as_such_with_the_default_policy_and_recovered(
         cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
-    rng = fault_rng()
-    cfg = trainer_config(120, stuck_collective_on_signal=True)
-    ref = reference_summary(tmp_path, cfg, 2)
-    jdir = tmp_path / "journal"
-    run = trainer_run(name="wedge", cfg=cfg, node_selector=recovery_pool, journal_dir=jdir)
-    moment = F.at_random_moment(rng, jdir, lambda: int(status(kube, namespace, "wedge").get("incarnation", 0)),
-                                min_steps=8, max_steps=60, timeout=240)
-    print("fault at", moment)
+    run, ref, jdir = training(trainer_run, tmp_path, "wedge", recovery_pool,
+                              trainer_config(120, stuck_collective_on_signal=True))
     # its next collective never completes: both ranks wait in it, alive and heartbeating
     assert F.signal_pid(F.trainer_pid("wedge-worker-1-0"), signal.SIGUSR1), run.diag()
     run.wait_phase("Succeeded", timeout=300)
@@ -105,31 +106,36 @@ def body(s3, bucket: str, key: str) -> dict:
 
 
 def test_a_partitioned_node_that_comes_back_is_fenced_it_commits_and_joins_nothing(
-        cluster, kube, namespace, bucket, s3, own_nodes, trainer_run, tmp_path):
-    selector, names = own_nodes(3)
+        cluster, kube, namespace, bucket, s3, gpu_nodes, trainer_run, tmp_path):
+    selector, add_nodes = gpu_nodes
+    add_nodes(3)   # one worker per node (one GPU each), and room for the replacement
     # rank 0 (the checkpoint coordinator) holds the commit of step 20 back for 20 s: it is on its way
     # to commit when its node is frozen, and gets there only when the node comes back
     cfg = trainer_config(80, slow_checkpoint_at_step=20, slow_checkpoint_seconds=20)
     ref = reference_summary(tmp_path, cfg, 2)
     jdir = tmp_path / "journal"
 
-    def keep_all(body):  # step 20's folder stays, so an unfenced commit of it would go through
-        body["spec"]["checkpoint"]["keep"] = 100
+    def edit(body):
+        body["spec"]["checkpoint"]["keep"] = 100  # step 20's folder stays: an unfenced commit would go through
+        body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {GPU: 1}}
 
-    run = trainer_run(name="split", cfg=cfg, node_selector=selector, journal_dir=jdir, edit=keep_all)
-    run.wait_step(22, timeout=300)   # step 20's save is held back: its shards are stored, not committed
-    beats = run.status().get("workerHeartbeats") or []
-    [lead] = [b for b in beats if b["rank"] == 0]
-    frozen = node_processes(cluster, lead["node"])
-    signal_all(frozen, signal.SIGSTOP)   # the node is partitioned: alive, silent
+    run = trainer_run(name="split", cfg=cfg, node_selector=selector, journal_dir=jdir, edit=edit)
+    # step 20's shards and DCP metadata are stored: rank 0 now sleeps before committing it
+    wait_for("step 20's shards", lambda: "split/step-00000020/.metadata" in objects(s3, bucket, "split/"),
+             timeout=300, interval=0.1, on_timeout=run.diag)
+    [lead] = [b for b in run.status().get("workerHeartbeats") or [] if b["rank"] == 0]
+    agent, *workers = node_processes(cluster, lead["node"])
+    signal_all([agent, *workers], signal.SIGSTOP)   # the node is partitioned: alive, silent
     try:
         run.wait_phase("Succeeded", timeout=400)  # recovered on the other nodes, incarnation 1
         done = objects(s3, bucket, "split/")
         thawed_at = time.time()
-        signal_all(frozen, signal.SIGCONT)        # the partition heals
-        time.sleep(15)                            # the old coordinator wakes and tries to commit step 20
+        # the partition heals: its workers run on (the old coordinator wakes and goes to commit step 20)
+        # for 10 s before its kubelet catches up and kills the pods deleted meanwhile
+        signal_all(workers, signal.SIGCONT)
+        time.sleep(10)
     finally:
-        signal_all(frozen, signal.SIGCONT)
+        signal_all([*workers, agent], signal.SIGCONT)
     st = run.status()
     assert st["incarnation"] == 1 and st["phase"] == "Succeeded", st
     # nothing in the job's checkpoints changed after the old worker came back
@@ -144,4 +150,3 @@ def test_a_partitioned_node_that_comes_back_is_fenced_it_commits_and_joins_nothi
     assert {b["pod"] for b in run.status().get("workerHeartbeats") or []} <= {"split-worker-0-1", "split-worker-1-1"}
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["step"] == 80 and summary["checksum"] == ref["checksum"] and summary["resumed_from"] is not None
-

@@ -4,6 +4,7 @@ stuck collective (every rank alive, beating and waiting in a collective)."""
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
 
 from stoker.common import labels as L
 from stoker.operator import detection as D
@@ -160,21 +161,8 @@ def test_the_shell_probes_a_quiet_node_against_one_still_heard_and_passes_it_on_
 
     records = [rank(0, "n0", seen=100.0), rank(1, "n1", seen=99.0, connected=False)]
 
-    class Beats:
-        def ranks(self, ns, name):
-            return list(records)
-
-        def all_ranks(self):
-            return list(records)
-
-        def workers(self, ns, name):
-            return []
-
-        def reports(self, ns, name):
-            return []
-
-        def newest_heard(self):
-            return 100.0
+    beats = SimpleNamespace(ranks=lambda ns, name: list(records), all_ranks=lambda: list(records),
+                            workers=lambda ns, name: [], reports=lambda ns, name: [], newest_heard=lambda: 100.0)
 
     nodes = [{"metadata": {"name": n}, "status": {
         "conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": ip}],
@@ -185,7 +173,7 @@ def test_the_shell_probes_a_quiet_node_against_one_still_heard_and_passes_it_on_
         dialed.append(addr)
         return addr != "10.0.0.2"
 
-    shell = RecoveryShell(Api(nodes=nodes), Beats(), mono=lambda: 100.0)  # type: ignore[arg-type]
+    shell = RecoveryShell(Api(nodes=nodes), beats, mono=lambda: 100.0)  # type: ignore[arg-type]
     shell.probe = NodeProbe(connect=connect, clock=lambda: 0.0)
     obs = shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")])
     assert obs.lost_nodes == {"n1"} and sorted(dialed) == ["10.0.0.1", "10.0.0.2"]
