@@ -116,3 +116,44 @@ def test_the_agent_reports_a_failure_it_restarts_and_does_not_restart_the_traine
     assert len(seen) == 1 and agent._remaining_restarts == 2       # reported; torchrun restarts
     LocalElasticAgent._monitor_workers(agent, None)
     assert len(seen) == 1 and agent._remaining_restarts == 0       # paused (88): the pod fails, the operator decides
+
+
+
+SCRIPT = """import json, os, sys
+with open(os.environ["OUT"], "w") as f:
+    json.dump({"torch_loaded": "torch" in sys.modules, "argv": sys.argv, "warm_args": os.environ.get("STOKER_WARM_ARGS"),
+               "cmdline": open("/proc/self/cmdline", "rb").read().decode().split(chr(0))}, f)
+sys.exit(3)
+"""
+
+
+@pytest.mark.torch
+def test_a_restarted_trainer_starts_warm_with_its_own_environment_command_line_and_exit_code(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from stoker.operator.launch_warm import WarmPool
+
+    script = tmp_path / "trainer.py"
+    script.write_text(SCRIPT)
+    pool = WarmPool(subprocess.Popen)
+    args = [sys.executable, "-u", str(script), "--steps", "5"]
+
+    def start(n: int):
+        out = tmp_path / f"out-{n}.json"
+        proc = pool(args=args, env={**os.environ, "OUT": str(out)}, stdout=None, stderr=None, start_new_session=True)
+        assert proc.wait(60) == 3            # the trainer's own exit code
+        return json.loads(out.read_text()), proc
+
+    cold, first = start(1)                   # the first start is cold, and warms one for the next
+    [warm] = pool._idle[tuple(args)]
+    assert cold["torch_loaded"] is False and pool.handed == 0
+    assert str(script) not in open(f"/proc/{warm.pid}/cmdline", "rb").read().decode()   # idle: no trainer
+    again, second = start(2)                 # a restart: handed to the warm process
+    assert second is warm and pool.handed == 1
+    assert again["torch_loaded"] is True and again["warm_args"] is None
+    assert again["argv"] == [str(script), "--steps", "5"]
+    assert again["cmdline"][:len(args)] == args   # found as the trainer by its command line
+    assert len(pool._idle[tuple(args)]) == 1      # and the next one warms

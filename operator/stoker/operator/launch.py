@@ -44,7 +44,7 @@ from stoker.common import env as E
 from stoker.common import last_step, rdzv_lock
 from stoker.common.parent_death import die_with_parent
 
-from . import launch_inplace
+from . import launch_inplace, launch_warm
 
 # The agent lost the rendezvous store (e.g. the operator restarted): not the
 # user's fault: detection names it RendezvousLost (infrastructure).
@@ -59,13 +59,14 @@ _TORCHELASTIC_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 _DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 
 
-def tie_workers() -> bool:
+def tie_workers(warm: bool = False) -> bool:
     """Start torchrun's workers with PR_SET_PDEATHSIG=SIGKILL. torchrun starts them in new
     sessions, so a launcher killed by SIGKILL (the OOM killer, a fault) left them running:
     where the launcher is the container's PID 1 the kernel ends them anyway, but not where
     it is not (an init wrapper, a shared process namespace, process nodes), and a chaos run
     saw orphaned trainers finish a job beside its next incarnation. Patches the ``Popen``
-    torchrun's SubprocessHandler calls; False (nothing changed) where there is none."""
+    torchrun's SubprocessHandler calls; False (nothing changed) where there is none. ``warm``:
+    restarted trainers start from warm processes (``launch_warm``)."""
     try:
         from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler as handler
     except ImportError:
@@ -84,7 +85,7 @@ def tie_workers() -> bool:
         kwargs.setdefault("preexec_fn", die_with_launcher)
         return popen(*args, **kwargs)
 
-    handler.Popen = tied
+    handler.Popen = launch_warm.WarmPool(tied) if warm else tied
     return True
 
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = _step_dir()
     args, forwarder = rdzv_lock.lock_args(args, os.environ)
     args = launch_inplace.install(args, os.environ, lambda rank: last_step.read(steps, rank))
-    tie_workers()
+    tie_workers(warm=launch_inplace.requested(os.environ) > 0 and f"{launch_inplace.RESTARTS_FLAG}=0" not in args)
     try:
         torchrun_main(args)
     except ChildFailedError as e:

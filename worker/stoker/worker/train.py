@@ -16,6 +16,9 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from stoker.worker import config as config_mod
 
+# What main() imports late, imported ahead by a warm process of the launcher (stoker.operator.launch_warm).
+__stoker_warm__ = ("stoker.worker.trainer", "stoker.worker.health_guard")
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with this process's rank."""
