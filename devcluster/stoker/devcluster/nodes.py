@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Iterable
 
 from stoker.devcluster.clusterdefs import DEFAULT_GPU_PRODUCT, GPU_COUNT_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, KWOK_ANNOTATION, ZONE_LABEL
-from stoker.devcluster.procs import ClusterError, owned_alive, read_pid, spawn, stop_group, wait_ready
+from stoker.devcluster.procs import (ClusterError, descendants, owned_alive, read_pid, spawn, stop_group,
+                                    wait_ready)
 
 
 def kwok_node_manifest(
@@ -170,9 +171,18 @@ class Nodes:
 
     def stop_process_node(self, name: str, sig: int = signal.SIGTERM, grace: float = 10) -> bool:
         """Signal the agent's whole process group (SIGTERM or SIGKILL simulates losing
-        the node); SIGKILL after ``grace``. Returns True if it was running."""
+        the node); SIGKILL after ``grace``. Returns True if it was running. SIGKILL also
+        kills, at the same moment, every process under the agent that left its group (torchrun
+        starts its workers in sessions of their own): a lost machine takes them all at once,
+        where they used to train on for seconds after their agent and launcher were gone."""
         pid = read_pid(self._node_pidfile(name))
+        doomed = descendants(pid) if pid and sig == signal.SIGKILL and owned_alive(pid, self.marker) else []
         was = bool(pid) and stop_group(pid, self.marker, sig=sig, grace=grace)
+        for child in doomed:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._node_pidfile(name).unlink(missing_ok=True)
         if was:
             self.log(f"[cluster] stopped process node {name} ({signal.Signals(sig).name})")
