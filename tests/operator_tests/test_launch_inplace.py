@@ -75,7 +75,8 @@ def test_the_launchers_report_reaches_the_operator_at_once_and_is_no_workers_hea
     t0 = time.time()
     reporter.send(LI.failure_report(1, -9, "", 41, restart=1, left=2, failed_at=t0))
     [r] = eventually(lambda: hb.reports("ns", "j"))
-    assert (r.pod_name, r.node_name, r.incarnation, r.rank, r.exit_code, r.step) == ("j-worker-1-2", "n1", 2, 1, 137, 41)
+    assert (r.pod_name, r.node_name, r.incarnation, r.rank, r.exit_code, r.step) == \
+        ("j-worker-1-2", "n1", 2, 1, 137, 41)
     assert r.key == "j-worker-1-2#1" and abs(r.failed_at - t0) < 1e-3 and r.seen_at - t0 < 2.0
     assert eventually(lambda: ("ns", "j") in hb.changes)   # a reconcile pass is asked for at once
     assert hb.workers("ns", "j") == [] and hb.ranks("ns", "j") == []
@@ -121,7 +122,8 @@ def test_the_agent_reports_a_failure_it_restarts_and_does_not_restart_the_traine
 
 SCRIPT = """import json, os, sys
 with open(os.environ["OUT"], "w") as f:
-    json.dump({"torch_loaded": "torch" in sys.modules, "argv": sys.argv, "warm_args": os.environ.get("STOKER_WARM_ARGS"),
+    json.dump({"torch_loaded": "torch" in sys.modules, "argv": sys.argv,
+               "warm_args": os.environ.get("STOKER_WARM_ARGS"),
                "cmdline": open("/proc/self/cmdline", "rb").read().decode().split(chr(0))}, f)
 sys.exit(3)
 """

@@ -173,4 +173,3 @@ def install(args: list[str], environ: Mapping[str, str], step_of: Callable[[int]
     if not hook_agent(on_failure):
         return without_in_place(args)
     return args
-
