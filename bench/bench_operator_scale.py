@@ -16,12 +16,14 @@ fresh operator process watching only that namespace. Measured per system and rep
 
     .venv/bin/python bench/bench_operator_scale.py                        # 500 jobs x 4 workers, 3 reps
     .venv/bin/python bench/bench_operator_scale.py --jobs 20 --reps 1 --nodes 20 --hold 10 --out /tmp/x
+    .venv/bin/python bench/bench_operator_scale.py --resummarize bench/results/bench_operator_scale.json
 
 Writes bench/results/bench_operator_scale.json (``--out DIR``: elsewhere) and prints the table.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -207,6 +209,30 @@ def run(args: argparse.Namespace) -> dict:
             "profile_run": profile_run, "node_monitor_grace_period": NODE_GRACE}
 
 
+def report(results: dict, title: str) -> None:
+    """The summary, goals and table from the samples (into ``results``), printed."""
+    systems = {s: summarize_system([x for x in results["samples"] if x["system"] == s]) for s in S.SYSTEMS}
+    results["summary"] = systems
+    results["goals"] = goals(systems, results["samples"])
+    results["table"] = summary_rows(systems)
+    print_table(title, results["table"])
+    for g in results["goals"]:
+        print(f"goal: {g['goal']}: {'met' if g['met'] else 'MISSED'} ({g['measured']})")
+
+
+def resummarize(path: Path) -> int:
+    """A results file's summary, goals and table again from its raw samples with this report code;
+    what the run recorded (samples, machine, load, command) stays, the re-summary is recorded."""
+    from bench.common import code_version, write_json
+
+    results = json.loads(path.read_text())
+    report(results, f"operator scale (re-summarized from {path.name}): median [min, max]")
+    results["resummarized"] = {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "command": [sys.executable, *sys.argv], **code_version()}
+    write_json(path, results)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=500)
@@ -220,7 +246,10 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the results file here instead of bench/results")
     ap.add_argument("--stoker-env", action="append", default=[], metavar="K=V", help="extra operator environment")
     ap.add_argument("--systems", default=",".join(S.SYSTEMS), help="a subset, for probes (the results need all three)")
+    ap.add_argument("--resummarize", default=None, metavar="FILE", help="only redo FILE's summary from its samples")
     args = ap.parse_args()
+    if args.resummarize:
+        return resummarize(Path(args.resummarize))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop the operators and the cluster on the way out
     pods = args.jobs * args.workers
     args.nodes = args.nodes or max(250, math.ceil(pods / 8) + 10)
@@ -232,14 +261,8 @@ def main() -> int:
             print({k: v for k, v in x.items() if k not in ("job_s", "profile")})
         write_results("bench_operator_scale", results, Path(args.out or "/tmp"))
         return 0
-    systems = {s: summarize_system([x for x in results["samples"] if x["system"] == s]) for s in S.SYSTEMS}
-    results["summary"] = systems
-    results["goals"] = goals(systems)
-    results["table"] = summary_rows(systems)
-    print_table(f"operator scale, {args.jobs} jobs x {args.workers} workers ({pods} pods) on {args.nodes} kwok "
-                f"nodes, {args.reps} reps: median [min, max]", results["table"])
-    for g in results["goals"]:
-        print(f"goal: {g['goal']}: {'met' if g['met'] else 'MISSED'} ({g['measured']})")
+    report(results, f"operator scale, {args.jobs} jobs x {args.workers} workers ({pods} pods) on {args.nodes} kwok "
+                    f"nodes, {args.reps} reps: median [min, max]")
     write_results("bench_operator_scale", results, Path(args.out) if args.out else None)
     return 0
 
