@@ -63,11 +63,11 @@ def _num(v: Any) -> float | None:
 
 
 # status.metrics field -> gauge (the training picture; exported while status has them)
-TRAINING_GAUGES = {"loss": "stoker_job_loss", "gradNorm": "stoker_job_grad_norm",
-                   "learningRate": "stoker_job_learning_rate", "valLoss": "stoker_job_validation_loss",
-                   "dataWaitFraction": "stoker_job_data_wait_ratio",
-                   "collectiveWaitFraction": "stoker_job_collective_wait_ratio",
-                   "gpuUtilization": "stoker_job_gpu_utilization_ratio", "gpuMemoryBytes": "stoker_job_gpu_memory_bytes"}
+TRAINING_GAUGES = {
+    "loss": "stoker_job_loss", "gradNorm": "stoker_job_grad_norm", "learningRate": "stoker_job_learning_rate",
+    "valLoss": "stoker_job_validation_loss", "dataWaitFraction": "stoker_job_data_wait_ratio",
+    "collectiveWaitFraction": "stoker_job_collective_wait_ratio", "gpuUtilization": "stoker_job_gpu_utilization_ratio",
+    "gpuMemoryBytes": "stoker_job_gpu_memory_bytes"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,10 +269,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stoker_job_validation_loss": ("Latest validation loss (status.metrics.valLoss)", _J),
     "stoker_job_data_wait_ratio": ("Share of the last step spent waiting for data (status.metrics.dataWaitFraction)",
                                    _J),
-    "stoker_job_collective_wait_ratio": ("Share of the last step spent waiting in collectives outside the backward "
-                                         "pass (status.metrics.collectiveWaitFraction)", _J),
-    "stoker_job_gpu_utilization_ratio": ("GPU utilisation of the lead rank's GPU, 0-1, where NVML answers "
-                                         "(status.metrics.gpuUtilization)", _J),
+    "stoker_job_collective_wait_ratio": ("Share of the last step waited in collectives (docs/metrics.md)", _J),
+    "stoker_job_gpu_utilization_ratio": ("Lead rank's GPU utilisation, 0-1 (status.metrics.gpuUtilization)", _J),
     "stoker_job_gpu_memory_bytes": ("Peak GPU memory allocated by the lead rank (status.metrics.gpuMemoryBytes)", _J),
     "stoker_job_health_anomalies": ("Training anomalies (NaN/Inf, spikes, stalls) the job's workers reported "
                                     "(status.health, docs/health.md)", _J),
