@@ -232,7 +232,10 @@ class Bench:
                                     min_steps=10, max_steps=60, timeout=300)
         if kind == "node":
             node = self.pod_node(pod)
+            doomed = self.c.node_processes(node)  # found first: the fault is the kill, not the search
             t0 = time.time()
+            for pid in doomed:  # the machine is gone: every process on it at once
+                F.signal_pid(pid, signal.SIGKILL)
             self.c.stop_process_node(node, sig=signal.SIGKILL)
             self.nodes.remove(node)
             self.add_node()  # keep the pool size for the next run

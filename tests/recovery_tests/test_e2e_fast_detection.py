@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from stoker.devcluster.procs import descendants
 from stoker.worker import journal
 
 from tests.operator_tests.conftest import wait_for
@@ -78,13 +77,6 @@ def test_a_stuck_collective_is_caught_as_such_with_the_default_policy_and_recove
     assert st["incarnation"] == 1 and st["restarts"]["userError"] == 0
 
 
-def node_processes(cluster, node: str) -> list[int]:
-    """A process node's agent and everything under it (its pods' launchers and trainers)."""
-    agent = cluster._node_pid(node)
-    assert agent is not None, f"process node {node} is not running"
-    return [agent, *descendants(agent)]
-
-
 def signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -124,7 +116,7 @@ def test_a_partitioned_node_that_comes_back_is_fenced_it_commits_and_joins_nothi
     wait_for("step 20's shards", lambda: "split/step-00000020/.metadata" in objects(s3, bucket, "split/"),
              timeout=300, interval=0.1, on_timeout=run.diag)
     [lead] = [b for b in run.status().get("workerHeartbeats") or [] if b["rank"] == 0]
-    agent, *workers = node_processes(cluster, lead["node"])
+    agent, *workers = cluster.node_processes(lead["node"])
     signal_all([agent, *workers], signal.SIGSTOP)   # the node is partitioned: alive, silent
     try:
         run.wait_phase("Succeeded", timeout=400)  # recovered on the other nodes, incarnation 1

@@ -169,6 +169,12 @@ class Nodes:
             self.log(f"[cluster] process node {name} Ready ({took:.1f}s)")
         return proc.pid
 
+    def node_processes(self, name: str) -> list[int]:
+        """A running process node's agent and every process under it (its pods' launchers and
+        trainers, also those in sessions of their own); [] if it is not running."""
+        pid = self._node_pid(name)
+        return [pid, *descendants(pid)] if pid else []
+
     def stop_process_node(self, name: str, sig: int = signal.SIGTERM, grace: float = 10) -> bool:
         """Signal the agent's whole process group (SIGTERM or SIGKILL simulates losing
         the node); SIGKILL after ``grace``. Returns True if it was running. SIGKILL also
@@ -176,7 +182,7 @@ class Nodes:
         starts its workers in sessions of their own): a lost machine takes them all at once,
         where they used to train on for seconds after their agent and launcher were gone."""
         pid = read_pid(self._node_pidfile(name))
-        doomed = descendants(pid) if pid and sig == signal.SIGKILL and owned_alive(pid, self.marker) else []
+        doomed = self.node_processes(name)[1:] if sig == signal.SIGKILL else []
         was = bool(pid) and stop_group(pid, self.marker, sig=sig, grace=grace)
         for child in doomed:
             try:
