@@ -269,15 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench import chaos_real
         return chaos_real.main(args)
     started = time.time()
-    profile = dict(PROFILES[args.profile], **({"faults": args.faults} if args.faults else {}))
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
-    print(f"chaos: profile {args.profile}, seed {seed} (replay: --seed {seed})", flush=True)
-    rng = random.Random(seed)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="chaos-"))
-    refs = References(functools.partial(reference_run, prefix=NICE), tmp)
-    for cfg_kind in CONFIGS:  # computed while the cluster comes up and the first jobs train
-        refs.want(f"{cfg_kind}-{profile['steps']}", reference_config(cfg_kind, profile["steps"]))
+    profile, seed, rng, tmp, refs = begin(args)
     cluster = LocalCluster(args.cluster_dir or tmp / "cluster", die_with_parent=not args.cluster_dir)
     cluster.up()
     # The code the run uses is read when each process starts (trainers per job, the operator
@@ -291,6 +283,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         refs.close()
     return report(results, args, seed, started, refs)
+
+
+def begin(args: argparse.Namespace, nodes: str = "", profiles: dict | None = None
+          ) -> tuple[dict, int, random.Random, Path, References]:
+    """A run's profile (of ``profiles``, default PROFILES), its seed (printed: ``--seed`` replays
+    it), the seeded generator, a scratch folder and the undisturbed references of the profile's
+    configs, started in the background (computed while the cluster comes up and the first jobs train)."""
+    profile = dict((profiles or PROFILES)[args.profile], **({"faults": args.faults} if args.faults else {}))
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    replay = f"--nodes {nodes} --seed {seed}" if nodes else f"--seed {seed}"
+    print(f"chaos: {nodes + ' nodes, ' if nodes else ''}profile {args.profile}, seed {seed} (replay: {replay})",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix=f"chaos-{nodes + '-' if nodes else ''}"))
+    refs = References(functools.partial(reference_run, prefix=NICE), tmp)
+    for cfg_kind in profile.get("configs", CONFIGS):
+        refs.want(f"{cfg_kind}-{profile['steps']}", reference_config(cfg_kind, profile["steps"]))
+    return profile, seed, random.Random(seed), tmp, refs
 
 
 def run_suite(suite: Suite, plans: list[list[str]], jobs: list[dict], keep_cluster: bool) -> None:

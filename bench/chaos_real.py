@@ -17,26 +17,23 @@ bench/results/chaos-real.json (chaos-real-short.json for the short profile).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from bench import chaos_faults_real as R
 from bench.bench_recovery import Bench
-from bench.chaos import Suite, plan, reference_config, report
+from bench.chaos import Suite, begin, plan, report
 from bench.chaos_monitor import cached
-from bench.chaos_refs import NICE, References
+from bench.chaos_refs import References
 from stoker.devcluster.local import LocalCluster
 from tests.realnodes_tests import operator_helm as H
-from tests.recovery_tests.conftest import reference_run
 
 NODES = ["real-node-0", "real-node-1"]
 GPUS = 2
@@ -197,16 +194,8 @@ def setup(tmp: Path) -> tuple[LocalCluster, Bench, tuple[str, Path]]:
 
 def main(args: argparse.Namespace) -> int:
     started = time.time()
-    profile = dict(PROFILES[args.profile], **({"faults": args.faults} if args.faults else {}))
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
-    print(f"chaos: real nodes, profile {args.profile}, seed {seed} (replay: --nodes real --seed {seed})", flush=True)
-    rng = random.Random(seed)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="chaos-real-"))
+    profile, seed, rng, tmp, refs = begin(args, "real", PROFILES)
     os.chmod(tmp, 0o755)            # the pods (uid 10001) write into folders below it
-    refs = References(functools.partial(reference_run, prefix=NICE), tmp)
-    for cfg_kind in profile["configs"]:
-        refs.want(f"{cfg_kind}-{profile['steps']}", reference_config(cfg_kind, profile["steps"]))
     results = {"profile": f"real-{args.profile}", "nodes": "real", "seed": seed,
                "command": [sys.executable, *sys.argv], "settings": dict(profile), "jobs": []}
     from bench.common import code_version
