@@ -18,30 +18,17 @@ from tests.recovery_tests.e2e import acting_incidents, pod_node, status
 
 from . import faults as F
 from .conftest import reference_summary, trainer_config
-from .test_e2e_recovery import assert_resumed_from_newest_commit, fault_rng
+from .test_e2e_recovery import assert_resumed_from_newest_commit, at_a_random_moment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
 GPU = "nvidia.com/gpu"
-
-
-def training(trainer_run, tmp_path, name: str, pool: dict, cfg: dict):
-    """The job started and waited for until a random moment inside a step of real training (seeded):
-    (run, the undisturbed run's summary, the step journal's folder)."""
-    rng = fault_rng()
-    ref = reference_summary(tmp_path, cfg, 2)
-    jdir = tmp_path / "journal"
-    run = trainer_run(name=name, cfg=cfg, node_selector=pool, journal_dir=jdir)
-    moment = F.at_random_moment(rng, jdir, lambda: int(run.status().get("incarnation", 0)),
-                                min_steps=8, max_steps=60, timeout=240)
-    print("fault at", moment)
-    return run, ref, jdir
 
 
 def test_a_lost_node_is_seen_from_the_heartbeat_stream_and_the_job_recovers_elsewhere(
         cluster, kube, namespace, bucket, own_nodes, trainer_run, tmp_path):
     selector, _ = own_nodes(3)
     # the default failure policy: the heartbeat timeout (60 s) is not what catches it
-    run, ref, jdir = training(trainer_run, tmp_path, "gone", selector, trainer_config(120))
+    run, ref, jdir = at_a_random_moment(trainer_run, tmp_path, "gone", selector, trainer_config(120))
     lost = pod_node(kube, namespace, "gone-worker-1-0")
     assert lost, run.diag()
     cluster.stop_process_node(lost, sig=signal.SIGKILL)  # the machine is gone (its pods die with it)
@@ -62,7 +49,7 @@ def test_a_lost_node_is_seen_from_the_heartbeat_stream_and_the_job_recovers_else
 
 def test_a_stuck_collective_is_caught_as_such_with_the_default_policy_and_recovered(
         cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
-    run, ref, jdir = training(trainer_run, tmp_path, "wedge", recovery_pool,
+    run, ref, jdir = at_a_random_moment(trainer_run, tmp_path, "wedge", recovery_pool,
                               trainer_config(120, stuck_collective_on_signal=True))
     # its next collective never completes: both ranks wait in it, alive and heartbeating
     assert F.signal_pid(F.trainer_pid("wedge-worker-1-0"), signal.SIGUSR1), run.diag()

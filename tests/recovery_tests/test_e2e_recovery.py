@@ -51,12 +51,13 @@ def assert_resumed_from_newest_commit(jdir: pathlib.Path, summary: dict) -> list
     return facts
 
 
-def at_a_random_moment(trainer_run, tmp_path: pathlib.Path, name: str, pool: dict, **kw):
-    """A 150-step job of the built-in trainer (2 workers, step journal), waited for until a random
-    moment inside a step of real training (not a trainer parked in a debug stall): (run, the
-    undisturbed run's summary, the journal folder)."""
+def at_a_random_moment(trainer_run, tmp_path: pathlib.Path, name: str, pool: dict, cfg: dict | None = None,
+                       **kw):
+    """A job of the built-in trainer (``cfg``: 150 steps unless given; 2 workers, step journal), waited for
+    until a random moment inside a step of real training (not a trainer parked in a debug stall): (run,
+    the undisturbed run's summary, the journal folder)."""
     rng = fault_rng()
-    cfg = trainer_config(150)
+    cfg = cfg or trainer_config(150)
     ref = reference_summary(tmp_path, cfg, 2)
     jdir = tmp_path / "journal"
     run = trainer_run(name=name, cfg=cfg, node_selector=pool, journal_dir=jdir, **kw)
