@@ -55,6 +55,25 @@ def test_a_report_names_the_signal_like_a_shell_and_keeps_the_errors_end():
     assert r["exit_code"] == 1 and r["step"] == -1 and len(r["error"]) == LI.ERROR_CHARS and r["error"][-4:] == "gloo"
 
 
+
+def test_a_report_takes_the_error_file_torchelastic_read_from_a_trainer_that_used_record(tmp_path, monkeypatch):
+    """CI-less bench run 2026-12-03: a peer's trainer that died with @record's error file made
+    ProcessFailure.message a dict; slicing it raised in the launcher, whose pod failed, and the
+    in-place restart became a new incarnation."""
+    pytest.importorskip("torch")
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+    from torch.distributed.elastic.multiprocessing.errors.error_handler import ErrorHandler
+
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    try:
+        raise RuntimeError("[gloo] Connection closed by peer")
+    except RuntimeError as exc:
+        ErrorHandler().record_exception(exc)
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(tmp_path / "error.json"))
+    r = LI.failure_report(0, failure.exitcode, failure.message, 12, restart=1, left=2, failed_at=5.0)
+    assert r["error"].rstrip().endswith("RuntimeError: [gloo] Connection closed by peer") and "Traceback" in r["error"]
+
+
 @pytest.fixture
 def hb():
     from stoker.operator import heartbeats as H

@@ -46,13 +46,23 @@ def without_in_place(args: list[str]) -> list[str]:
     return [f"{RESTARTS_FLAG}=0", *out] if len(out) != len(args) else out
 
 
-def failure_report(rank: int, exitcode: int, message: str, step: int | None, restart: int, left: int,
-                   failed_at: float) -> dict[str, Any]:
-    """What the launcher tells the operator about one failed trainer (the proto's fields)."""
+def failure_report(rank: int, exitcode: int, message: str | dict | None, step: int | None, restart: int,
+                   left: int, failed_at: float) -> dict[str, Any]:
+    """What the launcher tells the operator about one failed trainer (the proto's fields).
+    ``message``: torchelastic's ``ProcessFailure.message``, a dict (``message``, ``extraInfo``)
+    where the trainer's ``@record`` wrote the error file, else a string."""
     code = 128 - exitcode if exitcode < 0 else exitcode if 0 < exitcode < 256 else 1
     return {"rank": int(rank), "exit_code": code, "step": -1 if step is None else int(step),
-            "error": (message or "")[-ERROR_CHARS:], "restart": restart, "restarts_left": left,
+            "error": error_text(message)[-ERROR_CHARS:], "restart": restart, "restarts_left": left,
             "failed_at": failed_at}
+
+
+def error_text(message: str | dict | None) -> str:
+    """The error's text with its traceback where the error file has one."""
+    if isinstance(message, dict):
+        info = message.get("extraInfo") or {}
+        return str(info.get("py_callstack") or message.get("message") or "")
+    return str(message or "")
 
 
 class Reporter:
@@ -158,6 +168,13 @@ def install(args: list[str], environ: Mapping[str, str], step_of: Callable[[int]
         return without_in_place(args)
 
     def on_failure(agent: Any, result: Any) -> None:
+        try:
+            report_failure(agent, result)
+        except Exception as exc:  # noqa: BLE001 - a report that cannot be made must not stop the restart
+            log(f"stoker launch: could not report the failure to the operator ({type(exc).__name__}: {exc}); "
+                f"restarting in place all the same")
+
+    def report_failure(agent: Any, result: Any) -> None:
         first = first_failure(result)
         if first is None:
             return
