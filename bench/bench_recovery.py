@@ -260,7 +260,8 @@ class Bench:
         return {"kind": kind, "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
                 "recover_s": min(first) - t0, "operator_latency_s": inc.get("detectionLatencySeconds"),
                 # in place: recorded as such and no new incarnation followed (a fallback makes one)
-                "in_place": bool(inc.get("inPlace")) and not st.get("incarnation"), "incarnation": st.get("incarnation"),
+                "in_place": bool(inc.get("inPlace")) and not st.get("incarnation"),
+                "incarnation": st.get("incarnation"),
                 "phases_s": restart_phases(jdir, t0), "fault_at": moment}
 
 
