@@ -255,6 +255,16 @@ def test_tracker_resets_on_a_new_incarnation_and_on_an_in_place_restart():
     assert tr.ranks("ns", "j") == []
 
 
+def test_tracker_notes_when_a_ranks_process_started_a_new_stream_is_a_new_process():
+    tr = H.ProgressTracker()
+    tr.observe("ns", "j", rank=0, incarnation=0, step=5, now=0.0, stream=1)
+    r = tr.observe("ns", "j", rank=0, incarnation=0, step=6, now=1.0, stream=1)
+    assert r.started_at == 0.0 and r.step_times
+    r = tr.observe("ns", "j", rank=0, incarnation=0, step=6, now=4.0, stream=7)  # same step, new process
+    assert r.started_at == 4.0 and r.advanced_at == 1.0
+    assert tr.observe("ns", "j", rank=0, incarnation=0, step=7, now=5.0, stream=7).started_at == 4.0
+
+
 def test_heartbeat_silence_after_a_pod_finished_is_not_a_failure():
     pods = [pod(0, phase="Succeeded", exit_code=0), pod(1)]
     ranks = [rp(0, last_seen=0.0), rp(1, last_seen=0.0)]

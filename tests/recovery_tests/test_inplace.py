@@ -123,3 +123,38 @@ def test_an_in_place_restart_that_does_not_train_again_in_time_restarts_the_job_
     last = late.status["incidents"][-1]
     assert last["kind"] == "Restart" and last["detectedCause"] == P.IN_PLACE_TIMEOUT and last["cause"] == "none"
     assert late.status["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 2}
+
+
+def test_a_peers_broken_collective_joins_the_open_incident_even_after_the_settle_window():
+    first = run(running(), [report()])
+    body = running(incidents=first.status["incidents"], restarts=first.status["restarts"])
+    late = NOW + dt.timedelta(seconds=9)   # a loaded machine: the survivor's gloo error came late
+    survivor = report(pod="demo-worker-0-0", rank=0, exit_code=1, error=GLOO, at=late)
+    [inc] = run(body, [report(), survivor], now=late).status["incidents"]
+    assert inc["workerRestarts"] == ["demo-worker-1-0#1", "demo-worker-0-0#1"]
+    crash = report(pod="demo-worker-0-0", rank=0, exit_code=1, error="ValueError: bad batch", at=late)
+    assert len(run(body, [report(), crash], now=late).status["incidents"]) == 2   # its own failure
+
+
+def _rank(rank, *, started_at, advanced_at, step=42):
+    from stoker.operator.detection import RankProgress
+    return RankProgress(rank=rank, incarnation=0, step=step, last_seen=advanced_at, advanced_at=advanced_at,
+                        pod_name=f"demo-worker-{rank}-0", step_times=(0.1,), started_at=started_at)
+
+
+def test_a_survivor_finishing_the_step_it_was_in_does_not_close_an_in_place_restart_a_restarted_trainer_does():
+    """Seen in make demo: the survivor's in-flight step completed 0.4 s after the kill, closed the
+    incident (timeToRecover 0.66 s), and its own broken collective a moment later became a second
+    incident and a second restart."""
+    first = run(running(), [report()])   # detected at NOW (mono 1000), onset 0.3 s before
+    st = running(incidents=first.status["incidents"], restarts=first.status["restarts"])["status"]
+    now = NOW + dt.timedelta(seconds=2)
+
+    def closes(*ranks):
+        obs = S.Observed(facts=(), nodes={}, nodes_listed=False, ranks=ranks, heartbeats=True, mono_now=1002.0)
+        return "incidents" in S.progress(st, obs, incarnation=0, checkpoint_uri=None, now=now)
+
+    survivor = _rank(0, started_at=10.0, advanced_at=1000.4)          # its process predates the failure
+    assert not closes(survivor)
+    assert closes(survivor, _rank(1, started_at=1000.5, advanced_at=1001.5))   # restarted, then a step
+    assert not closes(_rank(1, started_at=1000.5, advanced_at=1000.5))          # restarted, no step yet

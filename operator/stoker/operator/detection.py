@@ -117,6 +117,7 @@ class RankProgress:
     checkpoint_s: float | None = None    # last checkpoint duration
     activity: str = ""                   # what the trainer is doing: data | compute | collective | checkpoint
     activity_since: float | None = None  # since when (monotonic, this process's clock)
+    started_at: float = 0.0              # when this rank's process was first heard from (its stream)
 
 
 @dataclasses.dataclass(frozen=True)

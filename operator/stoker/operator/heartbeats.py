@@ -168,7 +168,7 @@ class OperatorHeartbeats:
                                  phase=w.phase, connected=w.connected, error=w.error,
                                  step_time_s=m.get("step_time_seconds"),
                                  checkpoint_s=m.get("checkpoint_duration_seconds"),
-                                 activity=w.activity, activity_s=w.activity_seconds)
+                                 activity=w.activity, activity_s=w.activity_seconds, stream=w.stream)
             key = (w.namespace, w.job_name, w.rank)
             now = (w.phase, m.get("last_committed_step"), w.connected)
             changed = self._last.get(key) != now
@@ -279,6 +279,7 @@ def collective_waits(tracks: list[tuple[tuple[str, str, int], D.RankProgress]], 
 class _Track:
     progress: D.RankProgress
     step_at_mono: float
+    stream: int = 0
 
 
 class ProgressTracker:
@@ -294,17 +295,19 @@ class ProgressTracker:
     def observe(self, namespace: str, job: str, *, rank: int, incarnation: int, step: int, now: float,
                 pod_name: str = "", node_name: str = "", phase: str = "TRAINING", connected: bool = True,
                 error: str = "", step_time_s: float | None = None, checkpoint_s: float | None = None,
-                activity: str = "", activity_s: float = 0.0) -> D.RankProgress:
+                activity: str = "", activity_s: float = 0.0, stream: int = 0) -> D.RankProgress:
         """Record one heartbeat. A step time reported by the worker is preferred;
-        otherwise it is measured between heartbeats that saw the step grow."""
+        otherwise it is measured between heartbeats that saw the step grow. ``stream``: which
+        heartbeat stream spoke (a new one is a new process, e.g. a trainer restarted in place)."""
         key = (namespace, job, rank)
         old = self._t.get(key)
         if old is None or incarnation != old.progress.incarnation or step < old.progress.step:
             # first sight, another incarnation, or a process restarted in place (step went back)
             times: tuple[float, ...] = ()
-            advanced = step_at = now
+            advanced = step_at = started = now
         else:
             times, advanced, step_at = old.progress.step_times, old.progress.advanced_at, old.step_at_mono
+            started = now if stream and old.stream and stream != old.stream else old.progress.started_at
             if step > old.progress.step:
                 per = None
                 if step_time_s is not None and step_time_s > 0:
@@ -322,8 +325,8 @@ class ProgressTracker:
         prog = D.RankProgress(rank=rank, incarnation=incarnation, step=step, last_seen=now, advanced_at=advanced,
                             pod_name=pod_name, node_name=node_name, phase=phase, connected=connected, error=error,
                             step_times=times, checkpoint_s=checkpoint_s, activity=activity,
-                            activity_since=now - activity_s if activity else None)
-        self._t[key] = _Track(prog, step_at)
+                            activity_since=now - activity_s if activity else None, started_at=started)
+        self._t[key] = _Track(prog, step_at, stream or (old.stream if old else 0))
         return prog
 
     def items(self) -> list[tuple[tuple[str, str, int], _Track]]:

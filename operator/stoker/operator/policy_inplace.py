@@ -13,8 +13,9 @@ completes a step again.
 One fault, one incident: the killed trainer's launcher reports, and the other pods' trainers,
 whose collective broke, may report a moment later (PeerLost, which waits for the peer's own
 report as it waits for a failed peer pod). A report joins the newest in-place incident while
-that is open (not yet recovered) unless its pod is already in it: the same pod failing again
-is a new failure. Each incident lists the reports it covers (``workerRestarts``:
+that is open (not yet recovered: a trainer restarted after it completed a step, supervision)
+unless its pod is already in it: the same pod failing again is a new failure. It joins if it
+came within ``PEER_SETTLE_S`` of the incident or its error is a broken collective's. Each incident lists the reports it covers (``workerRestarts``:
 ``<pod>#<launcher restart number>``), so none is counted twice.
 
 Falls back to a new incarnation when the in-place restart does not train again within
@@ -33,7 +34,7 @@ from . import detection as D
 from . import incidents as I
 from . import policy_failure
 from .pass_state import Pass, Plan
-from .peer_errors import PEER_SETTLE_S
+from .peer_errors import PEER_SETTLE_S, peer_transport_error
 from .podview import PodView
 
 IN_PLACE_TIMEOUT = "InPlaceRestartTimedOut"
@@ -76,7 +77,7 @@ def sort_reports(reports: Sequence[Any], incarnation: int, incidents: Sequence[M
     pods_in = {k.rsplit("#", 1)[0] for k in inc.get("workerRestarts") or []}
     fresh_time = parse_time(inc.get("time"))
     joins = [r for r in new if r.pod_name not in pods_in and fresh_time is not None
-             and r.seen_at <= fresh_time.timestamp() + PEER_SETTLE_S]
+             and (r.seen_at <= fresh_time.timestamp() + PEER_SETTLE_S or peer_transport_error(r.error))]
     return joins, [r for r in new if r not in joins]
 
 

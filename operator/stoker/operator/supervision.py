@@ -116,9 +116,12 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
     # tracker records a step time only for an advance it observed) after the
     # incident -- for a Replace the survivors' step times from before it do not count.
     # A rank that already FINISHED counts too (short runs can finish between two heartbeats).
-    since = _incident_mono(status.get("incidents"), now, obs.mono_now)
+    # After an in-place restart only a restarted process counts (its stream began after the failure):
+    # a peer still in the old world may finish the step it was in just after the kill.
+    since, restarted_after = _incident_mono(status.get("incidents"), now, obs.mono_now)
     training = any(r.incarnation == incarnation and r.step >= 0 and
-                   (r.phase == "FINISHED" or (r.step_times and (since is None or r.advanced_at > since)))
+                   (r.phase == "FINISHED" or (r.step_times and (since is None or r.advanced_at > since)
+                                              and (restarted_after is None or restarted_after < r.started_at < r.advanced_at)))
                    for r in obs.ranks)
     closed = I.mark_recovered(status.get("incidents"), now=now, incarnation=incarnation, training=training)
     if closed is not None:
@@ -168,14 +171,21 @@ def _finite(v: Any) -> bool:
 
 
 def _incident_mono(incidents: Sequence[Mapping[str, Any]] | None, now: dt.datetime,
-                   mono_now: float) -> float | None:
-    """The open incident's detection time on the heartbeat (monotonic) clock; None
-    when there is none or the clock is unknown."""
+                   mono_now: float) -> tuple[float | None, float | None]:
+    """(the open incident's detection time on the heartbeat (monotonic) clock, and for an in-place
+    restart its onset: a rank's process must have started after it); Nones when there is none or
+    the clock is unknown."""
     i = I.open_incident(incidents)
     if i is None or not mono_now:
-        return None
-    t = parse_time(list(incidents or [])[i].get("time"))
-    return None if t is None else mono_now - (now - t).total_seconds()
+        return None, None
+    inc = list(incidents or [])[i]
+    t = parse_time(inc.get("time"))
+    if t is None:
+        return None, None
+    at = mono_now - (now - t).total_seconds()
+    if not inc.get("inPlace"):
+        return at, None
+    return at, at - float(inc.get("detectionLatencySeconds") or 0.0)
 
 
 def _beat(w: Any, now: dt.datetime, mono_now: float) -> dict[str, Any]:
