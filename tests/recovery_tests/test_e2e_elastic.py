@@ -13,6 +13,7 @@ bit-identity (the world size changes the fp32 reduction order): every step's los
 within ELASTIC_LOSS_RTOL (1e-5 relative, README) of the undisturbed world-3 run."""
 from __future__ import annotations
 
+import json
 import pathlib
 import signal
 import time
@@ -161,7 +162,7 @@ def test_elastic_job_trains_on_with_survivors_while_the_replacement_waits_for_ca
         assert now[name]["status"]["phase"] == "Running"
     assert now[victim]["metadata"]["uid"] == repl["metadata"]["uid"] and now[victim]["status"]["phase"] == "Pending"
     st = status(kube, namespace, "el")
-    assert failures(st) == ["Replace"], st["incidents"]
+    assert failures(st) == ["Replace"], json.dumps(st["incidents"], indent=1)
     assert st["incarnation"] == 0  # no coordinated restart of the whole job
     rows = metrics_rows(out)
     assert [w for w, _, _ in world_runs(rows)] == [3, 2]

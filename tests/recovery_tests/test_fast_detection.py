@@ -161,7 +161,7 @@ def test_the_shell_probes_a_quiet_node_against_one_still_heard_and_passes_it_on_
 
     records = [rank(0, "n0", seen=100.0), rank(1, "n1", seen=99.0, connected=False)]
 
-    beats = SimpleNamespace(ranks=lambda ns, name: list(records), all_ranks=lambda: list(records),
+    beats = SimpleNamespace(ranks=lambda ns, name: list(records), all_ranks=lambda: list(records), secret_suffix="",
                             workers=lambda ns, name: [], reports=lambda ns, name: [], newest_heard=lambda: 100.0)
 
     nodes = [{"metadata": {"name": n}, "status": {
@@ -177,7 +177,13 @@ def test_the_shell_probes_a_quiet_node_against_one_still_heard_and_passes_it_on_
     shell.probe = NodeProbe(connect=connect, clock=lambda: 0.0)
     obs = shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")])
     assert obs.lost_nodes == {"n1"} and sorted(dialed) == ["10.0.0.1", "10.0.0.2"]
-    records[1] = rank(1, "n1", seen=100.0)   # both beat: nothing is dialed
+    assert obs.held_lost == {"n1"}   # still Ready to the API: new pods are kept off it (node_exclusion.py)
+    made = shell.prepare_pod({"metadata": {}, "spec": {"containers": [{"name": "trainer"}]}}, "j", ())
+    assert made["metadata"]["annotations"] == {"stoker.dev/excluded-nodes": "n1"}
+    records[1] = rank(1, "n1", seen=100.0)   # both beat: only the node held lost is dialed again
     dialed.clear()
     shell.probe = NodeProbe(connect=connect, clock=lambda: 0.0)
-    assert shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")]).lost_nodes == set() and dialed == []
+    obs = shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")])
+    assert obs.lost_nodes == set() and obs.held_lost == {"n1"} and dialed == ["10.0.0.2"]
+    shell.probe = NodeProbe(connect=lambda addr, port: True, clock=lambda: 0.0)   # it answers again
+    assert shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")]).held_lost == set()

@@ -17,6 +17,7 @@ from stoker.common.timefmt import parse_time
 from .waiting import Waiting, pod_waiting
 
 SPEC_HASH = f"{L.GROUP}/spec-hash"
+EXCLUDED_NODES = f"{L.GROUP}/excluded-nodes"   # node_exclusion.py: comma-separated node names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ class PodView:
     started_at: dt.datetime | None = None   # the trainer container started running
     waiting: Waiting | None = None   # why this Pending pod cannot start (waiting.py)
     last_step: int | None = None     # the failed rank's last completed step, as its launcher said
+    excluded_nodes: tuple[str, ...] = ()  # nodes it may not be scheduled on (node_exclusion.py)
 
     @property
     def finished(self) -> bool:
@@ -145,4 +147,5 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         started_at=parse_time(trainer_started_at(pod)),
         waiting=pod_waiting(pod),
         last_step=last_step.step_of(term.get("message")),
+        excluded_nodes=tuple(n for n in ((meta.get("annotations") or {}).get(EXCLUDED_NODES) or "").split(",") if n),
     )

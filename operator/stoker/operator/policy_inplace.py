@@ -15,7 +15,8 @@ whose collective broke, may report a moment later (PeerLost, which waits for the
 report as it waits for a failed peer pod). A report joins the newest in-place incident while
 that is open (not yet recovered: a trainer restarted after it completed a step, supervision)
 unless its pod is already in it: the same pod failing again is a new failure. It joins if it
-came within ``PEER_SETTLE_S`` of the incident or its error is a broken collective's. Each incident lists the reports it covers (``workerRestarts``:
+came within ``PEER_SETTLE_S`` of the incident or its error is a broken collective's.
+Each incident lists the reports it covers (``workerRestarts``:
 ``<pod>#<launcher restart number>``), so none is counted twice.
 
 Falls back to a new incarnation when the in-place restart does not train again within

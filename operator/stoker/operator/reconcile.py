@@ -20,7 +20,8 @@ import datetime as dt
 from typing import Any, Callable, Mapping, Sequence
 
 from . import drain, on_call, policy_deadline, policy_failure, policy_success, policy_suspend, policy_ttl
-from . import incidents, policy_health, policy_inplace, policy_kueue, policy_pending, replicas, supervision
+from . import incidents, node_exclusion, policy_health, policy_inplace, policy_kueue, policy_pending, replicas
+from . import supervision
 from .jobspec import JobView
 from .kueue_workload import admission as kueue_admission
 from .pass_state import Buckets, Event, Pass, Plan, bucket
@@ -67,6 +68,7 @@ STEPS: tuple[Callable[[Pass], Plan | None], ...] = (
     policy_suspend.suspend,       # suspend / resume
     policy_kueue.queued,          # no workers until Kueue admits the job; an eviction re-queues it
     replicas.delete_previous,     # previous incarnations, scaled-away workers
+    node_exclusion.recreate_healed,  # a pod kept off a node found lost that is healthy again
     policy_failure.failure,       # fail / replace
     policy_inplace.restarted,     # trainers restarted inside their pods (launchers' reports)
     on_call.requests,             # stoker restart / stoker checkpoint

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 from stoker.common import env as E
 
 from . import detection as D
-from . import metrics
+from . import metrics, node_exclusion
 from . import recovery as R
 from . import supervision as S
 from .heartbeat_checks import quiet_nodes
@@ -48,6 +48,7 @@ class RecoveryShell:
         self._nodes_forbidden = not watch_nodes  # without nodes, loss shows through pods and heartbeats
         self._listing = False
         self._drains_sent: dict[tuple[str, str], str] = {}  # (namespace, job) -> drain id asked for
+        self._held: frozenset[str] = frozenset()  # found lost, still Ready: new pods kept off (node_exclusion)
 
     # ------------------------------------------------------------------ observe
     def nodes(self, need: Iterable[str] = ()) -> tuple[dict[str, D.NodeView], bool]:
@@ -117,7 +118,18 @@ class RecoveryShell:
                           ranks=tuple(R.current_records(hb.ranks(namespace, name), facts)),
                           workers=tuple(R.current_records(hb.workers(namespace, name), facts)),
                           mono_now=self.mono(), heartbeats=True, newest_heard=hb.newest_heard(), lost_nodes=lost,
-                          reports=tuple(hb.reports(namespace, name)))
+                          reports=tuple(hb.reports(namespace, name)), held_lost=self.held_lost(nodes, lost))
+
+    def held_lost(self, nodes: dict[str, D.NodeView], found: frozenset[str] = frozenset()) -> frozenset[str]:
+        """Nodes found lost (``lost_nodes``) that the API still calls Ready and whose kubelet still does
+        not answer: the pods created now are kept off them (node_exclusion.py). A node drops out once
+        NotReady (its taint keeps pods off) or answering again."""
+        with self._lock:
+            held = self._held | found
+        keep = frozenset(n for n in held if n in nodes and not nodes[n].lost and self.probe.answers(nodes[n]) is False)
+        with self._lock:
+            self._held = keep
+        return keep
 
     def lost_nodes(self, ranks: Iterable[D.RankProgress], facts: tuple[PodView, ...],
                    nodes: dict[str, D.NodeView]) -> frozenset[str]:
@@ -150,6 +162,10 @@ class RecoveryShell:
     def prepare_pod(self, manifest: dict[str, Any], job_name: str, avoid_nodes: tuple[str, ...]) -> dict[str, Any]:
         if avoid_nodes:
             manifest["spec"] = R.with_node_anti_affinity(manifest["spec"], avoid_nodes)
+        with self._lock:
+            held = self._held
+        if held:
+            manifest = node_exclusion.exclude(manifest, held)
         if self.heartbeats is not None:
             trainer = manifest["spec"]["containers"][0]
             env = [e for e in trainer.get("env") or [] if e.get("name") not in (E.JOB_TOKEN, E.HEARTBEAT_INTERVAL)]

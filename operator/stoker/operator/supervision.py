@@ -39,6 +39,7 @@ class Observed:
     newest_heard: float | None = None   # the newest heartbeat from any job (heartbeat clock)
     lost_nodes: frozenset[str] = frozenset()  # every rank on them quiet, their kubelet silent (node_probe.py)
     reports: tuple[Any, ...] = ()       # launchers' reports of trainers restarted in place (LauncherReport)
+    held_lost: frozenset[str] = frozenset()  # nodes the shell holds lost while still Ready (node_exclusion.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +120,14 @@ def progress(status: Mapping[str, Any], obs: Observed, *, incarnation: int, chec
     # After an in-place restart only a restarted process counts (its stream began after the failure):
     # a peer still in the old world may finish the step it was in just after the kill.
     since, restarted_after = _incident_mono(status.get("incidents"), now, obs.mono_now)
-    training = any(r.incarnation == incarnation and r.step >= 0 and
-                   (r.phase == "FINISHED" or (r.step_times and (since is None or r.advanced_at > since)
-                                              and (restarted_after is None or restarted_after < r.started_at < r.advanced_at)))
-                   for r in obs.ranks)
+    def trains(r: D.RankProgress) -> bool:
+        if r.incarnation != incarnation or r.step < 0:
+            return False
+        if r.phase == "FINISHED":
+            return True
+        restarted = restarted_after is None or restarted_after < r.started_at < r.advanced_at
+        return bool(r.step_times) and (since is None or r.advanced_at > since) and restarted
+    training = any(trains(r) for r in obs.ranks)
     closed = I.mark_recovered(status.get("incidents"), now=now, incarnation=incarnation, training=training)
     if closed is not None:
         out["incidents"] = closed
