@@ -3,6 +3,8 @@ stream (every rank on it quiet at once, its kubelet silent while another node's 
 stuck collective (every rank alive, beating and waiting in a collective)."""
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 from types import SimpleNamespace
 
@@ -187,3 +189,26 @@ def test_the_shell_probes_a_quiet_node_against_one_still_heard_and_passes_it_on_
     assert obs.lost_nodes == set() and obs.held_lost == {"n1"} and dialed == ["10.0.0.2"]
     shell.probe = NodeProbe(connect=lambda addr, port: True, clock=lambda: 0.0)   # it answers again
     assert shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")]).held_lost == set()
+
+
+def test_with_every_node_of_the_job_quiet_the_control_is_a_node_another_job_beats_from_not_the_first_by_name():
+    """CI: the survivor's trainer had exited on its broken collective (stream ended) when the pass
+    came, so no node of the job was heard; the control was then the first nodes by name -- kwok nodes
+    without a kubelet -- and nothing was concluded until NotReady, 18 s later."""
+    from stoker.operator.recovery_shell import RecoveryShell
+    from tests.recovery_tests.test_recovery_shell import Api
+
+    records = [rank(0, "n0", seen=99.0, connected=False), rank(1, "n1", seen=99.0, connected=False)]
+    other = dataclasses.replace(rank(0, "z9", seen=100.0), pod_name="other-worker-0-0")
+    beats = SimpleNamespace(ranks=lambda ns, name: list(records), all_ranks=lambda: [*records, other],
+                            workers=lambda ns, name: [], reports=lambda ns, name: [], newest_heard=lambda: 100.0,
+                            secret_suffix="")
+    ips = (("a-kwok-0", "10.0.9.1"), ("a-kwok-1", "10.0.9.2"), ("n0", "10.0.0.1"), ("n1", "10.0.0.2"),
+           ("z9", "10.0.0.9"))
+    nodes = [{"metadata": {"name": n}, "status": {
+        "conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": ip}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}} for n, ip in ips]
+    answer = {"10.0.0.1": True, "10.0.0.2": False, "10.0.0.9": True}   # kwok nodes: nobody listens
+    shell = RecoveryShell(Api(nodes=nodes), beats, mono=lambda: 100.0)  # type: ignore[arg-type]
+    shell.probe = NodeProbe(connect=lambda addr, port: answer.get(addr, False), clock=lambda: 0.0)
+    assert shell.observe("ns", "j", [pod(0, "n0"), pod(1, "n1")]).lost_nodes == {"n1"}

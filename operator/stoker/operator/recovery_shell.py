@@ -145,11 +145,17 @@ class RecoveryShell:
         own = [r for r in ranks if r.node_name in mine]
         if not quiet_nodes(own, t, self.heartbeats.newest_heard()):
             return frozenset()  # the usual pass: some rank of the job beats on each of its nodes
-        quiet = quiet_nodes(self.heartbeats.all_ranks(), t, self.heartbeats.newest_heard()) & mine
+        everyone = self.heartbeats.all_ranks()
+        quiet_anywhere = quiet_nodes(everyone, t, self.heartbeats.newest_heard())
+        quiet = quiet_anywhere & mine
         suspects = [nodes[n] for n in sorted(quiet) if n in nodes and not nodes[n].lost]
         if not suspects:
             return frozenset()
-        heard = [nodes[n] for n in sorted(mine - quiet) if n in nodes and not nodes[n].lost]
+        # The control: a node some rank (of any job) still beats from has a kubelet that runs pods. Not
+        # any node: the first by name may have no kubelet to answer (kwok), and then nothing is concluded
+        # (CI: a job whose survivor's trainer had just exited, on its broken collective, had no node heard).
+        beating = {r.node_name for r in everyone if r.node_name} - quiet_anywhere
+        heard = [nodes[n] for n in sorted(mine - quiet) + sorted(beating - mine) if n in nodes and not nodes[n].lost]
         others = [v for n, v in sorted(nodes.items()) if n not in quiet and not v.lost and v.address]
         return self.probe.lost(suspects, heard or others)
 
