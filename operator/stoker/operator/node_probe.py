@@ -5,6 +5,8 @@ sent) and that of a node still heard from (the control). A crashed or frozen pro
 kubelet answering; a lost or partitioned node does not. Without a control that answers now or
 answered before (a network policy between the operator and the kubelets, nodes without an
 address), it concludes nothing and node loss waits for the control plane's NotReady as before.
+Each node is dialed once when it first runs a rank (``learn``), so a kubelet that answered then
+and not now counts even with no other node to compare (every rank of the job on the lost node).
 
     probe = NodeProbe()
     probe.lost([suspect_view], controls=[healthy_view])   # -> frozenset of lost node names
@@ -62,12 +64,21 @@ class NodeProbe:
             self.reached_any = self.reached_any or ok
         return ok
 
+    def learn(self, node: NodeView) -> None:
+        """Dial a node once, the first time it runs a rank: whether kubelets answer from here is then
+        known before any node goes quiet (a job whose every rank ran on the node it lost has no
+        other node to compare with)."""
+        with self._lock:
+            known = node.name in self._seen
+        if not known:
+            self.answers(node)
+
     def lost(self, suspects: Iterable[NodeView], controls: Iterable[NodeView] = ()) -> frozenset[str]:
-        """The suspects whose kubelet does not answer while a control's does (``verdict``)."""
+        """The suspects whose kubelet does not answer while a control's does, or while some kubelet
+        (a suspect's own, before) answered this operator (``verdict``)."""
         asked = {n.name: self.answers(n) for n in suspects}
         sus = {name: ok for name, ok in asked.items() if ok is not None}
         if not sus or all(sus.values()):
             return frozenset()
         ctl = {n.name: self.answers(n) for n in list(controls)[:2]}
-        return verdict(sus, {k: v for k, v in ctl.items() if v is not None}, self.reached_any and any(
-            ok for k, (_, ok) in self._seen.items() if k not in sus))
+        return verdict(sus, {k: v for k, v in ctl.items() if v is not None}, self.reached_any)

@@ -141,6 +141,9 @@ class RecoveryShell:
         mine = {r.node_name for r in ranks if (r.pod_name, r.node_name) in running}
         if not mine or self.heartbeats is None:
             return frozenset()
+        for n in sorted(mine):
+            if n in nodes and not nodes[n].lost:
+                self.probe.learn(nodes[n])
         t = D.Timeouts(interval_s=self.settings.heartbeat_interval_s)
         own = [r for r in ranks if r.node_name in mine]
         if not quiet_nodes(own, t, self.heartbeats.newest_heard()):
