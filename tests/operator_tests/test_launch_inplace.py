@@ -178,3 +178,58 @@ def test_a_restarted_trainer_starts_warm_with_its_own_environment_command_line_a
     assert again["argv"] == [str(script), "--steps", "5"]
     assert again["cmdline"][:len(args)] == args   # found as the trainer by its command line
     assert len(pool._idle[tuple(args)]) == 1      # and the next one warms
+
+
+@pytest.mark.parametrize("args, poll", [
+    (["--nnodes=2:2"], 0.1), (["--nnodes", "4"], 0.1), (["--nnodes=1:50"], 0.5),
+    (["--nnodes=100:1000"], 1.0), ([], 1.0), (["--nnodes=x"], 1.0)])
+def test_a_small_jobs_rendezvous_polls_faster_but_never_more_often_than_the_store_can_take(args, poll):
+    assert LI.rendezvous_poll_s(args) == pytest.approx(poll)
+
+
+def test_the_rendezvous_poll_of_one_second_is_shortened_and_nothing_else(monkeypatch):
+    dr = pytest.importorskip("torch.distributed.elastic.rendezvous.dynamic_rendezvous")
+    waited: list = []
+    monkeypatch.setattr(dr, "_delay", lambda seconds: waited.append(seconds))
+    assert LI.quick_rendezvous_polls(0.1) and LI.quick_rendezvous_polls(0.2)   # again: not stacked
+    dr._delay(seconds=1)
+    dr._delay(seconds=(0, 0.3))
+    assert waited == [0.2, (0, 0.3)]
+    # the call torch makes while a round fills is still the one patched
+    import inspect
+    assert "_delay(seconds=1)" in inspect.getsource(dr._DistributedRendezvousOpExecutor)
+
+
+def test_a_trainer_that_finished_training_and_then_aborted_on_its_way_out_is_no_failure(monkeypatch, tmp_path):
+    """CI: a trainer SIGABRTed at interpreter exit after its last step was restarted in place and
+    counted as a WorkerKilled incident. Only ranks that said FINISHED are forgiven."""
+    from torch.distributed.elastic.agent.server.api import RunResult, WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    from stoker.common import last_step
+
+    done, working = last_step.StepFile(tmp_path, 0), last_step.StepFile(tmp_path, 1)
+    done.write(1000)
+    done.finish()
+    working.write(999)
+    assert last_step.read(tmp_path, 0) == 1000 and last_step.finished(tmp_path, 0)
+    assert last_step.read(tmp_path, 1) == 999 and not last_step.finished(tmp_path, 1)
+
+    results: list = []
+    monkeypatch.setattr(LocalElasticAgent, "_monitor_workers", lambda self, wg: results.pop(0))
+    said: list = []
+    assert LI.forgive_finished(lambda rank: last_step.finished(tmp_path, rank), said.append)
+    seen: list = []
+    assert LI.hook_agent(lambda agent, result: seen.append(result))
+    agent = types.SimpleNamespace(_remaining_restarts=2)
+    group = types.SimpleNamespace(workers=[types.SimpleNamespace(global_rank=0), types.SimpleNamespace(global_rank=1)])
+
+    def failed(*ranks):
+        return RunResult(WorkerState.FAILED, failures={r: types.SimpleNamespace(exitcode=-6, timestamp=1) for r in ranks})
+
+    results[:] = [failed(0), failed(0, 1), failed(1)]
+    assert LocalElasticAgent._monitor_workers(agent, group).state == WorkerState.SUCCEEDED
+    assert seen == [] and "after finishing training" in said[0]
+    assert LocalElasticAgent._monitor_workers(agent, group).state == WorkerState.FAILED   # rank 1 had not finished
+    assert LocalElasticAgent._monitor_workers(agent, group).state == WorkerState.FAILED
+    assert len(seen) == 2

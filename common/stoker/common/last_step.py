@@ -27,14 +27,24 @@ def _path(directory: str | os.PathLike, rank: int) -> Path:
     return Path(directory) / f"rank-{int(rank)}"
 
 
+DONE = "done"   # after the step: the trainer finished its training (``StepFile.finish``)
+
+
 class StepFile:
     """The writer: one per trainer process."""
 
     def __init__(self, directory: str | os.PathLike, rank: int) -> None:
         self._fd = os.open(_path(directory, rank), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._step = -1
 
     def write(self, step: int) -> None:
-        os.pwrite(self._fd, f"{int(step):<{_WIDTH}d}\n".encode(), 0)
+        self._step = int(step)
+        os.pwrite(self._fd, f"{self._step:<{_WIDTH}d}\n".encode(), 0)
+
+    def finish(self) -> None:
+        """The trainer is done training (it said FINISHED): an exit that crashes after this (a
+        communication library's thread aborting at interpreter exit) lost no work."""
+        os.pwrite(self._fd, f"{f'{self._step} {DONE}':<{_WIDTH}s}\n".encode(), 0)
 
 
 def open_writer(directory: str | None, rank: int) -> StepFile | None:
@@ -47,18 +57,28 @@ def open_writer(directory: str | None, rank: int) -> StepFile | None:
         return None
 
 
+def _record(directory: str | os.PathLike | None, rank: int) -> list[str]:
+    if not directory:
+        return []
+    try:
+        return _path(directory, rank).read_text().split()
+    except OSError:
+        return []
+
+
 def read(directory: str | os.PathLike | None, rank: int) -> int | None:
     """The last step the trainer of ``rank`` completed, or None (no SDK, no step yet)."""
-    if not directory:
-        return None
+    words = _record(directory, rank)
     try:
-        text = _path(directory, rank).read_text()
-    except OSError:
-        return None
-    try:
-        return int(text.strip())
+        step = int(words[0]) if words else None
     except ValueError:
         return None
+    return None if step is None or step < 0 else step
+
+
+def finished(directory: str | os.PathLike | None, rank: int) -> bool:
+    """Whether the trainer of ``rank`` said it finished training (``StepFile.finish``)."""
+    return _record(directory, rank)[1:] == [DONE]
 
 
 def exit_line(rank: int, exitcode: int, code: int, step: int | None) -> str:

@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         args = hold.install(args, "--signals-to-handle" in get_args_parser()._option_string_actions)
     steps = _step_dir()
     args, forwarder = rdzv_lock.lock_args(args, os.environ)
+    launch_inplace.forgive_finished(lambda rank: last_step.finished(steps, rank),
+                                    lambda m: print(m, file=sys.stderr, flush=True))
     args = launch_inplace.install(args, os.environ, lambda rank: last_step.read(steps, rank))
+    launch_inplace.quick_rendezvous_polls(launch_inplace.rendezvous_poll_s(args))
     tie_workers(warm=launch_inplace.requested(os.environ) > 0 and f"{launch_inplace.RESTARTS_FLAG}=0" not in args)
     try:
         torchrun_main(args)

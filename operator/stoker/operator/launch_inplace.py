@@ -32,6 +32,47 @@ ERROR_CHARS = 2000
 SEND_TIMEOUT_S = 5.0
 
 
+# torch's dynamic rendezvous waits a fixed second between polls of the store while a round fills
+# (dynamic_rendezvous._RendezvousOpExecutor.run, _Action.SYNC): after a restart in place each agent
+# may lose up to that second, twice (join, then completion). A small job polls faster: the poll
+# interval is nodes / STORE_POLLS_PER_S, at least RDZV_POLL_MIN_S and at most torch's second, so
+# the store never sees more than STORE_POLLS_PER_S polls a second below 100 nodes, nor more than
+# torch's own rate above.
+RDZV_POLL_MIN_S = 0.1
+STORE_POLLS_PER_S = 100.0
+
+
+def rendezvous_poll_s(args: list[str]) -> float:
+    """The poll interval for the job's most nodes (torchrun's ``--nnodes=MIN:MAX``)."""
+    spec = next((a.split("=", 1)[1] for a in args if a.startswith("--nnodes=")), None)
+    if spec is None and "--nnodes" in args[:-1]:
+        spec = args[args.index("--nnodes") + 1]
+    try:
+        most = int(str(spec).split(":")[-1])
+    except ValueError:
+        return 1.0
+    return min(1.0, max(RDZV_POLL_MIN_S, most / STORE_POLLS_PER_S))
+
+
+def quick_rendezvous_polls(poll_s: float) -> bool:
+    """Wait ``poll_s`` instead of torch's one second between rendezvous polls (other delays, e.g.
+    the compare-and-set backoff, are left alone). False if torch's module no longer has it."""
+    try:
+        from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+    except ImportError:
+        return False
+    orig = getattr(dr, "_delay", None)
+    if orig is None:
+        return False
+    orig = getattr(orig, "stoker_orig", orig)
+
+    def delay(seconds: float | tuple[float, float]) -> None:
+        orig(poll_s if seconds == 1 else seconds)
+    delay.stoker_orig = orig  # type: ignore[attr-defined]
+    dr._delay = delay
+    return True
+
+
 def requested(environ: Mapping[str, str]) -> int:
     """The in-place restarts the operator asked for (0: none)."""
     try:
@@ -144,6 +185,33 @@ def hook_agent(on_failure: Callable[[Any, Any], None]) -> bool:
             else:
                 on_failure(self, result)
         return result
+
+    LocalElasticAgent._monitor_workers = watched
+    return True
+
+
+def forgive_finished(finished: Callable[[int], bool], log: Callable[[str], None]) -> bool:
+    """A trainer that said it finished training and then died on its way out (gloo's or NCCL's
+    thread aborting at interpreter exit: SIGABRT after the last step) lost no work: when every
+    failure torchrun's agent sees is such a rank, the group counts as succeeded -- no in-place
+    restart, no report, the pod exits 0 (CI: such an exit after step 1000 of 1000 was restarted
+    in place and counted as a WorkerKilled incident). Installed before ``hook_agent``."""
+    try:
+        from torch.distributed.elastic.agent.server.api import RunResult, WorkerState
+        from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    except ImportError:
+        return False
+    monitor = LocalElasticAgent._monitor_workers
+
+    def watched(self: Any, worker_group: Any) -> Any:
+        result = monitor(self, worker_group)
+        failures = result.failures or {}
+        if result.state != WorkerState.FAILED or not failures or not all(finished(r) for r in failures):
+            return result
+        log(f"stoker launch: rank(s) {', '.join(map(str, sorted(failures)))} exited with "
+            f"{', '.join(str(f.exitcode) for f in failures.values())} after finishing training; not a failure")
+        return RunResult(state=WorkerState.SUCCEEDED,
+                         return_values={w.global_rank: None for w in worker_group.workers})
 
     LocalElasticAgent._monitor_workers = watched
     return True

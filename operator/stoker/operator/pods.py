@@ -54,7 +54,7 @@ class RenderConfig:
     join_timeout_s: int = 600
     read_timeout_s: int = 60
     torchrun_max_restarts: int = 10                 # in-place restarts per agent (scale-downs cost one)
-    monitor_interval_s: float = 1.0
+    monitor_interval_s: float = 0.1                 # torch's default: a dead trainer is seen within it
     s3_endpoint: str | None = None                  # default AWS_ENDPOINT_URL_S3 if the secret has none
     launcher: str = "stoker"                        # "stoker" (exit codes preserved) | "torchrun"
     launcher_image: str = ""                        # copy the launcher in from this image (launcher_bundle)

@@ -193,6 +193,8 @@ class Session:
         with self._lock:
             self._phase, self._error = value, error
             self._finish_reason = reason if value == pb.FINISHED else ""
+        if value == pb.FINISHED and self._last_step is not None:
+            self._last_step.finish()   # the launcher: a crash on the way out lost no work
         self._wake()
 
     def set_activity(self, name: str) -> None:
