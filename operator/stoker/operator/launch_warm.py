@@ -11,8 +11,11 @@ line over its stdin, then it runs MOD or SCRIPT as ``__main__``. It writes the t
 line over its own (``/proc/PID/cmdline``, as setproctitle does), so tools that look for trainers
 find it, and never find an idle warm process (whose command line names neither).
 
-Warm processes are started by the thread that starts the trainers (PR_SET_PDEATHSIG follows the
-creating thread) and die with the launcher. Each costs an idle interpreter with torch imported
+A warm process starts importing once a trainer of its pod has completed a step (its last-step
+record, ``stoker.common.last_step``), at most ``WARM_DELAY_S`` later, so it does not take the CPU
+from the trainer it was started beside while that one starts; a trainer handed to it sooner ends
+the wait (it then imports as a cold start would). Warm processes are started by the thread that starts the
+trainers (PR_SET_PDEATHSIG follows the creating thread) and die with the launcher. Each costs an idle interpreter with torch imported
 (about 300 MB) per local trainer, for as long as the pod runs.
 """
 from __future__ import annotations
@@ -24,7 +27,14 @@ import sys
 from typing import Any, Callable
 
 ARGS_ENV = "STOKER_WARM_ARGS"
+DELAY_ENV = "STOKER_WARM_DELAY"
 FLAG = "--stoker-warm"
+# A warm process starts its imports once the trainer it was started beside has completed a step
+# (or a trainer is handed to it, or this many seconds passed): importing torch beside a starting
+# trainer took the CPU that trainer needed (bench_recovery on 2 cores: the restarted trainer's
+# restore took 1.0 s in place against 0.45 s in a new pod, which has no warm process). A fixed
+# 15 s wait instead left the warm process cold when the next crash came early (restart 0.4 s slower).
+WARM_DELAY_S = 60.0
 
 LOADER = r'''
 import json, os, sys
@@ -49,8 +59,25 @@ def retitle(cmdline):
     ctypes.memmove(start, raw.ljust(end - start, b"\0"), end - start)
 
 
+def wait_for_a_step(limit):
+    """Until a trainer of this pod completes a step after now (its last-step record is written), a
+    trainer is handed over (stdin), or ``limit`` seconds pass."""
+    import select
+    import time
+    folder, since, end = os.environ.get("STOKER_LAST_STEP_DIR"), time.time(), time.monotonic() + limit
+    while time.monotonic() < end:
+        if select.select([sys.stdin], [], [], 0.2)[0]:
+            return
+        try:
+            if folder and any(e.stat().st_mtime > since for e in os.scandir(folder)):
+                return
+        except OSError:
+            pass
+
+
 def main():
     mod, script, rest = split(json.loads(os.environ["STOKER_WARM_ARGS"]))
+    wait_for_a_step(float(os.environ.get("STOKER_WARM_DELAY") or 0))
     try:
         import torch  # noqa: F401  (the point: imported before the trainer is needed)
         if mod:
@@ -129,7 +156,7 @@ class WarmPool:
     def _warm(self, key: tuple[str, ...]) -> None:
         """One warm process for the next start of ``key`` (started here: see the module docstring)."""
         pad = "." * (len("\0".join(key)) + 64)  # room for the trainer's command line (retitle)
-        env = {**os.environ, ARGS_ENV: json.dumps(list(key[1:]))}
+        env = {**os.environ, ARGS_ENV: json.dumps(list(key[1:])), DELAY_ENV: f"{WARM_DELAY_S:g}"}
         try:
             proc = self._popen(args=[key[0], "-u", "-c", LOADER, FLAG, pad], env=env, stdin=subprocess.PIPE,
                                start_new_session=True)
