@@ -166,28 +166,36 @@ class Reporter:
         threading.Thread(target=run, name="stoker-inplace-report", daemon=True).start()
 
 
-def hook_agent(on_failure: Callable[[Any, Any], None]) -> bool:
-    """Call ``on_failure(agent, run_result)`` when torchrun's agent sees failed trainers it is about
-    to restart in place (restarts left); a trainer exiting with one of ``FINAL_EXIT_CODES`` ends
-    the agent's restarts instead. False where the agent cannot be wrapped."""
+def _wrap_monitor(after: Callable[[Any, Any, Any, Any], Any]) -> bool:
+    """Wrap torchrun's agent monitor: ``after(agent, result, worker_group, api)`` returns the result
+    the agent acts on (``api``: torch's agent module, RunResult and WorkerState). False where the
+    agent cannot be wrapped."""
     try:
-        from torch.distributed.elastic.agent.server.api import WorkerState
+        from torch.distributed.elastic.agent.server import api
         from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
     except ImportError:
         return False
     monitor = LocalElasticAgent._monitor_workers
 
     def watched(self: Any, worker_group: Any) -> Any:
-        result = monitor(self, worker_group)
-        if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and self._remaining_restarts > 0:
-            if any(f.exitcode in FINAL_EXIT_CODES for f in (result.failures or {}).values()):
-                self._remaining_restarts = 0
-            else:
-                on_failure(self, result)
-        return result
+        return after(self, monitor(self, worker_group), worker_group, api)
 
     LocalElasticAgent._monitor_workers = watched
     return True
+
+
+def hook_agent(on_failure: Callable[[Any, Any], None]) -> bool:
+    """Call ``on_failure(agent, run_result)`` when torchrun's agent sees failed trainers it is about
+    to restart in place (restarts left); a trainer exiting with one of ``FINAL_EXIT_CODES`` ends
+    the agent's restarts instead. False where the agent cannot be wrapped."""
+    def after(agent: Any, result: Any, _group: Any, api: Any) -> Any:
+        if result.state in (api.WorkerState.FAILED, api.WorkerState.UNHEALTHY) and agent._remaining_restarts > 0:
+            if any(f.exitcode in FINAL_EXIT_CODES for f in (result.failures or {}).values()):
+                agent._remaining_restarts = 0
+            else:
+                on_failure(agent, result)
+        return result
+    return _wrap_monitor(after)
 
 
 def forgive_finished(finished: Callable[[int], bool], log: Callable[[str], None]) -> bool:
@@ -196,25 +204,15 @@ def forgive_finished(finished: Callable[[int], bool], log: Callable[[str], None]
     failure torchrun's agent sees is such a rank, the group counts as succeeded -- no in-place
     restart, no report, the pod exits 0 (CI: such an exit after step 1000 of 1000 was restarted
     in place and counted as a WorkerKilled incident). Installed before ``hook_agent``."""
-    try:
-        from torch.distributed.elastic.agent.server.api import RunResult, WorkerState
-        from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
-    except ImportError:
-        return False
-    monitor = LocalElasticAgent._monitor_workers
-
-    def watched(self: Any, worker_group: Any) -> Any:
-        result = monitor(self, worker_group)
+    def after(_agent: Any, result: Any, group: Any, api: Any) -> Any:
         failures = result.failures or {}
-        if result.state != WorkerState.FAILED or not failures or not all(finished(r) for r in failures):
+        if result.state != api.WorkerState.FAILED or not failures or not all(finished(r) for r in failures):
             return result
         log(f"stoker launch: rank(s) {', '.join(map(str, sorted(failures)))} exited with "
             f"{', '.join(str(f.exitcode) for f in failures.values())} after finishing training; not a failure")
-        return RunResult(state=WorkerState.SUCCEEDED,
-                         return_values={w.global_rank: None for w in worker_group.workers})
-
-    LocalElasticAgent._monitor_workers = watched
-    return True
+        return api.RunResult(state=api.WorkerState.SUCCEEDED,
+                             return_values={w.global_rank: None for w in group.workers})
+    return _wrap_monitor(after)
 
 
 def first_failure(result: Any) -> tuple[int, Any] | None:
