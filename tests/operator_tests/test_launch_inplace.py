@@ -225,7 +225,8 @@ def test_a_trainer_that_finished_training_and_then_aborted_on_its_way_out_is_no_
     group = types.SimpleNamespace(workers=[types.SimpleNamespace(global_rank=0), types.SimpleNamespace(global_rank=1)])
 
     def failed(*ranks):
-        return RunResult(WorkerState.FAILED, failures={r: types.SimpleNamespace(exitcode=-6, timestamp=1) for r in ranks})
+        aborted = types.SimpleNamespace(exitcode=-6, timestamp=1)
+        return RunResult(WorkerState.FAILED, failures=dict.fromkeys(ranks, aborted))
 
     results[:] = [failed(0), failed(0, 1), failed(1)]
     assert LocalElasticAgent._monitor_workers(agent, group).state == WorkerState.SUCCEEDED

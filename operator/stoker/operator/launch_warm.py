@@ -14,9 +14,10 @@ find it, and never find an idle warm process (whose command line names neither).
 A warm process starts importing once a trainer of its pod has completed a step (its last-step
 record, ``stoker.common.last_step``), at most ``WARM_DELAY_S`` later, so it does not take the CPU
 from the trainer it was started beside while that one starts; a trainer handed to it sooner ends
-the wait (it then imports as a cold start would). Warm processes are started by the thread that starts the
-trainers (PR_SET_PDEATHSIG follows the creating thread) and die with the launcher. Each costs an idle interpreter with torch imported
-(about 300 MB) per local trainer, for as long as the pod runs.
+the wait (it then imports as a cold start would). Warm processes are started by the thread that
+starts the trainers (PR_SET_PDEATHSIG follows the creating thread) and die with the launcher. Each
+costs an idle interpreter with torch imported (about 300 MB) per local trainer, for as long as the
+pod runs.
 """
 from __future__ import annotations
 
