@@ -29,3 +29,34 @@ def test_a_read_that_needs_many_shards_fetches_them_side_by_side_with_the_urgent
     assert sorted(urgent) == sorted(s.name for s in wanted) and background == []
     assert fetcher.get_many(wanted[:2]) == [Path(wanted[0].name), Path(wanted[1].name)]  # done: not fetched again
     assert len(urgent) == n
+
+
+def test_a_worker_that_picks_up_a_shard_a_read_waits_for_downloads_it_as_the_read_would():
+    """A read queues what it needs at NOW, and a background worker may claim it first. That worker
+    must fetch it the way the read would (``fetch_now``: in its own thread while fetchd is not
+    ready), not hand it to a download process that may still be starting (a CI run waited 60 s)."""
+    stalled = threading.Event()  # the background path never answers, like a fetchd that never got ready
+    now_calls = []
+
+    def background(s: Shard) -> Path:
+        stalled.wait(60)
+        return Path("late")
+
+    def fetch_now(s: Shard) -> Path:
+        now_calls.append(threading.current_thread().name)
+        return Path(s.name)
+
+    fetcher = Fetcher(background, threads=1, fetch_now=fetch_now)
+    s = shard(0)
+    fetcher.want(s, 0)  # NOW: what samples() does before get_many
+    for _ in range(500):  # until the worker has claimed it (the race CI lost)
+        if s.sha256 in fetcher._started:
+            break
+        threading.Event().wait(0.01)
+    got: list = []
+    reading = threading.Thread(target=lambda: got.append(fetcher.get_many([s])), daemon=True)
+    reading.start()
+    reading.join(timeout=10)
+    stalled.set()
+    assert got == [[Path(s.name)]], "the read waited on the background download path"
+    assert now_calls and now_calls[0].startswith("stoker-shards-")

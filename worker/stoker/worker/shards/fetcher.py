@@ -1,7 +1,7 @@
 """Background shard downloads with priorities: what a read needs now (fetched in the
 reader's own thread if no worker has started it yet), then what the next step needs
 (``prefetch``), then the rest of the split (cache fill). ``fetch_now`` (default ``fetch``)
-is what a read that waits runs in its own thread."""
+is what a read that waits runs, in its own thread or in a worker that claimed the shard first."""
 from __future__ import annotations
 
 import itertools
@@ -104,5 +104,5 @@ class Fetcher:
                 return
             with self._lock:
                 fut = self._futures[shard.sha256]
-            if self._claim(shard):
-                self._run(shard, fut)
+            if self._claim(shard):  # a read waits on a NOW shard: fetch it as the read would
+                self._run(shard, fut, self._fetch_now if priority == NOW else self._fetch)
