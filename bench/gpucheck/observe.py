@@ -37,6 +37,9 @@ class RecordingSession:
     def journal_commit(self, step: int) -> None:
         pass
 
+    def journal_resume_from_memory(self, step: int) -> None:
+        pass
+
     def checkpoint_requested(self) -> bool:
         return False
 

@@ -77,7 +77,7 @@ def test_pod_name_labels_and_owner_are_deterministic():
 
 
 def test_env_contract_uses_field_refs_and_secret_refs_never_literal_credentials():
-    body, pod = _pod(checkpoint={"uri": "s3://bucket/run1", "intervalSteps": 50, "keep": 2,
+    body, pod = _pod(checkpoint={"uri": "s3://bucket/run1", "intervalSteps": 50, "keep": 2, "memoryIntervalSteps": 5,
                                  "credentialsSecretRef": {"name": "s3-creds"}})
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     assert env[E.POD_IP]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
@@ -86,6 +86,7 @@ def test_env_contract_uses_field_refs_and_secret_refs_never_literal_credentials(
     assert env[E.JOB_UID]["value"] == UID
     assert env[E.CHECKPOINT_URI]["value"] == "s3://bucket/run1"
     assert env[E.CHECKPOINT_INTERVAL_STEPS]["value"] == "50" and env[E.CHECKPOINT_KEEP]["value"] == "2"
+    assert env[E.CHECKPOINT_MEMORY_INTERVAL_STEPS]["value"] == "5"
     for key in (E.S3_ACCESS_KEY, E.S3_SECRET_KEY):
         assert "value" not in env[key]
         assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": key}

@@ -59,6 +59,41 @@ def test_a_sigkilled_trainer_restarts_in_place_in_the_same_pods_and_ends_identic
     print("in-place incident:", json.dumps(inc))
 
 
+def memory_every(n: int):
+    def edit(body: dict) -> None:
+        body["spec"]["checkpoint"]["memoryIntervalSteps"] = n
+    return edit
+
+
+def test_with_the_in_memory_tier_a_sigkilled_trainer_resumes_past_the_last_commit_losing_at_most_a_step(
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
+    """spec.checkpoint.memoryIntervalSteps: 1 (S3 every 5 steps): every rank restarted in place
+    resumes from the newest step all ranks hold in their pods' memory, not from S3, so the kill
+    at a random moment costs at most the step it interrupted, not the steps since the last commit."""
+    run, ref, jdir = at_a_random_moment(trainer_run, tmp_path, "inmem", recovery_pool, edit=memory_every(1))
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(kube, namespace, "inmem")}
+    t0 = time.time()
+    assert F.signal_pid(F.trainer_pid("inmem-worker-1-0"), signal.SIGKILL), run.diag()
+    wait_for("job Succeeded", lambda: run.status().get("phase") == "Succeeded", timeout=300, on_timeout=run.diag)
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["step"] == 150 and summary["checksum"] == ref["checksum"]
+    records = journal.read(jdir)
+    before = {r["pid"] for r in records if r["t"] < t0}
+    computed = {r["step"] for r in records if r["pid"] in before and r["event"] == "step"}
+    commits = {r["step"] for r in records if r["event"] == "committed" and r["t"] < t0}
+    restored = [r for r in records if r["event"] == "resumed_from_memory"]
+    assert sorted(r["rank"] for r in restored) == [0, 1] and len({r["step"] for r in restored}) == 1, restored
+    assert not [r for r in records if r["event"] == "resumed" and r["pid"] not in before], "restored from S3"
+    at = restored[0]["step"]
+    recomputed = sorted(s for s in computed if s > at)
+    print(f"killed after step {max(computed)}, newest commit {max(commits, default=None)}, "
+          f"resumed from memory at {at}, recomputed {recomputed}")
+    assert at >= max(commits, default=0) and len(recomputed) <= 1, (at, commits, recomputed)
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(kube, namespace, "inmem")} == uids
+    st = run.status()
+    assert st["incarnation"] == 0 and st["restarts"]["total"] == 1
+
+
 def test_when_a_pods_in_place_restarts_are_used_up_the_job_restarts_as_a_new_incarnation(
         cluster, kube, namespace, recovery_pool, heartbeat_operator):
     """A trainer that crashes at step 2 every time in incarnation 0: restarted in place once

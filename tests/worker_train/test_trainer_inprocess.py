@@ -59,6 +59,9 @@ class ScriptedSession:
     def journal_commit(self, step):
         pass
 
+    def journal_resume_from_memory(self, step):
+        pass
+
     def set_activity(self, name):
         pass
 

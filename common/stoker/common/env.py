@@ -26,6 +26,9 @@ CHECKPOINT_URI = "STOKER_CHECKPOINT_URI"   # s3://bucket/prefix or a local path
 CHECKPOINT_INTERVAL_STEPS = "STOKER_CHECKPOINT_INTERVAL_STEPS"
 CHECKPOINT_INTERVAL_SECONDS = "STOKER_CHECKPOINT_INTERVAL_SECONDS"
 CHECKPOINT_KEEP = "STOKER_CHECKPOINT_KEEP"
+# spec.checkpoint.memoryIntervalSteps: each rank also keeps its state in the pod's memory every N
+# steps, for in-place restarts (stoker.worker.checkpoint.memory).
+CHECKPOINT_MEMORY_INTERVAL_STEPS = "STOKER_CHECKPOINT_MEMORY_INTERVAL_STEPS"
 
 # spec.health as a JSON object of the trainer's health.* fields (stoker.worker.config.HealthConfig),
 # and the sample ranges earlier incarnations' rollbacks skipped ("START:END,...").

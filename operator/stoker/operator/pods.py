@@ -214,6 +214,8 @@ def worker_env(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
         if ck.get("intervalSeconds") is not None:
             env.append({"name": CHECKPOINT_INTERVAL_SECONDS, "value": str(ck["intervalSeconds"])})
         env.append({"name": E.CHECKPOINT_KEEP, "value": str(ck.get("keep", 3))})
+        if ck.get("memoryIntervalSteps") is not None:
+            env.append({"name": E.CHECKPOINT_MEMORY_INTERVAL_STEPS, "value": str(ck["memoryIntervalSteps"])})
         secret = (ck.get("credentialsSecretRef") or {}).get("name")
         if secret:
             env.append(_secret_env(E.S3_ACCESS_KEY, secret))

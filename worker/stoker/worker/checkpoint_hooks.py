@@ -62,3 +62,81 @@ def hold_commit(debug: DebugConfig, step: int, resumed_from: int | None) -> None
     log.warning("checkpoint.slow_write step=%d seconds=%g: shards and metadata stored, commit held back "
                 "(debug.slow_checkpoint_at_step)", step, seconds)
     time.sleep(seconds)
+
+
+def resume_from_memory(tier, ckpt, state: dict, gather) -> tuple[int, dict] | None:
+    """``checkpoint.memory_every``: the newest in-memory snapshot every rank holds, loaded into
+    ``state``, when it is not older than the newest committed S3 checkpoint; (step, manifest),
+    or None to resume from S3 (``gather``: all ranks' values of one, in rank order)."""
+    from stoker.worker.checkpoint.memory import choose
+    from stoker.worker.state import refuse_fresh_optimizers
+
+    s3_step = ckpt.claim() if ckpt is not None else None  # also raises the fence, as an S3 resume does
+    held = gather(tier.held())
+    step = choose(held, s3_step)
+    if step is None:
+        log.info("trainer.memory_not_used held_by_rank=%s s3_step=%s", held, s3_step)
+        return None
+    refuse_fresh_optimizers(state)
+    manifest, error = None, None
+    try:
+        manifest = tier.load(step, state)
+    except Exception as exc:  # noqa: BLE001 - then every rank takes S3, which reloads the whole state
+        error = repr(exc)
+    errors = [e for e in gather(error) if e]
+    if errors:
+        log.warning("trainer.memory_load_failed step=%d errors=%s: resuming from S3", step, errors)
+        return None
+    log.info("trainer.resumed_from_memory step=%d s3_step=%s dir=%s", step, s3_step, tier.dir)
+    return step, manifest
+
+
+def open_memory(every: int, rank: int, world_size: int):
+    """The in-memory tier of this rank (``checkpoint.memory_every`` > 0), or None."""
+    if not every:
+        return None
+    from stoker.worker.checkpoint.memory import MemoryTier, default_dir
+
+    return MemoryTier(default_dir(), rank, world_size)
+
+
+def restore(trainer):
+    """Open the checkpoint location and load state: resume from the pod's in-memory tier
+    when every rank holds a snapshot not older than the newest COMMITTED checkpoint
+    (``checkpoint.memory_every``, an in-place restart), else from that checkpoint (the whole
+    state: this is how a job recovers), else take only the weights from
+    ``checkpoint.init_from`` (fresh optimizer, step 0: continued pretraining).
+    Returns (manager or None, step)."""
+    from stoker.worker.checkpoint import CheckpointManager
+    from stoker.worker.state import MODEL
+
+    c = trainer.cfg.checkpoint
+    ckpt, resumed_from, manifest = None, None, None
+    if c.uri:
+        ckpt = CheckpointManager(c.uri, keep=c.keep, async_mode=c.async_mode,
+                                 on_result=trainer.session.report_checkpoint, before_commit=trainer.before_commit,
+                                 on_committed=trainer.session.journal_commit)
+    if ckpt is not None or trainer.memory is not None:
+        trainer.session.set_phase("RESTORING")
+    in_memory = trainer.memory and resume_from_memory(trainer.memory, ckpt, trainer.checkpoint_state,
+                                                      trainer.gather)
+    if in_memory:
+        resumed_from, manifest = in_memory
+        trainer.session.journal_resume_from_memory(resumed_from)
+    elif ckpt is not None:
+        resumed_from = ckpt.load(trainer.checkpoint_state)
+        trainer.session.set_last_committed_step(resumed_from)
+        manifest = read_manifest(ckpt, resumed_from) if resumed_from is not None else None
+    trainer.resumed_from = resumed_from
+    if resumed_from is not None:
+        trainer.resumed_world_size = checkpoint_world_size(manifest)
+        trainer.adopt_manifest(manifest)
+        # resharded=True: DCP redistributed state saved by another number of ranks
+        log.info("trainer.resumed step=%d uri=%s from=%s checkpoint_world_size=%s world_size=%d resharded=%s",
+                 resumed_from, c.uri, "memory" if in_memory else "s3", trainer.resumed_world_size, trainer.world,
+                 trainer.resumed_world_size is not None and trainer.resumed_world_size != trainer.world)
+        if trainer.train_state.step != resumed_from:
+            raise RuntimeError(f"checkpoint step {resumed_from} holds train_state.step={trainer.train_state.step}")
+    elif c.init_from:
+        load_init_from(c.init_from, {MODEL: trainer.checkpoint_state[MODEL]})
+    return ckpt, resumed_from

@@ -96,6 +96,7 @@ class CheckpointConfig:
     keep: int = 3
     async_mode: str = "async"
     init_from: str | None = None
+    memory_every: int = 0  # steps; also keep each rank's state in the pod's memory (checkpoint/memory.py); 0 = off
 
 
 @dataclasses.dataclass
@@ -262,6 +263,7 @@ def validate(cfg: Config) -> Config:
              f"checkpoint.async_mode: unknown {c.async_mode!r} (choose one of {', '.join(ASYNC_MODES)})")
     _require(c.interval >= 0, f"checkpoint.interval: must be >= 0 (0 = only at the end), got {c.interval}")
     _require(c.keep >= 1, f"checkpoint.keep: must be >= 1, got {c.keep}")
+    _require(c.memory_every >= 0, f"checkpoint.memory_every: must be >= 0 (0 = off), got {c.memory_every}")
     _require(cfg.validation.every >= 0, f"validation.every: must be >= 0 (0 = never), got {cfg.validation.every}")
     v = cfg.validation
     _require(v.patience >= 0 and v.min_delta >= 0, "validation.patience and validation.min_delta: must be >= 0")
@@ -350,7 +352,8 @@ def from_dict(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     cfg = _build(Config, with_health_env(raw, environ), "")
     if environ.get(stoker_env.CHECKPOINT_URI):
         cfg.checkpoint.uri = environ[stoker_env.CHECKPOINT_URI]
-    for env_name, attr in ((stoker_env.CHECKPOINT_INTERVAL_STEPS, "interval"), (stoker_env.CHECKPOINT_KEEP, "keep")):
+    for env_name, attr in ((stoker_env.CHECKPOINT_INTERVAL_STEPS, "interval"), (stoker_env.CHECKPOINT_KEEP, "keep"),
+                           (stoker_env.CHECKPOINT_MEMORY_INTERVAL_STEPS, "memory_every")):
         if environ.get(env_name):
             try:
                 setattr(cfg.checkpoint, attr, int(environ[env_name]))

@@ -9,6 +9,7 @@ never truncated, never reopened) and appends one JSON line per report:
     {"event": "resumed", "step": 10, "t": ...}       set_last_committed_step() after a restore
     {"event": "checkpoint", "step": 15, "ok": true, "t": ...}   every save outcome
     {"event": "committed", "step": 15, "t": ...}     the coordinator, as COMMITTED is stored
+    {"event": "resumed_from_memory", "step": 12, ...} a restore from the in-memory tier (not S3)
 
 Each line is one ``os.write`` on an O_APPEND descriptor, so it is in the file as soon
 as the call returns, even if the process is SIGKILLed right after. The trainer's own

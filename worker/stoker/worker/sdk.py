@@ -241,6 +241,12 @@ class Session:
         if self._journal is not None:
             self._journal.record("committed", int(step))
 
+    def journal_resume_from_memory(self, step: int) -> None:
+        """The step journal's record of a restore from the pod's in-memory tier (not a committed
+        S3 checkpoint: ``set_last_committed_step`` is not called for it)."""
+        if self._journal is not None:
+            self._journal.record("resumed_from_memory", int(step))
+
     def set_last_committed_step(self, step: int | None) -> None:
         """E.g. after a restore, so the operator knows where the job resumed."""
         if step is None:

@@ -35,7 +35,7 @@ from stoker.worker.checksum import model_checksum
 from stoker.worker.config import (
     FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
 )
-from stoker.worker.checkpoint_hooks import checkpoint_world_size, hold_commit, load_init_from, read_manifest
+from stoker.worker.checkpoint_hooks import hold_commit, open_memory, restore
 from stoker.worker.precision import LOSS_SCALER, loss_scaling
 from stoker.worker.stopping import Stopper
 from stoker.worker.data import DistributedBatcher, validation_batches
@@ -89,6 +89,7 @@ class Trainer(Stateful):
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
         self.resumed_from: int | None = None  # set by restore()
         self.resumed_world_size: int | None = None  # the world size that wrote that checkpoint
+        self.memory = open_memory(cfg.checkpoint.memory_every, self.rank, self.world)  # None: off
         self._build()
         self.metrics = MetricsFile(cfg.output.metrics_path, self.is_metrics_rank)
 
@@ -262,34 +263,8 @@ class Trainer(Stateful):
 
     # -- the loop
     def restore(self):
-        """Open the checkpoint location and load state: resume from its newest
-        COMMITTED checkpoint if there is one (the whole state: this is how a job
-        recovers), else take only the weights from ``checkpoint.init_from`` (fresh
-        optimizer, step 0: continued pretraining). Returns (manager or None, step)."""
-        c = self.cfg.checkpoint
-        from stoker.worker.checkpoint import CheckpointManager
-
-        ckpt, resumed_from = None, None
-        if c.uri:
-            ckpt = CheckpointManager(c.uri, keep=c.keep, async_mode=c.async_mode,
-                                     on_result=self.session.report_checkpoint, before_commit=self._before_commit,
-                                     on_committed=self.session.journal_commit)
-            self.session.set_phase("RESTORING")
-            resumed_from = self.resumed_from = ckpt.load(self.checkpoint_state)
-            self.session.set_last_committed_step(resumed_from)
-        if resumed_from is not None:
-            manifest = read_manifest(ckpt, resumed_from)
-            self.resumed_world_size = checkpoint_world_size(manifest)
-            self.adopt_manifest(manifest)
-            # resharded=True: DCP redistributed state saved by another number of ranks
-            log.info("trainer.resumed step=%d uri=%s checkpoint_world_size=%s world_size=%d resharded=%s",
-                     resumed_from, c.uri, self.resumed_world_size, self.world,
-                     self.resumed_world_size is not None and self.resumed_world_size != self.world)
-            if self.train_state.step != resumed_from:
-                raise RuntimeError(f"checkpoint step {resumed_from} holds train_state.step={self.train_state.step}")
-        elif c.init_from:
-            load_init_from(c.init_from, {MODEL: self.checkpoint_state[MODEL]})
-        return ckpt, resumed_from
+        """Where this run starts: ``checkpoint_hooks.restore``. Returns (manager or None, step)."""
+        return restore(self)
 
     def adopt_manifest(self, manifest: dict | None) -> None:
         """After any load (a resume, a health rollback): what the checkpoint's manifest carried."""
@@ -349,6 +324,8 @@ class Trainer(Stateful):
                     ckpt.wait()  # commit now: on_result acknowledges the operator's request
             elif requested:
                 log.error("trainer.checkpoint_requested_without_uri step=%d (set checkpoint.uri)", step)
+            if self.memory is not None and step % c.memory_every == 0:
+                self.save_to_memory(step)
             if cfg.debug.stall_after_step == step and ckpt is not None:
                 ckpt.wait()
                 log.warning("trainer.stalled step=%d (debug.stall_after_step)", step)
@@ -364,21 +341,17 @@ class Trainer(Stateful):
                    "checksum": checksum, "world_size": self.world, "mode": cfg.parallel.mode,
                    "resumed_from": resumed_from, "resumed_world_size": self.resumed_world_size,
                    "stopped_early": stop, "ended": ended}
-        mem = self.memory_report()
-        if self.distributed:
-            everyone: list = [None] * self.world
-            dist.all_gather_object(everyone, mem)
-        else:
-            everyone = [mem]
-        summary["memory_by_rank"] = everyone
+        summary["memory_by_rank"] = self.gather(self.memory_report())
         if self.rank == 0 and cfg.output.summary_path:
             Path(cfg.output.summary_path).parent.mkdir(parents=True, exist_ok=True)
             Path(cfg.output.summary_path).write_text(json.dumps(summary, indent=2, sort_keys=True))
         if not stop:  # a STOP_AFTER_CHECKPOINT drain is not the end of the job
+            if self.memory is not None:
+                self.memory.drop()
             self.session.set_phase("FINISHED", reason=ended or "")
         return summary
 
-    def _before_commit(self, step: int) -> None:
+    def before_commit(self, step: int) -> None:
         """The checkpoint manager's hook between stored shards and the commit."""
         hold_commit(self.cfg.debug, step, self.resumed_from)
 
@@ -390,6 +363,20 @@ class Trainer(Stateful):
         ckpt.save(step, self.checkpoint_state, manifest_extra={**self.guard.manifest(), **self.stopper.manifest()})
         self.session.set_phase("TRAINING")
         self.session.set_activity("compute")
+
+    def save_to_memory(self, step: int) -> None:
+        """``checkpoint.memory_every``: this rank's state into the pod's memory (synchronous)."""
+        self.train_state.capture()
+        state = {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in self.checkpoint_state.items()}
+        self.memory.save(step, state, {"world_size": self.world, **self.guard.manifest(), **self.stopper.manifest()})
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order (a collective)."""
+        if not self.distributed:
+            return [value]
+        everyone: list = [None] * self.world
+        dist.all_gather_object(everyone, value)
+        return everyone
 
     def close(self) -> None:
         self.metrics.close()

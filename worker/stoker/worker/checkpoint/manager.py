@@ -52,7 +52,7 @@ _SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uniniti
 
 
 @contextlib.contextmanager
-def _quiet_if_single(single: bool):
+def quiet_if_single(single: bool):
     """DCP warns on every single-process save/load; that use is intended here."""
     if not single:
         yield
@@ -255,7 +255,7 @@ class CheckpointManager:
 
         # 2. shards + .metadata (DCP gathers every rank's outcome)
         try:
-            with _quiet_if_single(self._pg is None):
+            with quiet_if_single(self._pg is None):
                 metadata = dcp.save(
                     state_dict,
                     storage_writer=self.store.writer(step),
@@ -342,6 +342,23 @@ class CheckpointManager:
         Works across world sizes (DCP reshards DTensor / sharded state)."""
         self._check_open()
         self.wait()
+        chosen = self.claim(step)
+        if chosen is None:
+            log.info("checkpoint.none uri=%s", self.uri)
+            return None
+        refuse_fresh_optimizers(state)
+        t0 = time.monotonic()
+        try:
+            with quiet_if_single(self._pg is None):
+                dcp.load(state, storage_reader=self.store.reader(chosen), process_group=self._pg,
+                         no_dist=self._pg is None)
+        except CheckpointException as exc:  # a BaseException: make it an ordinary error
+            raise RuntimeError(f"loading checkpoint step {chosen} from {self.uri} failed: {exc}") from None
+        log.info("checkpoint.loaded step=%d duration_s=%.3f uri=%s", chosen, time.monotonic() - t0, self.uri)
+        return chosen
+
+    def claim(self, step: int | None = None) -> int | None:
+        """Collective: the coordinator raises the fence and picks the committed step (None: newest) for all."""
         choice: int | str | None = None
         if self.is_coordinator:
             try:
@@ -352,18 +369,6 @@ class CheckpointManager:
         chosen = self._from_coordinator(choice)
         if isinstance(chosen, str):
             raise ValueError(chosen)
-        if chosen is None:
-            log.info("checkpoint.none uri=%s", self.uri)
-            return None
-        refuse_fresh_optimizers(state)
-        t0 = time.monotonic()
-        try:
-            with _quiet_if_single(self._pg is None):
-                dcp.load(state, storage_reader=self.store.reader(chosen), process_group=self._pg,
-                         no_dist=self._pg is None)
-        except CheckpointException as exc:  # a BaseException: make it an ordinary error
-            raise RuntimeError(f"loading checkpoint step {chosen} from {self.uri} failed: {exc}") from None
-        log.info("checkpoint.loaded step=%d duration_s=%.3f uri=%s", chosen, time.monotonic() - t0, self.uri)
         return chosen
 
     def _choose(self, step: int | None) -> int | str | None:

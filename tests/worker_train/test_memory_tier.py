@@ -1,0 +1,79 @@
+"""The in-memory checkpoint tier (checkpoint/memory.py, ``checkpoint.memory_every``).
+
+A run that keeps each rank's state in memory every step and checkpoints to "S3" (a local
+folder) every 2 steps is SIGKILLed (every process) after step N+1, one step past the last
+committed checkpoint. The same command line again, which is what an in-place restart is
+(same pods, same world, the memory folder still there), must resume from the in-memory
+snapshot of step N+1, not from the committed step N, compute no step of those twice, and end
+bit-identical to an undisturbed run. Then the rule that picks memory over S3 (``choose``),
+and a snapshot that is not complete or belongs to another world size is never used.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from stoker.worker.checkpoint.memory import MANIFEST, MemoryTier, choose
+
+from . import harness as h
+
+N = 4
+LAYOUTS = [("zero3", 2, {}), ("zero1", 2, {}), ("pipeline-1f1b", 2, {"pp": 2})]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode, nproc, extra", LAYOUTS, ids=[f"{m}-{n}" for m, n, _ in LAYOUTS])
+def test_a_killed_run_resumes_from_the_in_memory_snapshot_past_the_last_commit_bit_identical(
+        tmp_path: Path, monkeypatch, mode, nproc, extra):
+    monkeypatch.setenv("STOKER_MEMORY_DIR", str(tmp_path / "shm"))
+    parallel = {"mode": mode, **extra}
+    straight = h.run(tmp_path, "straight", h.base_config(tmp_path, "straight", parallel=parallel,
+                                                          train={"steps": 2 * N}), nproc)
+    cfg = h.base_config(tmp_path, "job", parallel=parallel, train={"steps": 2 * N},
+                        checkpoint={"uri": str(tmp_path / "ckpt"), "interval": 2, "memory_every": 1},
+                        debug={"stall_after_step": N + 1})
+    h.run_until_then_kill9(tmp_path, "job", cfg, nproc, ready=lambda: h.stalled(cfg))
+    held = sorted((tmp_path / "shm").glob("local/inc-0/pod/rank-*-of-*/step-*"))
+    assert [p.name for p in held] == [f"step-{N}", f"step-{N + 1}"] * nproc, held
+
+    cfg["debug"] = {}
+    resumed = h.run(tmp_path, "job", cfg, nproc)
+    assert resumed["summary"]["resumed_from"] == N + 1, "the in-memory snapshot past the last commit was not used"
+    assert resumed["summary"]["checksum"] == straight["summary"]["checksum"], "parameters differ after resume"
+    assert h.losses(resumed["metrics"]) == h.losses(straight["metrics"])
+    assert [m["step"] for m in resumed["metrics"] if "loss" in m] == list(range(1, 2 * N + 1))
+    assert not list((tmp_path / "shm").glob("local/inc-0/pod/rank-*/step-*")), "a finished run leaves memory behind"
+
+
+def test_memory_is_used_only_when_every_rank_holds_a_step_not_older_than_s3():
+    assert choose([[3, 4], [3, 4]], s3_step=2) == 4
+    assert choose([[3, 4], [3]], s3_step=2) == 3  # a rank killed mid-save of 4 holds only 3
+    assert choose([[3, 4], [3, 4]], s3_step=4) == 4  # the same step: memory is the faster read
+    assert choose([[3, 4], [3, 4]], s3_step=6) is None  # S3 is newer
+    assert choose([[3, 4], []], s3_step=None) is None  # a rank with nothing (a new pod)
+    assert choose([[3], [4]], s3_step=None) is None
+    assert choose([[5]], s3_step=None) == 5
+
+
+@pytest.mark.torch
+def test_a_snapshot_is_held_only_once_complete_and_only_for_its_rank_and_world_size(tmp_path: Path):
+    tier = MemoryTier(tmp_path / "job" / "inc-3" / "pod-a", rank=1, world_size=2)
+    tier.save(7, {"w": torch.arange(4.0)}, {"world_size": 2})
+    (tier.dir / ".step-8.tmp").mkdir()  # a save killed mid-write
+    (tier.dir / "step-9").mkdir()  # renamed without its manifest: never happens, never used
+    assert tier.held() == [7]
+    state = {"w": torch.zeros(4)}
+    assert tier.load(7, state)["world_size"] == 2 and torch.equal(state["w"], torch.arange(4.0))
+    assert MemoryTier(tmp_path / "job" / "inc-3" / "pod-a", rank=1, world_size=3).held() == []
+    assert MemoryTier(tmp_path / "job" / "inc-3" / "pod-a", rank=0, world_size=2).held() == []
+    assert MemoryTier(tmp_path / "job" / "inc-3" / "pod-b", rank=1, world_size=2).held() == [], "another pod's"
+    for step in (10, 11, 12):
+        tier.save(step, {"w": torch.full((4,), float(step))}, {})
+    assert tier.held() == [11, 12], "only the newest two are kept"
+    assert (tier.dir / "step-12" / MANIFEST).is_file()
+    MemoryTier(tmp_path / "job" / "inc-4" / "pod-c", rank=0, world_size=2)  # a new incarnation of the job
+    assert not (tmp_path / "job" / "inc-3").exists(), "an older incarnation's memory was left behind"

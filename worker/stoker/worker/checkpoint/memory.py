@@ -1,0 +1,114 @@
+"""The in-memory checkpoint tier: each rank's own state in the pod's memory every few steps.
+
+A crash restarted in place (the pod stays, torchrun starts new trainers) loses at most
+``checkpoint.memory_every`` steps instead of everything since the last S3 checkpoint, and
+restores from memory instead of S3. S3 stays the durable tier: a new incarnation (new pods)
+finds no memory and resumes from S3, as before.
+
+Layout: ``<root>/<job uid>/inc-<incarnation>/<pod>/rank-<r>-of-<world>/step-<S>/``, a DCP checkpoint
+of this rank's state only (``no_dist``: each rank's own shards, written and read by that rank),
+plus ``stoker.json`` (what the S3 manifest would carry). A snapshot is written to
+``.step-<S>.tmp`` and renamed into place, so a folder named ``step-<S>`` is complete; a crash
+mid-write leaves a ``.tmp`` that is never read and is cleared by the next save. The root is
+``/dev/shm`` by default (``STOKER_MEMORY_DIR``): memory of the pod, outlives the trainer
+process, gone with the pod. Older incarnations' folders of the same job are removed at start
+(process nodes share the host's ``/dev/shm``; on real nodes each pod has its own).
+
+A restore uses memory only when every rank holds the same step for the same world size, and
+that step is not older than the newest committed S3 checkpoint (``choose``); otherwise S3.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+
+from stoker.common import env
+
+from .manager import quiet_if_single
+
+log = logging.getLogger("stoker.worker.checkpoint")
+MEMORY_DIR_ENV = "STOKER_MEMORY_DIR"
+DEFAULT_ROOT = "/dev/shm/stoker-memory"
+MANIFEST = "stoker.json"
+KEEP = 2  # the newest and the one before (a save in progress never leaves a rank with none)
+
+
+def choose(held_by_rank: list[list[int]], s3_step: int | None) -> int | None:
+    """The newest step every rank holds in memory, if it is at least the newest S3 step."""
+    if not held_by_rank or any(not held for held in held_by_rank):
+        return None
+    common = set(held_by_rank[0]).intersection(*held_by_rank[1:])
+    if not common:
+        return None
+    step = max(common)
+    return step if s3_step is None or step >= s3_step else None
+
+
+def default_dir(environ: dict[str, str] | None = None) -> Path:
+    """This pod's folder of the job's incarnation (the pod's name in it: process nodes share
+    the host's ``/dev/shm``, and a pod must not read another pod's memory there either)."""
+    e = os.environ if environ is None else environ
+    root = Path(e.get(MEMORY_DIR_ENV) or DEFAULT_ROOT)
+    incarnation = f"inc-{e.get(env.INCARNATION) or 0}"
+    return root / (e.get(env.JOB_UID) or "local") / incarnation / (e.get(env.POD_NAME) or "pod")
+
+
+class MemoryTier:
+    """This rank's snapshots under ``pod_dir`` (``default_dir()``: job / incarnation / pod)."""
+
+    def __init__(self, pod_dir: Path, rank: int, world_size: int):
+        self.dir = Path(pod_dir) / f"rank-{rank}-of-{world_size}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _drop_older_incarnations(Path(pod_dir).parent)
+
+    def held(self) -> list[int]:
+        """Complete snapshots, oldest first."""
+        steps = []
+        for p in self.dir.iterdir() if self.dir.is_dir() else ():
+            if p.name.startswith("step-") and p.name[5:].isdigit() and (p / MANIFEST).is_file():
+                steps.append(int(p.name[5:]))
+        return sorted(steps)
+
+    def save(self, step: int, state_dict: dict[str, Any], manifest: dict[str, Any]) -> None:
+        tmp = self.dir / f".step-{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with quiet_if_single(True):  # no_dist: each rank alone, with or without a process group
+            dcp.save(state_dict, storage_writer=FileSystemWriter(tmp, sync_files=False, thread_count=1), no_dist=True)
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, **manifest}))
+        final = self.dir / f"step-{step}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        for old in self.held()[:-KEEP]:
+            shutil.rmtree(self.dir / f"step-{old}", ignore_errors=True)
+
+    def load(self, step: int, state: dict[str, Any]) -> dict[str, Any]:
+        """Load snapshot ``step`` in place into ``state``; its manifest."""
+        where = self.dir / f"step-{step}"
+        with quiet_if_single(True):
+            dcp.load(state, storage_reader=FileSystemReader(where), no_dist=True)
+        return json.loads((where / MANIFEST).read_text())
+
+    def drop(self) -> None:
+        """The job is done with this incarnation's memory (a finished run)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _drop_older_incarnations(incarnation_dir: Path) -> None:
+    here = incarnation_dir.name
+    for sibling in incarnation_dir.parent.iterdir():
+        if sibling.name.startswith("inc-") and sibling.name != here and _older(sibling.name, here):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _older(name: str, than: str) -> bool:
+    try:
+        return int(name[4:]) < int(than[4:])
+    except ValueError:
+        return False
