@@ -4,6 +4,8 @@ For each fault kind, ``--runs`` times (median and worst reported):
 
   crash  SIGKILL one worker's trainer process: restarted in place (the default,
          spec.failurePolicy.inPlaceRestarts), the pods and the incarnation kept
+  crash-memory  crash with the in-memory tier (spec.checkpoint.memoryIntervalSteps: 1): restarted in
+         place from the step every rank holds in its pod's memory, not from the last S3 checkpoint
   crash-incarnation  the same with inPlaceRestarts: 0 (the old path: new pods, a new incarnation)
   hang   SIGSTOP one worker's trainer process (its peers block in the all-reduce)
   node   SIGKILL one process node's agent (the machine is gone): seen from the heartbeat stream (every
@@ -21,6 +23,8 @@ the fault is injected:
 
   detect   until status.incidents records it (what the operator acted on)
   recover  until the new incarnation computed its first step (the step journal)
+  lost     steps computed before the fault that were computed again (past the resume point)
+  step     median seconds per step before the fault (what a memory snapshot per step costs)
 
 Baseline, measured in the same run: plain ``torchrun --max-restarts=3`` (no
 Stoker) on the same trainer and config. A crash is seen by torchrun's agent
@@ -55,57 +59,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, machine_info, print_table, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
-from stoker.devcluster.procs import argv_of, find_processes  # noqa: E402
 from stoker.worker import journal  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
-from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
+from bench.recovery_baseline import (TORCHRUN_ENV, torchrun_crash, torchrun_hang, trainer_cfg,  # noqa: E402,F401
+                                     trainer_pid, wait)
 
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
 POOL_LABEL = "stoker.dev/bench-pool"
-
-
-def trainer_cfg(out: Path, steps: int, stall: int | None) -> dict:
-    """The recovery tests' job (tests/recovery_tests/trainer_configs.py), its outputs under ``out``."""
-    cfg = trainer_config(steps, **({"stall_after_step": stall} if stall is not None else {}))
-    cfg["output"] = {"metrics_path": str(out / "metrics.jsonl"), "summary_path": str(out / "summary.json")}
-    return cfg
-
-
-def last_line_step(path: Path) -> tuple[float, int]:
-    """(mtime, step of the last line) of a metrics file; (0, -1) if absent."""
-    try:
-        st = path.stat()
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip().startswith("{")]
-    except OSError:
-        return 0.0, -1
-    step = -1
-    for ln in reversed(lines):
-        try:
-            step = int(json.loads(ln).get("step", -1))
-            break
-        except ValueError:
-            continue
-    return st.st_mtime, step
-
-
-def trainer_pid(pod_name: str | None = None, cmd_marker: str | None = None, local_rank: str | None = None) -> int | None:
-    env = tuple(e.encode() for e in (f"STOKER_POD_NAME={pod_name}" if pod_name else "",
-                                      f"LOCAL_RANK={local_rank}" if local_rank is not None else "") if e)
-    for pid in find_processes(argv_has=b"stoker.worker.train",
-                              argv_lacks=(b"stoker.operator.launch", b"torch.distributed.run"), env_has=env):
-        if cmd_marker is None or any(cmd_marker.encode() in c for c in argv_of(pid) or []):
-            return pid
-    return None
-
-
-def wait(what: str, fn, timeout: float, interval: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Bench:
@@ -182,7 +142,7 @@ class Bench:
         return job.get("status") or {}
 
     def create(self, name: str, cfg: dict, failure_policy: dict, ckpt_every: int = 5,
-               extra_env: dict[str, str] | None = None) -> Path:
+               extra_env: dict[str, str] | None = None, memory_every: int | None = None) -> Path:
         out = self.tmp / name
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg))
@@ -195,7 +155,8 @@ class Bench:
                                      *({"name": k, "value": v} for k, v in (extra_env or {}).items())]}],
                              "terminationGracePeriodSeconds": 5, "nodeSelector": {POOL_LABEL: self.ns}}},
                          "checkpoint": {"uri": f"s3://{self.bucket}/{name}", "intervalSteps": ckpt_every,
-                                        "credentialsSecretRef": {"name": "stoker-s3"}},
+                                        "credentialsSecretRef": {"name": "stoker-s3"},
+                                        **({"memoryIntervalSteps": memory_every} if memory_every else {})},
                          "failurePolicy": {"maxRestarts": 3, "backoffSeconds": 0, **failure_policy}}}
         self.c.kubectl("apply", "-n", self.ns, "-f", "-", input=json.dumps(body))
         return out
@@ -226,7 +187,8 @@ class Bench:
         cfg = trainer_cfg(self.tmp / name, 400, None)
         if kind == "collective":
             cfg["debug"] = {"stuck_collective_on_signal": True}
-        self.create(name, cfg, fp, extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)})
+        self.create(name, cfg, fp, extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)},
+                    memory_every=1 if kind == "crash-memory" else None)
         pod = f"{name}-worker-1-0"
         moment = F.at_random_moment(rng, jdir, lambda: int(self.status(name).get("incarnation", 0)),
                                     min_steps=10, max_steps=60, timeout=300)
@@ -242,7 +204,7 @@ class Bench:
         else:
             pid = wait("trainer pid", lambda: trainer_pid(pod_name=pod), 30)
             t0 = time.time()
-            os.kill(pid, {"crash": signal.SIGKILL, "crash-incarnation": signal.SIGKILL,
+            os.kill(pid, {"crash": signal.SIGKILL, "crash-incarnation": signal.SIGKILL, "crash-memory": signal.SIGKILL,
                           "collective": signal.SIGUSR1}.get(kind, signal.SIGSTOP))
         # The restart's incident: a save the fault cut records a CheckpointFailed first
         # (a survivor's), which is not the detection of the fault.
@@ -262,7 +224,7 @@ class Bench:
                 # in place: recorded as such and no new incarnation followed (a fallback makes one)
                 "in_place": bool(inc.get("inPlace")) and not st.get("incarnation"),
                 "incarnation": st.get("incarnation"),
-                "phases_s": restart_phases(jdir, t0), "fault_at": moment}
+                "phases_s": restart_phases(jdir, t0), "fault_at": moment, **work_lost(jdir, t0)}
 
 
 def restarted_steps(jdir: Path, t0: float) -> list[float]:
@@ -271,6 +233,24 @@ def restarted_steps(jdir: Path, t0: float) -> list[float]:
     recs = journal.read(jdir)
     before = {r["pid"] for r in recs if r["t"] < t0}
     return [r["t"] for r in recs if r["event"] == "step" and r["t"] > t0 and r["pid"] not in before]
+
+
+def work_lost(jdir: Path, t0: float) -> dict:
+    """Where the restart resumed (from S3 or memory), the steps computed before ``t0`` past that point
+    (computed twice), and the median step time before the fault (rank 0)."""
+    recs = journal.read(jdir)
+    before = {r["pid"] for r in recs if r["t"] < t0}
+    done = [r["step"] for r in recs if r["event"] == "step" and r["pid"] in before]
+    resumes = [r for r in recs if r["event"] in RESUMED and r["pid"] not in before]
+    at = resumes[0]["step"] if resumes else 0
+    times = sorted(r["t"] for r in recs if r["event"] == "step" and r["pid"] in before and r["rank"] == 0)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return {"resumed_at": at, "resumed_from": resumes[0]["event"] if resumes else None,
+            "lost_steps": len({s for s in done if s > at}),
+            "step_s": round(statistics.median(gaps), 4) if gaps else None}
+
+
+RESUMED = ("resumed", "resumed_from_memory")  # a restore from S3, or from the in-memory tier
 
 
 def restart_phases(jdir: Path, t0: float) -> dict:
@@ -284,100 +264,15 @@ def restart_phases(jdir: Path, t0: float) -> dict:
               if int(p.stem.rsplit("-pid", 1)[1].split("-")[0]) not in before]
     new = [r for r in recs if r["pid"] not in before and r["t"] > t0]
 
-    def last_first(event: str) -> float | None:
+    def last_first(*events: str) -> float | None:
         firsts: dict[int, float] = {}
         for r in new:
-            if r["event"] == event:
+            if r["event"] in events:
                 firsts.setdefault(r["pid"], r["t"])
         return round(max(firsts.values()) - t0, 3) if firsts else None
 
     return {"session_opened": round(max(opened) - t0, 3) if opened else None,
-            "resumed": last_first("resumed"), "first_step": last_first("step")}
-
-
-# ------------------------------------------------------------------ baseline: plain torchrun
-
-def _torchrun(out: Path, steps: int) -> subprocess.Popen:
-    cfg = trainer_cfg(out, steps, None)
-    cfg["checkpoint"]["uri"] = str(out / "ckpt")
-    (out / "config.json").write_text(json.dumps(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
-    env.update(TORCHRUN_ENV)
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "--max-restarts", "3", "--monitor-interval", "1", "-m", "stoker.worker.train",
-                             str(out / "config.json")], cwd=out, env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(out / "torchrun.log", "wb"), start_new_session=True)
-
-
-# torchrun with its defaults never recovered a killed rank here: every restart's trainers failed in
-# dist.new_group ("Gloo connectFullMesh failed ... Connection refused" to a port of the previous
-# generation), the restarts were used up and torchrun exited (bench_recovery check run, 3 of 3
-# restarts). With a rendezvous store per round (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, what Stoker's
-# pods run with) it recovered (14.0 s at load 8). The baseline runs with it (recorded in the JSON).
-TORCHRUN_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-
-
-def _committed(ckpt: Path) -> int:
-    steps = [int(d.name.split("-")[1]) for d in ckpt.glob("step-*") if (d / "COMMITTED").exists()]
-    return max(steps, default=0)
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """torchrun and its workers (which run in sessions of their own)."""
-    kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    for pid in [proc.pid, *map(int, kids)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
-def torchrun_crash(tmp: Path, i: int, cap: float) -> dict:
-    """SIGKILL one rank under plain torchrun --max-restarts=3; time until training resumes."""
-    out = tmp / f"tr-crash-{i}"
-    out.mkdir(parents=True, exist_ok=True)
-    proc = _torchrun(out, 300)
-    metrics = out / "metrics.jsonl"
-    rec: float | None = None
-    try:
-        wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
-        pid = wait("rank 1", lambda: trainer_pid(cmd_marker=str(out / "config.json"), local_rank="1"), 30)
-        resumed = _committed(out / "ckpt")
-        t0 = time.time()
-        os.kill(pid, signal.SIGKILL)
-        try:
-            wait("recovery", lambda: (lambda m, s: m > t0 + 0.5 and resumed < s <= resumed + 5)(
-                *last_line_step(metrics)), cap)
-            rec = time.time() - t0
-        except TimeoutError:
-            rec = None
-    finally:
-        _kill_tree(proc)
-    return {"kind": "crash", "recover_s": rec, "watched_s": cap}
-
-
-def torchrun_hang(tmp: Path, cap: float) -> dict:
-    """SIGSTOP one rank under plain torchrun and watch for recovery for ``cap`` seconds."""
-    out = tmp / "tr-hang"
-    out.mkdir(parents=True, exist_ok=True)
-    proc = _torchrun(out, 300)
-    metrics = out / "metrics.jsonl"
-    rec: float | None = None
-    try:
-        wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
-        pid = wait("rank 1", lambda: trainer_pid(cmd_marker=str(out / "config.json"), local_rank="1"), 30)
-        os.kill(pid, signal.SIGSTOP)
-        t0 = time.time()
-        _, stuck = last_line_step(metrics)
-        try:
-            wait("recovery", lambda: (lambda m, s: m > t0 + 1 and s != stuck)(*last_line_step(metrics)), cap, 0.2)
-            rec = time.time() - t0
-        except TimeoutError:
-            rec = None
-    finally:
-        _kill_tree(proc)
-    return {"kind": "hang", "recover_s": rec, "watched_s": cap}
+            "resumed": last_first(*RESUMED), "first_step": last_first("step")}
 
 
 def main() -> int:
@@ -446,7 +341,10 @@ def main() -> int:
                "recover median s": statistics.median(r["recover_s"] for r in rs),
                "recover best s": min(r["recover_s"] for r in rs),
                "recover worst s": max(r["recover_s"] for r in rs),
-               "in place": f"{sum(r.get('in_place', False) for r in rs)}/{len(rs)}"}
+               "in place": f"{sum(r.get('in_place', False) for r in rs)}/{len(rs)}",
+               "lost steps median": statistics.median(r["lost_steps"] for r in rs),
+               "lost steps worst": max(r["lost_steps"] for r in rs),
+               "step median s": statistics.median(r["step_s"] for r in rs if r.get("step_s") is not None)}
         failed = sum(1 for r in results["torchrun"] if r["kind"] == base_kind and r["recover_s"] is None)
         if kind.startswith("crash") and base:
             row["torchrun recover median s"] = statistics.median(base)
