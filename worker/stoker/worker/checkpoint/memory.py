@@ -5,9 +5,11 @@ A crash restarted in place (the pod stays, torchrun starts new trainers) loses a
 restores from memory instead of S3. S3 stays the durable tier: a new incarnation (new pods)
 finds no memory and resumes from S3, as before.
 
-Layout: ``<root>/<job uid>/inc-<incarnation>/<pod>/rank-<r>-of-<world>/step-<S>/``, a DCP checkpoint
-of this rank's state only (``no_dist``: each rank's own shards, written and read by that rank),
-plus ``stoker.json`` (what the S3 manifest would carry). A snapshot is written to
+Layout: ``<root>/<job uid>/inc-<incarnation>/<pod>/rank-<r>-of-<world>/step-<S>/``: ``state.pt``,
+this rank's state dict in one ``torch.save`` (a DTensor as its local shard: written and read by
+the same rank of the same world, so no resharding is needed), plus ``stoker.json`` (what the S3
+manifest would carry). Not DCP: its per-item files made a snapshot of the demo model take 59 ms
+(561 ``torch.save`` calls), 7x its 8 ms step. A snapshot is written to
 ``.step-<S>.tmp`` and renamed into place, so a folder named ``step-<S>`` is complete; a crash
 mid-write leaves a ``.tmp`` that is never read and is cleared by the next save. The root is
 ``/dev/shm`` by default (``STOKER_MEMORY_DIR``): memory of the pod, outlives the trainer
@@ -26,17 +28,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+import torch
+from torch.distributed.checkpoint.stateful import Stateful
+from torch.distributed.tensor import DTensor
 
 from stoker.common import env
-
-from .manager import quiet_if_single
 
 log = logging.getLogger("stoker.worker.checkpoint")
 MEMORY_DIR_ENV = "STOKER_MEMORY_DIR"
 DEFAULT_ROOT = "/dev/shm/stoker-memory"
 MANIFEST = "stoker.json"
+STATE = "state.pt"
 KEEP = 2  # the newest and the one before (a save in progress never leaves a rank with none)
 
 
@@ -77,10 +79,11 @@ class MemoryTier:
         return sorted(steps)
 
     def save(self, step: int, state_dict: dict[str, Any], manifest: dict[str, Any]) -> None:
+        """``state_dict``: the state dicts of the checkpoint's parts (``Stateful.state_dict()``)."""
         tmp = self.dir / f".step-{step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        with quiet_if_single(True):  # no_dist: each rank alone, with or without a process group
-            dcp.save(state_dict, storage_writer=FileSystemWriter(tmp, sync_files=False, thread_count=1), no_dist=True)
+        tmp.mkdir()
+        torch.save(_local(state_dict), tmp / STATE)
         (tmp / MANIFEST).write_text(json.dumps({"step": step, **manifest}))
         final = self.dir / f"step-{step}"
         shutil.rmtree(final, ignore_errors=True)
@@ -89,10 +92,17 @@ class MemoryTier:
             shutil.rmtree(self.dir / f"step-{old}", ignore_errors=True)
 
     def load(self, step: int, state: dict[str, Any]) -> dict[str, Any]:
-        """Load snapshot ``step`` in place into ``state``; its manifest."""
+        """Load snapshot ``step`` into ``state`` (``Stateful`` parts get ``load_state_dict``, tensors
+        and plain dicts are updated in place, as a DCP load does); its manifest."""
         where = self.dir / f"step-{step}"
-        with quiet_if_single(True):
-            dcp.load(state, storage_reader=FileSystemReader(where), no_dist=True)
+        saved = torch.load(where / STATE, weights_only=False)  # this rank's own file, in its pod's memory
+        for key, part in state.items():
+            if isinstance(part, Stateful):
+                part.load_state_dict(_fill(part.state_dict(), saved[key]))
+            elif isinstance(part, torch.Tensor):
+                _local(part).copy_(saved[key])
+            else:
+                part.update(_fill(part, saved[key]))
         return json.loads((where / MANIFEST).read_text())
 
     def drop(self) -> None:
@@ -112,3 +122,27 @@ def _older(name: str, than: str) -> bool:
         return int(name[4:]) < int(than[4:])
     except ValueError:
         return False
+
+
+def _local(x: Any) -> Any:
+    """A state dict with every DTensor replaced by its local shard."""
+    if isinstance(x, DTensor):
+        return x.to_local()
+    if isinstance(x, dict):
+        return {k: _local(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_local(v) for v in x)
+    return x
+
+
+def _fill(live: Any, saved: Any) -> Any:
+    """``saved`` in the shape of ``live``: a DTensor gets the saved local shard copied into its own
+    (it keeps its mesh and placements), everything else is the saved value."""
+    if isinstance(live, DTensor):
+        live.to_local().copy_(saved)
+        return live
+    if isinstance(live, dict) and isinstance(saved, dict):
+        return {k: _fill(live[k], v) if k in live else v for k, v in saved.items()}
+    if isinstance(live, (list, tuple)) and isinstance(saved, (list, tuple)) and len(live) == len(saved):
+        return type(saved)(_fill(a, b) for a, b in zip(live, saved))
+    return saved
