@@ -75,5 +75,10 @@ def test_a_snapshot_is_held_only_once_complete_and_only_for_its_rank_and_world_s
         tier.save(step, {"w": torch.full((4,), float(step))}, {})
     assert tier.held() == [11, 12], "only the newest two are kept"
     assert (tier.dir / "step-12" / MANIFEST).is_file()
+    tier.save(9, {"w": torch.zeros(4)}, {})  # after a health rollback to 8: 11 and 12 are another timeline
+    assert tier.held() == [9], "a snapshot past a rollback point could be resumed from"
+    tier.save(10, {"w": torch.zeros(4)}, {})
+    tier.forget_after(9)  # the trainer's rollback itself, before the next save
+    assert tier.held() == [9]
     MemoryTier(tmp_path / "job" / "inc-4" / "pod-c", rank=0, world_size=2)  # a new incarnation of the job
     assert not (tmp_path / "job" / "inc-3").exists(), "an older incarnation's memory was left behind"

@@ -295,6 +295,8 @@ class Trainer(Stateful):
             norm_seen = None if self.scaling.overflowed else norm_vote  # fp16 overflow: skipped, no anomaly
             if self.guard.check(self, ckpt, step, loss, norm_seen, tps):
                 last_saved = self.train_state.step  # rolled back to a committed checkpoint
+                if self.memory is not None:
+                    self.memory.forget_after(last_saved)
                 continue
             record = {"step": step, "loss": loss, "grad_norm": norm, "lr": self.lr_schedule.base_lr *
                       lr_factor(step, **self.lr_schedule.kw), "tokens_seen": self.train_state.tokens_seen,

@@ -80,6 +80,7 @@ class MemoryTier:
 
     def save(self, step: int, state_dict: dict[str, Any], manifest: dict[str, Any]) -> None:
         """``state_dict``: the state dicts of the checkpoint's parts (``Stateful.state_dict()``)."""
+        self.forget_after(step - 1)
         tmp = self.dir / f".step-{step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -104,6 +105,13 @@ class MemoryTier:
             else:
                 part.update(_fill(part, saved[key]))
         return json.loads((where / MANIFEST).read_text())
+
+    def forget_after(self, step: int) -> None:
+        """Remove the snapshots of steps after ``step``: a health rollback went back to it, and what
+        came after belongs to a run that no longer exists (a restart must never resume there)."""
+        for later in self.held():
+            if later > step:
+                shutil.rmtree(self.dir / f"step-{later}", ignore_errors=True)
 
     def drop(self) -> None:
         """The job is done with this incarnation's memory (a finished run)."""
