@@ -96,48 +96,38 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def torchrun_crash(tmp: Path, i: int, cap: float) -> dict:
-    """SIGKILL one rank under plain torchrun --max-restarts=3; time until training resumes."""
-    out = tmp / f"tr-crash-{i}"
+def _torchrun_fault(out: Path, sig: int, recovered, cap: float, interval: float = 0.05) -> float | None:
+    """Plain torchrun on the trainer; at step 15 ``sig`` to rank 1; seconds until
+    ``recovered(t0, committed_step, step_at_fault, mtime, step)`` holds for the metrics file's
+    last line (None: not within ``cap``)."""
     out.mkdir(parents=True, exist_ok=True)
     proc = _torchrun(out, 300)
     metrics = out / "metrics.jsonl"
-    rec: float | None = None
     try:
         wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
         pid = wait("rank 1", lambda: trainer_pid(cmd_marker=str(out / "config.json"), local_rank="1"), 30)
         resumed = _committed(out / "ckpt")
         t0 = time.time()
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
+        _, stuck = last_line_step(metrics)
         try:
-            wait("recovery", lambda: (lambda m, s: m > t0 + 0.5 and resumed < s <= resumed + 5)(
-                *last_line_step(metrics)), cap)
-            rec = time.time() - t0
+            wait("recovery", lambda: recovered(t0, resumed, stuck, *last_line_step(metrics)), cap, interval)
         except TimeoutError:
-            rec = None
+            return None
+        return time.time() - t0
     finally:
         _kill_tree(proc)
+
+
+def torchrun_crash(tmp: Path, i: int, cap: float) -> dict:
+    """SIGKILL one rank under plain torchrun --max-restarts=3; time until training resumes."""
+    rec = _torchrun_fault(tmp / f"tr-crash-{i}", signal.SIGKILL,
+                          lambda t0, resumed, _stuck, m, s: m > t0 + 0.5 and resumed < s <= resumed + 5, cap)
     return {"kind": "crash", "recover_s": rec, "watched_s": cap}
 
 
 def torchrun_hang(tmp: Path, cap: float) -> dict:
     """SIGSTOP one rank under plain torchrun and watch for recovery for ``cap`` seconds."""
-    out = tmp / "tr-hang"
-    out.mkdir(parents=True, exist_ok=True)
-    proc = _torchrun(out, 300)
-    metrics = out / "metrics.jsonl"
-    rec: float | None = None
-    try:
-        wait("step 15", lambda: last_line_step(metrics)[1] >= 15, 300)
-        pid = wait("rank 1", lambda: trainer_pid(cmd_marker=str(out / "config.json"), local_rank="1"), 30)
-        os.kill(pid, signal.SIGSTOP)
-        t0 = time.time()
-        _, stuck = last_line_step(metrics)
-        try:
-            wait("recovery", lambda: (lambda m, s: m > t0 + 1 and s != stuck)(*last_line_step(metrics)), cap, 0.2)
-            rec = time.time() - t0
-        except TimeoutError:
-            rec = None
-    finally:
-        _kill_tree(proc)
+    rec = _torchrun_fault(tmp / "tr-hang", signal.SIGSTOP,
+                          lambda t0, _resumed, stuck, m, s: m > t0 + 1 and s != stuck, cap, 0.2)
     return {"kind": "hang", "recover_s": rec, "watched_s": cap}
