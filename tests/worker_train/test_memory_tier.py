@@ -46,7 +46,7 @@ def test_a_killed_run_resumes_from_the_in_memory_snapshot_past_the_last_commit_b
     assert resumed["summary"]["checksum"] == straight["summary"]["checksum"], "parameters differ after resume"
     assert h.losses(resumed["metrics"]) == h.losses(straight["metrics"])
     assert [m["step"] for m in resumed["metrics"] if "loss" in m] == list(range(1, 2 * N + 1))
-    assert not list((tmp_path / "shm").glob("local/inc-0/pod/rank-*/step-*")), "a finished run leaves memory behind"
+    assert not list((tmp_path / "shm").iterdir()), "a finished run leaves memory behind"
 
 
 def test_memory_is_used_only_when_every_rank_holds_a_step_not_older_than_s3():

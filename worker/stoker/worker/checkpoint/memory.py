@@ -114,8 +114,14 @@ class MemoryTier:
                 shutil.rmtree(self.dir / f"step-{later}", ignore_errors=True)
 
     def drop(self) -> None:
-        """The job is done with this incarnation's memory (a finished run)."""
+        """The job is done with this incarnation's memory (a finished run): this rank's folder, and
+        the pod's, incarnation's and job's once empty (the last rank out removes them)."""
         shutil.rmtree(self.dir, ignore_errors=True)
+        for parent in list(self.dir.parents)[:3]:
+            try:
+                parent.rmdir()
+            except OSError:  # another rank's snapshots are still there
+                break
 
 
 def _drop_older_incarnations(incarnation_dir: Path) -> None:
