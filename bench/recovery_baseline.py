@@ -22,7 +22,8 @@ def trainer_cfg(out: Path, steps: int, stall: int | None) -> dict:
     return cfg
 
 
-def trainer_pid(pod_name: str | None = None, cmd_marker: str | None = None, local_rank: str | None = None) -> int | None:
+def trainer_pid(pod_name: str | None = None, cmd_marker: str | None = None,
+                local_rank: str | None = None) -> int | None:
     env = tuple(e.encode() for e in (f"STOKER_POD_NAME={pod_name}" if pod_name else "",
                                       f"LOCAL_RANK={local_rank}" if local_rank is not None else "") if e)
     for pid in find_processes(argv_has=b"stoker.worker.train",

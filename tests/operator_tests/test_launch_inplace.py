@@ -226,7 +226,8 @@ def test_the_shared_rendezvous_state_is_read_again_after_the_poll_not_a_second_l
     time.sleep(0.15)
     holder.sync()
     assert backend.reads == 2, "the state came from torch's one-second cache"
-    assert dr._BackendRendezvousStateHolder(backend, settings, cache_duration=5)._cache_duration == 5  # only the default
+    explicit = dr._BackendRendezvousStateHolder(backend, settings, cache_duration=5)
+    assert explicit._cache_duration == 5  # only torch's default is replaced
     import inspect
     assert "_BackendRendezvousStateHolder(backend, settings)" in inspect.getsource(dr.DynamicRendezvousHandler)
 
