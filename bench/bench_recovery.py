@@ -61,7 +61,7 @@ from bench.common import free_port, machine_info, print_table, write_results  # 
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 from stoker.worker import journal  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
-from bench.recovery_baseline import (TORCHRUN_ENV, torchrun_crash, torchrun_hang, trainer_cfg,  # noqa: E402,F401
+from bench.recovery_baseline import (TORCHRUN_ENV, torchrun_crash, torchrun_hang, trainer_cfg,  # noqa: E402
                                      trainer_pid, wait)
 
 CRD = ROOT / "crds" / "trainingjobs.stoker.dev.yaml"
@@ -227,19 +227,23 @@ class Bench:
                 "phases_s": restart_phases(jdir, t0), "fault_at": moment, **work_lost(jdir, t0)}
 
 
+def _since(jdir: Path, t0: float) -> tuple[list[dict], set[int]]:
+    """The journal, and the pids of the trainer processes that were running before ``t0``."""
+    recs = journal.read(jdir)
+    return recs, {r["pid"] for r in recs if r["t"] < t0}
+
+
 def restarted_steps(jdir: Path, t0: float) -> list[float]:
     """Times of the steps computed after ``t0`` by trainer processes that started after it (an
     in-place restart keeps the incarnation, so the new processes are told by their pids)."""
-    recs = journal.read(jdir)
-    before = {r["pid"] for r in recs if r["t"] < t0}
+    recs, before = _since(jdir, t0)
     return [r["t"] for r in recs if r["event"] == "step" and r["t"] > t0 and r["pid"] not in before]
 
 
 def work_lost(jdir: Path, t0: float) -> dict:
     """Where the restart resumed (from S3 or memory), the steps computed before ``t0`` past that point
     (computed twice), and the median step time before the fault (rank 0)."""
-    recs = journal.read(jdir)
-    before = {r["pid"] for r in recs if r["t"] < t0}
+    recs, before = _since(jdir, t0)
     done = [r["step"] for r in recs if r["event"] == "step" and r["pid"] in before]
     resumes = [r for r in recs if r["event"] in RESUMED and r["pid"] not in before]
     at = resumes[0]["step"] if resumes else 0
@@ -258,8 +262,7 @@ def restart_phases(jdir: Path, t0: float) -> dict:
     new trainer processes): its journal opened (the Session: torch and the trainer imported, after
     the launcher noticed, the rendezvous and the process start), resumed (process group and restore
     from S3), its first step."""
-    recs = journal.read(jdir)
-    before = {r["pid"] for r in recs if r["t"] < t0}
+    recs, before = _since(jdir, t0)
     opened = [int(p.stem.rsplit("-", 1)[1]) / 1e9 for p in jdir.glob("*.jsonl")
               if int(p.stem.rsplit("-pid", 1)[1].split("-")[0]) not in before]
     new = [r for r in recs if r["pid"] not in before and r["t"] > t0]

@@ -60,7 +60,6 @@ def last_line_step(path: Path) -> tuple[float, int]:
     return st.st_mtime, step
 
 
-
 def _torchrun(out: Path, steps: int) -> subprocess.Popen:
     cfg = trainer_cfg(out, steps, None)
     cfg["checkpoint"]["uri"] = str(out / "ckpt")

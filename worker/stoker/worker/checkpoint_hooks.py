@@ -64,14 +64,13 @@ def hold_commit(debug: DebugConfig, step: int, resumed_from: int | None) -> None
     time.sleep(seconds)
 
 
-def resume_from_memory(tier, ckpt, state: dict, gather) -> tuple[int, dict] | None:
+def resume_from_memory(tier, s3_step: int | None, state: dict, gather) -> tuple[int, dict] | None:
     """``checkpoint.memory_every``: the newest in-memory snapshot every rank holds, loaded into
-    ``state``, when it is not older than the newest committed S3 checkpoint; (step, manifest),
-    or None to resume from S3 (``gather``: all ranks' values of one, in rank order)."""
+    ``state``, when it is not older than ``s3_step`` (the newest committed S3 checkpoint); (step,
+    manifest), or None to resume from S3 (``gather``: all ranks' values of one, in rank order)."""
     from stoker.worker.checkpoint.memory import choose
     from stoker.worker.state import refuse_fresh_optimizers
 
-    s3_step = ckpt.claim() if ckpt is not None else None  # also raises the fence, as an S3 resume does
     held = gather(tier.held())
     step = choose(held, s3_step)
     if step is None:
@@ -118,13 +117,14 @@ def restore(trainer):
                                  on_committed=trainer.session.journal_commit)
     if ckpt is not None or trainer.memory is not None:
         trainer.session.set_phase("RESTORING")
-    in_memory = trainer.memory and resume_from_memory(trainer.memory, ckpt, trainer.checkpoint_state,
+    s3_step = ckpt.claim() if ckpt is not None else None  # raises the fence, from memory or not
+    in_memory = trainer.memory and resume_from_memory(trainer.memory, s3_step, trainer.checkpoint_state,
                                                       trainer.gather)
     if in_memory:
         resumed_from, manifest = in_memory
         trainer.session.journal_resume_from_memory(resumed_from)
     elif ckpt is not None:
-        resumed_from = ckpt.load(trainer.checkpoint_state)
+        resumed_from = ckpt.load_claimed(trainer.checkpoint_state, s3_step)
         trainer.session.set_last_committed_step(resumed_from)
         manifest = read_manifest(ckpt, resumed_from) if resumed_from is not None else None
     trainer.resumed_from = resumed_from

@@ -52,7 +52,7 @@ _SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uniniti
 
 
 @contextlib.contextmanager
-def quiet_if_single(single: bool):
+def _quiet_if_single(single: bool):
     """DCP warns on every single-process save/load; that use is intended here."""
     if not single:
         yield
@@ -255,7 +255,7 @@ class CheckpointManager:
 
         # 2. shards + .metadata (DCP gathers every rank's outcome)
         try:
-            with quiet_if_single(self._pg is None):
+            with _quiet_if_single(self._pg is None):
                 metadata = dcp.save(
                     state_dict,
                     storage_writer=self.store.writer(step),
@@ -336,20 +336,19 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------- load
     def load(self, state: dict[str, Any], step: int | None = None) -> int | None:
-        """Load in place into ``state`` (same keys as saved; ``Stateful`` objects
-        get ``load_state_dict``). ``step=None`` picks the newest committed
-        checkpoint. Returns the step loaded, or None when there is none.
-        Works across world sizes (DCP reshards DTensor / sharded state)."""
-        self._check_open()
-        self.wait()
-        chosen = self.claim(step)
+        """Load in place into ``state`` (same keys as saved; ``Stateful`` objects get ``load_state_dict``).
+        ``step=None``: the newest committed. Returns the step loaded, None if none. Any world size."""
+        return self.load_claimed(state, self.claim(step))
+
+    def load_claimed(self, state: dict[str, Any], chosen: int | None) -> int | None:
+        """``load`` of the step ``claim`` just returned (every rank passes the same)."""
         if chosen is None:
             log.info("checkpoint.none uri=%s", self.uri)
             return None
         refuse_fresh_optimizers(state)
         t0 = time.monotonic()
         try:
-            with quiet_if_single(self._pg is None):
+            with _quiet_if_single(self._pg is None):
                 dcp.load(state, storage_reader=self.store.reader(chosen), process_group=self._pg,
                          no_dist=self._pg is None)
         except CheckpointException as exc:  # a BaseException: make it an ordinary error
@@ -359,6 +358,8 @@ class CheckpointManager:
 
     def claim(self, step: int | None = None) -> int | None:
         """Collective: the coordinator raises the fence and picks the committed step (None: newest) for all."""
+        self._check_open()
+        self.wait()
         choice: int | str | None = None
         if self.is_coordinator:
             try:
@@ -366,8 +367,7 @@ class CheckpointManager:
                 choice = self._choose(step)
             except Exception as exc:  # noqa: BLE001 - tell the other ranks instead of leaving them waiting
                 choice = f"cannot list checkpoints under {self.uri}: {exc!r}"
-        chosen = self._from_coordinator(choice)
-        if isinstance(chosen, str):
+        if isinstance(chosen := self._from_coordinator(choice), str):
             raise ValueError(chosen)
         return chosen
 

@@ -22,7 +22,6 @@ that step is not older than the newest committed S3 checkpoint (``choose``); oth
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -34,7 +33,6 @@ from torch.distributed.tensor import DTensor
 
 from stoker.common import env
 
-log = logging.getLogger("stoker.worker.checkpoint")
 MEMORY_DIR_ENV = "STOKER_MEMORY_DIR"
 DEFAULT_ROOT = "/dev/shm/stoker-memory"
 MANIFEST = "stoker.json"
@@ -86,9 +84,7 @@ class MemoryTier:
         tmp.mkdir()
         torch.save(_local(state_dict), tmp / STATE)
         (tmp / MANIFEST).write_text(json.dumps({"step": step, **manifest}))
-        final = self.dir / f"step-{step}"
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
+        os.rename(tmp, self.dir / f"step-{step}")  # forget_after(step - 1) removed an older one
         for old in self.held()[:-KEEP]:
             shutil.rmtree(self.dir / f"step-{old}", ignore_errors=True)
 
