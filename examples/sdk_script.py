@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from stoker.worker.checkpoint import CheckpointManager
-from stoker.worker.sdk import Session, any_rank
+from stoker.worker.sdk import Session, any_rank, exit_process
 from stoker.worker.state import ModelState, OptimizerState, TrainState, seed_everything
 
 SEED = 1234
@@ -128,3 +128,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # gloo can abort a finished rank at interpreter teardown (SIGABRT); this skips it

@@ -50,7 +50,7 @@ def test_a_sigkilled_trainer_restarts_in_place_in_the_same_pods_and_ends_identic
     assert after == uids
     st = run.status()
     assert st["incarnation"] == 0
-    assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}
+    assert st["restarts"] == {"userError": 0, "infrastructure": 1, "preemption": 0, "total": 1}, st.get("incidents")
     [inc] = acting_incidents(st, fact["resumed"])
     assert inc["kind"] == "Restart" and inc["inPlace"] is True and inc["incarnation"] == 0
     assert inc["detectedCause"] == "WorkerKilled" and inc["cause"] == "infrastructure" and inc["exitCode"] == 137

@@ -17,6 +17,7 @@ import torch.distributed.checkpoint.filesystem as dcp_fs
 
 from stoker.common import layout
 from stoker.worker.checkpoint import CheckpointManager
+from stoker.worker.sdk import exit_process
 from stoker.worker.checkpoint.store import LocalStore
 
 uri, signal_dir, where = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
@@ -65,3 +66,4 @@ for step in (1, STALLED_STEP):
     (signal_dir / f"committed-{step}-{dist.get_rank()}").touch()
 ckpt.close()
 dist.destroy_process_group()
+exit_process(0)  # process_exit.py: gloo can abort a finished rank at interpreter teardown

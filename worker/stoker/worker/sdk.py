@@ -31,6 +31,7 @@ from typing import Any
 
 from stoker.common import env, last_step
 from stoker.common.proto import stoker_pb2 as pb
+from stoker.worker.process_exit import exit_process  # noqa: F401  (part of the SDK)
 
 log = logging.getLogger("stoker.worker.sdk")
 

@@ -15,6 +15,7 @@ import sys
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from stoker.worker import config as config_mod
+from stoker.worker.process_exit import exit_process
 
 # What main() imports late, imported ahead by a warm process of the launcher (stoker.operator.launch_warm).
 __stoker_warm__ = ("stoker.worker.trainer", "stoker.worker.health_guard")
@@ -94,25 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _exit(code: int) -> None:
-    """Leave without running C++ static destructors. Everything this process owns is
-    finished and released by now (summary written, checkpoint committed, process groups
-    destroyed), but torch's gloo backend can still hold a joinable std::thread in a static
-    object, and destroying it at interpreter teardown aborts the process ("terminate
-    called without an active exception", SIGABRT) about one run in ten on 2 CPU cores
-    with pipeline schedules - turning a finished training into a failed worker."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    logging.shutdown()
-    os._exit(code)
-
-
 if __name__ == "__main__":
     try:
         rc = main() or 0  # @record turns SystemExit(0) (e.g. --help) into None
     except SystemExit as exc:  # argparse usage errors, explicit exits
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    _exit(rc)
+    exit_process(rc)  # process_exit.py: gloo can abort a finished worker at teardown
