@@ -57,6 +57,7 @@ SAFETY_MARGIN_S = 5.0
 MIN_DRAIN_GRACE_S = 10.0
 _TORCHELASTIC_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 _DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
+_GRPC_FORK = "GRPC_ENABLE_FORK_SUPPORT"
 
 
 def tie_workers(warm: bool = False) -> bool:
@@ -87,6 +88,22 @@ def tie_workers(warm: bool = False) -> bool:
 
     handler.Popen = launch_warm.WarmPool(tied) if warm else tied
     return True
+
+
+def no_grpc_fork_handlers(environ: dict[str, str] = os.environ) -> bool:
+    """Turn gRPC's fork handlers off in this process (and, inherited, in its trainers) before gRPC is
+    loaded. The launcher holds a gRPC channel (launch_inplace's reports) and starts trainers with a
+    Python ``preexec_fn`` (``tie_workers``), so with a plain fork: gRPC's at-fork handler restarted
+    its poller thread in the child, whose epoll descriptor the child then closed before exec, and
+    the child aborted ("Epoll1Poller ... epoll_wait error: Bad file descriptor", SIGABRT) -- a
+    trainer lost at start, 4 starts in 1000 under load (CI: an in-place restart no fault caused).
+    False where the pod's own environment asks for fork support (left as it is)."""
+    if environ.get(_GRPC_FORK, "0").strip().lower() in ("", "0", "false", "no"):
+        environ[_GRPC_FORK] = "0"
+        return True
+    print(f"stoker launch: {_GRPC_FORK}={environ[_GRPC_FORK]} from the pod's environment; "
+          "trainers may abort at start (gRPC's fork handlers and tie_workers' preexec_fn)", file=sys.stderr, flush=True)
+    return False
 
 
 def exit_code_of(exitcode: int) -> int:
@@ -178,6 +195,7 @@ def _step_dir() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    no_grpc_fork_handlers()   # first: before anything loads gRPC
     from torch.distributed.elastic.multiprocessing.api import SignalException, _terminate_process_handler
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
