@@ -136,6 +136,28 @@ def test_a_peers_broken_collective_joins_the_open_incident_even_after_the_settle
     assert len(run(body, [report(), crash], now=late).status["incidents"]) == 2   # its own failure
 
 
+def test_a_peers_report_that_arrives_after_the_restart_recovered_joins_it_if_its_failure_came_before():
+    """CI (rendezvous cache shortened): one SIGKILL counted as two in-place restarts. The survivor's
+    launcher sends its report while it restarts; a fast recovery can complete a step first."""
+    from stoker.operator import incidents as I
+
+    first = run(running(), [report()])
+    recovered = I.mark_recovered(first.status["incidents"], now=NOW + dt.timedelta(seconds=1.5), incarnation=0,
+                                 training=True)
+    body = running(incidents=recovered, restarts=first.status["restarts"])
+    arrived = NOW + dt.timedelta(seconds=2.5)
+    late = dataclasses.replace(report(pod="demo-worker-0-0", rank=0, exit_code=1, at=arrived),
+                               failed_at=(NOW + dt.timedelta(seconds=0.2)).timestamp())
+    p = run(body, [report(), late], now=arrived)
+    [inc] = p.status["incidents"]
+    assert inc["workerRestarts"] == ["demo-worker-1-0#1", "demo-worker-0-0#1"]
+    assert p.status["restarts"]["total"] == 1 and p.events == []
+    # a failure after the job trained again is a new one
+    after = report(pod="demo-worker-0-0", rank=0, exit_code=137, at=NOW + dt.timedelta(seconds=3))
+    p = run(body, [report(), after], now=NOW + dt.timedelta(seconds=3))
+    assert len(p.status["incidents"]) == 2 and p.status["restarts"]["total"] == 2
+
+
 def _rank(rank, *, started_at, advanced_at, step=42):
     from stoker.operator.detection import RankProgress
     return RankProgress(rank=rank, incarnation=0, step=step, last_seen=advanced_at, advanced_at=advanced_at,

@@ -12,10 +12,11 @@ completes a step again.
 
 One fault, one incident: the killed trainer's launcher reports, and the other pods' trainers,
 whose collective broke, may report a moment later (PeerLost, which waits for the peer's own
-report as it waits for a failed peer pod). A report joins the newest in-place incident while
-that is open (not yet recovered: a trainer restarted after it completed a step, supervision)
-unless its pod is already in it: the same pod failing again is a new failure. It joins if it
-came within ``PEER_SETTLE_S`` of the incident or its error is a broken collective's.
+report as it waits for a failed peer pod). A report joins the newest in-place incident if its
+trainer failed before that incident recovered (a trainer restarted after it completed a step,
+supervision; the report itself may arrive after that) unless its pod is already in it: the same
+pod failing again is a new failure. It joins if it failed within ``PEER_SETTLE_S`` of the
+incident or its error is a broken collective's.
 Each incident lists the reports it covers (``workerRestarts``:
 ``<pod>#<launcher restart number>``), so none is counted twice.
 
@@ -62,30 +63,49 @@ def open_in_place(incidents: Sequence[Mapping[str, Any]] | None, incarnation: in
     return i if inc.get("inPlace") and int(inc.get("incarnation", -1)) == incarnation else None
 
 
+def joinable(incidents: Sequence[Mapping[str, Any]] | None, incarnation: int) -> int | None:
+    """Index of the newest acting incident if it is an in-place restart of ``incarnation``, open or
+    recovered: a report of a failure that came before it recovered still belongs to it."""
+    items = list(incidents or [])
+    for i in range(len(items) - 1, -1, -1):
+        if items[i].get("kind") in ("Restart", "Replace"):
+            inc = items[i]
+            return i if inc.get("inPlace") and int(inc.get("incarnation", -1)) == incarnation else None
+    return None
+
+
 def sort_reports(reports: Sequence[Any], incarnation: int, incidents: Sequence[Mapping[str, Any]] | None,
                  pods: Sequence[PodView]) -> tuple[list[Any], list[Any]]:
-    """(reports that join the open in-place incident, reports of a new failure): the reports of
+    """(reports that join the newest in-place incident, reports of a new failure): the reports of
     ``incarnation`` from its running pods that no incident covers yet."""
     done = covered(incidents)
     running = {(p.name, p.node) for p in pods if p.incarnation == incarnation and p.phase == "Running"
                and not p.deleting}
     new = [r for r in reports if r.incarnation == incarnation and r.key not in done
            and (r.pod_name, r.node_name or None) in running]
-    i = open_in_place(incidents, incarnation)
+    i = joinable(incidents, incarnation)
     if i is None:
         return [], new
     inc = list(incidents or [])[i]
     pods_in = {k.rsplit("#", 1)[0] for k in inc.get("workerRestarts") or []}
-    fresh_time = parse_time(inc.get("time"))
-    joins = [r for r in new if r.pod_name not in pods_in and fresh_time is not None
-             and (r.seen_at <= fresh_time.timestamp() + PEER_SETTLE_S or peer_transport_error(r.error))]
-    return joins, [r for r in new if r not in joins]
+    detected, recovered = parse_time(inc.get("time")), parse_time(inc.get("recoveredAt"))
+
+    def joins(r: Any) -> bool:
+        """Not its pod again; failed before the job trained again (the report may come later: it is
+        sent while the launcher restarts, and a fast recovery can close the incident first); and
+        failed within PEER_SETTLE_S of the incident or with a broken collective's error."""
+        failed = min(r.failed_at, r.seen_at)
+        if r.pod_name in pods_in or detected is None or (recovered is not None and failed > recovered.timestamp()):
+            return False
+        return failed <= detected.timestamp() + PEER_SETTLE_S or peer_transport_error(r.error)
+    joining = [r for r in new if joins(r)]
+    return joining, [r for r in new if r not in joining]
 
 
 def joined(incidents: Sequence[Mapping[str, Any]], incarnation: int, reports: Sequence[Any]) -> list[dict[str, Any]]:
-    """The incidents with ``reports`` added to the open in-place incident."""
+    """The incidents with ``reports`` added to the newest in-place incident."""
     items = [dict(x) for x in incidents]
-    i = open_in_place(items, incarnation)
+    i = joinable(items, incarnation)
     assert i is not None
     items[i]["workerRestarts"] = [*items[i].get("workerRestarts", []), *(r.key for r in reports)]
     return items
