@@ -200,6 +200,37 @@ def test_the_rendezvous_poll_of_one_second_is_shortened_and_nothing_else(monkeyp
     assert "_delay(seconds=1)" in inspect.getsource(dr._DistributedRendezvousOpExecutor)
 
 
+class CountingBackend:
+    """A rendezvous backend that counts reads of the shared state (pure bookkeeping)."""
+    def __init__(self):
+        self.reads = 0
+
+    def get_state(self):
+        self.reads += 1
+        return None
+
+
+def test_the_shared_rendezvous_state_is_read_again_after_the_poll_not_a_second_later(monkeypatch):
+    """torch caches the rendezvous state for a second: a running agent saw the crashed pod's agent
+    waiting in the next round (num_nodes_waiting) up to a second late, and stopped its trainer then."""
+    dr = pytest.importorskip("torch.distributed.elastic.rendezvous.dynamic_rendezvous")
+    monkeypatch.setattr(dr._BackendRendezvousStateHolder, "__init__", dr._BackendRendezvousStateHolder.__init__)
+    assert LI.quick_rendezvous_polls(0.1) and LI.quick_rendezvous_polls(0.1)   # again: not stacked
+    from datetime import timedelta
+
+    backend = CountingBackend()
+    settings = dr.RendezvousSettings("job", 2, 2, dr.RendezvousTimeout(), keep_alive_interval=timedelta(seconds=5),
+                                     keep_alive_max_attempt=3)
+    holder = dr._BackendRendezvousStateHolder(backend, settings)
+    holder.sync()
+    time.sleep(0.15)
+    holder.sync()
+    assert backend.reads == 2, "the state came from torch's one-second cache"
+    assert dr._BackendRendezvousStateHolder(backend, settings, cache_duration=5)._cache_duration == 5  # only the default
+    import inspect
+    assert "_BackendRendezvousStateHolder(backend, settings)" in inspect.getsource(dr.DynamicRendezvousHandler)
+
+
 def test_a_trainer_that_finished_training_and_then_aborted_on_its_way_out_is_no_failure(monkeypatch, tmp_path):
     """CI: a trainer SIGABRTed at interpreter exit after its last step was restarted in place and
     counted as a WorkerKilled incident. Only ranks that said FINISHED are forgiven."""

@@ -55,21 +55,34 @@ def rendezvous_poll_s(args: list[str]) -> float:
 
 
 def quick_rendezvous_polls(poll_s: float) -> bool:
-    """Wait ``poll_s`` instead of torch's one second between rendezvous polls (other delays, e.g.
-    the compare-and-set backoff, are left alone). False if torch's module no longer has it."""
+    """Wait ``poll_s`` instead of torch's one second between rendezvous polls, and read the shared
+    rendezvous state again after ``poll_s`` instead of serving it from a one-second cache (other
+    delays, e.g. the compare-and-set backoff, are left alone). The cache made a polling agent see a
+    new round, and a running agent see a node waiting (``num_nodes_waiting``, every monitor interval),
+    up to a second late: a survivor's torchrun stopped its trainer 0.9 s after the crashed pod's
+    agent had joined the next round (bench_recovery, 2026-12-04). False if torch's module no longer
+    has either."""
     try:
         from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
     except ImportError:
         return False
     orig = getattr(dr, "_delay", None)
-    if orig is None:
+    holder = getattr(dr, "_BackendRendezvousStateHolder", None)
+    if orig is None or holder is None:
         return False
     orig = getattr(orig, "stoker_orig", orig)
+    init = getattr(holder.__init__, "stoker_orig", holder.__init__)
 
     def delay(seconds: float | tuple[float, float]) -> None:
         orig(poll_s if seconds == 1 else seconds)
+
+    def holder_init(self, backend, settings, cache_duration=1) -> None:
+        init(self, backend, settings, poll_s if cache_duration == 1 else cache_duration)
+
     delay.stoker_orig = orig  # type: ignore[attr-defined]
+    holder_init.stoker_orig = init  # type: ignore[attr-defined]
     dr._delay = delay
+    holder.__init__ = holder_init
     return True
 
 
