@@ -17,13 +17,16 @@ seed is printed and saved: ``--seed N`` replays the same choices). Per job it ch
                  by the trainer's source)
   newest commit  every restart resumed from the newest checkpoint committed before it,
                  never from one without COMMITTED; recomputed steps (counted from the
-                 append-only step journal, per incarnation) <= steps since that commit
+                 append-only step journal, per generation: the processes that trained
+                 together, a restart in place or a new incarnation begins one) <= steps
+                 since that commit
   pods           never two live pods for one worker index, no process of the job left
                  after it ended
-  budget         restarts counted as infrastructure (userError 0), total == incarnation
+  budget         restarts counted as infrastructure (userError 0), total == the Restart
+                 and Replace incidents recorded, incarnation == those not in place
 
-and per fault: detect (until status.incidents records it), recover (until a step of the
-new incarnation is in the journal), from the moment of injection, and the incident's
+and per fault: detect (until status.incidents records it), recover (until a step of a
+newer generation is in the journal), from the moment of injection, and the incident's
 cause. The default profile runs with the failure-policy defaults a user gets; the short
 profile (``make test`` runs it, tests/test_chaos.py) sets progressTimeoutSeconds=5 to stay
 short, and says so in its JSON. ``--nodes real``: the real-node profiles
@@ -62,15 +65,14 @@ from tests.recovery_tests import faults as F  # noqa: E402
 from tests.recovery_tests.conftest import reference_run  # noqa: E402
 from tests.recovery_tests.trainer_configs import trainer_config  # noqa: E402
 
-# In-place restarts off (issue 12): the checks here expect every restarting fault to end the incarnation
-# (restarts.total == incarnation); chaos with the in-place path on is not run yet.
-NO_IN_PLACE = {"inPlaceRestarts": 0}
+# The failure-policy defaults, in-place restarts included (a crashed trainer restarts inside its pod): the
+# checks follow generations (a restart in place keeps the incarnation; faults.with_generations).
 PROFILES = {
     # faults: how many fault events; per_job: faults per job; kinds: drawn round-robin in a seeded order
     "default": {"faults": 100, "per_job": 5, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 60.0),
-                "failure_policy": {**NO_IN_PLACE}, "steps": 240},
+                "failure_policy": {}, "steps": 240},
     "short": {"faults": 10, "per_job": 4, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 12.0),
-              "failure_policy": {"progressTimeoutSeconds": 5, **NO_IN_PLACE}, "steps": 200},
+              "failure_policy": {"progressTimeoutSeconds": 5}, "steps": 200},
 }
 CONFIGS = ("demo", "pipeline", "zero3")
 
@@ -179,8 +181,8 @@ class Suite:
               mon: "Monitor") -> dict:
         st = self.b.status(name)
         summary = _json(self.tmp / name / "summary.json")
-        recs = journal.read(jdir)
-        facts = F.recovery_facts(recs, stored=mon.stored)
+        recs = F.with_generations(journal.read(jdir))
+        facts = F.recovery_facts(recs, stored=mon.stored, key="generation")
         leftovers = settled_leftovers(name)
         for pid in leftovers:
             F.signal_pid(pid, signal.SIGKILL)
@@ -195,10 +197,10 @@ class Suite:
             "newest_commit": all(f["resumed_committed"] and f["resumed"] == f["newest_commit"] for f in facts),
             "recompute_bounded": all(f["recomputed"] <= f["since_commit"] for f in facts),
             "pods_ok": not mon.duplicates and not leftovers, "duplicates": mon.duplicates, "leftovers": leftovers,
-            "budget_ok": int(restarts.get("userError", 0)) == 0
-            and int(restarts.get("total", 0)) == int(st.get("incarnation", 0)) == len(incs),
+            "budget_ok": int(restarts.get("userError", 0)) == 0 and int(restarts.get("total", 0)) == len(incs)
+            and int(st.get("incarnation", 0)) == len([i for i in incs if not i.get("inPlace")]),
             "restarts": restarts, "incarnation": st.get("incarnation"),
-            "incidents": [{k: i.get(k) for k in ("kind", "detectedCause", "step", "pod", "node", "time")}
+            "incidents": [{k: i.get(k) for k in ("kind", "inPlace", "detectedCause", "step", "pod", "node", "time")}
                           for i in st.get("incidents") or []],
         }
 
@@ -210,7 +212,7 @@ def inject_all(ctx: K.Ctx, name: str, kinds: list[str], table: dict = K.KINDS) -
     missed: list[int] = []
     for i, kind in enumerate(kinds):
         fn, expect = table[kind]
-        before = ctx.incarnation()
+        before = ctx.generation()
         try:
             s = {"kind": kind, "expect": expect, **fn(ctx)}
         except TimeoutError as e:
@@ -223,8 +225,8 @@ def inject_all(ctx: K.Ctx, name: str, kinds: list[str], table: dict = K.KINDS) -
         print(json.dumps({"job": name, **s}, default=str), flush=True)
         samples.append(s)
         ctx.after_t = time.time()
-        restarted = expect == K.RESTARTS or (expect == K.EITHER and ctx.incarnation() > s.get("incarnation", before))
-        ctx.after_incarnation = s.get("incarnation", before) if restarted else -1
+        restarted = expect == K.RESTARTS or (expect == K.EITHER and ctx.generation() > s.get("generation", before))
+        ctx.after_generation = s.get("generation", before) if restarted else -1
     return samples, missed
 
 

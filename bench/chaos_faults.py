@@ -27,7 +27,7 @@ class Ctx:
     job: str
     replicas: int
     journal_dir: Path
-    incarnation: Callable[[], int]
+    incarnation: Callable[[], int]            # status.incarnation (pods are named by it)
     finished: Callable[[], bool]              # the job ended (no moment will come)
     pod_node: Callable[[str], str]
     lose_node: Callable[[str], None]          # SIGKILL a process node (and add a fresh one)
@@ -37,15 +37,20 @@ class Ctx:
     stop_s3: Callable[[], None]
     start_s3: Callable[[], None]
     s3_outage_s: tuple[float, float]
-    after_incarnation: int = -1
+    after_generation: int = -1               # the next moment waits for a newer generation than this
     after_t: float = 0.0
     storage_back_t: float = 0.0               # when the last S3 outage ended (saves before it are slow)
     stopped: list = dataclasses.field(default_factory=list)   # SIGSTOPped pids, SIGKILLed at the end
 
+    def generation(self) -> int:
+        """The journal's newest generation (faults.with_generations): a restart begins one, in place
+        (same incarnation, same pods) or not."""
+        return F.newest_generation(self.journal_dir)
+
     def moment(self) -> dict:
-        return F.at_random_moment(self.rng, self.journal_dir, self.incarnation, min_steps=2, max_steps=12,
-                                  after_incarnation=self.after_incarnation, after_t=self.after_t, timeout=300,
-                                  alive=lambda: not self.finished())
+        return F.at_random_moment(self.rng, self.journal_dir, self.generation, min_steps=2, max_steps=12,
+                                  after_incarnation=self.after_generation, after_t=self.after_t, timeout=300,
+                                  alive=lambda: not self.finished(), key="generation")
 
     def pod(self, inc: int) -> str:
         return f"{self.job}-worker-{self.rng.randrange(self.replicas)}-{inc}"
@@ -62,7 +67,7 @@ def _process_at_moment(c: Ctx, find: Callable[[str], int | None], tries: int = 3
         pid = find(pod)
         if pid or c.finished():
             break
-        c.after_incarnation = m["incarnation"]
+        c.after_generation = m["generation"]
     return {**m, "retried": n}, pod, pid
 
 
@@ -72,7 +77,7 @@ def _signal_trainer(c: Ctx, sig: int) -> dict:
     ok = F.signal_pid(pid, sig)
     if ok and sig == signal.SIGSTOP:
         c.stopped.append(pid)
-    return {"t0": t0, "pod": pod, "hit": ok, **m}
+    return {"t0": t0, "pod": pod, "pid": pid, "hit": ok, **m}
 
 
 def sigkill_trainer(c: Ctx) -> dict:
@@ -151,11 +156,11 @@ def kill_during_save(c: Ctx, interval: int = 5) -> dict:
     deadline = time.monotonic() + 300
     since = time.time()
     while time.monotonic() < deadline:
-        inc = c.incarnation()
-        recs = [r for r in journal.read(c.journal_dir) if r["incarnation"] == inc]
+        gen = c.generation()
+        recs = [r for r in F.records_by(c.journal_dir, "generation") if r["generation"] == gen]
         due = [r for r in recs if r["event"] == "step" and r["t"] > since and r["step"] % interval == 0]
         if due:
-            step = due[0]["step"]
+            step, inc = due[0]["step"], due[0]["incarnation"]
             delay = c.rng.uniform(0.0, _save_seconds(journal.read(c.journal_dir), since=c.storage_back_t))
             time.sleep(max(0.0, due[0]["t"] + delay - time.time()))
             pod = c.pod(inc)
@@ -164,8 +169,8 @@ def kill_during_save(c: Ctx, interval: int = 5) -> dict:
             ok = F.signal_pid(pid, signal.SIGKILL)
             done = any(r["event"] == "checkpoint" and r["step"] == step and r["t"] <= t0
                        for r in journal.read(c.journal_dir))
-            return {"t0": t0, "pod": pod, "hit": ok, "incarnation": inc, "save_step": step, "delay_s": delay,
-                    "mid_save": not done}
+            return {"t0": t0, "pod": pod, "hit": ok, "incarnation": inc, "generation": gen, "save_step": step,
+                    "delay_s": delay, "mid_save": not done}
         time.sleep(0.01)
     raise TimeoutError("no checkpoint step within 300 s")
 
@@ -208,22 +213,25 @@ def _hit_pod(c: Ctx, pod: str, kind: str, *, fallback: bool) -> dict:
 
 
 def during_recovery(c: Ctx) -> dict:
-    """A trainer SIGKILLed, then a trainer of the replacement incarnation SIGKILLed while it
-    starts, restores or takes its first steps (0-3 s after its process appears)."""
+    """A trainer SIGKILLed, then a trainer of its replacement (restarted in place, or in the
+    next incarnation's pod) SIGKILLed while it starts, restores or takes its first steps
+    (0-3 s after its process appears)."""
     first = _signal_trainer(c, signal.SIGKILL)
-    inc0 = first["incarnation"]
+    gen0 = first["generation"]
+    old = {first["pid"]} | {F.trainer_pid(f"{c.job}-worker-{i}-{first['incarnation']}") for i in range(c.replicas)}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         inc = c.incarnation()
-        if inc > inc0:
-            pod = c.pod(inc)
-            pid = F.trainer_pid(pod)
-            if pid:
-                time.sleep(c.rng.uniform(0.0, 3.0))
-                t0 = time.time()
-                trained = len(F.steps_of(c.journal_dir, inc))
-                return {"t0": t0, "first": first, "pod": pod, "incarnation": inc, "hit": F.signal_pid(pid, signal.SIGKILL),
-                        "steps_of_new_incarnation_at_kill": trained}
+        pod = c.pod(inc)
+        pid = F.trainer_pid(pod)
+        if pid and pid not in old:
+            time.sleep(c.rng.uniform(0.0, 3.0))
+            gen, t0 = c.generation(), time.time()
+            trained = len([r for r in F.records_by(c.journal_dir, "generation")
+                           if r["event"] == "step" and r["generation"] > gen0])
+            # generation: the newest the journal knew at the kill (the replacement's own if it had journaled)
+            return {"t0": t0, "first": first, "pod": pod, "incarnation": inc, "generation": gen,
+                    "hit": F.signal_pid(pid, signal.SIGKILL), "steps_of_new_incarnation_at_kill": trained}
         time.sleep(0.05)
     raise TimeoutError("no replacement trainer within 300 s")
 

@@ -63,23 +63,23 @@ def node_lost(c: RealCtx, tries: int = 3) -> dict:
         nodes = {p: node for p, node in c.pods_on(m["incarnation"]).items() if node and node != c.spare_node}
         if nodes or c.finished():
             break
-        c.after_incarnation = m["incarnation"]
+        c.after_generation = m["generation"]
     if not nodes:
         return {"hit": False, "retried": n, **m}
     pod = c.rng.choice(sorted(nodes))
     t0 = time.time()
     c.lose_node(nodes[pod])
     stopped_s = time.time() - t0
-    back = _wait_training_again(c, m["incarnation"], timeout=300)
+    back = _wait_training_again(c, m["generation"], timeout=300)
     revive_s = c.revive_nodes()
     return {"t0": t0, "pod": pod, "node": nodes[pod], "hit": True, "stop_s": stopped_s, "retried": n,
             "trained_again": back, "revive_s": revive_s, **m}
 
 
-def _wait_training_again(c: RealCtx, inc: int, timeout: float) -> bool:
+def _wait_training_again(c: RealCtx, gen: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not c.finished():
-        if any(r["incarnation"] > inc for r in journal.read(c.journal_dir) if r["event"] == "step"):
+        if any(r["generation"] > gen for r in F.records_by(c.journal_dir, "generation") if r["event"] == "step"):
             return True
         time.sleep(0.5)
     return False
@@ -125,11 +125,11 @@ def network_cut(c: RealCtx) -> dict:
         healed, heal_err = iptables_cut(fd, "-D") if ok else (False, "")
     finally:
         os.close(fd)
-    recs = journal.read(c.journal_dir)
-    during = {r["step"] for r in recs if r["event"] == "step" and r["incarnation"] == m["incarnation"]
+    recs = F.records_by(c.journal_dir, "generation")
+    during = {r["step"] for r in recs if r["event"] == "step" and r["generation"] == m["generation"]
               and t0 <= r["t"] <= t1}
     return {"t0": t0, "pod": pod, "hit": ok, "cut_error": err or None, "cut_s": cut_s, "healed": healed,
-            "heal_error": heal_err or None, "restarted": c.incarnation() > m["incarnation"],
+            "heal_error": heal_err or None, "restarted": c.generation() > m["generation"],
             "steps_of_incarnation_during_cut": len(during), **m}
 
 

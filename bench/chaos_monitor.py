@@ -107,7 +107,8 @@ def injected_at(s: dict) -> float:
 
 def attach_latency(s: dict, incident_times: list[float], recs: list[dict], until: float = float("inf"),
                    incidents: list[dict] | None = None) -> None:
-    """detect_s / recover_s of one fault, from incidents recorded before the next fault's
+    """detect_s / recover_s (until a step of a newer generation than the one hit, ``recs`` with
+    generations: faults.with_generations) of one fault, from incidents recorded before the next fault's
     injection (``until``): the restart a later fault caused is not this one's (a short
     run credited an S3 outage with the next fault's kill, 42 s later). With ``incidents``
     (the job's Restart/Replace incidents, in the order ``incident_times`` saw them) the
@@ -117,8 +118,8 @@ def attach_latency(s: dict, incident_times: list[float], recs: list[dict], until
         return
     det = [(t, i) for i, t in enumerate(incident_times) if t0 <= t < until]
     s["detect_s"] = det[0][0] - t0 if det and (s["expect"] == K.RESTARTS or det[0][0] - t0 < 120) else None
-    inc = s.get("incarnation", -1)
-    new = [r["t"] for r in recs if r["event"] == "step" and r["incarnation"] > inc and r["t"] > t0]
+    gen = s.get("generation", -1)
+    new = [r["t"] for r in recs if r["event"] == "step" and r["generation"] > gen and r["t"] > t0]
     s["recover_s"] = min(new) - t0 if new and s.get("detect_s") is not None else None
     if incidents is not None:
         i = det[0][1] if s["detect_s"] is not None else None

@@ -41,10 +41,10 @@ OPERATOR_NODE = NODES[0]
 PROFILES = {
     # steps: a real node's demo step takes ~0.08 s; an operator restart (~10-20 s) must not end the job
     "default": {"faults": 25, "per_job": 5, "kinds": list(R.KINDS), "cut_s": (10.0, 60.0),
-                "failure_policy": {"inPlaceRestarts": 0},  # new incarnations (bench/chaos.py NO_IN_PLACE)
+                "failure_policy": {"inPlaceRestarts": 0},  # new incarnations: not yet run in place here
                 "steps": 600, "configs": ["demo", "pipeline", "zero3"]},
     "short": {"faults": 5, "per_job": 5, "kinds": list(R.KINDS), "cut_s": (10.0, 60.0),
-              "failure_policy": {"inPlaceRestarts": 0},  # new incarnations (bench/chaos.py NO_IN_PLACE)
+              "failure_policy": {"inPlaceRestarts": 0},  # new incarnations: not yet run in place here
               "steps": 600, "configs": ["demo"]},
 }
 

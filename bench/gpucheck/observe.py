@@ -40,6 +40,9 @@ class RecordingSession:
     def journal_resume_from_memory(self, step: int) -> None:
         pass
 
+    def journal_world(self, world: str) -> None:
+        pass
+
     def checkpoint_requested(self) -> bool:
         return False
 

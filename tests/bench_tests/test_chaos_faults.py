@@ -44,11 +44,11 @@ def test_references_run_once_per_config_and_come_back_from_the_disk_cache(tmp_pa
 def test_a_fault_is_not_credited_with_the_restart_the_next_fault_caused():
     from bench.chaos_monitor import attach_latency
 
-    recs = [{"event": "step", "incarnation": 1, "t": 150.0, "step": 30}]
+    recs = [{"event": "step", "incarnation": 1, "generation": 1, "t": 150.0, "step": 30}]
     outage = {"t0": 100.0, "expect": K.NO_RESTART}
     attach_latency(outage, [143.0], recs, until=141.7)         # the next fault's kill at 141.7
     assert outage["detect_s"] is None and outage["recover_s"] is None
-    kill = {"t0": 141.7, "expect": K.RESTARTS, "incarnation": 0}
+    kill = {"t0": 141.7, "expect": K.RESTARTS, "incarnation": 0, "generation": 0}
     attach_latency(kill, [143.0], recs)
     assert round(kill["detect_s"], 1) == 1.3 and round(kill["recover_s"], 1) == 8.3
 
@@ -66,14 +66,14 @@ def test_a_fault_whose_process_is_gone_waits_for_the_next_incarnation():
     job was restarting), and the fault was counted as not injected."""
     import random
 
-    moments = iter([{"incarnation": 2}, {"incarnation": 3}])
+    moments = iter([{"incarnation": 2, "generation": 4}, {"incarnation": 3, "generation": 5}])
     ctx = K.Ctx(rng=random.Random(1), job="j", replicas=2, journal_dir=None, incarnation=lambda: 3,
                 finished=lambda: False, pod_node=None, lose_node=None, kill_operator=None, start_operator=None,
                 operator_pid=None, stop_s3=None, start_s3=None, s3_outage_s=(1, 2))
     ctx.moment = lambda: next(moments)
     pids = {"j-worker-0-3": 42, "j-worker-1-3": 43}
     m, pod, pid = K._process_at_moment(ctx, pids.get)
-    assert m == {"incarnation": 3, "retried": 1} and pid in (42, 43) and ctx.after_incarnation == 2
+    assert m == {"incarnation": 3, "generation": 5, "retried": 1} and pid in (42, 43) and ctx.after_generation == 4
 
 
 

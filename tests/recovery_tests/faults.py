@@ -88,8 +88,29 @@ def alive(pid: int) -> bool:
         return False
 
 
-def steps_of(journal_dir: pathlib.Path, incarnation: int) -> list[dict]:
-    return [r for r in journal.read(journal_dir) if r["event"] == "step" and r["incarnation"] == incarnation]
+def steps_of(journal_dir: pathlib.Path, incarnation: int, key: str = "incarnation") -> list[dict]:
+    return [r for r in records_by(journal_dir, key) if r["event"] == "step" and r[key] == incarnation]
+
+
+def with_generations(records: list[dict]) -> list[dict]:
+    """``records`` (in time order) with ``generation``: 0, 1, ... for each group of processes that
+    trained together, in the order the groups first appear. A group is an incarnation and the
+    ``world`` the built-in trainer journals (rank 0's pod and pid): a restart, in place or as a
+    new incarnation, begins a new generation. Records without a world group by incarnation."""
+    order: dict[tuple, int] = {}
+    for r in records:
+        r["generation"] = order.setdefault((r["incarnation"], r.get("world")), len(order))
+    return records
+
+
+def records_by(journal_dir: pathlib.Path, key: str = "incarnation") -> list[dict]:
+    recs = journal.read(journal_dir)
+    return with_generations(recs) if key == "generation" else recs
+
+
+def newest_generation(journal_dir: pathlib.Path) -> int:
+    """The newest generation in the journal (-1: none yet)."""
+    return max((r["generation"] for r in records_by(journal_dir, "generation")), default=-1)
 
 
 def step_time(records: list[dict]) -> float:
@@ -103,13 +124,17 @@ def step_time(records: list[dict]) -> float:
 
 def at_random_moment(rng: random.Random, journal_dir: pathlib.Path, incarnation: Callable[[], int], *,
                      min_steps: int = 2, max_steps: int = 20, after_incarnation: int = -1,
-                     after_t: float = 0.0, timeout: float = 600, alive: Callable[[], bool] = lambda: True) -> dict:
+                     after_t: float = 0.0, timeout: float = 600, alive: Callable[[], bool] = lambda: True,
+                     key: str = "incarnation") -> dict:
     """Block until a random moment of real training in the current incarnation.
 
     Waits for an incarnation newer than ``after_incarnation`` (the one the previous
     fault hit) to compute ``rng.randint(min_steps, max_steps)`` steps (a newer
     incarnation seen meanwhile starts the count again), then a random fraction of one
-    step. Only steps recorded after ``after_t`` (wall clock) count. Returns what was seen (incarnation, step, the step time) for the record."""
+    step. Only steps recorded after ``after_t`` (wall clock) count. ``key="generation"``:
+    ``incarnation`` and ``after_incarnation`` are generations (``with_generations``), so a
+    restart in place counts as new. Returns what was seen (incarnation, step, the step
+    time; the generation with that key) for the record."""
     want = rng.randint(min_steps, max_steps)
     frac = rng.random()
     deadline = time.monotonic() + timeout
@@ -118,13 +143,13 @@ def at_random_moment(rng: random.Random, journal_dir: pathlib.Path, incarnation:
         if inc <= after_incarnation:
             time.sleep(0.05)
             continue
-        recs = [r for r in steps_of(journal_dir, inc) if r["t"] > after_t]
+        recs = [r for r in records_by(journal_dir, key) if r["event"] == "step" and r[key] == inc and r["t"] > after_t]
         steps = sorted({r["step"] for r in recs})
         if len(steps) >= want:
             dt = step_time(recs)
             time.sleep(frac * dt)
-            return {"incarnation": inc, "step": steps[-1], "steps_into_incarnation": len(steps),
-                    "step_time_s": dt, "fraction_of_step": frac}
+            return {"incarnation": recs[-1]["incarnation"], key: inc, "step": steps[-1],
+                    "steps_into_incarnation": len(steps), "step_time_s": dt, "fraction_of_step": frac}
         time.sleep(0.02)
     if not alive():
         raise TimeoutError(f"the job ended before {want} training steps of a new moment were seen")
@@ -161,13 +186,13 @@ def resumed_steps(journal_dir: pathlib.Path) -> list[int]:
     return [r["step"] for r in journal.read(journal_dir) if r["event"] == "resumed" and r["rank"] == 0]
 
 
-def incarnation_summary(records: list[dict]) -> list[dict]:
-    """Per incarnation (in order): where it resumed (None: from scratch), the steps it
-    computed, the last step it computed, and the commits it saw."""
+def incarnation_summary(records: list[dict], key: str = "incarnation") -> list[dict]:
+    """Per incarnation (or generation, with ``key``; in order): where it resumed (None: from
+    scratch), the steps it computed, the last step it computed, and the commits it saw."""
     out: dict[int, dict] = {}
     for r in records:
-        inc = out.setdefault(r["incarnation"], {"incarnation": r["incarnation"], "resumed": None, "steps": set(),
-                                                "commits": set(), "first_t": r["t"], "resumed_t": None})
+        inc = out.setdefault(r[key], {"incarnation": r["incarnation"], key: r[key], "resumed": None, "steps": set(),
+                                      "commits": set(), "first_t": r["t"], "resumed_t": None})
         if r["event"] == "resumed":
             inc["resumed"] = r["step"] if inc["resumed"] is None else inc["resumed"]
             inc["resumed_t"] = r["t"] if inc["resumed_t"] is None else min(inc["resumed_t"], r["t"])
@@ -178,7 +203,7 @@ def incarnation_summary(records: list[dict]) -> list[dict]:
     return [out[k] for k in sorted(out)]
 
 
-def recovery_facts(records: list[dict], stored: dict[int, float] | None = None) -> list[dict]:
+def recovery_facts(records: list[dict], stored: dict[int, float] | None = None, key: str = "incarnation") -> list[dict]:
     """For every restart (an incarnation after the first): where it resumed, the newest
     step committed before it resumed, the steps the previous incarnations computed past
     its resume point (recomputed now), and the steps they computed after that commit
@@ -190,7 +215,7 @@ def recovery_facts(records: list[dict], stored: dict[int, float] | None = None) 
     marker and journalling the outcome leaves a commit only storage knows of. A stored
     commit counts for a restart only if its marker was written before the restart
     resumed (``witness`` says which source vouched for the resume step)."""
-    incs = incarnation_summary(records)
+    incs = incarnation_summary(records, key)
     facts = []
     committed: set[int] = set()
     computed: set[int] = set()
@@ -202,7 +227,8 @@ def recovery_facts(records: list[dict], stored: dict[int, float] | None = None) 
             newest = max(known, default=None)
             resumed = inc["resumed"] or 0
             last = max(computed, default=0)
-            facts.append({"incarnation": inc["incarnation"], "resumed": inc["resumed"], "newest_commit": newest,
+            facts.append({"incarnation": inc["incarnation"], key: inc[key], "resumed": inc["resumed"],
+                          "newest_commit": newest,
                           "recomputed": len({s for s in computed if s > resumed}),
                           "since_commit": max(0, last - (newest or 0)),
                           "resumed_committed": inc["resumed"] is None or inc["resumed"] in known,

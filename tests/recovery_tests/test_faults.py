@@ -87,3 +87,17 @@ def test_a_save_overlaps_an_outage_when_it_was_in_flight_during_it():
     assert F.saves_overlapping(recs, 16.0, 17.0, interval=5) == [15]        # 15 never committed
     assert F.saves_overlapping(recs, 26.0, 27.0, interval=5) == [15, 20]
     assert F.saves_overlapping(recs, 16.0, 17.0, interval=5, finished_only=True) == []   # 15: no outcome
+
+
+def test_a_restart_in_place_is_a_generation_of_its_own_though_the_incarnation_stays():
+    """The built-in trainer journals its world (rank 0's pod and pid): a restart in place keeps the
+    incarnation, so only the world tells its processes from those before it."""
+    before = [dict(r, world="j-worker-0-0/100") for r in run(0, 1, 13, 0, commits=(5, 10))]
+    after = [dict(r, world="j-worker-0-0/200", pid=200) for r in run(0, 11, 20, 100, resumed=10, commits=(15,))]
+    recs = F.with_generations(before + after)
+    assert F.recovery_facts(recs) == []                        # by incarnation: one, nothing to judge
+    [f] = F.recovery_facts(recs, key="generation")
+    assert f == {"incarnation": 0, "generation": 1, "resumed": 10, "newest_commit": 10, "recomputed": 3,
+                 "since_commit": 3, "resumed_committed": True, "witness": "journal"}
+    plain = F.with_generations(run(0, 1, 5, 0) + run(1, 6, 8, 50, resumed=5))   # no world: by incarnation
+    assert [r["generation"] for r in plain] == [r["incarnation"] for r in plain]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stoker.worker import journal
 from stoker.worker.checkpoint.memory import MANIFEST, MemoryTier, choose
 
 from . import harness as h
@@ -30,6 +31,7 @@ LAYOUTS = [("zero3", 2, {}), ("zero1", 2, {}), ("pipeline-1f1b", 2, {"pp": 2})]
 def test_a_killed_run_resumes_from_the_in_memory_snapshot_past_the_last_commit_bit_identical(
         tmp_path: Path, monkeypatch, mode, nproc, extra):
     monkeypatch.setenv("STOKER_MEMORY_DIR", str(tmp_path / "shm"))
+    monkeypatch.setenv("STOKER_STEP_JOURNAL_DIR", str(tmp_path / "journal"))
     parallel = {"mode": mode, **extra}
     straight = h.run(tmp_path, "straight", h.base_config(tmp_path, "straight", parallel=parallel,
                                                           train={"steps": 2 * N}), nproc)
@@ -47,6 +49,11 @@ def test_a_killed_run_resumes_from_the_in_memory_snapshot_past_the_last_commit_b
     assert h.losses(resumed["metrics"]) == h.losses(straight["metrics"])
     assert [m["step"] for m in resumed["metrics"] if "loss" in m] == list(range(1, 2 * N + 1))
     assert not list((tmp_path / "shm").iterdir()), "a finished run leaves memory behind"
+    # the journal names each run's world (the same incarnation throughout, as a restart in place keeps it)
+    worlds: dict[str, set[int]] = {}
+    for r in journal.read(tmp_path / "journal"):
+        worlds.setdefault(r.get("world"), set()).add(r["rank"])
+    assert len(worlds) == 3 and all(ranks == set(range(nproc)) for ranks in worlds.values()), worlds
 
 
 def test_memory_is_used_only_when_every_rank_holds_a_step_not_older_than_s3():

@@ -62,6 +62,9 @@ class ScriptedSession:
     def journal_resume_from_memory(self, step):
         pass
 
+    def journal_world(self, world):
+        pass
+
     def set_activity(self, name):
         pass
 

@@ -16,7 +16,10 @@ as the call returns, even if the process is SIGKILLed right after. The trainer's
 metrics file is trimmed back to the resume step on restart (one line per step for
 users); this journal is what keeps the history, so "no step computed twice" and
 "recomputed steps <= steps since the last commit" can be asserted from it. The file
-name carries the incarnation, pod, rank and pid; every line carries them too.
+name carries the incarnation, pod, rank and pid; every line carries them too, and, once the
+built-in trainer has named it (``Session.journal_world``), the ``world``: rank 0's pod and pid,
+the same on every rank of the processes that train together (a restart in place keeps the
+incarnation and changes the world).
 """
 from __future__ import annotations
 

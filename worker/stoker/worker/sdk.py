@@ -248,6 +248,13 @@ class Session:
         if self._journal is not None:
             self._journal.record("resumed_from_memory", int(step))
 
+    def journal_world(self, world: str) -> None:
+        """Name, on every later step-journal line, the processes this one trains with (the built-in
+        trainer: rank 0's pod and pid, gathered, the same on every rank): a journal then tells the
+        processes of a restart in place (same incarnation) from those before it."""
+        if self._journal is not None:
+            self._journal.identity["world"] = str(world)
+
     def set_last_committed_step(self, step: int | None) -> None:
         """E.g. after a restore, so the operator knows where the job resumed."""
         if step is None:

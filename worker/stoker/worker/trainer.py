@@ -85,6 +85,9 @@ class Trainer(Stateful):
 
             session = Session.from_env()
         self.session = check_session(session).start()
+        # the journal's name for the processes training together now: a restart in place keeps the incarnation
+        self.session.journal_world(self.gather(f"{os.environ.get('STOKER_POD_NAME') or os.uname().nodename}"
+                                               f"/{os.getpid()}")[0])
         self.drill = StuckCollective(cfg.debug.stuck_collective_on_signal)
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
         self.resumed_from: int | None = None  # set by restore()
