@@ -90,6 +90,33 @@ def tie_workers(warm: bool = False) -> bool:
     return True
 
 
+def wake_on_close() -> bool:
+    """torchrun's agent stops trainers (a restart, a membership change) with SIGTERM and waits up to 30 s
+    before SIGKILL. A SIGSTOPped (frozen) trainer never sees that SIGTERM, so every restart that had to
+    stop one waited the whole 30 s (chaos: a trainer killed and its peer frozen 0-2 s later trained again
+    after 32 s instead of 3). After the signal the process group gets SIGCONT, which delivers it.
+    False (nothing changed) where torch's handler is not there."""
+    try:
+        from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler as handler
+    except ImportError:
+        return False
+    cls = getattr(handler, "SubprocessHandler", None)
+    if cls is None or not sys.platform.startswith("linux"):
+        return False
+    close = getattr(cls.close, "stoker_orig", cls.close)
+
+    def close_and_wake(self: Any, death_sig: Any = None) -> None:
+        close(self, death_sig)
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+        except OSError:
+            pass   # gone already
+
+    close_and_wake.stoker_orig = close  # type: ignore[attr-defined]
+    cls.close = close_and_wake
+    return True
+
+
 def no_grpc_fork_handlers(environ: dict[str, str] = os.environ) -> bool:
     """Turn gRPC's fork handlers off in this process (and, inherited, in its trainers) before gRPC is
     loaded. The launcher holds a gRPC channel (launch_inplace's reports) and starts trainers with a
@@ -215,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = launch_inplace.install(args, os.environ, lambda rank: last_step.read(steps, rank))
     launch_inplace.quick_rendezvous_polls(launch_inplace.rendezvous_poll_s(args))
     tie_workers(warm=launch_inplace.requested(os.environ) > 0 and f"{launch_inplace.RESTARTS_FLAG}=0" not in args)
+    wake_on_close()
     try:
         torchrun_main(args)
     except ChildFailedError as e:
