@@ -146,6 +146,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None, help="the fault moments' seed (printed; replays a run)")
     ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
     ap.add_argument("--report", metavar="JSON", help="print the table of earlier results and exit")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON there instead of bench/results/")
     args = ap.parse_args()
     if args.report:
         report(json.loads(Path(args.report).read_text()))
@@ -170,14 +171,14 @@ def main() -> int:
                 r = run_job(b, label, args.steps, args.ckpt_every, kill_every, rng)
                 print(json.dumps(r), flush=True)
                 results["runs"].append({"repetition": rep, "loadavg_end": os.getloadavg(), **r})
-                write_results("bench_goodput", results)  # partial results survive an interrupted run
+                write_results("bench_goodput", results, args.out)  # partial results survive an interrupted run
     finally:
         b.teardown()
         if not args.cluster_dir:
             cluster.down()
 
     report(results)
-    write_results("bench_goodput", results)
+    write_results("bench_goodput", results, args.out)
     return 0
 
 
