@@ -101,6 +101,28 @@ def test_the_launchers_report_reaches_the_operator_at_once_and_is_no_workers_hea
     assert hb.workers("ns", "j") == [] and hb.ranks("ns", "j") == []
 
 
+def test_the_launchers_keepalive_is_seen_until_it_stops_and_its_stream_end_is_not_silence(hb):
+    """Reporter.keep_alive: one stream, a keepalive every interval; the operator keeps when the pod's
+    launcher last spoke (the frozen-launcher rule reads it), counts it as a message heard (the frozen
+    rule's reference), and marks it disconnected when the stream ends (not judged then)."""
+    import threading
+
+    token = hb.ensure_secret("ns", "j", {"apiVersion": "v1", "kind": "X", "name": "j", "uid": "u"})
+    env = {E.OPERATOR_ADDR: f"127.0.0.1:{hb.port}", E.JOB_TOKEN: token, E.JOB_NAMESPACE: "ns", E.JOB_NAME: "j",
+           E.INCARNATION: "2", E.POD_NAME: "j-worker-1-2", E.NODE_NAME: "n1", E.IN_PLACE_RESTARTS: "3"}
+    stop = threading.Event()
+    thread = LI.Reporter.create(env).keep_alive(0.1, stop)
+    [b] = eventually(lambda: hb.launchers("ns", "j"))
+    assert (b.pod_name, b.node_name, b.incarnation, b.connected) == ("j-worker-1-2", "n1", 2, True)
+    first = b.last_seen
+    later = eventually(lambda: [x for x in hb.launchers("ns", "j") if x.last_seen > first + 0.25])
+    assert hb.newest_heard() >= later[0].last_seen
+    assert hb.reports("ns", "j") == [] and hb.ranks("ns", "j") == []   # no failure, no rank
+    stop.set()
+    thread.join(5)
+    assert eventually(lambda: [x for x in hb.launchers("ns", "j") if not x.connected], timeout=10)
+
+
 def test_a_bad_token_report_is_refused():
     from stoker.operator import heartbeats as H
 

@@ -47,6 +47,13 @@ def trainer_pid(pod_name: str, marker: bytes = b"stoker.worker.train") -> int | 
     return next((pid for pid, _, env in processes(marker, launcher=False) if want in env), None)
 
 
+def idle_warm_pid(pod_name: str) -> int | None:
+    """The pod's idle warm trainer (stoker.operator.launch_warm: the process the next in-place
+    restart's trainer is handed to; ``--stoker-warm`` in its command until it is handed one)."""
+    want = f"STOKER_POD_NAME={pod_name}".encode()
+    return next((pid for pid, _, env in processes(b"--stoker-warm", launcher=False) if want in env), None)
+
+
 def launcher_pid(pod_name: str) -> int | None:
     """The pod's launcher (``python -m stoker.operator.launch``: torchrun's agent)."""
     want = f"STOKER_POD_NAME={pod_name}".encode()

@@ -340,6 +340,78 @@ def test_an_elastic_ranks_relaunch_is_given_the_startup_allowance_not_the_heartb
     assert at(140.0, pods=elsewhere).cause == D.HEARTBEAT_LOST     # the pod it spoke from is gone
 
 
+def test_a_rank_not_back_long_after_its_peers_restarted_in_place_is_stuck_in_its_start():
+    """Chaos (seed 708224917): a trainer killed, then its peer's *new* trainer SIGSTOPped 0.6 s after
+    the in-place restart started it, before its first message. It was relaunching, so silence was
+    judged against startup_s (600 s) and the in-place deadline (120 s) ended it. In a fixed-size
+    job's in-place restart every trainer starts in one rendezvous round: a rank not back
+    relaunch_lag_s after a peer's new trainer spoke is stuck. Not for elastic jobs (ranks change
+    hands), not while no peer is back, not when its pod speaks again under another rank."""
+    import dataclasses as dc
+    to = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=600, interval_s=1, relaunch_lag_s=30)
+    gone = dc.replace(rp(1, last_seen=100, node_name="n1", phase="FAILED"), connected=False)
+    back = dc.replace(rp(0, step=-1, last_seen=140, advanced_at=101, node_name="n1", phase="STARTING"),
+                      started_at=101.0)
+    pods = [pod(0), pod(1)]
+
+    def at(now, ranks=(back, gone), together=True):
+        return D.detect(pods, {"n1": node()}, list(ranks), to, now, NOW, incarnation=0, in_place_restarts=True,
+                        together=together)
+
+    assert at(130.0) is None                                          # 29 s after rank 0 spoke again
+    f = at(132.0)
+    assert (f.cause, f.rank, f.pod) == (D.HEARTBEAT_LOST, 1, "j-worker-1-0")
+    assert "restarted in place with its peers" in f.message and "limit 30s" in f.message
+    assert at(132.0, together=False) is None                          # elastic: startup_s
+    old_peer = dc.replace(back, started_at=50.0)                      # rank 0's trainer is the one from before
+    assert at(132.0, ranks=(old_peer, gone)) is None
+    renumbered = dc.replace(gone, pod_name=back.pod_name)             # its pod speaks again as rank 0
+    assert at(132.0, ranks=(back, renumbered)) is None
+
+
+def beat(index, last_seen, connected=True, incarnation=0):
+    from stoker.common.launcher_beats import LauncherBeat
+    return LauncherBeat("ns", "j", f"j-worker-{index}-{incarnation}", f"n{index}", incarnation, last_seen, connected)
+
+
+def test_a_launcher_gone_quiet_while_others_speak_is_frozen_and_named():
+    """Chaos (seed 708224917): a pod's launcher SIGSTOPped; its trainer trained on, but the next
+    in-place restart waited 120 s for it (InPlaceRestartTimedOut). Its keepalives stop: silent 2x the
+    frozen allowance while messages keep arriving -> HeartbeatLost naming its pod. Not when its stream
+    ended (it exited: the pod watch; or it lost the operator), nor when everything went quiet at once
+    (an operator that itself stalled), nor for a pod that is not running."""
+    to = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)   # frozen after 3 s: 6 s here
+    ranks = [rp(0, last_seen=110, advanced_at=110), rp(1, last_seen=110, advanced_at=110)]
+    pods = [pod(0, node="n0"), pod(1, node="n1")]
+
+    def at(now, launchers, pods=pods, newest=110.0):
+        return D.detect(pods, {"n0": node("n0"), "n1": node("n1")}, ranks, to, now, NOW, incarnation=0,
+                        in_place_restarts=True, together=True, newest_heard=newest, launchers=launchers)
+
+    assert at(110.0, [beat(0, 110), beat(1, 104.5)]) is None             # 5.5 s: not yet
+    f = at(110.0, [beat(0, 110), beat(1, 103.5)])
+    assert (f.cause, f.pod, f.node) == (D.HEARTBEAT_LOST, "j-worker-1-0", "n1") and "launcher" in f.message
+    assert at(110.0, [beat(0, 110), beat(1, 100, connected=False)]) is None
+    assert at(110.0, [beat(0, 110), beat(1, 100)], pods=[pods[0], pod(1, node="n1", phase="Succeeded")]) is None
+    quiet = [rp(0, last_seen=100, advanced_at=100), rp(1, last_seen=100, advanced_at=100)]
+    assert D.detect(pods, {}, quiet, to, 110.0, NOW, incarnation=0, newest_heard=100.0, nodes_listed=False,
+                    launchers=[beat(0, 100), beat(1, 100)]) is None      # nobody heard from: no blame
+
+
+def test_every_trainer_of_a_job_stopped_is_frozen_while_its_launchers_speak_not_a_30_s_hang():
+    """Chaos: both trainers SIGSTOPped -> caught after 31 s by the progress timeout's floor (Hang): with
+    no live peer the frozen rule had no reference. The launchers' keepalives are messages heard."""
+    to = D.Timeouts(heartbeat_s=30, progress_s=None, startup_s=60, interval_s=1)
+    ranks = [rp(0, last_seen=100, advanced_at=100), rp(1, last_seen=100.5, advanced_at=100)]
+    pods = [pod(0, node="n0"), pod(1, node="n1")]
+    launchers = [beat(0, 104.0), beat(1, 104.0)]
+    f = D.detect(pods, {"n0": node("n0"), "n1": node("n1")}, ranks, to, 104.0, NOW, incarnation=0,
+                 newest_heard=104.0, launchers=launchers)
+    assert (f.cause, f.rank) == (D.HEARTBEAT_LOST, 0) and "frozen" in f.message
+    assert D.detect(pods, {"n0": node("n0"), "n1": node("n1")}, ranks, to, 104.0, NOW, incarnation=0,
+                    newest_heard=100.5) is None                            # before: nothing to compare with
+
+
 GLOO_READ_ERROR = ("[rank1]:     w.wait()\n[rank1]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/"
                    "transport/tcp/pair.cc:545] Read error [10.0.0.2]:41234: Connection reset by peer")
 

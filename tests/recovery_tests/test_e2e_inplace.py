@@ -52,6 +52,30 @@ def test_a_sigkilled_trainer_restarts_in_place_in_the_same_pods_and_ends_identic
     print("in-place incident:", json.dumps(inc))
 
 
+def test_a_trainer_frozen_in_its_in_place_restart_is_caught_before_the_in_place_deadline(
+        cluster, kube, namespace, bucket, recovery_pool, trainer_run, tmp_path):
+    """Chaos (seed 708224917): a trainer killed, its peer's new trainer SIGSTOPped as the in-place
+    restart started it, before its first message: the job waited out the 120 s in-place deadline.
+    Here worker 0's idle warm trainer (the process its next restart is handed to) is SIGSTOPped,
+    then worker 1's trainer SIGKILLed at a random moment: worker 0's restarted trainer starts
+    frozen while worker 1's speaks again. The rank left behind is caught (HeartbeatLost, the
+    relaunch lag) and the job restarts as a new incarnation, not InPlaceRestartTimedOut."""
+    run, ref, _ = at_a_random_moment(trainer_run, tmp_path, "frozen", recovery_pool)
+    warm = wait_for("worker 0's warm trainer", lambda: F.idle_warm_pid("frozen-worker-0-0"), timeout=60,
+                    on_timeout=run.diag)
+    assert F.signal_pid(warm, signal.SIGSTOP) and F.signal_pid(F.trainer_pid("frozen-worker-1-0"), signal.SIGKILL)
+    wait_for("job Succeeded", lambda: run.status().get("phase") == "Succeeded", timeout=300, on_timeout=run.diag)
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["step"] == 150 and summary["checksum"] == ref["checksum"]
+    st = run.status()
+    incs = [i for i in st["incidents"] if i["kind"] == "Restart"]
+    assert [(i["detectedCause"], bool(i.get("inPlace")), i["pod"]) for i in incs] == [
+        ("WorkerKilled", True, "frozen-worker-1-0"), ("HeartbeatLost", False, "frozen-worker-0-0")], incs
+    assert "restarted in place with its peers" in incs[1]["message"], incs[1]
+    assert st["incarnation"] == 1 and st["restarts"]["total"] == 2, st["restarts"]
+    print("left behind:", incs[1]["message"])
+
+
 def memory_every(n: int):
     def edit(body: dict) -> None:
         body["spec"]["checkpoint"]["memoryIntervalSteps"] = n

@@ -164,7 +164,8 @@ def test_the_shell_probes_a_quiet_node_against_one_still_heard_and_passes_it_on_
     records = [rank(0, "n0", seen=100.0), rank(1, "n1", seen=99.0, connected=False)]
 
     beats = SimpleNamespace(ranks=lambda ns, name: list(records), all_ranks=lambda: list(records), secret_suffix="",
-                            workers=lambda ns, name: [], reports=lambda ns, name: [], newest_heard=lambda: 100.0)
+                            workers=lambda ns, name: [], reports=lambda ns, name: [], launchers=lambda ns, name: [],
+                            newest_heard=lambda: 100.0)
 
     nodes = [{"metadata": {"name": n}, "status": {
         "conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": ip}],
@@ -204,7 +205,8 @@ def test_with_every_node_of_the_job_quiet_the_control_is_a_node_another_job_beat
     records = [rank(0, "n0", seen=99.0, connected=False), rank(1, "n1", seen=99.0, connected=False)]
     other = dataclasses.replace(rank(0, "z9", seen=100.0), pod_name="other-worker-0-0")
     beats = SimpleNamespace(ranks=lambda ns, name: list(records), all_ranks=lambda: [*records, other],
-                            workers=lambda ns, name: [], reports=lambda ns, name: [], newest_heard=lambda: 100.0,
+                            workers=lambda ns, name: [], reports=lambda ns, name: [], launchers=lambda ns, name: [],
+                            newest_heard=lambda: 100.0,
                             secret_suffix="")
     ips = (("a-kwok-0", "10.0.9.1"), ("a-kwok-1", "10.0.9.2"), ("n0", "10.0.0.1"), ("n1", "10.0.0.2"),
            ("z9", "10.0.0.9"))
@@ -225,7 +227,8 @@ def test_a_job_whose_every_rank_ran_on_the_node_it_lost_is_judged_by_that_kubele
 
     records = [rank(0, "n1", seen=100.0), rank(1, "n1", seen=100.0)]
     beats = SimpleNamespace(ranks=lambda ns, name: list(records), all_ranks=lambda: list(records), secret_suffix="",
-                            workers=lambda ns, name: [], reports=lambda ns, name: [], newest_heard=lambda: 100.0)
+                            workers=lambda ns, name: [], reports=lambda ns, name: [], launchers=lambda ns, name: [],
+                            newest_heard=lambda: 100.0)
     nodes = [{"metadata": {"name": n}, "status": {
         "conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": ip}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}} for n, ip in (("a-kwok", "10.0.9.1"),

@@ -164,6 +164,9 @@ def test_a_replacement_waiting_for_capacity_is_not_blamed_for_the_lost_pods_sile
         def reports(self, ns, name):
             return []
 
+        def launchers(self, ns, name):
+            return []
+
         def newest_heard(self):
             return 100.0
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 import grpc
 
+from .launcher_beats import LauncherBeat, LauncherBeats
 from .auth import AuthError, JobKey, TokenLookup, authenticate, identity_matches
 from .proto import stoker_pb2 as pb
 from .proto import stoker_pb2_grpc as pb_grpc
@@ -138,6 +139,7 @@ class HeartbeatRegistry:
         self._on_update = on_update
         self._clock = clock
         self.newest_seen = 0.0  # clock time of the newest message from any worker (the frozen rule's reference)
+        self.launchers = LauncherBeats()  # launchers' keepalives (launcher_beats.py)
 
     # ---- worker side
     def observe(self, job: JobKey, msg: pb.WorkerMessage, stream: int = 0) -> WorkerStatus:
@@ -163,6 +165,15 @@ class HeartbeatRegistry:
                     cmd.acks[ident.rank] = (pb.AckState.Name(ack.state), ack.message, ack.step)
         self._notify(status)
         return status
+
+    def launcher_alive(self, job: JobKey, msg: pb.WorkerMessage, stream: int = 0) -> None:
+        """A launcher's keepalive (``msg.launcher.alive``): counts as a message heard, like a trainer's."""
+        ident = msg.identity
+        now = self._clock()
+        self.launchers.alive(LauncherBeat(job.namespace, job.name, ident.pod_name, ident.node_name,
+                                          ident.incarnation, now, True, stream))
+        with self._lock:
+            self.newest_seen = max(self.newest_seen, now)
 
     def report(self, job: JobKey, msg: pb.WorkerMessage) -> LauncherReport:
         """A launcher's report (``msg.launcher`` set): kept per job, the listener told at once."""
@@ -259,6 +270,7 @@ class HeartbeatRegistry:
             for key in [k for k in self._workers if k[:2] == (namespace, job_name)]:
                 del self._workers[key]
             self._reports.pop((namespace, job_name), None)
+            self.launchers.forget(namespace, job_name)
             for rid in [r for r, c in self._commands.items() if c.job == job]:
                 del self._commands[rid]
 
@@ -288,6 +300,10 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
                         problem.append(f"token is for job {job}, message speaks for "
                                        f"{ident.namespace}/{ident.job_name}")
                         break
+                    if msg.HasField("launcher") and msg.launcher.alive:  # a launcher's keepalive stream
+                        self.registry.launcher_alive(job, msg, stream)
+                        seen["launcher"] = ident.pod_name
+                        continue
                     if msg.HasField("launcher"):  # a launcher's own stream: one report, no commands
                         self.registry.report(job, msg)
                         continue
@@ -318,6 +334,8 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
         finally:
             if "rank" in seen:
                 self.registry.disconnected(job, seen["rank"], stream)
+            if "launcher" in seen:
+                self.registry.launchers.gone(job.namespace, job.name, seen["launcher"], stream)
 
 
 class HeartbeatServer:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import signal as _signal
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from stoker.common.timefmt import parse_time
 
@@ -258,6 +258,7 @@ class Timeouts:
     frozen_beats: float = 3.0      # a rank silent this many intervals while others beat is frozen
     checkpoint_s: float = 300.0    # a rank blocked in a save (storage retries) may hold the step this long
     collective_s: float = 6.0      # every rank waiting in a collective this long (and 2x the slowest step) is stuck
+    relaunch_lag_s: float = 30.0   # in-place restart: a rank not back this long after a peer's new trainer spoke
 
 
 # ---------------------------------------------------------------------------- the root cause
@@ -266,12 +267,15 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
            t: Timeouts, now_mono: float, now_wall: dt.datetime, *, incarnation: int,
            nodes_listed: bool = True, expect_heartbeats: bool = False,
            in_place_restarts: bool = False, newest_heard: float | None = None,
-           lost_nodes: frozenset[str] = frozenset()) -> Finding | None:
+           lost_nodes: frozenset[str] = frozenset(), together: bool = False,
+           launchers: Sequence[Any] = ()) -> Finding | None:
     """The root cause of a failure in the current ``incarnation``, or None if healthy.
 
     ``nodes`` maps node name -> view; with ``nodes_listed`` a node missing from
     it is deleted (otherwise unknown, and not held against the pod).
-    ``in_place_restarts``: torchrun restarts trainers inside their pods (elastic jobs).
+    ``in_place_restarts``: torchrun restarts trainers inside their pods (elastic jobs, in-place restarts);
+    ``together``: and all of them in one round (a fixed-size job's in-place restart).
+    ``launchers``: the pods' launchers' keepalives (``LauncherBeat``), for the frozen-launcher rule.
     ``newest_heard``: the operator's newest heartbeat from any job (heartbeat clock), for the frozen rule.
     ``lost_nodes``: nodes whose every rank went quiet and whose kubelet does not answer (the shell's
     probe, node_probe.py): a node lost before its NotReady; it outranks the peers' broken collectives.
@@ -301,8 +305,11 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
         if f is not None:
             return f
     f = check_heartbeats(mine, t, now_mono, now_wall, newest_heard=newest_heard,
-                         relaunching=relaunching(mine, current) if in_place_restarts else frozenset())
-    return _with_error(f, ranks) if f else None
+                         relaunching=relaunching(mine, current) if in_place_restarts else frozenset(),
+                         together=together)
+    if f is None:
+        return frozen_launcher(launchers, current, mine, t, now_mono, now_wall, newest_heard)
+    return _with_error(f, ranks)
 
 
 def relaunching(ranks: Sequence[RankProgress], pods: Sequence[PodView]) -> frozenset[int]:
@@ -330,4 +337,5 @@ def _with_error(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
     return dataclasses.replace(f, error=f.error or (errs[0] if errs else ""))
 
 
-from .heartbeat_checks import check_heartbeats, never_heard, node_lost, progress_timeout  # noqa: E402 (use the above)
+from .heartbeat_checks import (check_heartbeats, frozen_launcher, never_heard, node_lost,  # noqa: E402 (use the above)
+                               progress_timeout)

@@ -14,7 +14,12 @@ Three rules, each with its allowance:
     for ``collective_after`` (``collective_s``, 6 s, and at least 2x the slowest recent step). A
     slow step, a data-loader pause or a checkpoint stall keeps some rank out of the collective (in
     compute, data or checkpoint), so only a collective that nobody can finish counts;
-  * **hang**: the job's step has not advanced within the progress timeout.
+  * **hang**: the job's step has not advanced within the progress timeout;
+  * **frozen launcher**: a pod's launcher, whose keepalives (launcher_beats.py) count among the
+    messages heard, went silent ``LAUNCHER_FROZEN_FACTOR`` x the frozen allowance while others kept
+    arriving, its stream still open: a stopped or stuck torchrun agent restarts nothing in place and
+    never ends its pod (chaos: an in-place restart waited 120 s for one). Its keepalives also keep the
+    frozen rule working when every trainer of a job stopped at once.
 
 And the node rule, for the shell (recovery_shell.py) and ``detection.detect``:
 
@@ -27,12 +32,13 @@ And the node rule, for the shell (recovery_shell.py) and ``detection.detect``:
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from typing import Any, Sequence
 
 from .detection import COLLECTIVE_STUCK, HANG, HEARTBEAT_LOST, NODE_LOST, Finding, RankProgress, Timeouts
 from .podview import PodView
 
 FROZEN_MIN_S = 3.0
+LAUNCHER_FROZEN_FACTOR = 2.0  # a launcher's allowance, in frozen allowances (a wrong call restarts the job)
 NODE_QUIET_BEATS = 2.0   # a node's ranks all silent this many intervals (or their streams ended): probe it
 NODE_QUIET_MIN_S = 1.5
 COLLECTIVE = "collective"
@@ -73,6 +79,26 @@ def frozen(live: Sequence[RankProgress], t: Timeouts, newest_heard: float | None
         return None
     r = min(quiet, key=lambda r: r.last_seen)
     return r, ref - r.last_seen
+
+
+def frozen_launcher(launchers: Sequence[Any], pods: Sequence[PodView], ranks: Sequence[RankProgress], t: Timeouts,
+                    now_mono: float, now_wall: dt.datetime, newest_heard: float | None) -> Finding | None:
+    """HeartbeatLost for the launcher (``LauncherBeat``) of a running pod of this incarnation that went
+    silent ``LAUNCHER_FROZEN_FACTOR`` x ``frozen_after`` ago while messages kept arriving (from anywhere:
+    an operator that itself stalled blames nobody), its stream still open."""
+    running = {p.name for p in pods if p.phase == "Running" and not p.deleting}
+    ref = max([b.last_seen for b in launchers] + [r.last_seen for r in ranks]
+              + ([newest_heard] if newest_heard is not None else []), default=0.0)
+    limit = LAUNCHER_FROZEN_FACTOR * frozen_after(t)
+    quiet = sorted((b for b in launchers if b.connected and b.pod_name in running and ref - b.last_seen > limit),
+                   key=lambda b: (b.last_seen, b.pod_name))
+    if not quiet:
+        return None
+    b = quiet[0]
+    return Finding(HEARTBEAT_LOST, f"the launcher of worker pod {b.pod_name} went silent {ref - b.last_seen:.1f}s ago "
+                   f"while heartbeats kept arriving (frozen after {limit:g}s): a stopped or stuck launcher restarts "
+                   "no trainer and never ends its pod", pod=b.pod_name, node=b.node_name or None,
+                   onset=_onset(now_wall, now_mono, b.last_seen))
 
 
 def node_quiet_after(t: Timeouts) -> float:
@@ -138,11 +164,38 @@ def stuck_collective(live: Sequence[RankProgress], t: Timeouts, now_mono: float,
                    step_exact=False, onset=_onset(now_wall, now_mono, since))
 
 
+def left_behind(ranks: Sequence[RankProgress], relaunching: frozenset[int], t: Timeouts,
+                now_mono: float) -> tuple[RankProgress, float] | None:
+    """(a relaunching rank, seconds since the first of its peers' restarted trainers spoke) when that
+    is past ``relaunch_lag_s``. The trainers of a fixed-size job's in-place restart start together
+    (one rendezvous round), so one not back long after a peer is stuck in its start: a frozen or
+    hung process (chaos: a trainer SIGSTOPped 0.6 s after its restart waited out the 120 s in-place
+    deadline). A rank whose pod speaks again under another rank number is back."""
+    back = [r for r in ranks if r.connected and r.rank not in relaunching and r.phase != "FINISHED"]
+    pods_back = {r.pod_name for r in back}
+    waiting = [r for r in ranks if r.rank in relaunching and r.phase != "FINISHED" and r.pod_name not in pods_back]
+    for r in sorted(waiting, key=lambda r: (r.last_seen, r.rank)):
+        since = [p.started_at for p in back if p.started_at > r.last_seen]
+        if since and now_mono - min(since) > t.relaunch_lag_s:
+            return r, now_mono - min(since)
+    return None
+
+
 def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float, now_wall: dt.datetime,
-                     relaunching: frozenset[int] = frozenset(), newest_heard: float | None = None) -> Finding | None:
+                     relaunching: frozenset[int] = frozenset(), newest_heard: float | None = None,
+                     together: bool = False) -> Finding | None:
     """Silence or a stalled step across the ranks of the current incarnation. Before the
     first step, and while a rank starts, restores or is ``relaunching`` (see ``relaunching``),
-    the progress allowance is ``startup_s``; so is a relaunching rank's silence allowance."""
+    the progress allowance is ``startup_s``; so is a relaunching rank's silence allowance, unless
+    the ranks restart ``together`` (an in-place restart of a fixed-size job; ``left_behind``)."""
+    behind = left_behind(ranks, relaunching, t, now_mono) if together else None
+    if behind is not None:
+        r, lag = behind
+        return Finding(HEARTBEAT_LOST,
+                       f"rank {r.rank} ({r.pod_name or 'pod ?'}) was restarted in place with its peers but its "
+                       f"trainer has not spoken {lag:.0f}s after theirs did (limit {t.relaunch_lag_s:g}s): stuck or "
+                       "frozen in its start", pod=r.pod_name or None, rank=r.rank, node=r.node_name or None,
+                       step=r.step, step_exact=False, onset=_onset(now_wall, now_mono, now_mono - lag))
     live = [r for r in ranks if r.phase not in ("FINISHED", "FAILED")]
     if not live:
         return None

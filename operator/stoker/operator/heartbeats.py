@@ -27,10 +27,12 @@ from typing import Any, Callable
 
 from stoker.common import env as E
 from stoker.common.auth import derived_lookup, key_id, new_token
+from stoker.common.launcher_beats import LauncherBeat
 from stoker.common.heartbeat_server import (CHECKPOINT_NOW, STOP_AFTER_CHECKPOINT, HeartbeatRegistry,
                                             HeartbeatServer, LauncherReport, WorkerStatus)
 
 from . import detection as D
+from .heartbeat_checks import LAUNCHER_FROZEN_FACTOR
 from .kube import KubeApi
 
 log = logging.getLogger("stoker.operator.heartbeats")
@@ -186,6 +188,10 @@ class OperatorHeartbeats:
     def reports(self, namespace: str, job_name: str) -> list[LauncherReport]:
         return self.registry.reports(namespace, job_name)
 
+    def launchers(self, namespace: str, job_name: str) -> list[LauncherBeat]:
+        """The job's launchers' keepalives (launcher_beats.py)."""
+        return self.registry.launchers.of_job(namespace, job_name)
+
     def newest_heard(self) -> float | None:
         return self.registry.newest_seen or None
 
@@ -211,6 +217,13 @@ class OperatorHeartbeats:
                         and key not in self._flagged:
                     self._flagged.add(key)
                     out.add((ns, job))
+        for b in self.registry.launchers.all():  # a launcher gone quiet (heartbeat_checks.frozen_launcher)
+            key = ("launcher", b.namespace, b.job_name, b.pod_name, b.last_seen)
+            live.add(key)
+            if b.connected and self.frozen_after_s and ref - b.last_seen > LAUNCHER_FROZEN_FACTOR * self.frozen_after_s \
+                    and key not in self._flagged:
+                self._flagged.add(key)
+                out.add((b.namespace, b.job_name))
         for key in collective_waits(tracks, self.clock(), self.collective_after_s):
             live.add(key)
             if key not in self._flagged:

@@ -8,10 +8,12 @@ theirs too, so every rank starts again from the newest committed checkpoint, in 
 pods and incarnation. When its restarts are used up the agent gives up, the pod fails
 and the operator restarts the job as a new incarnation (the old path).
 
-What this module adds: the operator must know. ``hook_agent`` wraps the agent's monitor
-so that the moment it sees a failed trainer it will restart, ``Reporter`` sends one
-``WorkerMessage.launcher`` over a heartbeat stream of its own (rank, exit code, last step,
-error, when), in a background thread: the restart does not wait for it. A launcher that
+What this module adds: the operator must know, and must see the launcher alive. ``hook_agent``
+wraps the agent's monitor so that the moment it sees a failed trainer it will restart,
+``Reporter`` sends one ``WorkerMessage.launcher`` over a heartbeat stream of its own (rank,
+exit code, last step, error, when), in a background thread: the restart does not wait for it;
+``Reporter.keep_alive`` sends a keepalive every heartbeat interval on one stream of its own,
+so a stopped or stuck launcher is seen (heartbeat_checks.frozen_launcher). A launcher that
 cannot report (no gRPC in a bring-your-own image, no operator address) must not restart
 silently: ``without_in_place`` turns its restarts off, and the pod fails as before.
 """
@@ -164,6 +166,42 @@ class Reporter:
         r.failed_at.FromNanoseconds(int(report["failed_at"] * 1e9))
         return msg
 
+    def alive_message(self) -> Any:
+        """The launcher's keepalive (LauncherReport.alive): who it is, nothing failed."""
+        pb, env = self._pb, self._env
+        ident = pb.JobIdentity(namespace=env[E.JOB_NAMESPACE], job_name=env[E.JOB_NAME],
+                               job_uid=env.get(E.JOB_UID, ""), incarnation=int(env.get(E.INCARNATION) or 0),
+                               replica_index=int(env.get(E.REPLICA_INDEX) or 0),
+                               pod_name=env.get(E.POD_NAME, ""), node_name=env.get(E.NODE_NAME, ""))
+        msg = pb.WorkerMessage(identity=ident, seq=1)
+        msg.sent_at.GetCurrentTime()
+        msg.launcher.alive = True
+        return msg
+
+    def keep_alive(self, interval_s: float, stop: threading.Event | None = None) -> threading.Thread:
+        """Send a keepalive every ``interval_s`` on one stream, reopened after an error (an operator
+        restart), in a daemon thread: a stopped or stuck launcher goes quiet, and the operator sees it
+        (heartbeat_checks.frozen_launcher)."""
+        halt = stop or threading.Event()
+
+        def beats() -> Any:
+            while not halt.is_set():
+                yield self.alive_message()
+                halt.wait(interval_s)
+
+        def run() -> None:
+            while not halt.is_set():
+                try:
+                    for _ in self._stub.Stream(beats(), metadata=self._metadata):
+                        pass
+                except Exception:  # noqa: BLE001 - the operator restarts, or is not there yet: try again
+                    pass
+                halt.wait(interval_s)
+
+        thread = threading.Thread(target=run, name="stoker-launcher-alive", daemon=True)
+        thread.start()
+        return thread
+
     def send(self, report: Mapping[str, Any]) -> None:
         """One report on a stream of its own, in a background thread (never blocks the restart)."""
         def run() -> None:
@@ -268,4 +306,14 @@ def install(args: list[str], environ: Mapping[str, str], step_of: Callable[[int]
 
     if not hook_agent(on_failure):
         return without_in_place(args)
+    reporter.keep_alive(keepalive_interval(environ))
     return args
+
+
+def keepalive_interval(environ: Mapping[str, str]) -> float:
+    """The launcher's keepalive interval: the trainers' heartbeat interval (1 s unless set)."""
+    try:
+        value = float(environ.get(E.HEARTBEAT_INTERVAL) or 1.0)
+    except ValueError:
+        return 1.0
+    return value if value > 0 else 1.0

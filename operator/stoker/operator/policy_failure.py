@@ -85,7 +85,8 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
     finding = D.detect(facts, obs.nodes, ranks, t, obs.mono_now, now, incarnation=incarnation,
                        nodes_listed=obs.nodes_listed, expect_heartbeats=expect_heartbeats and obs.heartbeats,
                        lost_nodes=obs.lost_nodes, in_place_restarts=policy.elastic or policy.in_place,
-                       newest_heard=obs.newest_heard)
+                       newest_heard=obs.newest_heard, together=policy.in_place and not policy.elastic,
+                       launchers=obs.launchers)
     if finding is None:
         return None
     failed = tuple(sorted({finding.pod} | {p.name for p in facts if p.phase == "Failed"} - {None}))  # type: ignore[operator]

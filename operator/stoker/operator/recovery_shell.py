@@ -118,7 +118,8 @@ class RecoveryShell:
                           ranks=tuple(R.current_records(hb.ranks(namespace, name), facts)),
                           workers=tuple(R.current_records(hb.workers(namespace, name), facts)),
                           mono_now=self.mono(), heartbeats=True, newest_heard=hb.newest_heard(), lost_nodes=lost,
-                          reports=tuple(hb.reports(namespace, name)), held_lost=self.held_lost(nodes, lost))
+                          reports=tuple(hb.reports(namespace, name)), held_lost=self.held_lost(nodes, lost),
+                          launchers=tuple(hb.launchers(namespace, name)))
 
     def held_lost(self, nodes: dict[str, D.NodeView], found: frozenset[str] = frozenset()) -> frozenset[str]:
         """Nodes found lost (``lost_nodes``) that the API still calls Ready and whose kubelet still does

@@ -39,6 +39,7 @@ class Observed:
     newest_heard: float | None = None   # the newest heartbeat from any job (heartbeat clock)
     lost_nodes: frozenset[str] = frozenset()  # every rank on them quiet, their kubelet silent (node_probe.py)
     reports: tuple[Any, ...] = ()       # launchers' reports of trainers restarted in place (LauncherReport)
+    launchers: tuple[Any, ...] = ()     # launchers' keepalives (LauncherBeat), for the frozen-launcher rule
     held_lost: frozenset[str] = frozenset()  # nodes the shell holds lost while still Ready (node_exclusion.py)
 
 

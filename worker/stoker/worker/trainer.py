@@ -70,6 +70,13 @@ class Trainer(Stateful):
         self.device = parallel.device_for_rank(local_rank)
         validate_for_device(cfg, self.device.type)
         self._setup_determinism()
+        if session is None:  # operator SDK (gRPC, protobuf): a no-op without STOKER_OPERATOR_ADDR
+            from stoker.worker.sdk import Session
+
+            session = Session.from_env()
+        # heartbeats from here: a trainer waiting for its peers to form the process group is seen alive
+        # (the operator's relaunch-lag rule needs it: a peer frozen in its start keeps this one waiting)
+        self.session = check_session(session).start()
         if self.world > 1 or "RANK" in os.environ:
             if not dist.is_initialized():
                 if self.device.type == "cuda":
@@ -80,11 +87,6 @@ class Trainer(Stateful):
         self.dims = parallel.ParallelDims(pp=self.pp, dp=self.dp, world_size=self.world)
         self.mesh = self.dims.build_mesh(self.device.type) if self.distributed else None
         self.dp_rank = self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
-        if session is None:  # operator SDK (gRPC, protobuf): a no-op without STOKER_OPERATOR_ADDR
-            from stoker.worker.sdk import Session
-
-            session = Session.from_env()
-        self.session = check_session(session).start()
         # the journal's name for the processes training together now: a restart in place keeps the incarnation
         self.session.journal_world(self.gather(f"{os.environ.get('STOKER_POD_NAME') or os.uname().nodename}"
                                                f"/{os.getpid()}")[0])
