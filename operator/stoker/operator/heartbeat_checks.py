@@ -181,6 +181,11 @@ def left_behind(ranks: Sequence[RankProgress], relaunching: frozenset[int], t: T
     return None
 
 
+def _rank_lost(r: RankProgress, what: str, onset: dt.datetime) -> Finding:
+    return Finding(HEARTBEAT_LOST, f"rank {r.rank} ({r.pod_name or 'pod ?'}) {what}", pod=r.pod_name or None,
+                   rank=r.rank, node=r.node_name or None, step=r.step, step_exact=False, onset=onset)
+
+
 def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float, now_wall: dt.datetime,
                      relaunching: frozenset[int] = frozenset(), newest_heard: float | None = None,
                      together: bool = False) -> Finding | None:
@@ -191,11 +196,9 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
     behind = left_behind(ranks, relaunching, t, now_mono) if together else None
     if behind is not None:
         r, lag = behind
-        return Finding(HEARTBEAT_LOST,
-                       f"rank {r.rank} ({r.pod_name or 'pod ?'}) was restarted in place with its peers but its "
-                       f"trainer has not spoken {lag:.0f}s after theirs did (limit {t.relaunch_lag_s:g}s): stuck or "
-                       "frozen in its start", pod=r.pod_name or None, rank=r.rank, node=r.node_name or None,
-                       step=r.step, step_exact=False, onset=_onset(now_wall, now_mono, now_mono - lag))
+        return _rank_lost(r, f"was restarted in place with its peers but its trainer has not spoken {lag:.0f}s "
+                          f"after theirs did (limit {t.relaunch_lag_s:g}s): stuck or frozen in its start",
+                          _onset(now_wall, now_mono, now_mono - lag))
     live = [r for r in ranks if r.phase not in ("FINISHED", "FAILED")]
     if not live:
         return None
@@ -208,20 +211,15 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
         r = silent[0]
         why = f"heartbeat timeout {t.heartbeat_s:g}s" if r.rank not in relaunching else \
             f"its trainer exited and was not started again within the startup allowance {allowed(r):g}s"
-        return Finding(HEARTBEAT_LOST,
-                       f"rank {r.rank} ({r.pod_name or 'pod ?'}) sent no heartbeat for "
-                       f"{now_mono - r.last_seen:.0f}s ({why})",
-                       pod=r.pod_name or None, rank=r.rank, node=r.node_name or None, step=r.step,
-                       step_exact=False, onset=_onset(now_wall, now_mono, r.last_seen))
+        return _rank_lost(r, f"sent no heartbeat for {now_mono - r.last_seen:.0f}s ({why})",
+                          _onset(now_wall, now_mono, r.last_seen))
     # 2) frozen: silent while others (this job's ranks or any job's) kept beating
     found = frozen(live, t, newest_heard, relaunching)
     if found is not None:
         r, silence = found
-        return Finding(HEARTBEAT_LOST,
-                       f"rank {r.rank} ({r.pod_name or 'pod ?'}) went silent {silence:.1f}s ago while "
-                       f"heartbeats kept arriving (frozen after {frozen_after(t):g}s: a stopped process or a stuck "
-                       "or partitioned node)", pod=r.pod_name or None, rank=r.rank, node=r.node_name or None,
-                       step=r.step, step_exact=False, onset=_onset(now_wall, now_mono, r.last_seen))
+        return _rank_lost(r, f"went silent {silence:.1f}s ago while heartbeats kept arriving (frozen after "
+                          f"{frozen_after(t):g}s: a stopped process or a stuck or partitioned node)",
+                          _onset(now_wall, now_mono, r.last_seen))
     # 3) a stuck collective: all beating, all waiting in a collective nobody can finish
     found_stuck = stuck_collective(live, t, now_mono, now_wall) if not relaunching else None
     if found_stuck is not None:
