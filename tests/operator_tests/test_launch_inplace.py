@@ -101,10 +101,10 @@ def test_the_launchers_report_reaches_the_operator_at_once_and_is_no_workers_hea
     assert hb.workers("ns", "j") == [] and hb.ranks("ns", "j") == []
 
 
-def test_the_launchers_keepalive_is_seen_until_it_stops_and_its_stream_end_is_not_silence(hb):
-    """Reporter.keep_alive: one stream, a keepalive every interval; the operator keeps when the pod's
-    launcher last spoke (the frozen-launcher rule reads it), counts it as a message heard (the frozen
-    rule's reference), and marks it disconnected when the stream ends (not judged then)."""
+def test_the_launchers_keepalive_is_seen_until_it_stops_and_counts_as_a_message_heard(hb):
+    """Reporter.keep_alive: a LauncherAlive call every interval; the operator keeps when the pod's
+    launcher last spoke (the frozen-launcher rule reads it) and counts it as a message heard (the
+    frozen rule's reference); it is no failure report and no rank."""
     import threading
 
     token = hb.ensure_secret("ns", "j", {"apiVersion": "v1", "kind": "X", "name": "j", "uid": "u"})
@@ -113,14 +113,40 @@ def test_the_launchers_keepalive_is_seen_until_it_stops_and_its_stream_end_is_no
     stop = threading.Event()
     thread = LI.Reporter.create(env).keep_alive(0.1, stop)
     [b] = eventually(lambda: hb.launchers("ns", "j"))
-    assert (b.pod_name, b.node_name, b.incarnation, b.connected) == ("j-worker-1-2", "n1", 2, True)
+    assert (b.pod_name, b.node_name, b.incarnation) == ("j-worker-1-2", "n1", 2)
     first = b.last_seen
     later = eventually(lambda: [x for x in hb.launchers("ns", "j") if x.last_seen > first + 0.25])
     assert hb.newest_heard() >= later[0].last_seen
     assert hb.reports("ns", "j") == [] and hb.ranks("ns", "j") == []   # no failure, no rank
     stop.set()
     thread.join(5)
-    assert eventually(lambda: [x for x in hb.launchers("ns", "j") if not x.connected], timeout=10)
+    assert not thread.is_alive()
+    [stopped] = hb.launchers("ns", "j")
+    time.sleep(0.5)
+    assert hb.launchers("ns", "j") == [stopped]                         # quiet now
+
+
+def test_a_launcher_keepalive_to_an_operator_without_the_call_stops_and_is_no_failure_report():
+    """An older operator has no LauncherAlive: it answers UNIMPLEMENTED and the launcher stops asking
+    (sending the keepalive as a launcher report on the old stream would read as a trainer failure)."""
+    from concurrent import futures
+
+    import grpc
+
+    from stoker.common.proto import stoker_pb2_grpc as pb_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_HeartbeatServicer_to_server(pb_grpc.HeartbeatServicer(), server)   # no method implemented
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        env = {E.OPERATOR_ADDR: f"127.0.0.1:{port}", E.JOB_TOKEN: "t", E.JOB_NAMESPACE: "ns", E.JOB_NAME: "j",
+               E.POD_NAME: "j-worker-0-0"}
+        thread = LI.Reporter.create(env).keep_alive(0.05)
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        server.stop(0)
 
 
 def test_a_bad_token_report_is_refused():

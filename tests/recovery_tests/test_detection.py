@@ -363,23 +363,25 @@ def test_a_rank_not_back_long_after_its_peers_restarted_in_place_is_stuck_in_its
     assert (f.cause, f.rank, f.pod) == (D.HEARTBEAT_LOST, 1, "j-worker-1-0")
     assert "restarted in place with its peers" in f.message and "limit 30s" in f.message
     assert at(132.0, together=False) is None                          # elastic: startup_s
+    past_it = dc.replace(back, phase="RESTORING")                    # it formed the group with rank 1 (a late Session)
+    assert at(132.0, ranks=(past_it, gone)) is None
     old_peer = dc.replace(back, started_at=50.0)                      # rank 0's trainer is the one from before
     assert at(132.0, ranks=(old_peer, gone)) is None
     renumbered = dc.replace(gone, pod_name=back.pod_name)             # its pod speaks again as rank 0
     assert at(132.0, ranks=(back, renumbered)) is None
 
 
-def beat(index, last_seen, connected=True, incarnation=0):
+def beat(index, last_seen, incarnation=0):
     from stoker.common.launcher_beats import LauncherBeat
-    return LauncherBeat("ns", "j", f"j-worker-{index}-{incarnation}", f"n{index}", incarnation, last_seen, connected)
+    return LauncherBeat("ns", "j", f"j-worker-{index}-{incarnation}", f"n{index}", incarnation, last_seen)
 
 
 def test_a_launcher_gone_quiet_while_others_speak_is_frozen_and_named():
     """Chaos (seed 708224917): a pod's launcher SIGSTOPped; its trainer trained on, but the next
     in-place restart waited 120 s for it (InPlaceRestartTimedOut). Its keepalives stop: silent 2x the
-    frozen allowance while messages keep arriving -> HeartbeatLost naming its pod. Not when its stream
-    ended (it exited: the pod watch; or it lost the operator), nor when everything went quiet at once
-    (an operator that itself stalled), nor for a pod that is not running."""
+    frozen allowance while messages keep arriving -> HeartbeatLost naming its pod. Not once its pod's
+    trainers all FINISHED (stuck on its way out: no reason to train again), nor when everything went
+    quiet at once (an operator that itself stalled), nor for a pod that is not running."""
     to = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)   # frozen after 3 s: 6 s here
     ranks = [rp(0, last_seen=110, advanced_at=110), rp(1, last_seen=110, advanced_at=110)]
     pods = [pod(0, node="n0"), pod(1, node="n1")]
@@ -391,7 +393,9 @@ def test_a_launcher_gone_quiet_while_others_speak_is_frozen_and_named():
     assert at(110.0, [beat(0, 110), beat(1, 104.5)]) is None             # 5.5 s: not yet
     f = at(110.0, [beat(0, 110), beat(1, 103.5)])
     assert (f.cause, f.pod, f.node) == (D.HEARTBEAT_LOST, "j-worker-1-0", "n1") and "launcher" in f.message
-    assert at(110.0, [beat(0, 110), beat(1, 100, connected=False)]) is None
+    done = [ranks[0], rp(1, last_seen=105, advanced_at=105, phase="FINISHED")]
+    assert D.detect(pods, {"n0": node("n0"), "n1": node("n1")}, done, to, 110.0, NOW, incarnation=0,
+                    newest_heard=110.0, launchers=[beat(0, 110), beat(1, 100)]) is None
     assert at(110.0, [beat(0, 110), beat(1, 100)], pods=[pods[0], pod(1, node="n1", phase="Succeeded")]) is None
     quiet = [rp(0, last_seen=100, advanced_at=100), rp(1, last_seen=100, advanced_at=100)]
     assert D.detect(pods, {}, quiet, to, 110.0, NOW, incarnation=0, newest_heard=100.0, nodes_listed=False,

@@ -166,12 +166,11 @@ class HeartbeatRegistry:
         self._notify(status)
         return status
 
-    def launcher_alive(self, job: JobKey, msg: pb.WorkerMessage, stream: int = 0) -> None:
-        """A launcher's keepalive (``msg.launcher.alive``): counts as a message heard, like a trainer's."""
-        ident = msg.identity
+    def launcher_alive(self, job: JobKey, ident: pb.JobIdentity) -> None:
+        """A launcher's keepalive (``LauncherAlive``): counts as a message heard, like a trainer's."""
         now = self._clock()
         self.launchers.alive(LauncherBeat(job.namespace, job.name, ident.pod_name, ident.node_name,
-                                          ident.incarnation, now, True, stream))
+                                          ident.incarnation, now))
         with self._lock:
             self.newest_seen = max(self.newest_seen, now)
 
@@ -281,6 +280,19 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
         self.token_lookup = token_lookup
         self.poll_s = poll_s
 
+    def LauncherAlive(self, request, context):
+        """A pod's launcher is alive (launcher_beats.py); the token must be its job's."""
+        try:
+            job = authenticate(context.invocation_metadata(), self.token_lookup)
+        except AuthError as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        ident = request.identity
+        if not identity_matches(job, ident.namespace, ident.job_name):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"token is for job {job}, message speaks for {ident.namespace}/{ident.job_name}")
+        self.registry.launcher_alive(job, ident)
+        return pb.LauncherKeepaliveReply()
+
     def Stream(self, request_iterator, context):
         try:
             job = authenticate(context.invocation_metadata(), self.token_lookup)
@@ -300,10 +312,6 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
                         problem.append(f"token is for job {job}, message speaks for "
                                        f"{ident.namespace}/{ident.job_name}")
                         break
-                    if msg.HasField("launcher") and msg.launcher.alive:  # a launcher's keepalive stream
-                        self.registry.launcher_alive(job, msg, stream)
-                        seen["launcher"] = ident.pod_name
-                        continue
                     if msg.HasField("launcher"):  # a launcher's own stream: one report, no commands
                         self.registry.report(job, msg)
                         continue
@@ -334,8 +342,6 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
         finally:
             if "rank" in seen:
                 self.registry.disconnected(job, seen["rank"], stream)
-            if "launcher" in seen:
-                self.registry.launchers.gone(job.namespace, job.name, seen["launcher"], stream)
 
 
 class HeartbeatServer:

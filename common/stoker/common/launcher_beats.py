@@ -1,14 +1,16 @@
-"""Launchers' keepalives (``LauncherReport.alive``): when each pod's launcher last spoke.
+"""Launchers' keepalives (the ``LauncherAlive`` call): when each pod's launcher last spoke.
 
 A launcher (stoker.operator.launch, torchrun's agent) restarts its trainers in place and ends
 its pod; a stopped or stuck one does neither, and nothing else shows it: its trainer trains on,
-or is gone and its pod stays Running. It keeps one heartbeat stream open and sends a keepalive
-every heartbeat interval; ``heartbeat_checks.frozen_launcher`` reads these. Thread-safe.
+or is gone and its pod stays Running. It says it is alive every heartbeat interval, one unary
+call each; ``heartbeat_checks.frozen_launcher`` reads these. Thread-safe.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+STALE_S = 600.0  # an entry not renewed this long is dropped (its pod is gone: a past incarnation)
 
 
 @dataclass(frozen=True)
@@ -19,8 +21,6 @@ class LauncherBeat:
     node_name: str
     incarnation: int
     last_seen: float          # the heartbeat clock (monotonic) of its newest keepalive
-    connected: bool = True    # its stream is open (a stopped process keeps it open)
-    stream: int = 0
 
 
 class LauncherBeats:
@@ -31,15 +31,8 @@ class LauncherBeats:
     def alive(self, beat: LauncherBeat) -> None:
         with self._lock:
             self._beats[(beat.namespace, beat.job_name, beat.pod_name)] = beat
-
-    def gone(self, namespace: str, job_name: str, pod_name: str, stream: int) -> None:
-        """Its stream ended (the launcher exited, or lost the operator): not judged until it speaks again.
-        A newer stream of the same pod is not touched."""
-        with self._lock:
-            key = (namespace, job_name, pod_name)
-            beat = self._beats.get(key)
-            if beat is not None and beat.stream == stream:
-                self._beats[key] = replace(beat, connected=False)
+            for key in [k for k, b in self._beats.items() if beat.last_seen - b.last_seen > STALE_S]:
+                del self._beats[key]
 
     def of_job(self, namespace: str, job_name: str) -> list[LauncherBeat]:
         with self._lock:

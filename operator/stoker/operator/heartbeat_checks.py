@@ -15,11 +15,11 @@ Three rules, each with its allowance:
     slow step, a data-loader pause or a checkpoint stall keeps some rank out of the collective (in
     compute, data or checkpoint), so only a collective that nobody can finish counts;
   * **hang**: the job's step has not advanced within the progress timeout;
-  * **frozen launcher**: a pod's launcher, whose keepalives (launcher_beats.py) count among the
-    messages heard, went silent ``LAUNCHER_FROZEN_FACTOR`` x the frozen allowance while others kept
-    arriving, its stream still open: a stopped or stuck torchrun agent restarts nothing in place and
-    never ends its pod (chaos: an in-place restart waited 120 s for one). Its keepalives also keep the
-    frozen rule working when every trainer of a job stopped at once.
+  * **frozen launcher**: a running pod's launcher, whose keepalives (launcher_beats.py) count among
+    the messages heard, went silent ``LAUNCHER_FROZEN_FACTOR`` x the frozen allowance while others kept
+    arriving: a stopped or stuck torchrun agent restarts nothing in place and never ends its pod
+    (chaos: an in-place restart waited 120 s for one). Its keepalives also keep the frozen rule
+    working when every trainer of a job stopped at once.
 
 And the node rule, for the shell (recovery_shell.py) and ``detection.detect``:
 
@@ -85,12 +85,14 @@ def frozen_launcher(launchers: Sequence[Any], pods: Sequence[PodView], ranks: Se
                     now_mono: float, now_wall: dt.datetime, newest_heard: float | None) -> Finding | None:
     """HeartbeatLost for the launcher (``LauncherBeat``) of a running pod of this incarnation that went
     silent ``LAUNCHER_FROZEN_FACTOR`` x ``frozen_after`` ago while messages kept arriving (from anywhere:
-    an operator that itself stalled blames nobody), its stream still open."""
-    running = {p.name for p in pods if p.phase == "Running" and not p.deleting}
+    an operator that itself stalled blames nobody). Not once every trainer of its pod said FINISHED:
+    its training is done (a launcher stuck on its way out is no reason to train again)."""
+    done = {r.pod_name for r in ranks if r.phase == "FINISHED"} - {r.pod_name for r in ranks if r.phase != "FINISHED"}
+    running = {p.name for p in pods if p.phase == "Running" and not p.deleting} - done
     ref = max([b.last_seen for b in launchers] + [r.last_seen for r in ranks]
               + ([newest_heard] if newest_heard is not None else []), default=0.0)
     limit = LAUNCHER_FROZEN_FACTOR * frozen_after(t)
-    quiet = sorted((b for b in launchers if b.connected and b.pod_name in running and ref - b.last_seen > limit),
+    quiet = sorted((b for b in launchers if b.pod_name in running and ref - b.last_seen > limit),
                    key=lambda b: (b.last_seen, b.pod_name))
     if not quiet:
         return None
@@ -167,12 +169,14 @@ def stuck_collective(live: Sequence[RankProgress], t: Timeouts, now_mono: float,
 def left_behind(ranks: Sequence[RankProgress], relaunching: frozenset[int], t: Timeouts,
                 now_mono: float) -> tuple[RankProgress, float] | None:
     """(a relaunching rank, seconds since the first of its peers' restarted trainers spoke) when that
-    is past ``relaunch_lag_s``. The trainers of a fixed-size job's in-place restart start together
-    (one rendezvous round), so one not back long after a peer is stuck in its start: a frozen or
-    hung process (chaos: a trainer SIGSTOPped 0.6 s after its restart waited out the 120 s in-place
-    deadline). A rank whose pod speaks again under another rank number is back."""
-    back = [r for r in ranks if r.connected and r.rank not in relaunching and r.phase != "FINISHED"]
-    pods_back = {r.pod_name for r in back}
+    is past ``relaunch_lag_s`` and they still wait for it (STARTING: the process group cannot form
+    without it). The trainers of a fixed-size job's in-place restart start together (one rendezvous
+    round), so one not back long after a peer is stuck in its start: a frozen or hung process
+    (chaos: a trainer SIGSTOPped 0.6 s after its restart waited out the 120 s in-place deadline). A
+    peer already restoring or training went past the process group with it (a script that opens its
+    Session late); a rank whose pod speaks again under another rank number is back."""
+    back = [r for r in ranks if r.connected and r.rank not in relaunching and r.phase == "STARTING"]
+    pods_back = {r.pod_name for r in ranks if r.connected and r.rank not in relaunching}
     waiting = [r for r in ranks if r.rank in relaunching and r.phase != "FINISHED" and r.pod_name not in pods_back]
     for r in sorted(waiting, key=lambda r: (r.last_seen, r.rank)):
         since = [p.started_at for p in back if p.started_at > r.last_seen]

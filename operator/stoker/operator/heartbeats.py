@@ -220,7 +220,7 @@ class OperatorHeartbeats:
         for b in self.registry.launchers.all():  # a launcher gone quiet (heartbeat_checks.frozen_launcher)
             key = ("launcher", b.namespace, b.job_name, b.pod_name, b.last_seen)
             live.add(key)
-            if b.connected and self.frozen_after_s and ref - b.last_seen > LAUNCHER_FROZEN_FACTOR * self.frozen_after_s \
+            if self.frozen_after_s and ref - b.last_seen > LAUNCHER_FROZEN_FACTOR * self.frozen_after_s \
                     and key not in self._flagged:
                 self._flagged.add(key)
                 out.add((b.namespace, b.job_name))

@@ -12,7 +12,7 @@ What this module adds: the operator must know, and must see the launcher alive. 
 wraps the agent's monitor so that the moment it sees a failed trainer it will restart,
 ``Reporter`` sends one ``WorkerMessage.launcher`` over a heartbeat stream of its own (rank,
 exit code, last step, error, when), in a background thread: the restart does not wait for it;
-``Reporter.keep_alive`` sends a keepalive every heartbeat interval on one stream of its own,
+``Reporter.keep_alive`` says the launcher is alive every heartbeat interval (``LauncherAlive``),
 so a stopped or stuck launcher is seen (heartbeat_checks.frozen_launcher). A launcher that
 cannot report (no gRPC in a bring-your-own image, no operator address) must not restart
 silently: ``without_in_place`` turns its restarts off, and the pod fails as before.
@@ -167,33 +167,32 @@ class Reporter:
         return msg
 
     def alive_message(self) -> Any:
-        """The launcher's keepalive (LauncherReport.alive): who it is, nothing failed."""
+        """The launcher's keepalive (``LauncherAlive``): who it is."""
         pb, env = self._pb, self._env
-        ident = pb.JobIdentity(namespace=env[E.JOB_NAMESPACE], job_name=env[E.JOB_NAME],
-                               job_uid=env.get(E.JOB_UID, ""), incarnation=int(env.get(E.INCARNATION) or 0),
-                               replica_index=int(env.get(E.REPLICA_INDEX) or 0),
-                               pod_name=env.get(E.POD_NAME, ""), node_name=env.get(E.NODE_NAME, ""))
-        msg = pb.WorkerMessage(identity=ident, seq=1)
-        msg.sent_at.GetCurrentTime()
-        msg.launcher.alive = True
-        return msg
+        return pb.LauncherKeepalive(identity=pb.JobIdentity(
+            namespace=env[E.JOB_NAMESPACE], job_name=env[E.JOB_NAME], job_uid=env.get(E.JOB_UID, ""),
+            incarnation=int(env.get(E.INCARNATION) or 0), replica_index=int(env.get(E.REPLICA_INDEX) or 0),
+            pod_name=env.get(E.POD_NAME, ""), node_name=env.get(E.NODE_NAME, "")))
 
     def keep_alive(self, interval_s: float, stop: threading.Event | None = None) -> threading.Thread:
-        """Send a keepalive every ``interval_s`` on one stream, reopened after an error (an operator
-        restart), in a daemon thread: a stopped or stuck launcher goes quiet, and the operator sees it
-        (heartbeat_checks.frozen_launcher)."""
-        halt = stop or threading.Event()
+        """Say the launcher is alive every ``interval_s`` (one unary call each: no stream or server
+        thread held), in a daemon thread, so a stopped or stuck launcher goes quiet and the operator
+        sees it (heartbeat_checks.frozen_launcher). An operator without the call (an older version)
+        answers UNIMPLEMENTED: then it stops, and says so once."""
+        import grpc
 
-        def beats() -> Any:
-            while not halt.is_set():
-                yield self.alive_message()
-                halt.wait(interval_s)
+        halt = stop or threading.Event()
 
         def run() -> None:
             while not halt.is_set():
                 try:
-                    for _ in self._stub.Stream(beats(), metadata=self._metadata):
-                        pass
+                    self._stub.LauncherAlive(self.alive_message(), metadata=self._metadata, timeout=SEND_TIMEOUT_S)
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        print("stoker launch: the operator takes no launcher keepalives (an older version); "
+                              "a frozen launcher is then found only by the in-place deadline", file=sys.stderr,
+                              flush=True)
+                        return
                 except Exception:  # noqa: BLE001 - the operator restarts, or is not there yet: try again
                     pass
                 halt.wait(interval_s)

@@ -151,22 +151,30 @@ class WorkerMessage(_message.Message):
     def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., error: _Optional[str] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., launcher: _Optional[_Union[LauncherReport, _Mapping]] = ..., activity: _Optional[str] = ..., activity_seconds: _Optional[float] = ...) -> None: ...
 
 class LauncherReport(_message.Message):
-    __slots__ = ("exit_code", "step", "error", "failed_at", "restart", "restarts_left", "alive")
+    __slots__ = ("exit_code", "step", "error", "failed_at", "restart", "restarts_left")
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FAILED_AT_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_LEFT_FIELD_NUMBER: _ClassVar[int]
-    ALIVE_FIELD_NUMBER: _ClassVar[int]
     exit_code: int
     step: int
     error: str
     failed_at: _timestamp_pb2.Timestamp
     restart: int
     restarts_left: int
-    alive: bool
-    def __init__(self, exit_code: _Optional[int] = ..., step: _Optional[int] = ..., error: _Optional[str] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restart: _Optional[int] = ..., restarts_left: _Optional[int] = ..., alive: _Optional[bool] = ...) -> None: ...
+    def __init__(self, exit_code: _Optional[int] = ..., step: _Optional[int] = ..., error: _Optional[str] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restart: _Optional[int] = ..., restarts_left: _Optional[int] = ...) -> None: ...
+
+class LauncherKeepalive(_message.Message):
+    __slots__ = ("identity",)
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    identity: JobIdentity
+    def __init__(self, identity: _Optional[_Union[JobIdentity, _Mapping]] = ...) -> None: ...
+
+class LauncherKeepaliveReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class Anomaly(_message.Message):
     __slots__ = ("seq", "step", "kind", "statistic", "action", "rolled_back_to", "skip_from", "skip_to", "batches_skipped", "rollbacks")

@@ -39,6 +39,11 @@ class HeartbeatStub:
                 request_serializer=stoker_dot_common_dot_proto_dot_stoker__pb2.WorkerMessage.SerializeToString,
                 response_deserializer=stoker_dot_common_dot_proto_dot_stoker__pb2.OperatorCommand.FromString,
                 _registered_method=True)
+        self.LauncherAlive = channel.unary_unary(
+                '/stoker.v1.Heartbeat/LauncherAlive',
+                request_serializer=stoker_dot_common_dot_proto_dot_stoker__pb2.LauncherKeepalive.SerializeToString,
+                response_deserializer=stoker_dot_common_dot_proto_dot_stoker__pb2.LauncherKeepaliveReply.FromString,
+                _registered_method=True)
 
 
 class HeartbeatServicer:
@@ -50,6 +55,13 @@ class HeartbeatServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LauncherAlive(self, request, context):
+        """An operator without it answers UNIMPLEMENTED, and the launcher stops asking.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeartbeatServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +69,11 @@ def add_HeartbeatServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=stoker_dot_common_dot_proto_dot_stoker__pb2.WorkerMessage.FromString,
                     response_serializer=stoker_dot_common_dot_proto_dot_stoker__pb2.OperatorCommand.SerializeToString,
+            ),
+            'LauncherAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.LauncherAlive,
+                    request_deserializer=stoker_dot_common_dot_proto_dot_stoker__pb2.LauncherKeepalive.FromString,
+                    response_serializer=stoker_dot_common_dot_proto_dot_stoker__pb2.LauncherKeepaliveReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +103,33 @@ class Heartbeat:
             '/stoker.v1.Heartbeat/Stream',
             stoker_dot_common_dot_proto_dot_stoker__pb2.WorkerMessage.SerializeToString,
             stoker_dot_common_dot_proto_dot_stoker__pb2.OperatorCommand.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LauncherAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stoker.v1.Heartbeat/LauncherAlive',
+            stoker_dot_common_dot_proto_dot_stoker__pb2.LauncherKeepalive.SerializeToString,
+            stoker_dot_common_dot_proto_dot_stoker__pb2.LauncherKeepaliveReply.FromString,
             options,
             channel_credentials,
             insecure,
