@@ -32,4 +32,4 @@ def test_grpc_module_imports_pb2_from_package():
     assert stoker_pb2_grpc.HeartbeatStub
     assert "from stoker.common.proto import stoker_pb2" in (HERE / "stoker_pb2_grpc.py").read_text()
     assert stoker_pb2.DESCRIPTOR.package == "stoker.v1"
-    assert [m.name for m in stoker_pb2.DESCRIPTOR.services_by_name["Heartbeat"].methods] == ["Stream"]
+    assert [m.name for m in stoker_pb2.DESCRIPTOR.services_by_name["Heartbeat"].methods] == ["Stream", "LauncherAlive"]
