@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import Bench, trainer_pid, wait  # noqa: E402
-from bench.common import print_table, write_results  # noqa: E402
+from bench.common import code_version, print_table, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 
 DEMO_CONFIG = ROOT / "examples" / "train-tiny.yaml"
@@ -162,7 +162,7 @@ def main() -> int:
     b = Bench(cluster, tmp)
     results: dict = {"steps": args.steps, "ckpt_every": args.ckpt_every, "repeat": args.repeat, "seed": seed,
                      "failure_policy": "defaults", "model": str(DEMO_CONFIG.relative_to(ROOT)), "workers": 2,
-                     "runs": []}
+                     "code_at_start": code_version(), "runs": []}  # "machine" is as of each write
     try:
         b.setup(nodes=3)
         for rep in range(args.repeat):
