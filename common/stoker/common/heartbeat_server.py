@@ -280,12 +280,18 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
         self.token_lookup = token_lookup
         self.poll_s = poll_s
 
+    def _job(self, context) -> JobKey:
+        """The job the call's token is for; aborts the call (UNAUTHENTICATED) without one."""
+        try:
+            return authenticate(context.invocation_metadata(), self.token_lookup)
+        except AuthError as exc:
+            log.warning("heartbeat.unauthenticated peer=%s reason=%s", context.peer(), exc)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise  # abort raises; this line is never reached
+
     def LauncherAlive(self, request, context):
         """A pod's launcher is alive (launcher_beats.py); the token must be its job's."""
-        try:
-            job = authenticate(context.invocation_metadata(), self.token_lookup)
-        except AuthError as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        job = self._job(context)
         ident = request.identity
         if not identity_matches(job, ident.namespace, ident.job_name):
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
@@ -294,11 +300,7 @@ class HeartbeatServicer(pb_grpc.HeartbeatServicer):
         return pb.LauncherKeepaliveReply()
 
     def Stream(self, request_iterator, context):
-        try:
-            job = authenticate(context.invocation_metadata(), self.token_lookup)
-        except AuthError as exc:
-            log.warning("heartbeat.unauthenticated peer=%s reason=%s", context.peer(), exc)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        job = self._job(context)
         seen: dict = {}
         problem: list[str] = []
         ended = threading.Event()

@@ -152,12 +152,16 @@ class Reporter:
               file=sys.stderr, flush=True)
         return None
 
+    def _identity(self, rank: int = 0) -> Any:
+        env = self._env
+        return self._pb.JobIdentity(namespace=env[E.JOB_NAMESPACE], job_name=env[E.JOB_NAME],
+                                    job_uid=env.get(E.JOB_UID, ""), incarnation=int(env.get(E.INCARNATION) or 0),
+                                    rank=rank, replica_index=int(env.get(E.REPLICA_INDEX) or 0),
+                                    pod_name=env.get(E.POD_NAME, ""), node_name=env.get(E.NODE_NAME, ""))
+
     def message(self, report: Mapping[str, Any]) -> Any:
-        pb, env = self._pb, self._env
-        ident = pb.JobIdentity(namespace=env[E.JOB_NAMESPACE], job_name=env[E.JOB_NAME],
-                               job_uid=env.get(E.JOB_UID, ""), incarnation=int(env.get(E.INCARNATION) or 0),
-                               rank=report["rank"], replica_index=int(env.get(E.REPLICA_INDEX) or 0),
-                               pod_name=env.get(E.POD_NAME, ""), node_name=env.get(E.NODE_NAME, ""))
+        pb = self._pb
+        ident = self._identity(report["rank"])
         msg = pb.WorkerMessage(identity=ident, seq=1, step=report["step"])
         msg.sent_at.GetCurrentTime()
         r = msg.launcher
@@ -168,11 +172,7 @@ class Reporter:
 
     def alive_message(self) -> Any:
         """The launcher's keepalive (``LauncherAlive``): who it is."""
-        pb, env = self._pb, self._env
-        return pb.LauncherKeepalive(identity=pb.JobIdentity(
-            namespace=env[E.JOB_NAMESPACE], job_name=env[E.JOB_NAME], job_uid=env.get(E.JOB_UID, ""),
-            incarnation=int(env.get(E.INCARNATION) or 0), replica_index=int(env.get(E.REPLICA_INDEX) or 0),
-            pod_name=env.get(E.POD_NAME, ""), node_name=env.get(E.NODE_NAME, "")))
+        return self._pb.LauncherKeepalive(identity=self._identity())
 
     def keep_alive(self, interval_s: float, stop: threading.Event | None = None) -> threading.Thread:
         """Say the launcher is alive every ``interval_s`` (one unary call each: no stream or server
