@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from stoker.worker.shards.fetcher import URGENT_THREADS, Fetcher
+from stoker.worker.shards.fetcher import FILL, NEXT, URGENT_THREADS, Fetcher
 from stoker.worker.shards.index import Shard
 
 
@@ -60,3 +60,33 @@ def test_a_worker_that_picks_up_a_shard_a_read_waits_for_downloads_it_as_the_rea
     stalled.set()
     assert got == [[Path(s.name)]], "the read waited on the background download path"
     assert now_calls and now_calls[0].startswith("stoker-shards-")
+
+
+def test_the_cache_fill_waits_for_the_download_process_and_a_read_fetches_a_waiting_fill_shard_itself():
+    """The cold cache's first step waited ~250 ms for shards the fill had handed to a fetchd still
+    starting. Until ``fill_ready``, fill shards stay unclaimed (a read fetches one itself, at once);
+    next-step shards are fetched as a read would; after it, the fill goes through the background path."""
+    up = threading.Event()
+    background, now_calls = [], []
+
+    def fetch_now(s: Shard) -> Path:
+        now_calls.append((s.name, threading.current_thread().name))
+        return Path(s.name)
+
+    fetcher = Fetcher(lambda s: background.append(s.name) or Path(s.name), threads=2, fetch_now=fetch_now,
+                      fill_ready=up.is_set)
+    fill = [shard(i) for i in range(3)]
+    for s in fill:
+        fetcher.want(s, FILL)
+    nxt = fetcher.want(shard(7), NEXT)
+    assert nxt.result(timeout=10) == Path(shard(7).name)
+    threading.Event().wait(0.2)  # the workers have seen the fill shards by now
+    assert background == [] and not any(s.sha256 in fetcher._started for s in fill)
+    reader = threading.current_thread().name
+    assert fetcher.get(fill[0]) == Path(fill[0].name)
+    assert (fill[0].name, reader) in now_calls, "the read waited for the fill instead of fetching the shard"
+    up.set()
+    fetcher.wait()
+    assert sorted(background) == [fill[1].name, fill[2].name]
+    assert now_calls[0] == (shard(7).name, now_calls[0][1]) and now_calls[0][1].startswith("stoker-shards-")
+    fetcher.close()

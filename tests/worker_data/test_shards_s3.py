@@ -97,7 +97,8 @@ def test_s3_downloads_run_in_a_child_process_not_in_the_trainer(s3_dataset, tmp_
 
 def test_a_read_does_not_wait_for_the_download_process_to_start(s3_dataset, tmp_path):
     """Until fetchd answers ready (its start-up takes ~0.5 s), a read that needs a shard now
-    downloads it in the trainer; prefetches still wait for the child."""
+    downloads it in the trainer, and so does a prefetch of the next step's shards (the step after
+    would wait for them); only the cache fill waits for the child (test_fetcher.py)."""
     import os
     import signal
     import threading
@@ -114,13 +115,14 @@ def test_a_read_does_not_wait_for_the_download_process_to_start(s3_dataset, tmp_
     reading.join(timeout=60)
     try:
         assert got and torch.equal(got[0], want), "the read waited for a download process that is not ready"
-        data.prefetch(np.arange(40, 80))  # queued for the child, which is stopped: nothing on disk
-        time.sleep(0.5)
-        assert not data.cache.has(data.index.splits["train"][1])
+        data.prefetch(np.arange(40, 80))  # the second shard: the child is stopped, so fetched here
+        waiting = threading.Thread(target=data.wait_prefetched, daemon=True)
+        waiting.start()
+        waiting.join(timeout=60)
+        assert not waiting.is_alive(), "the next step's prefetch waited for a download process that is not ready"
+        assert data.cache.has(data.index.splits["train"][1])
     finally:
         os.kill(data._process.pid, signal.SIGCONT)
-    data.wait_prefetched()
-    assert data.cache.has(data.index.splits["train"][1])
     data.close()
 
 

@@ -1,12 +1,17 @@
 """Background shard downloads with priorities: what a read needs now (fetched in the
 reader's own thread if no worker has started it yet), then what the next step needs
 (``prefetch``), then the rest of the split (cache fill). ``fetch_now`` (default ``fetch``)
-is what a read that waits runs, in its own thread or in a worker that claimed the shard first."""
+is what a read that waits runs, in its own thread or in a worker that claimed the shard first;
+workers run it for next-step shards too. ``fill_ready`` (default: always) says whether the
+cache fill may start: a fill shard is not claimed before, so a read that needs it meanwhile
+fetches it itself instead of waiting behind a download process that is still starting (the
+cold cache's first step waited ~250 ms for the two shards the fill had handed to fetchd)."""
 from __future__ import annotations
 
 import itertools
 import queue
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -18,13 +23,15 @@ _STOP = -1
 # Shards one read fetches at once (``get_many``): with the global shuffle a cold cache's first
 # batch needs a shard per sample (16 of 57 on the demo); one after another they took ~0.6 s.
 URGENT_THREADS = 8
+FILL_RECHECK_S = 0.02
 
 
 class Fetcher:
     def __init__(self, fetch: Callable[[Shard], Path], threads: int,
-                 fetch_now: Callable[[Shard], Path] | None = None):
+                 fetch_now: Callable[[Shard], Path] | None = None, fill_ready: Callable[[], bool] | None = None):
         self._fetch = fetch
         self._fetch_now = fetch_now or fetch
+        self._fill_ready = fill_ready or (lambda: True)
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._futures: dict[str, Future] = {}
         self._started: set[str] = set()
@@ -99,10 +106,14 @@ class Fetcher:
 
     def _work(self) -> None:
         while True:
-            priority, _, shard = self._queue.get()
+            priority, seq, shard = self._queue.get()
             if priority == _STOP:
                 return
+            if priority == FILL and not self._fill_ready():  # back in line: NOW and NEXT go first meanwhile
+                time.sleep(FILL_RECHECK_S)
+                self._queue.put((priority, seq, shard))
+                continue
             with self._lock:
                 fut = self._futures[shard.sha256]
-            if self._claim(shard):  # a read waits on a NOW shard: fetch it as the read would
-                self._run(shard, fut, self._fetch_now if priority == NOW else self._fetch)
+            if self._claim(shard):  # a read waits (or will, next step): fetch it as the read would
+                self._run(shard, fut, self._fetch_now if priority < FILL else self._fetch)

@@ -93,7 +93,8 @@ class ShardedTokens:
         # an S3 dataset downloads in a child process (fetchd.py: threads here would take the GIL from training)
         self._process = (FetchProcess(uri, self.cache.root, prefetch_shards + URGENT_THREADS, self._download_here)
                          if self._prefetching and isinstance(self.source, S3Prefix) else None)
-        self._fetcher = Fetcher(self._fetch, prefetch_shards, functools.partial(self._fetch, urgent=True))
+        self._fetcher = Fetcher(self._fetch, prefetch_shards, functools.partial(self._fetch, urgent=True),
+                                fill_ready=self._process.settled if self._process is not None else None)
         self._rows = RowReader(self.source, self.index) if self._prefetching and ranged_reads else None
         if self._prefetching and fill_cache:
             for shard in self._shards[TRAIN]:
