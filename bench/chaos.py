@@ -1,7 +1,7 @@
 """Chaos suite: many TrainingJobs, faults at random moments of real training, and for
 every job the checks that matter (issue 11).
 
-    .venv/bin/python bench/chaos.py [--profile default|short] [--seed N] [--cluster-dir DIR] [--nodes real]
+    .venv/bin/python bench/chaos.py [--profile default|memory|short] [--seed N] [--cluster-dir DIR] [--nodes real]
     make chaos          # the default profile: 100 faults across 10 kinds (goal: within an hour on 2 cores)
 
 Jobs (2 workers each, one at a time, on a pool of 2 process nodes) cycle through three
@@ -32,11 +32,15 @@ profile (``make test`` runs it, tests/test_chaos.py) sets progressTimeoutSeconds
 short, and says so in its JSON. ``--nodes real``: the real-node profiles
 (bench/chaos_real.py). Results: bench/results/chaos.json (raw samples, commit, machine,
 load average, command line, seed, per job the times of its phases), or chaos-short.json
-for the short profile.
+for the short profile. ``--profile memory``: the default profile with the in-memory tier on
+(``spec.checkpoint.memoryIntervalSteps: 1``; a restore from it is judged by the tier's rule, not
+the newest-commit rule: a computed step not older than the newest commit, at most one step
+recomputed), written to chaos-memory.json.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import os
@@ -74,6 +78,10 @@ PROFILES = {
     "short": {"faults": 10, "per_job": 4, "kinds": list(K.KINDS), "s3_outage_s": (10.0, 12.0),
               "failure_policy": {"progressTimeoutSeconds": 5}, "steps": 200},
 }
+# The default profile with the in-memory tier on (a snapshot every step in each pod's memory): a
+# restart in place resumes from it; the checks then ask that it resumed from a step computed before
+# and not older than the newest commit, and recomputed at most memory_every steps.
+PROFILES["memory"] = {**PROFILES["default"], "memory_every": 1}
 CONFIGS = ("demo", "pipeline", "zero3")
 
 
@@ -119,7 +127,8 @@ class Suite:
         out = self.tmp / name
         jdir = out / "journal"
         cfg["output"] = {"metrics_path": str(out / "metrics.jsonl"), "summary_path": str(out / "summary.json")}
-        self.b.create(name, cfg, self.p["failure_policy"], extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)})
+        self.b.create(name, cfg, self.p["failure_policy"], extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)},
+                      memory_every=self.p.get("memory_every"))
         return jdir
 
     def make_ctx(self, name: str, jdir: Path) -> K.Ctx:
@@ -194,8 +203,9 @@ class Suite:
             "job": name, "config": cfg_kind, "steps": steps, "phase": phase, "samples": samples, "recoveries": facts,
             "succeeded": phase == "Succeeded",
             "identical": bool(summary) and summary.get("checksum") == ref and summary.get("step") == steps,
-            "newest_commit": all(f["resumed_committed"] and f["resumed"] == f["newest_commit"] for f in facts),
-            "recompute_bounded": all(f["recomputed"] <= f["since_commit"] for f in facts),
+            "newest_commit": all(resumed_as_it_should(f) for f in facts),
+            "recompute_bounded": all(f["recomputed"] <= (self.p["memory_every"] if f["tier"] == "memory"
+                                                         else f["since_commit"]) for f in facts),
             "pods_ok": not mon.duplicates and not leftovers, "duplicates": mon.duplicates, "leftovers": leftovers,
             "budget_ok": int(restarts.get("userError", 0)) == 0 and int(restarts.get("total", 0)) == len(incs)
             and int(st.get("incarnation", 0)) == len([i for i in incs if not i.get("inPlace")]),
@@ -203,6 +213,13 @@ class Suite:
             "incidents": [{k: i.get(k) for k in ("kind", "inPlace", "detectedCause", "step", "pod", "node", "time")}
                           for i in st.get("incidents") or []],
         }
+
+
+def resumed_as_it_should(fact: dict) -> bool:
+    """From the newest commit, or from the in-memory tier at a computed step not older than it."""
+    if fact["tier"] == "memory":
+        return fact["memory_ok"]
+    return fact["resumed_committed"] and fact["resumed"] == fact["newest_commit"]
 
 
 def inject_all(ctx: K.Ctx, name: str, kinds: list[str], table: dict = K.KINDS) -> tuple[list[dict], list[int]]:
@@ -324,11 +341,13 @@ def report(results: dict, args: argparse.Namespace, seed: int, started: float, r
     rows = table(jobs)
     bad = failures(jobs)
     results.update(table=rows, failures=bad, wall_s=time.time() - started, references=refs.samples,
-                   faults_injected=sum(1 for j in jobs for s in landed(j)), loadavg_end=os.getloadavg())
+                   faults_injected=sum(1 for j in jobs for s in landed(j)), loadavg_end=os.getloadavg(),
+                   restored_from=dict(collections.Counter(str(f["tier"]) for j in jobs for f in j["recoveries"])))
     print_table(f"Chaos ({results['profile']}, seed {seed}, {results['faults_injected']} faults, "
                 f"{len(jobs)} jobs, {results['wall_s'] / 60:.1f} min, load {os.getloadavg()[0]:.1f})", rows)
     name = {"default": "chaos", "real-default": "chaos-real"}.get(results["profile"], f"chaos-{results['profile']}")
     write_results(name, results, Path(args.out) if args.out else None)
+    print(f"restarts restored from: {results['restored_from']} (None: from scratch)", flush=True)
     for line in bad:
         print("FAIL", line, flush=True)
     return 1 if bad else 0

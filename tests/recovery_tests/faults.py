@@ -195,14 +195,16 @@ def resumed_steps(journal_dir: pathlib.Path) -> list[int]:
 
 def incarnation_summary(records: list[dict], key: str = "incarnation") -> list[dict]:
     """Per incarnation (or generation, with ``key``; in order): where it resumed (None: from
-    scratch), the steps it computed, the last step it computed, and the commits it saw."""
+    scratch) and from which tier ("s3" or "memory": the pods' in-memory tier), the steps it
+    computed, the last step it computed, and the commits it saw."""
     out: dict[int, dict] = {}
     for r in records:
         inc = out.setdefault(r[key], {"incarnation": r["incarnation"], key: r[key], "resumed": None, "steps": set(),
-                                      "commits": set(), "first_t": r["t"], "resumed_t": None})
-        if r["event"] == "resumed":
+                                      "commits": set(), "first_t": r["t"], "resumed_t": None, "tier": None})
+        if r["event"] in ("resumed", "resumed_from_memory"):
             inc["resumed"] = r["step"] if inc["resumed"] is None else inc["resumed"]
             inc["resumed_t"] = r["t"] if inc["resumed_t"] is None else min(inc["resumed_t"], r["t"])
+            inc["tier"] = inc["tier"] or ("memory" if r["event"] == "resumed_from_memory" else "s3")
         elif r["event"] == "step":
             inc["steps"].add(r["step"])
         elif (r["event"] == "checkpoint" and r.get("ok")) or r["event"] == "committed":
@@ -221,7 +223,11 @@ def recovery_facts(records: list[dict], stored: dict[int, float] | None = None, 
     the bucket while the job ran), from storage: a process killed between writing the
     marker and journalling the outcome leaves a commit only storage knows of. A stored
     commit counts for a restart only if its marker was written before the restart
-    resumed (``witness`` says which source vouched for the resume step)."""
+    resumed (``witness`` says which source vouched for the resume step).
+
+    A restore from the in-memory tier (``tier`` "memory") resumes from a step never committed:
+    ``memory_ok`` says it is one an earlier generation computed and not older than the newest
+    commit (the tier's choice rule), and ``recomputed`` is then bounded by the tier's interval."""
     incs = incarnation_summary(records, key)
     facts = []
     committed: set[int] = set()
@@ -239,6 +245,8 @@ def recovery_facts(records: list[dict], stored: dict[int, float] | None = None, 
                           "recomputed": len({s for s in computed if s > resumed}),
                           "since_commit": max(0, last - (newest or 0)),
                           "resumed_committed": inc["resumed"] is None or inc["resumed"] in known,
+                          "tier": inc["tier"], "memory_ok": inc["tier"] == "memory" and resumed in computed
+                          and resumed >= (newest or 0),
                           "witness": "journal" if inc["resumed"] in committed else
                           "storage" if inc["resumed"] in from_storage else None})
         committed |= {c for c in inc["commits"]}

@@ -27,7 +27,7 @@ def test_a_restart_from_the_newest_commit_recomputes_only_the_steps_after_it():
     recs = run(0, 1, 13, 0, commits=(5, 10)) + run(1, 11, 20, 100, resumed=10, commits=(15, 20))
     [f] = F.recovery_facts(recs)
     assert f == {"incarnation": 1, "resumed": 10, "newest_commit": 10, "recomputed": 3, "since_commit": 3,
-                 "resumed_committed": True, "witness": "journal"}
+                 "resumed_committed": True, "witness": "journal", "tier": "s3", "memory_ok": False}
 
 
 def test_resuming_from_an_older_commit_or_a_failed_save_is_visible():
@@ -60,6 +60,24 @@ def test_a_commit_only_storage_saw_vouches_for_a_resume_if_its_marker_came_befor
     older = run(0, 1, 13, 0, commits=(5,)) + run(1, 6, 20, 100, resumed=5)
     [f] = F.recovery_facts(older, stored={5: 5.6, 10: 10.7})
     assert f["resumed_committed"] and f["newest_commit"] == 10 != f["resumed"]
+
+
+def test_a_restore_from_the_memory_tier_is_judged_by_the_tier_rule_not_the_commit_rule():
+    """A restart in place from the pods' memory resumes at a step never committed: it must be one
+    an earlier generation computed and not older than the newest commit (bench/chaos.py's memory
+    profile then bounds the recomputed steps by the tier's interval)."""
+    def memory_restart(resumed: int) -> dict:
+        recs = run(0, 1, 13, 0, commits=(5, 10)) + run(1, resumed + 1, 20, 100, resumed=resumed)
+        recs[len(run(0, 1, 13, 0, commits=(5, 10)))]["event"] = "resumed_from_memory"
+        [f] = F.recovery_facts(recs)
+        return f
+
+    f = memory_restart(12)
+    assert f["tier"] == "memory" and f["memory_ok"] and f["recomputed"] == 1 and not f["resumed_committed"]
+    assert not memory_restart(8)["memory_ok"]       # older than the newest commit (10): S3 was newer
+    assert not memory_restart(14)["memory_ok"]      # a step nobody computed
+    [f] = F.recovery_facts(run(0, 1, 13, 0, commits=(5, 10)) + run(1, 11, 20, 100, resumed=10))
+    assert f["tier"] == "s3" and not f["memory_ok"]
 
 
 def test_a_restart_before_any_commit_starts_from_scratch_and_may_redo_everything():
@@ -98,6 +116,7 @@ def test_a_restart_in_place_is_a_generation_of_its_own_though_the_incarnation_st
     assert F.recovery_facts(recs) == []                        # by incarnation: one, nothing to judge
     [f] = F.recovery_facts(recs, key="generation")
     assert f == {"incarnation": 0, "generation": 1, "resumed": 10, "newest_commit": 10, "recomputed": 3,
-                 "since_commit": 3, "resumed_committed": True, "witness": "journal"}
+                 "since_commit": 3, "resumed_committed": True, "witness": "journal", "tier": "s3",
+                 "memory_ok": False}
     plain = F.with_generations(run(0, 1, 5, 0) + run(1, 6, 8, 50, resumed=5))   # no world: by incarnation
     assert [r["generation"] for r in plain] == [r["incarnation"] for r in plain]
