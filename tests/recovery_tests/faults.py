@@ -227,11 +227,14 @@ def recovery_facts(records: list[dict], stored: dict[int, float] | None = None, 
 
     A restore from the in-memory tier (``tier`` "memory") resumes from a step never committed:
     ``memory_ok`` says it is one an earlier generation computed and not older than the newest
-    commit (the tier's choice rule), and ``recomputed`` is then bounded by the tier's interval."""
+    commit (the tier's choice rule), and ``recomputed_last``, the steps past its resume point that the
+    newest earlier generation to compute any computed, is bounded by the tier's interval (``recomputed``
+    also counts steps an older failure had already lost, which that failure's own bound covers)."""
     incs = incarnation_summary(records, key)
     facts = []
     committed: set[int] = set()
     computed: set[int] = set()
+    last_steps: set[int] = set()
     for i, inc in enumerate(incs):
         if i > 0:
             at = inc["resumed_t"] if inc["resumed_t"] is not None else inc["first_t"]
@@ -243,6 +246,7 @@ def recovery_facts(records: list[dict], stored: dict[int, float] | None = None, 
             facts.append({"incarnation": inc["incarnation"], key: inc[key], "resumed": inc["resumed"],
                           "newest_commit": newest,
                           "recomputed": len({s for s in computed if s > resumed}),
+                          "recomputed_last": len({s for s in last_steps if s > resumed}),
                           "since_commit": max(0, last - (newest or 0)),
                           "resumed_committed": inc["resumed"] is None or inc["resumed"] in known,
                           "tier": inc["tier"], "memory_ok": inc["tier"] == "memory" and resumed in computed
@@ -251,6 +255,7 @@ def recovery_facts(records: list[dict], stored: dict[int, float] | None = None, 
                           "storage" if inc["resumed"] in from_storage else None})
         committed |= {c for c in inc["commits"]}
         computed |= inc["steps"]
+        last_steps = inc["steps"] or last_steps
     return facts
 
 

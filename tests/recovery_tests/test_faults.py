@@ -27,7 +27,8 @@ def test_a_restart_from_the_newest_commit_recomputes_only_the_steps_after_it():
     recs = run(0, 1, 13, 0, commits=(5, 10)) + run(1, 11, 20, 100, resumed=10, commits=(15, 20))
     [f] = F.recovery_facts(recs)
     assert f == {"incarnation": 1, "resumed": 10, "newest_commit": 10, "recomputed": 3, "since_commit": 3,
-                 "resumed_committed": True, "witness": "journal", "tier": "s3", "memory_ok": False}
+                 "resumed_committed": True, "witness": "journal", "tier": "s3", "memory_ok": False,
+                 "recomputed_last": 3}
 
 
 def test_resuming_from_an_older_commit_or_a_failed_save_is_visible():
@@ -80,6 +81,21 @@ def test_a_restore_from_the_memory_tier_is_judged_by_the_tier_rule_not_the_commi
     assert f["tier"] == "s3" and not f["memory_ok"]
 
 
+def test_a_memory_restore_is_bounded_by_what_the_generation_before_it_computed():
+    """Chaos (memory profile, seed 199077543): generation 0 computed 1-13, a restart from S3 at 5
+    computed 6-12, and the next restored 11 from memory. Steps 12 and 13 are both past 11, but 13 was
+    lost at the first failure (bounded by that restart's since_commit); the memory restore lost 12."""
+    recs = run(0, 1, 13, 0, commits=(5,)) + run(1, 6, 12, 100, resumed=5) + run(2, 12, 20, 200, resumed=11)
+    recs[-len(run(2, 12, 20, 200, resumed=11))]["event"] = "resumed_from_memory"
+    first, second = F.recovery_facts(recs)
+    assert (first["recomputed"], first["since_commit"]) == (8, 8)
+    assert second["tier"] == "memory" and second["memory_ok"]
+    assert (second["recomputed"], second["recomputed_last"]) == (2, 1)
+    nothing = run(0, 1, 13, 0, commits=(5,)) + run(1, 6, 12, 100, resumed=5) + [rec(2, "resumed", 5, 150)]
+    nothing += run(3, 12, 20, 200, resumed=11)
+    assert F.recovery_facts(nothing)[-1]["recomputed_last"] == 1   # a generation that computed nothing: the one before
+
+
 def test_a_restart_before_any_commit_starts_from_scratch_and_may_redo_everything():
     recs = run(0, 1, 4, 0) + run(1, 1, 20, 100)
     [f] = F.recovery_facts(recs)
@@ -117,6 +133,6 @@ def test_a_restart_in_place_is_a_generation_of_its_own_though_the_incarnation_st
     [f] = F.recovery_facts(recs, key="generation")
     assert f == {"incarnation": 0, "generation": 1, "resumed": 10, "newest_commit": 10, "recomputed": 3,
                  "since_commit": 3, "resumed_committed": True, "witness": "journal", "tier": "s3",
-                 "memory_ok": False}
+                 "memory_ok": False, "recomputed_last": 3}
     plain = F.with_generations(run(0, 1, 5, 0) + run(1, 6, 8, 50, resumed=5))   # no world: by incarnation
     assert [r["generation"] for r in plain] == [r["incarnation"] for r in plain]
