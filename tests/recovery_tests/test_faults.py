@@ -14,8 +14,9 @@ def rec(inc: int, event: str, step: int, t: float, ok: bool = True, pid: int | N
     return r
 
 
-def run(inc: int, first: int, last: int, t0: float, resumed: int | None = None, commits=(), failed=()) -> list[dict]:
-    out = [rec(inc, "resumed", resumed, t0)] if resumed is not None else []
+def run(inc: int, first: int, last: int, t0: float, resumed: int | None = None, commits=(), failed=(),
+        from_memory: bool = False) -> list[dict]:
+    out = [rec(inc, "resumed_from_memory" if from_memory else "resumed", resumed, t0)] if resumed is not None else []
     for s in range(first, last + 1):
         out.append(rec(inc, "step", s, t0 + s))
         if s in commits or s in failed:
@@ -68,8 +69,7 @@ def test_a_restore_from_the_memory_tier_is_judged_by_the_tier_rule_not_the_commi
     an earlier generation computed and not older than the newest commit (bench/chaos.py's memory
     profile then bounds the recomputed steps by the tier's interval)."""
     def memory_restart(resumed: int) -> dict:
-        recs = run(0, 1, 13, 0, commits=(5, 10)) + run(1, resumed + 1, 20, 100, resumed=resumed)
-        recs[len(run(0, 1, 13, 0, commits=(5, 10)))]["event"] = "resumed_from_memory"
+        recs = run(0, 1, 13, 0, commits=(5, 10)) + run(1, resumed + 1, 20, 100, resumed=resumed, from_memory=True)
         [f] = F.recovery_facts(recs)
         return f
 
@@ -85,8 +85,8 @@ def test_a_memory_restore_is_bounded_by_what_the_generation_before_it_computed()
     """Chaos (memory profile, seed 199077543): generation 0 computed 1-13, a restart from S3 at 5
     computed 6-12, and the next restored 11 from memory. Steps 12 and 13 are both past 11, but 13 was
     lost at the first failure (bounded by that restart's since_commit); the memory restore lost 12."""
-    recs = run(0, 1, 13, 0, commits=(5,)) + run(1, 6, 12, 100, resumed=5) + run(2, 12, 20, 200, resumed=11)
-    recs[-len(run(2, 12, 20, 200, resumed=11))]["event"] = "resumed_from_memory"
+    recs = (run(0, 1, 13, 0, commits=(5,)) + run(1, 6, 12, 100, resumed=5)
+            + run(2, 12, 20, 200, resumed=11, from_memory=True))
     first, second = F.recovery_facts(recs)
     assert (first["recomputed"], first["since_commit"]) == (8, 8)
     assert second["tier"] == "memory" and second["memory_ok"]

@@ -88,5 +88,6 @@ def test_the_cache_fill_waits_for_the_download_process_and_a_read_fetches_a_wait
     up.set()
     fetcher.wait()
     assert sorted(background) == [fill[1].name, fill[2].name]
-    assert now_calls[0] == (shard(7).name, now_calls[0][1]) and now_calls[0][1].startswith("stoker-shards-")
+    first_name, first_thread = now_calls[0]
+    assert first_name == shard(7).name and first_thread.startswith("stoker-shards-")
     fetcher.close()

@@ -15,9 +15,10 @@ dataset's downloads run in ``python -m stoker.worker.shards.fetchd URI CACHE_DIR
 - it exits when its stdin closes (the trainer closed the dataset or died).
 
 ``FetchProcess`` is the trainer's side: ``fetch(shard)`` blocks (releasing the GIL) until
-the answer. ``fetch(shard, urgent=True)`` (a read that needs the shard now, or the next step will) downloads in the
-caller's thread while the child is not ready yet: the step waits for that shard either way,
-and the child's start-up would only add to the wait (the cold cache's first step). If the
+the answer. ``fetch(shard, urgent=True)`` (a read that needs the shard now, or the next step
+will) downloads in the caller's thread while the child is not ready yet: the step waits for
+that shard either way, and the child's start-up would only add to the wait (the cold cache's
+first step). If the
 child dies, waiting calls fail, and later ones fetch in the caller's own thread (logged
 once): a dead helper must never stop training.
 """
