@@ -91,3 +91,14 @@ def test_the_cache_fill_waits_for_the_download_process_and_a_read_fetches_a_wait
     first_name, first_thread = now_calls[0]
     assert first_name == shard(7).name and first_thread.startswith("stoker-shards-")
     fetcher.close()
+
+
+def test_the_download_process_imports_neither_numpy_nor_torch():
+    """fetchd starts while a cold cache's first steps train: every import is CPU taken from them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stoker.worker.shards.fetchd, stoker.worker.shards.storage\n"
+            "print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -44,6 +44,10 @@ class ShardCache:
     def path(self, shard: Shard) -> Path:
         return self.root / f"{shard.sha256}.bin"
 
+    def is_empty(self) -> bool:
+        """No shard of any dataset is cached here (a new pod's cache)."""
+        return not any(self.root.glob("*.bin"))
+
     def has(self, shard: Shard) -> bool:
         """True when a complete copy is cached; a wrong-sized copy is removed."""
         path = self.path(shard)

@@ -18,16 +18,17 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where used: fetchd (index, cache) starts ~70 ms sooner without it
+    import numpy as np
 
 FORMAT = "stoker-tokens"
 VERSION = 1
 INDEX = "index.json"
 SPLITS = ("train", "val")
 SPLIT_DIRS = {"train": "", "val": "val/"}
-DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+DTYPES = {"uint16": "<u2", "uint32": "<u4"}  # NumPy dtype strings: little-endian, the size in bytes last
 BLOCK_HASH_HEX = 32  # a block's hash: the first 128 bits of its sha256, in hex
 
 
@@ -77,7 +78,7 @@ class Index:
 
     @property
     def itemsize(self) -> int:
-        return DTYPES[self.dtype].itemsize
+        return itemsize(self.dtype)
 
     @property
     def sample_bytes(self) -> int:
@@ -128,7 +129,7 @@ def parse(text: str | bytes, where: str = INDEX) -> Index:
     block_samples = raw.get("block_samples", 0)
     _need(isinstance(block_samples, int) and block_samples >= 0, where,
           f"block_samples {block_samples!r} must be an integer >= 0")
-    sample_bytes = (seq_len + 1) * DTYPES[raw["dtype"]].itemsize
+    sample_bytes = (seq_len + 1) * itemsize(raw["dtype"])
     parsed = {name: _parse_split(body, f"{where} splits.{name}", sample_bytes, block_samples)
               for name, body in splits.items()}
     _need(sum(s.samples for s in parsed["train"]) >= 1, where, "the train split has no samples")
@@ -171,9 +172,16 @@ def _parse_split(body: Any, where: str, sample_bytes: int, block_samples: int = 
     return tuple(shards)
 
 
+def itemsize(dtype: str) -> int:
+    """Bytes per token of a DTYPES name."""
+    return int(DTYPES[dtype][2:])
+
+
 def locate(offsets: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(shard number, row within it) of each sample id; ``offsets`` are the shards' first ids
     followed by the total."""
+    import numpy as np
+
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= offsets[-1]):
         raise IndexError(f"sample id out of range [0, {int(offsets[-1])})")
@@ -182,4 +190,6 @@ def locate(offsets: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def offsets_of(shards: tuple[Shard, ...]) -> np.ndarray:
+    import numpy as np
+
     return np.concatenate([[0], np.cumsum([s.samples for s in shards], dtype=np.int64)]).astype(np.int64)

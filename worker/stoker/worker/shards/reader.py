@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import mmap
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from .cache import ShardCache
 from .fetcher import FILL, NEXT, NOW, URGENT_THREADS, Fetcher
 from .rows import RowReader
 from .fetchd import FetchProcess
-from .storage import S3Prefix, open_prefix
+from .storage import open_prefix
 
 log = logging.getLogger("stoker.worker.shards")
 
@@ -71,6 +72,35 @@ class ShardedTokens:
 
     def __init__(self, uri: str, *, cache_dir: str | os.PathLike | None = None, prefetch_shards: int = 2,
                  sample_log: str | os.PathLike | None = None, fill_cache: bool = True, ranged_reads: bool = True):
+        self.cache = ShardCache(cache_dir)
+        self._prefetching = prefetch_shards > 0
+        # An S3 dataset downloads in a child process (fetchd.py: threads here would take the GIL from training),
+        # started by the first download, so a warm cache never pays its start (~0.25 s of CPU beside the
+        # trainer); a new cache starts it at once: its start overlaps this process's own S3 client and index read.
+        self._process: FetchProcess | None = None
+        self._process_lock, self._closed = threading.Lock(), False
+        self._start_process = (functools.partial(FetchProcess, uri, self.cache.root,
+                                                 prefetch_shards + URGENT_THREADS, self._download_here)
+                               if self._prefetching and uri.startswith("s3://") else None)
+        if self.cache.is_empty():
+            self._downloader()
+        try:
+            self._open(uri)
+        except BaseException:
+            self._stop_process()
+            raise
+        self._fetcher = Fetcher(self._fetch, prefetch_shards, functools.partial(self._fetch, urgent=True),
+                                fill_ready=self._fill_ready)
+        self._rows = RowReader(self.source, self.index) if self._prefetching and ranged_reads else None
+        missing = [s for s in self._shards[TRAIN] if not self.cache.has(s)] if self._prefetching and fill_cache else []
+        if missing:
+            self._downloader()  # the fill waits for it: start it now
+        for shard in missing:
+            self._fetcher.want(shard, FILL)
+        self._log = SampleLog(sample_log) if sample_log else None
+
+    def _open(self, uri: str) -> None:
+        """Read and check the index; the splits' shards and offsets."""
         self.source = open_prefix(uri)
         raw = self.source.read_bytes(fmt.INDEX)
         if raw is None:
@@ -80,26 +110,13 @@ class ShardedTokens:
         self.spec = ShardedSpec(uri, self.index.vocab_size, self.index.seq_len,
                                 self.index.samples("train"), self.index.samples("val"))
         self.vocab_size, self.seq_len = self.spec.vocab_size, self.spec.seq_len
-        self.cache = ShardCache(cache_dir)
         self._shards = {s: self.index.splits.get(name, ()) for s, name in SPLIT_NAMES.items()}
         self._offsets = {s: fmt.offsets_of(shards) for s, shards in self._shards.items()}
         self._maps: dict[str, np.ndarray] = {}
         self._train_keys = {s.sha256 for s in self._shards[TRAIN]}
         self._train_mapped = 0  # how many distinct train shards are mapped (prefetch stops at all)
-        self._log = SampleLog(sample_log) if sample_log else None
         self._position: int | None = None
         self.stats = ReadStats()
-        self._prefetching = prefetch_shards > 0
-        # an S3 dataset downloads in a child process (fetchd.py: threads here would take the GIL from training)
-        self._process = (FetchProcess(uri, self.cache.root, prefetch_shards + URGENT_THREADS, self._download_here)
-                         if self._prefetching and isinstance(self.source, S3Prefix) else None)
-        self._fetcher = Fetcher(self._fetch, prefetch_shards, functools.partial(self._fetch, urgent=True),
-                                fill_ready=self._process.settled if self._process is not None else None)
-        self._rows = RowReader(self.source, self.index) if self._prefetching and ranged_reads else None
-        if self._prefetching and fill_cache:
-            for shard in self._shards[TRAIN]:
-                if not self.cache.has(shard):
-                    self._fetcher.want(shard, FILL)
 
     # -- the SyntheticLM interface
     def size(self, split: int) -> int:
@@ -161,8 +178,7 @@ class ShardedTokens:
     def close(self) -> None:
         """Stop the downloads: the ones in flight finish, queued ones are dropped."""
         self._fetcher.close()
-        if self._process is not None:
-            self._process.close()
+        self._stop_process()
         if self._rows is not None:
             self._rows.close()
 
@@ -170,9 +186,26 @@ class ShardedTokens:
     def _fetch(self, shard: fmt.Shard, urgent: bool = False) -> Path:
         if self.cache.has(shard):
             return self.cache.path(shard)
-        path = self._process.fetch(shard, urgent) if self._process is not None else self._download_here(shard)
+        process = self._downloader()
+        path = process.fetch(shard, urgent) if process is not None else self._download_here(shard)
         self.stats.fetched += 1
         return path
+
+    def _downloader(self) -> FetchProcess | None:
+        """The download process (started on first use), or None where downloads run in this process."""
+        with self._process_lock:
+            if self._process is None and self._start_process is not None and not self._closed:
+                self._process = self._start_process()
+            return self._process
+
+    def _stop_process(self) -> None:
+        with self._process_lock:
+            self._closed = True
+        if self._process is not None:
+            self._process.close()
+
+    def _fill_ready(self) -> bool:
+        return self._process is None or self._process.settled()
 
     def _download_here(self, shard: fmt.Shard) -> Path:
         return self.cache.fetch(self.source, shard)

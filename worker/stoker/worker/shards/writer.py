@@ -107,7 +107,7 @@ def write_dataset(inputs: list[str | Path], target_uri: str, *, seq_len: int, sh
     if target.read_bytes(fmt.INDEX) is not None:
         raise WriteError(f"{target_uri} already holds a dataset ({fmt.INDEX}); write to a new prefix "
                          f"(a dataset is never rewritten in place: readers may be using it)")
-    dtype = fmt.DTYPES[fmt.dtype_for(tok.vocab_size)]
+    dtype = np.dtype(fmt.DTYPES[fmt.dtype_for(tok.vocab_size)])
     if block_samples is None:
         block_samples = default_block_samples((seq_len + 1) * dtype.itemsize, shard_samples)
     if block_samples < 1:
