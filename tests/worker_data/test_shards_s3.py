@@ -96,8 +96,8 @@ def test_s3_downloads_run_in_a_child_process_not_in_the_trainer(s3_dataset, tmp_
 
 
 def test_a_warm_cache_starts_no_download_process_until_a_shard_is_missing(s3_dataset, tmp_path):
-    """fetchd's start (~0.4 s of CPU beside the trainer) slowed a warm cache's first ~20 steps by
-    ~12 % (bench_dataloader): with every train shard cached it is started by the first download
+    """fetchd's start (~0.4 s of CPU beside the trainer) slowed a warm cache's first ~15 steps by
+    ~14 % (bench_dataloader): with every train shard cached it is started by the first download
     (here the validation split's, which the cache fill does not fetch)."""
     cold = ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache", prefetch_shards=2)
     ids, val_ids = np.arange(cold.size(TRAIN)), np.arange(cold.size(VAL))
