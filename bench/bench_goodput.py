@@ -24,10 +24,15 @@ Per run:
               startup, checkpoint stalls, detection and restarts count zero.
   goodput     productive / wall (the issue's definition)
   per failure (not training - the undisturbed runs' median not training) / kills
+  start, between, end   where the time that is not training went (the step journal,
+              STOKER_STEP_JOURNAL_DIR): applied -> the first step; first step -> last
+              step, less productive (checkpoint stalls, the loop's own work; with faults,
+              their detection, restarts and recomputed steps); last step -> Succeeded seen
 
 Per setting: goodput median [min, max] over the repetitions, and the same for the
 cost of one failure; and, derived from those (labelled as derived, not measured):
-the shortest failure interval at which goodput stays >= 95% on this machine.
+the shortest failure interval at which goodput stays >= 95% on this machine. Goals:
+95% (the recovery issue), 99% with a failure every 300 s (issue 12).
 
     .venv/bin/python bench/bench_goodput.py [--steps 30000] [--kill-every 120,300] [--repeat 3] [--seed N]
 
@@ -56,9 +61,11 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_recovery import Bench, trainer_pid, wait  # noqa: E402
 from bench.common import code_version, print_table, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
+from stoker.worker import journal  # noqa: E402
 
 DEMO_CONFIG = ROOT / "examples" / "train-tiny.yaml"
 GOAL = 0.95
+GOAL_ISSUE_12 = 0.99  # with a failure every 300 s
 POLL_S = 0.5   # how often the job is looked at: wall time is known to within this
 
 
@@ -92,8 +99,10 @@ def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float
     name = f"gp-{label}-{uuid.uuid4().hex[:4]}"
     cfg = demo_cfg(b.tmp / name, steps, ckpt_every)
     tokens_per_step = cfg["train"]["global_batch"] * cfg["data"]["seq_len"]
+    jdir = b.tmp / name / "journal"
     t0 = time.time()
-    out = b.create(name, cfg, {}, ckpt_every=ckpt_every)  # the default failure policy
+    out = b.create(name, cfg, {}, ckpt_every=ckpt_every,  # the default failure policy
+                   extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)})
     kills: list[dict] = []
     gap = (lambda: rng.uniform(0.5 * kill_every, 1.5 * kill_every)) if kill_every else None
     next_kill = t0 + gap() if gap else None
@@ -130,7 +139,18 @@ def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float
     return {"run": setting(kill_every), "kill_every_s": kill_every, "kills": len(kills), "kill_log": kills,
             "incidents": len(incidents), "causes": sorted({i.get("detectedCause") for i in incidents}),
             "wall_s": wall, "productive_s": productive, "goodput": productive / wall,
-            "checksum": summary["checksum"], "restarts": st.get("restarts")}
+            "checksum": summary["checksum"], "restarts": st.get("restarts"),
+            **where_time_went(jdir, t0, wall, productive)}
+
+
+def where_time_went(jdir: Path, t0: float, wall: float, productive: float) -> dict:
+    """From the step journal: ``start_s`` (applied -> the first step done by any rank), ``end_s``
+    (the last step -> Succeeded seen) and ``between_s``: the time from the first step to the last
+    that was not a step of the final model (checkpoint stalls, the loop's own work, and for runs
+    with faults their detection, restarts and recomputed steps)."""
+    steps = [r["t"] for r in journal.read(jdir) if r.get("event") == "step"]
+    first, last = min(steps) - t0, max(steps) - t0
+    return {"start_s": first, "end_s": wall - last, "between_s": (last - first) - productive}
 
 
 def setting(kill_every: float | None) -> str:
@@ -212,8 +232,13 @@ def report(results: dict) -> None:
                "vs undisturbed %": _spread([r["goodput"] / base_goodput for r in rs], 100.0),
                "s per failure": _spread([r["cost_per_failure_s"] for r in rs if "cost_per_failure_s" in r]),
                "same checksum": all(r["checksum"] == checksum for r in rs)}
+        for key in ("start_s", "between_s", "end_s"):  # runs written before the journal have none
+            row[key.replace("_s", " s")] = _spread([r[key] for r in rs if key in r])
         if rs[0]["kill_every_s"]:
-            row["goal 95%"] = "met" if statistics.median(r["goodput"] for r in rs) >= GOAL else "missed"
+            median = statistics.median(r["goodput"] for r in rs)
+            row["goal 95%"] = "met" if median >= GOAL else "missed"
+            if rs[0]["kill_every_s"] == 300:
+                row["goal 99% (issue 12)"] = "met" if median >= GOAL_ISSUE_12 else "missed"
         rows.append(row)
     results["table"] = rows
     costs = [r["cost_per_failure_s"] for r in runs if "cost_per_failure_s" in r]
