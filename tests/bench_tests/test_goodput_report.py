@@ -26,3 +26,22 @@ def test_each_setting_is_reported_as_median_and_range_and_a_failure_costs_its_id
     assert k120["same checksum"] is False                 # one run ended with other parameters: said
     assert k120["goal 95%"] == "missed"
     assert results["derived_min_interval_for_95pct_s"] > 0
+
+
+def test_the_time_not_training_is_split_into_start_between_steps_and_end(tmp_path):
+    from stoker.worker.journal import StepJournal
+
+    t0 = 1000.0
+    for rank in (0, 1):  # steps 1..3 at t0 + 6, 7, 8.5 (rank 1 a little later)
+        j = StepJournal(tmp_path, job="j", incarnation=0, pod=f"p{rank}", rank=rank)
+        for step, t in ((1, 6.0), (2, 7.0), (3, 8.5)):
+            j.record("step", step, t=t0 + t + 0.1 * rank)  # the moment given, not now
+        j.record("checkpoint", 3, ok=True, t=t0 + 9.5)     # not a step: not the last step
+        j.close()
+    got = G.where_time_went(tmp_path, t0, wall=10.0, productive=2.0)
+    # the first step of any rank at 6.0, the last at 8.6; 2.6 s between them, 2.0 of it training
+    assert got == pytest.approx({"start_s": 6.0, "end_s": 1.4, "between_s": 0.6})
+    runs = [run(None, 10.0, 2.0, 0) | got, run(None, 12.0, 2.0, 0)]  # a run written before the journal
+    results = {"runs": runs, "steps": 3, "ckpt_every": 5, "repeat": 2, "seed": 1}
+    G.report(results)
+    assert results["table"][0]["start s"] == "6.0 [6.0, 6.0]"
