@@ -10,6 +10,8 @@ For each fault kind, ``--runs`` times (median and worst reported):
   hang   SIGSTOP one worker's trainer process (its peers block in the all-reduce)
   node   SIGKILL one process node's agent (the machine is gone): seen from the heartbeat stream (every
          rank on the node quiet at once) and the node's kubelet not answering, before its NotReady
+  node-spare  node, on a job with a hot spare (spec.spares: 1, its 3 pods on 3 nodes): the other worker
+         restarts in place and the spare takes the lost rank (no new pods, no new incarnation)
   collective  SIGUSR1 one worker's trainer (debug.stuck_collective_on_signal): its next collective never
          completes, every rank waits in it, alive and heartbeating (a stuck collective)
 
@@ -23,6 +25,7 @@ the fault is injected:
 
   detect   until status.incidents records it (what the operator acted on)
   recover  until the new incarnation computed its first step (the step journal)
+  after detect  recover - detect (issue 12's goal for a lost node: training again <= 5 s after detection)
   lost     steps computed before the fault that were computed again (past the resume point)
   step     median seconds per step before the fault (what a memory snapshot per step costs)
 
@@ -35,7 +38,7 @@ a lost machine has no single-machine torchrun equivalent (n/a).
 Goodput under periodic failures is bench/bench_goodput.py.
 
     .venv/bin/python bench/bench_recovery.py [--runs 5] [--kinds crash,crash-incarnation,hang,node,collective]
-        [--seed N] [--cluster-dir DIR] [--out DIR]
+        [--seed N] [--cluster-dir DIR] [--out DIR]   (kinds: also crash-memory, node-spare)
 
 Writes bench/results/bench_recovery.json (or DIR/bench_recovery.json) and prints a table.
 """
@@ -142,7 +145,7 @@ class Bench:
         return job.get("status") or {}
 
     def create(self, name: str, cfg: dict, failure_policy: dict, ckpt_every: int = 5,
-               extra_env: dict[str, str] | None = None, memory_every: int | None = None) -> Path:
+               extra_env: dict[str, str] | None = None, memory_every: int | None = None, spares: int = 0) -> Path:
         out = self.tmp / name
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg))
@@ -158,6 +161,12 @@ class Bench:
                                         "credentialsSecretRef": {"name": "stoker-s3"},
                                         **({"memoryIntervalSteps": memory_every} if memory_every else {})},
                          "failurePolicy": {"maxRestarts": 3, "backoffSeconds": 0, **failure_policy}}}
+        if spares:   # a node lost takes one pod: the job's pods on nodes of their own
+            body["spec"]["spares"] = spares
+            body["spec"]["template"]["spec"]["affinity"] = {"podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {"stoker.dev/job-name": name}}}]}}
         self.c.kubectl("apply", "-n", self.ns, "-f", "-", input=json.dumps(body))
         return out
 
@@ -178,7 +187,7 @@ class Bench:
         the incarnation training, a random number of steps pass, then a random fraction of
         a step), never into a trainer parked in a debug stall."""
         name = f"{kind}-{i}-{uuid.uuid4().hex[:4]}"
-        fp = {"heartbeatTimeoutSeconds": 300} if kind == "node" else {}
+        fp = {"heartbeatTimeoutSeconds": 300} if kind.startswith("node") else {}
         if kind == "crash-incarnation":
             fp["inPlaceRestarts"] = 0
         if progress_timeout:
@@ -188,11 +197,14 @@ class Bench:
         if kind == "collective":
             cfg["debug"] = {"stuck_collective_on_signal": True}
         self.create(name, cfg, fp, extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)},
-                    memory_every=1 if kind == "crash-memory" else None)
+                    memory_every=1 if kind == "crash-memory" else None, spares=1 if kind == "node-spare" else 0)
         pod = f"{name}-worker-1-0"
         moment = F.at_random_moment(rng, jdir, lambda: int(self.status(name).get("incarnation", 0)),
                                     min_steps=10, max_steps=60, timeout=300)
-        if kind == "node":
+        if kind == "node-spare":   # a worker's pod, not the spare's (which has no trainer)
+            pod = wait("a worker pod", lambda: next((f"{name}-worker-{i}-0" for i in (1, 0, 2)
+                                                     if trainer_pid(pod_name=f"{name}-worker-{i}-0")), None), 30)
+        if kind.startswith("node"):
             node = self.pod_node(pod)
             doomed = self.c.node_processes(node)  # found first: the fault is the kill, not the search
             t0 = time.time()
@@ -222,7 +234,8 @@ class Bench:
         return {"kind": kind, "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
                 "recover_s": min(first) - t0, "operator_latency_s": inc.get("detectionLatencySeconds"),
                 # in place: recorded as such and no new incarnation followed (a fallback makes one)
-                "in_place": bool(inc.get("inPlace")) and not st.get("incarnation"),
+                "in_place": bool(inc.get("inPlace")) and not st.get("incarnation"), "spare": bool(inc.get("spare")),
+                "after_detect_s": min(first) - t_detect,
                 "incarnation": st.get("incarnation"),
                 "phases_s": restart_phases(jdir, t0), "fault_at": moment, **work_lost(jdir, t0)}
 
@@ -281,7 +294,7 @@ def restart_phases(jdir: Path, t0: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--kinds", default="crash,crash-incarnation,hang,node,collective")
+    ap.add_argument("--kinds", default="crash,crash-incarnation,hang,node,node-spare,collective")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here instead of bench/results")
     ap.add_argument("--hang-cap", type=float, default=60.0, help="how long the torchrun baseline is watched for a hang")
     ap.add_argument("--crash-cap", type=float, default=120.0, help="how long a torchrun baseline may take to recover")
@@ -344,6 +357,8 @@ def main() -> int:
                "recover median s": statistics.median(r["recover_s"] for r in rs),
                "recover best s": min(r["recover_s"] for r in rs),
                "recover worst s": max(r["recover_s"] for r in rs),
+               "after detect median s": statistics.median(r["after_detect_s"] for r in rs),
+               "after detect worst s": max(r["after_detect_s"] for r in rs),
                "in place": f"{sum(r.get('in_place', False) for r in rs)}/{len(rs)}",
                "lost steps median": statistics.median(r["lost_steps"] for r in rs),
                "lost steps worst": max(r["lost_steps"] for r in rs),

@@ -84,6 +84,11 @@ MALFORMED = [
     # minAvailable was removed (no scheduler read it; gang admission is Kueue's, docs/kueue.md): refused, not ignored.
     ("min-available-is-gone", _set("spec.scheduling.minAvailable", 2), 'unknown field "spec.scheduling.minAvailable"'),
     ("nproc-zero", _set("spec.nprocPerNode", 0), "spec.nprocPerNode"),
+    ("spares-on-an-elastic-job", _set("spec.spares", 1), "spec.spares needs a fixed-size job"),
+    ("spares-without-in-place-restarts",
+     lambda b: [b["spec"].pop(k) for k in ("minReplicas", "maxReplicas")] and b["spec"].update(
+         spares=1, failurePolicy={"inPlaceRestarts": 0}), "spec.spares needs in-place restarts"),
+    ("negative-spares", _set("spec.spares", -1), "spec.spares"),
     ("unknown-spec-field", _set("spec.replica", 2), 'unknown field "spec.replica"'),
     ("unknown-nested-field", _set("spec.checkpoint.bucket", "x"), 'unknown field "spec.checkpoint.bucket"'),
     ("unknown-top-level-field", _set("specs", {}), 'unknown field "specs"'),
@@ -120,6 +125,19 @@ def test_a_fixed_size_job_cannot_be_scaled(cluster, crd, namespace):
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
     r = cluster.kubectl("scale", "-n", namespace, "tj/bad", "--replicas=3", check=False)
     assert r.returncode != 0 and "spec.maxReplicas" in r.stderr, r.stderr
+
+
+def test_a_jobs_spares_cannot_change(cluster, crd, namespace):
+    body = copy.deepcopy(BASE)
+    for k in ("minReplicas", "maxReplicas"):
+        del body["spec"][k]
+    body["spec"]["spares"] = 1
+    body["spec"]["template"]["spec"]["nodeSelector"] = {"nowhere": "true"}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    for spares in (2, 0):
+        body["spec"]["spares"] = spares
+        r = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+        assert r.returncode != 0 and "spec.spares cannot change" in r.stderr, r.stderr
 
 
 def test_elastic_job_scales_through_the_scale_subresource(cluster, crd, namespace):

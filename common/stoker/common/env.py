@@ -58,3 +58,7 @@ RENDEZVOUS_LOCKED = "STOKER_RENDEZVOUS_LOCKED"
 # restarted in place (spec.failurePolicy.inPlaceRestarts, rendered as torchrun --max-restarts):
 # the launcher reports each such exit to the operator at once (WorkerMessage.launcher).
 IN_PLACE_RESTARTS = "STOKER_IN_PLACE_RESTARTS"
+
+# Set by the operator on the pods of a job with hot spares (spec.spares): the launcher waits as a
+# spare when the round is full and takes a lost worker's place (stoker.operator.launch_spare).
+SPARES = "STOKER_SPARES"

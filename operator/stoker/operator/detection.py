@@ -268,7 +268,7 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
            nodes_listed: bool = True, expect_heartbeats: bool = False,
            in_place_restarts: bool = False, newest_heard: float | None = None,
            lost_nodes: frozenset[str] = frozenset(), together: bool = False,
-           launchers: Sequence[Any] = ()) -> Finding | None:
+           launchers: Sequence[Any] = (), spares: int = 0) -> Finding | None:
     """The root cause of a failure in the current ``incarnation``, or None if healthy.
 
     ``nodes`` maps node name -> view; with ``nodes_listed`` a node missing from
@@ -276,6 +276,7 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
     ``in_place_restarts``: torchrun restarts trainers inside their pods (elastic jobs, in-place restarts);
     ``together``: and all of them in one round (a fixed-size job's in-place restart).
     ``launchers``: the pods' launchers' keepalives (``LauncherBeat``), for the frozen-launcher rule.
+    ``spares``: spec.spares: that many pods may wait without a trainer (never heard from).
     ``newest_heard``: the operator's newest heartbeat from any job (heartbeat clock), for the frozen rule.
     ``lost_nodes``: nodes whose every rank went quiet and whose kubelet does not answer (the shell's
     probe, node_probe.py): a node lost before its NotReady; it outranks the peers' broken collectives.
@@ -301,7 +302,7 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
     if any(p.phase == "Succeeded" for p in current):
         return None  # finishing: some ranks stop heartbeating on purpose
     if expect_heartbeats:
-        f = never_heard(current, mine, t, now_wall)
+        f = never_heard(current, mine, t, now_wall, spares)
         if f is not None:
             return f
     f = check_heartbeats(mine, t, now_mono, now_wall, newest_heard=newest_heard,

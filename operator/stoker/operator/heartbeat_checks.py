@@ -256,19 +256,20 @@ def check_heartbeats(ranks: Sequence[RankProgress], t: Timeouts, now_mono: float
 
 
 def never_heard(pods: Sequence[PodView], ranks: Sequence[RankProgress], t: Timeouts,
-                now_wall: dt.datetime) -> Finding | None:
+                now_wall: dt.datetime, spares: int = 0) -> Finding | None:
     """A worker pod that has sent no heartbeat ``startup_s`` after the last of the
     incarnation's trainers started (the rendezvous cannot complete before): stuck
     before its first message (an import, the rendezvous, a process group that never
     forms) or it lost the heartbeat address. Only asked of jobs known to heartbeat
     (an earlier message from any rank): a script without the SDK never sends one,
     and that is allowed. Nothing is said while a pod still waits to be scheduled or
-    started: its peers wait for it in the rendezvous on purpose."""
+    started: its peers wait for it in the rendezvous on purpose. A job's hot spares (``spares``) have no
+    trainer until they take a place: that many silent pods are spares once the others are all heard."""
     if not pods or any(p.phase != "Running" or p.started_at is None for p in pods):
         return None
     heard = {r.pod_name for r in ranks}
     silent = sorted((p for p in pods if p.name not in heard), key=lambda p: (p.index, p.name))
-    if not silent:
+    if len(silent) <= spares:
         return None
     last_start = max(p.started_at for p in pods if p.started_at is not None)
     waited = (now_wall - last_start).total_seconds()

@@ -48,10 +48,16 @@ class JobView:
     labels: Mapping[str, str]
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     health: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # spec.health
+    spares: int = 0                       # spec.spares: hot spare pods beside the replicas (fixed-size jobs)
 
     @property
     def elastic(self) -> bool:
         return self.min_replicas != self.max_replicas
+
+    @property
+    def pods(self) -> int:
+        """Worker pods to run: the replicas (the world) and a fixed-size job's hot spares."""
+        return self.replicas + (0 if self.elastic else self.spares)
 
 
 def job_view(body: Mapping[str, Any]) -> JobView:
@@ -99,4 +105,5 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         labels=meta.get("labels") or {},
         annotations=meta.get("annotations") or {},
         health=spec.get("health") or {},
+        spares=int(spec.get("spares", 0) or 0),
     )

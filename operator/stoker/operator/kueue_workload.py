@@ -1,7 +1,7 @@
 """The Kueue Workload of a queued TrainingJob (spec.scheduling.queueName). Pure.
 
 The operator creates and owns one ``Workload`` (kueue.x-k8s.io/v1beta2) per queued job: one
-podSet ``workers`` with count = spec.replicas and the job's pod template, so Kueue admits all
+podSet ``workers`` with count = spec.replicas (+ spec.spares) and the job's pod template, so Kueue admits all
 workers or none (docs/kueue.md). This module builds it, reads where its admission stands
 (``admission``) and builds the status patches an external job controller writes, as Kueue's own
 jobframework does: after an eviction, once the workers are gone, the quota reservation is
@@ -113,7 +113,7 @@ def pod_set(job: JobView, count: int) -> dict[str, Any]:
 def workload(job: JobView, priority: tuple[str, str, int] | None = None) -> dict[str, Any]:
     """The Workload for ``job``: all its workers in one podSet. ``priority``: (group, kind, name)
     of the PriorityClass or WorkloadPriorityClass with its value, resolved by the shell."""
-    spec: dict[str, Any] = {"queueName": queue_name(job), "podSets": [pod_set(job, job.replicas)]}
+    spec: dict[str, Any] = {"queueName": queue_name(job), "podSets": [pod_set(job, job.pods)]}
     if priority is not None:
         group, kind, value = priority[0], priority[1], priority[2]
         name = job.labels.get(PRIORITY_CLASS_LABEL) or (job.scheduling or {}).get("priorityClassName")
@@ -140,9 +140,9 @@ def resize(wl: Mapping[str, Any], job: JobView) -> dict[str, Any] | None:
     if _true(_conditions(wl), "QuotaReserved"):
         return None   # a reserved size holds until the job is re-queued (docs/kueue.md, elastic jobs)
     sets = list((wl.get("spec") or {}).get("podSets") or [])
-    if len(sets) == 1 and int(sets[0].get("count", 0)) == job.replicas:
+    if len(sets) == 1 and int(sets[0].get("count", 0)) == job.pods:
         return None
-    return {"spec": {"podSets": [pod_set(job, job.replicas)]}}
+    return {"spec": {"podSets": [pod_set(job, job.pods)]}}
 
 
 def _condition(kind: str, status: bool, reason: str, message: str, gen: int, now: dt.datetime) -> dict[str, Any]:

@@ -26,8 +26,9 @@ told at once, when the operator asked for it (``launch_inplace``).
 
 Its workers die with it (``tie_workers``): a SIGKILLed launcher takes its trainers along
 instead of leaving them training, and writing checkpoints, beside the next incarnation. A trainer
-torchrun stops while it is frozen (SIGSTOP) is woken to act on the signal (``wake_on_close``), and
-gRPC's fork handlers are off so starting a trainer cannot abort it (``no_grpc_fork_handlers``).
+torchrun stops while it is frozen (SIGSTOP) is woken to act on the signal (``wake_on_close``), a hot
+spare waits with its trainer warm and, if never needed, ends its pod cleanly (``launch_spare``), and gRPC's fork handlers are
+off so starting a trainer cannot abort it (``no_grpc_fork_handlers``).
 
 Runs inside the worker pod (needs torch); the operator only names it.
 """
@@ -46,7 +47,7 @@ from stoker.common import env as E
 from stoker.common import last_step, rdzv_lock
 from stoker.common.parent_death import die_with_parent
 
-from . import launch_inplace, launch_warm
+from . import launch_inplace, launch_spare, launch_warm
 
 # The agent lost the rendezvous store (e.g. the operator restarted): not the
 # user's fault: detection names it RendezvousLost (infrastructure).
@@ -90,6 +91,16 @@ def tie_workers(warm: bool = False) -> bool:
 
     handler.Popen = launch_warm.WarmPool(tied) if warm else tied
     return True
+
+
+def warm_pool() -> launch_warm.WarmPool | None:
+    """The ``WarmPool`` that starts this launcher's trainers (``tie_workers(warm=True)``), if any."""
+    try:
+        from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler as handler
+    except ImportError:
+        return None
+    pool = getattr(handler, "Popen", None)
+    return pool if isinstance(pool, launch_warm.WarmPool) else None
 
 
 def wake_on_close() -> bool:
@@ -245,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     launch_inplace.quick_rendezvous_polls(launch_inplace.rendezvous_poll_s(args))
     tie_workers(warm=launch_inplace.requested(os.environ) > 0 and f"{launch_inplace.RESTARTS_FLAG}=0" not in args)
     wake_on_close()
+    if os.environ.get(E.SPARES, "0") not in ("", "0"):
+        launch_spare.ends_cleanly()
+        launch_spare.warm_on_standby(warm_pool)
+        launch_spare.quick_expiry()
     try:
         torchrun_main(args)
     except ChildFailedError as e:

@@ -154,10 +154,16 @@ class WarmPool:
             return proc
         return None
 
-    def _warm(self, key: tuple[str, ...]) -> None:
+    def prewarm(self, key: tuple[str, ...]) -> None:
+        """A warm process for a first start of ``key`` that has not happened yet (a hot spare's trainer,
+        launch_spare): it imports at once, no trainer of its pod runs beside it."""
+        if not self._idle.get(key):
+            self._warm(key, delay_s=0.0)
+
+    def _warm(self, key: tuple[str, ...], delay_s: float = WARM_DELAY_S) -> None:
         """One warm process for the next start of ``key`` (started here: see the module docstring)."""
         pad = "." * (len("\0".join(key)) + 64)  # room for the trainer's command line (retitle)
-        env = {**os.environ, ARGS_ENV: json.dumps(list(key[1:])), DELAY_ENV: f"{WARM_DELAY_S:g}"}
+        env = {**os.environ, ARGS_ENV: json.dumps(list(key[1:])), DELAY_ENV: f"{delay_s:g}"}
         try:
             proc = self._popen(args=[key[0], "-u", "-c", LOADER, FLAG, pad], env=env, stdin=subprocess.PIPE,
                                start_new_session=True)

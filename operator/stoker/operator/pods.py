@@ -64,6 +64,10 @@ class RenderConfig:
     termination_grace_s: int = 60
 
 
+# torchrun's rendezvous keep-alive for jobs with spares: (seconds between writes, writes missed).
+SPARE_KEEP_ALIVE = (1, 3)
+
+
 def pod_name(job: str, index: int, incarnation: int) -> str:
     return f"{job}-worker-{index}-{incarnation}"
 
@@ -146,6 +150,7 @@ def torchrun_flags(job: JobView, incarnation: int, cfg: RenderConfig) -> list[st
         f"last_call_timeout={cfg.last_call_timeout_s}",
         f"join_timeout={cfg.join_timeout_s}",
         f"read_timeout={cfg.read_timeout_s}",
+        *spare_keep_alive(job),
     ])
     return [
         f"--nnodes={job.min_replicas}:{job.max_replicas}",
@@ -164,6 +169,17 @@ def torchrun_flags(job: JobView, incarnation: int, cfg: RenderConfig) -> list[st
         f"--max-restarts={cfg.torchrun_max_restarts if job.elastic else in_place_restarts(job, cfg)}",
         f"--monitor-interval={cfg.monitor_interval_s:g}",
     ]
+
+
+def spare_keep_alive(job: JobView) -> list[str]:
+    """A job with hot spares: a lost node's agent leaves the rendezvous after ``SPARE_KEEP_ALIVE``
+    (interval, attempts) instead of torch's 5 s x 3: the survivors and the spare wait for that before
+    their new round completes. Each agent writes the shared state once per interval, so only jobs
+    with spares pay it."""
+    if job.elastic or job.spares <= 0:
+        return []
+    interval, attempts = SPARE_KEEP_ALIVE
+    return [f"keep_alive_interval={interval}", f"keep_alive_max_attempt={attempts}"]
 
 
 def in_place_restarts(job: JobView, cfg: RenderConfig) -> int:
@@ -206,6 +222,8 @@ def worker_env(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
         env.append({"name": E.RENDEZVOUS_LOCKED, "value": "1"})
     if in_place_restarts(job, cfg):
         env.append({"name": E.IN_PLACE_RESTARTS, "value": str(in_place_restarts(job, cfg))})
+    if job.spares and not job.elastic:
+        env.append({"name": E.SPARES, "value": str(job.spares)})
     ck = job.checkpoint
     if ck:
         env.append({"name": E.CHECKPOINT_URI, "value": str(ck["uri"])})

@@ -86,7 +86,7 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
                        nodes_listed=obs.nodes_listed, expect_heartbeats=expect_heartbeats and obs.heartbeats,
                        lost_nodes=obs.lost_nodes, in_place_restarts=policy.elastic or policy.in_place,
                        newest_heard=obs.newest_heard, together=policy.in_place and not policy.elastic,
-                       launchers=obs.launchers)
+                       launchers=obs.launchers, spares=policy.spares)
     if finding is None:
         return None
     failed = tuple(sorted({finding.pod} | {p.name for p in facts if p.phase == "Failed"} - {None}))  # type: ignore[operator]
@@ -116,6 +116,8 @@ def decide(*, obs: Observed, incarnation: int, desired: int, restarts: Mapping[s
     if isinstance(action, R.Replace):
         inc = I.record(action.finding, kind="Replace", budget=action.budget, incarnation=incarnation, now=now,
                        message=action.message, original_cause=original, error=err)
+        if action.spare:   # the survivors restart in place: their launchers' reports join this incident
+            inc.update(inPlace=True, spare=True)
         return Decision("replace", action.reason, action.message, action.budget, False, increment,
                         action.finding, inc, action.pods, action.avoid_nodes)
     inc = I.record(action.finding, kind="Restart", budget=action.budget, incarnation=incarnation, now=now,

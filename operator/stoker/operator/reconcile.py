@@ -86,9 +86,9 @@ def begin(job: JobView, pods: Sequence[PodView], now: dt.datetime, obs: supervis
     old = dict(job.status)
     incarnation = int(old.get("incarnation", 0))
     adm = kueue_admission(job, workload)
-    # A queued job runs the workers Kueue admitted (all of spec.replicas, docs/kueue.md), none while held.
-    desired = 0 if job.suspend or adm.held else min(job.replicas, adm.count) if adm.state == "admitted" \
-        else job.replicas
+    # A queued job runs the workers Kueue admitted (all of spec.replicas and spec.spares, docs/kueue.md), none
+    # while held.
+    desired = 0 if job.suspend or adm.held else min(job.pods, adm.count) if adm.state == "admitted" else job.pods
     return Pass(job=job, now=now, obs=obs or supervision.Observed(facts=tuple(pods)),
                 settings=settings or supervision.Settings(), old=old, b=bucket(job, pods, incarnation, desired),
                 desired=desired, st=dict(old), conds=list(old.get("conditions") or []), phase=old.get("phase"),

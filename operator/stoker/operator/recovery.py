@@ -5,8 +5,10 @@ history, ``decide()`` returns one of
 
   * ``Restart``  -- the whole job restarts in one coordinated round: one new
     incarnation, one rendezvous, every pod replaced (never pod by pod);
-  * ``Replace``  -- elastic jobs only: the failed pods are replaced while the
+  * ``Replace``  -- elastic jobs: the failed pods are replaced while the
     survivors (still >= minReplicas) keep training at a smaller world size;
+    fixed-size jobs with hot spares (spec.spares): the failed pods go, the other
+    workers restart in place and a spare takes each lost worker's rank (``spare``);
   * ``Fail``     -- the budget is spent; the message carries the reason and the
     last error lines.
 
@@ -72,6 +74,8 @@ class Policy:
     in_place: bool = False           # trainers restart inside their pods (fixed-size jobs, inPlaceRestarts > 0)
     min_replicas: int = 1
     avoid_max: int = 3               # most recent failed nodes a replacement avoids
+    replicas: int = 1                # the world (spec.replicas)
+    spares: int = 0                  # spec.spares: hot spare pods (fixed-size jobs with in-place restarts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Replace:
     reason: str
     message: str
     avoid_nodes: tuple[str, ...] = ()
+    spare: bool = False  # a spare takes the place (fixed-size job): the others restart in place
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,12 +207,24 @@ def decide(finding: D.Finding, restarts: Mapping[str, int], history: Sequence[Ma
         return Replace(finding, tuple(failed_pods), budget, reason,
                        f"{finding.message}; replacing {', '.join(failed_pods)} while {survivors} workers continue",
                        avoid)
+    if spare_covers(policy, budget, failed_pods, survivors):
+        return Replace(finding, tuple(failed_pods), budget, reason,
+                       f"{finding.message}; a hot spare takes the place of {', '.join(failed_pods)}: the other "
+                       f"workers restart in place and all resume from the newest checkpoint (a new spare is started)",
+                       avoid, spare=True)
     counted = budget == "userError"
     if counted:
         tail = f" (restart {user_used + 1} of failurePolicy.maxRestarts={policy.max_restarts})"
     else:
         tail = f" ({budget}: does not count against failurePolicy.maxRestarts)"
     return Restart(finding, budget, counted, reason, f"{finding.message}{tail}{err_part}", avoid, n)
+
+
+def spare_covers(policy: Policy, budget: str, failed_pods: Sequence[str], survivors: int) -> bool:
+    """A fixed-size job's spares can take the failed pods' places: the pods left (workers and spares)
+    still make the world. Not for a user error (a spare would meet the same bug: restart in place)."""
+    return (not policy.elastic and policy.in_place and policy.spares > 0 and budget != "userError"
+            and bool(failed_pods) and survivors >= policy.replicas)
 
 
 def count(restarts: Mapping[str, int], action: Restart | Replace) -> dict[str, int]:

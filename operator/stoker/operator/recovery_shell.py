@@ -112,14 +112,15 @@ class RecoveryShell:
         hb = self.heartbeats
         if hb is None:
             return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed, mono_now=self.mono())
-        # A replaced pod's last records (same pod name, the lost node) are not the replacement's.
+        # A replaced pod's last records and launcher beats (same pod name, the lost node) are not the
+        # replacement's (an elastic job's replacement, a job's next spare).
         lost = self.lost_nodes(R.current_records(hb.ranks(namespace, name), facts), facts, nodes)
         return S.Observed(facts=facts, nodes=nodes, nodes_listed=listed,
                           ranks=tuple(R.current_records(hb.ranks(namespace, name), facts)),
                           workers=tuple(R.current_records(hb.workers(namespace, name), facts)),
                           mono_now=self.mono(), heartbeats=True, newest_heard=hb.newest_heard(), lost_nodes=lost,
                           reports=tuple(hb.reports(namespace, name)), held_lost=self.held_lost(nodes, lost),
-                          launchers=tuple(hb.launchers(namespace, name)))
+                          launchers=tuple(R.current_records(hb.launchers(namespace, name), facts)))
 
     def held_lost(self, nodes: dict[str, D.NodeView], found: frozenset[str] = frozenset()) -> frozenset[str]:
         """Nodes found lost (``lost_nodes``) that the API still calls Ready and whose kubelet still does

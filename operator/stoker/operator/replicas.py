@@ -2,6 +2,7 @@
 phase from what runs. Pure."""
 from __future__ import annotations
 
+from . import incidents as I
 from .drain import DRAINED_FOR_PREEMPTION
 from .pass_state import Pass, Plan
 from .policy_deadline import deadline_exceeded
@@ -11,6 +12,8 @@ from .status import fmt_time, parse_time
 
 # Restarts that lost nothing start the next incarnation without the failure backoff.
 NO_BACKOFF = ("SpecChanged", "JobResumed", "ScaledDown", DRAINED_FOR_PREEMPTION)
+# How often a pass looks again while a spare takes a lost worker's place (spare_taking_over).
+SPARE_HOLD_POLL_S = 1.0
 
 
 def delete_previous(ps: Pass) -> Plan | None:
@@ -32,6 +35,8 @@ def create(ps: Pass) -> Plan | None:
     if ps.missing and not finishing(b.succeeded):
         if wait > 0:
             ps.p.requeue(wait)
+        elif spare_taking_over(ps):
+            ps.p.requeue(SPARE_HOLD_POLL_S)
         else:
             ps.p.create = ps.missing
             if not ps.st.get("startTime"):
@@ -39,6 +44,16 @@ def create(ps: Pass) -> Plan | None:
                 _, left = deadline_exceeded(ps.job, ps.st, ps.now)
                 ps.p.requeue(left)
     return None
+
+
+def spare_taking_over(ps: Pass) -> bool:
+    """A hot spare is taking a lost worker's place (an open ``spare`` Replace of this incarnation): the
+    replaced pod is created again only once the job trains again, as the next spare. Created at once,
+    its launcher could join the new round before the waiting spare (a fresh pod and a cold trainer in
+    the spare's place, seen on process nodes)."""
+    items = list(ps.st.get("incidents") or [])
+    i = I.open_incident(items)
+    return i is not None and bool(items[i].get("spare")) and int(items[i].get("incarnation", -1)) == ps.incarnation
 
 
 def phase(ps: Pass) -> Plan | None:
