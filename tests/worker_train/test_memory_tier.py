@@ -5,7 +5,7 @@ folder) every 2 steps is SIGKILLed (every process) after step N+1, one step past
 committed checkpoint. The same command line again, which is what an in-place restart is
 (same pods, same world, the memory folder still there), must resume from the in-memory
 snapshot of step N+1, not from the committed step N, compute no step of those twice, and end
-bit-identical to an undisturbed run. Then the rule that picks memory over S3 (``choose``),
+bit-identical to an undisturbed run. Then the rule that picks memory over S3 (``memory_peer.plan``, with peer copies),
 and a snapshot that is not complete or belongs to another world size is never used.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from stoker.worker import journal
-from stoker.worker.checkpoint.memory import MANIFEST, MemoryTier, choose
+from stoker.worker.checkpoint.memory import MANIFEST, MemoryTier
+from stoker.worker.checkpoint.memory_peer import plan
 
 from . import harness as h
 
@@ -56,14 +57,32 @@ def test_a_killed_run_resumes_from_the_in_memory_snapshot_past_the_last_commit_b
     assert len(worlds) == 3 and all(ranks == set(range(nproc)) for ranks in worlds.values()), worlds
 
 
+def own(*steps_by_rank):
+    """What each rank's pod holds when every rank holds only its own snapshots."""
+    return [[(r, s) for s in steps] for r, steps in enumerate(steps_by_rank)]
+
+
 def test_memory_is_used_only_when_every_rank_holds_a_step_not_older_than_s3():
-    assert choose([[3, 4], [3, 4]], s3_step=2) == 4
-    assert choose([[3, 4], [3]], s3_step=2) == 3  # a rank killed mid-save of 4 holds only 3
-    assert choose([[3, 4], [3, 4]], s3_step=4) == 4  # the same step: memory is the faster read
-    assert choose([[3, 4], [3, 4]], s3_step=6) is None  # S3 is newer
-    assert choose([[3, 4], []], s3_step=None) is None  # a rank with nothing (a new pod)
-    assert choose([[3], [4]], s3_step=None) is None
-    assert choose([[5]], s3_step=None) == 5
+    assert plan(own([3, 4], [3, 4]), 2, s3_step=2) == (4, [0, 1])
+    assert plan(own([3, 4], [3]), 2, s3_step=2) == (3, [0, 1])  # a rank killed mid-save of 4 holds only 3
+    assert plan(own([3, 4], [3, 4]), 2, s3_step=4) == (4, [0, 1])  # the same step: memory is the faster read
+    assert plan(own([3, 4], [3, 4]), 2, s3_step=6) is None  # S3 is newer
+    assert plan(own([3, 4], []), 2, s3_step=None) is None  # a rank with nothing (a new pod)
+    assert plan(own([3], [4]), 2, s3_step=None) is None
+    assert plan(own([5]), 1, s3_step=None) == (5, [0])
+
+
+def test_a_lost_pods_ranks_are_restored_from_their_peer_copies():
+    # rank 1's pod was lost; a spare is rank 1 now (it holds nothing); rank 0's pod holds its own snapshots
+    # and, as peer copies, the lost rank 1's: rank 0 sends rank 1's to the spare
+    assert plan([[(0, 3), (0, 4), (1, 3), (1, 4)], []], 2, s3_step=2) == (4, [0, 0])
+    # the ranks were assigned again: the survivor is rank 1 now and holds rank 0's (its own, before) and
+    # rank 1's (a peer copy): it keeps rank 1's and sends rank 0's to the spare, now rank 0
+    assert plan([[], [(0, 4), (1, 4)]], 2, s3_step=None) == (4, [1, 1])
+    # 3 ranks, the pod of rank 2 lost: rank 2's copy is on rank 0's pod
+    assert plan([[(0, 6), (2, 6)], [(1, 6), (0, 6)], []], 3, s3_step=5) == (6, [0, 1, 0])
+    # two neighbours lost: rank 1's snapshot was only on rank 1's pod and rank 2's
+    assert plan([[(0, 6), (2, 6)], [], []], 3, s3_step=None) is None
 
 
 @pytest.mark.torch

@@ -207,6 +207,7 @@ def worker_env(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
         {"name": E.JOB_NAMESPACE, "value": job.namespace},
         {"name": E.JOB_UID, "value": job.uid},
         _field_env(E.POD_NAME, "metadata.name"),
+        _field_env(E.POD_UID, "metadata.uid"),
         _field_env(E.POD_IP, "status.podIP"),
         _field_env(E.NODE_NAME, "spec.nodeName"),
         {"name": E.REPLICA_INDEX, "value": str(index)},

@@ -65,38 +65,61 @@ def hold_commit(debug: DebugConfig, step: int, resumed_from: int | None) -> None
 
 
 def resume_from_memory(tier, s3_step: int | None, state: dict, gather) -> tuple[int, dict] | None:
-    """``checkpoint.memory_every``: the newest in-memory snapshot every rank holds, loaded into
-    ``state``, when it is not older than ``s3_step`` (the newest committed S3 checkpoint); (step,
-    manifest), or None to resume from S3 (``gather``: all ranks' values of one, in rank order)."""
-    from stoker.worker.checkpoint.memory import choose
+    """``checkpoint.memory_every``: the newest in-memory snapshot held for every rank (in its own pod or,
+    as a peer copy, in the next rank's: ``memory_peer``), loaded into ``state``, when it is not older than
+    ``s3_step`` (the newest committed S3 checkpoint); (step, manifest), or None to resume from S3
+    (``gather``: all ranks' values of one, in rank order)."""
+    from stoker.worker.checkpoint import memory_peer
     from stoker.worker.state import refuse_fresh_optimizers
 
-    held = gather(tier.held())
-    step = choose(held, s3_step)
-    if step is None:
+    pods = gather((str(tier.pod_dir), tier.held_all()))
+    held = [h for _, h in pods]
+    owned = [r for r, (pod, _) in enumerate(pods) if pod == str(tier.pod_dir)]
+    chosen = memory_peer.plan(held, tier.world, s3_step)
+    if chosen is None:
         log.info("trainer.memory_not_used held_by_rank=%s s3_step=%s", held, s3_step)
+        tier.keep_only(owned)
         return None
+    step, holders = chosen
     refuse_fresh_optimizers(state)
     manifest, error = None, None
+    got = memory_peer.fetch(tier, step, holders, tier.rank, tier.group, gather)
+    if got is None:
+        tier.keep_only(owned)
+        return None
     try:
-        manifest = tier.load(step, state)
+        manifest = tier.load_bytes(*got, state)
     except Exception as exc:  # noqa: BLE001 - then every rank takes S3, which reloads the whole state
         error = repr(exc)
     errors = [e for e in gather(error) if e]
+    tier.keep_only(owned)   # every rank has loaded (the gather above): nothing reads them any more
     if errors:
         log.warning("trainer.memory_load_failed step=%d errors=%s: resuming from S3", step, errors)
         return None
-    log.info("trainer.resumed_from_memory step=%d s3_step=%s dir=%s", step, s3_step, tier.dir)
+    tier.forget_after(step)
+    log.info("trainer.resumed_from_memory step=%d s3_step=%s dir=%s from_rank=%d", step, s3_step, tier.dir,
+             holders[tier.rank])
     return step, manifest
 
 
+def share_memory(tier, step: int, written: tuple[bytes, str], rank: int, world: int) -> None:
+    """This rank's new snapshot to the next rank's pod, the previous rank's to this one (a collective)."""
+    from stoker.worker.checkpoint import memory_peer
+
+    memory_peer.ring_share(tier, step, *written, rank, world, tier.group)
+
+
 def open_memory(every: int, rank: int, world_size: int):
-    """The in-memory tier of this rank (``checkpoint.memory_every`` > 0), or None."""
+    """The in-memory tier of this rank (``checkpoint.memory_every`` > 0), or None (a collective when on:
+    the group its peer copies travel in)."""
     if not every:
         return None
+    from stoker.worker.checkpoint import memory_peer
     from stoker.worker.checkpoint.memory import MemoryTier, default_dir
 
-    return MemoryTier(default_dir(), rank, world_size)
+    tier = MemoryTier(default_dir(), rank, world_size)
+    tier.group = memory_peer.exchange_group()
+    return tier
 
 
 def restore(trainer):

@@ -35,7 +35,7 @@ from stoker.worker.checksum import model_checksum
 from stoker.worker.config import (
     FSDP_MODES, PIPELINE_MODES, Config, ConfigError, validate_for_device, validate_for_world,
 )
-from stoker.worker.checkpoint_hooks import hold_commit, open_memory, restore
+from stoker.worker.checkpoint_hooks import hold_commit, open_memory, restore, share_memory
 from stoker.worker.precision import LOSS_SCALER, loss_scaling
 from stoker.worker.stopping import Stopper
 from stoker.worker.data import DistributedBatcher, validation_batches
@@ -372,10 +372,12 @@ class Trainer(Stateful):
         self.session.set_activity("compute")
 
     def save_to_memory(self, step: int) -> None:
-        """``checkpoint.memory_every``: this rank's state into the pod's memory (synchronous)."""
+        """``checkpoint.memory_every``: this rank's state into the pod's memory and the next rank's (synchronous)."""
         self.train_state.capture()
         state = {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in self.checkpoint_state.items()}
-        self.memory.save(step, state, {"world_size": self.world, **self.guard.manifest(), **self.stopper.manifest()})
+        written = self.memory.save(step, state, {"world_size": self.world, **self.guard.manifest(),
+                                                 **self.stopper.manifest()})
+        share_memory(self.memory, step, written, self.rank, self.world)   # a copy on the next rank's pod
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order (a collective)."""
