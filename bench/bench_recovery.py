@@ -12,6 +12,8 @@ For each fault kind, ``--runs`` times (median and worst reported):
          rank on the node quiet at once) and the node's kubelet not answering, before its NotReady
   node-spare  node, on a job with a hot spare (spec.spares: 1, its 3 pods on 3 nodes): the other worker
          restarts in place and the spare takes the lost rank (no new pods, no new incarnation)
+  node-spare-memory  node-spare with the in-memory tier (memoryIntervalSteps: 1): the lost rank's snapshot
+         comes from its copy on the survivor's pod, not from S3
   collective  SIGUSR1 one worker's trainer (debug.stuck_collective_on_signal): its next collective never
          completes, every rank waits in it, alive and heartbeating (a stuck collective)
 
@@ -197,11 +199,11 @@ class Bench:
         if kind == "collective":
             cfg["debug"] = {"stuck_collective_on_signal": True}
         self.create(name, cfg, fp, extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)},
-                    memory_every=1 if kind == "crash-memory" else None, spares=1 if kind == "node-spare" else 0)
+                    memory_every=1 if kind.endswith("-memory") else None, spares=1 if kind.startswith("node-spare") else 0)
         pod = f"{name}-worker-1-0"
         moment = F.at_random_moment(rng, jdir, lambda: int(self.status(name).get("incarnation", 0)),
                                     min_steps=10, max_steps=60, timeout=300)
-        if kind == "node-spare":   # a worker's pod, not the spare's (which has no trainer)
+        if kind.startswith("node-spare"):   # a worker's pod, not the spare's (which has no trainer)
             pod = wait("a worker pod", lambda: next((f"{name}-worker-{i}-0" for i in (1, 0, 2)
                                                      if trainer_pid(pod_name=f"{name}-worker-{i}-0")), None), 30)
         if kind.startswith("node"):

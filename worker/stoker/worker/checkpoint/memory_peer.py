@@ -9,7 +9,7 @@ from another pod's memory.
 
 A restore (``plan``) looks at what every pod holds, its ranks' own snapshots and its peer copies, and takes
 the newest step held for every rank of the world, not older than the newest committed S3 checkpoint (the
-tier's rule, ``memory.choose``, with peers). Ranks are assigned again when a round forms (a hot spare took a
+tier's rule, with peers). Ranks are assigned again when a round forms (a hot spare took a
 lost pod's place, or joined after a crash), so a snapshot is often on another pod than its rank's: its holder
 sends it there (``fetch``). Every rank reads what it will send first and says so (``gather``): a missing or
 unreadable snapshot sends every rank to S3 before any transfer starts, so no rank waits on a send that never
