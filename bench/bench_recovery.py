@@ -199,7 +199,8 @@ class Bench:
         if kind == "collective":
             cfg["debug"] = {"stuck_collective_on_signal": True}
         self.create(name, cfg, fp, extra_env={"STOKER_STEP_JOURNAL_DIR": str(jdir)},
-                    memory_every=1 if kind.endswith("-memory") else None, spares=1 if kind.startswith("node-spare") else 0)
+                    memory_every=1 if kind.endswith("-memory") else None,
+                    spares=1 if kind.startswith("node-spare") else 0)
         pod = f"{name}-worker-1-0"
         moment = F.at_random_moment(rng, jdir, lambda: int(self.status(name).get("incarnation", 0)),
                                     min_steps=10, max_steps=60, timeout=300)

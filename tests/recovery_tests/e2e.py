@@ -137,3 +137,25 @@ def acting_incidents(st: dict, resumed: int | None) -> list[dict]:
     failed = [i for i in st.get("incidents") or [] if i["kind"] == "CheckpointFailed"]
     assert all(i["step"] > (resumed if resumed is not None else -1) for i in failed), (resumed, failed)
     return [i for i in st.get("incidents") or [] if i["kind"] != "CheckpointFailed"]
+
+
+def assert_restored_from_memory(jdir: pathlib.Path, t0: float, ranks: int = 2) -> tuple[int, list[dict]]:
+    """Every rank of the round after ``t0`` (a fault) restored the same step from the in-memory tier, not
+    from S3, not older than the newest commit, and at most the step the fault interrupted is computed
+    again (the tier's interval: 1). Returns (that step, the restore records)."""
+    from stoker.worker import journal
+
+    records = journal.read(jdir)
+    old = {r["pid"] for r in records if r["t"] < t0}
+    computed = {r["step"] for r in records if r["pid"] in old and r["event"] == "step"}
+    commits = {r["step"] for r in records if r["event"] == "committed" and r["t"] < t0}
+    restored = [r for r in records if r["event"] == "resumed_from_memory"]
+    assert sorted(r["rank"] for r in restored) == list(range(ranks)) and len({r["step"] for r in restored}) == 1, \
+        restored
+    assert not [r for r in records if r["event"] == "resumed" and r["pid"] not in old], "restored from S3"
+    at = restored[0]["step"]
+    recomputed = sorted(s for s in computed if s > at)
+    print(f"fault after step {max(computed)}, newest commit {max(commits, default=None)}, "
+          f"resumed from memory at {at}, recomputed {recomputed}")
+    assert at >= max(commits, default=0) and len(recomputed) <= 1, (at, commits, recomputed)
+    return at, restored

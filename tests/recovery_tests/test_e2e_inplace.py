@@ -15,7 +15,7 @@ from stoker.worker import journal
 from tests.operator_tests.conftest import create_job, wait_for, worker_pods
 
 from . import faults as F
-from .e2e import acting_incidents, diagnostics, status
+from .e2e import acting_incidents, assert_restored_from_memory, diagnostics, status
 from .test_e2e_recovery import at_a_random_moment, fail_at_step_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.torch, pytest.mark.slow]
@@ -94,18 +94,7 @@ def test_with_the_in_memory_tier_a_sigkilled_trainer_resumes_past_the_last_commi
     wait_for("job Succeeded", lambda: run.status().get("phase") == "Succeeded", timeout=300, on_timeout=run.diag)
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["step"] == 150 and summary["checksum"] == ref["checksum"]
-    records = journal.read(jdir)
-    before = {r["pid"] for r in records if r["t"] < t0}
-    computed = {r["step"] for r in records if r["pid"] in before and r["event"] == "step"}
-    commits = {r["step"] for r in records if r["event"] == "committed" and r["t"] < t0}
-    restored = [r for r in records if r["event"] == "resumed_from_memory"]
-    assert sorted(r["rank"] for r in restored) == [0, 1] and len({r["step"] for r in restored}) == 1, restored
-    assert not [r for r in records if r["event"] == "resumed" and r["pid"] not in before], "restored from S3"
-    at = restored[0]["step"]
-    recomputed = sorted(s for s in computed if s > at)
-    print(f"killed after step {max(computed)}, newest commit {max(commits, default=None)}, "
-          f"resumed from memory at {at}, recomputed {recomputed}")
-    assert at >= max(commits, default=0) and len(recomputed) <= 1, (at, commits, recomputed)
+    assert_restored_from_memory(jdir, t0)
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(kube, namespace, "inmem")} == uids
     st = run.status()
     assert st["incarnation"] == 0 and st["restarts"]["total"] == 1

@@ -13,10 +13,8 @@ import time
 
 import pytest
 
-from stoker.worker import journal
-
 from tests.operator_tests.conftest import wait_for, worker_pods
-from tests.recovery_tests.e2e import acting_incidents, pod_node, status
+from tests.recovery_tests.e2e import acting_incidents, assert_restored_from_memory, pod_node, status
 
 from .conftest import trainer_config
 from .test_e2e_recovery import at_a_random_moment
@@ -66,19 +64,8 @@ def test_a_hot_spare_takes_a_lost_nodes_place_and_the_lost_rank_comes_back_from_
     assert summary["step"] == 120 and summary["checksum"] == ref["checksum"]
     # both ranks of the new round restored the same step from memory, not from S3: the lost rank's snapshot
     # from the copy on the survivor's pod; at most the step the loss interrupted is computed again
-    records = journal.read(jdir)
-    old = {r["pid"] for r in records if r["t"] < t0}
-    computed = {r["step"] for r in records if r["pid"] in old and r["event"] == "step"}
-    commits = {r["step"] for r in records if r["event"] == "committed" and r["t"] < t0}
-    restored = [r for r in records if r["event"] == "resumed_from_memory"]
-    assert sorted(r["rank"] for r in restored) == [0, 1] and len({r["step"] for r in restored}) == 1, restored
+    at, restored = assert_restored_from_memory(jdir, t0)
     assert {r["pod"] for r in restored} == {spare, *(workers - {victim})}, restored
-    assert not [r for r in records if r["event"] == "resumed" and r["pid"] not in old], "restored from S3"
-    at = restored[0]["step"]
-    recomputed = sorted(s for s in computed if s > at)
-    print(f"lost after step {max(computed)}, newest commit {max(commits, default=None)}, "
-          f"resumed from memory at {at}, recomputed {recomputed}")
-    assert at >= max(commits, default=0) and len(recomputed) <= 1, (at, commits, recomputed)
     st = status(kube, namespace, "hot")
     assert st["incarnation"] == 0 and st["restarts"]["userError"] == 0, st
     assert [i["kind"] for i in acting_incidents(st, at)] == ["Replace"], st["incidents"]

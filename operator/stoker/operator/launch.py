@@ -27,8 +27,8 @@ told at once, when the operator asked for it (``launch_inplace``).
 Its workers die with it (``tie_workers``): a SIGKILLed launcher takes its trainers along
 instead of leaving them training, and writing checkpoints, beside the next incarnation. A trainer
 torchrun stops while it is frozen (SIGSTOP) is woken to act on the signal (``wake_on_close``), a hot
-spare waits with its trainer warm and, if never needed, ends its pod cleanly (``launch_spare``), and gRPC's fork handlers are
-off so starting a trainer cannot abort it (``no_grpc_fork_handlers``).
+spare waits with its trainer warm and, if never needed, ends its pod cleanly (``launch_spare``), and
+gRPC's fork handlers are off so starting a trainer cannot abort it (``no_grpc_fork_handlers``).
 
 Runs inside the worker pod (needs torch); the operator only names it.
 """

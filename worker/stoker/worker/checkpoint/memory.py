@@ -79,7 +79,8 @@ class MemoryTier:
     def held_all(self) -> list[tuple[int, int]]:
         """(rank, step) of every complete snapshot of this world in the pod: its ranks' own (the pod's rank
         may have changed since) and its peer copies."""
-        return sorted({(r, s) for r in range(self.world) for peer in (False, True) for s in _steps(self.folder(r, peer))})
+        return sorted({(r, s) for r in range(self.world) for peer in (False, True)
+                       for s in _steps(self.folder(r, peer))})
 
     def save(self, step: int, state_dict: dict[str, Any], manifest: dict[str, Any]) -> tuple[bytes, str]:
         """``state_dict``: the state dicts of the checkpoint's parts (``Stateful.state_dict()``). Returns

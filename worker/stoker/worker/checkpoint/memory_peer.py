@@ -72,7 +72,8 @@ def ring_share(tier: Any, step: int, state: bytes, manifest: str, rank: int, wor
     tier.store_peer((rank - 1) % world, step, *_unpack(got))
 
 
-def plan(held_by_rank: Sequence[Sequence[Sequence[int]]], world: int, s3_step: int | None) -> tuple[int, list[int]] | None:
+def plan(held_by_rank: Sequence[Sequence[Sequence[int]]], world: int,
+         s3_step: int | None) -> tuple[int, list[int]] | None:
     """(the step, the rank holding each rank's snapshot of it), or None (resume from S3).
 
     ``held_by_rank[h]``: the (rank, step) snapshots rank ``h``'s pod holds, its own and its peer copies.
