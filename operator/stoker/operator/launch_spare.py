@@ -25,8 +25,8 @@ This module adds three things:
 """
 from __future__ import annotations
 
-import sys
 import datetime as dt
+import sys
 from typing import Any, Callable
 
 # A participant of a broken round silent this many keep-alive intervals is gone (``quick_expiry``). Each

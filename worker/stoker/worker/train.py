@@ -100,4 +100,11 @@ if __name__ == "__main__":
         rc = main() or 0  # @record turns SystemExit(0) (e.g. --help) into None
     except SystemExit as exc:  # argparse usage errors, explicit exits
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - the trainer's error (e.g. a peer lost mid-collective)
+        # printed as the interpreter would (sys.excepthook: torch's prefixes each line with the rank), then
+        # the same quick exit: an interpreter teardown after an error waited for the trainer's threads and
+        # torch's destructors (~0.9 s before the launcher could restart it, seen after a peer's node was
+        # lost) and can abort in gloo's (SIGABRT, not exit 1)
+        sys.excepthook(*sys.exc_info())
+        rc = 1
     exit_process(rc)  # process_exit.py: gloo can abort a finished worker at teardown
