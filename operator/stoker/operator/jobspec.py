@@ -55,9 +55,14 @@ class JobView:
         return self.min_replicas != self.max_replicas
 
     @property
+    def hot_spares(self) -> int:
+        """The spares the job runs: spec.spares for a fixed-size job (an elastic one takes none)."""
+        return 0 if self.elastic else max(0, self.spares)
+
+    @property
     def pods(self) -> int:
-        """Worker pods to run: the replicas (the world) and a fixed-size job's hot spares."""
-        return self.replicas + (0 if self.elastic else self.spares)
+        """Worker pods to run: the replicas (the world) and the hot spares."""
+        return self.replicas + self.hot_spares
 
 
 def job_view(body: Mapping[str, Any]) -> JobView:

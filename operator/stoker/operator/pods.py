@@ -176,7 +176,7 @@ def spare_keep_alive(job: JobView) -> list[str]:
     (interval, attempts) instead of torch's 5 s x 3: the survivors and the spare wait for that before
     their new round completes. Each agent writes the shared state once per interval, so only jobs
     with spares pay it."""
-    if job.elastic or job.spares <= 0:
+    if not job.hot_spares:
         return []
     interval, attempts = SPARE_KEEP_ALIVE
     return [f"keep_alive_interval={interval}", f"keep_alive_max_attempt={attempts}"]
@@ -223,8 +223,8 @@ def worker_env(job: JobView, index: int, incarnation: int, cfg: RenderConfig) ->
         env.append({"name": E.RENDEZVOUS_LOCKED, "value": "1"})
     if in_place_restarts(job, cfg):
         env.append({"name": E.IN_PLACE_RESTARTS, "value": str(in_place_restarts(job, cfg))})
-    if job.spares and not job.elastic:
-        env.append({"name": E.SPARES, "value": str(job.spares)})
+    if job.hot_spares:
+        env.append({"name": E.SPARES, "value": str(job.hot_spares)})
     ck = job.checkpoint
     if ck:
         env.append({"name": E.CHECKPOINT_URI, "value": str(ck["uri"])})

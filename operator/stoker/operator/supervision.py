@@ -69,7 +69,7 @@ class Settings:
         return R.Policy(max_restarts=job.max_restarts, max_infra_restarts=self.max_infra_restarts,
                         repeat_limit=self.repeat_limit, elastic=job.elastic, min_replicas=job.min_replicas,
                         in_place=not job.elastic and job.in_place_restarts > 0,
-                        avoid_max=self.avoid_max, replicas=job.replicas, spares=job.spares)
+                        avoid_max=self.avoid_max, replicas=job.replicas, spares=job.hot_spares)
 
     def timeouts(self, job: Any) -> D.Timeouts:
         return dataclasses.replace(

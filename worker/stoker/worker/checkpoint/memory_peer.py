@@ -35,17 +35,15 @@ def exchange_group() -> Any:
 
 
 def _send(blob: bytes, dst: int, group: Any) -> list[Any]:
+    """``blob`` (never empty: a ``_pack``) to ``dst``, its size first."""
     size = torch.tensor([len(blob)], dtype=torch.int64)
-    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)
-    return [dist.isend(size, dst, group=group), dist.isend(data, dst, group=group)] if blob else \
-        [dist.isend(size, dst, group=group)]
+    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    return [dist.isend(size, dst, group=group), dist.isend(data, dst, group=group)]
 
 
 def _recv(src: int, group: Any) -> bytes:
     size = torch.empty(1, dtype=torch.int64)
     dist.recv(size, src, group=group)
-    if int(size.item()) == 0:
-        return b""
     data = torch.empty(int(size.item()), dtype=torch.uint8)
     dist.recv(data, src, group=group)
     return data.numpy().tobytes()
