@@ -4,7 +4,10 @@ repetition:
 
 - ``synthetic``: the built-in SyntheticLM (generated on the fly, no I/O);
 - ``in-memory``: the same tokens as the S3 dataset, held in one NumPy array (the baseline);
-- ``s3-cold``: the S3 dataset (a throwaway MinIO) with an empty cache, prefetch on;
+- ``s3-cold``: the S3 dataset (a throwaway MinIO) with an empty cache, prefetch on, read
+  through the CRT client (the default where s3torchconnector is installed) in the trainer's threads;
+- ``s3-cold-boto3``: the same over boto3 (where the CRT client is not installed; the default
+  before): downloads in a child process (``shards/fetchd.py``), the first steps' in the trainer;
 - ``s3-warm``: the S3 dataset with every shard already cached.
 
 Per step it records the step time and the time spent in ``DistributedBatcher.next_batch``
@@ -30,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,7 +49,7 @@ from stoker.worker.shards.reader import ShardedTokens  # noqa: E402
 from stoker.worker.shards.writer import write_dataset  # noqa: E402
 from stoker.worker.trainer import Trainer  # noqa: E402
 
-VARIANTS = ("synthetic", "in-memory", "s3-cold", "s3-warm")
+VARIANTS = ("synthetic", "in-memory", "s3-cold", "s3-cold-boto3", "s3-warm")
 SEQ_LEN = 32
 
 
@@ -110,8 +114,10 @@ def timed_steps(trainer: Trainer, steps: int) -> dict[str, Any]:
 def one_rep(variant: str, uri: str, scratch: Path, warm_cache: Path, steps: int, memory: InMemoryTokens):
     cache = warm_cache if variant == "s3-warm" else scratch / f"cold-{time.monotonic_ns()}"
     cfg = demo_config(uri if variant.startswith("s3") else None, cache, steps)
+    no_crt = mock.patch("stoker.worker.shards.storage.crt_available", return_value=variant != "s3-cold-boto3")
     t0 = time.perf_counter()
-    trainer = Trainer(cfg)  # no STOKER_OPERATOR_ADDR: the SDK session is a no-op
+    with no_crt:  # s3-cold-boto3: as where the CRT client is not installed
+        trainer = Trainer(cfg)  # no STOKER_OPERATOR_ADDR: the SDK session is a no-op
     setup_s = time.perf_counter() - t0
     if variant == "in-memory":
         trainer.batcher.data = memory
@@ -121,7 +127,7 @@ def one_rep(variant: str, uri: str, scratch: Path, warm_cache: Path, steps: int,
         if isinstance(trainer.data, ShardedTokens):
             trainer.data.close()
         trainer.close()
-        if variant == "s3-cold":
+        if variant.startswith("s3-cold"):
             shutil.rmtree(cache, ignore_errors=True)
 
 

@@ -37,6 +37,12 @@ def test_connection_and_server_errors_retry_client_errors_do_not():
     assert not is_retryable(wrapped)
     assert not is_retryable(RuntimeError("Client error: NoSuchBucket: The specified bucket does not exist"))
     assert is_retryable(RuntimeError("Client error: Failed to connect: Connection refused"))
+    # the CRT client's own words (s3torchconnectorclient 1.5, read from a MinIO)
+    assert not is_retryable(RuntimeError("Service error: The key does not exist"))
+    assert not is_retryable(RuntimeError("Service error: The bucket does not exist"))
+    assert not is_retryable(RuntimeError("Client error: Forbidden: The request signature we calculated does not match"))
+    assert is_retryable(RuntimeError("Client error: Unknown CRT error: CRT error 1047: aws-c-io: "
+                                      "AWS_IO_SOCKET_CONNECTION_REFUSED, socket connection refused."))
 
 
 def test_backoff_grows_and_caps():

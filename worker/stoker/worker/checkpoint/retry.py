@@ -16,6 +16,8 @@ _PERMANENT_CODES = {
     "InvalidBucketName", "AllAccessDisabled", "InvalidArgument", "InvalidRequest",
     "EntityTooLarge", "MethodNotAllowed", "NoSuchKey", "404", "403", "400",
 }
+# The same, as the CRT client (s3torchconnector) words them: it has no error codes.
+_PERMANENT_CRT_TEXT = ("The key does not exist", "The bucket does not exist", "Forbidden")
 
 
 def backoff_delays(initial: float = 0.25, factor: float = 2.0, cap: float = 5.0) -> Iterator[float]:
@@ -50,7 +52,8 @@ def is_retryable(exc: BaseException) -> bool:
         return code not in _PERMANENT_CODES
     # clients without structured errors (the CRT client) name the S3 code in the text
     text = str(exc)
-    return not any(name in text for name in _PERMANENT_CODES if not name.isdigit())
+    return not any(name in text for name in _PERMANENT_CODES if not name.isdigit()) and \
+        not any(phrase in text for phrase in _PERMANENT_CRT_TEXT)
 
 
 def call_with_retry(

@@ -137,7 +137,7 @@ def _error(msg: dict) -> Exception:
 def serve(uri: str, cache_root: str, threads: int) -> None:
     from .storage import open_prefix
 
-    source, cache = open_prefix(uri), ShardCache(cache_root)
+    source, cache = open_prefix(uri, transport="boto3"), ShardCache(cache_root)  # the reader's boto3 path
     out_lock = threading.Lock()
 
     def answer(msg: dict) -> None:

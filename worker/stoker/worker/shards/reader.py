@@ -34,7 +34,7 @@ from .cache import ShardCache
 from .fetcher import FILL, NEXT, NOW, URGENT_THREADS, Fetcher
 from .rows import RowReader
 from .fetchd import FetchProcess
-from .storage import open_prefix
+from .storage import open_prefix, resolve_transport
 
 log = logging.getLogger("stoker.worker.shards")
 
@@ -71,21 +71,24 @@ class ShardedTokens:
     disk yet gets those rows with ranged GETs instead of waiting for the whole shard."""
 
     def __init__(self, uri: str, *, cache_dir: str | os.PathLike | None = None, prefetch_shards: int = 2,
-                 sample_log: str | os.PathLike | None = None, fill_cache: bool = True, ranged_reads: bool = True):
+                 sample_log: str | os.PathLike | None = None, fill_cache: bool = True, ranged_reads: bool = True,
+                 s3_transport: str = "auto"):
         self.cache = ShardCache(cache_dir)
         self._prefetching = prefetch_shards > 0
-        # An S3 dataset downloads in a child process (fetchd.py: threads here would take the GIL from training),
-        # started by the first download, so a warm cache never pays its start (~0.25 s of CPU beside the
-        # trainer); a new cache starts it at once: its start overlaps this process's own S3 client and index read.
+        transport = resolve_transport(s3_transport) if uri.startswith("s3://") else None
+        # Over boto3, an S3 dataset downloads in a child process (fetchd.py: boto3 in threads here would take
+        # the GIL from training), started by the first download, so a warm cache never pays its start (~0.25 s
+        # of CPU beside the trainer); a new cache starts it at once: its start overlaps this process's own S3
+        # client and index read. The CRT client moves bytes without the GIL: its downloads run in our threads.
         self._process: FetchProcess | None = None
         self._process_lock, self._closed = threading.Lock(), False
         self._start_process = (functools.partial(FetchProcess, uri, self.cache.root,
                                                  prefetch_shards + URGENT_THREADS, self._download_here)
-                               if self._prefetching and uri.startswith("s3://") else None)
+                               if self._prefetching and transport == "boto3" else None)
         if self.cache.is_empty():
             self._downloader()
         try:
-            self._open(uri)
+            self._open(uri, transport or "auto")
         except BaseException:
             self._stop_process()
             raise
@@ -99,9 +102,9 @@ class ShardedTokens:
             self._fetcher.want(shard, FILL)
         self._log = SampleLog(sample_log) if sample_log else None
 
-    def _open(self, uri: str) -> None:
+    def _open(self, uri: str, transport: str) -> None:
         """Read and check the index; the splits' shards and offsets."""
-        self.source = open_prefix(uri)
+        self.source = open_prefix(uri, transport=transport)
         raw = self.source.read_bytes(fmt.INDEX)
         if raw is None:
             raise DatasetNotFound(f"{uri}: no {fmt.INDEX}: not a dataset, or its writer has not finished "
