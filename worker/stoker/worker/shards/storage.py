@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -81,17 +82,21 @@ class S3Prefix:
     def __init__(self, uri: str, *, retry_timeout_s: float = RETRY_TIMEOUT_S, client=None, transport: str = "auto"):
         self.bucket, self.prefix = layout.split_s3_uri(uri)
         self.uri = uri.rstrip("/")
-        self._boto3 = client
         self.retry_timeout_s = retry_timeout_s
         self.transport = resolve_transport(transport)
         self._crt = CrtGets() if self.transport == "crt" else None
+        # over boto3 the client is made now: fetchd says it is ready after this (a client made by its
+        # first downloads, in 10 threads at once, held the first steps ~0.7 s)
+        self._boto3 = client or (make_client() if self._crt is None else None)
+        self._boto3_lock = threading.Lock()
 
     @property
     def client(self):
-        """boto3's client, made on first use (a reader over the CRT client never needs it)."""
-        if self._boto3 is None:
-            self._boto3 = make_client()
-        return self._boto3
+        """boto3's client; over the CRT client made on first use (a reader never needs it)."""
+        with self._boto3_lock:
+            if self._boto3 is None:
+                self._boto3 = make_client()
+            return self._boto3
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
