@@ -1,4 +1,5 @@
-"""checkpoint/s3.py uses one private part of s3torchconnector (``_s3client.S3Client``):
+"""checkpoint/s3.py and the shard reader (s3client.CrtGets) use one private part of s3torchconnector
+(``_s3client.S3Client``):
 the installed version must be the minor version it was checked with, the pin in
 pyproject.toml must hold it there, and the calls s3.py makes must exist as it calls them."""
 from __future__ import annotations
@@ -36,3 +37,5 @@ def test_the_private_client_has_the_calls_s3_py_makes():
         assert list(inspect.signature(getattr(S3Client, method)).parameters)[1:3] == ["bucket", "key"]
     client = s3.crt_client(max_attempts=2)  # constructs without touching the network
     assert isinstance(client, S3Client)
+    # the shard reader's GET (s3client.CrtGets): one stream, no HEAD, optional byte range
+    assert list(inspect.signature(S3Client._get_object_stream).parameters) == ["self", "bucket", "key", "start", "end"]

@@ -128,8 +128,13 @@ def test_a_new_cache_starts_the_download_process_before_the_index_and_stops_it_i
     import os
 
     def children() -> set[int]:
-        tasks = os.listdir(f"/proc/{os.getpid()}/task")
-        return {int(c) for t in tasks for c in open(f"/proc/{os.getpid()}/task/{t}/children").read().split()}
+        out = set()
+        for t in os.listdir(f"/proc/{os.getpid()}/task"):
+            try:  # a thread may end meanwhile (the CRT client's own come and go)
+                out |= {int(c) for c in open(f"/proc/{os.getpid()}/task/{t}/children").read().split()}
+            except FileNotFoundError:
+                pass
+        return out
 
     before = children()
     data = ShardedTokens(s3_dataset, cache_dir=tmp_path / "new", prefetch_shards=2, fill_cache=False, **BOTO3)

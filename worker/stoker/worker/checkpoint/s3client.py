@@ -5,6 +5,7 @@ Endpoint and credentials come from the standard AWS variables (see ``stoker.comm
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from typing import Iterator
@@ -53,12 +54,8 @@ def make_client(*, connect_timeout: float = 3.0, read_timeout: float = 30.0, max
 
 
 def crt_available() -> bool:
-    """s3torchconnector's native client is installed (the worker extra has it)."""
-    try:
-        import s3torchconnectorclient._mountpoint_s3_client  # noqa: F401  (torch-free, ~15 ms)
-    except ImportError:
-        return False
-    return True
+    """s3torchconnector (its CRT client) is installed: the worker extra has it. Not imported here."""
+    return importlib.util.find_spec("s3torchconnector") is not None
 
 
 def crt_missing(exc: BaseException) -> bool:
@@ -67,30 +64,25 @@ def crt_missing(exc: BaseException) -> bool:
 
 
 class CrtGets:
-    """GETs through the AWS CRT (s3torchconnector's native client, without torch). The bytes move
-    in C threads that do not hold the GIL: 57 shards of 270 KB fetched in a training process's
-    threads cost its loop ~55 ms with this client and ~125 ms with boto3, the same as from a
-    child process with this client (the issue-16 closing note). One native client per process:
-    it is not fork-safe, so a forked child makes its own. Endpoint, credentials and region come
-    from the same AWS variables as :func:`make_client`; its own retries are kept short, ours decide."""
+    """GETs through the AWS CRT: s3torchconnector's client, the checkpoints' (``s3.crt_client``).
+    The bytes move in C threads that do not hold the GIL: 57 shards of 270 KB fetched in a
+    training process's threads cost its loop ~55 ms with this client and ~125 ms with boto3, the
+    same as from a child process with this client (the issue-16 closing note). The client is made
+    on first use (importing it imports torch: a torch-free process such as fetchd never makes one);
+    s3torchconnector's fork handlers release it before a fork and make a new one in the child (a
+    bare native client in a forked child crashed). Its own retries are kept short; ours decide."""
 
     def __init__(self, max_attempts: int = 2):
         self._max_attempts = max_attempts
-        self._native, self._pid = None, None
+        self._client = None
         self._lock = threading.Lock()
 
-    def _client(self):
-        with self._lock:
-            if self._native is None or self._pid != os.getpid():
-                from s3torchconnectorclient._mountpoint_s3_client import MountpointS3Client
-
-                self._native = MountpointS3Client(
-                    region=os.environ.get(env.S3_REGION) or "us-east-1",
-                    endpoint=os.environ.get(env.S3_ENDPOINT) or None,
-                    force_path_style=True, max_attempts=self._max_attempts)
-                self._pid = os.getpid()
-            return self._native
-
     def get(self, bucket: str, key: str, start: int | None = None, end: int | None = None) -> Iterator[bytes]:
-        """The object's bytes (``start`` to ``end``, end excluded, when given) in chunks."""
-        return iter(self._client().get_object(bucket, key, start, end))
+        """The object's bytes (``start`` to ``end``, end excluded, when given) in chunks: one GET."""
+        with self._lock:
+            if self._client is None:
+                from .s3 import crt_client
+
+                self._client = crt_client(max_attempts=self._max_attempts)
+        # the private stream call: one GET and no HEAD (tests/worker_ckpt/test_s3_private_api.py checks it)
+        return iter(self._client._get_object_stream(bucket, key, start, end))
