@@ -18,7 +18,7 @@ opened (no setup to overlap with), on a copy of the dataset in larger shards (65
 for whole shards.
 Goal (issue 16): the S3 loader keeps step time within 5 % of in-memory.
 
-    .venv/bin/python bench/bench_dataloader.py [--reps 15] [--steps 100] [--text-mib 8]
+    .venv/bin/python bench/bench_dataloader.py [--reps 15] [--steps 100] [--text-mib 8] [--out DIR]
 """
 from __future__ import annotations
 
@@ -204,6 +204,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--text-mib", type=float, default=8.0, help="corpus size (bytes tokenizer: 1 token/byte)")
     ap.add_argument("--shard-samples", type=int, default=4096)
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON there instead of bench/results/")
     args = ap.parse_args()
     torch.set_num_threads(1)
     scratch = Path(tempfile.mkdtemp(prefix="stoker-bench-data-"))
@@ -249,7 +250,7 @@ def main() -> int:
                                   "in-memory's in the same repetition) <= 1.05, and extra data wait <= 5% of "
                                   "the step",
         "goal_met": goal, "cold_first_batch_ms": cold_first, "raw": raw, "raw_batch_alone_us": isolated,
-        "raw_cold_first_batch_ms": first_batch})
+        "raw_cold_first_batch_ms": first_batch}, args.out)
     return 0
 
 
