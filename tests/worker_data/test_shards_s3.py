@@ -84,6 +84,17 @@ def test_an_uncommitted_s3_dataset_is_not_read_and_a_committed_one_not_overwritt
             ShardedTokens(s3_dataset, cache_dir=tmp_path / "cache", s3_transport=transport)
 
 
+def test_a_dataset_in_a_missing_bucket_fails_at_once_naming_the_location(s3_dataset, tmp_path, transport, caplog):
+    import logging
+
+    uri = "s3://no-such-bucket-stoker/datasets/corpus-v1"
+    caplog.set_level(logging.INFO, logger="stoker.worker.checkpoint")
+    with pytest.raises(DatasetNotFound, match=f"{uri}: cannot read index.json: .*[Bb]ucket.*check data.uri"):
+        ShardedTokens(uri, cache_dir=tmp_path / "cache", **transport)
+    assert "storage.retry" not in caplog.text, "a missing bucket was retried as if it could come back"
+    assert "storage.gave_up" in caplog.text
+
+
 def test_boto3_downloads_run_in_a_child_process_not_in_the_trainer(s3_dataset, tmp_path):
     """boto3 downloads in the trainer's threads take its GIL (a cache fill tripled the demo's step
     time): over boto3 an S3 dataset's downloads run in fetchd's process, so none may run in this one."""

@@ -105,7 +105,11 @@ class ShardedTokens:
     def _open(self, uri: str, transport: str) -> None:
         """Read and check the index; the splits' shards and offsets."""
         self.source = open_prefix(uri, transport=transport)
-        raw = self.source.read_bytes(fmt.INDEX)
+        try:
+            raw = self.source.read_bytes(fmt.INDEX)
+        except Exception as exc:  # noqa: BLE001 - the CRT client's errors name neither the key nor the fix
+            raise DatasetNotFound(f"{uri}: cannot read {fmt.INDEX}: {exc}; check data.uri (bucket and prefix) "
+                                  f"and the S3 endpoint and credentials") from exc
         if raw is None:
             raise DatasetNotFound(f"{uri}: no {fmt.INDEX}: not a dataset, or its writer has not finished "
                                   f"(the index is written last); check data.uri or run the writer")
