@@ -10,8 +10,9 @@ uploaded next to it). Per repetition, interleaved, a fresh trainer of the demo m
 - ``in-memory``: the tokens in one NumPy array (the baseline);
 - ``stoker-cold`` / ``stoker-warm``: our loader, empty cache / every shard cached;
 - ``litdata-cold`` / ``litdata-warm``: LitData's ``StreamingDataset`` (shuffle on, seed 0) read
-  by its ``StreamingDataLoader`` with one worker process (our loader also downloads in one
-  child process), empty cache / a cache filled by reading the whole dataset once.
+  by its ``StreamingDataLoader`` with one worker process (our loader downloads in the trainer's
+  threads over the CRT client; over boto3 it would use one child process), empty cache / a cache
+  filled by reading the whole dataset once.
 
 Setting up a dataset (opening it, LitData's worker start) is the trainer's setup, not in the
 step times, for both. Not the same sampling: ours is a global shuffle (a step's 16 samples
@@ -24,6 +25,8 @@ torchvision (which its image helpers want and the token path does not):
 
     .venv/bin/python -m pip install --no-deps litdata==0.2.76 lightning-utilities obstore
     .venv/bin/python bench/bench_dataloader_litdata.py [--reps 9] [--steps 100]
+
+(or ``pip install --target DIR`` and ``PYTHONPATH=DIR``, leaving the virtualenv as it is).
 
 Writes bench/results/bench_dataloader_litdata.json (raw step times, versions, commit, machine).
 """

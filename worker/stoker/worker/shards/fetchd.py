@@ -1,9 +1,10 @@
-"""Shard downloads in a process of their own, so they never hold the trainer's GIL.
+"""Shard downloads over boto3 in a process of their own, so they never hold the trainer's GIL.
 
-Downloading a shard is mostly Python (the S3 client signs, parses and copies), and in the
-trainer's process those threads take the GIL from the training loop: on the demo model a
+Downloading a shard with boto3 is mostly Python (the client signs, parses and copies), and in
+the trainer's process those threads take the GIL from the training loop: on the demo model a
 background cache fill in threads tripled the step time, in a child process it cost ~5%
-(bench/bench_dataloader.py; the experiment is in the issue-16 closing note). So an S3
+(bench/bench_dataloader.py; the experiment is in the issue-16 closing note). So where the CRT
+client is not installed (with it, downloads run in the trainer's threads: ``storage.py``), an S3
 dataset's downloads run in ``python -m stoker.worker.shards.fetchd URI CACHE_DIR THREADS``:
 
 - the trainer writes one JSON line per shard to its stdin: ``{"id": n, "shard": {...}}``;
