@@ -133,7 +133,11 @@ def acting_incidents(st: dict, resumed: int | None) -> list[dict]:
     """The incidents that acted on the job (Restart, Replace, JobFailed). A fault at a
     random moment may hit a save in flight: that save does not commit and is recorded as
     a CheckpointFailed incident, which must name a step the job never resumed from
-    (newer than ``resumed``; None: it restarted from scratch)."""
+    (newer than ``resumed``, the S3 checkpoint it resumed from; None: it restarted from
+    scratch). After a restore from the in-memory tier no S3 checkpoint was read: pass the
+    newest commit before the fault (``assert_restored_from_memory`` returns it), since the
+    failed save may be older than the step restored from memory (the save of step 25 still
+    in flight when a node was lost at step 26, memory restored 26)."""
     failed = [i for i in st.get("incidents") or [] if i["kind"] == "CheckpointFailed"]
     assert all(i["step"] > (resumed if resumed is not None else -1) for i in failed), (resumed, failed)
     return [i for i in st.get("incidents") or [] if i["kind"] != "CheckpointFailed"]
@@ -142,7 +146,8 @@ def acting_incidents(st: dict, resumed: int | None) -> list[dict]:
 def assert_restored_from_memory(jdir: pathlib.Path, t0: float, ranks: int = 2) -> tuple[int, list[dict]]:
     """Every rank of the round after ``t0`` (a fault) restored the same step from the in-memory tier, not
     from S3, not older than the newest commit, and at most the step the fault interrupted is computed
-    again (the tier's interval: 1). Returns (that step, the restore records)."""
+    again (the tier's interval: 1). Returns (that step, the restore records, the newest S3 commit before
+    the fault or None)."""
     from stoker.worker import journal
 
     records = journal.read(jdir)
@@ -158,4 +163,4 @@ def assert_restored_from_memory(jdir: pathlib.Path, t0: float, ranks: int = 2) -
     print(f"fault after step {max(computed)}, newest commit {max(commits, default=None)}, "
           f"resumed from memory at {at}, recomputed {recomputed}")
     assert at >= max(commits, default=0) and len(recomputed) <= 1, (at, commits, recomputed)
-    return at, restored
+    return at, restored, max(commits, default=None)

@@ -64,11 +64,11 @@ def test_a_hot_spare_takes_a_lost_nodes_place_and_the_lost_rank_comes_back_from_
     assert summary["step"] == 120 and summary["checksum"] == ref["checksum"]
     # both ranks of the new round restored the same step from memory, not from S3: the lost rank's snapshot
     # from the copy on the survivor's pod; at most the step the loss interrupted is computed again
-    at, restored = assert_restored_from_memory(jdir, t0)
+    at, restored, committed = assert_restored_from_memory(jdir, t0)
     assert {r["pod"] for r in restored} == {spare, *(workers - {victim})}, restored
     st = status(kube, namespace, "hot")
     assert st["incarnation"] == 0 and st["restarts"]["userError"] == 0, st
-    assert [i["kind"] for i in acting_incidents(st, at)] == ["Replace"], st["incidents"]
+    assert [i["kind"] for i in acting_incidents(st, committed)] == ["Replace"], st["incidents"]
     # the spare trained in the lost worker's place (its trainer heartbeated), in the same pod
     after = pods_by_name(kube, namespace, "hot")
     assert spare in {b["pod"] for b in st.get("workerHeartbeats") or []}, st.get("workerHeartbeats")
