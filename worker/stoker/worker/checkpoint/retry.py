@@ -17,7 +17,8 @@ _PERMANENT_CODES = {
     "EntityTooLarge", "MethodNotAllowed", "NoSuchKey", "404", "403", "400",
 }
 # The same, as the CRT client (s3torchconnector) words them: it has no error codes.
-_PERMANENT_CRT_TEXT = ("The key does not exist", "The bucket does not exist", "Forbidden")
+CRT_NO_SUCH_KEY = "The key does not exist"
+_PERMANENT_CRT_TEXT = (CRT_NO_SUCH_KEY, "The bucket does not exist", "Forbidden")
 
 
 def backoff_delays(initial: float = 0.25, factor: float = 2.0, cap: float = 5.0) -> Iterator[float]:
@@ -54,6 +55,11 @@ def is_retryable(exc: BaseException) -> bool:
     text = str(exc)
     return not any(name in text for name in _PERMANENT_CODES if not name.isdigit()) and \
         not any(phrase in text for phrase in _PERMANENT_CRT_TEXT)
+
+
+def crt_missing(exc: BaseException) -> bool:
+    """The CRT client's error for a key that does not exist."""
+    return CRT_NO_SUCH_KEY in str(exc)
 
 
 def call_with_retry(

@@ -58,11 +58,6 @@ def crt_available() -> bool:
     return importlib.util.find_spec("s3torchconnector") is not None
 
 
-def crt_missing(exc: BaseException) -> bool:
-    """The CRT client's error for a key that does not exist (it has no error codes, only text)."""
-    return "The key does not exist" in str(exc)
-
-
 class CrtGets:
     """GETs through the AWS CRT: s3torchconnector's client, the checkpoints' (``s3.crt_client``).
     The bytes move in C threads that do not hold the GIL: 57 shards of 270 KB fetched in a
@@ -70,10 +65,10 @@ class CrtGets:
     same as from a child process with this client (the issue-16 closing note). The client is made
     on first use (importing it imports torch: a torch-free process such as fetchd never makes one);
     s3torchconnector's fork handlers release it before a fork and make a new one in the child (a
-    bare native client in a forked child crashed). Its own retries are kept short; ours decide."""
+    bare native client in a forked child crashed). Made as ``s3.make_crt_client`` makes the
+    checkpoints' shard client: its own retries short, ours decide."""
 
-    def __init__(self, max_attempts: int = 2):
-        self._max_attempts = max_attempts
+    def __init__(self):
         self._client = None
         self._lock = threading.Lock()
 
@@ -81,8 +76,8 @@ class CrtGets:
         """The object's bytes (``start`` to ``end``, end excluded, when given) in chunks: one GET."""
         with self._lock:
             if self._client is None:
-                from .s3 import crt_client
+                from .s3 import make_crt_client
 
-                self._client = crt_client(max_attempts=self._max_attempts)
+                self._client = make_crt_client()
         # the private stream call: one GET and no HEAD (tests/worker_ckpt/test_s3_private_api.py checks it)
         return iter(self._client._get_object_stream(bucket, key, start, end))

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from stoker.common import layout
-from stoker.worker.checkpoint.retry import call_with_retry
-from stoker.worker.checkpoint.s3client import (TRANSFER, CrtGets, crt_available, crt_missing, get_or_none,
-                                               make_client)
+from stoker.worker.checkpoint.retry import call_with_retry, crt_missing
+from stoker.worker.checkpoint.s3client import TRANSFER, CrtGets, crt_available, get_or_none, make_client
 
 RETRY_TIMEOUT_S = 120.0
 CHUNK = 1 << 20
