@@ -149,6 +149,31 @@ def test_a_truncated_cached_shard_is_fetched_again(dataset, tmp_path):
     assert torch.equal(again.samples(TRAIN, [0, 1]), want) and again.stats.fetched == 1
 
 
+def test_a_download_retried_after_a_broken_try_caches_exactly_the_objects_bytes(dataset, tmp_path, monkeypatch):
+    """A try that wrote more bytes than the object has, and different ones, then lost its
+    connection: the retry begins the file and its hash again (ShardCache's sink)."""
+    from stoker.worker.shards.cache import ShardCache
+    from stoker.worker.shards.storage import S3Prefix
+
+    shard = fmt.parse((dataset / fmt.INDEX).read_bytes(), where="t").splits["train"][1]
+    good = (dataset / shard.name).read_bytes()
+    tries = []
+
+    def chunks(key, start=None, end=None):
+        tries.append(key)
+        if len(tries) == 1:
+            yield b"x" * (2 * len(good))
+            raise ConnectionError("connection reset by peer")
+        yield from (good[:100], good[100:])
+
+    source = S3Prefix("s3://bucket/data", client=object(), transport="boto3")
+    monkeypatch.setattr(source, "_chunks", chunks)
+    cache = ShardCache(tmp_path / "cache")
+    path = cache.fetch(source, shard)
+    assert len(tries) == 2 and path.read_bytes() == good
+    assert not list((tmp_path / "cache").glob(".*.part")), "no temporary files are left behind"
+
+
 def test_a_shard_changed_after_its_index_is_refused_and_not_cached(dataset, tmp_path):
     raw = bytearray((dataset / "shard-00000.bin").read_bytes())
     raw[5] ^= 1
