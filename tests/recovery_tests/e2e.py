@@ -143,7 +143,8 @@ def acting_incidents(st: dict, resumed: int | None) -> list[dict]:
     return [i for i in st.get("incidents") or [] if i["kind"] != "CheckpointFailed"]
 
 
-def assert_restored_from_memory(jdir: pathlib.Path, t0: float, ranks: int = 2) -> tuple[int, list[dict]]:
+def assert_restored_from_memory(jdir: pathlib.Path, t0: float,
+                                ranks: int = 2) -> tuple[int, list[dict], int | None]:
     """Every rank of the round after ``t0`` (a fault) restored the same step from the in-memory tier, not
     from S3, not older than the newest commit, and at most the step the fault interrupted is computed
     again (the tier's interval: 1). Returns (that step, the restore records, the newest S3 commit before
