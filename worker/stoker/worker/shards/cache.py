@@ -28,7 +28,8 @@ class ShardCorrupt(RuntimeError):
 
 class _Sink:
     """Where a download's bytes go: a file written through its descriptor and a running sha256,
-    both begun again by ``seek(0)`` and ``truncate()`` when a try starts over (``S3Prefix.download``).
+    both begun again by ``seek(0)`` when a try starts over (``S3Prefix.download`` rewinds and
+    truncates its target before each try).
     The bytes are hashed as they arrive, not read back, and each chunk costs two calls that
     release the GIL: the trainer's threads run the downloads, and every Python-level step of
     theirs is time the training loop waits for the GIL (a shard's fetch lost the demo loop ~1.2 ms
@@ -36,17 +37,15 @@ class _Sink:
 
     def __init__(self, fd: int):
         self.fd, self.size, self.hash = fd, 0, hashlib.sha256()
-        self._rewound = False
 
     def seek(self, pos: int) -> None:
-        if self.size:  # a retry begins again (a first try costs no call)
+        if self.size:  # a retry begins again: file and hash emptied here (a first try costs no call)
             os.lseek(self.fd, pos, os.SEEK_SET)
-            self.size, self.hash, self._rewound = 0, hashlib.sha256(), True
+            os.ftruncate(self.fd, pos)
+            self.size, self.hash = 0, hashlib.sha256()
 
     def truncate(self) -> None:
-        if self._rewound:
-            os.ftruncate(self.fd, 0)
-            self._rewound = False
+        """Nothing left to do: ``seek`` emptied the file."""
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
