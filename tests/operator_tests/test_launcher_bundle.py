@@ -137,3 +137,30 @@ def test_a_sigkilled_launcher_takes_its_workers_with_it(tmp_path):
                     os.kill(int(pids.with_suffix(f".{r}").read_text()), 9)
                 except ProcessLookupError:
                     pass
+
+
+REPORTER = """
+import sys, types
+sys.path.insert(0, sys.argv[1])
+if sys.argv[2] == "old-grpc":        # an image whose grpcio is older than the generated code allows
+    sys.modules["grpc"] = types.SimpleNamespace(__version__="1.0.0")
+from stoker.operator.launch_inplace import Reporter
+env = {"STOKER_OPERATOR_ADDR": "127.0.0.1:9", "STOKER_JOB_TOKEN": "t", "STOKER_JOB_NAMESPACE": "ns",
+       "STOKER_JOB_NAME": "j"}
+print("reporter:", Reporter.create(env) is not None, flush=True)
+"""
+
+
+@pytest.mark.parametrize("image, reports", [("grpc", True), ("old-grpc", False)])
+def test_the_copied_launcher_reports_in_place_restarts_where_the_image_can(tmp_path, image, reports):
+    """Found on real nodes: the bundle lacked the heartbeat contract (stoker.common.proto), so every
+    launcher copied into a pod (every pod of a Helm install) turned in-place restarts off, even in the
+    project's own worker image, and a killed trainer failed its pod. With grpcio and protobuf in the
+    image the copy reports (and restarts in place); with a grpcio too old for the generated code it says
+    why and turns them off, instead of failing the launcher."""
+    B.copy_to(tmp_path / "bundle")
+    (tmp_path / "probe.py").write_text(REPORTER)
+    r = subprocess.run([sys.executable, "-S", str(tmp_path / "probe.py"), str(tmp_path / "bundle"), image],
+                       env=_isolated_env(), capture_output=True, text=True, timeout=60)
+    assert f"reporter: {reports}" in r.stdout, r.stdout + r.stderr[-3000:]
+    assert ("in-place restarts off" in r.stderr) is not reports, r.stderr[-3000:]

@@ -9,7 +9,9 @@ operator pinned to real-node-0):
 - a user's image with Python and torch only (no Stoker: the launcher comes in through the
   chart's init container) runs its own torchrun script, which keeps its own checkpoints on a
   shared volume; its SIGKILLed trainer is restarted the same way and ends bit-identical;
-- examples/minimal.yaml runs from the image it names.
+- examples/minimal.yaml runs from the image it names;
+- with the failure policy's defaults and the in-memory tier, a SIGKILLed trainer restarts in place in
+  its container, every rank from its pod's memory (issue 12's fast path in containers).
 
 Faults come at random steps (seeded; the seed is printed). What the tests time faults by
 (the step journal, the script's progress files) lives on host folders mounted into the pods:
@@ -32,6 +34,7 @@ from stoker.devcluster.realnodes import pyimages
 from tests.realnodes_tests import operator_helm as H
 from tests.recovery_tests import faults as F
 from tests.recovery_tests.conftest import reference_summary
+from tests.recovery_tests.e2e import assert_restored_from_memory
 from tests.recovery_tests.test_e2e_recovery import assert_resumed_from_newest_commit, fault_rng
 from tests.recovery_tests.trainer_configs import trainer_config
 
@@ -286,3 +289,44 @@ def test_the_operator_killed_then_upgraded_while_a_job_trains_restarts_no_job(re
     now = json.loads(c.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=rendezvous",
                                "-o", "json").stdout)["items"]
     assert [p["metadata"]["uid"] for p in now] == [p["metadata"]["uid"] for p in store], "the store was restarted"
+
+
+def test_a_killed_trainer_restarts_in_place_from_the_in_memory_tier_on_real_nodes(real_cluster, installed, tmp_path):
+    """Issue 12's fast path in containers, with the failure policy's defaults (in-place restarts on):
+    a trainer SIGKILLed inside its container at a random step is started again inside the same pod,
+    every rank with it, from the newest step all ranks hold in their pods' memory
+    (``memoryIntervalSteps: 1``, S3 every 5 steps): the same pods, incarnation 0, at most the
+    interrupted step computed again, final parameters bit-identical."""
+    c, ns = real_cluster, installed["ns"]
+    rng = fault_rng()
+    cfg = trainer_config(150)
+    ref = reference_summary(tmp_path, cfg, 2)
+    jdir = shared_dir(tmp_path / "journal")
+    bucket = H.make_bucket(c)
+    H.apply_config_map(c, ns, "mem-config", {"config.json": json.dumps(H.in_pod_config(cfg))})
+    job = H.trainer_job("mem", installed["ref"], bucket, jdir)
+    job["spec"]["checkpoint"]["memoryIntervalSteps"] = 1
+    assert "inPlaceRestarts" not in job["spec"]["failurePolicy"]   # the default: in place
+    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(job))
+    incarnation = lambda: int(job_status(c, ns, "mem").get("incarnation", 0))  # noqa: E731
+    diag = lambda: json.dumps(job_status(c, ns, "mem"), indent=1) + c.kubectl("get", "pods", "-n", ns).stdout  # noqa
+
+    moment = F.at_random_moment(rng, jdir, incarnation, min_steps=8, max_steps=40, timeout=300)
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(c, ns, "mem")}
+    assert sorted(uids) == ["mem-worker-0-0", "mem-worker-1-0"], uids
+    t0 = time.time()
+    print("fault: SIGKILL the trainer of mem-worker-1-0 at", moment)
+    assert F.signal_pid(F.trainer_pid("mem-worker-1-0"), signal.SIGKILL), diag()
+    wait_succeeded(c, ns, "mem")
+
+    logs = "".join(c.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout for p in worker_pods(c, ns, "mem"))
+    summary = next(json.loads(line) for line in logs.splitlines() if '"checksum"' in line)
+    assert summary["step"] == 150 and summary["checksum"] == ref["checksum"], (summary, ref)
+    assert_restored_from_memory(jdir, t0)
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(c, ns, "mem")} == uids, diag()
+    st = job_status(c, ns, "mem")
+    assert st["incarnation"] == 0 and st["restarts"]["total"] == 1, diag()
+    [inc] = [i for i in st["incidents"] if i["kind"] == "Restart"]
+    assert inc["inPlace"] is True and inc["detectedCause"] == "WorkerKilled" and inc["exitCode"] == 137, inc
+    assert inc["pod"] == "mem-worker-1-0", inc
+    print("in-place incident on real nodes:", json.dumps(inc))

@@ -146,8 +146,8 @@ class Reporter:
         if not why:
             try:
                 return cls(environ)
-            except ImportError as e:
-                why = f"cannot import the heartbeat client ({e})"
+            except Exception as e:  # noqa: BLE001 - missing, or too old for the generated code (a version check)
+                why = f"cannot load the heartbeat client ({type(e).__name__}: {e})"
         print(f"stoker launch: in-place restarts off: {why}; a failed trainer fails the pod",
               file=sys.stderr, flush=True)
         return None

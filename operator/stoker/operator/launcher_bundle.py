@@ -26,7 +26,11 @@ ENTRY = "stoker_launch.py"
 MODULES = ("stoker/common/__init__.py", "stoker/common/env.py", "stoker/common/auth.py",
            "stoker/common/last_step.py", "stoker/common/parent_death.py", "stoker/common/rdzv_lock.py",
            "stoker/operator/__init__.py", "stoker/operator/launch.py",
-           "stoker/operator/launch_inplace.py", "stoker/operator/launch_spare.py", "stoker/operator/launch_warm.py")
+           "stoker/operator/launch_inplace.py", "stoker/operator/launch_spare.py", "stoker/operator/launch_warm.py",
+           # the heartbeat contract, for the in-place restarts' reports (launch_inplace.Reporter): it needs grpcio
+           # and protobuf in the image; without them (or too old) the launcher turns in-place restarts off
+           "stoker/common/proto/__init__.py", "stoker/common/proto/stoker_pb2.py",
+           "stoker/common/proto/stoker_pb2_grpc.py")
 ENTRY_SOURCE = '''"""Runs stoker.operator.launch from the files beside this script (copied by the
 operator's init container): sys.path[0] is this folder for this process only."""
 import runpy
