@@ -41,10 +41,10 @@ OPERATOR_NODE = NODES[0]
 PROFILES = {
     # steps: a real node's demo step takes ~0.08 s; an operator restart (~10-20 s) must not end the job
     "default": {"faults": 25, "per_job": 5, "kinds": list(R.KINDS), "cut_s": (10.0, 60.0),
-                "failure_policy": {"inPlaceRestarts": 0},  # new incarnations: not yet run in place here
+                "failure_policy": {},  # the defaults: a killed trainer restarts in place
                 "steps": 600, "configs": ["demo", "pipeline", "zero3"]},
     "short": {"faults": 5, "per_job": 5, "kinds": list(R.KINDS), "cut_s": (10.0, 60.0),
-              "failure_policy": {"inPlaceRestarts": 0},  # new incarnations: not yet run in place here
+              "failure_policy": {},  # the defaults: a killed trainer restarts in place
               "steps": 600, "configs": ["demo"]},
 }
 
@@ -76,19 +76,7 @@ class RealSuite(Suite):
         return jdir
 
     def job_body(self, name: str, out: Path, jdir: Path) -> dict:
-        vol, mount = H.host_volume("out", out)
-        container = {"name": "trainer", "image": self.image, "imagePullPolicy": "Never",
-                     "command": ["python", "-m", "stoker.worker.train", H.CONFIG_PATH],
-                     "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
-                             {"name": "STOKER_STEP_JOURNAL_DIR", "value": str(jdir)}],
-                     "volumeMounts": [mount, {"name": "config", "mountPath": "/etc/train"}]}
-        volumes = [vol, {"name": "config", "configMap": {"name": f"{name}-config"}}]
-        from stoker.devcluster.realnodes.pyimages import SITE
-        body = H._job(name, container, volumes, {
-            "checkpoint": {"uri": f"s3://{self.b.bucket}/{name}", "intervalSteps": 5,
-                           "credentialsSecretRef": {"name": "stoker-s3"}}}, SITE)
-        body["spec"]["failurePolicy"] = {"maxRestarts": 3, "backoffSeconds": 0, **self.p["failure_policy"]}
-        return body
+        return trainer_job(self.b.bucket, self.image, name, out, jdir, self.p["failure_policy"])
 
     def config_of(self, n: int) -> str:
         return self.configs[n % len(self.configs)]
@@ -158,6 +146,26 @@ class RealSuite(Suite):
                 return time.time() - since
             time.sleep(0.5)
         return None
+
+
+def trainer_job(bucket: str, image: str, name: str, out: Path, jdir: Path, failure_policy: dict,
+                memory_every: int | None = None) -> dict:
+    """The built-in trainer (config from ConfigMap ``<name>-config``) on the real nodes, S3 checkpoints
+    every 5 steps (and in memory every ``memory_every`` steps), its outputs and step journal in host
+    folders mounted into the pods (the witness)."""
+    from stoker.devcluster.realnodes.pyimages import SITE
+    vol, mount = H.host_volume("out", out)
+    container = {"name": "trainer", "image": image, "imagePullPolicy": "Never",
+                 "command": ["python", "-m", "stoker.worker.train", H.CONFIG_PATH],
+                 "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
+                         {"name": "STOKER_STEP_JOURNAL_DIR", "value": str(jdir)}],
+                 "volumeMounts": [mount, {"name": "config", "mountPath": "/etc/train"}]}
+    volumes = [vol, {"name": "config", "configMap": {"name": f"{name}-config"}}]
+    checkpoint = {"uri": f"s3://{bucket}/{name}", "intervalSteps": 5, "credentialsSecretRef": {"name": "stoker-s3"},
+                  **({"memoryIntervalSteps": memory_every} if memory_every else {})}
+    body = H._job(name, container, volumes, {"checkpoint": checkpoint}, SITE)
+    body["spec"]["failurePolicy"] = {"maxRestarts": 3, "backoffSeconds": 0, **failure_policy}
+    return body
 
 
 def pin_cluster_dns(c: LocalCluster) -> None:

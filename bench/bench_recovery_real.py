@@ -1,0 +1,171 @@
+"""A crashed trainer on real nodes (issue 12): how fast Stoker trains again in containers.
+
+The test bed of bench/chaos_real.py: 2 real nodes (kubelet + containerd + kube-proxy, each in its
+own network namespace), the Helm-installed operator and its rendezvous store on real-node-0, the
+trainers' image imported into the nodes, MinIO. A 2-worker job of the built-in trainer (the recovery
+tests' tiny model, S3 checkpoint every 5 steps, one worker per node while both are up, non-root) has
+the trainer of worker 1 SIGKILLed inside its container at a random moment of real training (seeded,
+``--seed`` replays; 10-60 steps, then a random fraction of a step). Settings, side by side in each
+repetition:
+
+  crash              the failure policy's defaults: restarted in place (same pods, incarnation 0),
+                     every rank from the newest S3 checkpoint
+  crash-memory       the same with the in-memory tier (``memoryIntervalSteps: 1``): from the step every
+                     rank holds in its pod's memory
+  crash-incarnation  ``inPlaceRestarts: 0``: new pods, a new incarnation (the path before issue 12)
+
+and, after each repetition, plain ``torchrun --max-restarts=3`` of the same trainer on the host (no
+containers, no Stoker: bench/recovery_baseline.py). Measured from the kill: ``detect`` (the incident
+in status), ``recover`` (the first step of a restarted trainer, from the step journal on a host
+folder mounted into the pods: the witness, not something the system uses), ``lost`` (steps computed
+before the kill past where the restart resumed). Each job must end Succeeded.
+
+    .venv/bin/python bench/bench_recovery_real.py [--runs 5] [--kinds crash,crash-memory,crash-incarnation]
+        [--seed N] [--out DIR]      (root, Linux: the real-node packages, see `make test-realnodes`)
+
+Writes bench/results/bench_recovery_real.json (or DIR/...) after every run and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.chaos_real import setup, shared_dir, trainer_job  # noqa: E402
+from bench.common import code_version, print_table, write_results  # noqa: E402
+from bench.recovery_baseline import torchrun_crash, trainer_cfg, wait  # noqa: E402
+from stoker.worker import journal  # noqa: E402
+from tests.realnodes_tests import operator_helm as H  # noqa: E402
+from tests.recovery_tests import faults as F  # noqa: E402
+
+KINDS = ("crash", "crash-memory", "crash-incarnation")
+STEPS = 300   # ~0.08 s a step on these nodes: the kill comes at step 10-60, the restart has the rest
+
+
+def _key(r: dict) -> tuple[str, int]:
+    """A trainer process: pids are per container here, so the pod names it too."""
+    return r.get("pod", ""), r["pid"]
+
+
+def measure(jdir: Path, t0: float) -> dict:
+    """From the step journal: the first step of a trainer started after ``t0``, where the restart
+    resumed, and the steps computed before ``t0`` past that point."""
+    recs = journal.read(jdir)
+    before = {_key(r) for r in recs if r["t"] < t0}
+    new = [r for r in recs if _key(r) not in before and r["t"] > t0]
+    steps = [r["t"] for r in new if r["event"] == "step"]
+    resumes = [r for r in new if r["event"] in ("resumed", "resumed_from_memory")]
+    at = resumes[0]["step"] if resumes else 0
+    done = {r["step"] for r in recs if r["event"] == "step" and _key(r) in before}
+    return {"first_step_t": min(steps) if steps else None, "resumed_at": at,
+            "resumed_from": resumes[0]["event"] if resumes else None, "lost_steps": len({s for s in done if s > at})}
+
+
+def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict:
+    name = f"{kind.replace('crash', 'c')}-{i}-{uuid.uuid4().hex[:4]}"
+    out = shared_dir(tmp / name)
+    jdir = shared_dir(out / "journal")
+    cfg = trainer_cfg(out, STEPS, None)
+    H.apply_config_map(b.c, b.ns, f"{name}-config", {"config.json": json.dumps(cfg)})
+    policy = {"inPlaceRestarts": 0} if kind == "crash-incarnation" else {}   # else the defaults: in place
+    body = trainer_job(b.bucket, image, name, out, jdir, policy, memory_every=1 if kind == "crash-memory" else None)
+    b.c.kubectl("apply", "-n", b.ns, "-f", "-", input=json.dumps(body))
+    status = lambda: b.status(name)  # noqa: E731
+    moment = F.at_random_moment(rng, jdir, lambda: int(status().get("incarnation", 0)), min_steps=10,
+                                max_steps=60, timeout=300)
+    pid = wait("the trainer of worker 1", lambda: F.trainer_pid(f"{name}-worker-1-0"), 30)
+    t0 = time.time()
+    F.signal_pid(pid, signal.SIGKILL)
+    inc = wait("incident", lambda: next((i for i in status().get("incidents") or []
+                                         if i.get("kind") in ("Restart", "Replace")), None), 300, 0.1)
+    t_detect = time.time()
+    first = wait("a restarted trainer's first step", lambda: measure(jdir, t0)["first_step_t"], 300)
+    wait("job Succeeded", lambda: status().get("phase") in ("Succeeded", "Failed"), 600, 0.5)
+    st = status()
+    m = measure(jdir, t0)
+    return {"kind": kind, "phase": st.get("phase"), "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
+            "recover_s": first - t0, "after_detect_s": first - t_detect,
+            "in_place": bool(inc.get("inPlace")) and not st.get("incarnation"), "incarnation": st.get("incarnation"),
+            "operator_latency_s": inc.get("detectionLatencySeconds"), "fault_at": moment,
+            **{k: m[k] for k in ("resumed_at", "resumed_from", "lost_steps")}}
+
+
+def table(results: dict) -> list[dict]:
+    """Per setting: median [min, max] of the runs that ended Succeeded; plain torchrun's crash beside them."""
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]" if values else "-"
+    rows = []
+    base = [r["recover_s"] for r in results["torchrun"] if r.get("recover_s") is not None]
+    for kind in results["kinds"]:
+        rs = [r for r in results["stoker"] if r["kind"] == kind and r.get("phase") == "Succeeded"]
+        rows.append({"setting": kind, "ok runs": f"{len(rs)}/{sum(r['kind'] == kind for r in results['stoker'])}",
+                     "detect s": spread([r["detect_s"] for r in rs]),
+                     "training again s": spread([r["recover_s"] for r in rs]),
+                     "after detect s": spread([r["after_detect_s"] for r in rs]),
+                     "in place": f"{sum(r['in_place'] for r in rs)}/{len(rs)}",
+                     "lost steps": spread([float(r["lost_steps"]) for r in rs]),
+                     "from": "/".join(sorted({str(r["resumed_from"]) for r in rs}))})
+    rows.append({"setting": "plain torchrun --max-restarts=3 (host, no containers)",
+                 "ok runs": f"{len(base)}/{len(results['torchrun'])}", "training again s": spread(base)})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--seed", type=int, default=None, help="the fault moments' seed (printed; replays a run)")
+    ap.add_argument("--crash-cap", type=float, default=120.0, help="how long plain torchrun may take to recover")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON there instead of bench/results/")
+    args = ap.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        ap.error(f"--kinds: unknown {sorted(unknown)}; use some of {', '.join(KINDS)}")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    print(f"fault seed {seed} (replay: --seed {seed})", flush=True)
+    rng = random.Random(seed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the cleanup below
+    tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-real-"))
+    tmp.chmod(0o755)             # the pods (uid 10001) write into folders below it
+    results: dict = {"runs": args.runs, "kinds": kinds, "seed": seed, "steps": STEPS, "nodes": "real (2)",
+                     "code_at_start": code_version(), "stoker": [], "torchrun": []}
+    cluster = None
+    try:
+        cluster, b, (image, _) = setup(tmp)
+        for i in range(args.runs):
+            for kind in kinds:
+                try:
+                    r = one(b, image, tmp, kind, i, rng)
+                except TimeoutError as e:
+                    r = {"kind": kind, "error": str(e)}
+                print(json.dumps(r, default=str), flush=True)
+                results["stoker"].append(r)
+                write_results("bench_recovery_real", results, args.out)
+            t = torchrun_crash(tmp, i, args.crash_cap)
+            print(json.dumps({"baseline": "torchrun", **t}), flush=True)
+            results["torchrun"].append(t)
+            write_results("bench_recovery_real", results, args.out)
+    finally:
+        if cluster is not None:
+            cluster.down()
+    results["table"] = table(results)
+    print_table(f"A SIGKILLed trainer on real nodes ({args.runs} runs per setting, 2 workers, tiny model, "
+                f"seed {seed}); median [min, max]", results["table"],
+                columns=list(dict.fromkeys(k for row in results["table"] for k in row)))
+    print(f"wrote {write_results('bench_recovery_real', results, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
