@@ -23,7 +23,8 @@ before the kill past where the restart resumed). Each job must end Succeeded.
     .venv/bin/python bench/bench_recovery_real.py [--runs 5] [--kinds crash,crash-memory,crash-incarnation]
         [--seed N] [--out DIR]      (root, Linux: the real-node packages, see `make test-realnodes`)
 
-Writes bench/results/bench_recovery_real.json (or DIR/...) after every run and prints a table.
+Writes bench/results/bench_recovery_real.json (or DIR/...) after every run and prints a table; each run's
+step journal and its first pods' logs (timestamped) stay in the scratch folder it prints.
 """
 from __future__ import annotations
 
@@ -93,6 +94,8 @@ def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict
     wait("job Succeeded", lambda: status().get("phase") in ("Succeeded", "Failed"), 600, 0.5)
     st = status()
     m = measure(jdir, t0)
+    for pod in (f"{name}-worker-0-0", f"{name}-worker-1-0"):   # what the run's trainers and launchers said
+        (out / f"{pod}.log").write_text(b.c.kubectl("logs", "-n", b.ns, pod, "--timestamps", check=False).stdout)
     return {"kind": kind, "phase": st.get("phase"), "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
             "recover_s": first - t0, "after_detect_s": first - t_detect,
             "in_place": bool(inc.get("inPlace")) and not st.get("incarnation"), "incarnation": st.get("incarnation"),
@@ -138,6 +141,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the cleanup below
     tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-real-"))
     tmp.chmod(0o755)             # the pods (uid 10001) write into folders below it
+    print(f"scratch folder {tmp}", flush=True)
     results: dict = {"runs": args.runs, "kinds": kinds, "seed": seed, "steps": STEPS, "nodes": "real (2)",
                      "code_at_start": code_version(), "stoker": [], "torchrun": []}
     cluster = None

@@ -91,6 +91,16 @@ def wait_succeeded(c, ns: str, name: str, timeout: float = 600) -> dict:
     return H.wait_phase(c, ns, name, ("Succeeded",), timeout=timeout)
 
 
+def built_in_job(c, ns: str, image: str, name: str, tmp_path: pathlib.Path) -> tuple[dict, pathlib.Path, dict]:
+    """A 150-step job of the built-in trainer (not applied yet; checkpoints in a bucket of its own), its
+    step journal's folder, and the summary of the undisturbed run it must end identical to."""
+    cfg = trainer_config(150)
+    ref = reference_summary(tmp_path, cfg, 2)
+    jdir = shared_dir(tmp_path / "journal")
+    H.apply_config_map(c, ns, f"{name}-config", {"config.json": json.dumps(H.in_pod_config(cfg))})
+    return H.trainer_job(name, image, H.make_bucket(c), jdir), jdir, ref
+
+
 def test_a_users_image_without_stoker_runs_and_recovers_from_a_killed_trainer(real_cluster, installed, tmp_path):
     c, ns = real_cluster, installed["ns"]
     rng = fault_rng()
@@ -166,12 +176,7 @@ def test_a_killed_trainer_and_a_stopped_node_are_recovered_bit_identical_on_real
         real_cluster, installed, tmp_path):
     c, ns = real_cluster, installed["ns"]
     rng = fault_rng()
-    cfg = trainer_config(150)
-    ref = reference_summary(tmp_path, cfg, 2)
-    jdir = shared_dir(tmp_path / "journal")
-    bucket = H.make_bucket(c)
-    H.apply_config_map(c, ns, "rec-config", {"config.json": json.dumps(H.in_pod_config(cfg))})
-    job = H.trainer_job("rec", installed["ref"], bucket, jdir)
+    job, jdir, ref = built_in_job(c, ns, installed["ref"], "rec", tmp_path)
     job["spec"]["failurePolicy"]["inPlaceRestarts"] = 0   # each fault a new incarnation (what this test follows)
     c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(job))
 
@@ -299,12 +304,7 @@ def test_a_killed_trainer_restarts_in_place_from_the_in_memory_tier_on_real_node
     interrupted step computed again, final parameters bit-identical."""
     c, ns = real_cluster, installed["ns"]
     rng = fault_rng()
-    cfg = trainer_config(150)
-    ref = reference_summary(tmp_path, cfg, 2)
-    jdir = shared_dir(tmp_path / "journal")
-    bucket = H.make_bucket(c)
-    H.apply_config_map(c, ns, "mem-config", {"config.json": json.dumps(H.in_pod_config(cfg))})
-    job = H.trainer_job("mem", installed["ref"], bucket, jdir)
+    job, jdir, ref = built_in_job(c, ns, installed["ref"], "mem", tmp_path)
     job["spec"]["checkpoint"]["memoryIntervalSteps"] = 1
     assert "inPlaceRestarts" not in job["spec"]["failurePolicy"]   # the default: in place
     c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(job))
