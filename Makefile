@@ -51,7 +51,8 @@ demo: install tools node-packages
 demo-fast: install tools
 	$(PY) -m tests.demo --process-nodes
 
-bench: install tools
+bench: install tools node-packages
+	@devcluster/stoker/devcluster/build-tools.sh kubelet kube-proxy coredns >/dev/null  # bench_recovery_real: real nodes
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 # Faults at random moments (>= 100 across 10 kinds; goal: within an hour on 2 cores); CHAOS_ARGS="--seed N" replays.

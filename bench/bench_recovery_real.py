@@ -50,7 +50,7 @@ from tests.realnodes_tests import operator_helm as H  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
 
 KINDS = ("crash", "crash-memory", "crash-incarnation")
-STEPS = 300   # ~0.08 s a step on these nodes: the kill comes at step 10-60, the restart has the rest
+STEPS = 300   # ~0.02 s a step on these nodes (more under load): the kill comes at step 10-60, the rest follows it
 
 
 def _key(r: dict) -> tuple[str, int]:
