@@ -42,34 +42,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_recovery import restarted_steps, work_lost  # noqa: E402
 from bench.chaos_real import setup, shared_dir, trainer_job  # noqa: E402
 from bench.common import code_version, print_table, write_results  # noqa: E402
 from bench.recovery_baseline import torchrun_crash, trainer_cfg, wait  # noqa: E402
-from stoker.worker import journal  # noqa: E402
 from tests.realnodes_tests import operator_helm as H  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
 
 KINDS = ("crash", "crash-memory", "crash-incarnation")
 STEPS = 300   # ~0.02 s a step on these nodes (more under load): the kill comes at step 10-60, the rest follows it
-
-
-def _key(r: dict) -> tuple[str, int]:
-    """A trainer process: pids are per container here, so the pod names it too."""
-    return r.get("pod", ""), r["pid"]
-
-
-def measure(jdir: Path, t0: float) -> dict:
-    """From the step journal: the first step of a trainer started after ``t0``, where the restart
-    resumed, and the steps computed before ``t0`` past that point."""
-    recs = journal.read(jdir)
-    before = {_key(r) for r in recs if r["t"] < t0}
-    new = [r for r in recs if _key(r) not in before and r["t"] > t0]
-    steps = [r["t"] for r in new if r["event"] == "step"]
-    resumes = [r for r in new if r["event"] in ("resumed", "resumed_from_memory")]
-    at = resumes[0]["step"] if resumes else 0
-    done = {r["step"] for r in recs if r["event"] == "step" and _key(r) in before}
-    return {"first_step_t": min(steps) if steps else None, "resumed_at": at,
-            "resumed_from": resumes[0]["event"] if resumes else None, "lost_steps": len({s for s in done if s > at})}
 
 
 def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict:
@@ -90,10 +71,10 @@ def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict
     inc = wait("incident", lambda: next((i for i in status().get("incidents") or []
                                          if i.get("kind") in ("Restart", "Replace")), None), 300, 0.1)
     t_detect = time.time()
-    first = wait("a restarted trainer's first step", lambda: measure(jdir, t0)["first_step_t"], 300)
+    first = min(wait("a restarted trainer's first step", lambda: restarted_steps(jdir, t0), 300))
     wait("job Succeeded", lambda: status().get("phase") in ("Succeeded", "Failed"), 600, 0.5)
     st = status()
-    m = measure(jdir, t0)
+    m = work_lost(jdir, t0)
     for pod in (f"{name}-worker-0-0", f"{name}-worker-1-0"):   # what the run's trainers and launchers said
         (out / f"{pod}.log").write_text(b.c.kubectl("logs", "-n", b.ns, pod, "--timestamps", check=False).stdout)
     return {"kind": kind, "phase": st.get("phase"), "cause": inc.get("detectedCause"), "detect_s": t_detect - t0,
