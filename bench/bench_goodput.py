@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import Bench, trainer_pid, wait  # noqa: E402
-from bench.common import code_version, print_table, write_results  # noqa: E402
+from bench.common import code_version, print_table, spread, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 from stoker.worker import journal  # noqa: E402
 
@@ -202,13 +202,6 @@ def main() -> int:
     return 0
 
 
-def _spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    if not values:
-        return "-"
-    v = [x * scale for x in values]
-    return f"{statistics.median(v):.{digits}f} [{min(v):.{digits}f}, {max(v):.{digits}f}]"
-
-
 def report(results: dict) -> None:
     """Add the per-setting table and the derived figure to ``results`` and print them.
 
@@ -227,13 +220,13 @@ def report(results: dict) -> None:
             if r["kills"]:
                 r["cost_per_failure_s"] = ((r["wall_s"] - r["productive_s"]) - base_idle) / r["kills"]
         row = {"setting": name, "runs": len(rs), "kills": "/".join(str(r["kills"]) for r in rs),
-               "wall s": _spread([r["wall_s"] for r in rs], digits=0),
-               "goodput %": _spread([r["goodput"] for r in rs], 100.0),
-               "vs undisturbed %": _spread([r["goodput"] / base_goodput for r in rs], 100.0),
-               "s per failure": _spread([r["cost_per_failure_s"] for r in rs if "cost_per_failure_s" in r]),
+               "wall s": spread([r["wall_s"] for r in rs], digits=0),
+               "goodput %": spread([r["goodput"] for r in rs], 100.0),
+               "vs undisturbed %": spread([r["goodput"] / base_goodput for r in rs], 100.0),
+               "s per failure": spread([r["cost_per_failure_s"] for r in rs if "cost_per_failure_s" in r]),
                "same checksum": all(r["checksum"] == checksum for r in rs)}
         for key in ("start_s", "between_s", "end_s"):  # runs written before the journal have none
-            row[key.replace("_s", " s")] = _spread([r[key] for r in rs if key in r])
+            row[key.replace("_s", " s")] = spread([r[key] for r in rs if key in r])
         if rs[0]["kill_every_s"]:
             median = statistics.median(r["goodput"] for r in rs)
             row["goal 95%"] = "met" if median >= GOAL else "missed"

@@ -32,7 +32,6 @@ import argparse
 import json
 import random
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import restarted_steps, work_lost  # noqa: E402
 from bench.chaos_real import setup, shared_dir, trainer_job  # noqa: E402
-from bench.common import code_version, print_table, write_results  # noqa: E402
+from bench.common import code_version, print_table, spread, write_results  # noqa: E402
 from bench.recovery_baseline import torchrun_crash, trainer_cfg, wait  # noqa: E402
 from tests.realnodes_tests import operator_helm as H  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
@@ -86,21 +85,19 @@ def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict
 
 def table(results: dict) -> list[dict]:
     """Per setting: median [min, max] of the runs that ended Succeeded; plain torchrun's crash beside them."""
-    def spread(values: list[float]) -> str:
-        return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]" if values else "-"
     rows = []
     base = [r["recover_s"] for r in results["torchrun"] if r.get("recover_s") is not None]
     for kind in results["kinds"]:
         rs = [r for r in results["stoker"] if r["kind"] == kind and r.get("phase") == "Succeeded"]
         rows.append({"setting": kind, "ok runs": f"{len(rs)}/{sum(r['kind'] == kind for r in results['stoker'])}",
-                     "detect s": spread([r["detect_s"] for r in rs]),
-                     "training again s": spread([r["recover_s"] for r in rs]),
-                     "after detect s": spread([r["after_detect_s"] for r in rs]),
+                     "detect s": spread([r["detect_s"] for r in rs], digits=2),
+                     "training again s": spread([r["recover_s"] for r in rs], digits=2),
+                     "after detect s": spread([r["after_detect_s"] for r in rs], digits=2),
                      "in place": f"{sum(r['in_place'] for r in rs)}/{len(rs)}",
-                     "lost steps": spread([float(r["lost_steps"]) for r in rs]),
+                     "lost steps": spread([float(r["lost_steps"]) for r in rs], digits=2),
                      "from": "/".join(sorted({str(r["resumed_from"]) for r in rs}))})
     rows.append({"setting": "plain torchrun --max-restarts=3 (host, no containers)",
-                 "ok runs": f"{len(base)}/{len(results['torchrun'])}", "training again s": spread(base)})
+                 "ok runs": f"{len(base)}/{len(results['torchrun'])}", "training again s": spread(base, digits=2)})
     return rows
 
 

@@ -13,6 +13,7 @@ import platform
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,14 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``median [min, max]`` of ``values`` (times ``scale``), or ``-`` when there are none."""
+    if not values:
+        return "-"
+    v = [x * scale for x in values]
+    return f"{statistics.median(v):.{digits}f} [{min(v):.{digits}f}, {max(v):.{digits}f}]"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
