@@ -379,8 +379,9 @@ def beat(index, last_seen, incarnation=0):
 def test_a_launcher_gone_quiet_while_others_speak_is_frozen_and_named():
     """Chaos (seed 708224917): a pod's launcher SIGSTOPped; its trainer trained on, but the next
     in-place restart waited 120 s for it (InPlaceRestartTimedOut). Its keepalives stop: silent 2x the
-    frozen allowance while messages keep arriving -> HeartbeatLost naming its pod. Not once its pod's
-    trainers all FINISHED (stuck on its way out: no reason to train again), nor when everything went
+    frozen allowance while messages keep arriving -> HeartbeatLost naming its pod. Once its pod's
+    trainers all FINISHED only after LAUNCHER_EXIT_S (CI: a launcher stopped 2 s before the last step
+    left its pod, and the job, Running for ever; a healthy one ends its pod), not when everything went
     quiet at once (an operator that itself stalled), nor for a pod that is not running."""
     to = D.Timeouts(heartbeat_s=30, progress_s=10, startup_s=60, interval_s=1)   # frozen after 3 s: 6 s here
     ranks = [rp(0, last_seen=110, advanced_at=110), rp(1, last_seen=110, advanced_at=110)]
@@ -393,9 +394,14 @@ def test_a_launcher_gone_quiet_while_others_speak_is_frozen_and_named():
     assert at(110.0, [beat(0, 110), beat(1, 104.5)]) is None             # 5.5 s: not yet
     f = at(110.0, [beat(0, 110), beat(1, 103.5)])
     assert (f.cause, f.pod, f.node) == (D.HEARTBEAT_LOST, "j-worker-1-0", "n1") and "launcher" in f.message
-    done = [ranks[0], rp(1, last_seen=105, advanced_at=105, phase="FINISHED")]
-    assert D.detect(pods, {"n0": node("n0"), "n1": node("n1")}, done, to, 110.0, NOW, incarnation=0,
-                    newest_heard=110.0, launchers=[beat(0, 110), beat(1, 100)]) is None
+    done = [rp(0, last_seen=108, advanced_at=108, phase="FINISHED"), rp(1, last_seen=105, advanced_at=105, phase="FINISHED")]
+
+    def finished(now, quiet_since):
+        return D.detect(pods, {"n0": node("n0"), "n1": node("n1")}, done, to, now, NOW, incarnation=0,
+                        newest_heard=now, launchers=[beat(0, now), beat(1, quiet_since)])
+    assert finished(110.0, 100.0) is None and finished(129.5, 100.0) is None   # on its way out: 29.5 s
+    f = finished(130.5, 100.0)
+    assert (f.cause, f.pod) == (D.HEARTBEAT_LOST, "j-worker-1-0") and "frozen after 30s" in f.message, f
     assert at(110.0, [beat(0, 110), beat(1, 100)], pods=[pods[0], pod(1, node="n1", phase="Succeeded")]) is None
     quiet = [rp(0, last_seen=100, advanced_at=100), rp(1, last_seen=100, advanced_at=100)]
     assert D.detect(pods, {}, quiet, to, 110.0, NOW, incarnation=0, newest_heard=100.0, nodes_listed=False,

@@ -145,3 +145,19 @@ def test_the_watchdog_asks_for_a_pass_once_when_a_ranks_silence_crosses_the_froz
     hb.registry.newest_seen = 109.0
     assert hb.silent_now() == [("ns", "j")]            # ...and goes silent again: a new crossing
     hb.stop()
+
+
+def test_the_watchdog_asks_for_a_pass_when_a_launcher_crosses_its_frozen_and_its_exit_allowances():
+    """A quiet launcher is judged at 2x the frozen allowance, or at LAUNCHER_EXIT_S once its pod's
+    trainers all finished (heartbeat_checks.frozen_launcher): a pass at each crossing, once each."""
+    from stoker.common.launcher_beats import LauncherBeat
+
+    hb = H.OperatorHeartbeats(None, on_change=lambda ns, n: None, frozen_after_s=3.0)  # type: ignore[arg-type]
+    hb.registry.launchers.alive(LauncherBeat("ns", "j", "j-worker-0-0", "n", 0, 100.0))
+    crossings = []
+    for now in (105.0, 106.5, 107.0, 129.0, 130.5, 131.0):
+        hb.registry.newest_seen = now
+        crossings.append((now, hb.silent_now()))
+    assert crossings == [(105.0, []), (106.5, [("ns", "j")]), (107.0, []),
+                         (129.0, []), (130.5, [("ns", "j")]), (131.0, [])], crossings
+    hb.stop()

@@ -39,6 +39,7 @@ from .podview import PodView
 
 FROZEN_MIN_S = 3.0
 LAUNCHER_FROZEN_FACTOR = 2.0  # a launcher's allowance, in frozen allowances (a wrong call restarts the job)
+LAUNCHER_EXIT_S = 30.0  # a launcher's allowance once its pod's trainers all finished (it ends its pod)
 NODE_QUIET_BEATS = 2.0   # a node's ranks all silent this many intervals (or their streams ended): probe it
 NODE_QUIET_MIN_S = 1.5
 COLLECTIVE = "collective"
@@ -85,18 +86,26 @@ def frozen_launcher(launchers: Sequence[Any], pods: Sequence[PodView], ranks: Se
                     now_mono: float, now_wall: dt.datetime, newest_heard: float | None) -> Finding | None:
     """HeartbeatLost for the launcher (``LauncherBeat``) of a running pod of this incarnation that went
     silent ``LAUNCHER_FROZEN_FACTOR`` x ``frozen_after`` ago while messages kept arriving (from anywhere:
-    an operator that itself stalled blames nobody). Not once every trainer of its pod said FINISHED:
-    its training is done (a launcher stuck on its way out is no reason to train again)."""
+    an operator that itself stalled blames nobody). Once every trainer of its pod said FINISHED, the
+    allowance is ``LAUNCHER_EXIT_S``: a healthy launcher keeps saying it is alive through torchrun's
+    exit barrier and then ends its pod, and a kubelet may take seconds to see that; one still silent
+    then is stuck on its way out, and its pod would stay Running (the job with it) for ever (CI: a
+    launcher SIGSTOPped 2 s before the last step). The new incarnation resumes from the final
+    checkpoint."""
     done = {r.pod_name for r in ranks if r.phase == "FINISHED"} - {r.pod_name for r in ranks if r.phase != "FINISHED"}
-    running = {p.name for p in pods if p.phase == "Running" and not p.deleting} - done
+    running = {p.name for p in pods if p.phase == "Running" and not p.deleting}
     ref = max([b.last_seen for b in launchers] + [r.last_seen for r in ranks]
               + ([newest_heard] if newest_heard is not None else []), default=0.0)
     limit = LAUNCHER_FROZEN_FACTOR * frozen_after(t)
-    quiet = sorted((b for b in launchers if b.pod_name in running and ref - b.last_seen > limit),
+
+    def allowance(b: Any) -> float:
+        return max(limit, LAUNCHER_EXIT_S) if b.pod_name in done else limit
+    quiet = sorted((b for b in launchers if b.pod_name in running and ref - b.last_seen > allowance(b)),
                    key=lambda b: (b.last_seen, b.pod_name))
     if not quiet:
         return None
     b = quiet[0]
+    limit = allowance(b)
     return Finding(HEARTBEAT_LOST, f"the launcher of worker pod {b.pod_name} went silent {ref - b.last_seen:.1f}s ago "
                    f"while heartbeats kept arriving (frozen after {limit:g}s): a stopped or stuck launcher restarts "
                    "no trainer and never ends its pod", pod=b.pod_name, node=b.node_name or None,

@@ -32,7 +32,7 @@ from stoker.common.heartbeat_server import (CHECKPOINT_NOW, STOP_AFTER_CHECKPOIN
                                             HeartbeatServer, LauncherReport, WorkerStatus)
 
 from . import detection as D
-from .heartbeat_checks import LAUNCHER_FROZEN_FACTOR
+from .heartbeat_checks import LAUNCHER_EXIT_S, LAUNCHER_FROZEN_FACTOR
 from .kube import KubeApi
 
 log = logging.getLogger("stoker.operator.heartbeats")
@@ -217,13 +217,14 @@ class OperatorHeartbeats:
                         and key not in self._flagged:
                     self._flagged.add(key)
                     out.add((ns, job))
+        launcher_limits = (LAUNCHER_FROZEN_FACTOR * self.frozen_after_s, LAUNCHER_EXIT_S) if self.frozen_after_s else ()
         for b in self.registry.launchers.all():  # a launcher gone quiet (heartbeat_checks.frozen_launcher)
-            key = ("launcher", b.namespace, b.job_name, b.pod_name, b.last_seen)
-            live.add(key)
-            if self.frozen_after_s and ref - b.last_seen > LAUNCHER_FROZEN_FACTOR * self.frozen_after_s \
-                    and key not in self._flagged:
-                self._flagged.add(key)
-                out.add((b.namespace, b.job_name))
+            for limit in launcher_limits:
+                key = ("launcher", b.namespace, b.job_name, b.pod_name, b.last_seen, limit)
+                live.add(key)
+                if ref - b.last_seen > limit and key not in self._flagged:
+                    self._flagged.add(key)
+                    out.add((b.namespace, b.job_name))
         for key in collective_waits(tracks, self.clock(), self.collective_after_s):
             live.add(key)
             if key not in self._flagged:
