@@ -13,6 +13,10 @@ repetition:
   crash-memory       the same with the in-memory tier (``memoryIntervalSteps: 1``): from the step every
                      rank holds in its pod's memory
   crash-incarnation  ``inPlaceRestarts: 0``: new pods, a new incarnation (the path before issue 12)
+  crash-warm, crash-memory-warm  crash and crash-memory, the kill 10-60 steps after both pods' warm
+                     processes said they are ready (stoker.operator.launch_warm: a warm process starts
+                     importing after its pod's first step, 5-10 s here). The early kills above mostly
+                     find it still importing, a crash hours into a job finds it ready: both are shown.
 
 and, after each repetition, plain ``torchrun --max-restarts=3`` of the same trainer on the host (no
 containers, no Stoker: bench/recovery_baseline.py). Measured from the kill: ``detect`` (the incident
@@ -48,22 +52,35 @@ from bench.recovery_baseline import torchrun_crash, trainer_cfg, wait  # noqa: E
 from tests.realnodes_tests import operator_helm as H  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
 
-KINDS = ("crash", "crash-memory", "crash-incarnation")
+KINDS = ("crash", "crash-memory", "crash-incarnation", "crash-warm", "crash-memory-warm")
 STEPS = 300   # ~0.02 s a step on these nodes (more under load): the kill comes at step 10-60, the rest follows it
+WARM_STEPS = 1000   # the -warm kinds: both pods' warm processes import torch first (~5-10 s of training)
+READY = "stoker warm: ready for the next restart"   # what a warm process says (stoker.operator.launch_warm)
+
+
+def warm_ready(b, pods: list[str]) -> float:
+    """Once every pod's launcher has a warm process that finished importing: the time (wall clock)."""
+    said = lambda pod: READY in b.c.kubectl("logs", "-n", b.ns, pod, check=False).stdout  # noqa: E731
+    wait("the pods' warm processes ready", lambda: all(said(p) for p in pods), 180, 0.5)
+    return time.time()
 
 
 def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict:
     name = f"{kind.replace('crash', 'c')}-{i}-{uuid.uuid4().hex[:4]}"
     out = shared_dir(tmp / name)
     jdir = shared_dir(out / "journal")
-    cfg = trainer_cfg(out, STEPS, None)
+    warm = kind.endswith("-warm")
+    cfg = trainer_cfg(out, WARM_STEPS if warm else STEPS, None)
     H.apply_config_map(b.c, b.ns, f"{name}-config", {"config.json": json.dumps(cfg)})
     policy = {"inPlaceRestarts": 0} if kind == "crash-incarnation" else {}   # else the defaults: in place
-    body = trainer_job(b.bucket, image, name, out, jdir, policy, memory_every=1 if kind == "crash-memory" else None)
+    body = trainer_job(b.bucket, image, name, out, jdir, policy,
+                       memory_every=1 if kind.startswith("crash-memory") else None)
     b.c.kubectl("apply", "-n", b.ns, "-f", "-", input=json.dumps(body))
     status = lambda: b.status(name)  # noqa: E731
+    after = warm_ready(b, [f"{name}-worker-{i}-0" for i in (0, 1)]) if warm else 0.0
     moment = F.at_random_moment(rng, jdir, lambda: int(status().get("incarnation", 0)), min_steps=10,
-                                max_steps=60, timeout=300)
+                                max_steps=60, after_t=after, timeout=300)
+    moment["after_warm_ready"] = warm
     pid = wait("the trainer of worker 1", lambda: F.trainer_pid(f"{name}-worker-1-0"), 30)
     t0 = time.time()
     F.signal_pid(pid, signal.SIGKILL)
@@ -120,7 +137,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-real-"))
     tmp.chmod(0o755)             # the pods (uid 10001) write into folders below it
     print(f"scratch folder {tmp}", flush=True)
-    results: dict = {"runs": args.runs, "kinds": kinds, "seed": seed, "steps": STEPS, "nodes": "real (2)",
+    results: dict = {"runs": args.runs, "kinds": kinds, "seed": seed, "steps": STEPS, "warm_steps": WARM_STEPS,
+                     "nodes": "real (2)",
                      "code_at_start": code_version(), "stoker": [], "torchrun": []}
     cluster = None
     try:

@@ -316,9 +316,10 @@ def test_a_trainer_that_finished_training_and_then_aborted_on_its_way_out_is_no_
 
 
 @pytest.mark.torch
-def test_a_warm_process_imports_only_once_the_trainer_beside_it_completed_a_step(tmp_path, monkeypatch):
+def test_a_warm_process_imports_only_once_the_trainer_beside_it_completed_a_step(tmp_path, monkeypatch, capfd):
     """bench_recovery: the warm process started beside a restarted trainer imported torch while that
-    trainer restored (restore 1.0 s in place, 0.45 s in a new pod without one)."""
+    trainer restored (restore 1.0 s in place, 0.45 s in a new pod without one). A warm process says
+    when it is ready (bench_recovery_real waits for that); one handed a trainer sooner does not."""
     import os
     import subprocess
     import sys
@@ -351,6 +352,9 @@ def test_a_warm_process_imports_only_once_the_trainer_beside_it_completed_a_step
     assert not loaded(warm.pid)                        # no step yet: it waits
     last_step.StepFile(steps, 0).write(1)              # the trainer beside it trains
     assert until(lambda: loaded(warm.pid))
+    said = []
+    assert until(lambda: said.append(capfd.readouterr().err) or f"ready for the next restart of {script} in "
+                 f"{warm.pid}" in "".join(said)), said
     handed = pool(args=args, env=env, stdout=None, stderr=None)
     assert handed is warm and handed.wait(60) == 3
     # a trainer needed before any step ends the wait at once
@@ -358,5 +362,22 @@ def test_a_warm_process_imports_only_once_the_trainer_beside_it_completed_a_step
     start = time.monotonic()
     assert pool(args=args, env=env, stdout=None, stderr=None) is idle and idle.wait(60) == 3
     assert time.monotonic() - start < 60
+    assert f"in {idle.pid} (" not in capfd.readouterr().err
     for p in pool._idle.get(tuple(args), []):
         p.kill()
+
+
+@pytest.mark.torch
+def test_a_warm_process_has_imported_what_a_resuming_trainer_imports_before_its_first_step():
+    """Real nodes (bench_recovery_real): a trainer restarted warm spent 1.3 s between its process group
+    and its S3 client, importing boto3 and the checkpoint tiers late; the warm set names them."""
+    import subprocess
+    import sys
+
+    late = ("boto3", "grpc", "stoker.worker.sdk", "stoker.worker.checkpoint.manager", "stoker.worker.checkpoint.s3",
+            "stoker.worker.checkpoint.memory", "stoker.worker.checkpoint.memory_peer", "torch.distributed.checkpoint")
+    code = ("import importlib, sys, torch, stoker.worker.train as t\n"
+            "[importlib.import_module(m) for m in t.__stoker_warm__]\n"
+            f"print([m for m in {late!r} if m not in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

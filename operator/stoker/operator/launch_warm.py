@@ -77,8 +77,11 @@ def wait_for_a_step(limit):
 
 
 def main():
+    import select
     mod, script, rest = split(json.loads(os.environ["STOKER_WARM_ARGS"]))
     wait_for_a_step(float(os.environ.get("STOKER_WARM_DELAY") or 0))
+    import time
+    t0 = time.monotonic()
     try:
         import torch  # noqa: F401  (the point: imported before the trainer is needed)
         if mod:
@@ -87,6 +90,9 @@ def main():
                 importlib.import_module(name)
     except BaseException:  # the run raises it again, where it is the trainer's error
         pass
+    if select.select([sys.stdin], [], [], 0)[0] == []:  # not handed a trainer meanwhile: ready for the next
+        print(f"stoker warm: ready for the next restart of {mod or script} in {os.getpid()} "
+              f"({time.monotonic() - t0:.1f}s importing)", file=sys.stderr, flush=True)
     line = sys.stdin.readline()
     if not line:
         os._exit(0)
