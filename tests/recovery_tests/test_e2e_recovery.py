@@ -52,17 +52,17 @@ def assert_resumed_from_newest_commit(jdir: pathlib.Path, summary: dict) -> list
 
 
 def at_a_random_moment(trainer_run, tmp_path: pathlib.Path, name: str, pool: dict, cfg: dict | None = None,
-                       **kw):
+                       min_steps: int = 8, max_steps: int = 60, **kw):
     """A job of the built-in trainer (``cfg``: 150 steps unless given; 2 workers, step journal), waited for
-    until a random moment inside a step of real training (not a trainer parked in a debug stall): (run,
-    the undisturbed run's summary, the journal folder)."""
+    until a random moment inside a step of real training (not a trainer parked in a debug stall), after
+    ``min_steps``-``max_steps`` steps: (run, the undisturbed run's summary, the journal folder)."""
     rng = fault_rng()
     cfg = cfg or trainer_config(150)
     ref = reference_summary(tmp_path, cfg, 2)
     jdir = tmp_path / "journal"
     run = trainer_run(name=name, cfg=cfg, node_selector=pool, journal_dir=jdir, **kw)
     moment = F.at_random_moment(rng, jdir, lambda: int(run.status().get("incarnation", 0)),
-                                min_steps=8, max_steps=60, timeout=240)
+                                min_steps=min_steps, max_steps=max_steps, timeout=240)
     print("fault at", moment)
     return run, ref, jdir
 
