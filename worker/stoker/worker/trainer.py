@@ -59,6 +59,7 @@ class Trainer(Stateful):
     The Trainer itself is Stateful: its state is the train state (step, tokens)."""
 
     def __init__(self, cfg: Config, *, session=None):
+        marks = [("start", time.monotonic())]   # where a (re)start's seconds go: logged as trainer.built
         self.cfg = cfg
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -77,12 +78,14 @@ class Trainer(Stateful):
         # heartbeats from here: a trainer waiting for its peers to form the process group is seen alive
         # (the operator's relaunch-lag rule needs it: a peer frozen in its start keeps this one waiting)
         self.session = check_session(session).start()
+        marks.append(("session", time.monotonic()))
         if self.world > 1 or "RANK" in os.environ:
             if not dist.is_initialized():
                 if self.device.type == "cuda":
                     torch.cuda.set_device(self.device)
                 dist.init_process_group(parallel.backend_for(self.device))
         self.distributed = dist.is_initialized()
+        marks.append(("process_group", time.monotonic()))
         seed_everything(cfg.train.seed + self.rank)
         self.dims = parallel.ParallelDims(pp=self.pp, dp=self.dp, world_size=self.world)
         self.mesh = self.dims.build_mesh(self.device.type) if self.distributed else None
@@ -94,9 +97,13 @@ class Trainer(Stateful):
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
         self.resumed_from: int | None = None  # set by restore()
         self.resumed_world_size: int | None = None  # the world size that wrote that checkpoint
+        marks.append(("mesh", time.monotonic()))
         self.memory = open_memory(cfg.checkpoint.memory_every, self.rank, self.world)  # None: off
+        marks.append(("memory", time.monotonic()))
         self._build()
         self.metrics = MetricsFile(cfg.output.metrics_path, self.is_metrics_rank)
+        marks.append(("build", time.monotonic()))
+        log.info("trainer.built %s", " ".join(f"{b[0]}_s={b[1] - a[1]:.3f}" for a, b in zip(marks, marks[1:])))
 
     # -- setup
     def _setup_determinism(self) -> None:
