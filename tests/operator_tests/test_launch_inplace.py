@@ -370,12 +370,14 @@ def test_a_warm_process_imports_only_once_the_trainer_beside_it_completed_a_step
 @pytest.mark.torch
 def test_a_warm_process_has_imported_what_a_resuming_trainer_imports_before_its_first_step():
     """Real nodes (bench_recovery_real): a trainer restarted warm spent 1.3 s between its process group
-    and its S3 client, importing boto3 and the checkpoint tiers late; the warm set names them."""
+    and its S3 client, importing boto3 and the checkpoint tiers late, and (py-spy) 1.7 s in
+    torch.use_deterministic_algorithms importing torch._inductor; the warm set names them."""
     import subprocess
     import sys
 
     late = ("boto3", "grpc", "stoker.worker.sdk", "stoker.worker.checkpoint.manager", "stoker.worker.checkpoint.s3",
-            "stoker.worker.checkpoint.memory", "stoker.worker.checkpoint.memory_peer", "torch.distributed.checkpoint")
+            "stoker.worker.checkpoint.memory", "stoker.worker.checkpoint.memory_peer", "torch.distributed.checkpoint",
+            "torch._inductor.config")
     code = ("import importlib, sys, torch, stoker.worker.train as t\n"
             "[importlib.import_module(m) for m in t.__stoker_warm__]\n"
             f"print([m for m in {late!r} if m not in sys.modules])")

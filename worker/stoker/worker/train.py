@@ -18,10 +18,12 @@ from stoker.worker import config as config_mod
 from stoker.worker.process_exit import exit_process
 
 # What main() imports late, imported ahead by a warm process of the launcher (stoker.operator.launch_warm):
-# the trainer, and what its start and restore import (the SDK, the checkpoint tiers, boto3: 0.4 s idle).
+# the trainer, and what its start and restore import (the SDK, the checkpoint tiers, boto3: 0.4 s idle), and
+# torch._inductor.config, which torch.use_deterministic_algorithms imports (1.5 s idle; py-spy on real nodes:
+# 1.7-1.8 s of a 4.5 s restart in place). About 100 MB more per warm process.
 __stoker_warm__ = ("stoker.worker.trainer", "stoker.worker.health_guard", "stoker.worker.sdk", "stoker.worker.reporter",
                    "stoker.worker.checkpoint.manager", "stoker.worker.checkpoint.s3", "stoker.worker.checkpoint.memory",
-                   "stoker.worker.checkpoint.memory_peer")
+                   "stoker.worker.checkpoint.memory_peer", "torch._inductor.config")
 
 
 class JsonFormatter(logging.Formatter):
