@@ -183,6 +183,7 @@ def test_what_the_trainer_said_without_the_launchers_lines():
     tail = ("Traceback (most recent call last):\n  File \"train.py\", line 3\nValueError: bad config: lr must be > 0\n"
             "E1202 06:06:55.534000 32248 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1)"
             " local_rank: 0 (pid: 32525) of binary: /usr/bin/python\n"
+            "stoker warm: ready for the next restart of stoker.worker.train in 41 (12.3s importing)\n"
             "stoker launch: worker rank 0 exited with 1; exiting 1\n")
     assert trainer_said(tail).splitlines()[-1] == "ValueError: bad config: lr must be > 0"
     missing = "stoker launch: cannot run 'trainx': No such file or directory (not found on PATH or at that path)"

@@ -76,7 +76,7 @@ def trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
 # Lines the launcher and torchrun's agent add around a failed worker (glog-style
 # "E1202 ... torch/distributed/elastic/...", logging-style "ERROR:torch.distributed.elastic...",
 # our own exit line): not what the trainer said.
-_LAUNCHER_NOISE = re.compile(r"torch[/.]distributed[/.]elastic|" + last_step.LINE_START)
+_LAUNCHER_NOISE = re.compile(r"torch[/.]distributed[/.]elastic|^stoker warm: |" + last_step.LINE_START)
 
 
 def trainer_said(message: str) -> str:
