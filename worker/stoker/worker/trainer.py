@@ -97,12 +97,10 @@ class Trainer(Stateful):
         self.train_state = TrainState(cfg.train.seed, self.rank, self.world)
         self.resumed_from: int | None = None  # set by restore()
         self.resumed_world_size: int | None = None  # the world size that wrote that checkpoint
-        marks.append(("mesh", time.monotonic()))
         self.memory = open_memory(cfg.checkpoint.memory_every, self.rank, self.world)  # None: off
-        marks.append(("memory", time.monotonic()))
         self._build()
         self.metrics = MetricsFile(cfg.output.metrics_path, self.is_metrics_rank)
-        marks.append(("build", time.monotonic()))
+        marks.append(("build", time.monotonic()))   # the mesh, the memory tier's group, the model
         log.info("trainer.built %s", " ".join(f"{b[0]}_s={b[1] - a[1]:.3f}" for a, b in zip(marks, marks[1:])))
 
     # -- setup
