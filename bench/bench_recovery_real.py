@@ -15,7 +15,7 @@ repetition:
   crash-incarnation  ``inPlaceRestarts: 0``: new pods, a new incarnation (the path before issue 12)
   crash-warm, crash-memory-warm  crash and crash-memory, the kill 10-60 steps after both pods' warm
                      processes said they are ready (stoker.operator.launch_warm: a warm process starts
-                     importing after its pod's first step, 5-10 s here). The early kills above mostly
+                     importing after its pod's first step, 10-15 s here). The early kills above mostly
                      find it still importing, a crash hours into a job finds it ready: both are shown.
 
 and, after each repetition, plain ``torchrun --max-restarts=3`` of the same trainer on the host (no
@@ -54,7 +54,7 @@ from tests.recovery_tests import faults as F  # noqa: E402
 
 KINDS = ("crash", "crash-memory", "crash-incarnation", "crash-warm", "crash-memory-warm")
 STEPS = 300   # ~0.02 s a step on these nodes (more under load): the kill comes at step 10-60, the rest follows it
-WARM_STEPS = 1000   # the -warm kinds: both pods' warm processes import torch first (~5-10 s of training)
+WARM_STEPS = 1000   # the -warm kinds: both pods' warm processes import torch first (10-15 s of training)
 READY = "stoker warm: ready for the next restart"   # what a warm process says (stoker.operator.launch_warm)
 
 

@@ -78,7 +78,7 @@ class Trainer(Stateful):
         # heartbeats from here: a trainer waiting for its peers to form the process group is seen alive
         # (the operator's relaunch-lag rule needs it: a peer frozen in its start keeps this one waiting)
         self.session = check_session(session).start()
-        marks.append(("session", time.monotonic()))
+        marks.append(("setup", time.monotonic()))   # validation, determinism (torch._inductor), the SDK session
         if self.world > 1 or "RANK" in os.environ:
             if not dist.is_initialized():
                 if self.device.type == "cuda":
