@@ -16,7 +16,8 @@ record, ``stoker.common.last_step``), at most ``WARM_DELAY_S`` later, so it does
 from the trainer it was started beside while that one starts; a trainer handed to it sooner ends
 the wait (it then imports as a cold start would). Warm processes are started by the thread that
 starts the trainers (PR_SET_PDEATHSIG follows the creating thread) and die with the launcher. Each
-costs an idle interpreter with torch imported (about 300 MB) per local trainer, for as long as the
+costs an idle interpreter with torch and the warm set imported (about 700 MB resident on the test bed,
+torch alone 530 MB; its libraries' pages are shared with the trainer) per local trainer, for as long as the
 pod runs.
 """
 from __future__ import annotations
