@@ -394,7 +394,8 @@ def test_a_launcher_gone_quiet_while_others_speak_is_frozen_and_named():
     assert at(110.0, [beat(0, 110), beat(1, 104.5)]) is None             # 5.5 s: not yet
     f = at(110.0, [beat(0, 110), beat(1, 103.5)])
     assert (f.cause, f.pod, f.node) == (D.HEARTBEAT_LOST, "j-worker-1-0", "n1") and "launcher" in f.message
-    done = [rp(0, last_seen=108, advanced_at=108, phase="FINISHED"), rp(1, last_seen=105, advanced_at=105, phase="FINISHED")]
+    done = [rp(0, last_seen=108, advanced_at=108, phase="FINISHED"),
+            rp(1, last_seen=105, advanced_at=105, phase="FINISHED")]
 
     def finished(now, quiet_since):
         return D.detect(pods, {"n0": node("n0"), "n1": node("n1")}, done, to, now, NOW, incarnation=0,

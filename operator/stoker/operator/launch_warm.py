@@ -39,7 +39,7 @@ FLAG = "--stoker-warm"
 WARM_DELAY_S = 60.0
 
 LOADER = r'''
-import json, os, sys
+import json, os, select, sys, time
 
 
 def split(args):
@@ -64,8 +64,6 @@ def retitle(cmdline):
 def wait_for_a_step(limit):
     """Until a trainer of this pod completes a step after now (its last-step record is written), a
     trainer is handed over (stdin), or ``limit`` seconds pass."""
-    import select
-    import time
     folder, since, end = os.environ.get("STOKER_LAST_STEP_DIR"), time.time(), time.monotonic() + limit
     while time.monotonic() < end:
         if select.select([sys.stdin], [], [], 0.2)[0]:
@@ -78,10 +76,8 @@ def wait_for_a_step(limit):
 
 
 def main():
-    import select
     mod, script, rest = split(json.loads(os.environ["STOKER_WARM_ARGS"]))
     wait_for_a_step(float(os.environ.get("STOKER_WARM_DELAY") or 0))
-    import time
     t0 = time.monotonic()
     try:
         import torch  # noqa: F401  (the point: imported before the trainer is needed)
