@@ -1,4 +1,4 @@
-"""Chaos on real nodes (issue 11): ``bench/chaos.py --nodes real [--profile short|default]``.
+"""Chaos on real nodes (issue 11): ``bench/chaos.py --nodes real [--profile short|default|memory]``.
 
 A cluster of its own (root, Linux): 2 real nodes (kubelet + containerd + kube-proxy, each
 in its own network namespace: ``stoker cluster up --real-nodes 2``), the Helm-installed
@@ -12,7 +12,7 @@ never an uncommitted one, no duplicate or orphan pods, restarts on the infrastru
 budget) and each fault says what became of it (``caused``: the incident it was blamed on,
 or none). The step journal and the summary are written to a host folder mounted into the
 pods: the suite's witness, not something the system uses. Results:
-bench/results/chaos-real.json (chaos-real-short.json for the short profile).
+bench/results/chaos-real.json (chaos-real-short.json, chaos-real-memory.json for the other profiles).
 """
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ PROFILES = {
               "failure_policy": {},  # the defaults: a killed trainer restarts in place
               "steps": 600, "configs": ["demo"]},
 }
+# issue 12's fast path whole: the default profile with the in-memory tier on (a snapshot every step in each
+# pod's memory and a copy on the next rank's pod); judged by the tier's rule (bench/chaos.py)
+PROFILES["memory"] = {**PROFILES["default"], "memory_every": 1}
 
 
 def shared_dir(path: Path) -> Path:
@@ -76,7 +79,8 @@ class RealSuite(Suite):
         return jdir
 
     def job_body(self, name: str, out: Path, jdir: Path) -> dict:
-        return trainer_job(self.b.bucket, self.image, name, out, jdir, self.p["failure_policy"])
+        return trainer_job(self.b.bucket, self.image, name, out, jdir, self.p["failure_policy"],
+                           memory_every=self.p.get("memory_every"))
 
     def config_of(self, n: int) -> str:
         return self.configs[n % len(self.configs)]
@@ -176,13 +180,13 @@ def pin_cluster_dns(c: LocalCluster) -> None:
     c.kubectl("rollout", "status", "-n", "kube-system", "deployment/coredns", "--timeout=180s", timeout=200)
 
 
-def setup(tmp: Path) -> tuple[LocalCluster, Bench, tuple[str, Path]]:
-    """The real-node cluster, the trainers' image (ref, archive) imported, the chart
+def setup(tmp: Path, nodes: int = len(NODES)) -> tuple[LocalCluster, Bench, tuple[str, Path]]:
+    """The real-node cluster (``nodes`` nodes), the trainers' image (ref, archive) imported, the chart
     (operator + store on real-node-0), a namespace with the S3 secret and a bucket."""
     from stoker.devcluster.local import cache_dir
     from stoker.devcluster.realnodes import pyimages
     c = LocalCluster(tmp / "cluster", die_with_parent=True)
-    c.up(real_nodes=len(NODES), gpus=GPUS)
+    c.up(real_nodes=nodes, gpus=GPUS)
     image = pyimages.stoker_image(cache_dir() / "images", log=print)
     c.real_nodes().import_image(image[1])
     b = Bench(c, tmp)

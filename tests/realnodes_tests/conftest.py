@@ -30,13 +30,14 @@ def host_before():
 
 
 @pytest.fixture(scope="module")
-def real_cluster(tmp_path_factory, host_before):
+def real_cluster(request, tmp_path_factory, host_before):
+    """The module's cluster: ``REAL_NODES`` real nodes (a module-level constant; 2 if absent)."""
     from stoker.devcluster.local import LocalCluster
 
     c = LocalCluster(tmp_path_factory.mktemp("real"), die_with_parent=True)
     t0 = time.monotonic()
     try:
-        c.up(real_nodes=2, gpus=GPUS_PER_NODE)
+        c.up(real_nodes=getattr(request.module, "REAL_NODES", 2), gpus=GPUS_PER_NODE)
         print(f"real-node cluster up in {time.monotonic() - t0:.1f}s")
         yield c
     finally:

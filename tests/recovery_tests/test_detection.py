@@ -464,3 +464,29 @@ def test_frozen_is_measured_against_the_newest_heartbeat_anywhere_not_the_wall_c
     # a rank that is restarting in place (its stream ended) has the startup allowance instead
     assert D.check_heartbeats([rp(0, last_seen=110), rp(1, last_seen=100)], TO, 110.0, NOW,
                               relaunching=frozenset({1})) is None
+
+
+def test_a_notready_node_whose_pods_still_beat_is_not_lost_until_they_go_quiet():
+    """Real nodes (test_spares_real, 2026-12-06): the apiserver stalled ~15 s under load, every kubelet
+    missed its lease and the nodes turned Ready=Unknown with the unreachable taint while their trainers
+    trained on and heartbeated. The node rule acted on one of them and replaced a healthy worker. A pod
+    whose every rank (or, with none, its launcher) still beats is alive whatever its node's status says;
+    once they go quiet it is lost as before, and a deleted Node is still lost at once."""
+    down = node("n1", ready="Unknown", taints=(D.UNREACHABLE_TAINT,), beat_ago=12)
+    nodes = {"n1": down, "n2": node("n2")}
+    pods = [pod(0, node="n1"), pod(1, node="n2")]
+
+    def at(now, ranks, launchers=(), n=nodes):
+        return D.detect(pods, n, ranks, TO, now, NOW, incarnation=0, launchers=launchers)
+    beating = [rp(0, last_seen=100.0, node_name="n1"), rp(1, last_seen=100.0, node_name="n2")]
+    assert at(100.5, beating) is None
+    quiet = [rp(0, last_seen=97.0, node_name="n1"), rp(1, last_seen=100.0, node_name="n2")]
+    f = at(100.5, quiet)
+    assert f.cause == D.NODE_LOST and f.pod == "j-worker-0-0" and "unreachable" in f.message
+    f = at(100.5, beating, n={"n2": node("n2")})   # the Node object deleted: lost whatever the pod says
+    assert f.cause == D.NODE_LOST and "was deleted" in f.message
+    # a pod with no rank yet (a spare, a trainer still starting): its launcher's keepalive says it is alive
+    only_one = [rp(1, last_seen=100.0, node_name="n2")]
+    assert at(100.5, only_one, launchers=[beat(0, 99.5), beat(1, 100.0)]) is None
+    assert at(100.5, only_one, launchers=[beat(0, 96.0), beat(1, 100.0)]).cause == D.NODE_LOST
+    assert at(100.5, only_one).cause == D.NODE_LOST

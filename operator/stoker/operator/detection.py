@@ -275,7 +275,8 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
     it is deleted (otherwise unknown, and not held against the pod).
     ``in_place_restarts``: torchrun restarts trainers inside their pods (elastic jobs, in-place restarts);
     ``together``: and all of them in one round (a fixed-size job's in-place restart).
-    ``launchers``: the pods' launchers' keepalives (``LauncherBeat``), for the frozen-launcher rule.
+    ``launchers``: the pods' launchers' keepalives (``LauncherBeat``), for the frozen-launcher rule and
+    to tell a NotReady node whose pods still beat (``still_beating``: not lost) from a lost one.
     ``spares``: spec.spares: that many pods may wait without a trainer (never heard from).
     ``newest_heard``: the operator's newest heartbeat from any job (heartbeat clock), for the frozen rule.
     ``lost_nodes``: nodes whose every rank went quiet and whose kubelet does not answer (the shell's
@@ -289,6 +290,9 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
         if p.phase == "Succeeded":
             continue
         f = classify_pod(p, nodes.get(p.node) if p.node else None, node_known=nodes_listed)
+        if f is not None and f.cause == NODE_LOST and not p.terminated and p.node in nodes \
+                and still_beating(p.name, mine, launchers, t, newest_heard):
+            continue   # NotReady, but the pod beats: the control plane lost the kubelet, not the job its pod
         if f is not None:
             findings.append(f)
     if findings and not (gone and all(f.cause == PEER_LOST for f in findings)):
@@ -339,4 +343,4 @@ def _with_error(f: Finding, ranks: Sequence[RankProgress]) -> Finding:
 
 
 from .heartbeat_checks import (check_heartbeats, frozen_launcher, never_heard, node_lost,  # noqa: E402 (use the above)
-                               progress_timeout)
+                               progress_timeout, still_beating)

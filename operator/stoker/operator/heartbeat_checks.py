@@ -132,6 +132,20 @@ def quiet_nodes(ranks: Sequence[RankProgress], t: Timeouts, newest_heard: float 
     return frozenset(n for n, quiet in nodes.items() if quiet)
 
 
+def still_beating(pod_name: str, ranks: Sequence[RankProgress], launchers: Sequence[Any], t: Timeouts,
+                  newest_heard: float | None) -> bool:
+    """The pod still beats: every rank of it (if any; else its launcher's keepalive: a spare, a trainer still
+    starting) heard within ``node_quiet_after`` of the newest message. A NotReady node whose pods still beat
+    lost the control plane (its kubelet's status did not arrive: a stalled apiserver, a kubelet restart),
+    not the job: nothing to recover."""
+    on = [r for r in ranks if r.pod_name == pod_name]
+    ref = max([r.last_seen for r in ranks] + [b.last_seen for b in launchers]
+              + ([newest_heard] if newest_heard is not None else []), default=0.0)
+    if on:
+        return not any(_quiet(r, ref, node_quiet_after(t)) for r in on)
+    return any(b.pod_name == pod_name and ref - b.last_seen <= node_quiet_after(t) for b in launchers)
+
+
 def node_lost(ranks: Sequence[RankProgress], lost_nodes: frozenset[str], now_mono: float,
               now_wall: dt.datetime) -> Finding | None:
     """NodeLost for the first of this job's ranks on a node the shell found lost (``quiet_nodes`` and a

@@ -218,7 +218,8 @@ class Session:
         if result is None:
             return
         if self._journal is not None:
-            self._journal.record("checkpoint", int(result.step), ok=bool(result.ok))
+            failed = {} if result.ok else {"error": str(getattr(result, "error", None) or "")[:300]}
+            self._journal.record("checkpoint", int(result.step), ok=bool(result.ok), **failed)
         with self._lock:
             self._ckpt_metrics.update(checkpoint_step=int(result.step), checkpoint_ok=bool(result.ok),
                                       checkpoint_duration_seconds=float(result.duration_s))

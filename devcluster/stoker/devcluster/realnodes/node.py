@@ -191,6 +191,13 @@ class RealNodes:
     def running(self, node: Node) -> bool:
         return all(self.pid(node, comp) for comp in COMPONENTS)
 
+    def partition(self, node: Node, cut: bool = True) -> None:
+        """Cut (``cut=True``) or heal the node's one link to the rest of the cluster: its veth on the
+        bridge down or up. Everything on the node (kubelet, containerd, pods) runs on and reaches
+        nothing off the node: not the apiserver, not S3, not the other nodes' pods."""
+        network.sh("ip", "link", "set", node.host_veth, "down" if cut else "up")
+        self.c.log(f"[realnodes] {node.name} {'partitioned' if cut else 'healed'}")
+
     # ------------------------------------------------------------------- down
     def stop_node(self, node: Node, sig: int = signal.SIGTERM) -> None:
         """Stop one node as a machine would stop: its kubelet, kube-proxy, containerd and

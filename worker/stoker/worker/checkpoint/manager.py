@@ -40,7 +40,6 @@ from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.stateful import Stateful
 
 from stoker.common import layout
-
 from stoker.worker.state import refuse_fresh_optimizers
 
 from . import fence
@@ -49,6 +48,7 @@ from .store import Store, committed_steps, manifest_bytes, newest_committed, ope
 
 log = logging.getLogger("stoker.worker.checkpoint")
 _SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
+AsyncMode = Literal["disabled", "async"]
 
 
 @contextlib.contextmanager
@@ -60,9 +60,6 @@ def _quiet_if_single(single: bool):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
         yield
-
-
-AsyncMode = Literal["disabled", "async"]
 
 
 @dataclass(frozen=True)
@@ -247,8 +244,9 @@ class CheckpointManager:
                 fence.check(self.store, self.incarnation)
                 if step in self.store.list_steps():
                     self.store.delete_step(step)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - logged at once: telling the others may hang (a peer gone)
                 prep_error = repr(exc)
+                log.error("checkpoint.not_committed step=%d phase=prepare error=%s", step, prep_error)
         if not self._all_ok(prep_error is None):
             log.error("checkpoint.failed step=%d phase=prepare error=%s", step, prep_error)
             return result(False, error=f"prepare: {prep_error or 'failed on the coordinator'}")
@@ -277,8 +275,9 @@ class CheckpointManager:
             try:
                 nbytes = self._commit(step, metadata, extra)
                 outcome = (True, nbytes, None)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - logged at once: telling the others may hang (a peer gone)
                 outcome = (False, 0, repr(exc))
+                log.error("checkpoint.not_committed step=%d phase=commit error=%r", step, exc)
             if outcome[0] and self.on_committed is not None:
                 try:
                     self.on_committed(step)
