@@ -26,13 +26,11 @@ Writes bench/results/bench_node_loss_real.json (or DIR/...) after every run and 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -41,9 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import restarted_steps, work_lost  # noqa: E402
-from bench.bench_recovery_real import READY  # noqa: E402
+from bench.bench_recovery_real import READY, arguments, begin, finish, interleaved, timing_row  # noqa: E402
 from bench.chaos_real import GPUS, OPERATOR_NODE, setup, shared_dir, trainer_job  # noqa: E402
-from bench.common import code_version, print_table, spread, write_results  # noqa: E402
+from bench.common import code_version  # noqa: E402
 from bench.recovery_baseline import trainer_cfg, wait  # noqa: E402
 from tests.realnodes_tests import operator_helm as H  # noqa: E402
 from tests.recovery_tests import faults as F  # noqa: E402
@@ -124,59 +122,32 @@ def revive(b) -> float:
 def table(results: dict) -> list[dict]:
     rows = []
     for kind in results["kinds"]:
-        rs = [r for r in results["stoker"] if r["kind"] == kind and r.get("phase") == "Succeeded"]
-        rows.append({"setting": kind, "ok runs": f"{len(rs)}/{sum(r['kind'] == kind for r in results['stoker'])}",
-                     "detect s": spread([r["detect_s"] for r in rs], digits=2),
-                     "training again s": spread([r["recover_s"] for r in rs], digits=2),
-                     "after detect s": spread([r["after_detect_s"] for r in rs], digits=2),
-                     "spare": f"{sum(r['spare'] for r in rs)}/{len(rs)}",
-                     "lost steps": spread([float(r["lost_steps"]) for r in rs], digits=2),
-                     "from": "/".join(sorted({str(r["resumed_from"]) for r in rs})),
+        row, rs = timing_row(kind, results["stoker"])
+        rows.append({**row, "spare": f"{sum(r['spare'] for r in rs)}/{len(rs)}",
                      "causes": "/".join(sorted({str(r["cause"]) for r in rs}))})
     return rows
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--seed", type=int, default=None, help="the fault moments' seed (printed; replays a run)")
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON there instead of bench/results/")
-    args = ap.parse_args()
-    kinds = [k for k in args.kinds.split(",") if k]
-    if set(kinds) - set(KINDS):
-        ap.error(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; use some of {', '.join(KINDS)}")
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
-    print(f"fault seed {seed} (replay: --seed {seed})", flush=True)
-    rng = random.Random(seed)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the cleanup below
-    tmp = Path(tempfile.mkdtemp(prefix="bench-node-loss-real-"))
-    tmp.chmod(0o755)             # the pods (uid 10001) write into folders below it
-    print(f"scratch folder {tmp}", flush=True)
-    results: dict = {"runs": args.runs, "kinds": kinds, "seed": seed, "steps": STEPS, "nodes": f"real ({NODES})",
+    args = arguments(__doc__, KINDS)
+    seed, rng, tmp = begin(args, "bench-node-loss-real-")
+    results: dict = {"runs": args.runs, "kinds": args.kinds, "seed": seed, "steps": STEPS, "nodes": f"real ({NODES})",
                      "code_at_start": code_version(), "stoker": []}
     cluster = None
     try:
         cluster, b, (image, _) = setup(tmp, nodes=NODES)
-        for i in range(args.runs):
-            for kind in kinds:
-                try:
-                    r = one(b, image, tmp, kind, i, rng)
-                except TimeoutError as e:
-                    r = {"kind": kind, "error": str(e)}
-                    revive(b)
-                print(json.dumps(r, default=str), flush=True)
-                results["stoker"].append(r)
-                write_results("bench_node_loss_real", results, args.out)
+
+        def run(kind: str, i: int) -> dict:
+            try:
+                return one(b, image, tmp, kind, i, rng)
+            except TimeoutError:
+                revive(b)   # the next run needs every node
+                raise
+        interleaved("bench_node_loss_real", results, args, run)
     finally:
         if cluster is not None:
             cluster.down()
-    results["table"] = table(results)
-    print_table(f"A lost node on real nodes ({args.runs} runs per setting, 2 workers, tiny model, seed {seed}); "
-                "median [min, max]", results["table"],
-                columns=list(dict.fromkeys(k for row in results["table"] for k in row)))
-    print(f"wrote {write_results('bench_node_loss_real', results, args.out)}")
-    return 0
+    return finish("bench_node_loss_real", results, args, "A lost node on real nodes", table(results))
 
 
 if __name__ == "__main__":

@@ -100,71 +100,101 @@ def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict
             **{k: m[k] for k in ("resumed_at", "resumed_from", "lost_steps")}}
 
 
+def timing_row(kind: str, runs: list[dict]) -> tuple[dict, list[dict]]:
+    """The columns every real-node recovery benchmark shows for one setting (median [min, max] of the runs
+    that ended Succeeded), and those runs."""
+    rs = [r for r in runs if r["kind"] == kind and r.get("phase") == "Succeeded"]
+    return {"setting": kind, "ok runs": f"{len(rs)}/{sum(r['kind'] == kind for r in runs)}",
+            "detect s": spread([r["detect_s"] for r in rs], digits=2),
+            "training again s": spread([r["recover_s"] for r in rs], digits=2),
+            "after detect s": spread([r["after_detect_s"] for r in rs], digits=2),
+            "lost steps": spread([float(r["lost_steps"]) for r in rs], digits=2),
+            "from": "/".join(sorted({str(r["resumed_from"]) for r in rs}))}, rs
+
+
 def table(results: dict) -> list[dict]:
     """Per setting: median [min, max] of the runs that ended Succeeded; plain torchrun's crash beside them."""
     rows = []
     base = [r["recover_s"] for r in results["torchrun"] if r.get("recover_s") is not None]
     for kind in results["kinds"]:
-        rs = [r for r in results["stoker"] if r["kind"] == kind and r.get("phase") == "Succeeded"]
-        rows.append({"setting": kind, "ok runs": f"{len(rs)}/{sum(r['kind'] == kind for r in results['stoker'])}",
-                     "detect s": spread([r["detect_s"] for r in rs], digits=2),
-                     "training again s": spread([r["recover_s"] for r in rs], digits=2),
-                     "after detect s": spread([r["after_detect_s"] for r in rs], digits=2),
-                     "in place": f"{sum(r['in_place'] for r in rs)}/{len(rs)}",
-                     "lost steps": spread([float(r["lost_steps"]) for r in rs], digits=2),
-                     "from": "/".join(sorted({str(r["resumed_from"]) for r in rs}))})
+        row, rs = timing_row(kind, results["stoker"])
+        rows.append({**row, "in place": f"{sum(r['in_place'] for r in rs)}/{len(rs)}"})
     rows.append({"setting": "plain torchrun --max-restarts=3 (host, no containers)",
                  "ok runs": f"{len(base)}/{len(results['torchrun'])}", "training again s": spread(base, digits=2)})
     return rows
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(doc: str, kinds_known: tuple[str, ...], *extra: tuple[str, dict]) -> argparse.Namespace:
+    """--runs, --kinds (checked against ``kinds_known``), --seed, --out and ``extra`` (flag, add_argument kw)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--kinds", default=",".join(kinds_known))
     ap.add_argument("--seed", type=int, default=None, help="the fault moments' seed (printed; replays a run)")
-    ap.add_argument("--crash-cap", type=float, default=120.0, help="how long plain torchrun may take to recover")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON there instead of bench/results/")
+    for flag, kw in extra:
+        ap.add_argument(flag, **kw)
     args = ap.parse_args()
-    kinds = [k for k in args.kinds.split(",") if k]
-    unknown = set(kinds) - set(KINDS)
-    if unknown:
-        ap.error(f"--kinds: unknown {sorted(unknown)}; use some of {', '.join(KINDS)}")
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    if set(args.kinds) - set(kinds_known):
+        ap.error(f"--kinds: unknown {sorted(set(args.kinds) - set(kinds_known))}; use some of {', '.join(kinds_known)}")
+    return args
+
+
+def begin(args: argparse.Namespace, prefix: str) -> tuple[int, random.Random, Path]:
+    """The seed (printed), its generator and a scratch folder the pods (uid 10001) can write below."""
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
     print(f"fault seed {seed} (replay: --seed {seed})", flush=True)
-    rng = random.Random(seed)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the cleanup below
-    tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-real-"))
-    tmp.chmod(0o755)             # the pods (uid 10001) write into folders below it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the cleanup
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    tmp.chmod(0o755)
     print(f"scratch folder {tmp}", flush=True)
-    results: dict = {"runs": args.runs, "kinds": kinds, "seed": seed, "steps": STEPS, "warm_steps": WARM_STEPS,
+    return seed, random.Random(seed), tmp
+
+
+def interleaved(name: str, results: dict, args: argparse.Namespace, one, after_repetition=None) -> None:
+    """``args.runs`` repetitions of ``one(kind, i)`` for every kind, the results written after each run."""
+    for i in range(args.runs):
+        for kind in args.kinds:
+            try:
+                r = one(kind, i)
+            except TimeoutError as e:
+                r = {"kind": kind, "error": str(e)}
+            print(json.dumps(r, default=str), flush=True)
+            results["stoker"].append(r)
+            write_results(name, results, args.out)
+        if after_repetition is not None:
+            after_repetition(i)
+
+
+def finish(name: str, results: dict, args: argparse.Namespace, title: str, rows: list[dict]) -> int:
+    results["table"] = rows
+    print_table(f"{title} ({args.runs} runs per setting, 2 workers, tiny model, seed {results['seed']}); "
+                "median [min, max]", rows, columns=list(dict.fromkeys(k for row in rows for k in row)))
+    print(f"wrote {write_results(name, results, args.out)}")
+    return 0
+
+
+def main() -> int:
+    args = arguments(__doc__, KINDS, ("--crash-cap", {"type": float, "default": 120.0,
+                                                      "help": "how long plain torchrun may take to recover"}))
+    seed, rng, tmp = begin(args, "bench-recovery-real-")
+    results: dict = {"runs": args.runs, "kinds": args.kinds, "seed": seed, "steps": STEPS, "warm_steps": WARM_STEPS,
                      "nodes": "real (2)",
                      "code_at_start": code_version(), "stoker": [], "torchrun": []}
+
+    def baseline(i: int) -> None:
+        t = torchrun_crash(tmp, i, args.crash_cap)
+        print(json.dumps({"baseline": "torchrun", **t}), flush=True)
+        results["torchrun"].append(t)
+        write_results("bench_recovery_real", results, args.out)
     cluster = None
     try:
         cluster, b, (image, _) = setup(tmp)
-        for i in range(args.runs):
-            for kind in kinds:
-                try:
-                    r = one(b, image, tmp, kind, i, rng)
-                except TimeoutError as e:
-                    r = {"kind": kind, "error": str(e)}
-                print(json.dumps(r, default=str), flush=True)
-                results["stoker"].append(r)
-                write_results("bench_recovery_real", results, args.out)
-            t = torchrun_crash(tmp, i, args.crash_cap)
-            print(json.dumps({"baseline": "torchrun", **t}), flush=True)
-            results["torchrun"].append(t)
-            write_results("bench_recovery_real", results, args.out)
+        interleaved("bench_recovery_real", results, args, lambda kind, i: one(b, image, tmp, kind, i, rng), baseline)
     finally:
         if cluster is not None:
             cluster.down()
-    results["table"] = table(results)
-    print_table(f"A SIGKILLed trainer on real nodes ({args.runs} runs per setting, 2 workers, tiny model, "
-                f"seed {seed}); median [min, max]", results["table"],
-                columns=list(dict.fromkeys(k for row in results["table"] for k in row)))
-    print(f"wrote {write_results('bench_recovery_real', results, args.out)}")
-    return 0
+    return finish("bench_recovery_real", results, args, "A SIGKILLed trainer on real nodes", table(results))
 
 
 if __name__ == "__main__":
