@@ -19,7 +19,7 @@ def state(value: float) -> dict:
     return {"model": m.state_dict()}
 
 
-def test_an_older_incarnation_changes_no_checkpoint_after_its_replacement_started(tmp_path):
+def test_an_older_incarnation_changes_no_checkpoint_after_its_replacement_started(tmp_path, caplog):
     old = CheckpointManager(str(tmp_path), keep=1, async_mode="disabled", incarnation=0)
     assert old.load(state(0.0)) is None            # incarnation 0 starts: the fence names it
     old.save(5, state(1.0))
@@ -35,6 +35,10 @@ def test_an_older_incarnation_changes_no_checkpoint_after_its_replacement_starte
         assert not old.last_result.ok and "fenced" in old.last_result.error, old.last_result
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before                         # nothing written, cleared or deleted: stopped at prepare
+    # the coordinator says so at once, before telling the other ranks (a partitioned one may wait for ever there)
+    said = [r.getMessage().split(" error=")[0] for r in caplog.records if r.name == "stoker.worker.checkpoint"
+            and "step=15" in r.getMessage() and r.levelname == "ERROR"]
+    assert said == ["checkpoint.not_committed step=15 phase=prepare", "checkpoint.failed step=15 phase=prepare"]
     assert old.store.list_steps() == [10] and new.committed_steps() == [10]
     # the manifest says which incarnation committed
     assert b'"incarnation": 1' in (tmp_path / layout.step_dir(10) / layout.MANIFEST).read_bytes()

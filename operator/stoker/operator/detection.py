@@ -292,7 +292,7 @@ def detect(pods: Sequence[PodView], nodes: Mapping[str, NodeView], ranks: Sequen
         f = classify_pod(p, nodes.get(p.node) if p.node else None, node_known=nodes_listed)
         if f is not None and f.cause == NODE_LOST and not p.terminated and p.node in nodes \
                 and still_beating(p.name, mine, launchers, t, newest_heard):
-            continue   # NotReady, but the pod beats: the control plane lost the kubelet, not the job its pod
+            continue   # NotReady, yet the pod still beats: the control plane lost the kubelet, the job lost nothing
         if f is not None:
             findings.append(f)
     if findings and not (gone and all(f.cause == PEER_LOST for f in findings)):
