@@ -126,16 +126,19 @@ def test_a_partitioned_node_that_comes_back_is_fenced_it_commits_and_joins_nothi
 
         # its trainer's log, as containerd writes it on the node (the pod is gone from the API)
         [log] = (node.dir / "pod-logs").glob(f"{ns}_{lead['pod']}_*/trainer/0.log")
-        refused = wait_until("the old coordinator's commit of step 20 refused", lambda: [
-            line for line in log.read_text().splitlines() if "checkpoint.not_committed step=20" in line], 180, diag)
+
+        def old_save_ended():   # refused, or (unfenced) the checkpoints changed
+            refused = [line for line in log.read_text().splitlines() if "checkpoint.not_committed step=20" in line]
+            return refused or (objects(s3, bucket) != done and ["the checkpoints changed"])
+        ended = wait_until("the old coordinator's save of step 20 ended", old_save_ended, 180, diag)
     finally:
         nodes.partition(node, cut=False)
         os.kill(kubelet, signal.SIGCONT)
-    print(f"healed {healed_at - cut_at:.1f}s after the cut; the old coordinator said: {refused}")
-    assert "fenced: incarnation 0 was superseded by incarnation 1" in refused[0], refused
+    print(f"healed {healed_at - cut_at:.1f}s after the cut; the old coordinator: {ended}")
+    assert objects(s3, bucket) == done, "the checkpoints changed after the old worker came back"
+    assert "fenced: incarnation 0 was superseded by incarnation 1" in ended[0], ended
     st = job_status(c, ns, "split")
     assert st["incarnation"] == 1 and st["phase"] == "Succeeded", st
-    assert objects(s3, bucket) == done, "the checkpoints changed after the old worker came back"
     assert body(s3, bucket, "split/FENCE") == {"incarnation": 1}
     assert body(s3, bucket, "split/step-00000020/stoker.json")["incarnation"] == 1   # committed by the replacement
     assert not [r for r in journal.read(jdir) if r["event"] == "committed" and r["incarnation"] == 0
