@@ -39,10 +39,27 @@ def fault_rng() -> random.Random:
     return random.Random(seed)
 
 
-def assert_resumed_from_newest_commit(jdir: pathlib.Path, summary: dict) -> list[dict]:
+def stored_commits(s3, bucket: str, prefix: str) -> dict[int, float]:
+    """Step -> when its ``COMMITTED`` marker was written, from the bucket (keep the checkpoints the test
+    reads: retention deletes older ones)."""
+    from stoker.common import layout
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            folder, _, name = o["Key"][len(prefix):].partition("/")
+            step = layout.parse_step_dir(folder)
+            if name == layout.COMMIT_MARKER and step is not None:
+                out[step] = o["LastModified"].timestamp()
+    return out
+
+
+def assert_resumed_from_newest_commit(jdir: pathlib.Path, summary: dict,
+                                      stored: dict[int, float] | None = None) -> list[dict]:
     """Every restart resumed from the newest checkpoint committed before it, and redid at
-    most the steps computed since that commit (the step journal, not the trimmed metrics)."""
-    facts = F.recovery_facts(journal.read(jdir))
+    most the steps computed since that commit (the step journal, not the trimmed metrics).
+    ``stored`` (``stored_commits``): commits seen in the bucket too, for a coordinator killed
+    between writing a ``COMMITTED`` marker and journalling it (``faults.recovery_facts``)."""
+    facts = F.recovery_facts(journal.read(jdir), stored)
     assert facts, "no restart in the journal"
     for f in facts:
         assert f["resumed_committed"] and f["resumed"] == f["newest_commit"], f
