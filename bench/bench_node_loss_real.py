@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import restarted_steps, work_lost  # noqa: E402
 from bench.bench_recovery_real import READY, arguments, begin, finish, interleaved, timing_row  # noqa: E402
-from bench.chaos_real import GPUS, OPERATOR_NODE, setup, shared_dir, trainer_job  # noqa: E402
+from bench.chaos_real import GPUS, OPERATOR_NODE, import_if_missing, setup, shared_dir, trainer_job  # noqa: E402
 from bench.common import code_version  # noqa: E402
 from bench.recovery_baseline import trainer_cfg, wait  # noqa: E402
 from tests.realnodes_tests import operator_helm as H  # noqa: E402
@@ -72,7 +71,7 @@ def pods_ready(b, name: str, n: int) -> dict[str, str]:
     return wait("the pods' warm processes ready", ready, 240, 1.0)
 
 
-def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict:
+def one(b, image: str, archive: Path, tmp: Path, kind: str, i: int, rng: random.Random) -> dict:
     name = f"{kind.replace('node-', 'n')}-{i}-{uuid.uuid4().hex[:4]}"
     out = shared_dir(tmp / name)
     jdir = out / "journal"
@@ -94,7 +93,7 @@ def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict
     first = min(wait("a restarted trainer's first step", lambda: restarted_steps(jdir, t0), 300))
     wait("job Succeeded", lambda: status().get("phase") in ("Succeeded", "Failed"), 600, 0.5)
     st, m = status(), work_lost(jdir, t0)
-    revive_s = revive(b)
+    revive_s = revive(b, image, archive)
     return {"kind": kind, "phase": st.get("phase"), "cause": inc.get("detectedCause"), "incident": inc.get("kind"),
             "spare": bool(inc.get("spare")), "node": node.name, "pod": victim, "stop_s": stop_s,
             "detect_s": t_detect - t0, "recover_s": first - t0, "after_detect_s": first - t_detect,
@@ -102,20 +101,13 @@ def one(b, image: str, tmp: Path, kind: str, i: int, rng: random.Random) -> dict
             "fault_at": moment, "revive_s": revive_s, **{k: m[k] for k in ("resumed_at", "resumed_from", "lost_steps")}}
 
 
-def revive(b) -> float:
-    """The lost node started again (its containerd keeps its images on disk; the trainers' image is
-    imported again where it is missing)."""
-    from stoker.devcluster.local import cache_dir
-    from stoker.devcluster.realnodes import images, pyimages
+def revive(b, image: str, archive: Path) -> float:
+    """The lost node started again (the trainers' image imported where it is missing)."""
     t0 = time.monotonic()
     rn = b.c.real_nodes()
     rn.up(NODES, gpus=GPUS)
-    ref, archive = pyimages.stoker_image(cache_dir() / "images")
     for node in rn.known():
-        have = subprocess.run(["ctr", "--address", str(node.containerd_sock), "--namespace", "k8s.io", "images",
-                               "ls", "-q"], capture_output=True, text=True, timeout=60).stdout.split()
-        if not any(r.endswith(ref.split("/", 1)[-1]) for r in have):
-            images.import_image(archive, node.containerd_sock)
+        import_if_missing(node.containerd_sock, image, archive)
     return time.monotonic() - t0
 
 
@@ -135,13 +127,13 @@ def main() -> int:
                      "code_at_start": code_version(), "stoker": []}
     cluster = None
     try:
-        cluster, b, (image, _) = setup(tmp, nodes=NODES)
+        cluster, b, (image, archive) = setup(tmp, nodes=NODES)
 
         def run(kind: str, i: int) -> dict:
             try:
-                return one(b, image, tmp, kind, i, rng)
+                return one(b, image, archive, tmp, kind, i, rng)
             except TimeoutError:
-                revive(b)   # the next run needs every node
+                revive(b, image, archive)   # the next run needs every node
                 raise
         interleaved("bench_node_loss_real", results, args, run)
     finally:

@@ -109,16 +109,11 @@ class RealSuite(Suite):
     def revive_nodes(self) -> float:
         """The lost nodes started again (their containerd keeps its images on disk; the
         trainers' image is imported again only if it is missing)."""
-        from stoker.devcluster.realnodes import images
         t0 = time.monotonic()
         if self.lost_nodes:
             self.rn.up(len(NODES), gpus=GPUS)
             for name in self.lost_nodes:
-                sock = self.rn.node(NODES.index(name)).containerd_sock
-                have = subprocess.run(["ctr", "--address", str(sock), "--namespace", "k8s.io", "images", "ls", "-q"],
-                                      capture_output=True, text=True, timeout=60).stdout.split()
-                if not any(ref.endswith(self.image.split("/", 1)[-1]) for ref in have):
-                    images.import_image(self.archive, sock)
+                import_if_missing(self.rn.node(NODES.index(name)).containerd_sock, self.image, self.archive)
             self.lost_nodes.clear()
         return time.monotonic() - t0
 
@@ -150,6 +145,16 @@ class RealSuite(Suite):
                 return time.time() - since
             time.sleep(0.5)
         return None
+
+
+def import_if_missing(sock: Path, image: str, archive: Path) -> None:
+    """Import the trainers' image into the containerd at ``sock`` unless it holds it (a node started
+    again keeps its images on disk)."""
+    from stoker.devcluster.realnodes import images
+    have = subprocess.run(["ctr", "--address", str(sock), "--namespace", "k8s.io", "images", "ls", "-q"],
+                          capture_output=True, text=True, timeout=60).stdout.split()
+    if not any(ref.endswith(image.split("/", 1)[-1]) for ref in have):
+        images.import_image(archive, sock)
 
 
 def trainer_job(bucket: str, image: str, name: str, out: Path, jdir: Path, failure_policy: dict,

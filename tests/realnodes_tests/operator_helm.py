@@ -165,14 +165,18 @@ def wait_progress(progress: Path, step: int, timeout: float, diag) -> None:
         time.sleep(0.02)
 
 
-def make_bucket(cluster) -> str:
+def s3_client(cluster):
+    """A boto3 client of the cluster's MinIO, as the host sees it."""
     import boto3
     from stoker.common import env as E
     e = cluster.s3_env()
-    s3 = boto3.client("s3", endpoint_url=e[E.S3_ENDPOINT], aws_access_key_id=e[E.S3_ACCESS_KEY],
-                      aws_secret_access_key=e[E.S3_SECRET_KEY], region_name=e[E.S3_REGION])
+    return boto3.client("s3", endpoint_url=e[E.S3_ENDPOINT], aws_access_key_id=e[E.S3_ACCESS_KEY],
+                        aws_secret_access_key=e[E.S3_SECRET_KEY], region_name=e[E.S3_REGION])
+
+
+def make_bucket(cluster) -> str:
     name = f"rec-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=name)
+    s3_client(cluster).create_bucket(Bucket=name)
     return name
 
 

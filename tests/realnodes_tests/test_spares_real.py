@@ -24,12 +24,14 @@ import time
 
 import pytest
 
+from tests.operator_tests.conftest import wait_for
 from tests.realnodes_tests import operator_helm as H
 from tests.realnodes_tests.test_recovery_real import (  # noqa: F401 - `installed` is a fixture
     built_in_job, installed, job_status, shared_dir, wait_succeeded, worker_pods)
 from tests.recovery_tests import faults as F
 from tests.recovery_tests.conftest import reference_summary
 from tests.recovery_tests.e2e import acting_incidents, assert_restored_from_memory
+from tests.recovery_tests.test_e2e_fast_detection import body
 from tests.recovery_tests.test_e2e_recovery import fault_rng
 from tests.recovery_tests.trainer_configs import trainer_config
 from stoker.worker import journal
@@ -57,31 +59,9 @@ def heartbeats(c, ns: str, name: str) -> list[dict]:
     return job_status(c, ns, name).get("workerHeartbeats") or []
 
 
-def wait_until(what: str, predicate, timeout: float, diag):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not {what} in {timeout}s\n{diag()}"
-        time.sleep(0.2)
-
-
-def s3_client(c):
-    import boto3
-    from stoker.common import env as E
-    e = c.s3_env()
-    return boto3.client("s3", endpoint_url=e[E.S3_ENDPOINT], aws_access_key_id=e[E.S3_ACCESS_KEY],
-                        aws_secret_access_key=e[E.S3_SECRET_KEY], region_name=e[E.S3_REGION])
-
-
 def objects(s3, bucket: str) -> dict[str, str]:
     return {o["Key"]: o["ETag"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])}
-
-
-def body(s3, bucket: str, key: str) -> dict:
-    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def summary_from_logs(c, ns: str, name: str) -> dict:
@@ -105,10 +85,11 @@ def test_a_partitioned_node_that_comes_back_is_fenced_it_commits_and_joins_nothi
         "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
             {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [OPERATOR_NODE]}]}]}}}
     c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(job))
-    s3 = s3_client(c)
+    s3 = H.s3_client(c)
     diag = lambda: json.dumps(job_status(c, ns, "split"), indent=1) + c.kubectl("get", "pods", "-n", ns, "-o", "wide").stdout  # noqa
 
-    wait_until("step 20's shards stored", lambda: "split/step-00000020/.metadata" in objects(s3, bucket), 300, diag)
+    wait_for("step 20's shards stored", lambda: "split/step-00000020/.metadata" in objects(s3, bucket), 300, 0.2,
+             on_timeout=diag)
     [lead] = [b for b in heartbeats(c, ns, "split") if b["rank"] == 0]
     node = next(n for n in nodes.known() if n.name == lead["node"])
     kubelet = nodes.pid(node, "kubelet")
@@ -130,7 +111,7 @@ def test_a_partitioned_node_that_comes_back_is_fenced_it_commits_and_joins_nothi
         def old_save_ended():   # refused, or (unfenced) the checkpoints changed
             refused = [line for line in log.read_text().splitlines() if "checkpoint.not_committed step=20" in line]
             return refused or (objects(s3, bucket) != done and ["the checkpoints changed"])
-        ended = wait_until("the old coordinator's save of step 20 ended", old_save_ended, 180, diag)
+        ended = wait_for("the old coordinator's save of step 20 ended", old_save_ended, 180, 0.2, on_timeout=diag)
     finally:
         nodes.partition(node, cut=False)
         os.kill(kubelet, signal.SIGCONT)
@@ -160,8 +141,8 @@ def test_a_hot_spare_takes_a_lost_nodes_place_and_the_lost_rank_comes_back_from_
     incarnation = lambda: int(job_status(c, ns, "hot").get("incarnation", 0))  # noqa: E731
     diag = lambda: json.dumps(job_status(c, ns, "hot"), indent=1) + c.kubectl("get", "pods", "-n", ns, "-o", "wide").stdout  # noqa
 
-    beats = wait_until("heartbeats of 2 ranks", lambda: len({b["pod"] for b in heartbeats(c, ns, "hot")}) == 2
-                       and heartbeats(c, ns, "hot"), 300, diag)
+    beats = wait_for("heartbeats of 2 ranks", lambda: len({b["pod"] for b in heartbeats(c, ns, "hot")}) == 2
+                     and heartbeats(c, ns, "hot"), 300, 0.2, on_timeout=diag)
     before = {p["metadata"]["name"]: p for p in worker_pods(c, ns, "hot")}
     assert len(before) == 3 and len({p["spec"]["nodeName"] for p in before.values()}) == 3, diag()
     workers = {b["pod"]: b for b in beats}
@@ -175,8 +156,9 @@ def test_a_hot_spare_takes_a_lost_nodes_place_and_the_lost_rank_comes_back_from_
     print(f"fault: stop {lost} (running {victim}, rank {workers[victim]['rank']}; spare {spare}) at", moment)
     nodes.stop_node(next(n for n in nodes.known() if n.name == lost), sig=signal.SIGKILL)
 
-    inc = wait_until("the Replace incident", lambda: next(
-        (i for i in job_status(c, ns, "hot").get("incidents") or [] if i["kind"] == "Replace"), None), 180, diag)
+    inc = wait_for("the Replace incident", lambda: next(
+        (i for i in job_status(c, ns, "hot").get("incidents") or [] if i["kind"] == "Replace"), None), 180, 0.2,
+        on_timeout=diag)
     print("incident:", json.dumps(inc))
     assert inc["detectedCause"] == "NodeLost" and inc["node"] == lost and inc["pod"] == victim, inc
     assert inc["spare"] and inc["inPlace"] and inc["cause"] == "infrastructure", inc

@@ -82,6 +82,13 @@ def frozen(live: Sequence[RankProgress], t: Timeouts, newest_heard: float | None
     return r, ref - r.last_seen
 
 
+def newest_message(ranks: Sequence[RankProgress], launchers: Sequence[Any], newest_heard: float | None) -> float:
+    """The newest message heard (heartbeat clock): silence is measured against it, not the clock, so an
+    operator that itself stalled blames nobody."""
+    return max([b.last_seen for b in launchers] + [r.last_seen for r in ranks]
+               + ([newest_heard] if newest_heard is not None else []), default=0.0)
+
+
 def frozen_launcher(launchers: Sequence[Any], pods: Sequence[PodView], ranks: Sequence[RankProgress], t: Timeouts,
                     now_mono: float, now_wall: dt.datetime, newest_heard: float | None) -> Finding | None:
     """HeartbeatLost for the launcher (``LauncherBeat``) of a running pod of this incarnation that went
@@ -94,8 +101,7 @@ def frozen_launcher(launchers: Sequence[Any], pods: Sequence[PodView], ranks: Se
     checkpoint."""
     done = {r.pod_name for r in ranks if r.phase == "FINISHED"} - {r.pod_name for r in ranks if r.phase != "FINISHED"}
     running = {p.name for p in pods if p.phase == "Running" and not p.deleting}
-    ref = max([b.last_seen for b in launchers] + [r.last_seen for r in ranks]
-              + ([newest_heard] if newest_heard is not None else []), default=0.0)
+    ref = newest_message(ranks, launchers, newest_heard)
     limit = LAUNCHER_FROZEN_FACTOR * frozen_after(t)
 
     def allowance(b: Any) -> float:
@@ -139,8 +145,7 @@ def still_beating(pod_name: str, ranks: Sequence[RankProgress], launchers: Seque
     lost the control plane (its kubelet's status did not arrive: a stalled apiserver, a kubelet restart),
     not the job: nothing to recover."""
     on = [r for r in ranks if r.pod_name == pod_name]
-    ref = max([r.last_seen for r in ranks] + [b.last_seen for b in launchers]
-              + ([newest_heard] if newest_heard is not None else []), default=0.0)
+    ref = newest_message(ranks, launchers, newest_heard)
     if on:
         return not any(_quiet(r, ref, node_quiet_after(t)) for r in on)
     return any(b.pod_name == pod_name and ref - b.last_seen <= node_quiet_after(t) for b in launchers)
