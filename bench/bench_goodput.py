@@ -9,6 +9,11 @@ Settings, each run ``--repeat`` times (>= 3), interleaved (undisturbed, every F1
 every F2, then again) so that the machine's load drifts over all of them alike:
 
   undisturbed       the job with no failure (the baseline: same job, same machine)
+  plain torchrun    the same trainer and config under ``torchrun --standalone`` on the host
+                    (``--torchrun``): no operator, no pods, no SDK heartbeats, no faults, the
+                    same checkpoints to the same MinIO. Its goodput is the workload's own
+                    ceiling here: what startup, checkpoint staging and the loop cost with
+                    nothing of Stoker around them (wall: torchrun started -> exited)
   kill every F s    a random worker's trainer SIGKILLed at random moments, on average
                     every F seconds: each gap is drawn from [F/2, 3F/2] (seeded:
                     ``--seed N`` replays the choices), so a fault lands anywhere in a
@@ -47,6 +52,7 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import Bench, trainer_pid, wait  # noqa: E402
+from bench.recovery_baseline import TORCHRUN_ENV  # noqa: E402
 from bench.common import code_version, print_table, spread, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 from stoker.worker import journal  # noqa: E402
@@ -143,6 +150,34 @@ def run_job(b: Bench, label: str, steps: int, ckpt_every: int, kill_every: float
             **where_time_went(jdir, t0, wall, productive)}
 
 
+def run_torchrun(b: Bench, label: str, steps: int, ckpt_every: int) -> dict:
+    """The same job under plain torchrun on the host, undisturbed (see the module's docstring)."""
+    name = f"gp-{label}-{uuid.uuid4().hex[:4]}"
+    out = b.tmp / name
+    out.mkdir(parents=True)
+    cfg = demo_cfg(out, steps, ckpt_every)
+    cfg["checkpoint"].update({"uri": f"s3://{b.bucket}/{name}", "keep": 3})   # the CRD's default keep
+    (out / "config.json").write_text(json.dumps(cfg))
+    jdir = out / "journal"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
+    env.update({**TORCHRUN_ENV, **b.c.s3_env(), "STOKER_STEP_JOURNAL_DIR": str(jdir)})
+    t0 = time.time()
+    with open(out / "torchrun.log", "wb") as log:
+        rc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "stoker.worker.train", str(out / "config.json")],
+                            cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=log).returncode
+    wall = time.time() - t0
+    if rc:
+        raise RuntimeError(f"{name}: torchrun exited {rc}; see {out / 'torchrun.log'}")
+    productive, n = productive_seconds(out / "metrics.jsonl", cfg["train"]["global_batch"] * cfg["data"]["seq_len"])
+    if n != steps:
+        raise RuntimeError(f"{name}: metrics hold {n} steps, expected {steps}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {"run": TORCHRUN, "kill_every_s": None, "kills": 0, "kill_log": [], "incidents": 0, "causes": [],
+            "wall_s": wall, "productive_s": productive, "goodput": productive / wall,
+            "checksum": summary["checksum"], "restarts": 0, **where_time_went(jdir, t0, wall, productive)}
+
+
 def where_time_went(jdir: Path, t0: float, wall: float, productive: float) -> dict:
     """From the step journal: ``start_s`` (applied -> the first step done by any rank), ``end_s``
     (the last step -> Succeeded seen) and ``between_s``: the time from the first step to the last
@@ -151,6 +186,9 @@ def where_time_went(jdir: Path, t0: float, wall: float, productive: float) -> di
     steps = [r["t"] for r in journal.read(jdir) if r.get("event") == "step"]
     first, last = min(steps) - t0, max(steps) - t0
     return {"start_s": first, "end_s": wall - last, "between_s": (last - first) - productive}
+
+
+TORCHRUN = "plain torchrun (no faults)"
 
 
 def setting(kill_every: float | None) -> str:
@@ -164,6 +202,7 @@ def main() -> int:
     ap.add_argument("--kill-every", default="120,300", help="comma-separated mean failure intervals in seconds")
     ap.add_argument("--repeat", type=int, default=3, help="runs per setting (interleaved)")
     ap.add_argument("--seed", type=int, default=None, help="the fault moments' seed (printed; replays a run)")
+    ap.add_argument("--torchrun", action="store_true", help="also run the job under plain torchrun (no faults)")
     ap.add_argument("--cluster-dir", default=None, help="reuse a running local cluster (stoker cluster up --dir)")
     ap.add_argument("--report", metavar="JSON", help="print the table of earlier results and exit")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON there instead of bench/results/")
@@ -186,9 +225,12 @@ def main() -> int:
     try:
         b.setup(nodes=3)
         for rep in range(args.repeat):
-            for kill_every in [None, *intervals]:
-                label = ("base" if kill_every is None else f"k{kill_every:g}") + f"-{rep}"
-                r = run_job(b, label, args.steps, args.ckpt_every, kill_every, rng)
+            for kill_every in [None, *intervals, *(["torchrun"] if args.torchrun else [])]:
+                if kill_every == "torchrun":
+                    r = run_torchrun(b, f"torchrun-{rep}", args.steps, args.ckpt_every)
+                else:
+                    label = ("base" if kill_every is None else f"k{kill_every:g}") + f"-{rep}"
+                    r = run_job(b, label, args.steps, args.ckpt_every, kill_every, rng)
                 print(json.dumps(r), flush=True)
                 results["runs"].append({"repetition": rep, "loadavg_end": os.getloadavg(), **r})
                 write_results("bench_goodput", results, args.out)  # partial results survive an interrupted run
@@ -209,7 +251,7 @@ def report(results: dict) -> None:
     productive) less the undisturbed runs' median of it, per kill. (Wall times alone
     would also carry the runs' different step speeds on a shared machine.)"""
     runs = results["runs"]
-    base = [r for r in runs if r["kill_every_s"] is None]
+    base = [r for r in runs if r["kill_every_s"] is None and r["run"] != TORCHRUN]
     base_idle = statistics.median(r["wall_s"] - r["productive_s"] for r in base)
     base_goodput = statistics.median(r["goodput"] for r in base)
     checksum = base[0]["checksum"]

@@ -243,32 +243,27 @@ class Bench:
                 "phases_s": restart_phases(jdir, t0), "fault_at": moment, **work_lost(jdir, t0)}
 
 
-def _proc(r: dict) -> tuple[str, int]:
-    """The trainer process of a journal record: its pod and pid (pids repeat across containers)."""
-    return r.get("pod", ""), r["pid"]
-
-
 def _since(jdir: Path, t0: float) -> tuple[list[dict], set[tuple[str, int]]]:
     """The journal, and the trainer processes (``_proc``) that were running before ``t0``."""
     recs = journal.read(jdir)
-    return recs, {_proc(r) for r in recs if r["t"] < t0}
+    return recs, {journal.writer(r) for r in recs if r["t"] < t0}
 
 
 def restarted_steps(jdir: Path, t0: float) -> list[float]:
     """Times of the steps computed after ``t0`` by trainer processes that started after it (an
     in-place restart keeps the incarnation, so the new processes are told by their pods and pids)."""
     recs, before = _since(jdir, t0)
-    return [r["t"] for r in recs if r["event"] == "step" and r["t"] > t0 and _proc(r) not in before]
+    return [r["t"] for r in recs if r["event"] == "step" and r["t"] > t0 and journal.writer(r) not in before]
 
 
 def work_lost(jdir: Path, t0: float) -> dict:
     """Where the restart resumed (from S3 or memory), the steps computed before ``t0`` past that point
     (computed twice), and the median step time before the fault (rank 0)."""
     recs, before = _since(jdir, t0)
-    done = [r["step"] for r in recs if r["event"] == "step" and _proc(r) in before]
-    resumes = [r for r in recs if r["event"] in RESUMED and _proc(r) not in before]
+    done = [r["step"] for r in recs if r["event"] == "step" and journal.writer(r) in before]
+    resumes = [r for r in recs if r["event"] in RESUMED and journal.writer(r) not in before]
     at = resumes[0]["step"] if resumes else 0
-    times = sorted(r["t"] for r in recs if r["event"] == "step" and _proc(r) in before and r["rank"] == 0)
+    times = sorted(r["t"] for r in recs if r["event"] == "step" and journal.writer(r) in before and r["rank"] == 0)
     gaps = [b - a for a, b in zip(times, times[1:])]
     return {"resumed_at": at, "resumed_from": resumes[0]["event"] if resumes else None,
             "lost_steps": len({s for s in done if s > at}),
@@ -287,13 +282,13 @@ def restart_phases(jdir: Path, t0: float) -> dict:
     old_pids = {pid for _, pid in before}   # a file's name gives its pid only (process nodes: unique)
     opened = [int(p.stem.rsplit("-", 1)[1]) / 1e9 for p in jdir.glob("*.jsonl")
               if int(p.stem.rsplit("-pid", 1)[1].split("-")[0]) not in old_pids]
-    new = [r for r in recs if _proc(r) not in before and r["t"] > t0]
+    new = [r for r in recs if journal.writer(r) not in before and r["t"] > t0]
 
     def last_first(*events: str) -> float | None:
         firsts: dict[tuple[str, int], float] = {}
         for r in new:
             if r["event"] in events:
-                firsts.setdefault(_proc(r), r["t"])
+                firsts.setdefault(journal.writer(r), r["t"])
         return round(max(firsts.values()) - t0, 3) if firsts else None
 
     return {"session_opened": round(max(opened) - t0, 3) if opened else None,

@@ -52,6 +52,15 @@ PROFILES = {
 PROFILES["memory"] = {**PROFILES["default"], "memory_every": 1}
 
 
+def operator_kill_last(plans: list[list[str]]) -> list[list[str]]:
+    """Each job's operator kill after its other faults (their seeded order kept). The kubelet brings a
+    SIGKILLed operator back after its restart back-off (10 s, doubling per kill up to 5 min): from the
+    third kill on, that outlasts these 600-step jobs, which train on without the operator and end before
+    their later faults can land (chaos-real-memory.json, session 24: two lost-node faults missed twice).
+    The next job is created once the operator is back."""
+    return [sorted(kinds, key=lambda kind: kind == "operator_killed") for kinds in plans]
+
+
 def shared_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o777)          # the pods run as uid 10001
@@ -222,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
         cluster, b, image = setup(tmp)
         results["setup_s"] = time.time() - started
         suite = RealSuite(b, rng, profile, tmp, refs, image)
-        results["jobs"] += suite.run_all(plan(rng, profile), lambda job: print(json.dumps(
+        results["jobs"] += suite.run_all(operator_kill_last(plan(rng, profile)), lambda job: print(json.dumps(
             {k: v for k, v in job.items() if k not in ("samples", "incidents")}, default=str), flush=True))
     finally:
         refs.close()

@@ -138,3 +138,10 @@ def test_a_dockerfile_image_is_rebuilt_when_its_dockerfile_or_a_copied_source_ch
         assert key() != first, f
         (repo / f).write_text(before)
     assert key() == first
+
+
+def test_real_chaos_puts_each_jobs_operator_kill_after_its_other_faults_in_their_seeded_order():
+    from bench.chaos_real import operator_kill_last
+    plans = [["node_lost", "operator_killed", "sigkill_trainer", "network_cut"], ["operator_killed"], ["network_cut"]]
+    assert operator_kill_last(plans) == [["node_lost", "sigkill_trainer", "network_cut", "operator_killed"],
+                                         ["operator_killed"], ["network_cut"]]

@@ -152,13 +152,13 @@ def assert_restored_from_memory(jdir: pathlib.Path, t0: float,
     from stoker.worker import journal
 
     records = journal.read(jdir)
-    old = {r["pid"] for r in records if r["t"] < t0}
-    computed = {r["step"] for r in records if r["pid"] in old and r["event"] == "step"}
+    old = {journal.writer(r) for r in records if r["t"] < t0}   # pids alone repeat across containers
+    computed = {r["step"] for r in records if journal.writer(r) in old and r["event"] == "step"}
     commits = {r["step"] for r in records if r["event"] == "committed" and r["t"] < t0}
     restored = [r for r in records if r["event"] == "resumed_from_memory"]
     assert sorted(r["rank"] for r in restored) == list(range(ranks)) and len({r["step"] for r in restored}) == 1, \
         restored
-    assert not [r for r in records if r["event"] == "resumed" and r["pid"] not in old], "restored from S3"
+    assert not [r for r in records if r["event"] == "resumed" and journal.writer(r) not in old], "restored from S3"
     at = restored[0]["step"]
     recomputed = sorted(s for s in computed if s > at)
     print(f"fault after step {max(computed)}, newest commit {max(commits, default=None)}, "

@@ -122,10 +122,10 @@ def newest_generation(journal_dir: pathlib.Path) -> int:
 
 def step_time(records: list[dict]) -> float:
     """Median time between consecutive step records of one process (0.05 s if unknown)."""
-    by_pid: dict[int, list[float]] = {}
+    by_writer: dict[tuple[str, int], list[float]] = {}
     for r in records:
-        by_pid.setdefault(r["pid"], []).append(r["t"])
-    gaps = sorted(b - a for ts in by_pid.values() for a, b in zip(ts, ts[1:]) if b > a)
+        by_writer.setdefault(journal.writer(r), []).append(r["t"])
+    gaps = sorted(b - a for ts in by_writer.values() for a, b in zip(ts, ts[1:]) if b > a)
     return gaps[len(gaps) // 2] if gaps else 0.05
 
 

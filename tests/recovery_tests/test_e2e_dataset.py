@@ -131,8 +131,8 @@ def assert_each_kill_resumed_from_the_newest_commit(jdir: pathlib.Path, injected
                if r["event"] == "committed" or (r["event"] == "checkpoint" and r.get("ok"))]
     facts = []
     for kill in injected:
-        before = {r["pid"] for r in recs if r["t"] <= kill["t"]}
-        first = next((r for r in recs if r["t"] > kill["t"] and r["pid"] not in before), None)
+        before = {journal.writer(r) for r in recs if r["t"] <= kill["t"]}
+        first = next((r for r in recs if r["t"] > kill["t"] and journal.writer(r) not in before), None)
         assert first is not None, f"no new rank-0 process after {kill}"
         newest = max((step for t, step in commits if t <= first["t"]), default=None)
         if first["event"] == "resumed":

@@ -56,6 +56,11 @@ class StepJournal:
             pass
 
 
+def writer(record: dict[str, Any]) -> tuple[str, int]:
+    """The process that wrote ``record``: its pod and pid (pids repeat across containers)."""
+    return record.get("pod", ""), record["pid"]
+
+
 def read(directory: str | os.PathLike) -> list[dict[str, Any]]:
     """Every record of every process in ``directory``, ordered by time (torn lines skipped)."""
     out = []
