@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_recovery import Bench, trainer_pid, wait  # noqa: E402
-from bench.recovery_baseline import TORCHRUN_ENV  # noqa: E402
+from bench.recovery_baseline import torchrun_command  # noqa: E402
 from bench.common import code_version, print_table, spread, write_results  # noqa: E402
 from stoker.devcluster.local import LocalCluster  # noqa: E402
 from stoker.worker import journal  # noqa: E402
@@ -156,16 +156,13 @@ def run_torchrun(b: Bench, label: str, steps: int, ckpt_every: int) -> dict:
     out = b.tmp / name
     out.mkdir(parents=True)
     cfg = demo_cfg(out, steps, ckpt_every)
-    cfg["checkpoint"].update({"uri": f"s3://{b.bucket}/{name}", "keep": 3})   # the CRD's default keep
+    cfg["checkpoint"]["uri"] = f"s3://{b.bucket}/{name}"   # keep: the example's 3, the CRD's default too
     (out / "config.json").write_text(json.dumps(cfg))
     jdir = out / "journal"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
-    env.update({**TORCHRUN_ENV, **b.c.s3_env(), "STOKER_STEP_JOURNAL_DIR": str(jdir)})
+    argv, env = torchrun_command(out / "config.json", env={**b.c.s3_env(), "STOKER_STEP_JOURNAL_DIR": str(jdir)})
     t0 = time.time()
     with open(out / "torchrun.log", "wb") as log:
-        rc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "stoker.worker.train", str(out / "config.json")],
-                            cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=log).returncode
+        rc = subprocess.run(argv, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=log).returncode
     wall = time.time() - t0
     if rc:
         raise RuntimeError(f"{name}: torchrun exited {rc}; see {out / 'torchrun.log'}")
@@ -224,16 +221,17 @@ def main() -> int:
                      "code_at_start": code_version(), "runs": []}  # "machine" is as of each write
     try:
         b.setup(nodes=3)
+        def record(rep: int, r: dict) -> None:
+            print(json.dumps(r), flush=True)
+            results["runs"].append({"repetition": rep, "loadavg_end": os.getloadavg(), **r})
+            write_results("bench_goodput", results, args.out)  # partial results survive an interrupted run
+
         for rep in range(args.repeat):
-            for kill_every in [None, *intervals, *(["torchrun"] if args.torchrun else [])]:
-                if kill_every == "torchrun":
-                    r = run_torchrun(b, f"torchrun-{rep}", args.steps, args.ckpt_every)
-                else:
-                    label = ("base" if kill_every is None else f"k{kill_every:g}") + f"-{rep}"
-                    r = run_job(b, label, args.steps, args.ckpt_every, kill_every, rng)
-                print(json.dumps(r), flush=True)
-                results["runs"].append({"repetition": rep, "loadavg_end": os.getloadavg(), **r})
-                write_results("bench_goodput", results, args.out)  # partial results survive an interrupted run
+            for kill_every in [None, *intervals]:
+                label = ("base" if kill_every is None else f"k{kill_every:g}") + f"-{rep}"
+                record(rep, run_job(b, label, args.steps, args.ckpt_every, kill_every, rng))
+            if args.torchrun:
+                record(rep, run_torchrun(b, f"torchrun-{rep}", args.steps, args.ckpt_every))
     finally:
         b.teardown()
         if not args.cluster_dir:

@@ -144,8 +144,9 @@ def _save_seconds(recs: list[dict], since: float = 0.0) -> float:
     says nothing of how long a save takes; 0.3 s if none is known). Seed 837048268: saves
     slowed by a 10 s outage made the median 17 s, the kill came 145 steps after the save
     it was meant for, and the job had ended before its next fault."""
-    at = {(r["pid"], r["step"]): r["t"] for r in recs if r["event"] == "step" and r["t"] >= since}
-    d = [r["t"] - at[(r["pid"], r["step"])] for r in recs if r["event"] == "checkpoint" and (r["pid"], r["step"]) in at]
+    key = lambda r: (*journal.writer(r), r["step"])  # noqa: E731
+    at = {key(r): r["t"] for r in recs if r["event"] == "step" and r["t"] >= since}
+    d = [r["t"] - at[key(r)] for r in recs if r["event"] == "checkpoint" and key(r) in at]
     return statistics.median(d) if d else 0.3
 
 

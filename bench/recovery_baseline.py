@@ -60,15 +60,21 @@ def last_line_step(path: Path) -> tuple[float, int]:
     return st.st_mtime, step
 
 
+def torchrun_command(config: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of plain ``torchrun --standalone`` running the trainer on ``config`` over 2
+    ranks on this host: nothing of Stoker's (no STOKER_ or AWS_ variable but those in ``env``)."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *flags,
+            "-m", "stoker.worker.train", str(config)]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
+    return argv, {**clean, **TORCHRUN_ENV, **(env or {})}
+
+
 def _torchrun(out: Path, steps: int) -> subprocess.Popen:
     cfg = trainer_cfg(out, steps, None)
     cfg["checkpoint"]["uri"] = str(out / "ckpt")
     (out / "config.json").write_text(json.dumps(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOKER_", "AWS_"))}
-    env.update(TORCHRUN_ENV)
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "--max-restarts", "3", "--monitor-interval", "1", "-m", "stoker.worker.train",
-                             str(out / "config.json")], cwd=out, env=env, stdout=subprocess.DEVNULL,
+    argv, env = torchrun_command(out / "config.json", "--max-restarts", "3", "--monitor-interval", "1")
+    return subprocess.Popen(argv, cwd=out, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(out / "torchrun.log", "wb"), start_new_session=True)
 
 
